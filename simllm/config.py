@@ -1,0 +1,156 @@
+"""Loading YAML descriptors into validated, frozen objects.
+
+All user-written configuration enters through :func:`load_yaml` and :func:`validate`, which
+turn YAML syntax errors and pydantic validation errors into one-line :class:`InputError`
+messages naming the file, the dotted field and what was expected. Everything past this edge
+trusts its inputs.
+
+Quantities in descriptors carry their source: ``{value: 3.35 TB/s, source: "NVIDIA H100 datasheet"}``
+is read by :func:`sourced` into a :class:`Sourced` (SI float + source text).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+from .errors import InputError, NotFoundError
+from .units import parse_quantity
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+"""Where the shipped descriptors live (``hardware/``, ``workloads/``, ``traces/``).
+
+Override with the ``SIMLLM_DATA`` environment variable."""
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("SIMLLM_DATA", REPO_ROOT))
+
+
+class Frozen(BaseModel):
+    """Base of every validated configuration object: immutable, no unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Sourced(Frozen):
+    """A number in SI units together with where it came from."""
+
+    value: float
+    source: str
+    text: str = ""  # as written in the YAML, for display
+
+    def __float__(self) -> float:  # convenient in arithmetic contexts
+        return self.value
+
+
+def sourced(dimension: str, *, positive: bool = True):
+    """Annotated pydantic type for ``{value: <quantity>, source: <text>}``."""
+
+    def _parse(v: Any) -> Any:
+        if isinstance(v, Sourced):
+            return v
+        if not isinstance(v, dict) or "value" not in v:
+            raise ValueError(f"expected {{value: <{dimension}>, source: <where the number comes from>}}, got {v!r}")
+        src = v.get("source")
+        if not isinstance(src, str) or not src.strip():
+            raise ValueError("every number needs a non-empty 'source'")
+        extra = set(v) - {"value", "source", "note"}
+        if extra:
+            raise ValueError(f"unexpected keys {sorted(extra)} (allowed: value, source, note)")
+        try:
+            num = parse_quantity(v["value"], dimension, allow_zero=not positive)
+        except InputError as e:
+            raise ValueError(e.message) from None
+        return Sourced(value=num, source=src.strip(), text=str(v["value"]))
+
+    return Annotated[Sourced, BeforeValidator(_parse)]
+
+
+def quantity(dimension: str, *, positive: bool = True):
+    """Annotated pydantic type for a bare quantity (``'80 GiB'`` or a number) -> float."""
+
+    def _parse(v: Any) -> Any:
+        try:
+            return parse_quantity(v, dimension, allow_zero=not positive)
+        except InputError as e:
+            raise ValueError(e.message) from None
+
+    return Annotated[float, BeforeValidator(_parse)]
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping from ``path`` with one-line errors for missing files and bad syntax."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("file not found", file=p)
+    try:
+        with p.open() as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InputError(f"malformed YAML{where}: {problem}", file=p) from None
+    if not isinstance(data, dict):
+        raise InputError(f"expected a YAML mapping at the top level, got {type(data).__name__}", file=p)
+    return data
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: dict, *, file: str | Path | None = None, prefix: str | None = None) -> M:
+    """Validate ``data`` into ``model``; the first error becomes a one-line :class:`InputError`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        if prefix:
+            loc = f"{prefix}.{loc}" if loc else prefix
+        msg = err["msg"]
+        for pfx in ("Value error, ", "Assertion failed, "):
+            if msg.startswith(pfx):
+                msg = msg[len(pfx):]
+        if err["type"] == "missing":
+            msg = "required field is missing"
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        n = len(e.errors())
+        more = f" (and {n - 1} more error{'s' if n > 2 else ''})" if n > 1 else ""
+        raise InputError(msg + more, file=file, field=loc or None) from None
+
+
+def resolve(kind_dir: str, name_or_path: str | Path, *, what: str) -> Path:
+    """Find a descriptor by name (``h100-sxm`` -> ``<data>/<kind_dir>/h100-sxm.yaml``) or by path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        if not p.is_file():
+            raise InputError(f"{what} file not found", file=p)
+        return p
+    d = data_root() / kind_dir
+    key = str(name_or_path).lower()
+    for cand in (d / f"{key}.yaml", d / f"{key}.yml"):
+        if cand.is_file():
+            return cand
+    names = list_names(kind_dir)
+    # also match the 'name:' or 'aliases:' inside the files
+    for f in sorted(d.glob("*.y*ml")):
+        try:
+            data = yaml.safe_load(f.read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        aliases = [str(a).lower() for a in ([data.get("name")] + list(data.get("aliases") or [])) if a]
+        if key in aliases:
+            return f
+    raise NotFoundError(f"unknown {what} {str(name_or_path)!r}; known: {', '.join(names) or '(none)'}")
+
+
+def list_names(kind_dir: str) -> list[str]:
+    d = data_root() / kind_dir
+    return sorted(f.stem for f in d.glob("*.y*ml")) if d.is_dir() else []

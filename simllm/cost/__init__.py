@@ -1,0 +1,1 @@
+"""Roofline cost model: operators and collectives to seconds. Pure functions, no simulation time."""
