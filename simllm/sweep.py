@@ -406,3 +406,34 @@ def find_max_rate(cfg: dict, fn: RunFn, *, rate_field: str, lo: float, hi: float
         else:
             hi = mid
     return {"max_rate": best, "summary_at_max": best_s, "evaluations": evals}
+
+
+# ----------------------------------------------------------------------------- scenario runners
+def _simulate_point(cfg: dict, base_dir: str) -> dict:
+    """Run one resolved scenario (a dict) and return its summary (picklable, top level)."""
+    from .sim.runner import run_scenario_dict
+
+    return run_scenario_dict(cfg, base_dir=Path(base_dir))
+
+
+def scenario_runner(base_dir: str | Path) -> RunFn:
+    """The default point runner: a full simulation of the scenario."""
+    from functools import partial
+
+    return partial(_simulate_point, base_dir=str(base_dir))
+
+
+def _capacity_point(cfg: dict, base_dir: str, rate_field: str, lo: float, hi: float, attainment: float) -> dict:
+    res = find_max_rate(cfg, scenario_runner(base_dir), rate_field=rate_field, lo=lo, hi=hi, attainment=attainment)
+    return {"max_rate_rps": res["max_rate"], "search_evaluations": len(res["evaluations"]),
+            **(res["summary_at_max"] or {})}
+
+
+def capacity_items(items: list[dict], base_dir: str | Path, *, rate_field: str, lo: float, hi: float,
+                   attainment: float) -> tuple[RunFn, list[dict]]:
+    """Turn each point into a capacity search (``--find-max-rate``); its hash includes the search."""
+    from functools import partial
+
+    search = {"rate_field": rate_field, "lo": lo, "hi": hi, "attainment": attainment}
+    out = [{**it, "hash": config_hash({"config": it["config"], "find_max_rate": search})} for it in items]
+    return partial(_capacity_point, base_dir=str(base_dir), **search), out
