@@ -43,7 +43,7 @@ class Accelerator(Frozen):
     memory_bandwidth: sourced("bandwidth")
     sram: sourced("bytes")
     compute_units: sourced("count")
-    tdp: sourced("power")
+    tdp: Optional[sourced("power")] = None  # some vendors (Google TPU, Huawei Ascend) publish none
     idle_power: Optional[sourced("power")] = None
     price_per_hour: Optional[sourced("price_per_hour")] = None
     calibration: Optional[str] = None  # file under hardware/calibration/
@@ -76,6 +76,11 @@ class Accelerator(Frozen):
     @property
     def hbm_bw(self) -> float:
         return self.memory_bandwidth.value
+
+    @property
+    def tdp_watts(self) -> float:
+        """Thermal design power; NaN when no source gives one (callers must handle it)."""
+        return self.tdp.value if self.tdp else float("nan")
 
     @property
     def idle_watts(self) -> float:
