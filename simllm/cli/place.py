@@ -1,0 +1,213 @@
+"""``simllm place``: place MoE experts on devices and compare placement policies.
+
+    simllm place --model deepseek-v3 --devices 32 --nodes 4 --redundant 32 --alpha 1.0 --compare --jobs 2
+
+Loads come from ``--loads FILE.csv`` (columns layer,expert,tokens) or a Zipf power law
+``--alpha`` (0 = uniform) over a seeded per-layer permutation of the experts, scaled to
+``--tokens`` tokens a step each picking top-k experts. Prints, per policy, max/mean device
+load (average over layers and worst layer), min/mean, solve time and, for the ILP, the
+LP-relaxation bound and gap; ``--out DIR`` writes each placement as JSON and CSV.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import typer
+
+from ..errors import InputError
+from ._common import echo_json, print_table
+
+COMPARE_ORDER = ("contiguous", "round_robin", "greedy_hierarchical", "greedy_replicated", "ilp")
+
+
+def _shape(model: Optional[str], experts: Optional[int], layers: Optional[int], top_k: Optional[int]
+           ) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": model, "experts": experts, "layers": layers, "top_k": top_k,
+                           "num_groups": 0, "expert_bytes": None}
+    if model:
+        from ..model import load_model
+
+        spec = load_model(model)
+        if spec.moe is None:
+            raise InputError(f"model {spec.name} has no MoE layers; nothing to place", field="--model")
+        m = spec.moe
+        out["model"] = spec.name
+        out["experts"] = experts or m.num_experts
+        out["layers"] = layers or spec.num_moe_layers
+        out["top_k"] = top_k or m.top_k
+        out["num_groups"] = m.num_groups
+        out["expert_bytes"] = (3 if spec.ffn.gated else 2) * spec.hidden_size * m.expert_intermediate_size \
+            * spec.dtype_bytes
+    if out["layers"] is None and out["experts"] is not None:
+        out["layers"] = 1
+    for k, flag in (("experts", "--experts"), ("layers", "--layers")):
+        if out[k] is None:
+            raise InputError(f"give --model or {flag}", field=flag)
+        if out[k] < 1:
+            raise InputError(f"must be >= 1, got {out[k]}", field=flag)
+    out["top_k"] = out["top_k"] or 8
+    if not 1 <= out["top_k"] <= out["experts"]:
+        raise InputError(f"must be in [1, {out['experts']}], got {out['top_k']}", field="--top-k")
+    return out
+
+
+def _devices(cluster: Optional[str], devices: Optional[int], nodes: Optional[int]) -> tuple[int, int, Optional[str]]:
+    name = None
+    if cluster:
+        from ..hardware import load_cluster
+
+        c = load_cluster(cluster)
+        name = c.name
+        nodes = nodes or c.num_nodes
+        devices = devices or c.num_nodes * c.node.devices
+    if devices is None:
+        raise InputError("give --cluster or --devices", field="--devices")
+    nodes = nodes or 1
+    if devices < 1 or nodes < 1 or devices % nodes:
+        raise InputError(f"{devices} devices do not split into {nodes} equal nodes", field="--nodes")
+    return devices, nodes, name
+
+
+def _f(v: Any, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for it in items:
+        if "=" not in it:
+            raise InputError(f"expected KEY=VALUE, got {it!r}", field="--set")
+        k, v = it.split("=", 1)
+        val: Any = v
+        for conv in (int, float):
+            try:
+                val = conv(v)
+                break
+            except ValueError:
+                pass
+        if v.lower() in ("true", "false"):
+            val = v.lower() == "true"
+        out[k.strip()] = val
+    return out
+
+
+def place_cmd(
+    model: Optional[str] = typer.Option(None, "--model", help="Model descriptor (name, alias or YAML path)."),
+    experts: Optional[int] = typer.Option(None, "--experts", help="Routed experts per layer (overrides the model)."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="MoE layers (overrides the model)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Experts per token (overrides the model; default 8)."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Cluster descriptor: devices and nodes."),
+    devices: Optional[int] = typer.Option(None, "--devices", help="Expert-parallel devices (overrides the cluster)."),
+    nodes: Optional[int] = typer.Option(None, "--nodes", help="Nodes the devices are in (default 1)."),
+    redundant: int = typer.Option(0, "--redundant", help="Redundant expert slots in all (rounded up to fill every device)."),
+    loads: Optional[Path] = typer.Option(None, "--loads", help="CSV of recorded loads: layer,expert,tokens."),
+    alpha: float = typer.Option(1.0, "--alpha", help="Zipf exponent of expert popularity (0: uniform)."),
+    tokens: int = typer.Option(4096, "--tokens", help="Tokens a step for synthetic loads."),
+    policy: str = typer.Option("ilp", "--policy", help="Placement policy (see --compare for all)."),
+    compare: bool = typer.Option(False, "--compare", help="Run every policy side by side."),
+    sets: list[str] = typer.Option([], "--set", help="Policy parameter KEY=VALUE (repeatable)."),
+    jobs: int = typer.Option(1, "--jobs", help="ILP: layers solved in parallel processes."),
+    time_limit: float = typer.Option(10.0, "--time-limit", help="ILP: solver seconds per layer."),
+    solver: str = typer.Option("auto", "--solver", help="ILP: auto, cbc or highs."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic loads."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for placement JSON and CSV files."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Place MoE experts (with redundant replicas) on devices; compare policies."""
+    from ..placement import build_policy, policy_names
+    from ..placement.loads import expected_loads, read_loads_csv, zipf_popularity
+
+    shape = _shape(model, experts, layers, top_k)
+    G, N, cname = _devices(cluster, devices, nodes)
+    E, L, K = shape["experts"], shape["layers"], shape["top_k"]
+    if redundant < 0:
+        raise InputError(f"must be >= 0, got {redundant}", field="--redundant")
+    S = max(1, math.ceil((E + redundant) / G))
+    if loads is not None:
+        w = read_loads_csv(loads, num_layers=None, num_experts=E)
+        L = w.shape[0]
+        source = str(loads)
+    else:
+        if tokens < 1:
+            raise InputError(f"must be >= 1, got {tokens}", field="--tokens")
+        w = expected_loads(zipf_popularity(L, E, alpha, seed=seed), tokens, K)
+        source = f"zipf alpha={alpha} seed={seed} tokens={tokens}"
+    names = [n for n in COMPARE_ORDER if n in policy_names()] + \
+        [n for n in policy_names() if n not in COMPARE_ORDER] if compare else [policy]
+    extra = _parse_set(sets)
+    results = []
+    placements = {}
+    for name in names:
+        spec: dict[str, Any] = {"policy": name}
+        if name == "ilp":
+            spec.update(jobs=jobs, time_limit=time_limit, solver=solver)
+        if name == "greedy_hierarchical" and shape["num_groups"] > 1:
+            spec["num_groups"] = shape["num_groups"]
+        if not compare or name == policy:
+            spec.update(extra)
+        pol = build_policy(spec)
+        t0 = time.perf_counter()
+        p = pol.place(w, G, N, S)
+        wall = time.perf_counter() - t0
+        bad = p.problems()
+        if bad:  # a policy bug, not bad input
+            raise RuntimeError(f"policy {name} produced an invalid placement: {bad[0]}")
+        s = p.summary()
+        s["wall_s"] = wall
+        results.append(s)
+        placements[name] = p
+        if out is not None:
+            p.write(out, stem=f"placement_{name}")
+    report: dict[str, Any] = {
+        "config": {"model": shape["model"], "cluster": cname, "experts": E, "layers": L, "top_k": K,
+                   "devices": G, "nodes": N, "slots_per_device": S, "redundant": G * S - E, "loads": source,
+                   "expert_bytes": shape["expert_bytes"]},
+        "policies": results,
+    }
+    if "ilp" in placements and "greedy_replicated" in placements:
+        gi = placements["greedy_replicated"].imbalance()
+        ii = placements["ilp"].imbalance()
+        report["ilp_vs_greedy"] = {
+            "ilp_le_greedy_every_layer": bool(np.all(ii <= gi + 1e-9)),
+            "layers_ilp_better": int(np.sum(ii < gi - 1e-9)),
+            "greedy_max_mean_avg": float(np.mean(gi)), "ilp_max_mean_avg": float(np.mean(ii)),
+        }
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        import json
+
+        from ._common import _clean
+
+        (out / "summary.json").write_text(json.dumps(_clean(report), indent=1))
+    if json_out:
+        echo_json(report)
+        return
+    c = report["config"]
+    typer.echo(f"{c['model'] or 'model'}: {L} layers x {E} experts (top-{K}) on {G} devices in {N} nodes, "
+               f"{S} slots each ({c['redundant']} redundant); loads: {source}")
+    print_table("placement: device load / mean (avg over layers, worst layer)",
+                ["name", "max/mean", "worst", "solve_s", "gap", "gap_max"],
+                [[r["policy"], _f(r["max_mean_avg"], ".4f"), _f(r["max_mean_worst"], ".4f"),
+                  _f(r["solve_s"], ".2f"),
+                  _f(r.get("gap_avg"), ".1e"), _f(r.get("gap_worst"), ".1e")]
+                 for r in results])
+    if any("bound_avg" in r for r in results):
+        typer.echo("gap: (max - LP-relaxation bound) / max; the bound is the mean device load (max/mean 1).")
+    for r in results:
+        for m in r.get("messages", []):
+            typer.echo(f"{r['policy']}: {m}")
+    if "ilp_vs_greedy" in report:
+        v = report["ilp_vs_greedy"]
+        typer.echo(f"ilp <= greedy_replicated on every layer: {v['ilp_le_greedy_every_layer']} "
+                   f"(better on {v['layers_ilp_better']} of {L})")
+    if out is not None:
+        typer.echo(f"wrote {out}/placement_<policy>.json, .csv and summary.json")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("place")(place_cmd)
