@@ -12,13 +12,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, runtime_che
 
 import numpy as np
 
-from ..errors import InputError, NotFoundError
+from ..errors import InputError
+from ..policies.registry import Registry
 
 if TYPE_CHECKING:
     from .placement import Placement
-
-_POLICIES: dict[str, type] = {}
-
 
 @runtime_checkable
 class PlacementPolicy(Protocol):
@@ -35,48 +33,19 @@ class PlacementPolicy(Protocol):
         ...
 
 
-def register(name: str) -> Callable[[type], type]:
-    """Class decorator: register a placement policy under ``name``."""
+placement = Registry("placement")
+"""The one registry of placement policies (same mechanism as batching and routing)."""
 
-    def deco(cls: type) -> type:
-        if name in _POLICIES and _POLICIES[name] is not cls:
-            raise ValueError(f"placement policy {name!r} registered twice")
-        _POLICIES[name] = cls
-        cls.policy_name = name
-        return cls
-
-    return deco
-
-
-def policy_names() -> list[str]:
-    return sorted(_POLICIES)
-
-
-def get_policy_class(name: str) -> type:
-    try:
-        return _POLICIES[name]
-    except KeyError:
-        raise NotFoundError(f"unknown placement policy {name!r}; known: {', '.join(policy_names())}",
-                            field="policy") from None
+register = placement.register
+policy_names = placement.names
+get_policy_class = placement.get
 
 
 def build_policy(spec: Any, *, file: Optional[str] = None) -> PlacementPolicy:
     """Build a policy from a name, a dict ``{"policy": name, **params}`` or a policy instance."""
     if isinstance(spec, PlacementPolicy) and not isinstance(spec, (str, dict)):
         return spec
-    if isinstance(spec, str):
-        spec = {"policy": spec}
-    if not isinstance(spec, dict) or "policy" not in spec:
-        raise InputError(f"expected a policy name or {{policy: NAME, ...params}}, got {spec!r}",
-                         file=file, field="placement")
-    params = dict(spec)
-    cls = get_policy_class(str(params.pop("policy")))
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in params if k not in fields]
-    if unknown:
-        raise InputError(f"unknown field {unknown[0]!r} for placement policy {cls.policy_name!r}; "
-                         f"known: {', '.join(fields) or '(none)'}", file=file, field=f"placement.{unknown[0]}")
     try:
-        return cls(**params)
-    except (TypeError, ValueError) as e:
-        raise InputError(str(e), file=file, field=f"placement.{cls.policy_name}") from None
+        return placement.build(spec)
+    except InputError as e:
+        raise e.at(file=file) from None
