@@ -411,9 +411,11 @@ def find_max_rate(cfg: dict, fn: RunFn, *, rate_field: str, lo: float, hi: float
 # ----------------------------------------------------------------------------- scenario runners
 def _simulate_point(cfg: dict, base_dir: str) -> dict:
     """Run one resolved scenario (a dict) and return its summary (picklable, top level)."""
-    from .sim.runner import run_scenario_dict
+    from .scenario import prepare, scenario_from_dict, simulate
 
-    return run_scenario_dict(cfg, base_dir=Path(base_dir))
+    where = Path(base_dir) / "(sweep point)"  # relative trace paths resolve against the base scenario's folder
+    prep = prepare(scenario_from_dict(cfg, file=where), file=where)
+    return simulate(prep)[2]
 
 
 def scenario_runner(base_dir: str | Path) -> RunFn:

@@ -61,7 +61,7 @@ def sweep_report(results_csv: Path, out_dir: Path, *, title: str | None = None) 
 def run_report(run_dir: Path, out_dir: Path, *, title: str | None = None) -> Path:
     steps = pd.read_csv(run_dir / "steps.csv")
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-    caps = summary.get("kv_capacity_blocks")
+    caps = summary.get("kv_capacity_blocks", summary.get("kv_blocks_per_replica"))
     caps = {int(k): v for k, v in caps.items()} if isinstance(caps, dict) else (
         {r: caps for r in steps.replica.unique()} if isinstance(caps, (int, float)) else None)
     imgs = plots.utilization_over_time(steps, out_dir, kv_capacity_blocks=caps)

@@ -24,11 +24,11 @@ METRICS = {
     "tpot_p99": ("tpot_s.p99", "tpot_p99_s"),
     "e2e_p99": ("e2e_s.p99", "e2e_p99_s"),
     "attainment": ("slo_attainment", "slo.attainment"),
-    "goodput": ("goodput_rps", "goodput_requests_per_s", "slo.goodput_rps"),
-    "throughput": ("throughput.requests_per_s", "requests_per_s", "throughput_rps"),
-    "cost": ("cost_per_mtok_usd", "usd_per_million_output_tokens", "cost.usd_per_mtok"),
-    "devices": ("num_devices", "devices"),
-    "rate": ("offered_rate_rps", "arrival_rate_rps"),
+    "goodput": ("goodput_requests_per_s", "goodput_rps"),
+    "throughput": ("request_throughput_per_s", "requests_per_s"),
+    "cost": ("cost_per_million_output_tokens_usd",),
+    "devices": ("devices", "num_devices"),
+    "rate": ("saturation.arrival_rate_per_s", "offered_rate_rps"),
 }
 
 
@@ -57,6 +57,13 @@ def _labels(df: pd.DataFrame, group_cols: Sequence[str]) -> pd.Series:
         lambda r: ", ".join(f"{c.split('.')[-1]}={v}" for c, v in zip(group_cols, r)), axis=1)
 
 
+def _saturated(df: pd.DataFrame) -> pd.Series:
+    """True where the run was overloaded (its latencies grow with the run length, not the load)."""
+    if "saturated" not in df:
+        return pd.Series(False, index=df.index)
+    return df["saturated"].astype(str).str.lower().isin(("true", "1"))
+
+
 def _legend(ax, n: int) -> None:
     if n > 1:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
@@ -76,6 +83,11 @@ def latency_vs_rate(df: pd.DataFrame, rate_col: str, group_cols: Sequence[str], 
                 ax.plot(g[rate_col], g[c50] * 1e3, "-o", color=color, ms=3, label=f"{lab} p50")
             if c99:
                 ax.plot(g[rate_col], g[c99] * 1e3, "--s", color=color, ms=3, label=f"{lab} p99")
+            sat = _saturated(g)
+            for c in (c50, c99):
+                if c and sat.any():
+                    ax.plot(g[rate_col][sat], g[c][sat] * 1e3, "x", color="k", ms=7,
+                            label="saturated (queue grows)" if i == 0 and c == c50 else None)
         ax.set_xlabel("request rate (requests/s)")
         ax.set_ylabel(f"{title} (ms)")
         ax.set_yscale("log")
@@ -151,13 +163,22 @@ def cost_latency_pareto(df: pd.DataFrame, group_cols: Sequence[str], out_dir: Pa
     if ok.empty:
         return []
     labels = _labels(ok, group_cols)
+    sat = _saturated(ok)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, (lab, g) in enumerate(ok.groupby(labels, sort=True)):
-        ax.scatter(g[cl], g[cc], s=18, color=f"C{i % 10}", label=lab, alpha=0.8)
-    x, y = ok[cl].to_numpy(float), ok[cc].to_numpy(float)
-    f = pareto_front(x, y)
-    ax.plot(x[f], y[f], "k-", lw=1.2, label="Pareto front")
-    ax.set_xlabel(f"{latency.replace('_', ' ')} latency (s)")
+        s = sat.loc[g.index]
+        ax.scatter(g[cl][~s], g[cc][~s], s=18, color=f"C{i % 10}", label=lab, alpha=0.8)
+        if s.any():
+            ax.scatter(g[cl][s], g[cc][s], s=30, color=f"C{i % 10}", marker="x", alpha=0.8)
+    stable = ok[~sat]
+    if len(stable):
+        x, y = stable[cl].to_numpy(float), stable[cc].to_numpy(float)
+        f = pareto_front(x, y)
+        ax.plot(x[f], y[f], "k-", lw=1.2, label="Pareto front (unsaturated runs)")
+    if sat.any():
+        ax.scatter([], [], marker="x", color="grey", label="saturated (excluded)")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{latency.replace('_', ' ')} latency (s, log scale)")
     ax.set_ylabel("cost (USD per million output tokens)")
     ax.set_title("Cost vs tail latency", fontsize=10)
     ax.grid(alpha=0.3)
