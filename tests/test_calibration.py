@@ -1,0 +1,119 @@
+"""Calibration: GEMM error on Vidur's A100 tables, `simllm calibrate fit|check`, file handling."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from simllm.cost.calibration import Calibration, calibration_for, load_calibration
+from simllm.cost.fit import constant_efficiency_baseline, error_stats, gemm_rows, predict_gemm
+from simllm.errors import InputError
+from simllm.hardware import load_accelerator
+
+
+def _mlp_files(shared_data):
+    files = sorted((shared_data / "calibration" / "vidur-a100").glob("*_mlp.csv"))
+    if not files:
+        pytest.skip("no *_mlp.csv under ../shared/data/calibration/vidur-a100")
+    return files
+
+
+def test_shipped_a100_calibration_gemm_error(shared_data):
+    acc = load_accelerator("a100-sxm-80gb")
+    cal = calibration_for(acc)
+    assert cal.device == "a100-sxm-80gb"
+    rows = gemm_rows(_mlp_files(shared_data))
+    model = error_stats(predict_gemm(rows, acc, cal), rows["t"], rows["op"])
+    base = error_stats(constant_efficiency_baseline(rows, acc, iters=300), rows["t"])
+    print(f"\nGEMM rows {model['n']}: calibrated median {model['median_abs_rel_error']:.4f} "
+          f"p90 {model['p90_abs_rel_error']:.4f}; constant-efficiency baseline median "
+          f"{base['median_abs_rel_error']:.4f} p90 {base['p90_abs_rel_error']:.4f}")
+    assert model["median_abs_rel_error"] <= 0.05
+    assert model["p90_abs_rel_error"] <= 0.12
+    assert model["p90_abs_rel_error"] < base["p90_abs_rel_error"] - 0.03  # beats it clearly
+    assert model["median_abs_rel_error"] < base["median_abs_rel_error"]
+    for op, v in model["per_op"].items():
+        assert v["median"] <= 0.07, (op, v)
+
+
+def test_calibration_transfers_to_other_devices():
+    h100 = load_accelerator("h100-sxm")
+    cal = calibration_for(h100)  # no own file: the A100 reference
+    assert cal.device == "a100-sxm-80gb"
+    from simllm.cost.kernels import gemm_time
+
+    a100 = load_accelerator("a100-sxm-80gb")
+    big = dict(M=8192, K=8192, N=8192, gp=cal.gemm)
+    t_a = gemm_time(peak=a100.peak("bf16"), bw=a100.hbm_bw, cus=108, **big)
+    t_h = gemm_time(peak=h100.peak("bf16"), bw=h100.hbm_bw, cus=132, **big)
+    # same fraction of each device's own peak for a large GEMM: time ratio ~ peak ratio
+    assert float(t_a / t_h) == pytest.approx(989 / 312, rel=0.15)
+
+
+def test_check_cli_json(shared_data, capsys):
+    from simllm.cli import main
+
+    f = _mlp_files(shared_data)[0]
+    with pytest.raises(SystemExit) as e:
+        main(["calibrate", "check", str(f), "--hw", "a100-sxm-80gb", "--json"])
+    assert e.value.code == 0
+    d = json.loads(capsys.readouterr().out)
+    assert set(d) >= {"n", "median_abs_rel_error", "p90_abs_rel_error", "per_op"}
+    assert set(d["per_op"]) == {"attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj"}
+    assert d["median_abs_rel_error"] < 0.08
+    c = shared_data / "calibration" / "vidur-a100" / "a100_dgx_all_reduce.csv"
+    with pytest.raises(SystemExit) as e:
+        main(["calibrate", "check", str(c), "--hw", "a100", "--json"])
+    assert e.value.code == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["n"] > 1000 and "all_reduce_inter" in d["per_op"]
+
+
+def test_fit_cli_writes_yaml(shared_data, tmp_path):
+    import pandas as pd
+
+    from simllm.cli import main
+
+    src = _mlp_files(shared_data)[0]
+    small = tmp_path / "small_mlp.csv"
+    pd.read_csv(src).iloc[::8].to_csv(small, index=False)
+    out = tmp_path / "cal.yaml"
+    with pytest.raises(SystemExit) as e:
+        main(["calibrate", "fit", str(small), "--hw", "a100-sxm-80gb", "--out", str(out), "--iters", "60"])
+    assert e.value.code == 0
+    cal = load_calibration(out)
+    assert cal.device == "a100-sxm-80gb" and "gemm" in cal.fit
+    assert 0 < cal.gemm.memory_efficiency <= 1.2 and len(cal.gemm.tile_efficiency) == len(cal.gemm.tiles)
+
+
+def test_bad_inputs(tmp_path, capsys):
+    from simllm.cli import main
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    for argv in (["calibrate", "check", str(bad), "--hw", "a100"],
+                 ["calibrate", "check", str(tmp_path / "missing.csv"), "--hw", "a100"],
+                 ["calibrate", "check", str(bad), "--hw", "no-such-device"],
+                 ["calibrate", "fit", str(bad), "--hw", "a100", "--out", str(tmp_path / "x.yaml")]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "\n" not in err
+    y = tmp_path / "c.yaml"
+    y.write_text("gemm: {memory_efficiency: fast}\n")
+    with pytest.raises(InputError):
+        load_calibration(y)
+    y.write_text("gemm: {warp_speed: 3}\n")
+    with pytest.raises(InputError):
+        load_calibration(y)
+
+
+def test_roundtrip(tmp_path):
+    cal = Calibration(device="x")
+    cal.dump(tmp_path / "x.yaml")
+    back = load_calibration(tmp_path / "x.yaml")
+    assert back.gemm.tiles == cal.gemm.tiles
+    assert back.comm == cal.comm
