@@ -1,0 +1,101 @@
+"""``simllm run SCENARIO.yaml``: simulate one scenario, write requests.csv, steps.csv, summary.json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ._common import _clean, console, echo_json, print_table
+
+
+def write_outputs(out: Path, req, steps, summary) -> None:
+    """Deterministic files: same inputs give byte-identical outputs."""
+    out.mkdir(parents=True, exist_ok=True)
+    req.to_csv(out / "requests.csv", index=False, lineterminator="\n", float_format="%.12g")
+    steps.to_csv(out / "steps.csv", index=False, lineterminator="\n", float_format="%.12g")
+    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=2, sort_keys=False) + "\n")
+
+
+def _fmt(x, scale=1.0, unit=""):
+    return "-" if x is None else f"{x * scale:.4g}{unit}"
+
+
+def print_summary(s: dict) -> None:
+    rows = [
+        ("requests", f"{s['completed']} completed, {s['rejected']} rejected, {s['preemptions']} preemptions"),
+        ("simulated duration", _fmt(s["duration_s"], unit=" s")),
+        ("throughput", f"{_fmt(s['request_throughput_per_s'])} req/s, {_fmt(s['output_tokens_per_s'])} output tok/s, "
+                       f"{_fmt(s['input_tokens_per_s'])} input tok/s"),
+    ]
+    if s["saturated"]:
+        sat = s["saturation"]
+        rows.append(("SATURATED", f"arrivals {_fmt(sat['arrival_rate_per_s'])}/s > completions "
+                                  f"{_fmt(sat['completion_rate_per_s'])}/s over the second half; queue grew by "
+                                  f"{sat['backlog_growth']}: latencies are not meaningful (they grow with the run's "
+                                  f"length); lower the load or add replicas"))
+    else:
+        for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "E2E")):
+            st = s[key]
+            rows.append((f"{label} mean / p50 / p90 / p99 (ms)",
+                         " / ".join(_fmt(st[q], 1e3) for q in ("mean", "p50", "p90", "p99"))))
+        slo = s["slo"]
+        if slo["ttft_s"] is not None or slo["tpot_s"] is not None:
+            rows.append(("goodput", f"{_fmt(s['goodput_requests_per_s'])} req/s; SLO attainment "
+                                    f"{_fmt(s['slo_attainment'], 100, '%')}"))
+    rows += [
+        ("MFU / MBU / busy", f"{_fmt(s['mfu'], 100, '%')} / {_fmt(s['mbu'], 100, '%')} / "
+                             f"{_fmt(s['busy_fraction'], 100, '%')}"),
+        ("KV utilisation (mean)", _fmt(s["kv_utilization_mean"], 100, "%")),
+        ("cost per Mtok out", _fmt(s["cost_per_million_output_tokens_usd"], unit=" USD")),
+        ("energy per output token", _fmt(s["energy_per_output_token_j"], unit=" J")
+         if s["energy_per_output_token_j"] is not None else f"- ({s['energy_note']})"),
+    ]
+    print_table(s.get("scenario") or "summary", ["metric", "value"], rows, justify_numbers=False)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run(
+        scenario: Path = typer.Argument(..., help="scenario YAML (see workloads/scenarios/)"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for requests.csv, steps.csv, summary.json"),
+        seed: Optional[int] = typer.Option(None, "--seed", help="override the scenario's seed"),
+        set_: List[str] = typer.Option([], "--set", help="override a field: deployment.tp=4 (value parsed as YAML)"),
+        json_: bool = typer.Option(False, "--json", help="print the summary as JSON instead of a table"),
+        progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                                help="progress bar (default: on when stderr is a terminal)"),
+    ) -> None:
+        """Simulate one scenario and summarise it (TTFT, TPOT, throughput, goodput, MFU, cost, energy)."""
+        from ..scenario import load_scenario, prepare, simulate
+
+        scn, path = load_scenario(scenario, set_)
+        prep = prepare(scn, file=path, seed=seed)
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = None
+        cb = None
+        if show:
+            from tqdm import tqdm
+
+            n = getattr(prep.workload, "num_requests", None) or len(prep.workload)
+            bar = tqdm(total=n, unit="req", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+            def cb(t: float, done: int) -> None:
+                bar.set_postfix_str(f"sim {t:,.0f} s", refresh=False)
+                bar.update(done - bar.n)  # redraws at most every 0.1 s
+
+        try:
+            req, steps, summary = simulate(prep, seed=seed, progress=cb)
+        finally:
+            if bar is not None:
+                bar.close()
+        if out is not None:
+            write_outputs(out, req, steps, summary)
+        if json_:
+            echo_json(summary)
+        else:
+            print_summary(summary)
+            if out is not None:
+                console.print(f"wrote {out}/requests.csv, steps.csv, summary.json")

@@ -1,0 +1,207 @@
+"""Per-request and per-step tables, and the run summary.
+
+Definitions follow ``vllm bench serve`` (benchmarks/serve.py in vLLM):
+
+- **TTFT** (``ttft_s``): first token time - arrival time (includes queueing and prefill).
+- **TPOT** (``tpot_s``): (completion - first token) / (output_tokens - 1); requests with a single
+  output token have no TPOT (NaN) and are left out of its statistics, as vLLM does.
+- **ITL**: the gaps between successive tokens. The simulator jumps over decode steps, so it
+  reports the token-weighted mean ITL only: sum(e2e - ttft) / sum(output_tokens - 1).
+- **E2EL** (``e2e_s``): completion - arrival.
+- ``queueing_s``: first scheduled - arrival; ``scheduled_s`` is the start of the request's first
+  prefill step.
+- Throughput: completed requests (and their prompt / output tokens) divided by the duration
+  from the first arrival to the last completion.
+- Goodput: completed requests per second meeting every SLO given (``ttft_s``, ``tpot_s``);
+  SLO attainment is their fraction of all requests (rejected ones count as misses).
+
+Utilisation is over that duration and all devices: MFU = FLOPs / (duration x devices x peak),
+MBU = bytes / (duration x devices x memory bandwidth), using the cost model's per-device FLOPs
+and bytes of each step (a jump segment counts its middle step x ``n_steps``). ``busy_fraction``
+is the fraction of time a replica runs a step. Energy: each device draws
+``idle + busy_fraction x (TDP - idle)``; when the accelerator descriptor gives no idle power
+energy is null and ``energy_note`` says why. Cost: ``price_per_hour`` x devices x duration.
+
+Saturation: over the second half of the arrival window, if requests complete at less than 90%
+of the rate they arrive and the number in the system grows by more than max(20, 10% of the
+arrivals in that half), the run is overloaded: its queue grows without bound, and its
+latencies are a function of the run's length, not of the system. ``saturated`` is then true.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from ..sim.engine import STEP_COLUMNS, SimResult
+
+REQUEST_COLUMNS = ("id", "arrival_s", "prompt_tokens", "output_tokens", "generated_tokens", "scheduled_s",
+                   "first_token_s", "completion_s", "ttft_s", "tpot_s", "e2e_s", "queueing_s", "preemptions",
+                   "replica", "rejected_reason")
+
+
+def requests_table(res: SimResult) -> pd.DataFrame:
+    out = res.output_tokens
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(out > 1, (res.completion_s - res.first_token_s) / np.maximum(out - 1, 1), np.nan)
+    df = pd.DataFrame({
+        "id": res.ids,
+        "arrival_s": res.arrival_s,
+        "prompt_tokens": res.prompt_tokens,
+        "output_tokens": out,
+        "generated_tokens": res.generated_tokens,
+        "scheduled_s": res.scheduled_s,
+        "first_token_s": res.first_token_s,
+        "completion_s": res.completion_s,
+        "ttft_s": res.first_token_s - res.arrival_s,
+        "tpot_s": tpot,
+        "e2e_s": res.completion_s - res.arrival_s,
+        "queueing_s": res.scheduled_s - res.arrival_s,
+        "preemptions": res.preemptions,
+        "replica": res.replica,
+        "rejected_reason": res.rejected_reason,
+    })
+    return df
+
+
+def steps_table(res: SimResult) -> pd.DataFrame:
+    """One row per prefill step or decode segment (``n_steps`` iterations)."""
+    return pd.DataFrame({c: res.steps[c] for c in STEP_COLUMNS})
+
+
+def _stats(x: np.ndarray) -> dict[str, Optional[float]]:
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
+    p50, p90, p99 = np.percentile(x, [50, 90, 99])
+    return {"mean": float(x.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
+
+
+def _reason_counts(reasons: pd.Series) -> dict[str, int]:
+    """Rejections grouped by kind (numbers in the message replaced by N)."""
+    kinds = reasons.str.replace(r"\d+", "N", regex=True)
+    return {str(k): int(v) for k, v in kinds.value_counts().sort_index().items()}
+
+
+def saturation(arrival: np.ndarray, completion: np.ndarray, rejected: np.ndarray) -> dict[str, Any]:
+    """Compare arrival and completion rates over the second half of the arrival window."""
+    if len(arrival) < 2:
+        return {"saturated": False, "arrival_rate_per_s": None, "completion_rate_per_s": None, "backlog_growth": 0}
+    t0, t1 = float(arrival.min()), float(arrival.max())
+    mid = (t0 + t1) / 2
+    w = t1 - mid
+    served = ~rejected
+    arr = arrival[served]
+    comp = completion[served]
+    n_arr = int(np.count_nonzero((arr > mid) & (arr <= t1)))
+    n_comp = int(np.count_nonzero((comp > mid) & (comp <= t1)))
+
+    def in_system(t):
+        return int(np.count_nonzero(arr <= t)) - int(np.count_nonzero(comp <= t))
+
+    growth = in_system(t1) - in_system(mid)
+    a_rate = n_arr / w if w > 0 else None
+    c_rate = n_comp / w if w > 0 else None
+    sat = bool(w > 0 and n_comp < 0.9 * n_arr and growth > max(20, 0.1 * n_arr))
+    return {"saturated": sat, "arrival_rate_per_s": a_rate, "completion_rate_per_s": c_rate,
+            "backlog_growth": growth, "in_system_at_last_arrival": in_system(t1)}
+
+
+def summarize(res: SimResult, *, devices_per_replica: int = 1, peak_flops: Optional[float] = None,
+              hbm_bandwidth: Optional[float] = None, price_per_device_hour: Optional[float] = None,
+              tdp_w: Optional[float] = None, idle_w: Optional[float] = None,
+              slo_ttft_s: Optional[float] = None, slo_tpot_s: Optional[float] = None,
+              requests: Optional[pd.DataFrame] = None) -> dict[str, Any]:
+    df = requests if requests is not None else requests_table(res)
+    rejected = df["rejected_reason"].to_numpy() != ""
+    done = np.isfinite(df["completion_s"].to_numpy()) & ~rejected
+    n = len(df)
+    n_done = int(done.sum())
+    arr = df["arrival_s"].to_numpy()
+    start = float(arr.min()) if n else 0.0
+    duration = max(res.end_s - start, 0.0)
+    d = df[done]
+    out_tok = int(d["output_tokens"].sum())
+    in_tok = int(d["prompt_tokens"].sum())
+
+    def rate(x):
+        return x / duration if duration > 0 else None
+
+    ttft = d["ttft_s"].to_numpy()
+    tpot = d["tpot_s"].to_numpy()
+    e2e = d["e2e_s"].to_numpy()
+    n_itl = int((d["output_tokens"] - 1).sum())
+    itl_mean = float((e2e - ttft).sum() / n_itl) if n_itl > 0 else None
+
+    ok = np.ones(n_done, dtype=bool)
+    if slo_ttft_s is not None:
+        ok &= ttft <= slo_ttft_s
+    if slo_tpot_s is not None:
+        ok &= ~(tpot > slo_tpot_s)  # NaN TPOT (one output token) meets it
+    good = int(ok.sum())
+
+    steps = res.steps
+    R = res.num_replicas
+    devices = R * devices_per_replica
+    dur_arr = np.asarray(steps["duration_s"], dtype=float)
+    busy_s = float(dur_arr.sum())
+    busy_fraction = busy_s / (R * duration) if duration > 0 else None
+    flops = float(np.nansum(np.asarray(steps["flops"], dtype=float)))
+    byts = float(np.nansum(np.asarray(steps["bytes"], dtype=float)))
+    have_breakdown = len(steps["flops"]) > 0 and np.isfinite(np.asarray(steps["flops"], dtype=float)).all()
+    # flops/bytes are per device of the step's replica: sum over replicas / (R * duration * peak)
+    mfu = flops / (R * duration * peak_flops) if (peak_flops and duration > 0 and have_breakdown) else None
+    mbu = byts / (R * duration * hbm_bandwidth) if (hbm_bandwidth and duration > 0 and have_breakdown) else None
+    kv_used = np.asarray(steps["kv_blocks_used"], dtype=float)
+    kv_util = float((kv_used * dur_arr).sum() / busy_s / res.kv_num_blocks) if busy_s > 0 else None
+
+    cost = None
+    if price_per_device_hour is not None and out_tok > 0:
+        cost = price_per_device_hour * devices * duration / 3600.0 / out_tok * 1e6
+    energy_j = None
+    energy_note = ""
+    if tdp_w is None:
+        energy_note = "no TDP known"
+    elif idle_w is None or not math.isfinite(idle_w):
+        energy_note = "the accelerator descriptor gives no idle_power: the power model idle + busy x (TDP - idle) needs it"
+    elif duration > 0:
+        energy_j = devices_per_replica * (idle_w * R * duration + (tdp_w - idle_w) * busy_s)
+    sat = saturation(arr, df["completion_s"].to_numpy(), rejected)
+
+    return {
+        "num_requests": n,
+        "completed": n_done,
+        "rejected": int(rejected.sum()),
+        "rejected_reasons": _reason_counts(df.loc[rejected, "rejected_reason"]),
+        "preemptions": int(df["preemptions"].sum()),
+        "duration_s": duration,
+        "replicas": R,
+        "devices": devices,
+        "request_throughput_per_s": rate(n_done),
+        "input_tokens_per_s": rate(in_tok),
+        "output_tokens_per_s": rate(out_tok),
+        "total_tokens_per_s": rate(in_tok + out_tok),
+        "ttft_s": _stats(ttft),
+        "tpot_s": _stats(tpot),
+        "itl_mean_s": itl_mean,
+        "e2e_s": _stats(e2e),
+        "queueing_s": _stats(d["queueing_s"].to_numpy()),
+        "slo": {"ttft_s": slo_ttft_s, "tpot_s": slo_tpot_s},
+        "goodput_requests_per_s": rate(good),
+        "slo_attainment": good / n if n else None,
+        "mfu": mfu,
+        "mbu": mbu,
+        "busy_fraction": busy_fraction,
+        "kv_utilization_mean": kv_util,
+        "kv_blocks_per_replica": res.kv_num_blocks,
+        "kv_peak_blocks": max(res.kv_peak_blocks) if res.kv_peak_blocks else 0,
+        "cost_per_million_output_tokens_usd": cost,
+        "energy_j": energy_j,
+        "energy_per_output_token_j": (energy_j / out_tok) if (energy_j is not None and out_tok) else None,
+        "energy_note": energy_note,
+        "saturated": sat["saturated"],
+        "saturation": sat,
+    }
