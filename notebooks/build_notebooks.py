@@ -91,6 +91,83 @@ cv = gaps.std() / gaps.mean()
 print(f"generated {len(reqs)} requests: rate {len(reqs)/t[-1]:.3f} req/s (target {gen['arrivals']['rate']:.3f}), CV {cv:.2f} (target {gen['arrivals']['cv']:.2f})")'''),
 ]
 
+NOTEBOOKS["expert_placement_deepseek_v3.ipynb"] = [
+    ("md", """# Expert placement for DeepSeek-V3
+
+DeepSeek-V3 has 58 MoE layers of 256 routed experts (top-8, 8 groups, at most 4 groups per token).
+Expert popularity is skewed: a bounded power law with exponent about 1.0 (NVIDIA aiconfigurator; SGLang
+measured max/mean 3.17 on one GPU's 16 experts). This notebook compares placement policies on 32 devices
+in 4 nodes with 32 redundant slots (9 per device), the setting of DeepSeek's EPLB:
+
+* `contiguous`: default expert-parallel sharding (experts 0-7 on device 0, ...);
+* `round_robin`;
+* `greedy_replicated`: EPLB (replicate the hottest experts, pack replicas by load);
+* `ilp`: a PuLP model per layer (makespan objective), with its LP bound."""),
+    ("code", SETUP),
+    ("code", """from simllm.model import load_model
+from simllm.placement import build_policy
+from simllm.placement.loads import zipf_popularity, expected_loads, RoutingSampler
+m = load_model("deepseek-v3").moe
+L = 8 if SMALL else load_model("deepseek-v3").num_moe_layers
+E, K = m.num_experts, m.top_k
+devices, nodes, slots = 32, 4, 9              # 288 slots = 256 experts + 32 redundant
+pop = zipf_popularity(L, E, alpha=1.0, seed=0)
+loads = expected_loads(pop, tokens=4096, top_k=K)   # tokens per expert for a 4096-token step
+print(f"{L} MoE layers x {E} experts, top-{K}; hottest expert carries {loads.max(1).mean()/loads.mean(1).mean():.1f}x the mean")"""),
+    ("code", """import time
+policies = ["contiguous", "round_robin", "greedy_replicated", "ilp"]
+placements, rows = {}, []
+for name in policies:
+    t0 = time.perf_counter()
+    pl = build_policy({"policy": name, "jobs": 2} if name == "ilp" else name).place(loads, devices, nodes, slots)
+    wall = time.perf_counter() - t0
+    pl.check()                                  # every expert placed, slots respected, shares sum to 1
+    placements[name] = pl
+    imb = pl.imbalance()
+    rows.append({"policy": name, "max/mean (mean over layers)": imb.mean(), "worst layer": imb.max(), "solve s": wall})
+table = pd.DataFrame(rows).set_index("policy"); table.round(4)"""),
+    ("code", """# The ILP is never worse than the greedy on any layer
+assert (placements["ilp"].imbalance() <= placements["greedy_replicated"].imbalance() + 1e-9).all()
+fig, ax = plt.subplots(figsize=(9, 3.5))
+for name in policies:
+    ax.plot(placements[name].imbalance(), marker=".", label=name)
+ax.set(xlabel="MoE layer", ylabel="max / mean device load", yscale="log", title="Planned load imbalance per layer")
+ax.grid(alpha=.3, which="both"); ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left"); fig.tight_layout()"""),
+    ("code", """from simllm.report.plots import expert_load_heatmap
+out = Path("reports/examples/placement"); out.mkdir(parents=True, exist_ok=True)
+for name in ("contiguous", "ilp"):
+    expert_load_heatmap(placements[name].device_loads(), out, title=f"Device load, {name} placement",
+                        xlabel="device", name=f"device_load_{name}")
+from IPython.display import Image, display
+display(Image(out / "device_load_contiguous.png"), Image(out / "device_load_ilp.png"))"""),
+    ("md", """## Planned vs realised balance
+
+A placement is planned on expected loads; each step routes its own tokens. With DeepSeek-V3's grouped
+routing, draw the per-step expert counts of decode batches of several sizes and look at the realised
+max/mean device load: small batches are noisy whatever the placement, large ones approach the plan."""),
+    ("code", """sampler = RoutingSampler(pop, K, routing="grouped", num_groups=m.num_groups, topk_groups=m.topk_groups, seed=1)
+rows = []
+for batch in (64, 256, 1024) if SMALL else (32, 64, 128, 256, 512, 1024, 2048, 4096):
+    counts = sampler.sample(batch)              # [L, E] tokens per expert this step
+    for name in policies:
+        rows.append({"batch tokens": batch, "policy": name, "realised max/mean": np.nanmean(placements[name].imbalance(counts))})
+real = pd.DataFrame(rows).pivot(index="batch tokens", columns="policy", values="realised max/mean")
+ax = real.plot(marker="o", logx=True, figsize=(7, 3.5))
+ax.set(ylabel="realised max / mean device load", title="Balance of real steps (grouped top-8 routing)"); ax.grid(alpha=.3)
+real.round(3)"""),
+    ("md", """Even at 4096 tokens the realised balance (about 1.23) stays above the plan (1.00): grouped routing
+(at most 4 of 8 groups per token) moves load away from the raw popularity the plan assumed. EPLB plans on
+*observed* loads instead. Plan again on counts observed over a long window and evaluate on fresh steps:"""),
+    ("code", """observed = sampler.sample(4096 if SMALL else 32768)          # loads seen over a window of steps
+fresh = sampler.sample(4096)
+rows = []
+for name in ("greedy_replicated", "ilp"):
+    pl = build_policy({"policy": name, "jobs": 2} if name == "ilp" else name).place(observed, devices, nodes, slots)
+    rows.append({"policy": name, "planned on": "observed loads", "realised max/mean (4096-token step)": np.nanmean(pl.imbalance(fresh))})
+    rows.append({"policy": name, "planned on": "popularity", "realised max/mean (4096-token step)": np.nanmean(placements[name].imbalance(fresh))})
+pd.DataFrame(rows).set_index(["policy", "planned on"]).round(3)"""),
+]
+
 
 def build() -> list[Path]:
     out = []
