@@ -134,7 +134,8 @@ for name in policies:
 ax.set(xlabel="MoE layer", ylabel="max / mean device load", yscale="log", title="Planned load imbalance per layer")
 ax.grid(alpha=.3, which="both"); ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left"); fig.tight_layout()"""),
     ("code", """from simllm.report.plots import expert_load_heatmap
-out = Path("reports/examples/placement"); out.mkdir(parents=True, exist_ok=True)
+import tempfile
+out = Path(tempfile.mkdtemp(prefix="placement-"))
 for name in ("contiguous", "ilp"):
     expert_load_heatmap(placements[name].device_loads(), out, title=f"Device load, {name} placement",
                         xlabel="device", name=f"device_load_{name}")
@@ -168,6 +169,64 @@ for name in ("greedy_replicated", "ilp"):
 pd.DataFrame(rows).set_index(["policy", "planned on"]).round(3)"""),
 ]
 
+NOTEBOOKS["capacity_planning_llama3_70b.ipynb"] = [
+    ("md", """# Capacity planning: Llama-3-70B under the Azure conversation trace
+
+Question: *which GPU, which tensor-parallel degree and how many replicas serve a target load with
+p99 TTFT <= 2 s and p99 TPOT <= 100 ms, at the lowest cost?*
+
+Method (as DistServe and Vidur-Search do): for each (node, TP) candidate, simulate **one replica**
+replaying the Azure 2023 conversation sample with Poisson arrivals, and bisect the highest request rate
+at which at least 99% of requests meet both SLOs (`simllm.sweep.find_max_rate`). Replicas needed =
+target rate / that rate (round-robin spreads load evenly); cost = replicas x TP x price per GPU-hour.
+The same search runs from the command line: `simllm sweep SWEEP.yaml --find-max-rate`."""),
+    ("code", SETUP),
+    ("code", """import math, yaml
+from simllm.errors import InputError
+from simllm.sweep import find_max_rate, scenario_runner
+from simllm.hardware import load_node
+TARGET_RPS = 20.0                     # the load to serve (requests/s)
+SLO = {"ttft_s": 2.0, "tpot_s": 0.1}
+N = 150 if SMALL else 800             # requests per simulation
+candidates = [("dgx-h100", 4), ("dgx-h100", 8)] if SMALL else \\
+    [(n, tp) for n in ("dgx-a100", "dgx-h100", "hgx-h200") for tp in (2, 4, 8)]
+base = {"name": "llama3-70b-capacity", "model": "llama-3-70b",
+        "deployment": {"replicas": 1, "tp": 4, "batching": {"policy": "vllm", "max_num_seqs": 256, "max_num_batched_tokens": 8192},
+                       "kv": {"block_size": 16, "gpu_memory_utilization": 0.9, "activation_reserve": 0.02}},
+        "workload": {"trace": "traces/azure2023_conv_sample.csv", "limit": N, "retime": {"process": "poisson", "rate": 1.0}},
+        "slo": SLO, "seed": 0}
+run = scenario_runner(REPO / "workloads" / "scenarios")"""),
+    ("code", """rows = []
+for node, tp in candidates:
+    cfg = {**base, "hardware": {"node": node}, "deployment": {**base["deployment"], "tp": tp}}
+    acc = load_node(node).accelerator
+    price = acc.price_per_hour.value if acc.price_per_hour else float("nan")
+    try:
+        res = find_max_rate(cfg, run, rate_field="workload.retime.rate", lo=0.25, hi=64.0, attainment=0.99, rel_tol=0.1)
+    except InputError as e:            # e.g. the weights do not fit: no KV cache left
+        rows.append({"node": node, "tp": tp, "max rate/replica (req/s)": 0.0, "note": str(e).split(": ")[-1][:60]})
+        continue
+    r = res["max_rate"]; s = res["summary_at_max"]
+    replicas = math.ceil(TARGET_RPS / r) if r > 0 else float("nan")
+    rows.append({"node": node, "tp": tp, "max rate/replica (req/s)": r, "replicas": replicas, "GPUs": replicas * tp,
+                 "p99 TTFT at max (s)": s.get("ttft_s", {}).get("p99"), "p99 TPOT at max (s)": s.get("tpot_s", {}).get("p99"),
+                 "USD/h": replicas * tp * price, "note": ""})
+plan = pd.DataFrame(rows).sort_values("USD/h"); plan.round(3)"""),
+    ("code", """ok = plan[plan["max rate/replica (req/s)"] > 0]
+best = ok.iloc[0]
+print(f"cheapest plan for {TARGET_RPS} req/s: {int(best.replicas)} x TP{int(best.tp)} on {best.node} = "
+      f"{int(best.GPUs)} GPUs, {best['USD/h']:.2f} USD/h")
+fig, ax = plt.subplots(figsize=(8, 3.5))
+labels = [f"{n} TP{t}" for n, t in zip(ok.node, ok.tp)]
+ax.barh(labels, ok["USD/h"], color="C0")
+ax.set(xlabel=f"cost to serve {TARGET_RPS:g} req/s (USD per hour)", title="Cost of each plan meeting p99 TTFT 2 s / TPOT 100 ms")
+ax.grid(alpha=.3, axis="x"); fig.tight_layout()"""),
+    ("md", """Notes: prices are the descriptors' cited cloud prices (`simllm hw show h100 --json`); override with
+`price_per_device_hour` in a scenario. A plan with more replicas also gains from statistical multiplexing,
+so per-replica capacity is a conservative basis; confirm the winner with a full multi-replica run
+(`simllm run` with `deployment.replicas` set)."""),
+]
+
 
 def build() -> list[Path]:
     out = []
@@ -176,6 +235,8 @@ def build() -> list[Path]:
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src)
                     for kind, src in cells]
+        for i, cell in enumerate(nb.cells):  # stable ids: rebuilding gives identical files
+            cell["id"] = f"{Path(name).stem[:40]}-{i}"
         path = HERE / name
         nbf.write(nb, path)
         out.append(path)

@@ -67,6 +67,8 @@ def register(app: typer.Typer) -> None:
         json_: bool = typer.Option(False, "--json", help="print the summary as JSON instead of a table"),
         progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
                                                 help="progress bar (default: on when stderr is a terminal)"),
+        trace_out: Optional[Path] = typer.Option(None, "--trace-out",
+                                                 help="write a Chrome/Perfetto trace (JSON; open in ui.perfetto.dev)"),
     ) -> None:
         """Simulate one scenario and summarise it (TTFT, TPOT, throughput, goodput, MFU, cost, energy)."""
         from ..scenario import load_scenario, prepare, simulate
@@ -93,6 +95,10 @@ def register(app: typer.Typer) -> None:
                 bar.close()
         if out is not None:
             write_outputs(out, req, steps, summary)
+        if trace_out is not None:
+            from ..report.perfetto import write_trace
+
+            write_trace(req, steps, trace_out)
         if json_:
             echo_json(summary)
         else:

@@ -51,7 +51,7 @@ def write_trace(requests: pd.DataFrame, steps: pd.DataFrame, path: str | Path, *
                   ("prefill", rd.get("scheduled_s"), rd.get("first_token_s")),
                   ("decode", rd.get("first_token_s"), rd["completion_s"])]
         for name, a, b in phases:
-            if a is None or b is None or pd.isna(a) or pd.isna(b) or b < a:
+            if a is None or b is None or pd.isna(a) or pd.isna(b) or b <= a:
                 continue
             events.append({"ph": "b", "cat": "request", "name": name, "id": rid, "pid": pid, "tid": 1, "ts": a * _US,
                            "args": {"request": rid}})

@@ -1,0 +1,62 @@
+"""Reports from a real run: Perfetto trace well-formed, plots and HTML written, Pareto front correct."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from simllm.cli import main
+from simllm.report.plots import pareto_front
+
+REPO = Path(__file__).resolve().parent.parent
+SCN = REPO / "workloads" / "scenarios" / "llama3-8b-h100-azure-conv.yaml"
+
+
+def _run(args):
+    with pytest.raises(SystemExit) as ei:
+        main(args)
+    return ei.value.code
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert _run(["run", str(SCN), "--set", "workload.limit=200", "--out", str(out), "--no-progress",
+                 "--trace-out", str(out / "trace.json")]) == 0
+    return out
+
+
+def test_perfetto_trace_well_formed(run_dir):
+    ev = json.loads((run_dir / "trace.json").read_text())["traceEvents"]
+    steps = pd.read_csv(run_dir / "steps.csv")
+    spans = [e for e in ev if e["ph"] == "X"]
+    assert len(spans) == len(steps)
+    # span durations are the steps' durations (microseconds)
+    assert sum(e["dur"] for e in spans) == pytest.approx(steps.duration_s.sum() * 1e6, rel=1e-9)
+    # every async begin has its end, and ends never precede begins
+    begins = {(e["id"], e["name"]): e["ts"] for e in ev if e["ph"] == "b"}
+    ends = {(e["id"], e["name"]): e["ts"] for e in ev if e["ph"] == "e"}
+    assert begins.keys() == ends.keys() and all(ends[k] > begins[k] for k in begins)
+    assert Counter(e["name"] for e in ev if e["ph"] == "b")["decode"] > 0
+
+
+def test_run_report(run_dir):
+    assert _run(["report", str(run_dir)]) == 0
+    for name in ("index.html", "utilization_over_time.png", "batch_size_hist.svg"):
+        assert (run_dir / "report" / name).exists()
+
+
+def test_report_rejects_unknown_folder(tmp_path):
+    assert _run(["report", str(tmp_path)]) == 2
+
+
+def test_pareto_front_is_non_dominated():
+    rng = np.random.default_rng(0)
+    x, y = rng.random(200), rng.random(200)
+    f = set(pareto_front(x, y).tolist())
+    for i in range(200):
+        dominated = np.any((x <= x[i]) & (y <= y[i]) & ((x < x[i]) | (y < y[i])))
+        assert (i in f) == (not dominated)
