@@ -83,6 +83,22 @@ def quantity(dimension: str, *, positive: bool = True):
     return Annotated[float, BeforeValidator(_parse)]
 
 
+def set_dotted(cfg: dict, key: str, value: Any, *, file: str | Path | None = None) -> None:
+    """Set ``a.b.c`` in nested dicts, creating missing intermediate mappings."""
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise InputError(f"bad field path {key!r}", file=file)
+    cur = cfg
+    for i, part in enumerate(parts[:-1]):
+        nxt = cur.get(part)
+        if nxt is None:
+            nxt = cur[part] = {}
+        if not isinstance(nxt, dict):
+            raise InputError(f"cannot set {key!r}: {'.'.join(parts[:i + 1])!r} is not a mapping", file=file, field=key)
+        cur = nxt
+    cur[parts[-1]] = value
+
+
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping from ``path`` with one-line errors for missing files and bad syntax."""
     p = Path(path)

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .config import load_yaml
+from .config import load_yaml, set_dotted
 from .errors import InputError
 
 RunFn = Callable[[dict], dict]
@@ -55,20 +55,6 @@ def get_dotted(cfg: dict, key: str) -> Any:
             raise KeyError(key)
         cur = cur[part]
     return cur
-
-
-def set_dotted(cfg: dict, key: str, value: Any) -> None:
-    """Set ``a.b.c`` in nested dicts, creating intermediate mappings."""
-    parts = key.split(".")
-    cur = cfg
-    for i, part in enumerate(parts[:-1]):
-        nxt = cur.get(part)
-        if nxt is None:
-            nxt = cur[part] = {}
-        if not isinstance(nxt, dict):
-            raise InputError(f"cannot set {key!r}: {'.'.join(parts[:i + 1])!r} is not a mapping", field=key)
-        cur = nxt
-    cur[parts[-1]] = value
 
 
 def apply_overrides(base: dict, overrides: dict) -> dict:
