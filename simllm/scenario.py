@@ -32,10 +32,11 @@ from typing import Any, Callable, Literal, Optional
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from .config import Frozen, load_yaml, quantity, validate
+from .config import Frozen, load_yaml, quantity, set_dotted, validate
 from .errors import InputError
 from .policies.batching import batching as _batching_registry
 from .policies.routing import routing as _routing_registry
+from .sim.disagg import DisaggSpec
 from .units import parse_quantity
 from .workload.spec import WorkloadSpec
 
@@ -62,6 +63,7 @@ class KVSpec(Frozen):
     preemption: Literal["recompute", "swap"] = "recompute"
     watermark: float = Field(default=0.01, ge=0, lt=1)
     swap_bandwidth: quantity("bandwidth") = 25e9  # per device, device <-> host (swap preemption)
+    prefix_caching: bool = False  # share cached prompt prefixes (Mooncake hash_ids / session turns), LRU eviction
 
     @field_validator("activation_reserve", mode="before")
     @classmethod
@@ -91,6 +93,12 @@ class DeploymentSpec(Frozen):
     batching: dict[str, Any] = Field(default_factory=lambda: {"policy": "vllm"})
     kv: KVSpec = KVSpec()
     router: dict[str, Any] = Field(default_factory=lambda: {"policy": "round_robin"})
+    disaggregation: Optional[DisaggSpec] = None  # separate prefill and decode pools (simllm.sim.disagg)
+    # expert parallelism (simllm.cost.moe_ep): ep devices per replica, attention DP over ep / tp
+    ep: int = Field(default=1, gt=0)
+    placement: Optional[dict[str, Any]] = None  # {policy: ilp|greedy_replicated|contiguous, redundant: 32, ...}
+    expert_loads: Optional[dict[str, Any]] = None  # {alpha: 1.0, seed: 0} or {csv: PATH}
+    moe: Optional[dict[str, Any]] = None  # EP cost options: overlap, samples, sample_layers, layers, grid_max
 
     @field_validator("batching", mode="before")
     @classmethod
@@ -102,9 +110,17 @@ class DeploymentSpec(Frozen):
     def _router(cls, v):
         return _check_policy(_routing_registry, v, "round_robin")
 
+    @model_validator(mode="after")
+    def _ep(self):
+        if self.ep > 1 and (self.pp != 1 or self.ep % self.tp):
+            raise ValueError(f"ep {self.ep} needs pp = 1 and ep a multiple of tp ({self.tp})")
+        if self.ep == 1 and (self.placement or self.expert_loads or self.moe):
+            raise ValueError("placement, expert_loads and moe apply to expert parallelism (ep > 1)")
+        return self
+
     @property
     def devices_per_replica(self) -> int:
-        return self.tp * self.pp
+        return self.ep if self.ep > 1 else self.tp * self.pp
 
 
 class HardwareSpec(Frozen):
@@ -155,23 +171,14 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...], *, file:
         if "=" not in ov:
             raise InputError(f"--set expects FIELD.PATH=VALUE, got {ov!r}", file=file)
         path, raw = ov.split("=", 1)
-        path = path.strip()
-        if not path or any(not p for p in path.split(".")):
-            raise InputError(f"--set: bad field path {path!r}", file=file)
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        keys = path.split(".")
-        cur = data
-        for i, k in enumerate(keys[:-1]):
-            nxt = cur.get(k)
-            if nxt is None:
-                nxt = cur[k] = {}
-            elif not isinstance(nxt, dict):
-                raise InputError(f"--set {path}: {'.'.join(keys[:i + 1])} is not a mapping", file=file)
-            cur = nxt
-        cur[keys[-1]] = value
+        try:
+            set_dotted(data, path.strip(), value, file=file)
+        except InputError as e:
+            raise InputError(f"--set: {e.message}", file=file, field=e.field) from None
     return data
 
 
@@ -199,6 +206,7 @@ class Prepared:
     cost: Any
     num_blocks: int
     workload: Any
+    pools: Any = None  # disaggregation: {"prefill": PoolPrep, "decode": PoolPrep}
 
 
 def _located(fn, file, field):
@@ -239,6 +247,18 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
         raise InputError(f"{dep.replicas} replicas x {dep.devices_per_replica} devices exceed the cluster's "
                          f"{n_devices}", file=file, field="deployment.replicas")
     model = _located(lambda: load_model(scn.model), file, "model")
+    if dep.disaggregation is not None:
+        from .sim.disagg import prepare_disaggregated
+
+        return prepare_disaggregated(scn, model, acc, node, n_devices, file=file, seed=seed)
+    if cost is None and dep.ep > 1:
+        from .cost.moe_ep import make_ep_step_cost
+
+        base_dir = Path(file).resolve().parent if file else None
+        cost = _located(lambda: make_ep_step_cost(
+            model, acc, ep=dep.ep, tp=dep.tp, node=node, cluster=cl if hw.cluster else None, placement=dep.placement,
+            expert_loads=dep.expert_loads, moe=dep.moe, weight_dtype=dep.weight_dtype, kv_dtype=dep.kv_dtype,
+            act_dtype=dep.act_dtype, base_dir=base_dir), file, "deployment")
     if cost is None:
         try:
             from .cost import make_step_cost
@@ -267,6 +287,10 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
     from .policies import make_batching, make_router
     from .sim import SimConfig, Simulation
 
+    if prep.pools is not None:
+        from .sim.disagg import simulate_disaggregated
+
+        return simulate_disaggregated(prep, seed=seed, progress=progress)
     scn = prep.scenario
     dep = scn.deployment
     max_len = dep.max_model_len
@@ -274,7 +298,7 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
         max_len = getattr(prep.model, "max_position_embeddings", None)
     cfg = SimConfig(jump=scn.sim.jump, preemption=dep.kv.preemption, block_size=dep.kv.block_size,
                     watermark=dep.kv.watermark, max_model_len=max_len, swap_bandwidth=dep.kv.swap_bandwidth,
-                    record_breakdown=scn.sim.record_breakdown)
+                    record_breakdown=scn.sim.record_breakdown, prefix_caching=dep.kv.prefix_caching)
     sim = Simulation(prep.workload, cost=prep.cost, num_blocks=prep.num_blocks,
                      batching=lambda: make_batching(dep.batching), router=make_router(dep.router),
                      replicas=dep.replicas, config=cfg, seed=scn.seed if seed is None else seed)

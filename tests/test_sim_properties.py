@@ -115,7 +115,7 @@ def test_unknown_policy_and_field_are_rejected():
     with pytest.raises(InputError, match="unknown field 'max_seqs'.*known: .*max_num_seqs"):
         make_batching({"policy": "vllm", "max_seqs": 3})
     with pytest.raises(InputError, match="round_robin"):
-        make_router({"policy": "random"})
+        make_router({"policy": "no_such_router"})
 
 
 def test_closed_loop_sessions_jump_equals_step():

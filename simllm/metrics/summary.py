@@ -64,12 +64,21 @@ def requests_table(res: SimResult) -> pd.DataFrame:
         "replica": res.replica,
         "rejected_reason": res.rejected_reason,
     })
+    pri = getattr(res, "priority", None)
+    if pri is not None and len(pri) == len(df) and len(np.unique(pri)) > 1:  # priority batching: the class
+        df["priority_class"] = pri
+    for c, v in getattr(res, "request_columns", {}).items():  # disaggregation: decode_replica, pool, kv_transfer_s
+        df[c] = v
     return df
 
 
 def steps_table(res: SimResult) -> pd.DataFrame:
     """One row per prefill step or decode segment (``n_steps`` iterations)."""
-    return pd.DataFrame({c: res.steps[c] for c in STEP_COLUMNS})
+    df = pd.DataFrame({c: res.steps[c] for c in STEP_COLUMNS})
+    pools = getattr(res, "pools", None)  # disaggregation: the pool of each step's replica
+    if pools:
+        df["pool"] = np.asarray(pools, dtype=object)[df["replica"].to_numpy(dtype=np.int64)] if len(df) else []
+    return df
 
 
 def _stats(x: np.ndarray) -> dict[str, Optional[float]]:
@@ -157,6 +166,19 @@ def summarize(res: SimResult, *, devices_per_replica: int = 1, peak_flops: Optio
     mbu = byts / (R * duration * hbm_bandwidth) if (hbm_bandwidth and duration > 0 and have_breakdown) else None
     kv_used = np.asarray(steps["kv_blocks_used"], dtype=float)
     kv_util = float((kv_used * dur_arr).sum() / busy_s / res.kv_num_blocks) if busy_s > 0 else None
+    rep_dev = getattr(res, "replica_devices", None)
+    if rep_dev:  # pools of different replica sizes (disaggregation): weigh each step by its replica's devices
+        rep = np.asarray(steps["replica"], dtype=np.int64)
+        w = np.asarray(rep_dev, dtype=float)[rep]
+        devices = int(sum(rep_dev))
+        busy_dev_s = float((dur_arr * w).sum())
+        busy_fraction = busy_dev_s / (devices * duration) if duration > 0 else None
+        fl = np.asarray(steps["flops"], dtype=float) * w
+        by = np.asarray(steps["bytes"], dtype=float) * w
+        mfu = float(np.nansum(fl)) / (devices * duration * peak_flops) if mfu is not None else None
+        mbu = float(np.nansum(by)) / (devices * duration * hbm_bandwidth) if mbu is not None else None
+        cap = np.asarray(res.replica_kv_blocks, dtype=float)[rep]
+        kv_util = float((kv_used / cap * dur_arr).sum() / busy_s) if busy_s > 0 else None
 
     cost = None
     if price_per_device_hour is not None and out_tok > 0:
@@ -169,7 +191,20 @@ def summarize(res: SimResult, *, devices_per_replica: int = 1, peak_flops: Optio
         energy_note = "the accelerator descriptor gives no idle_power: the power model idle + busy x (TDP - idle) needs it"
     elif duration > 0:
         energy_j = devices_per_replica * (idle_w * R * duration + (tdp_w - idle_w) * busy_s)
+        if rep_dev:
+            energy_j = idle_w * devices * duration + (tdp_w - idle_w) * busy_dev_s
     sat = saturation(arr, df["completion_s"].to_numpy(), rejected)
+    by_class = None
+    if "priority_class" in df.columns:  # fairness: latency per priority class
+        by_class = {}
+        for k, g in d.groupby("priority_class"):
+            by_class[str(int(k))] = {"completed": int(len(g)), "ttft_s": _stats(g["ttft_s"].to_numpy()),
+                                     "tpot_s": _stats(g["tpot_s"].to_numpy())}
+    prefix = None
+    if getattr(res, "prefix_caching", False):
+        q = int(res.prefix_query_tokens)
+        prefix = {"query_tokens": q, "hit_tokens": int(res.prefix_hit_tokens),
+                  "token_hit_rate": (res.prefix_hit_tokens / q) if q else None}
 
     return {
         "num_requests": n,
@@ -204,4 +239,6 @@ def summarize(res: SimResult, *, devices_per_replica: int = 1, peak_flops: Optio
         "energy_note": energy_note,
         "saturated": sat["saturated"],
         "saturation": sat,
+        **({"by_priority_class": by_class} if by_class is not None else {}),
+        **({"prefix_cache": prefix} if prefix is not None else {}),
     }

@@ -11,12 +11,19 @@ decode-only batch, it keeps choosing it until the batch membership changes (a co
 preemption) or a request arrives. Free KV blocks only shrink while decoding, so a request
 that could not be admitted stays inadmissible. A policy without that property sets
 ``jump_safe = False`` and the replica then steps one iteration at a time.
+
+Policies: ``vllm`` (prefill-only or decode-only iterations), ``orca`` (decode and whole prefills
+in one iteration), ``sarathi`` (decode first, prefill chunks fill a token budget), ``static``
+(fixed batches run to completion), ``priority`` (classes, preemption of lower classes). All keep
+the property above and are checked by ``tests/test_policies_properties.py`` (jump == step).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import ClassVar, Iterable, Optional, Protocol
+
+import numpy as np
 
 from .registry import Registry
 
@@ -28,8 +35,10 @@ class Batch:
     """One iteration's decision: prefill these requests (global ids, token counts); decode the running set?"""
 
     prefill_ids: list[int] = field(default_factory=list)
-    prefill_lens: list[int] = field(default_factory=list)
+    prefill_lens: list[int] = field(default_factory=list)  # tokens computed this iteration (a chunk may be less)
     decode: bool = False
+    preempt: list[int] = field(default_factory=list)  # running requests to preempt before this iteration
+    wait_until: Optional[float] = None  # nothing to run: sleep until this time (or an arrival)
 
     @property
     def empty(self) -> bool:
@@ -37,17 +46,34 @@ class Batch:
 
 
 class WaitingQueue(Protocol):
-    """FCFS queue of request ids (preempted requests are put back at its front)."""
+    """FCFS queue of request ids (preempted requests are put back at its front).
+
+    A request whose prefill is under way (chunked prefill) stays in the queue until its last
+    chunk; ``started`` tells it, ``prefill_len`` is then what is left.
+    """
 
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterable[int]: ...
     def prefill_len(self, rid: int) -> int:
-        """Tokens to (re)compute when ``rid`` is admitted: prompt plus tokens generated before a preemption."""
+        """Tokens still to compute for ``rid``: prompt plus tokens generated before a preemption, less cached
+        prefix tokens and chunks already done."""
         ...
+    def new_blocks(self, rid: int) -> int:
+        """KV blocks admitting ``rid`` takes from ``kv.free_blocks`` (0 once its prefill started)."""
+        ...
+    def started(self, rid: int) -> bool: ...
+    def arrival_s(self, rid: int) -> float: ...
+    def priority(self, rid: int) -> int: ...
 
 
 class RunningSet(Protocol):
     n: int  # sequences holding KV blocks and decoding
+    n_prefilling: int  # requests whose chunked prefill is under way (they are in the queue, hold KV blocks)
+    clock: float  # simulated time of this decision
+
+    def running(self) -> list[tuple[int, int]]:
+        """(request id, KV tokens) of the decoding sequences, oldest first."""
+        ...
 
 
 class KVCacheView(Protocol):
@@ -61,6 +87,11 @@ class KVCacheView(Protocol):
 class BatchingPolicy(Protocol):
     max_num_seqs: int
     jump_safe: bool
+    # class attributes (defaults in the replica when absent):
+    # general: True -> the replica runs batches through its general step (prefill and decode in one
+    #   iteration, chunks, preemptions, waits); False -> vLLM's prefill-only / decode-only steps.
+    # fcfs: True -> a request arriving behind a blocked queue head cannot be scheduled before it, so an
+    #   arrival only interrupts a decode jump when the queue was empty; False -> every arrival does.
 
     def next_batch(self, queue: WaitingQueue, running: RunningSet, kv: KVCacheView) -> Batch: ...
 
@@ -103,7 +134,7 @@ class VLLMBatching:
                 n_tok = queue.prefill_len(rid)
                 if seqs + 1 > self.max_num_seqs or tokens + n_tok > self.max_num_batched_tokens:
                     break
-                need = kv.blocks_for(n_tok)
+                need = queue.new_blocks(rid)
                 if free - need < kv.watermark_blocks:
                     break
                 free -= need
@@ -113,6 +144,225 @@ class VLLMBatching:
                 b.prefill_lens.append(n_tok)
         if not b.prefill_ids:
             b.decode = running.n > 0
+        return b
+
+
+def _check_seqs(max_num_seqs):
+    if max_num_seqs < 1:
+        raise ValueError("max_num_seqs must be >= 1")
+
+
+@batching.register("static")
+@dataclass(frozen=True)
+class StaticBatching:
+    """Static (request-level) batching: wait for ``batch_size`` requests, or until the oldest has waited
+    ``timeout_s`` seconds of simulated time, prefill them in one iteration and decode the batch to
+    completion; nothing is admitted until the whole batch is done."""
+
+    batch_size: int = 32
+    timeout_s: float = 1.0
+    jump_safe: bool = field(default=True, init=False)
+    general: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if self.timeout_s < 0:
+            raise ValueError("timeout_s must be >= 0")
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.batch_size
+
+    def max_prompt_tokens(self) -> int | None:
+        return None
+
+    def next_batch(self, queue, running, kv) -> Batch:
+        b = Batch()
+        if running.n > 0:
+            b.decode = True
+            return b
+        if not len(queue):
+            return b
+        head = next(iter(queue))
+        if len(queue) < self.batch_size and running.clock < queue.arrival_s(head) + self.timeout_s:
+            b.wait_until = queue.arrival_s(head) + self.timeout_s
+            return b
+        free = kv.free_blocks
+        for rid in queue:
+            need = queue.new_blocks(rid)
+            if len(b.prefill_ids) >= self.batch_size or (b.prefill_ids and free - need < kv.watermark_blocks):
+                break
+            free -= need
+            b.prefill_ids.append(rid)
+            b.prefill_lens.append(queue.prefill_len(rid))
+        return b
+
+
+def _admit_whole(b: Batch, queue, kv, free: int, seqs: int, tokens: int, max_seqs: int, max_tokens: int,
+                 order: Iterable[int]) -> tuple[int, int, int]:
+    """Admit whole prefills FCFS in ``order`` until one does not fit; returns (free, seqs, tokens)."""
+    for rid in order:
+        n_tok = queue.prefill_len(rid)
+        if seqs + 1 > max_seqs or tokens + n_tok > max_tokens:
+            break
+        need = queue.new_blocks(rid)
+        if free - need < kv.watermark_blocks:
+            break
+        free -= need
+        seqs += 1
+        tokens += n_tok
+        b.prefill_ids.append(rid)
+        b.prefill_lens.append(n_tok)
+    return free, seqs, tokens
+
+
+@batching.register("orca")
+@dataclass(frozen=True)
+class OrcaBatching:
+    """Orca iteration-level batching, no chunking: each iteration decodes every running sequence and
+    prefills whole prompts of waiting requests (FCFS) in the same iteration, within ``max_num_seqs``
+    and ``max_num_batched_tokens`` (decode tokens count one each). One KV block per running
+    sequence is kept for its next token."""
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    jump_safe: bool = field(default=True, init=False)
+    general: ClassVar[bool] = True
+
+    def __post_init__(self):
+        _check_seqs(self.max_num_seqs)
+        if self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_batched_tokens must be >= 1")
+
+    def max_prompt_tokens(self) -> int | None:
+        return self.max_num_batched_tokens
+
+    def next_batch(self, queue, running, kv) -> Batch:
+        b = Batch(decode=running.n > 0)
+        if len(queue):
+            _admit_whole(b, queue, kv, kv.free_blocks - running.n, running.n, running.n, self.max_num_seqs,
+                         self.max_num_batched_tokens, queue)
+        return b
+
+
+@batching.register("sarathi")
+@dataclass(frozen=True)
+class ChunkedPrefill:
+    """Sarathi-Serve / Dynamic SplitFuse: each iteration decodes every running sequence first, then fills
+    the rest of ``token_budget`` with prefill chunks (FCFS; a prefill under way continues first),
+    within ``max_num_seqs``. A prompt of any length is prefilled over several iterations."""
+
+    token_budget: int = 512
+    max_num_seqs: int = 256
+    jump_safe: bool = field(default=True, init=False)
+    general: ClassVar[bool] = True
+
+    def __post_init__(self):
+        _check_seqs(self.max_num_seqs)
+        if self.token_budget < 1:
+            raise ValueError("token_budget must be >= 1")
+
+    def max_prompt_tokens(self) -> int | None:
+        return None
+
+    def next_batch(self, queue, running, kv) -> Batch:
+        b = Batch(decode=running.n > 0)
+        left = self.token_budget - running.n
+        if left <= 0 or not len(queue):
+            return b
+        seqs = running.n + running.n_prefilling
+        free = kv.free_blocks - running.n
+        for rid in queue:
+            if not queue.started(rid):
+                need = queue.new_blocks(rid)
+                if seqs + 1 > self.max_num_seqs or free - need < kv.watermark_blocks:
+                    break
+                free -= need
+                seqs += 1
+            c = min(queue.prefill_len(rid), left)
+            b.prefill_ids.append(rid)
+            b.prefill_lens.append(c)
+            left -= c
+            if left <= 0:
+                break
+        return b
+
+
+@batching.register("priority")
+@dataclass(frozen=True)
+class PriorityBatching:
+    """Priority classes with preemption (lower class number first, FCFS within a class).
+
+    The class is ``Request.priority`` (``rule: trace``) or, with ``rule: prompt_length``, 0 for prompts
+    of at most ``short_prompt_tokens`` and 1 for longer ones. Each iteration decodes the running
+    set and prefills whole prompts in class order (Orca-style, no chunking); when the best waiting
+    request does not fit (KV blocks or sequence slots), running requests of strictly lower classes
+    are preempted (newest first, by ``kv.preemption``: swap or recompute) to make room.
+    """
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    rule: str = "trace"
+    short_prompt_tokens: int = 1024
+    jump_safe: bool = field(default=True, init=False)
+    general: ClassVar[bool] = True
+    fcfs: ClassVar[bool] = False
+
+    def __post_init__(self):
+        _check_seqs(self.max_num_seqs)
+        if self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_batched_tokens must be >= 1")
+        if self.rule not in ("trace", "prompt_length"):
+            raise ValueError(f"rule must be trace or prompt_length, got {self.rule!r}")
+
+    def max_prompt_tokens(self) -> int | None:
+        return self.max_num_batched_tokens
+
+    def classify(self, prompt_tokens: np.ndarray, priority: np.ndarray) -> np.ndarray:
+        if self.rule == "prompt_length":
+            return (np.asarray(prompt_tokens) > self.short_prompt_tokens).astype(np.int64)
+        return np.asarray(priority, dtype=np.int64)
+
+    def next_batch(self, queue, running, kv) -> Batch:
+        b = Batch()
+        n = running.n
+        if len(queue):
+            order = sorted(queue, key=queue.priority)  # stable: FCFS within a class
+            free = kv.free_blocks - n
+            seqs = tokens = n
+            victims = None
+            for rid in order:
+                n_tok = queue.prefill_len(rid)
+                if tokens + n_tok > self.max_num_batched_tokens:
+                    break
+                need = queue.new_blocks(rid)
+                if seqs + 1 > self.max_num_seqs or free - need < kv.watermark_blocks:
+                    # preempt running requests of lower classes, newest first, if that makes room
+                    if victims is None:
+                        victims = [(r, t) for r, t in reversed(running.running()) if r not in b.preempt]
+                    cls = queue.priority(rid)
+                    f, s, tk, chosen = free, seqs, tokens, []
+                    for r, t in victims:
+                        if s + 1 <= self.max_num_seqs and f - need >= kv.watermark_blocks:
+                            break
+                        if queue.priority(r) <= cls:
+                            continue
+                        chosen.append(r)
+                        f += kv.blocks_for(t) + 1
+                        s -= 1
+                        tk -= 1
+                    if s + 1 > self.max_num_seqs or f - need < kv.watermark_blocks:
+                        break
+                    b.preempt.extend(chosen)
+                    victims = [v for v in victims if v[0] not in chosen]
+                    free, seqs, tokens = f, s, tk
+                free -= need
+                seqs += 1
+                tokens += n_tok
+                b.prefill_ids.append(rid)
+                b.prefill_lens.append(n_tok)
+        b.decode = n - len(b.preempt) > 0
         return b
 
 

@@ -21,6 +21,15 @@ the next one is seen (no interrupt), and does not even yield to SimPy for a step
 ends before its next arrival (nothing else can affect it). Its logical clock then runs ahead of
 ``env.now``; all timestamps come from that clock, never from ``env.now``.
 
+Policies with ``general = True`` (orca, sarathi, static, priority) and any policy under prefix
+caching run prefill iterations through ``Replica._mixed``: policy-chosen preemptions, prefill
+chunks (a request keeps its place in the waiting queue, with its KV blocks, until its last chunk;
+``prefill_attn_work`` counts cached context + chunk) and one decode token of the running set,
+priced as one mixed batch. Decode-only iterations still jump. With prefix caching
+(``simllm.sim.prefix_cache``) shared prompt units are counted once in the used blocks and
+unreferenced ones are evicted LRU when blocks run out (within a jump, at its end: the same
+units stepping would evict).
+
 Per-step records: one row per prefill step and one row per decode *segment* (``n_steps``
 iterations, ``duration_s`` their exact sum). ``compute_s``/``memory_s``/``comm_s``/``flops``/
 ``bytes`` of a segment are those of its middle step times ``n_steps``, taken from a memo on
@@ -40,6 +49,7 @@ import simpy
 from ..cost.interface import BatchShape
 from ..policies.batching import Batch
 from .kv import KVCache
+from .prefix_cache import PrefixCache
 
 NAN = float("nan")
 
@@ -53,20 +63,87 @@ class SimConfig:
     max_model_len: Optional[int] = None  # prompt + output longer than this is rejected
     swap_bandwidth: float = 25e9  # B/s per device between device and host memory (swap preemption)
     record_breakdown: bool = True  # call step_cost once per step/segment for compute/memory/comm
+    prefix_caching: bool = False  # share full prompt units with equal prefix keys (simllm.sim.prefix_cache)
+    prefix_unit_tokens: int = 512  # tokens per prefix key (Mooncake hash_ids: 512)
 
 
 class _Waiting(deque):
-    """FCFS waiting queue of request ids; ``prefill_len`` includes tokens to recompute."""
+    """FCFS waiting queue of request ids; ``prefill_len`` includes tokens to recompute.
 
-    __slots__ = ("_prompt", "_gen")
+    With chunked prefill or prefix caching (``rep.pdone`` / ``rep.pc``) it subtracts chunks done and
+    cached prefix tokens (see ``simllm.policies.batching.WaitingQueue``).
+    """
+
+    __slots__ = ("_prompt", "_gen", "rep")
 
     def __init__(self, prompt: np.ndarray, gen: np.ndarray):
         super().__init__()
         self._prompt = prompt
         self._gen = gen
+        self.rep = None
 
     def prefill_len(self, rid: int) -> int:
-        return int(self._prompt[rid] + self._gen[rid])
+        L = int(self._prompt[rid] + self._gen[rid])
+        rep = self.rep
+        if rep is None or (rep.pc is None and not rep.pdone):
+            return L
+        d = rep.pdone.get(rid)
+        if d is not None:
+            return L - d
+        if rep.pc is not None:
+            return L - rep.pc.match(rep._hit_keys(rid, L))[0] * rep.unit_tokens
+        return L
+
+    def new_blocks(self, rid: int) -> int:
+        rep = self.rep
+        L = int(self._prompt[rid] + self._gen[rid])
+        if rep is None:
+            return -(-L // 16)
+        if rid in rep.pdone:
+            return 0
+        b = -(-L // rep.B)
+        if rep.pc is not None:
+            h, u = rep.pc.match(rep._hit_keys(rid, L))
+            b -= (h - u) * rep.pc.upb
+        return b
+
+    def started(self, rid: int) -> bool:
+        return self.rep is not None and rid in self.rep.pdone
+
+    def arrival_s(self, rid: int) -> float:
+        return float(self.rep.sim.arrival[rid])
+
+    def priority(self, rid: int) -> int:
+        return int(self.rep.sim.priority[rid])
+
+
+class _KVView:
+    """What a batching policy sees of the KV cache when evictable prefix blocks count as free."""
+
+    __slots__ = ("kv", "pc")
+
+    def __init__(self, kv: KVCache, pc: PrefixCache):
+        self.kv = kv
+        self.pc = pc
+
+    @property
+    def block_size(self) -> int:
+        return self.kv.block_size
+
+    @property
+    def num_blocks(self) -> int:
+        return self.kv.num_blocks
+
+    @property
+    def watermark_blocks(self) -> int:
+        return self.kv.watermark_blocks
+
+    @property
+    def free_blocks(self) -> int:
+        return self.kv.num_blocks - self.kv.used_blocks + self.pc.evictable_blocks
+
+    def blocks_for(self, tokens: int) -> int:
+        return self.kv.blocks_for(tokens)
 
 
 @dataclass
@@ -90,6 +167,10 @@ class SimResult:
     block_size: int
     end_s: float
     kv_peak_blocks: list = field(default_factory=list)
+    priority: Optional[np.ndarray] = None  # priority class per request (batching policy's rule)
+    prefix_caching: bool = False
+    prefix_query_tokens: int = 0  # prompt tokens looked up in the prefix cache at admission
+    prefix_hit_tokens: int = 0  # of which found cached (prefill skipped)
 
 
 class Replica:
@@ -124,7 +205,67 @@ class Replica:
         self._pmemo: dict = {}
         self.future: Optional[list] = None  # arrival times of requests routed here (when the router plans)
         self.fptr = 0
+        # chunked prefill, policy-driven preemption, prefix caching (the general step, _mixed)
+        self.pdone: dict = {}  # rid -> tokens in KV of a prefill under way (still in the waiting queue)
+        self.pblocks: dict = {}  # rid -> (private blocks held, prefix units acquired at admission)
+        self.partial_blocks = 0
+        self.sh_units = 0  # prefix units referenced by running sequences (counted in the cache, once)
+        self.held = 0  # blocks not in sum(ceil(r_t / B)): partial prefills + cache - running's shared
+        self.unit_tokens = int(cfg.prefix_unit_tokens)
+        self.pc = PrefixCache(self.unit_tokens // cfg.block_size) if cfg.prefix_caching else None
+        self.kv_view = _KVView(self.kv, self.pc) if self.pc is not None else self.kv
+        self.seg = None  # (step ends, sequences) of the decode jump under way
+        self.general = bool(getattr(policy, "general", False)) or self.pc is not None
+        self.fcfs = bool(getattr(policy, "fcfs", True))
+        self.waiting.rep = self
         self.proc = self.env.process(self._run())
+
+    # -- the policy's view of the running set ----------------------------------------------
+    @property
+    def n_prefilling(self) -> int:
+        return len(self.pdone)
+
+    def running(self) -> list:
+        return list(zip(self.r_idx[:self.n].tolist(), self.r_t[:self.n].tolist()))
+
+    def _sync(self) -> int:
+        """Used KV blocks now (``env.now``), inside a decode jump too: the steps finished by now grow the
+        sequences and evict cached prefixes as stepping one iteration at a time would have."""
+        seg = self.seg
+        if seg is None:
+            return self.kv.used_blocks
+        ends, n = seg
+        j = int(np.searchsorted(ends, self.env.now, side="right"))
+        if j == 0:
+            return self.kv.used_blocks
+        B = self.B
+        used = int(((self.r_t[:n] + (j + B - 1)) // B).sum()) + self.held
+        if self.pc is not None and used > self.kv.num_blocks:
+            freed = self.pc.evict(used - self.kv.num_blocks)
+            used -= freed
+            self.held -= freed
+        return used
+
+    @property
+    def kv_free_fraction(self) -> float:
+        kv = self.kv
+        used = self._sync()
+        ev = self.pc.evictable_blocks if self.pc is not None else 0
+        return (kv.num_blocks - used + ev) / kv.num_blocks
+
+    def cached_prefix_units(self, rid: int) -> int:
+        """Leading prefix units of ``rid`` this replica holds cached (0 without prefix caching)."""
+        if self.pc is None:
+            return 0
+        self._sync()
+        return self.pc.match(self._keys(rid))[0]
+
+    def _keys(self, rid: int) -> tuple:
+        return self.sim.pkeys[rid][:int(self.sim.prompt[rid]) // self.unit_tokens]
+
+    def _hit_keys(self, rid: int, L: int) -> tuple:
+        """Keys that may hit: at least one token of the prefill is always computed."""
+        return self._keys(rid)[:(L - 1) // self.unit_tokens]
 
     # -- the router's view ---------------------------------------------------------------
     @property
@@ -147,8 +288,8 @@ class Replica:
             ev, self.idle_ev = self.idle_ev, None
             self.clock = t if t > self.clock else self.clock
             ev.succeed()
-        elif (self.interruptible and not foreseen and len(self.waiting) == 1 and self.n < self.max_seqs
-              and not self.swapped):
+        elif (self.interruptible and not foreseen and not self.swapped
+              and (not self.fcfs or (len(self.waiting) == 1 and self.n < self.max_seqs))):
             self.interruptible = False
             self.proc.interrupt(t)
 
@@ -171,6 +312,12 @@ class Replica:
         return ""
 
     # -- the replica process -------------------------------------------------------------
+    def _on_boundary(self) -> None:
+        """Called at every decision point (a step boundary or a wake-up), before the policy decides.
+
+        A hook for subclasses (``simllm.sim.disagg``: a decode replica starts KV transfers and lets
+        transferred requests join here); its changes are seen by the decision that follows."""
+
     def _run(self):
         env = self.env
         sim = self.sim
@@ -179,6 +326,7 @@ class Replica:
         jump = self.cfg.jump
         B = self.B
         while True:
+            self._on_boundary()
             if self.n == 0 and not self.waiting and not self.swapped:
                 self.idle_ev = env.event()
                 yield self.idle_ev
@@ -190,9 +338,19 @@ class Replica:
                 batch = Batch(decode=self.n > 0)
                 swap_drained = not self.swapped  # the policy decides again from the next boundary
             else:
-                batch = policy.next_batch(self.waiting, self, kv)
-            if batch.prefill_ids:
-                yield from self._prefill(batch, now)
+                batch = policy.next_batch(self.waiting, self, self.kv_view)
+            if batch.prefill_ids or batch.preempt:
+                if self.general:
+                    yield from self._mixed(batch, now)
+                else:
+                    yield from self._prefill(batch, now)
+                continue
+            if batch.wait_until is not None and not batch.decode:  # e.g. static batching waits for a batch
+                self.idle_ev = ev = env.event()
+                yield ev | env.timeout(max(batch.wait_until - env.now, 0.0))
+                if self.idle_ev is ev:  # timed out: no arrival
+                    self.idle_ev = None
+                    self.clock = max(self.clock, batch.wait_until)
                 continue
             if not batch.decode or self.n == 0:  # nothing schedulable (cannot happen with a sane policy)
                 raise RuntimeError(f"replica {self.index}: policy {policy!r} scheduled nothing "
@@ -200,13 +358,16 @@ class Replica:
             # -- decode segment -----------------------------------------------------------
             # make room for one more token per sequence, preempting the newest
             preempted = False
-            if kv.num_blocks - kv.used_blocks < self.n:  # some sequence may need a new block it cannot get
+            if self._cap() - kv.used_blocks < self.n:  # some sequence may need a new block it cannot get
                 while True:
                     t = self.r_t[:self.n]
                     grow = int(np.count_nonzero(t % B == 0))
-                    if kv.used_blocks + grow <= kv.num_blocks or self.n == 1:
+                    if kv.used_blocks + grow <= self._cap() or (self.n == 1 and not self.pdone):
                         break
-                    self._preempt_newest()
+                    if self.n == 1:
+                        self._preempt_partial()
+                    else:
+                        self._preempt_newest()
                     preempted = True
             n = self.n
             t = self.r_t[:n]
@@ -232,7 +393,8 @@ class Replica:
                     self.pending_swap_s = 0.0
                 ends = buf.cumsum()[1:]
                 end = float(ends[-1])
-            if k > 1 and self.future is not None and not self.waiting and n < self.max_seqs and not self.swapped:
+            if k > 1 and self.future is not None and (
+                    not self.fcfs or (not self.waiting and n < self.max_seqs and not self.swapped)):
                 # end the jump at the step boundary where the next arrival routed here is seen
                 if self.fptr < len(self.future):
                     a = self.future[self.fptr]
@@ -244,6 +406,7 @@ class Replica:
                 pass  # planned routing and no arrival here before `end`: nothing can change, no event needed
             elif k > 1:
                 self.interruptible = True
+                self.seg = (ends, n)  # routers looking at KV state mid-jump see the steps done by then
                 try:
                     yield env.timeout(max(end - env.now, 0.0))
                 except simpy.Interrupt as intr:
@@ -254,6 +417,7 @@ class Replica:
                         end = float(ends[j])
                     yield env.timeout(max(end - env.now, 0.0))
                 self.interruptible = False
+                self.seg = None
             else:
                 yield env.timeout(max(end - env.now, 0.0))
             self.clock = end
@@ -261,38 +425,74 @@ class Replica:
             self.r_t[:n] += k
             rem = self.r_rem[:n]
             rem -= k
-            used = int(((self.r_t[:n] + (B - 1)) // B).sum())
-            kv.used_blocks = used
-            if used > self.kv_peak:
-                self.kv_peak = used
+            self._refresh_used()
+            used = kv.used_blocks
             sim.record_step(self.index, now, end - now, k, n, 0, 0, n * k, used,
                             (0, 0.0, 0, n, T0 + n * (k + 1) / 2.0))
             if k == mrem:  # someone finished
-                done = rem == 0
-                ids = self.r_idx[:n][done]
-                sim.completion[ids] = end
-                sim.gen[ids] = sim.out[ids]
-                if sim.sessions is not None:
-                    sim.on_complete(ids.tolist(), end)
-                nd = len(ids)
-                self.done += nd
-                sim.finished += nd
-                keep = ~done
-                m = n - nd
-                self.r_idx[:m] = self.r_idx[:n][keep]
-                self.r_t[:m] = self.r_t[:n][keep]
-                self.r_rem[:m] = rem[keep]
-                self.n = m
-                kv.used_blocks = int(((self.r_t[:m] + (B - 1)) // B).sum())
+                self._finish(n, end)
+
+    def _finish(self, n: int, end: float) -> None:
+        """Retire the first ``n`` running sequences that have no token left to generate."""
+        sim = self.sim
+        rem = self.r_rem[:n]
+        done = rem == 0
+        ids = self.r_idx[:n][done]
+        sim.completion[ids] = end
+        sim.gen[ids] = sim.out[ids]
+        if sim.sessions is not None:
+            sim.on_complete(ids.tolist(), end)
+        nd = len(ids)
+        self.done += nd
+        sim.finished += nd
+        if self.pc is not None:
+            for rid in ids.tolist():
+                keys = self._keys(rid)
+                self.pc.release(keys)
+                self.sh_units -= len(keys)
+        keep = ~done
+        m = self.n - nd
+        if m > n - nd:  # sequences after the first n (joined this step) keep their places
+            keep = np.concatenate([keep, np.ones(self.n - n, dtype=bool)])
+            rem = self.r_rem[:self.n]
+        self.r_idx[:m] = self.r_idx[:self.n][keep]
+        self.r_t[:m] = self.r_t[:self.n][keep]
+        self.r_rem[:m] = rem[keep]
+        self.n = m
+        self._refresh_used()
+
+    def _cap(self) -> int:
+        """Blocks a running sequence may grow into: capacity plus evictable cached prefix blocks."""
+        return self.kv.num_blocks + (self.pc.evictable_blocks if self.pc is not None else 0)
+
+    def _refresh_used(self) -> None:
+        """Recount used blocks (running + partial prefills + cached prefixes), evicting cached prefixes
+        (LRU) beyond capacity."""
+        kv = self.kv
+        B = self.B
+        held = self.partial_blocks
+        pc = self.pc
+        if pc is not None:
+            held += pc.total_blocks - self.sh_units * pc.upb
+        used = int(((self.r_t[:self.n] + (B - 1)) // B).sum()) + held
+        if pc is not None and used > kv.num_blocks:
+            freed = pc.evict(used - kv.num_blocks)
+            used -= freed
+            held -= freed
+        self.held = held
+        kv.used_blocks = used
+        if used > self.kv_peak:
+            self.kv_peak = used
 
     def _fit_steps(self, t: np.ndarray, kmax: int) -> int:
         """Largest k <= kmax such that k more tokens per sequence fit in the KV cache."""
         kv = self.kv
         B = self.B
         n = len(t)
-        cap = kv.num_blocks
+        cap = self._cap()
         if kv.used_blocks + n * (-(-kmax // B)) <= cap:
             return kmax
+        cap -= self.held
         lo, hi = 1, kmax  # f(lo) fits (ensured by preemption)
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -359,6 +559,142 @@ class Replica:
                 self.r_rem[i] = rem
                 self.n = i + 1
 
+    def _mixed(self, batch: Batch, now: float):
+        """One general iteration: policy preemptions, then prefill chunks (new or continued, over cached
+        prefix tokens) together with one decode token of every running sequence (``batch.decode``)."""
+        sim = self.sim
+        kv = self.kv
+        B = self.B
+        pc = self.pc
+        for rid in batch.preempt:
+            self._preempt_rid(rid)
+        ids = list(batch.prefill_ids)
+        lens = list(batch.prefill_lens)
+        if batch.decode and self.n:  # room for one more token per running sequence
+            while True:
+                grow = int(np.count_nonzero(self.r_t[:self.n] % B == 0))
+                if kv.used_blocks + grow <= self._cap() or (self.n == 1 and not self.pdone):
+                    break
+                if self.n == 1:  # the last sequence must grow: give up the newest prefill under way
+                    rid = self._preempt_partial()
+                    if rid in ids:
+                        i = ids.index(rid)
+                        del ids[i], lens[i]
+                else:
+                    self._preempt_newest()
+        n = self.n if batch.decode else 0
+        m = len(ids)
+        P = 0
+        W = 0.0
+        T = self.unit_tokens
+        for rid, c in zip(ids, lens):
+            d0 = self.pdone.get(rid)
+            if d0 is None:  # admission: KV blocks for the whole prefill, cached prefix units shared
+                L = int(sim.prompt[rid] + sim.gen[rid])
+                h = 0
+                if pc is not None:
+                    keys = self._hit_keys(rid, L)
+                    h = pc.match(keys)[0]
+                    pc.acquire(keys[:h])
+                    sim.prefix_query_tokens += int(sim.prompt[rid])
+                    sim.prefix_hit_tokens += h * T
+                    pb = -(-L // B) - h * pc.upb
+                else:
+                    pb = -(-L // B)
+                self.pblocks[rid] = (pb, h)
+                self.partial_blocks += pb
+                d0 = self.pdone[rid] = h * T
+                if sim.scheduled[rid] != sim.scheduled[rid]:  # NaN: first time scheduled
+                    sim.scheduled[rid] = now
+            P += c
+            W += c * (d0 + c / 2.0)
+        self._refresh_used()
+        if n:
+            T0 = int(self.r_t[:n].sum())
+            ctx = float(T0 + n)
+            d = float(self.cost.step_time(P, W, m, n, ctx))
+        else:
+            ctx = 0.0
+            key = (P, W, m)
+            d = self._pmemo.get(key)
+            if d is None:
+                d = self._pmemo[key] = float(self.cost.step_time(P, W, m, 0, 0.0))
+        if self.pending_swap_s:
+            d += self.pending_swap_s
+            self.pending_swap_s = 0.0
+        end = now + d
+        fut = self.future
+        if fut is None or (self.fptr < len(fut) and fut[self.fptr] <= end):
+            yield self.env.timeout(max(end - self.env.now, 0.0))
+        self.clock = end
+        if n:
+            self.r_t[:n] += 1
+            self.r_rem[:n] -= 1
+            self._refresh_used()
+        used_rec = kv.used_blocks
+        sim.record_step(self.index, now, d, 1, m + n, P, m, n, used_rec, (P, W, m, n, ctx))
+        if n and int(self.r_rem[:n].min()) == 0:
+            self._finish(n, end)
+        for rid, c in zip(ids, lens):
+            d1 = self.pdone[rid] + c
+            L = int(sim.prompt[rid] + sim.gen[rid])
+            if d1 < L:
+                self.pdone[rid] = d1
+                continue
+            del self.pdone[rid]
+            pb, h = self.pblocks.pop(rid)
+            self.partial_blocks -= pb
+            self.waiting.remove(rid)
+            g = int(sim.gen[rid]) + 1
+            sim.gen[rid] = g
+            if sim.first_token[rid] != sim.first_token[rid]:
+                sim.first_token[rid] = end
+            rem = int(sim.out[rid]) - g
+            if pc is not None:
+                keys = self._keys(rid)
+                pc.acquire(keys[h:])
+            if rem <= 0:
+                sim.completion[rid] = end
+                if pc is not None:
+                    pc.release(keys)
+                if sim.sessions is not None:
+                    sim.on_complete([rid], end)
+                self.done += 1
+                sim.finished += 1
+            else:
+                i = self.n
+                self.r_idx[i] = rid
+                self.r_t[i] = L
+                self.r_rem[i] = rem
+                self.n = i + 1
+                if pc is not None:
+                    self.sh_units += len(keys)
+        self._refresh_used()
+
+    def _preempt_rid(self, rid: int) -> None:
+        """Preempt running request ``rid`` (chosen by the policy) as the newest would be."""
+        n = self.n
+        i = int(np.flatnonzero(self.r_idx[:n] == rid)[0])
+        if i != n - 1:
+            for a in (self.r_idx, self.r_t, self.r_rem):
+                v = a[i]
+                a[i:n - 1] = a[i + 1:n]
+                a[n - 1] = v
+        self._preempt_newest()
+
+    def _preempt_partial(self) -> int:
+        """Give up the newest prefill under way (its KV blocks are freed; it is recomputed later)."""
+        rid = next(reversed(self.pdone))
+        del self.pdone[rid]
+        pb, h = self.pblocks.pop(rid)
+        self.partial_blocks -= pb
+        if self.pc is not None:
+            self.pc.release(self._keys(rid)[:h])
+        self.sim.preemptions[rid] += 1
+        self.sim.n_preemptions += 1
+        self._refresh_used()
+        return rid
+
     def _preempt_newest(self) -> None:
         sim = self.sim
         i = self.n - 1
@@ -367,6 +703,11 @@ class Replica:
         rem = int(self.r_rem[i])
         self.n = i
         self.kv.used_blocks -= -(-t // self.B)
+        if self.pc is not None:
+            keys = self._keys(rid)
+            self.pc.release(keys)
+            self.sh_units -= len(keys)
+            self._refresh_used()
         sim.preemptions[rid] += 1
         sim.n_preemptions += 1
         sim.gen[rid] = sim.out[rid] - rem
@@ -385,12 +726,19 @@ class Replica:
                 break
             self.swapped.popleft()
             kv.used_blocks += kv.blocks_for(t)
+            if self.pc is not None:
+                keys = self._keys(rid)
+                self.pc.acquire(keys)
+                self.sh_units += len(keys)
+                self._refresh_used()  # shared units count once: the next candidate sees the true free space
             self.pending_swap_s += t * self.kv_bytes_tok / self.cfg.swap_bandwidth
             i = self.n
             self.r_idx[i] = rid
             self.r_t[i] = t
             self.r_rem[i] = rem
             self.n = i + 1
+        if self.pc is not None or self.partial_blocks:
+            self._refresh_used()
 
 
 class Simulation:
@@ -418,6 +766,8 @@ class Simulation:
             self.session_of = np.full(N, -1, dtype=np.int64)
             self.turn_of = np.full(N, -1, dtype=np.int64)
             self.next_rid = 0
+            self.priority = np.zeros(N, dtype=np.int64)
+            self.pkeys = [()] * N
         else:
             N = len(requests)
             self.N = N
@@ -425,8 +775,16 @@ class Simulation:
             self.arrival = np.fromiter((r.arrival_s for r in requests), dtype=np.float64, count=N)
             self.prompt = np.fromiter((r.prompt_tokens for r in requests), dtype=np.int64, count=N)
             self.out = np.fromiter((r.output_tokens for r in requests), dtype=np.int64, count=N)
+            self.priority = np.fromiter((getattr(r, "priority", 0) for r in requests), dtype=np.int64, count=N)
+            self.sids = [getattr(r, "session_id", None) for r in requests]
+            self.pkeys = ([tuple(getattr(r, "prefix_blocks", ()) or ()) for r in requests]
+                          if config.prefix_caching else None)
             if N and np.any(np.diff(self.arrival) < 0):
                 order = np.argsort(self.arrival, kind="stable")
+                self.priority = self.priority[order]
+                self.sids = [self.sids[i] for i in order.tolist()]
+                if self.pkeys is not None:
+                    self.pkeys = [self.pkeys[i] for i in order.tolist()]
                 self.ids, self.arrival, self.prompt, self.out = (a[order] for a in (self.ids, self.arrival,
                                                                                    self.prompt, self.out))
             if N and (self.prompt.min() < 1 or self.out.min() < 1):
@@ -440,14 +798,31 @@ class Simulation:
         self.rejected: dict[int, str] = {}
         self.finished = 0
         self.n_preemptions = 0
+        self.prefix_query_tokens = 0
+        self.prefix_hit_tokens = 0
+        if config.prefix_caching and (config.prefix_unit_tokens % config.block_size or
+                                      config.prefix_unit_tokens < config.block_size):
+            raise ValueError(f"prefix caching needs block_size ({config.block_size}) to divide the prefix unit "
+                             f"of {config.prefix_unit_tokens} tokens")
         self.env = simpy.Environment()
         self._rows: list = []
         self._record_breakdown = config.record_breakdown
         costs = list(cost) if isinstance(cost, (list, tuple)) else [cost] * replicas
         self.replicas = [Replica(self, i, costs[i], batching(), num_blocks) for i in range(replicas)]
+        self.classify = getattr(self.replicas[0].policy, "classify", None)
+        if self.classify is not None and self.sessions is None:
+            self.priority = np.asarray(self.classify(self.prompt, self.priority), dtype=np.int64)
         self.router = router
+        if hasattr(router, "attach"):  # routers that look at the request (session, prefix) get the simulation
+            router.attach(self)
         self.num_blocks = num_blocks
         self.env.process(self._session_starts() if self.sessions is not None else self._arrivals())
+
+    def session_key(self, rid: int):
+        """The request's session (None when it has none)."""
+        if self.sessions is not None:
+            return int(self.session_of[rid])
+        return self.sids[rid]
 
     def record_step(self, replica, start, duration, n_steps, batch, prefill_tokens, prefill_seqs, decode_tokens,
                     kv_used, shape: tuple):
@@ -524,6 +899,10 @@ class Simulation:
         self.out[rid] = turn.output_tokens
         self.session_of[rid] = si
         self.turn_of[rid] = ti
+        if self.config.prefix_caching:
+            self.pkeys[rid] = tuple(turn.prefix_blocks)
+        if self.classify is not None:
+            self.priority[rid] = int(self.classify(self.prompt[rid:rid + 1], self.priority[rid:rid + 1])[0])
         reps = self.replicas
         reps[self.router.route(rid, reps)].submit(rid, t)  # a rejected turn ends its session
 
@@ -567,7 +946,7 @@ class Simulation:
         if self.sessions is not None:  # sessions cut short (rejected turn) send fewer requests
             n = self.next_rid
             for name in ("ids", "arrival", "prompt", "out", "gen", "scheduled", "first_token", "completion",
-                         "preemptions", "replica_of"):
+                         "preemptions", "replica_of", "priority"):
                 setattr(self, name, getattr(self, name)[:n])
             self.N = n
         pending = np.isnan(self.completion)
@@ -584,7 +963,9 @@ class Simulation:
                          generated_tokens=self.gen, preemptions=self.preemptions, replica=self.replica_of,
                          rejected_reason=reasons, steps=self._steps_columns(), num_replicas=len(self.replicas),
                          kv_num_blocks=self.num_blocks, block_size=self.config.block_size, end_s=end,
-                         kv_peak_blocks=[r.kv_peak for r in self.replicas])
+                         kv_peak_blocks=[r.kv_peak for r in self.replicas], priority=self.priority,
+                         prefix_caching=self.config.prefix_caching, prefix_query_tokens=self.prefix_query_tokens,
+                         prefix_hit_tokens=self.prefix_hit_tokens)
 
 
 STEP_COLUMNS = ("replica", "start_s", "duration_s", "n_steps", "batch_size", "prefill_tokens", "decode_tokens",
