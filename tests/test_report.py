@@ -60,3 +60,15 @@ def test_pareto_front_is_non_dominated():
     for i in range(200):
         dominated = np.any((x <= x[i]) & (y <= y[i]) & ((x < x[i]) | (y < y[i])))
         assert (i in f) == (not dominated)
+
+
+def test_moe_run_writes_loads_and_heatmaps(tmp_path):
+    scn = REPO / "workloads" / "scenarios" / "deepseek-v3-h800-ep32.yaml"
+    out = tmp_path / "ds"
+    assert _run(["run", str(scn), "--set", "workload.limit=40", "--out", str(out), "--no-progress", "--json"]) == 0
+    el, dl = pd.read_csv(out / "expert_loads.csv"), pd.read_csv(out / "device_loads.csv")
+    # every expert token lands on some device: per-layer totals agree
+    np.testing.assert_allclose(el.groupby("layer").tokens.sum(), dl.groupby("layer").tokens.sum(), rtol=1e-5)
+    assert dl.device.nunique() == 32
+    assert _run(["report", str(out)]) == 0
+    assert (out / "report" / "expert_load_heatmap.png").exists() and (out / "report" / "device_load_heatmap.png").exists()

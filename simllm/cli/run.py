@@ -12,6 +12,31 @@ import typer
 from ._common import _clean, console, echo_json, print_table
 
 
+def write_expert_loads(out: Path, cost, req) -> None:
+    """For an expert-parallel run: expected tokens per expert and per device, per MoE layer.
+
+    Tokens served (prompt + generated) x top-k, split by the expert popularity the run used and,
+    per device, by the placement's replica shares (``expert_loads.csv``, ``device_loads.csv``).
+    """
+    placement, pop = getattr(cost, "placement", None), getattr(cost, "popularity", None)
+    if placement is None or pop is None:
+        return
+    import numpy as np
+    import pandas as pd
+
+    tokens = float(req["prompt_tokens"].sum() + req.get("generated_tokens", req["output_tokens"]).sum())
+    top_k = cost.model.moe.top_k
+    pop = np.asarray(pop, dtype=float)
+    loads = pop / pop.sum(axis=1, keepdims=True) * tokens * top_k
+    L, E = loads.shape
+    pd.DataFrame({"layer": np.repeat(np.arange(L), E), "expert": np.tile(np.arange(E), L),
+                  "tokens": loads.ravel()}).to_csv(out / "expert_loads.csv", index=False, float_format="%.6g")
+    dev = placement.device_loads(loads)
+    G = dev.shape[1]
+    pd.DataFrame({"layer": np.repeat(np.arange(L), G), "device": np.tile(np.arange(G), L),
+                  "tokens": dev.ravel()}).to_csv(out / "device_loads.csv", index=False, float_format="%.6g")
+
+
 def write_outputs(out: Path, req, steps, summary) -> None:
     """Deterministic files: same inputs give byte-identical outputs."""
     out.mkdir(parents=True, exist_ok=True)
@@ -95,6 +120,7 @@ def register(app: typer.Typer) -> None:
                 bar.close()
         if out is not None:
             write_outputs(out, req, steps, summary)
+            write_expert_loads(out, prep.cost, req)
         if trace_out is not None:
             from ..report.perfetto import write_trace
 

@@ -70,7 +70,13 @@ def run_report(run_dir: Path, out_dir: Path, *, title: str | None = None) -> Pat
     if loads_path.exists():
         el = pd.read_csv(loads_path)
         mat = el.pivot_table(index="layer", columns="expert", values="tokens", aggfunc="sum").fillna(0).to_numpy()
-        imgs += plots.expert_load_heatmap(mat, out_dir)
+        imgs += plots.expert_load_heatmap(mat, out_dir, title="Expected tokens per expert (routing popularity)")
+    dev_path = run_dir / "device_loads.csv"
+    if dev_path.exists():
+        dl = pd.read_csv(dev_path)
+        mat = dl.pivot_table(index="layer", columns="device", values="tokens", aggfunc="sum").fillna(0).to_numpy()
+        imgs += plots.expert_load_heatmap(mat, out_dir, title="Expected tokens per device (placement)",
+                                          xlabel="device", name="device_load_heatmap")
     flat = pd.json_normalize(summary, sep=".").T.reset_index()
     flat.columns = ["metric", "value"]
     return _write_html(out_dir, title or f"simllm run report: {run_dir.name}", imgs, flat, [])

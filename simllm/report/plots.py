@@ -241,7 +241,9 @@ def expert_load_heatmap(loads: np.ndarray, out_dir: Path, title: str = "Expert l
     loads = np.asarray(loads, dtype=float)
     rel = loads / np.maximum(loads.mean(axis=1, keepdims=True), 1e-12)
     fig, ax = plt.subplots(figsize=(10, max(3, 0.08 * loads.shape[0] + 1.5)))
-    im = ax.imshow(rel, aspect="auto", cmap="magma", interpolation="nearest")
+    # the scale starts at 0 and spans at least 0-2x the mean, so a balanced layer reads as uniform
+    im = ax.imshow(rel, aspect="auto", cmap="magma", interpolation="nearest", vmin=0.0,
+                   vmax=max(2.0, float(np.nanmax(rel))))
     cb = fig.colorbar(im, ax=ax)
     cb.set_label("load / layer mean (dimensionless)")
     ax.set_xlabel(xlabel)
