@@ -44,16 +44,7 @@ DTYPE = Literal["fp32", "bf16", "fp16", "fp8", "int8", "fp4", "int4"]
 
 
 def _check_policy(registry, block: Any, default: str) -> dict:
-    if isinstance(block, str):
-        block = {"policy": block}
-    if not isinstance(block, dict):
-        raise ValueError(f"expected a mapping like {{policy: {default}, ...}}, got {block!r}")
-    block = {"policy": default, **block}
-    try:
-        registry.build(block)
-    except InputError as e:
-        raise ValueError(e.message) from None
-    return block
+    return registry.check_block(block, default)
 
 
 class KVSpec(Frozen):

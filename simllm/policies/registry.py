@@ -61,3 +61,17 @@ class Registry(Generic[T]):
             return cls(**params)
         except (TypeError, ValueError) as e:
             raise InputError(str(e), field=self.kind) from None
+
+    def check_block(self, block: Any, default: str) -> dict:
+        """Validate a YAML policy block for a pydantic validator: returns it with ``policy`` filled in,
+        raises ValueError (one line, listing what is known) if the name or a field is unknown."""
+        if isinstance(block, str):
+            block = {"policy": block}
+        if not isinstance(block, dict):
+            raise ValueError(f"expected a mapping like {{policy: {default}, ...}}, got {block!r}")
+        block = {"policy": default, **block}
+        try:
+            self.build(block)
+        except InputError as e:
+            raise ValueError(e.message) from None
+        return block

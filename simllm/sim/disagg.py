@@ -68,17 +68,7 @@ def _policy_block(kind: str, v: Any, default: str) -> dict:
     from ..policies.batching import batching
     from ..policies.routing import routing
 
-    registry = batching if kind == "batching" else routing
-    if isinstance(v, str):
-        v = {"policy": v}
-    if not isinstance(v, dict):
-        raise ValueError(f"expected a mapping like {{policy: {default}, ...}}, got {v!r}")
-    v = {"policy": default, **v}
-    try:
-        registry.build(v)
-    except InputError as e:
-        raise ValueError(e.message) from None
-    return v
+    return (batching if kind == "batching" else routing).check_block(v, default)
 
 
 class PoolSpec(Frozen):
