@@ -197,6 +197,7 @@ class WorkloadSpec(Frozen):
     limit: Optional[PosInt] = None
     rate_scale: PosFloat = 1.0
     retime: Optional[ArrivalSpec] = None
+    session_prefix: bool = False  # derive prefix_blocks from session ids (chat history; prefix caching by session)
     generator: Optional[GeneratorSpec] = None
 
     @model_validator(mode="after")
@@ -391,6 +392,11 @@ def build_table(spec: WorkloadSpec, *, seed: int, base_dir: Optional[Path] = Non
                        period_s=r.period_s, phase=r.phase)
     if len(df) == 0:
         raise InputError("the workload has no requests left after window_s / limit", field="window_s")
+    if spec.session_prefix:
+        if "session_id" not in df.columns:
+            raise InputError("session_prefix needs a trace with session ids (BurstGPT 'Session ID')",
+                             field="session_prefix")
+        df = tf.session_prefix_blocks(df, BLOCK_TOKENS)
     return df
 
 

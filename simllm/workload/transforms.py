@@ -56,3 +56,40 @@ def retime(df: pd.DataFrame, rng: np.random.Generator, *, process: str = "poisso
     out["arrival_s"] = arrival_times(rng, len(df), rate=rate, cv=cv, process=process, amplitude=amplitude,
                                      period_s=period_s, phase=phase)
     return out
+
+
+SESSION_BLOCK_BASE = 1 << 41
+"""Prefix ids derived from sessions start here (clear of Mooncake hash ids and generated sessions)."""
+
+
+def session_prefix_blocks(df: pd.DataFrame, block_tokens: int = 512) -> pd.DataFrame:
+    """Derive ``prefix_blocks`` from ``session_id`` under the chat-history model.
+
+    In a conversation each turn's prompt is the session's history (previous prompt and answer)
+    followed by the new message, so full block ``k`` of any turn holds the same tokens as full
+    block ``k`` of the session's other turns: it gets id ``base(session) + k``. A turn whose
+    prompt is shorter than the previous turn's prompt plus output (history truncated or a fresh
+    start) opens a new base, sharing nothing with what came before. Rows without a session, or
+    that already have prefix blocks, are left as they are.
+    """
+    if "session_id" not in df.columns:
+        return df
+    out = df.copy()
+    blocks = list(out["prefix_blocks"]) if "prefix_blocks" in out.columns else [()] * len(out)
+    sess = out["session_id"].tolist()
+    prompt = out["prompt_tokens"].to_numpy(dtype=np.int64)
+    output = out["output_tokens"].to_numpy(dtype=np.int64)
+    state: dict[str, tuple[int, int]] = {}  # session -> (base id, history tokens after its last turn)
+    next_base = SESSION_BLOCK_BASE
+    stride = 1 << 20  # blocks per base: prompts up to 2^20 blocks
+    for i in range(len(out)):  # rows are in arrival order, so turns come in order
+        s = sess[i]
+        if not isinstance(s, str) or blocks[i]:
+            continue
+        base, history = state.get(s, (None, 0))
+        if base is None or prompt[i] < history:
+            base, next_base = next_base, next_base + stride
+        blocks[i] = tuple(range(base, base + int(prompt[i]) // block_tokens))
+        state[s] = (base, int(prompt[i] + output[i]))
+    out["prefix_blocks"] = blocks
+    return out
