@@ -176,6 +176,16 @@ def kv_bytes_per_token_per_device(model, plan: ParallelPlan, dtype_bytes: float 
     return per_tok / plan.pp / shard / plan.cp
 
 
+def tp_errors(model, tp: int) -> list[str]:
+    """Why ``model``'s attention cannot be sharded ``tp`` ways (empty when it can)."""
+    a = model.attention
+    if a.num_heads % tp:
+        return [f"{model.name}'s {a.num_heads} attention heads do not divide by tp={tp}"]
+    if a.kind != "mla" and a.num_kv_heads % tp and tp % a.num_kv_heads:
+        return [f"{model.name}'s {a.num_kv_heads} KV heads and tp={tp}: neither divides the other"]
+    return []
+
+
 def check_plan(model, cluster, plan: ParallelPlan, *, batch_tokens: int = 8192, kv_tokens: int = 0,
                mem_fraction: float = 0.9, dtype_bytes: float | None = None,
                kv_dtype_bytes: float | None = None) -> PlanCheck:
@@ -183,12 +193,7 @@ def check_plan(model, cluster, plan: ParallelPlan, *, batch_tokens: int = 8192, 
 
     ``batch_tokens``: tokens in one step (sizes activations and comm buffers); ``kv_tokens``:
     KV-cache tokens that must fit at once on a replica (0: only require room for one step's)."""
-    errs: list[str] = []
-    a = model.attention
-    if a.num_heads % plan.tp:
-        errs.append(f"{a.num_heads} attention heads do not divide by tp={plan.tp}")
-    elif a.kind != "mla" and a.num_kv_heads % plan.tp and plan.tp % a.num_kv_heads:
-        errs.append(f"{a.num_kv_heads} KV heads and tp={plan.tp}: neither divides the other")
+    errs: list[str] = tp_errors(model, plan.tp)
     if model.num_layers % plan.pp:
         errs.append(f"{model.num_layers} layers do not divide into pp={plan.pp} stages")
     if plan.ep > 1:

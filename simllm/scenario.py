@@ -238,6 +238,10 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
         raise InputError(f"{dep.replicas} replicas x {dep.devices_per_replica} devices exceed the cluster's "
                          f"{n_devices}", file=file, field="deployment.replicas")
     model = _located(lambda: load_model(scn.model), file, "model")
+    from .parallel import tp_errors
+
+    for err in tp_errors(model, dep.tp):
+        raise InputError(err, file=file, field="deployment.tp")
     if dep.disaggregation is not None:
         from .sim.disagg import prepare_disaggregated
 

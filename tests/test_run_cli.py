@@ -71,3 +71,16 @@ def test_shipped_scenarios_validate():
     assert len(files) >= 3
     for f in files:
         load_scenario(f)
+
+
+def test_tp_must_shard_heads(tmp_path):
+    """tp=3 cannot split Llama-3-8B's 32 heads: exit 2 naming the scenario file and deployment.tp."""
+    import subprocess
+    import sys
+
+    scn = Path(__file__).resolve().parent.parent / "workloads" / "scenarios" / "llama3-8b-h100-azure-conv.yaml"
+    r = subprocess.run([sys.executable, "-m", "simllm.cli", "run", str(scn), "--set", "deployment.tp=3",
+                        "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 2
+    line = r.stderr.strip()
+    assert "\n" not in line and "deployment.tp" in line and "llama3-8b-h100-azure-conv.yaml" in line
