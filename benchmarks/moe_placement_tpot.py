@@ -7,6 +7,9 @@ a table and, as the last line, JSON. A fourth row, ``ilp-stale``, serves the sam
 an ILP placement planned on other loads (Zipf seed 1), and prints what re-planning would move.
 The routed-expert expectation of every placement is estimated from the same routing draws
 (common random numbers), so differences are the placements'.
+Two more rows serve drifting loads (log-popularity random walk, std ``DRIFT`` every ``EVERY_S``
+simulated seconds): ``ilp-drift`` keeps the first ILP placement, ``ilp-replan`` re-places with
+the ILP from the previous interval's loads at every boundary and pauses for the migration.
 
     python3 benchmarks/moe_placement_tpot.py [--set deployment.moe.overlap=true ...]
 """
@@ -25,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 from simllm.scenario import load_scenario, prepare, simulate  # noqa: E402
 
 SCENARIO = ROOT / "workloads" / "scenarios" / "deepseek-v3-h800-ep32.yaml"
-POLICIES = ("ilp", "greedy_replicated", "contiguous", "ilp-stale")
+POLICIES = ("ilp", "greedy_replicated", "contiguous", "ilp-stale", "ilp-drift", "ilp-replan")
+DRIFT, EVERY_S = 0.4, 5
 
 
 def run(policy: str, overrides: list[str]) -> dict:
@@ -34,6 +38,12 @@ def run(policy: str, overrides: list[str]) -> dict:
     if policy.endswith("-stale"):  # planned on other loads (seed 1) than served (seed 0)
         policy = policy[:-len("-stale")]
         extra = ["deployment.placement.plan_loads={alpha: 1.0, seed: 1}"]
+    suffix = ""
+    for sfx, ov in (("-drift", f"deployment.expert_loads.drift_every_s={EVERY_S}"),
+                    ("-replan", f"deployment.placement.replan_every_s={EVERY_S}")):
+        if policy.endswith(sfx):
+            policy, suffix = policy[:-len(sfx)], sfx
+            overrides = [*overrides, f"deployment.expert_loads.drift={DRIFT}", ov]
     scn, path = load_scenario(SCENARIO, [f"deployment.placement.policy={policy}", *overrides, *extra])
     prep = prepare(scn, file=path)
     t1 = time.perf_counter()
@@ -45,7 +55,9 @@ def run(policy: str, overrides: list[str]) -> dict:
     i = min(range(len(tab["tokens"])), key=lambda j: abs(tab["tokens"][j] - 1024))
     mig = c.replan(c.popularity * 1e4, {"policy": policy, "redundant": 32} if policy == "ilp" else policy)[1] \
         if extra else None
-    return {"policy": policy + ("-stale" if extra else ""), "migration_to_fresh": mig,
+    rp = s.get("replacement")
+    return {"policy": policy + ("-stale" if extra else suffix), "migration_to_fresh": mig,
+            "replacement": {k: v for k, v in rp.items() if k != "events"} if rp else None,
             "tpot_p50_s": s["tpot_s"]["p50"], "tpot_mean_s": s["tpot_s"]["mean"],
             "tpot_p90_s": s["tpot_s"]["p90"], "ttft_p50_s": s["ttft_s"]["p50"],
             "output_tokens_per_s": s["output_tokens_per_s"], "completed": s["completed"],
@@ -75,6 +87,11 @@ def main(argv=None) -> dict:
             print(f"{r['policy']}: re-planning on the served loads moves {m['moved_replicas']:.0f} expert replicas, "
                   f"{m['moved_bytes'] / 2**30:.1f} GiB ({m['max_device_bytes'] / 2**30:.2f} GiB on the busiest device, "
                   f"{m['migration_s']:.2f} s over its NIC)")
+    for r in rows:
+        if r["replacement"]:
+            m = r["replacement"]
+            print(f"{r['policy']}: {m['count']} interval boundaries every {m['every_s']:g} s (drift {m['drift']:g}), "
+                  f"moved {m['moved_bytes'] / 2**30:.0f} GiB, paused {m['migration_s']:.2f} s in all")
     out = {"scenario": SCENARIO.name, "overrides": args.overrides, "rows": rows}
     print(json.dumps(out))
     return out

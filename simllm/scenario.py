@@ -294,9 +294,17 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
     cfg = SimConfig(jump=scn.sim.jump, preemption=dep.kv.preemption, block_size=dep.kv.block_size,
                     watermark=dep.kv.watermark, max_model_len=max_len, swap_bandwidth=dep.kv.swap_bandwidth,
                     record_breakdown=scn.sim.record_breakdown, prefix_caching=dep.kv.prefix_caching)
+    changes = None
+    if dep.ep > 1 and prep.cost is not None and hasattr(prep.cost, "policy_spec"):
+        from .cost.moe_ep import replacement_spec
+        from .sim.replacement import PeriodicReplacement
+
+        rs = _located(lambda: replacement_spec(dep.placement, dep.expert_loads), None, "deployment")
+        if rs is not None:
+            changes = PeriodicReplacement(prep.cost, policy=prep.cost.policy_spec, **rs)
     sim = Simulation(prep.workload, cost=prep.cost, num_blocks=prep.num_blocks,
                      batching=lambda: make_batching(dep.batching), router=make_router(dep.router),
-                     replicas=dep.replicas, config=cfg, seed=scn.seed if seed is None else seed)
+                     replicas=dep.replicas, config=cfg, seed=scn.seed if seed is None else seed, changes=changes)
     res = sim.run(progress=progress)
     acc = prep.accelerator
     req = requests_table(res)
@@ -311,4 +319,6 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
                         slo_ttft_s=scn.slo.ttft_s, slo_tpot_s=scn.slo.tpot_s, requests=req)
     summary = {"scenario": scn.name, "model": prep.model.name, "accelerator": acc.name, "tp": dep.tp, "pp": dep.pp,
                "seed": scn.seed if seed is None else seed, **summary}
+    if changes is not None:
+        summary["replacement"] = changes.summary()
     return req, steps_table(res), summary

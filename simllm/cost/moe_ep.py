@@ -60,8 +60,9 @@ tokens as one group (the KV pool is treated as shared; a sequence lives in one g
 **Re-placement.** A placement planned on other loads than those served (``plan_loads``) is a
 stale one; :meth:`EPStepCost.replan` re-places from observed loads and prices the migration
 (bytes of replicas that move, seconds over each device's NIC). Periodic re-placement *during*
-a simulation is not modelled: a replica's step time must stay a fixed function of its batch
-(the simulator memoizes and jumps over steps).
+a simulation (``placement.replan_every_s``, with drifting loads ``expert_loads.drift``) is
+:mod:`simllm.sim.replacement`: each interval boundary swaps in a new cost model (a step's time
+stays a fixed function of its batch between boundaries, which end jumps).
 """
 
 from __future__ import annotations
@@ -524,6 +525,9 @@ def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cl
         raise InputError(f"expected a mapping like {{policy: ilp, redundant: 32}}, got {spec!r}", field="placement")
     spec = {"policy": "contiguous", **spec}
     plan_loads = spec.pop("plan_loads", None)  # plan on other loads than served (a stale placement)
+    replacement_spec(spec, expert_loads)  # checked here, applied by simllm.scenario.simulate
+    spec.pop("replan_every_s", None)  # periodic re-placement: simllm.sim.replacement (see replacement_spec)
+    expert_loads = {k: v for k, v in (expert_loads or {}).items() if k not in ("drift", "drift_every_s")} or None
     redundant = spec.pop("redundant", 0)
     if not isinstance(redundant, int) or redundant < 0:
         raise InputError(f"redundant must be an integer >= 0, got {redundant!r}", field="placement.redundant")
@@ -551,6 +555,32 @@ def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cl
     pl = pol.place(plan / np.maximum(plan.sum(axis=1, keepdims=True), 1e-300) * 1e4, ep, nodes, slots)
     kw = {k: moe[k] for k in ("overlap", "samples", "sample_layers", "grid_max", "grid_points", "dispatch_dtype",
                               "combine_dtype", "seed") if k in moe}
-    return EPStepCost(model, accelerator, ep=ep, placement=pl, popularity=pop, topology=topo, tp=tp, node=node,
+    cost = EPStepCost(model, accelerator, ep=ep, placement=pl, popularity=pop, topology=topo, tp=tp, node=node,
                       weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype, calibration=calibration,
                       **kw)
+    cost.policy_spec = dict(spec)  # what periodic re-placement re-plans with
+    return cost
+
+
+def replacement_spec(placement: Any, expert_loads: Optional[dict]) -> Optional[dict]:
+    """Periodic re-placement / popularity drift of a scenario (``placement.replan_every_s``,
+    ``expert_loads.drift`` and ``expert_loads.drift_every_s``), or None when both are off."""
+    every = placement.get("replan_every_s") if isinstance(placement, dict) else None
+    el = expert_loads or {}
+    drift, d_every = el.get("drift", 0.0), el.get("drift_every_s")
+    for v, f in ((every, "placement.replan_every_s"), (d_every, "expert_loads.drift_every_s")):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf):
+            raise InputError(f"must be a positive number of seconds, got {v!r}", field=f)
+    if isinstance(drift, bool) or not isinstance(drift, (int, float)) or not 0 <= drift < math.inf:
+        raise InputError(f"must be a number >= 0, got {drift!r}", field="expert_loads.drift")
+    if every is not None and d_every is not None and float(every) != float(d_every):
+        raise InputError(f"drift_every_s ({d_every}) differs from placement.replan_every_s ({every})",
+                         field="expert_loads.drift_every_s")
+    interval = every if every is not None else d_every
+    if drift > 0 and interval is None:
+        raise InputError("drift needs an interval: expert_loads.drift_every_s or placement.replan_every_s",
+                         field="expert_loads.drift")
+    if interval is None:
+        return None
+    return {"every_s": float(interval), "drift": float(drift), "replan": every is not None,
+            "seed": int(el.get("seed", 0))}

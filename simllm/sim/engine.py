@@ -218,6 +218,11 @@ class Replica:
         self.general = bool(getattr(policy, "general", False)) or self.pc is not None
         self.fcfs = bool(getattr(policy, "fcfs", True))
         self.waiting.rep = self
+        # periodic cost changes (simllm.sim.replacement): change points end jumps like known arrivals
+        self.chg = getattr(sim, "changes", None)
+        self.next_chg = self.chg.boundary(1) if self.chg is not None else math.inf
+        self.tok_int = 0  # tokens served since the last change point
+        self.idle_from = None
         self.proc = self.env.process(self._run())
 
     # -- the policy's view of the running set ----------------------------------------------
@@ -327,8 +332,12 @@ class Replica:
         B = self.B
         while True:
             self._on_boundary()
+            if self.clock >= self.next_chg:
+                yield from self._change()
+            self.idle_from = None
             if self.n == 0 and not self.waiting and not self.swapped:
                 self.idle_ev = env.event()
+                self.idle_from = self.clock
                 yield self.idle_ev
                 continue
             now = self.clock
@@ -402,6 +411,10 @@ class Replica:
                         j = int(np.searchsorted(ends, a, side="left"))
                         k = j + 1
                         end = float(ends[j])
+            if k > 1 and self.next_chg < end:  # end the jump at the first step boundary at or after the change
+                j = int(np.searchsorted(ends, self.next_chg, side="left"))
+                k = j + 1
+                end = float(ends[j])
             if self.future is not None and not (self.fptr < len(self.future) and self.future[self.fptr] <= end):
                 pass  # planned routing and no arrival here before `end`: nothing can change, no event needed
             elif k > 1:
@@ -431,6 +444,24 @@ class Replica:
                             (0, 0.0, 0, n, T0 + n * (k + 1) / 2.0))
             if k == mrem:  # someone finished
                 self._finish(n, end)
+
+    def _change(self):
+        """Apply the change point(s) at or before ``clock``: new cost model, and a pause (migration) that
+        starts at the change point (or at the decision point, for a replica busy at it)."""
+        chg = self.chg
+        i = chg.interval_of(self.clock)
+        b = chg.boundary(i)
+        start = max(b, self.idle_from) if self.idle_from is not None else self.clock
+        cost, pause = chg.apply(self.index, self.cost, i, start, self.tok_int)
+        if cost is not self.cost:
+            self.cost = cost
+            self._pmemo.clear()
+            self.sim.cost_changes.append((len(self.sim._rows), self.index, cost))
+        self.tok_int = 0
+        self.next_chg = chg.boundary(i + 1)
+        if pause > 0 and start + pause > self.clock:
+            self.clock = start + pause
+            yield self.env.timeout(max(self.clock - self.env.now, 0.0))
 
     def _finish(self, n: int, end: float) -> None:
         """Retire the first ``n`` running sequences that have no token left to generate."""
@@ -748,9 +779,14 @@ class Simulation:
     ``batching`` a factory returning a fresh batching policy per replica.
     """
 
+    changes: Any = None  # periodic cost changes (``changes=``); class defaults for subclasses
+    cost_changes: Any = ()
+
     def __init__(self, requests: Any, *, cost, num_blocks: int, batching: Callable[[], Any], router,
-                 replicas: int = 1, config: SimConfig = SimConfig(), seed: int = 0):
+                 replicas: int = 1, config: SimConfig = SimConfig(), seed: int = 0, changes: Any = None):
         self.config = config
+        self.changes = changes  # periodic cost changes, e.g. simllm.sim.replacement.PeriodicReplacement
+        self.cost_changes: list = []  # (row index, replica, cost from that row on)
         if config.preemption not in ("recompute", "swap"):
             raise ValueError(f"preemption must be recompute or swap, got {config.preemption!r}")
         self.sessions = None
@@ -809,6 +845,7 @@ class Simulation:
         self._record_breakdown = config.record_breakdown
         costs = list(cost) if isinstance(cost, (list, tuple)) else [cost] * replicas
         self.replicas = [Replica(self, i, costs[i], batching(), num_blocks) for i in range(replicas)]
+        self._initial_costs = costs
         self.classify = getattr(self.replicas[0].policy, "classify", None)
         if self.classify is not None and self.sessions is None:
             self.priority = np.asarray(self.classify(self.prompt, self.priority), dtype=np.int64)
@@ -827,6 +864,8 @@ class Simulation:
     def record_step(self, replica, start, duration, n_steps, batch, prefill_tokens, prefill_seqs, decode_tokens,
                     kv_used, shape: tuple):
         self._rows.append((replica, start, duration, n_steps, batch, prefill_tokens, decode_tokens, kv_used) + shape)
+        if self.changes is not None:
+            self.replicas[replica].tok_int += prefill_tokens + decode_tokens
 
     def _steps_columns(self) -> dict:
         """Step rows as columns; the compute/memory/comm breakdown is added here, memoized.
@@ -852,8 +891,15 @@ class Simulation:
             return cols
         memo: dict = {}
         comp, mem, comm, fl, by = [], [], [], [], []
+        changes = getattr(self, "cost_changes", [])
         costs = [r.cost for r in self.replicas]
-        for (rep, _st, dur, k, _b, _pt, _dt, _kv, P, W, m, n, ctx) in rows:
+        if changes:  # each row priced by the cost model in force when it ran
+            costs = list(self._initial_costs)
+        ci = 0
+        for ri, (rep, _st, dur, k, _b, _pt, _dt, _kv, P, W, m, n, ctx) in enumerate(rows):
+            while ci < len(changes) and changes[ci][0] <= ri:
+                costs[changes[ci][1]] = changes[ci][2]
+                ci += 1
             cost = costs[rep]
             key = (id(cost), P >> 4, m, n, int(ctx / n) >> 4 if n else 0)
             c = memo.get(key)
