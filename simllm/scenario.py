@@ -276,6 +276,17 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
     return Prepared(scn, model, acc, node, cost, num_blocks, wl)
 
 
+def power_and_price(scn: Scenario, acc) -> tuple[Optional[float], Optional[float], Optional[float]]:
+    """Price per device-hour, TDP and idle power (W): the scenario's overrides, else the descriptor's, else None."""
+    price = scn.price_per_device_hour
+    if price is None and acc.price_per_hour is not None:
+        price = acc.price_per_hour.value
+    idle = scn.idle_power_w
+    if idle is None and acc.idle_power is not None:
+        idle = acc.idle_power.value
+    return price, (acc.tdp.value if acc.tdp is not None else None), idle
+
+
 def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[Callable[[float, int], None]] = None):
     """Run the simulation of a prepared scenario: (requests DataFrame, steps DataFrame, summary dict)."""
     from .metrics import requests_table, steps_table, summarize
@@ -308,14 +319,9 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
     res = sim.run(progress=progress)
     acc = prep.accelerator
     req = requests_table(res)
-    price = scn.price_per_device_hour
-    if price is None and acc.price_per_hour is not None:
-        price = acc.price_per_hour.value
-    idle = scn.idle_power_w
-    if idle is None and acc.idle_power is not None:
-        idle = acc.idle_power.value
+    price, tdp, idle = power_and_price(scn, acc)
     summary = summarize(res, devices_per_replica=dep.devices_per_replica, peak_flops=acc.peak(dep.act_dtype),
-                        hbm_bandwidth=acc.hbm_bw, price_per_device_hour=price, tdp_w=acc.tdp.value, idle_w=idle,
+                        hbm_bandwidth=acc.hbm_bw, price_per_device_hour=price, tdp_w=tdp, idle_w=idle,
                         slo_ttft_s=scn.slo.ttft_s, slo_tpot_s=scn.slo.tpot_s, requests=req)
     summary = {"scenario": scn.name, "model": prep.model.name, "accelerator": acc.name, "tp": dep.tp, "pp": dep.pp,
                "seed": scn.seed if seed is None else seed, **summary}

@@ -84,3 +84,25 @@ def test_tp_must_shard_heads(tmp_path):
     assert r.returncode == 2
     line = r.stderr.strip()
     assert "\n" not in line and "deployment.tp" in line and "llama3-8b-h100-azure-conv.yaml" in line
+
+
+def test_every_shipped_accelerator_runs_or_says_why():
+    """Each accelerator descriptor works end to end: a small run completes, or the scenario is refused
+    with an InputError (e.g. the weights do not fit); energy is null (with a note) where no TDP is known."""
+    from simllm.errors import InputError
+    from simllm.hardware import list_hardware, load_accelerator
+    from simllm.scenario import prepare, scenario_from_dict, simulate
+
+    ran = 0
+    for name in list_hardware()["accelerators"]:
+        cfg = {"name": f"smoke-{name}", "model": "llama-3-8b", "hardware": {"accelerator": name},
+               "workload": {"trace": "traces/azure2023_conv_sample.csv", "limit": 30}, "seed": 0}
+        try:
+            summary = simulate(prepare(scenario_from_dict(cfg)))[2]
+        except InputError:
+            continue
+        ran += 1
+        assert summary["completed"] + summary["rejected"] == 30
+        if load_accelerator(name).tdp is None:
+            assert summary["energy_j"] is None and summary["energy_note"]
+    assert ran >= 8

@@ -587,14 +587,11 @@ def simulate_disaggregated(prep, *, seed=None, progress=None):
     res = sim.run(progress=progress)
     acc = prep.accelerator
     req = requests_table(res)
-    price = scn.price_per_device_hour
-    if price is None and acc.price_per_hour is not None:
-        price = acc.price_per_hour.value
-    idle = scn.idle_power_w
-    if idle is None and acc.idle_power is not None:
-        idle = acc.idle_power.value
+    from ..scenario import power_and_price
+
+    price, tdp, idle = power_and_price(scn, acc)
     summary = summarize(res, devices_per_replica=1, peak_flops=acc.peak(dep.act_dtype), hbm_bandwidth=acc.hbm_bw,
-                        price_per_device_hour=price, tdp_w=acc.tdp.value, idle_w=idle,
+                        price_per_device_hour=price, tdp_w=tdp, idle_w=idle,
                         slo_ttft_s=scn.slo.ttft_s, slo_tpot_s=scn.slo.tpot_s, requests=req)
     summary["disaggregation"] = {
         "prefill": {"replicas": dis.prefill.replicas, "tp": dis.prefill.tp, "pp": dis.prefill.pp,
