@@ -103,3 +103,15 @@ def test_closed_loop_sessions_with_prefix_caching_jump_equals_step():
         a, b = out[True], out[False]
         assert np.isfinite(a.completion_s).all() and np.array_equal(a.completion_s, b.completion_s)
         assert a.prefix_hit_tokens == b.prefix_hit_tokens > 0  # later turns hit their session's earlier turns
+
+
+def test_swap_in_with_prefix_caching_respects_capacity():
+    """Regression (found by the property test above): with prefix caching on, swap-in recounted used
+    blocks before the swapped-in sequence was running, so the next one saw its blocks as free."""
+    outs = [1] * 9 + [13, 14, 10, 7] + [1] * 7
+    reqs = [Request(i, 0.0, 1, o, None, ((0, 0),), None, 0) for i, o in enumerate(outs)]
+    c = {"reqs": reqs, "block": {"policy": "orca", "max_num_seqs": 4, "max_num_batched_tokens": 64},
+         "block_size": 1, "num_blocks": 27, "replicas": 1, "preemption": "swap", "router": "round_robin",
+         "prefix_caching": True}
+    for jump in (True, False):
+        assert max(_run(c, jump).kv_peak_blocks) <= 27

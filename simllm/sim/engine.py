@@ -757,17 +757,17 @@ class Replica:
                 break
             self.swapped.popleft()
             kv.used_blocks += kv.blocks_for(t)
-            if self.pc is not None:
-                keys = self._keys(rid)
-                self.pc.acquire(keys)
-                self.sh_units += len(keys)
-                self._refresh_used()  # shared units count once: the next candidate sees the true free space
             self.pending_swap_s += t * self.kv_bytes_tok / self.cfg.swap_bandwidth
             i = self.n
             self.r_idx[i] = rid
             self.r_t[i] = t
             self.r_rem[i] = rem
             self.n = i + 1
+            if self.pc is not None:  # recount only once the sequence is running, or its blocks look free
+                keys = self._keys(rid)
+                self.pc.acquire(keys)
+                self.sh_units += len(keys)
+                self._refresh_used()  # shared units count once: the next candidate sees the true free space
         if self.pc is not None or self.partial_blocks:
             self._refresh_used()
 
