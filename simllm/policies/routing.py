@@ -76,12 +76,7 @@ routing.register("least_outstanding_requests")(type("LeastOutstandingRequests", 
 
 
 def _least_outstanding(replicas) -> int:
-    best, best_n = 0, None
-    for r in replicas:
-        n = r.outstanding
-        if best_n is None or n < best_n:
-            best, best_n = r.index, n
-    return best
+    return min(replicas, key=lambda r: r.outstanding).index  # ties: the first, i.e. the lowest index
 
 
 @routing.register("random")
@@ -111,12 +106,7 @@ class LeastKVLoad:
     outstanding requests, then lowest index."""
 
     def route(self, rid: int, replicas) -> int:
-        best, key = 0, None
-        for r in replicas:
-            k = (-r.kv_free_fraction, r.outstanding)
-            if key is None or k < key:
-                best, key = r.index, k
-        return best
+        return min(replicas, key=lambda r: (-r.kv_free_fraction, r.outstanding)).index
 
 
 @routing.register("session_affinity")

@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 import simpy
@@ -571,24 +571,31 @@ class Replica:
         sim.record_step(self.index, now, d, 1, m, P, m, 0, used_peak, (P, W, m, 0, 0.0))
         B = self.B
         for rid, L in zip(ids, lens):
-            g = int(sim.gen[rid]) + 1
-            sim.gen[rid] = g
-            if sim.first_token[rid] != sim.first_token[rid]:
-                sim.first_token[rid] = end
-            rem = int(sim.out[rid]) - g
-            if rem <= 0:
-                sim.completion[rid] = end
+            if not self._prefilled(rid, L, end):
                 kv.used_blocks -= -(-L // B)
-                if sim.sessions is not None:
-                    sim.on_complete([rid], end)
-                self.done += 1
-                sim.finished += 1
-            else:
-                i = self.n
-                self.r_idx[i] = rid
-                self.r_t[i] = L
-                self.r_rem[i] = rem
-                self.n = i + 1
+
+    def _prefilled(self, rid: int, L: int, end: float) -> bool:
+        """``rid``'s prefill of ``L`` context tokens ended at ``end`` and emitted a token: record it, then
+        either complete the request (False) or append it to the running set to decode (True)."""
+        sim = self.sim
+        g = int(sim.gen[rid]) + 1
+        sim.gen[rid] = g
+        if sim.first_token[rid] != sim.first_token[rid]:
+            sim.first_token[rid] = end
+        rem = int(sim.out[rid]) - g
+        if rem <= 0:
+            sim.completion[rid] = end
+            if sim.sessions is not None:
+                sim.on_complete([rid], end)
+            self.done += 1
+            sim.finished += 1
+            return False
+        i = self.n
+        self.r_idx[i] = rid
+        self.r_t[i] = L
+        self.r_rem[i] = rem
+        self.n = i + 1
+        return True
 
     def _mixed(self, batch: Batch, now: float):
         """One general iteration: policy preemptions, then prefill chunks (new or continued, over cached
@@ -676,30 +683,15 @@ class Replica:
             pb, h = self.pblocks.pop(rid)
             self.partial_blocks -= pb
             self.waiting.remove(rid)
-            g = int(sim.gen[rid]) + 1
-            sim.gen[rid] = g
-            if sim.first_token[rid] != sim.first_token[rid]:
-                sim.first_token[rid] = end
-            rem = int(sim.out[rid]) - g
             if pc is not None:
                 keys = self._keys(rid)
                 pc.acquire(keys[h:])
-            if rem <= 0:
-                sim.completion[rid] = end
-                if pc is not None:
-                    pc.release(keys)
-                if sim.sessions is not None:
-                    sim.on_complete([rid], end)
-                self.done += 1
-                sim.finished += 1
-            else:
-                i = self.n
-                self.r_idx[i] = rid
-                self.r_t[i] = L
-                self.r_rem[i] = rem
-                self.n = i + 1
-                if pc is not None:
+            running = self._prefilled(rid, L, end)
+            if pc is not None:
+                if running:
                     self.sh_units += len(keys)
+                else:
+                    pc.release(keys)
         self._refresh_used()
 
     def _preempt_rid(self, rid: int) -> None:
