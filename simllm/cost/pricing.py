@@ -126,4 +126,26 @@ def fit(df: pd.DataFrame, acc, cal):
     return replace(cal, kernels=kernels)
 
 
-__all__ = ["PRICERS", "FITTERS", "register", "price", "check", "fit", "error_summary", "section", "load_plugins"]
+def fit_frameworks(per: dict, acc, cal, sources=()):
+    """Fit each framework's tables apart (``per``: framework -> contract DataFrame); the result's
+    ``frameworks[F]`` holds F's kernel sections and fit record (source tables, per (kind, dtype)
+    errors); the top-level ``kernels`` take vLLM's (else the first framework's) sections."""
+    frameworks = dict(getattr(cal, "frameworks", None) or {})
+    fitted = {}
+    for fw, df in per.items():
+        c = fit(df, acc, cal.for_framework(fw))
+        st = check(df, acc, c)
+        frameworks[fw] = {"kernels": c.kernels,
+                          "fit": {"tables": sorted(set(df["source"].astype(str))),
+                                  "n": st["n"], "median_abs_rel_error": round(st["median_abs_rel_error"], 4),
+                                  "p90_abs_rel_error": round(st["p90_abs_rel_error"], 4), "unpriced": st["unpriced"],
+                                  "per_op": {k: {kk: (round(vv, 4) if isinstance(vv, float) else vv)
+                                                 for kk, vv in v.items()} for k, v in st["per_op"].items()}}}
+        fitted[fw] = c.kernels
+    default = "vllm" if "vllm" in fitted else (sorted(fitted)[0] if fitted else None)
+    kernels = {**(cal.kernels or {}), **(fitted.get(default) or {})}
+    src = cal.source + ("; " if cal.source else "") + "AIConfigurator tables " + ", ".join(sources)
+    return replace(cal, device=acc.name, kernels=kernels, frameworks=frameworks, source=src)
+
+
+__all__ = ["fit_frameworks", "PRICERS", "FITTERS", "register", "price", "check", "fit", "error_summary", "section", "load_plugins"]
