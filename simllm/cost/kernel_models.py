@@ -98,9 +98,46 @@ def _col(df: pd.DataFrame, name: str, default: float = 0.0) -> np.ndarray:
     return pd.to_numeric(df[name], errors="coerce").fillna(default).to_numpy(float)
 
 
-def _sec(cal, kind: str, dtype: str) -> tuple[dict, str]:
-    """Parameters of (kind, dtype): its own section, else the bf16 one, else the defaults."""
-    for key in (f"{kind}/{dtype}", f"{kind}/bfloat16"):
+MIN_GROUP = 100  # rows a (dtype, kernel_source) group needs to get its own fitted section
+
+
+def _dtype_key(df) -> np.ndarray:
+    """The section dtype of each row: the table dtype, plus ``+kv_<kv_cache_dtype>`` for attention
+    and MLA rows whose KV cache dtype differs (an fp8 cache is another kernel path: K/V are
+    quantized on write and dequantized in the kernel; prefill with an fp8 cache measures ~8%
+    slower than the bf16-cache roofline, decode faster)."""
+    dt = df["dtype"].astype(str).to_numpy()
+    if "kv_cache_dtype" in df.columns and df["kind"].astype(str).str.contains("attention|mla").any():
+        kv = df["kv_cache_dtype"].astype(str).to_numpy()
+        same = (kv == dt) | (kv == "nan") | (kv == "None")
+        dt = np.where(same, dt, np.char.add(np.char.add(dt.astype(str), "+kv_"), kv.astype(str)))
+    return dt
+
+
+def _base_dtype(d: str) -> str:
+    return d.split("+", 1)[0]
+
+
+def _groups(df):
+    """(dtype, kernel_source, boolean mask) of every group of rows."""
+    dt = _dtype_key(df)
+    ks = df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else np.full(len(df), "")
+    key = np.char.add(np.char.add(dt.astype(str), "\x1f"), ks.astype(str))
+    for k in pd.unique(key):
+        d, src = str(k).split("\x1f", 1)
+        yield d, src, key == k
+
+
+def _sec(cal, kind: str, dtype: str, source: str = "") -> tuple[dict, str]:
+    """Parameters of (kind, dtype, kernel family): that kernel family's section, else the dtype's,
+    else the bf16 one, else the defaults (kernel families are distinct code paths: DeepGEMM vs
+    CUTLASS block-scaled fp8, FlashAttention 2/3 vs FlashInfer vs Triton)."""
+    keys = ([f"{kind}/{dtype}/{source}"] if source else []) + [f"{kind}/{dtype}"]
+    if "+" in dtype:
+        b = _base_dtype(dtype)
+        keys += ([f"{kind}/{b}/{source}"] if source else []) + [f"{kind}/{b}"]
+    keys.append(f"{kind}/bfloat16")
+    for key in keys:
         s = section(cal, key)
         if s:
             return s, key
@@ -122,15 +159,18 @@ def _gemm_params(s: dict) -> GemmParams:
     return GemmParams(**keep)
 
 
-def gemm_launch_and_body(M, K, N, dtype: str, acc, cal, groups=1.0):
-    """(launch seconds, body seconds) of GEMMs [M, K] x [K, N] in the table dtype ``dtype``."""
+def gemm_launch_and_body(M, K, N, dtype: str, acc, cal, groups=1.0, source: str = ""):
+    """(launch seconds, body seconds) of GEMMs [M, K] x [K, N] in the table dtype ``dtype``
+    (``source``: the kernel family, when known)."""
     if dtype not in GEMM_DTYPES:
         raise InputError(f"unknown GEMM dtype {dtype!r} (expected one of {', '.join(GEMM_DTYPES)})",
                          field="gemm_dtype")
     pk, ab, wb, ob, quant = GEMM_DTYPES[dtype]
     key = "fp8" if dtype in UNCALIBRATED else dtype
-    s, _ = _sec(cal, "gemm", key)
+    s, found = _sec(cal, "gemm", key, source)
     gp = _gemm_params(s)
+    if dtype in ("fp16", "float16") and found in ("", "gemm/bfloat16") and "gemm" in (cal.fit or {}):
+        gp = cal.gemm  # Vidur's fp16 tables: the tile model fitted on them (simllm.cost.fit)
     peak = strict_peak(acc, pk)
     t = gemm_time(M, K, N, peak=peak, bw=acc.hbm_bw, cus=int(acc.compute_units.value), gp=gp, groups=groups,
                   a_bytes=ab, w_bytes=wb, o_bytes=ob)
@@ -147,12 +187,10 @@ def gemm_launch_and_body(M, K, N, dtype: str, acc, cal, groups=1.0):
 def price_gemm(df, acc, cal) -> np.ndarray:
     out = np.full(len(df), np.nan)
     M, N, K = _col(df, "m"), _col(df, "n"), _col(df, "k")
-    dt = df["dtype"].astype(str).to_numpy()
-    for d in pd.unique(dt):
+    for d, src, sel in _groups(df):
         if d not in GEMM_DTYPES:
             continue
-        sel = dt == d
-        lo, bo = gemm_launch_and_body(M[sel], K[sel], N[sel], d, acc, cal)
+        lo, bo = gemm_launch_and_body(M[sel], K[sel], N[sel], d, acc, cal, source=src)
         out[sel] = lo + bo
     return out
 
@@ -170,14 +208,17 @@ def _subsample(n: int, k: int, seed: int = 0) -> np.ndarray:
 
 
 def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000) -> dict:
-    from .fit import nelder_mead, _gemm_valid
+    from .fit import nelder_mead
 
     out = {}
     dt = df["dtype"].astype(str).to_numpy()
-    for d in sorted(pd.unique(dt)):
+    jobs = [(d, "", dt == d) for d in sorted(pd.unique(dt))]
+    jobs += [(d, src, m) for d, src, m in _groups(df) if src and m.sum() >= MIN_GROUP and
+             (dt == d).sum() > m.sum()]  # a family apart only where a dtype has several
+    for d, src, m in jobs:
         if d not in GEMM_DTYPES or d in UNCALIBRATED:
             continue
-        sub = df[dt == d]
+        sub = df[m]
         idx = _subsample(len(sub), max_rows)
         sub = sub.iloc[idx]
         M, N, K = _col(sub, "m"), _col(sub, "n"), _col(sub, "k")
@@ -185,13 +226,16 @@ def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000) -> dict
         pk, ab, wb, ob, quant = GEMM_DTYPES[d]
         peak = strict_peak(acc, pk)
         bw, cus = acc.hbm_bw, int(acc.compute_units.value)
-        start_s, _ = _sec(cal, "gemm", d)
+        start_s, key = _sec(cal, "gemm", d, src)
         start = _gemm_params(start_s)
-        q0 = float(start_s.get("quant_overhead_s", 2e-6)) * 1e6
+        if key != (f"gemm/{d}/{src}" if src else f"gemm/{d}"):  # no own start: floor from the data
+            from dataclasses import replace as _r
+            start = _r(start, kernel_overhead_s=float(np.percentile(t, 1)) * 0.7)
+        q0 = float(start_s.get("quant_overhead_s", 1e-6)) * 1e6
         qb = M * K * 3.0 / bw if quant else 0.0
 
         def f(x):
-            if not _gemm_valid(x[:-1], len(start.tiles)) or not (0 <= x[-1] < 50):
+            if not _gemm_valid_wide(x[:-1], len(start.tiles)) or not (0 <= x[-1] < 50):
                 return np.inf
             gp = GemmParams.from_vector(x[:-1], start.tiles)
             p = gemm_time(M, K, N, peak=peak, bw=bw, cus=cus, gp=gp, a_bytes=ab, w_bytes=wb, o_bytes=ob)
@@ -206,15 +250,34 @@ def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000) -> dict
         sec["tile_efficiency"] = [float(v) for v in gp.tile_efficiency]
         if quant:
             sec["quant_overhead_s"] = float(x[-1]) * 1e-6
-        out[f"gemm/{d}"] = sec
+        out[f"gemm/{d}/{src}" if src else f"gemm/{d}"] = sec
     return out
+
+
+def _gemm_valid_wide(x, ntiles):
+    """fit.py's bounds, with launch floors up to 1 ms (block-scaled fp8 kernels measure 55-300 us)."""
+    from .fit import _gemm_valid
+
+    y = list(x)
+    if not 0 <= y[1] < 1000:
+        return False
+    y[1] = min(y[1], 1.0)
+    return _gemm_valid(y, ntiles)
 
 
 # --------------------------------------------------------------------------- roofline kernels
 # parameters: ce (fraction of peak), me (fraction of HBM bw), launch_s, p (overlap exponent),
 # a (partial-wave cost), split (decode: KV tokens per split), occ (CTAs per SM for full bandwidth)
-ROOF_DEFAULT = {"ce": 0.5, "me": 0.7, "launch_s": 8e-6, "p": 3.0, "a": 0.5, "split": 512.0, "occ": 2.0}
-_ROOF_KEYS = ("ce", "me", "launch_s", "p", "a", "split", "occ")
+# hd0: non-matmul work per (query, key, head) pair (softmax exponentials, masking), in head-dim
+# equivalents: FLOPs are priced as 4 (hd + hd0) per pair. Evidence: H100 FA3 prefill at head_dim 64
+# runs ~12% slower per matmul FLOP than at 128 (the exp unit, not the tensor cores, limits small hd).
+ROOF_DEFAULT = {"ce": 0.5, "me": 0.7, "launch_s": 8e-6, "p": 3.0, "a": 0.5, "split": 512.0, "occ": 2.0, "hd0": 8.0,
+                "cta_s": 1e-6}
+# cta_s: the least time one CTA (one sequence x KV head x split in decode, one query tile in prefill)
+# takes (page-table walk, Q load, softmax merge); with many short sequences the kernel is bound
+# by CTAs / (SMs x occ) x cta_s. Evidence: H100 FA3 decode at batch 512-2048 with 1-token contexts
+# measures 2-3x the bandwidth roofline.
+_ROOF_KEYS = ("ce", "me", "launch_s", "p", "a", "split", "occ", "hd0", "cta_s")
 
 
 def _waves(tiles, cus, a):
@@ -231,8 +294,9 @@ def _roof(flops, nbytes, tiles, ctas, acc, peak, s):
     tc = flops / (peak * s["ce"]) * _waves(tiles, cus, s["a"])
     par = np.minimum(1.0, np.maximum(ctas, 1.0) / (cus * max(s["occ"], 1e-3)))
     tm = nbytes / (acc.hbm_bw * s["me"]) / par
+    tq = np.maximum(ctas, 1.0) / (cus * max(s["occ"], 1e-3)) * s.get("cta_s", 0.0)
     p = s["p"]
-    body = (tc ** p + tm ** p) ** (1.0 / p)
+    body = (tc ** p + tm ** p + tq ** p) ** (1.0 / p)
     return np.full(np.shape(body), s["launch_s"]), body
 
 
@@ -250,6 +314,7 @@ def _attn_shapes(df, kind):
         capped = np.where(w > 0, np.minimum(pairs, s * np.minimum(w, s + step)), pairs)
         kv_len = np.where(w > 0, np.minimum(s + step, w + s), s + step)
         flops = b * h * 4.0 * hd * capped
+        pairs_h = b * h * 4.0 * capped
         nbytes = b * (2 * s * h * hd * ab + 2 * kv_len * kvh * hd * kvb)
         tiles = b * h * np.ceil(s / 128.0)
         ctas = tiles
@@ -257,10 +322,11 @@ def _attn_shapes(df, kind):
         kv = isl + step
         kv_eff = np.where(w > 0, np.minimum(kv, w), kv)
         flops = b * h * 4.0 * hd * kv_eff
+        pairs_h = b * h * 4.0 * kv_eff
         nbytes = b * (2 * h * hd * ab + 2 * kv_eff * kvh * hd * kvb)
         tiles = b * kvh
         ctas = None  # depends on split, a parameter
-    return flops, nbytes, tiles, ctas, kv_eff if kind != "context_attention" else None, b, kvh
+    return flops, nbytes, tiles, ctas, kv_eff if kind != "context_attention" else None, b, kvh, pairs_h
 
 
 def _mla_shapes(df, kind):
@@ -274,12 +340,12 @@ def _mla_shapes(df, kind):
         nbytes = b * (s * h * (MLA_QK_NOPE + MLA_ROPE + MLA_V) * 2 * 2 + (s + step) * h *
                       (MLA_QK_NOPE + MLA_ROPE + MLA_V) * 2 + (s + step) * lat * kvb)
         tiles = b * h * np.ceil(s / 128.0)
-        return flops, nbytes, tiles, tiles, None, b, np.ones(len(df))
+        return flops, nbytes, tiles, tiles, None, b, np.ones(len(df)), b * h * 4.0 * pairs
     kv = isl + step
     flops = b * h * 2.0 * (lat + MLA_KV_LORA) * kv
     nbytes = b * (kv * lat * kvb + h * (lat + MLA_KV_LORA) * 2)
     tiles = b * np.ceil(h / 64.0)
-    return flops, nbytes, tiles, None, kv, b, np.ones(len(df))
+    return flops, nbytes, tiles, None, kv, b, np.ones(len(df)), b * h * 4.0 * kv
 
 
 def _shapes(df, kind):
@@ -287,7 +353,8 @@ def _shapes(df, kind):
 
 
 def _roof_predict(shapes, acc, peak, s):
-    flops, nbytes, tiles, ctas, kv, b, kvh = shapes
+    flops, nbytes, tiles, ctas, kv, b, kvh, pairs_h = shapes
+    flops = flops + pairs_h * s.get("hd0", 0.0)
     if ctas is None:
         ctas = b * kvh * np.ceil(np.maximum(kv, 1.0) / max(s["split"], 1.0))
     return _roof(flops, nbytes, tiles, ctas, acc, peak, s)
@@ -297,13 +364,11 @@ def attention_launch_and_body(df, kind, acc, cal):
     """(launch, body) seconds of attention / MLA rows (contract columns) on ``acc``."""
     launch = np.full(len(df), np.nan)
     body = np.full(len(df), np.nan)
-    dt = df["dtype"].astype(str).to_numpy()
-    for d in pd.unique(dt):
-        if d not in ATTN_DTYPES:
+    for d, src, sel in _groups(df):
+        if _base_dtype(d) not in ATTN_DTYPES:
             continue
-        sel = dt == d
-        s = {**ROOF_DEFAULT, **_sec(cal, kind, d)[0]}
-        peak = strict_peak(acc, ATTN_DTYPES[d])
+        s = {**ROOF_DEFAULT, **_sec(cal, kind, d, src)[0]}
+        peak = strict_peak(acc, ATTN_DTYPES[_base_dtype(d)])
         lo, bo = _roof_predict(_shapes(df[sel], kind), acc, peak, s)
         launch[sel], body[sel] = lo, bo
     return launch, body
@@ -317,8 +382,9 @@ def _price_attn(kind):
 
 
 _BOUNDS = {"ce": (0.02, 1.0), "me": (0.05, 1.2), "launch_s": (0.0, 5e-3), "p": (1.0, 20.0), "a": (0.0, 1.0),
-           "split": (16.0, 65536.0), "occ": (0.05, 64.0)}
-_SCALE = {"launch_s": 1e-6}
+           "split": (16.0, 65536.0), "occ": (0.05, 64.0), "hd0": (0.0, 512.0),
+           "cta_s": (0.0, 1e-3)}
+_SCALE = {"launch_s": 1e-6, "cta_s": 1e-6}
 
 
 def _fit_roof(kind):
@@ -326,17 +392,20 @@ def _fit_roof(kind):
         from .fit import nelder_mead
 
         out = {}
-        dt = df["dtype"].astype(str).to_numpy()
+        dt = _dtype_key(df)
         keys = [k for k in _ROOF_KEYS if not (k == "split" and kind in ("context_attention", "context_mla"))]
-        for d in sorted(pd.unique(dt)):
-            if d not in ATTN_DTYPES:
+        jobs = [(d, "", dt == d) for d in sorted(pd.unique(dt))]
+        jobs += [(d, src, m) for d, src, m in _groups(df) if src and m.sum() >= MIN_GROUP and
+                 (dt == d).sum() > m.sum()]
+        for d, src, m in jobs:
+            if _base_dtype(d) not in ATTN_DTYPES:
                 continue
-            sub = df[dt == d]
+            sub = df[m]
             sub = sub.iloc[_subsample(len(sub), max_rows)]
             t = sub["latency_s"].to_numpy(float)
             shp = _shapes(sub, kind)
-            peak = strict_peak(acc, ATTN_DTYPES[d])
-            s0 = {**ROOF_DEFAULT, **_sec(cal, kind, d)[0]}
+            peak = strict_peak(acc, ATTN_DTYPES[_base_dtype(d)])
+            s0 = {**ROOF_DEFAULT, **_sec(cal, kind, d, src)[0]}
             s0["launch_s"] = max(s0["launch_s"], float(np.percentile(t, 2)) * 0.5)
             x0 = [s0[k] / _SCALE.get(k, 1.0) for k in keys]
 
@@ -356,9 +425,10 @@ def _fit_roof(kind):
                 x, fx = nelder_mead(f, start, iters=iters, step=0.3)
                 if fx < best:
                     best, bx = fx, x
-            out[f"{kind}/{d}"] = {k: float(v) * _SCALE.get(k, 1.0) for k, v in zip(keys, bx)}
+            name = f"{kind}/{d}/{src}" if src else f"{kind}/{d}"
+            out[name] = {k: float(v) * _SCALE.get(k, 1.0) for k, v in zip(keys, bx)}
             if "split" not in keys:
-                out[f"{kind}/{d}"]["split"] = ROOF_DEFAULT["split"]
+                out[name]["split"] = ROOF_DEFAULT["split"]
         return out
     return fitter
 

@@ -145,7 +145,8 @@ def fit_frameworks(per: dict, acc, cal, sources=()):
     default = "vllm" if "vllm" in fitted else (sorted(fitted)[0] if fitted else None)
     kernels = {**(cal.kernels or {}), **(fitted.get(default) or {})}
     src = cal.source + ("; " if cal.source else "") + "AIConfigurator tables " + ", ".join(sources)
-    return replace(cal, device=acc.name, kernels=kernels, frameworks=frameworks, source=src)
+    own_fit = cal.fit if cal.device == acc.name else {}  # never another device's fit record
+    return replace(cal, device=acc.name, kernels=kernels, frameworks=frameworks, source=src, fit=own_fit)
 
 
 __all__ = ["fit_frameworks", "PRICERS", "FITTERS", "register", "price", "check", "fit", "error_summary", "section", "load_plugins"]
