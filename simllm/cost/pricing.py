@@ -6,6 +6,8 @@
     ``acc`` is a :class:`simllm.hardware.Accelerator`; ``cal`` a :class:`simllm.cost.calibration.Calibration`.
     A pricer reads its own parameters from ``cal.kernels[<section>]`` (a plain dict, see
     :func:`section`), so modules add kernel classes without editing the calibration dataclasses.
+    ``PRICERS["<framework>:<kind>"]`` (e.g. ``vidur:send_recv``) takes precedence for that
+    framework's rows (Vidur's collective tables have their own columns and a legacy model).
 ``FITTERS[kind](df, acc, cal) -> dict``
     fits that kernel class on ``df`` (rows of that kind) and returns ``{section_name: params_dict}``
     to merge into ``cal.kernels``; several kinds may share one section (the first fitted wins unless
@@ -32,7 +34,7 @@ PRICERS: dict[str, Pricer] = {}
 FITTERS: dict[str, Fitter] = {}
 
 #: modules that register pricers/fitters when imported (no import cycle: they import this module)
-_PLUGINS = ["simllm.cost.kernel_models"]
+_PLUGINS = ["simllm.cost.kernel_models", "simllm.cost.vidur_comm"]
 _loaded = False
 
 
@@ -67,12 +69,15 @@ def price(df: pd.DataFrame, acc, cal) -> np.ndarray:
     out = np.full(len(df), np.nan)
     if df.empty:
         return out
-    kinds = df["kind"].to_numpy()
-    for kind in pd.unique(kinds):
-        f = PRICERS.get(str(kind))
+    kinds = df["kind"].astype(str).to_numpy()
+    fws = df["framework"].astype(str).to_numpy() if "framework" in df.columns else np.full(len(df), "")
+    keys = np.char.add(np.char.add(fws.astype(str), ":"), kinds.astype(str))
+    for key in pd.unique(keys):
+        fw, kind = str(key).split(":", 1)
+        f = PRICERS.get(f"{fw}:{kind}") or PRICERS.get(kind)  # a framework-specific pricer wins
         if f is None:
             continue
-        sel = np.flatnonzero(kinds == kind)
+        sel = np.flatnonzero(keys == key)
         out[sel] = np.asarray(f(df.iloc[sel], acc, cal), dtype=float)
     return out
 
