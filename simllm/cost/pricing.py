@@ -149,7 +149,9 @@ def fit_frameworks(per: dict, acc, cal, sources=()):
         fitted[fw] = c.kernels
     default = "vllm" if "vllm" in fitted else (sorted(fitted)[0] if fitted else None)
     kernels = {**(cal.kernels or {}), **(fitted.get(default) or {})}
-    src = cal.source + ("; " if cal.source else "") + "AIConfigurator tables " + ", ".join(sources)
+    base = cal.source.split("; AIConfigurator tables ")[0] if cal.device == acc.name else ""
+    base = "" if base.startswith("AIConfigurator tables ") else base
+    src = base + ("; " if base else "") + "AIConfigurator tables " + ", ".join(sources)
     own_fit = cal.fit if cal.device == acc.name else {}  # never another device's fit record
     return replace(cal, device=acc.name, kernels=kernels, frameworks=frameworks, source=src, fit=own_fit)
 
