@@ -64,16 +64,14 @@ from ..errors import InputError
 #: table file stem -> (kind, dtype column, required shape columns)
 TABLE_KINDS: dict[str, tuple[str, Optional[str], tuple[str, ...]]] = {
     "gemm_perf": ("gemm", "gemm_dtype", ("m", "n", "k", "latency")),
+    # step (cached prefix / decode position), kv_cache_dtype, window_size, tp_size: optional
+    # (0, the attention dtype, 0 and unused when absent)
     "context_attention_perf": ("context_attention", "attn_dtype",
-                               ("batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim",
-                                "kv_cache_dtype", "step", "latency")),
+                               ("batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim", "latency")),
     "generation_attention_perf": ("generation_attention", "attn_dtype",
-                                  ("batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim",
-                                   "kv_cache_dtype", "step", "latency")),
-    "context_mla_perf": ("context_mla", "mla_dtype",
-                         ("batch_size", "isl", "num_heads", "kv_cache_dtype", "tp_size", "step", "latency")),
-    "generation_mla_perf": ("generation_mla", "mla_dtype",
-                            ("batch_size", "isl", "num_heads", "kv_cache_dtype", "tp_size", "step", "latency")),
+                                  ("batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim", "latency")),
+    "context_mla_perf": ("context_mla", "mla_dtype", ("batch_size", "isl", "num_heads", "latency")),
+    "generation_mla_perf": ("generation_mla", "mla_dtype", ("batch_size", "isl", "num_heads", "latency")),
     "mla_bmm_perf": ("mla_bmm", "bmm_dtype", ("num_tokens", "num_heads", "op_name", "latency")),
     "moe_perf": ("moe", "moe_dtype", ("num_tokens", "hidden_size", "inter_size", "topk", "num_experts",
                                       "moe_tp_size", "moe_ep_size", "latency")),
@@ -339,6 +337,11 @@ def _aic_frame(ref: TableRef) -> pd.DataFrame:
         else:
             df["kind"] = kind
         df["dtype"] = df[dcol].astype(str)
+    if kind in ("context_attention", "generation_attention", "context_mla", "generation_mla"):
+        if "step" not in df.columns:
+            df["step"] = 0
+        if "kv_cache_dtype" not in df.columns:
+            df["kv_cache_dtype"] = df["dtype"]
     if kind in ("context_attention", "generation_attention"):
         if "window_size" not in df.columns:
             df["window_size"] = 0
