@@ -112,6 +112,10 @@ def load_yaml(path: str | Path) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise InputError(f"malformed YAML{where}: {problem}", file=p) from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})", file=p) from None
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", file=p) from None
     if not isinstance(data, dict):
         raise InputError(f"expected a YAML mapping at the top level, got {type(data).__name__}", file=p)
     return data
