@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_path
 from .transforms import mean_rate
 
 
@@ -90,4 +91,5 @@ def write_burstgpt(df: pd.DataFrame, path: str | Path, *, model: str = "ChatGPT"
         "Log Type": df["log_type"].to_numpy() if "log_type" in df.columns else log_type,
     })
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    out.to_csv(path, index=False)
+    with atomic_path(path) as tmp:  # a killed writer leaves the old file or none, never half of one
+        out.to_csv(tmp, index=False)
