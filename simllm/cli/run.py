@@ -60,6 +60,15 @@ def write_outputs(out: Path, req, steps, summary, *, format: str = "csv") -> lis
     return names + ["summary.json"]
 
 
+def scenario_path(arg: Path) -> Path:
+    """A scenario file, or the name of a shipped one (``llama3-8b-h100-azure-conv``)."""
+    from ..config import resolve
+
+    if arg.is_file() or arg.suffix in (".yaml", ".yml") or len(arg.parts) > 1:
+        return arg
+    return resolve("workloads/scenarios", str(arg), what="scenario")
+
+
 def _fmt(x, scale=1.0, unit=""):
     return "-" if x is None else f"{x * scale:.4g}{unit}"
 
@@ -100,7 +109,7 @@ def print_summary(s: dict) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
-        scenario: Path = typer.Argument(..., help="scenario YAML (see workloads/scenarios/)"),
+        scenario: Path = typer.Argument(..., help="scenario YAML, or the name of a shipped one (workloads/scenarios/)"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for requests.csv, steps.csv, summary.json"),
         seed: Optional[int] = typer.Option(None, "--seed", help="override the scenario's seed"),
         set_: List[str] = typer.Option([], "--set", help="override a field: deployment.tp=4 (value parsed as YAML)"),
@@ -127,7 +136,7 @@ def register(app: typer.Typer) -> None:
             check_output_dir(out)
         if trace_out is not None:
             check_output_file(trace_out)
-        scn, path = load_scenario(scenario, set_)
+        scn, path = load_scenario(scenario_path(scenario), set_)
         prep = prepare(scn, file=path, seed=seed)
         show = sys.stderr.isatty() if progress is None else progress
         bar = None

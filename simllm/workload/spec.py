@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
-from ..config import Frozen, data_root, validate
+from ..config import Frozen, data_roots, validate
 from .generators import MAX_TOKENS
 from ..errors import InputError
 from . import generators as gen
@@ -328,7 +328,7 @@ def resolve_trace_path(path: str | Path, base_dir: Optional[Path] = None, *, fie
     if p.is_absolute():
         cands = [p]
     else:
-        cands = ([Path(base_dir) / p] if base_dir is not None else [Path.cwd() / p]) + [data_root() / p]
+        cands = ([Path(base_dir) / p] if base_dir is not None else [Path.cwd() / p]) + [d / p for d in data_roots()]
     for c in cands:
         if c.is_file():
             return c
