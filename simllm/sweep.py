@@ -63,10 +63,10 @@ def get_dotted(cfg: dict, key: str) -> Any:
     return cur
 
 
-def apply_overrides(base: dict, overrides: dict) -> dict:
+def apply_overrides(base: dict, overrides: dict, *, file: str | Path | None = None) -> dict:
     cfg = copy.deepcopy(base)
     for k, v in overrides.items():
-        set_dotted(cfg, k, v)
+        set_dotted(cfg, k, v, file=file)
     return cfg
 
 
@@ -104,7 +104,7 @@ class Sweep:
                 o = dict(ov)
                 if self.replications > 1:
                     o["seed"] = base_seed + r
-                cfg = apply_overrides(self.base, o)
+                cfg = apply_overrides(self.base, o, file=self.file)
                 out.append({"config": cfg, "overrides": o, "hash": config_hash(cfg)})
         return out
 
