@@ -33,6 +33,9 @@ def stats(
     typer.echo(f"format: {tr.format} ({tr.detected})" + (f"; dropped: {', '.join(f'{v} {k}' for k, v in tr.dropped.items())}"
                                                       if tr.dropped else ""), err=True)
     st = trace_stats(tr.df)
+    warn = st["fit"]["arrivals"].get("mle", {}).get("warning")
+    if warn:
+        typer.echo(f"warning: Gamma fit of inter-arrival gaps: {warn}", err=True)
     st = {"file": str(file), "format": tr.format, "dropped": tr.dropped, **st, "generator": fitted_generator(st)}
     if as_json:
         echo_json(st)
