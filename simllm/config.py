@@ -12,6 +12,7 @@ is read by :func:`sourced` into a :class:`Sourced` (SI float + source text).
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -22,13 +23,31 @@ from .errors import InputError, NotFoundError
 from .units import parse_quantity
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-"""Where the shipped descriptors live (``hardware/``, ``workloads/``, ``traces/``).
+"""The repository root of a source checkout (holds ``hardware/``, ``workloads/``, ``traces/``)."""
 
-Override with the ``SIMLLM_DATA`` environment variable."""
+
+def shipped_root() -> Path:
+    """Where the shipped descriptors, calibrations and sample traces are.
+
+    A source checkout (editable install, ``PYTHONPATH``) reads them in place at the repository
+    root; an installed wheel carries them as package data (``simllm._data``, see setup.py),
+    found through :mod:`importlib.resources`."""
+    if (REPO_ROOT / "hardware").is_dir() and (REPO_ROOT / "simllm").is_dir():
+        return REPO_ROOT
+    return Path(str(resources.files("simllm") / "_data"))
+
+
+def data_roots() -> list[Path]:
+    """Folders searched for descriptors, first match wins: each folder of ``SIMLLM_DATA``
+    (``os.pathsep``-separated, the user's own hardware/, workloads/, traces/ layout), then the shipped data."""
+    user = [Path(x) for x in os.environ.get("SIMLLM_DATA", "").split(os.pathsep) if x]
+    shipped = shipped_root()
+    return user + ([shipped] if shipped not in user else [])
 
 
 def data_root() -> Path:
-    return Path(os.environ.get("SIMLLM_DATA", REPO_ROOT))
+    """The first data folder (the user's when ``SIMLLM_DATA`` is set, else the shipped one)."""
+    return data_roots()[0]
 
 
 class Frozen(BaseModel):
@@ -112,6 +131,10 @@ def load_yaml(path: str | Path) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise InputError(f"malformed YAML{where}: {problem}", file=p) from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})", file=p) from None
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", file=p) from None
     if not isinstance(data, dict):
         raise InputError(f"expected a YAML mapping at the top level, got {type(data).__name__}", file=p)
     return data
@@ -149,14 +172,14 @@ def resolve(kind_dir: str, name_or_path: str | Path, *, what: str) -> Path:
         if not p.is_file():
             raise InputError(f"{what} file not found", file=p)
         return p
-    d = data_root() / kind_dir
     key = str(name_or_path).lower()
-    for cand in (d / f"{key}.yaml", d / f"{key}.yml"):
-        if cand.is_file():
-            return cand
+    for d in data_roots():
+        for cand in (d / kind_dir / f"{key}.yaml", d / kind_dir / f"{key}.yml"):
+            if cand.is_file():
+                return cand
     names = list_names(kind_dir)
     # also match the 'name:' or 'aliases:' inside the files
-    for f in sorted(d.glob("*.y*ml")):
+    for f in [f for d in data_roots() for f in sorted((d / kind_dir).glob("*.y*ml"))]:
         try:
             data = yaml.safe_load(f.read_text()) or {}
         except yaml.YAMLError:
@@ -168,5 +191,5 @@ def resolve(kind_dir: str, name_or_path: str | Path, *, what: str) -> Path:
 
 
 def list_names(kind_dir: str) -> list[str]:
-    d = data_root() / kind_dir
-    return sorted(f.stem for f in d.glob("*.y*ml")) if d.is_dir() else []
+    """Names of the descriptors under ``kind_dir`` in every data folder (user folders add to the shipped)."""
+    return sorted({f.stem for d in data_roots() if (d / kind_dir).is_dir() for f in (d / kind_dir).glob("*.y*ml")})

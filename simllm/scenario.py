@@ -34,6 +34,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .config import Frozen, load_yaml, quantity, set_dotted, validate
 from .errors import InputError
+from .scenario_checks import check_scenario
 from .policies.batching import batching as _batching_registry
 from .policies.routing import routing as _routing_registry
 from .sim.disagg import DisaggSpec
@@ -216,6 +217,7 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
     from .sim.kv import kv_capacity_blocks
     from .workload.spec import build_workload
 
+    check_scenario(scn, file)
     hw = scn.hardware
     dep = scn.deployment
     node = None

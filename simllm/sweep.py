@@ -18,8 +18,13 @@ A sweep file names a base scenario and how to vary it::
 Each point is the base with its overrides applied; its identity is the hash of the resolved
 configuration, so a killed sweep restarted with the same file skips what is finished.
 Finished points are appended as one JSON line each to ``results.jsonl`` (the durable log,
-flushed and fsynced per point); ``results.csv`` and ``results.parquet`` are rewritten from it.
-A point that raises is recorded with ``status=failed`` and its error; the others go on.
+flushed and fsynced per point); ``results.csv`` and ``results.parquet`` are rebuilt from it
+(at start, at most every few seconds while points finish, and at the end), each written under
+a temporary name and renamed, so a killed sweep leaves whole tables. A folder is held by one
+sweep at a time (:class:`simllm.atomic.FolderLock`): a second sweep into it exits with an
+error naming the first. Every point is resolved and validated before any runs
+(:func:`validate_items`). A point that raises while running is recorded with
+``status=failed`` and its error; the others go on.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .atomic import FolderLock, atomic_path
 from .config import load_yaml, set_dotted
 from .errors import InputError
 
@@ -57,10 +63,10 @@ def get_dotted(cfg: dict, key: str) -> Any:
     return cur
 
 
-def apply_overrides(base: dict, overrides: dict) -> dict:
+def apply_overrides(base: dict, overrides: dict, *, file: str | Path | None = None) -> dict:
     cfg = copy.deepcopy(base)
     for k, v in overrides.items():
-        set_dotted(cfg, k, v)
+        set_dotted(cfg, k, v, file=file)
     return cfg
 
 
@@ -98,7 +104,7 @@ class Sweep:
                 o = dict(ov)
                 if self.replications > 1:
                     o["seed"] = base_seed + r
-                cfg = apply_overrides(self.base, o)
+                cfg = apply_overrides(self.base, o, file=self.file)
                 out.append({"config": cfg, "overrides": o, "hash": config_hash(cfg)})
         return out
 
@@ -144,6 +150,9 @@ def load_sweep(path: str | Path) -> Sweep:
     grid_pts = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] if grid else [{}]
     zip_pts = [dict(zip(zp, vals)) for vals in zip(*zp.values())] if zp else [{}]
     points = [{**g, **z} for g in grid_pts for z in zip_pts]
+    only_points = not grid and not zp and not data.get("sample") and bool(data.get("points"))
+    if only_points:
+        points = []  # ``points:`` alone runs exactly those points, not the base as well
 
     sample = data.get("sample")
     if sample:
@@ -153,10 +162,14 @@ def load_sweep(path: str | Path) -> Sweep:
         if method not in ("lhs", "random"):
             raise InputError(f"unknown method {method!r} (lhs, random)", file=path, field="sample.method")
         fields = sample["fields"]
+        if not isinstance(fields, dict) or not fields:
+            raise InputError("expected a mapping of dotted field -> [low, high]", file=path, field="sample.fields")
         for k, v in fields.items():
             if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v) and v[0] < v[1]):
                 raise InputError("expected [low, high] with low < high", file=path, field=f"sample.fields.{k}")
         rng = np.random.default_rng(int(data.get("seed", 0)))
+        if not isinstance(sample["n"], int) or isinstance(sample["n"], bool) or not 1 <= sample["n"] <= 100000:
+            raise InputError("expected an integer number of samples in [1, 100000]", file=path, field="sample.n")
         n, keys = int(sample["n"]), list(fields)
         u = _lhs(rng, n, len(keys)) if method == "lhs" else rng.random((n, len(keys)))
         sampled = []
@@ -169,16 +182,28 @@ def load_sweep(path: str | Path) -> Sweep:
             sampled.append(pt)
         points = [{**p, **s} for p in points for s in sampled]
 
-    for p in data.get("points") or []:
+    pts = data.get("points") or []
+    if not isinstance(pts, list):
+        raise InputError("expected a list of mappings of dotted field -> value", file=path, field="points")
+    for p in pts:
         if not isinstance(p, dict):
             raise InputError("each point must be a mapping of dotted field -> value", file=path, field="points")
         points.append(dict(p))
     if points == [{}]:
         points = [{}]
     reps = data.get("replications", 1)
-    if not isinstance(reps, int) or reps < 1:
-        raise InputError("expected a positive integer", file=path, field="replications")
+    if not isinstance(reps, int) or isinstance(reps, bool) or reps < 1 or reps > 10000:
+        raise InputError("expected an integer in [1, 10000]", file=path, field="replications")
+    if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool):
+        raise InputError("expected an integer", file=path, field="seed")
     fmr = data.get("find_max_rate")
+    if fmr is not None:
+        if not isinstance(fmr, dict):
+            raise InputError("expected a mapping {field, lo, hi, attainment}", file=path, field="find_max_rate")
+        extra = set(fmr) - {"field", "lo", "hi", "attainment"}
+        if extra:
+            raise InputError("unknown field (known: attainment, field, hi, lo)", file=path,
+                             field=f"find_max_rate.{sorted(extra)[0]}")
     return Sweep(base=base_cfg, points=points, replications=reps, base_dir=base_dir, file=str(path),
                  find_max_rate=fmr)
 
@@ -233,12 +258,15 @@ class ResultsLog:
         return df.drop_duplicates("config_hash", keep="last").reset_index(drop=True)
 
     def write_tables(self) -> pd.DataFrame:
+        """Rebuild ``results.csv`` and ``results.parquet`` from the log (each written whole, then renamed)."""
         df = self.table()
         if df.empty:
             return df
-        df.to_csv(self.dir / "results.csv", index=False)
+        with atomic_path(self.dir / "results.csv") as tmp:
+            df.to_csv(tmp, index=False)
         try:
-            df.to_parquet(self.dir / "results.parquet", index=False)
+            with atomic_path(self.dir / "results.parquet") as tmp:
+                df.to_parquet(tmp, index=False)
         except Exception:  # pyarrow missing or a column of mixed types: CSV is the source of truth
             pass
         return df
@@ -286,8 +314,24 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def run_items(items: list[dict], fn: RunFn, out_dir: Path, *, jobs: int = 1, backend: str = "local",
               address: str | None = None, retry_failed: bool = False, progress: bool = True) -> pd.DataFrame:
-    """Run the points not yet in ``out_dir``'s log; append each result as it finishes."""
+    """Run the points not yet in ``out_dir``'s log; append each result as it finishes.
+
+    Holds ``out_dir``'s lock throughout; tables are rebuilt from the log on start (a resumed
+    sweep's tables match its log), every ``TABLE_INTERVAL_S`` while points finish, and at the end."""
+    with FolderLock(out_dir):
+        return _run_items_locked(items, fn, out_dir, jobs=jobs, backend=backend, address=address,
+                                 retry_failed=retry_failed, progress=progress)
+
+
+TABLE_INTERVAL_S = 5.0
+"""Seconds between rebuilds of results.csv / results.parquet while a sweep runs."""
+
+
+def _run_items_locked(items: list[dict], fn: RunFn, out_dir: Path, *, jobs: int, backend: str,
+                      address: str | None, retry_failed: bool, progress: bool) -> pd.DataFrame:
     log = ResultsLog(out_dir)
+    log.write_tables()
+    last_tables = time.monotonic()
     done = log.finished(retry_failed=retry_failed)
     seen: set[str] = set()
     todo = []
@@ -300,9 +344,12 @@ def run_items(items: list[dict], fn: RunFn, out_dir: Path, *, jobs: int = 1, bac
     failures = 0
 
     def _record(row: dict) -> None:
-        nonlocal failures
+        nonlocal failures, last_tables
         log.append(row)
         failures += row["status"] != "ok"
+        if time.monotonic() - last_tables >= TABLE_INTERVAL_S:
+            log.write_tables()
+            last_tables = time.monotonic()
         if bar is not None:
             bar.update(1)
             bar.set_postfix(failed=failures)
@@ -392,6 +439,65 @@ def find_max_rate(cfg: dict, fn: RunFn, *, rate_field: str, lo: float, hi: float
         else:
             hi = mid
     return {"max_rate": best, "summary_at_max": best_s, "evaluations": evals}
+
+
+# ----------------------------------------------------------------------------- validation before work
+def check_search(*, rate_field: str, lo: float, hi: float, attainment: float, file: str | None = None) -> None:
+    """Arguments of a capacity search (``--find-max-rate``)."""
+    for name, v in (("lo", lo), ("hi", hi)):
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
+            raise InputError(f"expected a positive finite rate (requests/s), got {v!r}", file=file,
+                             field=f"find_max_rate.{name}")
+    if lo >= hi:
+        raise InputError(f"lo ({lo}) must be below hi ({hi})", file=file, field="find_max_rate.lo")
+    if not (isinstance(attainment, (int, float)) and 0 < attainment <= 1):
+        raise InputError(f"expected an SLO attainment fraction in (0, 1], got {attainment!r}", file=file,
+                         field="find_max_rate.attainment")
+    if not isinstance(rate_field, str) or not rate_field or any(not p for p in rate_field.split(".")):
+        raise InputError(f"expected a dotted field path, got {rate_field!r}", file=file, field="find_max_rate.field")
+
+
+def validate_items(items: list[dict], base_dir: str | Path, *, file: str | None = None,
+                   extra_overrides: dict | None = None) -> None:
+    """Resolve and validate every point (format, bounds, descriptors, tp) before any point runs.
+
+    The first bad point raises an :class:`InputError` naming the sweep file, the point (its
+    overrides) and the field. ``extra_overrides`` are applied too (a capacity search's rate)."""
+    from .hardware import load_accelerator, load_cluster, load_node
+    from .model import load_model
+    from .parallel import tp_errors
+    from .scenario import scenario_from_dict
+    from .scenario_checks import check_scenario
+
+    where = Path(base_dir) / "(sweep point)"
+    cache: dict = {}
+
+    def _once(key, fn):
+        if key not in cache:
+            cache[key] = fn()
+        return cache[key]
+
+    for i, it in enumerate(items):
+        label = f"point {i + 1} of {len(items)} ({', '.join(f'{k}={v!r}' for k, v in it['overrides'].items()) or 'base'})"
+        try:
+            cfg = apply_overrides(it["config"], extra_overrides or {})
+            scn = scenario_from_dict(cfg, file=where)
+            check_scenario(scn, where)
+            hw = scn.hardware
+            if hw.cluster:
+                cl = _once(("c", hw.cluster), lambda: load_cluster(hw.cluster))
+                need = scn.deployment.replicas * scn.deployment.devices_per_replica
+                if need > cl.num_devices:
+                    raise InputError(f"{need} devices exceed the cluster's {cl.num_devices}", field="deployment.replicas")
+            elif hw.node:
+                _once(("n", hw.node), lambda: load_node(hw.node))
+            elif hw.accelerator:
+                _once(("a", hw.accelerator), lambda: load_accelerator(hw.accelerator))
+            model = _once(("m", scn.model), lambda: load_model(scn.model))
+            for err in tp_errors(model, scn.deployment.tp):
+                raise InputError(err, field="deployment.tp")
+        except InputError as e:
+            raise InputError(f"{label}: {e.message}", file=file, field=e.field) from None
 
 
 # ----------------------------------------------------------------------------- scenario runners

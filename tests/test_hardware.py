@@ -125,10 +125,10 @@ def test_every_yaml_number_is_value_source_pair():
 # ------------------------------------------------------------------ cross-checks with the reference table
 
 @pytest.mark.parametrize("name,bf16_tflops,hbm_tb_s,hbm_gb", [
-    ("a100-sxm-80gb", 312, 2.039, 80),
-    ("h100-sxm", 989, 3.35, 80),
-    ("h800-sxm", 989, 3.35, 80),
-    ("h200-sxm", 989, 4.8, 141),
+    ("a100-sxm-80gb", 312, 2.039, 81920 * 2**20 / 1e9),
+    ("h100-sxm", 989, 3.35, 81559 * 2**20 / 1e9),
+    ("h800-sxm", 989, 3.35, 81559 * 2**20 / 1e9),  # NVIDIA's HBM "GB" are binary: NVML reports MiB
+    ("h200-sxm", 989, 4.8, 143771 * 2**20 / 1e9),
     ("b200", 2250, 7.7, 180),
     ("mi300x", 1307.4, 5.3, 192),
     ("tpu-v5e", 197, 0.819, 16),

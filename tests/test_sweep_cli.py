@@ -20,7 +20,7 @@ def _write_sweep(tmp_path: Path, extra: str = "") -> Path:
           hardware.accelerator: [h100-sxm, a100-sxm-80gb]
           workload.retime: [{{process: poisson, rate: 2}}, {{process: poisson, rate: 6}}]
         points:
-          - {{hardware.accelerator: no-such-gpu}}
+          - {{workload.trace: no-such-trace.csv}}
         {extra}
     """))
     # keep each point small
@@ -35,14 +35,25 @@ def _run(args):
     return ei.value.code
 
 
-def test_sweep_runs_records_failure_and_reports(tmp_path):
+def test_sweep_validates_every_point_before_running(tmp_path, capsys):
+    sw = _write_sweep(tmp_path)
+    sw.write_text(sw.read_text().replace("workload.trace: no-such-trace.csv", "hardware.accelerator: no-such-gpu"))
+    out = tmp_path / "out"
+    assert _run(["sweep", str(sw), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "point 5 of 5" in err and "no-such-gpu" in err and str(sw) in err
+    assert not (out / "results.jsonl").exists()  # nothing ran
+
+
+def test_sweep_runs_records_failure_and_reports(tmp_path, capsys):
     sw = _write_sweep(tmp_path)
     out = tmp_path / "out"
-    assert _run(["sweep", str(sw), "--out", str(out), "--jobs", "2", "--no-progress"]) == 0
+    assert _run(["sweep", str(sw), "--out", str(out), "--jobs", "2", "--no-progress"]) == 1  # one point failed
+    assert "1 of 5 points failed" in capsys.readouterr().err
     df = pd.read_csv(out / "results.csv")
     assert len(df) == 5
     bad = df[df.status == "failed"]
-    assert len(bad) == 1 and "no-such-gpu" in bad.error.iloc[0]
+    assert len(bad) == 1 and "no-such-trace" in bad.error.iloc[0]
     good = df[df.status == "ok"]
     assert (good.completed == 150).all()
     # units in column names, one row per point, swept fields as columns
@@ -54,8 +65,8 @@ def test_sweep_runs_records_failure_and_reports(tmp_path):
     assert g[("h100-sxm", 2)] < g[("a100-sxm-80gb", 2)]
     for name in ("index.html", "latency_vs_rate.png", "latency_vs_rate.svg", "slo_attainment_vs_rate.png"):
         assert (out / "report" / name).exists(), name
-    # rerun: nothing new runs, nothing duplicated
-    assert _run(["sweep", str(sw), "--out", str(out), "--no-progress", "--no-report"]) == 0
+    # rerun: nothing new runs, nothing duplicated (the recorded failure still counts)
+    assert _run(["sweep", str(sw), "--out", str(out), "--no-progress", "--no-report"]) == 1
     assert len(pd.read_csv(out / "results.csv")) == 5
     assert len((out / "results.jsonl").read_text().splitlines()) == 5
 

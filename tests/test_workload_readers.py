@@ -202,3 +202,17 @@ def test_relative_paths(tmp_path):
     assert len(build_workload({"trace": "v.csv"}, seed=0, base_dir=tmp_path)) == 2
     # repo-root fallback (data_root)
     assert len(build_workload({"trace": "traces/azure2023_code_sample.csv"}, seed=0, base_dir=tmp_path)) == 3000
+
+
+def test_gamma_mle_recovers_known_shapes_and_flags_meaningless_fits():
+    """Maximum likelihood on draws of known Gamma laws; the Azure code trace (CV ~ 14) is flagged."""
+    from simllm.workload.readers import read_trace as _read
+    from simllm.workload.stats import gamma_mle, trace_stats
+
+    rng = np.random.default_rng(0)
+    for k, theta in ((0.5, 2.0), (3.0, 0.1), (1.0, 1.0)):
+        fit = gamma_mle(rng.gamma(k, theta, 20000))
+        assert abs(fit["shape"] / k - 1) < 0.05 and abs(fit["scale_s"] / theta - 1) < 0.05 and not fit["warning"]
+    st = trace_stats(_read(Path(__file__).resolve().parent.parent / "traces" / "azure2023_code_sample.csv").df)
+    assert "not Gamma-distributed" in st["fit"]["arrivals"]["mle"]["warning"]
+    assert 0 <= st["fit"]["prompt_lognormal"]["ks"] <= 1

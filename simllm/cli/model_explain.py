@@ -32,10 +32,16 @@ def explain(model_name: str, hw: str, *, batch: int, context: int, prefill_token
     from ..model import load_model
 
     if batch < 0 or context < 0 or prefill_tokens < 0:
-        raise InputError("--batch, --context and --prefill-tokens must be >= 0", field="batch")
+        raise InputError("--batch, --context and --prefill-tokens must be >= 0", field="--batch")
     if batch == 0 and prefill_tokens == 0:
-        raise InputError("nothing to explain: give --batch > 0 or --prefill-tokens > 0", field="batch")
+        raise InputError("nothing to explain: give --batch > 0 or --prefill-tokens > 0", field="--batch")
     model = load_model(model_name)
+    if tp < 1 or pp < 1:
+        raise InputError(f"expected positive parallel degrees, got tp={tp}, pp={pp}", field="--tp" if tp < 1 else "--pp")
+    from ..parallel import tp_errors
+
+    for err in tp_errors(model, tp):  # the same check `simllm run` applies
+        raise InputError(err, field="--tp")
     acc = load_accelerator(hw)
     nd = load_node(node) if node else None
     cost = make_step_cost(model, acc, tp=tp, pp=pp, node=nd, weight_dtype=weight_dtype, kv_dtype=kv_dtype,

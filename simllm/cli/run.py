@@ -9,7 +9,11 @@ from typing import List, Optional
 
 import typer
 
+from ..atomic import atomic_path, check_output_dir, check_output_file, write_text
+from ..errors import InputError
 from ._common import _clean, console, echo_json, print_table
+
+FORMATS = ("csv", "parquet")
 
 
 def write_expert_loads(out: Path, cost, req) -> None:
@@ -29,20 +33,40 @@ def write_expert_loads(out: Path, cost, req) -> None:
     pop = np.asarray(pop, dtype=float)
     loads = pop / pop.sum(axis=1, keepdims=True) * tokens * top_k
     L, E = loads.shape
-    pd.DataFrame({"layer": np.repeat(np.arange(L), E), "expert": np.tile(np.arange(E), L),
-                  "tokens": loads.ravel()}).to_csv(out / "expert_loads.csv", index=False, float_format="%.6g")
+    with atomic_path(out / "expert_loads.csv") as tmp:
+        pd.DataFrame({"layer": np.repeat(np.arange(L), E), "expert": np.tile(np.arange(E), L),
+                      "tokens": loads.ravel()}).to_csv(tmp, index=False, float_format="%.6g")
     dev = placement.device_loads(loads)
     G = dev.shape[1]
-    pd.DataFrame({"layer": np.repeat(np.arange(L), G), "device": np.tile(np.arange(G), L),
-                  "tokens": dev.ravel()}).to_csv(out / "device_loads.csv", index=False, float_format="%.6g")
+    with atomic_path(out / "device_loads.csv") as tmp:
+        pd.DataFrame({"layer": np.repeat(np.arange(L), G), "device": np.tile(np.arange(G), L),
+                      "tokens": dev.ravel()}).to_csv(tmp, index=False, float_format="%.6g")
 
 
-def write_outputs(out: Path, req, steps, summary) -> None:
-    """Deterministic files: same inputs give byte-identical outputs."""
+def write_outputs(out: Path, req, steps, summary, *, format: str = "csv") -> list[str]:
+    """Deterministic files: same inputs give byte-identical outputs. Each file is written under a
+    temporary name and renamed, so a killed run leaves whole files or none. Returns the names written."""
     out.mkdir(parents=True, exist_ok=True)
-    req.to_csv(out / "requests.csv", index=False, lineterminator="\n", float_format="%.12g")
-    steps.to_csv(out / "steps.csv", index=False, lineterminator="\n", float_format="%.12g")
-    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=2, sort_keys=False) + "\n")
+    names = []
+    for name, df in (("requests", req), ("steps", steps)):
+        fname = f"{name}.{format}"
+        with atomic_path(out / fname) as tmp:
+            if format == "parquet":
+                df.to_parquet(tmp, index=False)
+            else:
+                df.to_csv(tmp, index=False, lineterminator="\n", float_format="%.12g")
+        names.append(fname)
+    write_text(out / "summary.json", json.dumps(_clean(summary), indent=2, sort_keys=False) + "\n")
+    return names + ["summary.json"]
+
+
+def scenario_path(arg: Path) -> Path:
+    """A scenario file, or the name of a shipped one (``llama3-8b-h100-azure-conv``)."""
+    from ..config import resolve
+
+    if arg.is_file() or arg.suffix in (".yaml", ".yml") or len(arg.parts) > 1:
+        return arg
+    return resolve("workloads/scenarios", str(arg), what="scenario")
 
 
 def _fmt(x, scale=1.0, unit=""):
@@ -85,7 +109,7 @@ def print_summary(s: dict) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
-        scenario: Path = typer.Argument(..., help="scenario YAML (see workloads/scenarios/)"),
+        scenario: Path = typer.Argument(..., help="scenario YAML, or the name of a shipped one (workloads/scenarios/)"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for requests.csv, steps.csv, summary.json"),
         seed: Optional[int] = typer.Option(None, "--seed", help="override the scenario's seed"),
         set_: List[str] = typer.Option([], "--set", help="override a field: deployment.tp=4 (value parsed as YAML)"),
@@ -94,11 +118,25 @@ def register(app: typer.Typer) -> None:
                                                 help="progress bar (default: on when stderr is a terminal)"),
         trace_out: Optional[Path] = typer.Option(None, "--trace-out",
                                                  help="write a Chrome/Perfetto trace (JSON; open in ui.perfetto.dev)"),
+        format: str = typer.Option("csv", "--format", help="csv | parquet: format of requests.* and steps.* in --out"),
     ) -> None:
         """Simulate one scenario and summarise it (TTFT, TPOT, throughput, goodput, MFU, cost, energy)."""
         from ..scenario import load_scenario, prepare, simulate
 
-        scn, path = load_scenario(scenario, set_)
+        if format not in FORMATS:
+            raise InputError(f"unknown format {format!r} (csv, parquet)", field="--format")
+        if format == "parquet" and out is None:
+            raise InputError("--format applies to the files in --out; give --out too", field="--format")
+        if format == "parquet":
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise InputError("parquet output needs pyarrow (pip install pyarrow)", field="--format") from None
+        if out is not None:
+            check_output_dir(out)
+        if trace_out is not None:
+            check_output_file(trace_out)
+        scn, path = load_scenario(scenario_path(scenario), set_)
         prep = prepare(scn, file=path, seed=seed)
         show = sys.stderr.isatty() if progress is None else progress
         bar = None
@@ -118,16 +156,23 @@ def register(app: typer.Typer) -> None:
         finally:
             if bar is not None:
                 bar.close()
+        written: list[str] = []
         if out is not None:
-            write_outputs(out, req, steps, summary)
+            if show:
+                sys.stderr.write(f"writing {len(req):,} requests and {len(steps):,} steps to {out} ...\n")
+            written = write_outputs(out, req, steps, summary, format=format)
             write_expert_loads(out, prep.cost, req)
+            written += [n for n in ("expert_loads.csv", "device_loads.csv") if (out / n).exists()]
         if trace_out is not None:
             from ..report.perfetto import write_trace
 
-            write_trace(req, steps, trace_out)
+            with atomic_path(trace_out) as tmp:
+                write_trace(req, steps, tmp)
         if json_:
             echo_json(summary)
+            if written:
+                typer.echo(f"wrote {out}/{', '.join(written)}", err=True)
         else:
             print_summary(summary)
             if out is not None:
-                console.print(f"wrote {out}/requests.csv, steps.csv, summary.json")
+                console.print(f"wrote {out}/{', '.join(written)}")

@@ -27,25 +27,46 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ) -> None:
         """Run every point of SWEEP_FILE; finished points are skipped on restart (keyed by config hash)."""
+        from ..atomic import check_output_dir
         from ..errors import InputError
-        from ..sweep import capacity_items, load_sweep, run_items, scenario_runner
+        from ..sweep import capacity_items, check_search, load_sweep, run_items, scenario_runner, validate_items
 
         if backend not in ("local", "ray"):
             raise InputError(f"unknown backend {backend!r} (local, ray)", field="--backend")
+        if address is not None and backend != "ray":
+            raise InputError("--address applies only to --backend ray", field="--address")
         sw = load_sweep(sweep_file)
         out_dir = out or Path("runs") / sweep_file.stem
         fn = scenario_runner(sw.base_dir)
         items = sw.expand()
         fmr = sw.find_max_rate or {}
+        search = None
         if find_max_rate or fmr:
-            fn, items = capacity_items(items, sw.base_dir, rate_field=fmr.get("field", rate_field),
-                                       lo=float(fmr.get("lo", rate_lo)), hi=float(fmr.get("hi", rate_hi)),
-                                       attainment=float(fmr.get("attainment", attainment)))
+            search = dict(rate_field=fmr.get("field", rate_field), lo=fmr.get("lo", rate_lo),
+                          hi=fmr.get("hi", rate_hi), attainment=fmr.get("attainment", attainment))
+            check_search(**search, file=str(sweep_file) if fmr else None)
+            search = {k: (float(v) if k != "rate_field" else v) for k, v in search.items()}
+        validate_items(items, sw.base_dir, file=str(sweep_file),
+                       extra_overrides={search["rate_field"]: search["lo"]} if search else None)
+        check_output_dir(out_dir)
+        if search:
+            fn, items = capacity_items(items, sw.base_dir, **search)
         df = run_items(items, fn, out_dir, jobs=jobs, backend=backend, address=address,
                        retry_failed=retry_failed, progress=progress)
         n_ok = int((df.status == "ok").sum()) if len(df) else 0
         typer.echo(f"{n_ok}/{len(df)} points ok; results in {out_dir / 'results.csv'}")
+        if search and n_ok and "max_rate_rps" in df:
+            params = [c for c in df.columns if c.startswith("param.")]
+            for _, r in df[df.status == "ok"].iterrows():
+                where = ", ".join(f"{c[6:]}={r[c]}" for c in params if r[c] == r[c]) or "base"
+                typer.echo(f"max rate {r['max_rate_rps']:.4g} req/s at SLO attainment >= {search['attainment']:g} "
+                           f"({where})")
         if report and n_ok:
             from ..report import build_report
 
             typer.echo(f"report: {build_report(out_dir / 'results.csv', out_dir / 'report')}")
+        n_failed = len(df) - n_ok
+        if n_failed:
+            typer.echo(f"error: {n_failed} of {len(df)} points failed (see the error column of "
+                       f"{out_dir / 'results.csv'}); rerun with --retry-failed after fixing them", err=True)
+            raise typer.Exit(1)

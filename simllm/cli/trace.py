@@ -30,7 +30,12 @@ def stats(
     from ..workload.stats import fitted_generator, trace_stats
 
     tr = read_trace(file, format, on_error="skip" if skip else "raise", sort=sort, model=model, log_type=log_type)
+    typer.echo(f"format: {tr.format} ({tr.detected})" + (f"; dropped: {', '.join(f'{v} {k}' for k, v in tr.dropped.items())}"
+                                                      if tr.dropped else ""), err=True)
     st = trace_stats(tr.df)
+    warn = st["fit"]["arrivals"].get("mle", {}).get("warning")
+    if warn:
+        typer.echo(f"warning: Gamma fit of inter-arrival gaps: {warn}", err=True)
     st = {"file": str(file), "format": tr.format, "dropped": tr.dropped, **st, "generator": fitted_generator(st)}
     if as_json:
         echo_json(st)
@@ -101,6 +106,11 @@ def generate(
     from ..workload.spec import WorkloadSpec, build_table
     from ..workload.stats import fitted_generator, trace_stats, write_burstgpt
 
+    from ..atomic import check_output_file
+
+    check_output_file(out)
+    if num is not None and num < 1:
+        raise InputError(f"expected a positive number of requests, got {num}", field="--num")
     g: dict = {"arrivals": {"process": "gamma", "rate": 1.0, "cv": 1.0}}
     if fit is not None:
         st = trace_stats(read_trace(fit, fit_format).df)

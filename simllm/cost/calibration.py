@@ -44,7 +44,7 @@ from typing import Any, Optional
 
 import yaml
 
-from ..config import data_root
+from ..config import data_roots
 from ..errors import InputError
 
 CALIB_DIR = "hardware/calibration"
@@ -208,8 +208,9 @@ def load_calibration(path: str | Path) -> Calibration:
     """Read a calibration YAML file (a path, or a name under ``hardware/calibration/``)."""
     p = Path(path)
     if not p.is_file():
-        q = data_root() / CALIB_DIR / (p.name if p.suffix else p.name + ".yaml")
-        if not q.is_file():
+        qs = [d / CALIB_DIR / (p.name if p.suffix else p.name + ".yaml") for d in data_roots()]
+        q = next((q for q in qs if q.is_file()), None)
+        if q is None:
             raise InputError("calibration file not found", file=path)
         p = q
     return _load_cached(str(p.resolve()))
@@ -252,11 +253,11 @@ def calibration_for(accelerator, calibration: "Calibration | str | Path | None" 
         return calibration
     if calibration is not None:
         return load_calibration(calibration)
-    root = data_root() / CALIB_DIR
     own: Optional[str] = getattr(accelerator, "calibration", None)
     for name in ([own] if own else []) + [REFERENCE]:
-        if (root / name).is_file():
-            return load_calibration(root / name)
+        for root in (d / CALIB_DIR for d in data_roots()):
+            if (root / name).is_file():
+                return load_calibration(root / name)
     return Calibration()
 
 

@@ -30,6 +30,11 @@ from typing import Optional
 import numpy as np
 
 
+MAX_TOKENS = 10_000_000
+"""Longest prompt or output a generator draws (tokens): above the longest published context windows
+(10 M tokens); lengths are clipped to [1, MAX_TOKENS] so every count is finite and fits int64."""
+
+
 # --------------------------------------------------------------------------- arrivals
 
 
@@ -114,8 +119,8 @@ def lognormal_lengths(rng: np.random.Generator, n: int, *, prompt_median: float,
     z1, z2 = correlated_normals(rng, n, correlation)
     p = np.rint(prompt_median * np.exp(prompt_sigma * z1))
     o = np.rint(output_median * np.exp(output_sigma * z2))
-    p = np.clip(p, 1, prompt_max or np.inf).astype(np.int64)
-    o = np.clip(o, 1, output_max or np.inf).astype(np.int64)
+    p = np.clip(np.nan_to_num(p, nan=1.0), 1, min(prompt_max or MAX_TOKENS, MAX_TOKENS)).astype(np.int64)
+    o = np.clip(np.nan_to_num(o, nan=1.0), 1, min(output_max or MAX_TOKENS, MAX_TOKENS)).astype(np.int64)
     return p, o
 
 

@@ -21,6 +21,12 @@ mooncake   Mooncake JSONL: ``timestamp`` (ms), ``input_length``, ``output_length
 vidur      Plain CSV ``arrived_at`` (s), ``num_prefill_tokens``, ``num_decode_tokens``.
 ========== ======================================================================
 
+Input as people have it: ``path`` may be ``-`` (standard input); gzip and zstd files
+(told by their magic bytes, whatever the name) are decompressed; a UTF-8 byte-order mark and
+CRLF line ends are accepted. A ``vllm bench serve --save-result`` JSON (per-request latencies,
+no arrival times) is recognised and refused with a message rather than read as Mooncake.
+:func:`read_trace` records in ``Trace.detected`` how the format was chosen.
+
 Malformed rows (non-numeric or negative token counts, unreadable timestamps, bad JSON)
 raise a one-line :class:`InputError` naming the file, the column and the row
 (``on_error="raise"``, the default) or are dropped and counted (``on_error="skip"``).
@@ -31,7 +37,11 @@ always has at least one prompt and one output token.
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional
@@ -65,6 +75,7 @@ class Trace:
     source: str
     format: str
     dropped: dict[str, int] = field(default_factory=dict)
+    detected: str = ""  # how the format was chosen ("given", or what detection saw)
 
     def __len__(self) -> int:
         return len(self.df)
@@ -75,6 +86,47 @@ class Trace:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_BOM = b"\xef\xbb\xbf"
+
+
+def load_bytes(path: str | Path) -> bytes:
+    """The bytes of a trace: ``-`` reads standard input; gzip / zstd are decompressed; a BOM is dropped."""
+    p = Path(path)
+    if str(path) == "-":
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    else:
+        if not p.is_file():
+            raise InputError("trace file not found", file=p)
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise InputError(f"cannot read: {e.strerror or e}", file=p) from None
+    if data[:2] == _GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise InputError(f"corrupt gzip data: {e}", file=p) from None
+    elif data[:4] == _ZSTD_MAGIC:
+        try:
+            import zstandard
+        except ImportError:
+            raise InputError("zstd-compressed trace: reading it needs the zstandard package "
+                             "(pip install zstandard), or decompress it first (zstd -d)", file=p) from None
+        try:
+            data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+        except zstandard.ZstdError as e:
+            raise InputError(f"corrupt zstd data: {e}", file=p) from None
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]
+    return data
+
+
+def _bytes(path: Path, data: Optional[bytes]) -> bytes:
+    return load_bytes(path) if data is None else data
 
 
 def _count(dropped: dict[str, int], key: str, n: int) -> None:
@@ -149,9 +201,18 @@ def _finish(path: Path, fmt: str, arrival: np.ndarray, prompt: np.ndarray, outpu
     return Trace(df=df, source=str(path), format=fmt, dropped=dropped)
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path, data: Optional[bytes] = None, on_error: OnError = "raise",
+              dropped: Optional[dict[str, int]] = None) -> pd.DataFrame:
+    """CSV as strings; with ``on_error="skip"``, rows with too many fields are dropped and counted."""
+    buf = io.BytesIO(_bytes(path, data))
     try:
-        df = pd.read_csv(path, skipinitialspace=True, dtype=str, keep_default_na=False, na_values=[""])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            df = pd.read_csv(buf, skipinitialspace=True, dtype=str, keep_default_na=False, na_values=[""],
+                             encoding="utf-8", on_bad_lines="warn" if on_error == "skip" else "error")
+        n_bad = sum(str(w.message).count("Skipping line") for w in caught)
+        if n_bad and dropped is not None:
+            _count(dropped, "malformed", n_bad)
     except pd.errors.EmptyDataError:
         raise InputError("empty trace: the file has no header and no rows", file=path) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
@@ -165,11 +226,11 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def read_burstgpt(path: Path, *, on_error: OnError = "raise", sort: bool = False,
-                  model: Optional[str] = None, log_type: Optional[str] = None) -> Trace:
+                  model: Optional[str] = None, log_type: Optional[str] = None, data: Optional[bytes] = None) -> Trace:
     """BurstGPT CSV; ``model`` / ``log_type`` filter on ``Model`` / ``Log Type`` (case-insensitive)."""
-    df = _read_csv(path)
-    _require_columns(df, _SIGNATURES["burstgpt"], path, "burstgpt")
     dropped: dict[str, int] = {}
+    df = _read_csv(path, data, on_error, dropped)
+    _require_columns(df, _SIGNATURES["burstgpt"], path, "burstgpt")
     for col, want in (("Model", model), ("Log Type", log_type)):
         if want is None:
             continue
@@ -203,9 +264,10 @@ def read_burstgpt(path: Path, *, on_error: OnError = "raise", sort: bool = False
                    lines=lines[keep], extra=extra)
 
 
-def read_azure(path: Path, *, on_error: OnError = "raise", sort: bool = False) -> Trace:
+def read_azure(path: Path, *, on_error: OnError = "raise", sort: bool = False, data: Optional[bytes] = None) -> Trace:
     """Azure LLM inference trace (2023/2024): wall-clock ``TIMESTAMP`` -> seconds from the first row."""
-    df = _read_csv(path)
+    dropped: dict[str, int] = {}
+    df = _read_csv(path, data, on_error, dropped)
     _require_columns(df, _SIGNATURES["azure"], path, "azure")
     bad = np.zeros(len(df), dtype=bool)
     raw = df["TIMESTAMP"].astype(str).str.strip()
@@ -227,24 +289,28 @@ def read_azure(path: Path, *, on_error: OnError = "raise", sort: bool = False) -
     kw = dict(path=path, on_error=on_error, bad=bad, lines=np.arange(len(df)) + 2)
     prompt = _numeric(df, "ContextTokens", what="an integer token count >= 0", **kw)
     output = _numeric(df, "GeneratedTokens", what="an integer token count >= 0", **kw)
-    return _finish(path, "azure", arrival, prompt, output, bad, {}, sort=sort, lines=kw["lines"])
+    return _finish(path, "azure", arrival, prompt, output, bad, dropped, sort=sort, lines=kw["lines"])
 
 
-def read_vidur(path: Path, *, on_error: OnError = "raise", sort: bool = False) -> Trace:
+def read_vidur(path: Path, *, on_error: OnError = "raise", sort: bool = False, data: Optional[bytes] = None) -> Trace:
     """Vidur-style CSV: ``arrived_at`` (s), ``num_prefill_tokens``, ``num_decode_tokens``."""
-    df = _read_csv(path)
+    dropped: dict[str, int] = {}
+    df = _read_csv(path, data, on_error, dropped)
     _require_columns(df, _SIGNATURES["vidur"], path, "vidur")
     bad = np.zeros(len(df), dtype=bool)
     kw = dict(path=path, on_error=on_error, bad=bad, lines=np.arange(len(df)) + 2)
     arrival = _numeric(df, "arrived_at", what="a time in seconds", **kw)
     prompt = _numeric(df, "num_prefill_tokens", what="an integer token count >= 0", **kw)
     output = _numeric(df, "num_decode_tokens", what="an integer token count >= 0", **kw)
-    return _finish(path, "vidur", arrival, prompt, output, bad, {}, sort=sort, lines=kw["lines"])
+    return _finish(path, "vidur", arrival, prompt, output, bad, dropped, sort=sort, lines=kw["lines"])
 
 
-def read_mooncake(path: Path, *, on_error: OnError = "raise", sort: bool = False) -> Trace:
+def read_mooncake(path: Path, *, on_error: OnError = "raise", sort: bool = False, data: Optional[bytes] = None
+                  ) -> Trace:
     """Mooncake JSONL: ``timestamp`` (ms), ``input_length``, ``output_length``, ``hash_ids``."""
-    raw_lines = path.read_bytes().splitlines()
+    raw = _bytes(path, data)
+    _refuse_vllm_bench(raw, path)
+    raw_lines = raw.splitlines()
     lines = [i + 1 for i, ln in enumerate(raw_lines) if ln.strip()]
     dropped: dict[str, int] = {}
     if not lines:
@@ -311,23 +377,46 @@ _READERS: dict[str, Callable[..., Trace]] = {
 }
 
 
-def detect_format(path: str | Path) -> str:
+_VLLM_BENCH_KEYS = {"input_lens", "output_lens", "ttfts", "itls", "num_prompts", "request_throughput"}
+
+
+def _refuse_vllm_bench(raw: bytes, path: Path) -> None:
+    """A ``vllm bench serve --save-result`` file is one JSON object of per-run lists, not a JSONL trace."""
+    head = raw.lstrip()[:1]
+    if head != b"{":
+        return
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return  # several objects (JSONL) or broken: not a single result document
+    if isinstance(obj, dict) and len(_VLLM_BENCH_KEYS & set(obj)) >= 2:
+        raise InputError("this is a vLLM benchmark result (vllm bench serve --save-result: per-request latencies "
+                         "without arrival times), not a request trace; replay its dataset instead, or give a "
+                         "Mooncake JSONL / BurstGPT / Azure / Vidur trace", file=path)
+
+
+def detect_format(path: str | Path, data: Optional[bytes] = None) -> str:
     """Guess a trace's format from its extension and header (first line)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError("trace file not found", file=p)
-    if p.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        return "mooncake"
-    with p.open("r", errors="replace") as f:
-        head = f.readline().strip()
+    return _detect(Path(path), data)[0]
+
+
+def _detect(p: Path, data: Optional[bytes]) -> tuple[str, str]:
+    """(format, how it was told)."""
+    raw = _bytes(p, data)
+    name = p.name.lower()
+    for ext in (".gz", ".zst", ".zstd"):
+        name = name[: -len(ext)] if name.endswith(ext) else name
+    first = raw.split(b"\n", 1)[0]
+    head = first.decode("utf-8", errors="replace").strip()
+    if Path(name).suffix in (".jsonl", ".json", ".ndjson") or head.startswith("{"):
+        _refuse_vllm_bench(raw, p)
+        return "mooncake", ("JSON lines" if head.startswith("{") else f"extension {Path(name).suffix}")
     if not head:
         raise InputError("empty trace: the file has no header and no rows", file=p)
-    if head.startswith("{"):
-        return "mooncake"
     cols = {c.strip().strip('"') for c in head.split(",")}
     for fmt, sig in _SIGNATURES.items():
         if fmt != "mooncake" and set(sig) <= cols:
-            return fmt
+            return fmt, f"header columns {', '.join(sig)}"
     raise InputError(
         f"cannot tell the trace format from the header {head[:80]!r}; give format: one of "
         f"{', '.join(FORMATS)} (burstgpt: Timestamp, Request tokens, Response tokens; azure: TIMESTAMP, "
@@ -341,16 +430,20 @@ def read_trace(path: str | Path, format: Optional[str] = None, *, on_error: OnEr
                sort: bool = False, model: Optional[str] = None, log_type: Optional[str] = None) -> Trace:
     """Read any supported trace; ``format=None`` detects it from columns and extension."""
     p = Path(path)
-    if not p.is_file():
+    if str(path) != "-" and not p.is_file():
         raise InputError("trace file not found", file=p)
     if on_error not in ("raise", "skip"):
         raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}", field="on_error")
-    fmt = (format or detect_format(p)).lower()
+    data = load_bytes(p)
+    fmt, how = (format, "given") if format else _detect(p, data)
+    fmt = str(fmt).lower()
     if fmt not in _READERS:
         raise InputError(f"unknown trace format {format!r}; known: {', '.join(FORMATS)}", file=p, field="format")
     if (model or log_type) and fmt != "burstgpt":
         raise InputError("model / log_type filters apply only to BurstGPT traces", file=p, field="model")
-    kw: dict = dict(on_error=on_error, sort=sort)
+    kw: dict = dict(on_error=on_error, sort=sort, data=data)
     if fmt == "burstgpt":
         kw.update(model=model, log_type=log_type)
-    return _READERS[fmt](p, **kw)
+    tr = _READERS[fmt](p, **kw)
+    tr.detected = how
+    return tr

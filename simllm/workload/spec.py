@@ -44,15 +44,19 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
-from ..config import Frozen, data_root, validate
+from ..config import Frozen, data_roots, validate
+from .generators import MAX_TOKENS
 from ..errors import InputError
 from . import generators as gen
 from . import transforms as tf
 from .readers import BLOCK_TOKENS, Trace, read_trace
 from .request import Request
 
-PosFloat = Annotated[float, Field(gt=0)]
+PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 PosInt = Annotated[int, Field(gt=0)]
+
+MAX_REQUESTS = 100_000_000
+"""Most requests one generator makes (an assumption that bounds memory: ~25 B per request per column)."""
 
 
 # --------------------------------------------------------------------------- schema
@@ -178,6 +182,16 @@ class GeneratorSpec(Frozen):
                 raise ValueError("with sessions, give sessions.num_sessions, not num_requests / duration_s")
         elif (self.num_requests is None) == (self.duration_s is None):
             raise ValueError("give exactly one of num_requests or duration_s")
+        n = self.num_requests if self.num_requests is not None else (
+            self.arrivals.rate * self.duration_s if self.duration_s is not None else 0)
+        if n > MAX_REQUESTS:
+            raise ValueError(f"{n:.4g} requests exceed the {MAX_REQUESTS:,} a generator makes; "
+                             f"lower num_requests or rate x duration_s")
+        L = self.lengths
+        for name in ("prompt_median", "output_median", "prompt_max", "output_max"):
+            v = getattr(L, name, None)
+            if v is not None and v > MAX_TOKENS:
+                raise ValueError(f"lengths.{name} {v:.4g} exceeds {MAX_TOKENS:,} tokens")
         return self
 
 
@@ -314,7 +328,7 @@ def resolve_trace_path(path: str | Path, base_dir: Optional[Path] = None, *, fie
     if p.is_absolute():
         cands = [p]
     else:
-        cands = ([Path(base_dir) / p] if base_dir is not None else [Path.cwd() / p]) + [data_root() / p]
+        cands = ([Path(base_dir) / p] if base_dir is not None else [Path.cwd() / p]) + [d / p for d in data_roots()]
     for c in cands:
         if c.is_file():
             return c

@@ -1,0 +1,5 @@
+"""``python -m simllm``: the command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,45 @@
+"""Checks on a validated scenario that keep a run within bounded time and memory.
+
+Kept apart from :mod:`simllm.scenario` (which defines the format) so each check is one
+small function; :func:`check_scenario` runs them all before any descriptor is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+MAX_DEVICES_WITHOUT_CLUSTER = 16384
+"""Largest deployment (replicas x devices per replica) accepted when the hardware is an accelerator
+or a node rather than a cluster descriptor. An assumption, not a measured figure: it is above the
+largest single serving deployments described publicly and keeps the per-replica state of the engine
+(a few kB each) well under 1 GB. A cluster descriptor's own device count replaces it."""
+
+
+def check_devices(scn: Any, file: str | Path | None = None) -> None:
+    dep = scn.deployment
+    if scn.hardware.cluster:
+        return  # checked against the cluster's device count when it is loaded
+    total = dep.replicas * dep.devices_per_replica
+    if total > MAX_DEVICES_WITHOUT_CLUSTER:
+        raise InputError(f"{dep.replicas} replicas x {dep.devices_per_replica} devices = {total} devices, more than "
+                         f"{MAX_DEVICES_WITHOUT_CLUSTER} without a cluster descriptor; describe the cluster "
+                         f"(hardware.cluster) to simulate more", file=file, field="deployment.replicas")
+
+
+def check_batching(scn: Any, file: str | Path | None = None) -> None:
+    """A token budget below the sequence budget can never fill a batch (vLLM rejects it the same way)."""
+    b = scn.deployment.batching or {}
+    tokens, seqs = b.get("max_num_batched_tokens"), b.get("max_num_seqs", 256)
+    if isinstance(tokens, int) and isinstance(seqs, int) and not isinstance(tokens, bool) and tokens < seqs:
+        raise InputError(f"max_num_batched_tokens {tokens} is below max_num_seqs {seqs}: an iteration could never "
+                         f"schedule one token per sequence; raise it (vLLM's default is 8192) or lower max_num_seqs",
+                         file=file, field="deployment.batching.max_num_batched_tokens")
+
+
+def check_scenario(scn: Any, file: str | Path | None = None) -> None:
+    """Every bounded-work check, in order; raises the first :class:`InputError`."""
+    check_devices(scn, file)
+    check_batching(scn, file)
