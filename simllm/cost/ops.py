@@ -34,6 +34,8 @@ from ..hardware import DTYPE_BYTES
 from . import collectives as C
 from .calibration import Calibration
 from .kernels import attention_time, elementwise_time, gemm_flops_bytes, gemm_time
+from .kernel_models import GEMM_DTYPES, gemm_launch_and_body
+from .layer_kernels import LayerKernels, check_framework
 
 WIDE = {"bf16", "fp16", "fp32", "tf32"}
 
@@ -74,7 +76,8 @@ class LayerOps:
     """Operator builder for one (model, device, tp, dtypes, calibration)."""
 
     def __init__(self, model, acc, *, tp: int = 1, cal: Calibration, links: Optional[C.CommLinks] = None,
-                 weight_dtype: str = "bf16", kv_dtype: str = "bf16", act_dtype: str = "bf16"):
+                 weight_dtype: str = "bf16", kv_dtype: str = "bf16", act_dtype: str = "bf16",
+                 framework: str = "vllm"):
         if tp < 1:
             raise InputError(f"tp must be >= 1, got {tp}", field="tp")
         self.m, self.acc, self.tp, self.cal, self.links = model, acc, tp, cal, links
@@ -109,20 +112,27 @@ class LayerOps:
             self.f_tok_decode = self.f_pair_prefill
             self.q_width = self.heads * a.head_dim
             self.o_width = self.q_width
+        # GEMM and attention kernels: simllm.cost.kernel_models physics, the framework's calibration
+        self.framework = check_framework(framework)
+        self.k = LayerKernels(model, acc, cal.for_framework(self.framework), tp=tp, weight_dtype=weight_dtype,
+                              act_dtype=act_dtype, kv_dtype=kv_dtype, kv_bytes=self.kvb)
 
     # ------------------------------------------------------------------ primitives
     def gemm(self, name, M, K, N, groups=1.0, w_bytes=None) -> Op:
-        wb = self.wb if w_bytes is None else w_bytes
-        g = self.cal.gemm
-        t, tc, tm = gemm_time(M, K, N, peak=self.peak, bw=self.bw, cus=self.cus, gp=g, groups=groups,
-                              a_bytes=self.ab, w_bytes=wb, o_bytes=self.ab, with_parts=True)
-        fl, by = gemm_flops_bytes(M, K, N, groups, self.ab, wb, self.ab)
-        t, tc, tm = float(t), float(tc), float(tm)
-        ov = g.kernel_overhead_s if t > 0 else 0.0
-        body = t - ov
+        """One (grouped) GEMM in the deployment's kernel path (``w_bytes`` given: a GEMM kept in
+        bf16, e.g. the MoE router); launch in ``overhead_s``, body as compute or memory time."""
+        k = self.k
+        dt = k.gemm_dtype if w_bytes is None else "bfloat16"
+        _, ab, wb, ob, _ = GEMM_DTYPES[dt]
+        lo, bo = k.gemm(M, K, N, groups) if w_bytes is None else \
+            _bf16_gemm(k, M, K, N, groups)
+        fl, by = gemm_flops_bytes(M, K, N, groups, ab, wb, ob)
+        fl, by = float(np.sum(fl)), float(np.sum(by))
+        t = lo + bo
+        comp = fl / k.gemm_peak >= by / self.bw
         shape = f"{_fmt(M)}x{int(K)}x{int(N)}" + (f" x{_fmt(groups)}" if groups != 1 else "")
-        return Op(name, "gemm", float(fl), float(by), t, compute_s=body if tc >= tm else 0.0,
-                  memory_s=body if tc < tm else 0.0, overhead_s=ov, shape=shape)
+        return Op(name, "gemm", fl, by, t, compute_s=bo if comp else 0.0,
+                  memory_s=0.0 if comp else bo, overhead_s=lo, shape=shape)
 
     def ew(self, name, nbytes, flops=0.0) -> Op:
         ep = self.cal.elementwise
@@ -146,64 +156,53 @@ class LayerOps:
         t = C.all_reduce(nbytes, self.tp, self.links, g if self.tp % g == 0 else None)
         return Op(name, "comm", 0.0, float(nbytes), t, comm_s=t)
 
-    # ------------------------------------------------------------------ attention coefficients
-    def _prefill_attn_coeffs(self):
-        c = getattr(self, "_pac", None)
-        if c is None:
-            ap = self.cal.attention
-            c = self._pac = (self.f_pair_prefill / (self.attn_peak * ap.compute_efficiency),
-                             ((self.q_width + self.o_width) * self.ab + self.kv_per_tok) / (self.bw * ap.memory_efficiency),
-                             self.kv_per_tok / ap.q_block / (self.bw * ap.memory_efficiency), ap.kernel_overhead_s)
-        return c
-
-    def prefill_attention_time(self, prefill_tokens: float, attn_work: float) -> float:
-        """Seconds of one layer's prefill attention (plain floats: the simulator's hot path)."""
+    # ------------------------------------------------------------------ attention (simllm.cost.layer_kernels)
+    def prefill_attention_time(self, prefill_tokens: float, attn_work: float, seqs: Optional[float] = None) -> float:
+        """Seconds of one layer's prefill attention (plain floats: the simulator's hot path).
+        ``seqs``: sequences of the chunks (None: estimated as T^2 / 2W, one causal prompt's ratio)."""
         if prefill_tokens <= 0 and attn_work <= 0:
             return 0.0
-        cw, ct, ck, ov = self._prefill_attn_coeffs()
-        return max(attn_work * cw, prefill_tokens * ct + attn_work * ck) + ov
+        lo, bo = self.k.prefill(prefill_tokens, attn_work, _seqs(prefill_tokens, attn_work, seqs))
+        return lo + bo
 
-    def prefill_attention(self, prefill_tokens: float, attn_work: float) -> Op:
+    def prefill_attention(self, prefill_tokens: float, attn_work: float, seqs: Optional[float] = None) -> Op:
         if prefill_tokens <= 0 and attn_work <= 0:
             return Op("attn_prefill", "attention", 0.0, 0.0, 0.0)
-        fl = attn_work * self.f_pair_prefill
-        by = prefill_tokens * (self.q_width + self.o_width) * self.ab + prefill_tokens * self.kv_per_tok + \
-            attn_work / self.cal.attention.q_block * self.kv_per_tok
-        cw, ct, ck, ov = self._prefill_attn_coeffs()
-        t = self.prefill_attention_time(prefill_tokens, attn_work)
-        comp = attn_work * cw >= prefill_tokens * ct + attn_work * ck
-        return Op("attn_prefill", "attention", fl, by, t, compute_s=(t - ov) if comp else 0.0,
-                  memory_s=0.0 if comp else (t - ov), overhead_s=ov)
+        b = _seqs(prefill_tokens, attn_work, seqs)
+        lo, bo = self.k.prefill(prefill_tokens, attn_work, b)
+        fl, by = self.k.prefill_flops_bytes(prefill_tokens, attn_work, b)
+        comp = fl / self.k.attn_peak >= by / self.bw
+        return Op("attn_prefill", "attention", fl, by, lo + bo, compute_s=bo if comp else 0.0,
+                  memory_s=0.0 if comp else bo, overhead_s=lo)
+
+    def decode_attention_time(self, decode_seqs: float, ctx):
+        """Seconds of one layer's decode attention; ``ctx`` (total context tokens) may be an array."""
+        if decode_seqs <= 0:
+            return np.zeros(np.shape(ctx)) if isinstance(ctx, np.ndarray) else 0.0
+        lo, bo = self.k.decode(decode_seqs, ctx)
+        return bo + lo
 
     def decode_attention_slope(self) -> float:
-        """Seconds per cached context token per layer (decode attention is linear in context)."""
-        ap = self.cal.attention
-        return max(self.f_tok_decode / (self.attn_peak * ap.compute_efficiency),
-                   self.kv_per_tok / (self.bw * ap.memory_efficiency))
+        """Seconds per cached context token per layer at full occupancy (the linear form)."""
+        return self.k.decode_linear()[2]
 
     def decode_attention_base(self, decode_seqs: float) -> float:
-        """Context-independent part: the kernel, Q/O and the new tokens' K/V writes."""
+        """Context-independent part of the linear form: the launch and the Q/O traffic."""
         if decode_seqs <= 0:
             return 0.0
-        c = getattr(self, "_dac", None)
-        if c is None:
-            ap = self.cal.attention
-            c = self._dac = (ap.kernel_overhead_s, ((self.q_width + self.o_width) * self.ab + self.kv_per_tok) /
-                             (self.bw * ap.memory_efficiency))
-        return c[0] + decode_seqs * c[1]
+        lo, per_seq, _ = self.k.decode_linear()
+        return lo + decode_seqs * per_seq
 
     def decode_attention(self, decode_seqs: float, ctx: float) -> Op:
         if decode_seqs <= 0:
             return Op("attn_decode", "attention", 0.0, 0.0, 0.0)
-        ap = self.cal.attention
+        ctx = float(ctx)
+        lo, bo = self.k.decode(decode_seqs, ctx)
         fl = ctx * self.f_tok_decode
-        by = ctx * self.kv_per_tok + decode_seqs * ((self.q_width + self.o_width) * self.ab + self.kv_per_tok)
-        t = self.decode_attention_base(decode_seqs) + self.decode_attention_slope() * ctx
-        tc = fl / (self.attn_peak * ap.compute_efficiency)
-        tm = ctx * self.kv_per_tok / (self.bw * ap.memory_efficiency)
-        body = t - ap.kernel_overhead_s
-        return Op("attn_decode", "attention", fl, by, t, compute_s=body if tc > tm else 0.0,
-                  memory_s=body if tc <= tm else 0.0, overhead_s=ap.kernel_overhead_s)
+        by = ctx * self.kv_per_tok + decode_seqs * (self.q_width + self.o_width) * self.ab
+        comp = fl / self.k.attn_peak > by / self.bw
+        return Op("attn_decode", "attention", fl, by, lo + bo, compute_s=bo if comp else 0.0,
+                  memory_s=0.0 if comp else bo, overhead_s=lo)
 
     # ------------------------------------------------------------------ token-dependent operators
     def attention_block(self, T: float) -> list[Op]:
@@ -333,6 +332,17 @@ class LayerOps:
 
     def lm_head_weight_bytes(self) -> float:
         return 0.0 if self.m.tie_embeddings else math.ceil(self.m.vocab_size / self.tp) * self.H * self.wb
+
+
+def _seqs(T: float, W: float, seqs: Optional[float]) -> float:
+    if seqs is not None and seqs > 0:
+        return float(seqs)
+    return min(max(T * T / (2.0 * W), 1.0), max(T, 1.0)) if W > 0 else 1.0
+
+
+def _bf16_gemm(k: LayerKernels, M, K, N, groups):
+    lo, bo = gemm_launch_and_body(M, K, N, "bfloat16", k.acc, k.cal, groups=groups)
+    return float(np.sum(lo)), float(np.sum(bo))
 
 
 def expected_experts_touched(E: int, k: int, T: float) -> float:

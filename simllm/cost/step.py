@@ -7,11 +7,13 @@ A step's time is assembled from a few aggregates (``simllm.cost.interface``):
   computed once per distinct ``T`` from the operator lists of :mod:`simllm.cost.ops` and
   memoized (tokens are integers; a serving run sees a few thousand distinct values);
 * the LM head depends on the sequences sampled, ``S = prefill_seqs + decode_seqs`` (memoized);
-* prefill attention on ``prefill_tokens`` and ``prefill_attn_work`` (a roofline of two
-  numbers per layer, computed directly);
-* decode attention is ``base(decode_seqs) + slope * decode_ctx_tokens`` per layer: exactly
-  linear in the context, so an array of contexts is priced in one numpy expression and the
-  scalar and vectorised results agree bit for bit.
+* prefill attention on ``prefill_tokens``, ``prefill_attn_work`` and ``prefill_seqs``, decode
+  attention on ``decode_seqs`` and ``decode_ctx_tokens`` (an array of contexts is priced in one
+  numpy expression): the kernel physics of :mod:`simllm.cost.kernel_models` (floors, waves, CTA
+  occupancy, split-KV) through :mod:`simllm.cost.layer_kernels`, in plain floats for a scalar.
+
+GEMMs and attention use the device's calibration for ``framework`` (default vLLM); every
+kernel's launch is kept apart from its body (``StepCost.overhead_s``).
 
 Pipeline parallelism: layers are split over ``pp`` stages as evenly as possible (the first
 stage also embeds, the last also runs the LM head); each stage but the last sends its
@@ -75,7 +77,7 @@ class ReplicaStepCost:
     """:class:`~simllm.cost.interface.StepCostModel` of one replica."""
 
     def __init__(self, model, accelerator, *, tp: int = 1, pp: int = 1, node=None, weight_dtype: str = "bf16",
-                 kv_dtype: str = "bf16", act_dtype: str = "bf16", calibration=None):
+                 kv_dtype: str = "bf16", act_dtype: str = "bf16", calibration=None, framework: str = "vllm"):
         self.model, self.acc, self.tp, self.pp, self.node = model, accelerator, int(tp), int(pp), node
         if self.tp < 1:
             raise InputError(f"tp must be >= 1, got {tp}", field="tp")
@@ -89,15 +91,13 @@ class ReplicaStepCost:
         if node is not None and self.tp > node.devices and self.tp % node.devices:
             raise InputError(f"tp {tp} spans nodes unevenly ({node.devices} devices per node)", field="tp")
         self.ops = LayerOps(model, accelerator, tp=self.tp, cal=self.cal, links=self.links,
-                            weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype)
+                            weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype, framework=framework)
         self.stages = split_stages(model, self.pp)
         self.has_moe = model.moe is not None and model.num_moe_layers > 0
         # pipeline hop: within a node while the replica's devices fit in it
         self.pp_cross_node = node is not None and self.tp * self.pp > node.devices
         self._n_layers = np.array([s.n_layers for s in self.stages], dtype=float)
-        self._slope = self._n_layers * self.ops.decode_attention_slope()  # s per context token, per stage
         self._n_list = self._n_layers.tolist()
-        self._slope_list = self._slope.tolist()
         self._tok: dict[int, np.ndarray] = {}  # T -> (pp, 7) token-dependent breakdown
         self._head: dict[int, np.ndarray] = {}
         self._last = self.pp - 1
@@ -135,10 +135,16 @@ class ReplicaStepCost:
                 self._head[S] = v
         return v
 
-    def _attn_scalar(self, prefill_tokens, prefill_attn_work, decode_seqs) -> float:
-        """Per-layer attention time that does not depend on the decode context."""
-        return self.ops.prefill_attention_time(prefill_tokens, prefill_attn_work) + \
-            self.ops.decode_attention_base(decode_seqs)
+    def _attn(self, prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens):
+        """Per-layer attention seconds (prefill + decode); an array when ``decode_ctx_tokens`` is one."""
+        o = self.ops
+        a = o.prefill_attention_time(prefill_tokens, prefill_attn_work, prefill_seqs) \
+            if (prefill_tokens > 0 or prefill_attn_work > 0) else 0.0
+        if decode_seqs > 0:
+            return a + o.decode_attention_time(decode_seqs, decode_ctx_tokens)
+        if isinstance(decode_ctx_tokens, np.ndarray):
+            return np.full(decode_ctx_tokens.shape, a)
+        return a
 
     # ------------------------------------------------------------------ StepCostModel
     def step_time(self, prefill_tokens: int, prefill_attn_work: float, prefill_seqs: int, decode_seqs: int,
@@ -156,40 +162,29 @@ class ReplicaStepCost:
         head = self._head.get(S)
         if head is None:
             head = self._head_part(S)
-        a = self._attn_scalar(prefill_tokens, prefill_attn_work, decode_seqs)
+        a = self._attn(prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens)
         if self.pp == 1:
-            base = tok[0, 0] + head[0] + self._n_layers[0] * a
-            if decode_seqs > 0:
-                if isinstance(decode_ctx_tokens, np.ndarray):
-                    return base + self._slope[0] * decode_ctx_tokens
-                return float(base + self._slope[0] * decode_ctx_tokens)
-            if isinstance(decode_ctx_tokens, np.ndarray):
-                return np.full(decode_ctx_tokens.shape, base)
-            return float(base)
-        if not isinstance(decode_ctx_tokens, np.ndarray):  # plain floats: a few stages, no numpy overhead
-            c = float(decode_ctx_tokens) if decode_seqs > 0 else 0.0
+            v = tok[0, 0] + head[0] + self._n_list[0] * a
+            return v if isinstance(v, np.ndarray) else float(v)
+        if not isinstance(a, np.ndarray):  # plain floats: a few stages, no numpy overhead
             best = -1.0
-            for i, (t_i, n_i, s_i) in enumerate(zip(tok[:, 0].tolist(), self._n_list, self._slope_list)):
-                v = t_i + n_i * a + (head[0] if i == self._last else 0.0) + s_i * c
+            for i, (t_i, n_i) in enumerate(zip(tok[:, 0].tolist(), self._n_list)):
+                v = t_i + n_i * a + (head[0] if i == self._last else 0.0)
                 best = v if v > best else best
             return float(best)
-        base = tok[:, 0] + self._n_layers * a
+        base = tok[:, 0].copy()
         base[self._last] += head[0]
-        slope = self._slope if decode_seqs > 0 else np.zeros(self.pp)
-        if isinstance(decode_ctx_tokens, np.ndarray):
-            c = decode_ctx_tokens
-            return np.max(base[:, None] + slope[:, None] * c.reshape(1, -1), axis=0).reshape(c.shape)
-        return float(np.max(base + slope * decode_ctx_tokens))
+        c = a.reshape(1, -1)
+        return np.max(base[:, None] + self._n_layers[:, None] * c, axis=0).reshape(a.shape)
 
     def stage_times(self, shape: BatchShape) -> np.ndarray:
         """Seconds of each pipeline stage for one batch."""
         T = shape.prefill_tokens + shape.decode_seqs
         S = shape.prefill_seqs + shape.decode_seqs
         tok = self._token_part(T)[:, 0]
-        a = self._attn_scalar(shape.prefill_tokens, shape.prefill_attn_work, shape.decode_seqs)
+        a = float(self._attn(shape.prefill_tokens, shape.prefill_attn_work, shape.prefill_seqs, shape.decode_seqs,
+                             float(shape.decode_ctx_tokens)))
         out = tok + self._n_layers * a
-        if shape.decode_seqs > 0:
-            out = out + self._slope * shape.decode_ctx_tokens
         out[self._last] += self._head_part(S)[0]
         return out
 
@@ -208,7 +203,7 @@ class ReplicaStepCost:
         if self.stages[i].last:
             v = v + self._head_part(shape.prefill_seqs + shape.decode_seqs)
         n = self.stages[i].n_layers
-        for op in (self.ops.prefill_attention(shape.prefill_tokens, shape.prefill_attn_work),
+        for op in (self.ops.prefill_attention(shape.prefill_tokens, shape.prefill_attn_work, shape.prefill_seqs),
                    self.ops.decode_attention(shape.decode_seqs, shape.decode_ctx_tokens)):
             v = v + n * np.array([op.time_s, op.compute_s, op.memory_s, op.comm_s, op.overhead_s, op.flops, op.bytes])
         return StepCost(total_s=total_s, compute_s=float(v[1]), memory_s=float(v[2]), comm_s=float(v[3]),
@@ -247,18 +242,20 @@ class ReplicaStepCost:
         o = self.ops
         T = shape.prefill_tokens + shape.decode_seqs
         ops = o.attention_block(T)
-        ops.insert(-2, o.prefill_attention(shape.prefill_tokens, shape.prefill_attn_work))
+        ops.insert(-2, o.prefill_attention(shape.prefill_tokens, shape.prefill_attn_work, shape.prefill_seqs))
         ops.insert(-2, o.decode_attention(shape.decode_seqs, shape.decode_ctx_tokens))
         ops = [x for x in ops if x.time_s > 0 or x.kind not in ("attention", "comm")]
         return ops + (o.moe_ffn_block(T) if moe else o.dense_ffn_block(T))
 
 
 def make_step_cost(model, accelerator, *, tp: int = 1, pp: int = 1, node=None, weight_dtype: str = "bf16",
-                   kv_dtype: str = "bf16", act_dtype: str = "bf16", calibration=None) -> ReplicaStepCost:
+                   kv_dtype: str = "bf16", act_dtype: str = "bf16", calibration=None,
+                   framework: str = "vllm") -> ReplicaStepCost:
     """The cost model of one replica of ``model`` on ``accelerator`` with ``tp`` x ``pp`` devices.
 
     ``node`` provides the links for TP all-reduces and PP sends (default: the first node
     descriptor built from this accelerator). ``calibration``: a :class:`Calibration`, a file, or
-    None for the device's own file / the A100 reference transferred by principle."""
+    None for the device's own file / the A100 reference transferred by principle. ``framework``:
+    whose kernel calibration prices GEMMs and attention (vllm, trtllm, sglang)."""
     return ReplicaStepCost(model, accelerator, tp=tp, pp=pp, node=node, weight_dtype=weight_dtype,
-                           kv_dtype=kv_dtype, act_dtype=act_dtype, calibration=calibration)
+                           kv_dtype=kv_dtype, act_dtype=act_dtype, calibration=calibration, framework=framework)

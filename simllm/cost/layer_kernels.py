@@ -1,0 +1,227 @@
+"""The serving step's kernels priced with the kernel-class physics of :mod:`simllm.cost.kernel_models`.
+
+:class:`LayerKernels` binds one (model, device, tp, dtypes, calibration for a framework) and prices
+the kernels a step of the serving simulation runs, each as ``(launch seconds, body seconds)`` so a
+caller that replays a step as one CUDA graph can drop per-kernel launches:
+
+* GEMMs through :func:`~simllm.cost.kernel_models.gemm_launch_and_body` in the table dtype the
+  deployment's (weight, activation) dtypes run (:func:`gemm_table_dtype`); a device without the
+  datasheet peak of that dtype is an InputError (``strict_peak``), raised when the model is built.
+* Attention from the step's aggregates, with the same roofline + waves + CTA terms as the table
+  pricer (``kernel_models._roof``), in pure Python for scalars (the simulator's hot path) and numpy
+  for an array of decode contexts (the engine's jumps), the two agreeing to rounding.
+
+Aggregates -> kernel shapes (assumptions, written down): the prefill chunks of a step run as one
+varlen kernel over ``seqs`` sequences of the mean chunk length ``T / seqs`` (query tiles per head
+``seqs * ceil(T / seqs / 128)``); the K/V positions it reads are estimated from the attention work
+``W = sum chunk * (cached + chunk / 2)`` as ``seqs * W / T + T / 2`` (exact for one sequence); decode
+runs ``seqs x kv_heads x ceil(mean context / split)`` CTAs (split-KV at the mean context).
+
+A calibration without kernel sections (a file fitted on Vidur's tables only, or the built-in
+defaults) is priced with its legacy ``gemm`` and ``attention`` parameters, mapped onto the same
+physics (the tile model's ``GemmParams``; attention ``compute_efficiency``, ``memory_efficiency``,
+``kernel_overhead_s`` as ``ce``, ``me``, ``launch_s``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, replace
+
+import numpy as np
+
+from ..errors import InputError
+from .kernel_models import (ATTN_DTYPES, GEMM_DTYPES, MLA_KV_LORA, ROOF_DEFAULT, UNCALIBRATED, _sec,
+                            gemm_launch_and_body, strict_peak)
+
+FRAMEWORKS = ("vllm", "trtllm", "sglang")
+WIDE = {"bf16", "fp16", "fp32", "tf32"}
+# simllm dtype name -> the tables' dtype string
+TABLE_NAME = {"bf16": "bfloat16", "fp16": "float16", "fp8": "fp8", "int8": "int8", "fp4": "nvfp4", "int4": "int4",
+              "fp32": "float32", "tf32": "float32"}
+
+
+def gemm_table_dtype(weight_dtype: str, act_dtype: str) -> str:
+    """The kernel path (table dtype string) of a GEMM with these weight and activation dtypes.
+
+    Same dtype: bf16/fp16 GEMM, fp8 per-tensor (dynamic activation scales, vLLM's default for fp8
+    checkpoints), int8 W8A8 (SmoothQuant, ``sq``), nvfp4. Wide activations with narrow weights:
+    weight-only quantization (``int8_wo``, ``int4_wo``); fp8 / fp4 weights with wide activations are
+    priced as the weight-only int8 / int4 path of the same weight bytes (assumption: a
+    dequantize-in-registers kernel like Marlin; no measured table of fp8-weight-only GEMMs)."""
+    if act_dtype in ("fp32", "tf32") or weight_dtype in ("fp32", "tf32"):
+        raise InputError(f"no GEMM kernel model for {weight_dtype} weights x {act_dtype} activations "
+                         "(the measured kernel paths are bf16/fp16, fp8, int8, int4, fp4)", field="act_dtype")
+    if act_dtype in WIDE:
+        if weight_dtype in WIDE:
+            return "float16" if act_dtype == "fp16" else "bfloat16"
+        return {"int8": "int8_wo", "fp8": "int8_wo", "int4": "int4_wo", "fp4": "int4_wo"}[weight_dtype]
+    if weight_dtype == act_dtype:
+        return {"fp8": "fp8", "int8": "sq", "fp4": "nvfp4", "int4": None}.get(act_dtype) or _bad(weight_dtype, act_dtype)
+    return _bad(weight_dtype, act_dtype)
+
+
+def _bad(w, a):
+    raise InputError(f"no GEMM kernel model for {w} weights x {a} activations (narrow activations need "
+                     f"weights of the same dtype)", field="act_dtype")
+
+
+def _legacy_cal(cal):
+    """``cal`` with its legacy gemm/attention parameters as kernel sections where it has none."""
+    k = dict(cal.kernels or {})
+    if not any(s.startswith("gemm/") for s in k):
+        g = asdict(cal.gemm)
+        g["tiles"] = [list(t) for t in cal.gemm.tiles]
+        g["tile_efficiency"] = list(cal.gemm.tile_efficiency)
+        k["gemm/bfloat16"] = g
+    a = cal.attention
+    leg = {"ce": a.compute_efficiency, "me": a.memory_efficiency, "launch_s": a.kernel_overhead_s}
+    for kind in ("context_attention", "generation_attention", "context_mla", "generation_mla"):
+        if not any(s.startswith(kind + "/") for s in k):
+            k[f"{kind}/bfloat16"] = dict(leg)
+    return replace(cal, kernels=k)
+
+
+def _ceil(x: float) -> float:
+    return float(math.ceil(x))
+
+
+class LayerKernels:
+    def __init__(self, model, acc, cal, *, tp: int, weight_dtype: str, act_dtype: str, kv_dtype: str,
+                 kv_bytes: float):
+        self.acc = acc
+        self.cal = _legacy_cal(cal)
+        self.gemm_dtype = gemm_table_dtype(weight_dtype, act_dtype)
+        pk, _, _, _, _ = GEMM_DTYPES[self.gemm_dtype]
+        self.gemm_peak = strict_peak(acc, pk)  # fail at build time, not at the first step
+        self.bw = acc.hbm_bw
+        self.cus = float(acc.compute_units.value)
+        a = model.attention
+        self.mla = a.kind == "mla"
+        base = "float16" if act_dtype == "fp16" else "bfloat16"
+        kvname = TABLE_NAME.get(kv_dtype, kv_dtype)
+        pre_kind, dec_kind = ("context_mla", "generation_mla") if self.mla else \
+            ("context_attention", "generation_attention")
+        if act_dtype == "fp8" and kv_dtype == "fp8" and _sec(self.cal, pre_kind, "fp8")[1].startswith(pre_kind + "/fp8"):
+            base, key = "fp8", "fp8"  # fp8 attention where the framework's calibration has that kernel path
+        else:
+            key = base if kvname in (base, "bfloat16", "float16") and kv_bytes >= 2 else f"{base}+kv_{kvname}"
+        self.attn_key = key
+        self.attn_peak = strict_peak(acc, ATTN_DTYPES[base])
+        self.qo_bytes = 1.0 if base == "fp8" else 2.0
+        self.kvb = float(kv_bytes)
+        self.pre = {**ROOF_DEFAULT, **_sec(self.cal, pre_kind, key)[0]}
+        self.dec = {**ROOF_DEFAULT, **_sec(self.cal, dec_kind, key)[0]}
+        self.heads = float(math.ceil(a.num_heads / tp))
+        if self.mla:
+            self.lat = float(a.kv_lora_rank + a.qk_rope_head_dim)
+            self.qkv_w = float(a.qk_nope_head_dim + a.qk_rope_head_dim + a.v_head_dim)
+            self.kv_lora = float(a.kv_lora_rank)
+        else:
+            self.kvh = float(math.ceil(a.num_kv_heads / tp))
+            self.hd = float(a.head_dim)
+
+    # ------------------------------------------------------------------ GEMM
+    def gemm(self, M, K, N, groups=1.0):
+        """(launch, body) seconds of ``groups`` GEMMs [M, K] x [K, N] (floats)."""
+        if float(np.max(M)) <= 0 or float(np.max(groups)) <= 0:
+            return 0.0, 0.0
+        lo, bo = gemm_launch_and_body(M, K, N, self.gemm_dtype, self.acc, self.cal, groups=groups)
+        return float(np.sum(lo) if np.ndim(lo) else lo), float(np.sum(bo) if np.ndim(bo) else bo)
+
+    # ------------------------------------------------------------------ attention (per layer, per rank)
+    def _body(self, flops, nbytes, tiles, ctas, s):
+        cus = self.cus
+        w = max(tiles, 1.0) / cus
+        full = math.floor(w)
+        rem = w - full
+        wf = max(full + ((s["a"] + (1 - s["a"]) * rem) if rem > 0 else 0.0), 1e-9) / w
+        tc = flops / (self.attn_peak * s["ce"]) * wf
+        occ = cus * max(s["occ"], 1e-3)
+        c = max(ctas, 1.0) / occ
+        tm = nbytes / (self.bw * s["me"]) / min(1.0, c)
+        tq = c * s.get("cta_s", 0.0)
+        p = s["p"]
+        return (tc ** p + tm ** p + tq ** p) ** (1.0 / p)
+
+    def prefill(self, T: float, W: float, seqs: float):
+        """(launch, body) of one layer's prefill attention over ``T`` tokens of ``seqs`` sequences
+        with attention work ``W`` (token pairs)."""
+        if T <= 0 and W <= 0:
+            return 0.0, 0.0
+        s = self.pre
+        b = max(float(seqs), 1.0)
+        T = max(float(T), 1.0)
+        kv = max(T, b * W / T + T / 2.0)
+        h = self.heads
+        tiles = h * b * _ceil(T / b / 128.0)
+        if self.mla:
+            flops = h * 2.0 * self.qkv_w * W + h * 4.0 * W * s["hd0"]
+            nbytes = T * h * self.qkv_w * 4.0 + kv * h * self.qkv_w * 2.0 + kv * self.lat * self.kvb
+        else:
+            flops = h * 4.0 * (self.hd + s["hd0"]) * W
+            nbytes = 2.0 * T * h * self.hd * self.qo_bytes + 2.0 * kv * self.kvh * self.hd * self.kvb
+        return s["launch_s"], self._body(flops, nbytes, tiles, tiles, s)
+
+    def _decode_terms(self, b: float, s):
+        h = self.heads
+        if self.mla:
+            f_tok = h * 2.0 * (self.lat + self.kv_lora) + h * 4.0 * s["hd0"]
+            return f_tok, self.lat * self.kvb, b * h * (self.lat + self.kv_lora) * 2.0, b * _ceil(h / 64.0), b
+        f_tok = h * 4.0 * (self.hd + s["hd0"])
+        return f_tok, 2.0 * self.kvh * self.hd * self.kvb, b * 2.0 * h * self.hd * self.qo_bytes, b * self.kvh, \
+            b * self.kvh
+
+    def decode(self, seqs: float, ctx):
+        """(launch, body) of one layer's decode attention of ``seqs`` sequences holding ``ctx``
+        context tokens in all (a float, or a numpy array of totals: body is then an array)."""
+        s = self.dec
+        b = float(seqs)
+        if b <= 0:
+            return 0.0, (np.zeros(np.shape(ctx)) if isinstance(ctx, np.ndarray) else 0.0)
+        f_tok, by_tok, by_seq, tiles, cta_rows = self._decode_terms(b, s)
+        if not isinstance(ctx, np.ndarray):
+            C = float(ctx)
+            ctas = cta_rows * _ceil(max(C / b, 1.0) / max(s["split"], 1.0))
+            return s["launch_s"], self._body(f_tok * C, by_tok * C + by_seq, tiles, ctas, s)
+        C = np.asarray(ctx, dtype=float)
+        cus = self.cus
+        w = max(tiles, 1.0) / cus
+        full = math.floor(w)
+        rem = w - full
+        wf = max(full + ((s["a"] + (1 - s["a"]) * rem) if rem > 0 else 0.0), 1e-9) / w
+        ctas = cta_rows * np.ceil(np.maximum(C / b, 1.0) / max(s["split"], 1.0))
+        occ = cus * max(s["occ"], 1e-3)
+        c = np.maximum(ctas, 1.0) / occ
+        tc = (f_tok * C) / (self.attn_peak * s["ce"]) * wf
+        tm = (by_tok * C + by_seq) / (self.bw * s["me"]) / np.minimum(1.0, c)
+        tq = c * s.get("cta_s", 0.0)
+        p = s["p"]
+        return s["launch_s"], (tc ** p + tm ** p + tq ** p) ** (1.0 / p)
+
+    def decode_linear(self):
+        """(launch, per-sequence seconds, per-context-token seconds): decode attention at full SM
+        occupancy, linear in the context (for callers that need that form, e.g. the EP step)."""
+        s = self.dec
+        f_tok, by_tok, by_seq, _, _ = self._decode_terms(1.0, s)
+        return s["launch_s"], by_seq / (self.bw * s["me"]), max(f_tok / (self.attn_peak * s["ce"]),
+                                                               by_tok / (self.bw * s["me"]))
+
+    def prefill_flops_bytes(self, T: float, W: float, seqs: float):
+        """FLOPs and bytes of the prefill kernel (for the step's breakdown)."""
+        b = max(float(seqs), 1.0)
+        Tq = max(float(T), 1.0)
+        kv = max(Tq, b * W / Tq + Tq / 2.0)
+        h = self.heads
+        if self.mla:
+            return h * 2.0 * self.qkv_w * W, T * h * self.qkv_w * 4.0 + kv * h * self.qkv_w * 2.0 + kv * self.lat * self.kvb
+        return h * 4.0 * self.hd * W, 2.0 * T * h * self.hd * self.qo_bytes + 2.0 * kv * self.kvh * self.hd * self.kvb
+
+
+def check_framework(fw: str) -> str:
+    if fw not in FRAMEWORKS:
+        raise InputError(f"unknown framework {fw!r} (expected one of {', '.join(FRAMEWORKS)})", field="framework")
+    return fw
+
+
+__all__ = ["LayerKernels", "gemm_table_dtype", "check_framework", "FRAMEWORKS", "UNCALIBRATED", "MLA_KV_LORA"]
