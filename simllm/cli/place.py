@@ -96,6 +96,19 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _progress(name: str):
+    """Progress of the per-layer solver on stderr (one line, rewritten), quiet when not a terminal."""
+    import sys
+
+    tty = sys.stderr.isatty()
+
+    def cb(done: int, total: int, info) -> None:
+        if tty:
+            sys.stderr.write(f"\r{name}: layer {done}/{total} ({info.status})" + ("\n" if done == total else ""))
+            sys.stderr.flush()
+    return cb
+
+
 def place_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="Model descriptor (name, alias or YAML path)."),
     experts: Optional[int] = typer.Option(None, "--experts", help="Routed experts per layer (overrides the model)."),
@@ -112,7 +125,8 @@ def place_cmd(
     compare: bool = typer.Option(False, "--compare", help="Run every policy side by side."),
     sets: list[str] = typer.Option([], "--set", help="Policy parameter KEY=VALUE (repeatable)."),
     jobs: int = typer.Option(1, "--jobs", help="ILP: layers solved in parallel processes."),
-    time_limit: float = typer.Option(10.0, "--time-limit", help="ILP: solver seconds per layer."),
+    time_limit: float = typer.Option(10.0, "--time-limit", help="ILP: solver seconds per layer (at most)."),
+    time_budget: float = typer.Option(30.0, "--time-budget", help="ILP: solver seconds for all layers together."),
     solver: str = typer.Option("auto", "--solver", help="ILP: auto, cbc or highs."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic loads."),
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for placement JSON and CSV files."),
@@ -122,6 +136,10 @@ def place_cmd(
     from ..placement import build_policy, policy_names
     from ..placement.loads import expected_loads, read_loads_csv, zipf_popularity
 
+    if not (math.isfinite(time_budget) and time_budget >= 0):
+        raise InputError(f"must be a number of seconds >= 0, got {time_budget}", field="--time-budget")
+    if not (math.isfinite(time_limit) and time_limit >= 0):
+        raise InputError(f"must be a number of seconds >= 0, got {time_limit}", field="--time-limit")
     shape = _shape(model, experts, layers, top_k)
     G, N, cname = _devices(cluster, devices, nodes)
     E, L, K = shape["experts"], shape["layers"], shape["top_k"]
@@ -145,14 +163,14 @@ def place_cmd(
     for name in names:
         spec: dict[str, Any] = {"policy": name}
         if name == "ilp":
-            spec.update(jobs=jobs, time_limit=time_limit, solver=solver)
+            spec.update(jobs=jobs, time_limit=time_limit, solver=solver, time_budget=time_budget)
         if name == "greedy_hierarchical" and shape["num_groups"] > 1:
             spec["num_groups"] = shape["num_groups"]
         if not compare or name == policy:
             spec.update(extra)
         pol = build_policy(spec)
         t0 = time.perf_counter()
-        p = pol.place(w, G, N, S)
+        p = pol.place(w, G, N, S, progress=_progress(name)) if name == "ilp" else pol.place(w, G, N, S)
         wall = time.perf_counter() - t0
         bad = p.problems()
         if bad:  # a policy bug, not bad input
