@@ -129,6 +129,13 @@ def place_cmd(
     time_budget: float = typer.Option(30.0, "--time-budget", help="ILP: solver seconds for all layers together."),
     solver: str = typer.Option("auto", "--solver", help="ILP: auto, cbc or highs."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic loads."),
+    routing_trace: Optional[Path] = typer.Option(None, "--routing-trace",
+                                                 help="Routing trace (token,layer,rank,expert CSV/Parquet): loads and "
+                                                      "inter-layer affinity from it."),
+    affinity: Optional[float] = typer.Option(None, "--affinity",
+                                             help="Generate routes with this inter-layer affinity (0-1: probability a "
+                                                  "choice follows its predecessor's successor)."),
+    route_tokens: int = typer.Option(4096, "--route-tokens", help="Tokens of generated routes (with --affinity)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for placement JSON and CSV files."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -146,7 +153,31 @@ def place_cmd(
     if redundant < 0:
         raise InputError(f"must be >= 0, got {redundant}", field="--redundant")
     S = max(1, math.ceil((E + redundant) / G))
-    if loads is not None:
+    counts = None
+    if routing_trace is not None and affinity is not None:
+        raise InputError("give --routing-trace or --affinity, not both", field="--affinity")
+    if affinity is not None and not (math.isfinite(affinity) and 0 <= affinity <= 1):
+        raise InputError(f"must be in [0, 1], got {affinity}", field="--affinity")
+    if (routing_trace is not None or affinity is not None) and loads is not None:
+        raise InputError("--loads conflicts with routes (--routing-trace / --affinity): loads come from the routes",
+                         field="--loads")
+    if routing_trace is not None or affinity is not None:
+        from ..placement.affinity import affinity_routes, transition_counts
+
+        if routing_trace is not None:
+            from ..placement.routing_trace import read_routing_trace
+
+            routes = read_routing_trace(routing_trace, num_experts=E)
+            source = f"routing trace {routing_trace}"
+        else:
+            if route_tokens < 1:
+                raise InputError(f"must be >= 1, got {route_tokens}", field="--route-tokens")
+            routes = affinity_routes(zipf_popularity(L, E, alpha, seed=seed), K, route_tokens, affinity, seed=seed)
+            source = f"generated routes: zipf alpha={alpha} affinity={affinity} tokens={route_tokens} seed={seed}"
+        L, K = routes.shape[0], routes.shape[2]
+        counts = transition_counts(routes, E)
+        w = np.stack([np.bincount(routes[l].ravel(), minlength=E) for l in range(L)]).astype(float)
+    elif loads is not None:
         w = read_loads_csv(loads, num_layers=None, num_experts=E)
         L = w.shape[0]
         source = str(loads)
@@ -164,19 +195,32 @@ def place_cmd(
         spec: dict[str, Any] = {"policy": name}
         if name == "ilp":
             spec.update(jobs=jobs, time_limit=time_limit, solver=solver, time_budget=time_budget)
+        if name == "ilp_affinity":
+            spec.update(time_budget=time_budget, top_k=K)
         if name == "greedy_hierarchical" and shape["num_groups"] > 1:
             spec["num_groups"] = shape["num_groups"]
         if not compare or name == policy:
             spec.update(extra)
         pol = build_policy(spec)
         t0 = time.perf_counter()
-        p = pol.place(w, G, N, S, progress=_progress(name)) if name == "ilp" else pol.place(w, G, N, S)
+        if name == "ilp_affinity":
+            p = pol.place(w, G, N, S, counts=counts, progress=_progress(name))
+        elif name == "ilp":
+            p = pol.place(w, G, N, S, progress=_progress(name))
+        else:
+            p = pol.place(w, G, N, S)
         wall = time.perf_counter() - t0
         bad = p.problems()
         if bad:  # a policy bug, not bad input
             raise RuntimeError(f"policy {name} produced an invalid placement: {bad[0]}")
         s = p.summary()
         s["wall_s"] = wall
+        if counts is not None and L > 1:
+            from ..placement.affinity import cross_device_fraction
+
+            s["cross_device_fraction"] = cross_device_fraction(p, counts)
+        if name == "ilp_affinity":
+            s["affinity_gap"] = getattr(p, "affinity_gap", None)
         results.append(s)
         placements[name] = p
         if out is not None:
@@ -187,6 +231,10 @@ def place_cmd(
                    "expert_bytes": shape["expert_bytes"]},
         "policies": results,
     }
+    if counts is not None:
+        from ..placement.affinity import top_successor_probability
+
+        report["config"]["top_successor_probability"] = top_successor_probability(counts)
     if "ilp" in placements and "greedy_replicated" in placements:
         gi = placements["greedy_replicated"].imbalance()
         ii = placements["ilp"].imbalance()
@@ -209,11 +257,19 @@ def place_cmd(
     typer.echo(f"{c['model'] or 'model'}: {L} layers x {E} experts (top-{K}) on {G} devices in {N} nodes, "
                f"{S} slots each ({c['redundant']} redundant); loads: {source}")
     print_table("placement: device load / mean (avg over layers, worst layer)",
-                ["name", "max/mean", "worst", "solve_s", "gap", "gap_max"],
+                ["name", "max/mean", "worst", "solve_s", "gap", "gap_max"] + (["cross-dev"] if counts is not None else []),
                 [[r["policy"], _f(r["max_mean_avg"], ".4f"), _f(r["max_mean_worst"], ".4f"),
                   _f(r["solve_s"], ".2f"),
-                  _f(r.get("gap_avg"), ".1e"), _f(r.get("gap_worst"), ".1e")]
+                  _f(r.get("affinity_gap", r.get("gap_avg")), ".1e"), _f(r.get("gap_worst"), ".1e")]
+                 + ([_f(r.get("cross_device_fraction"), ".3f")] if counts is not None else [])
                  for r in results])
+    if counts is not None:
+        typer.echo(f"inter-layer affinity: mean P(top successor | expert) = "
+                   f"{report['config']['top_successor_probability']:.3f}; cross-device: fraction of next-layer "
+                   "token copies leaving their device (context-coherent EP)")
+    if any(r["policy"] == "ilp_affinity" for r in results):
+        typer.echo("ilp_affinity gap: (bound - kept on-device flow) / bound, summed over layer pairs "
+                   "(each layer solved given the one before)")
     if any("bound_avg" in r for r in results):
         typer.echo("gap: (max - LP-relaxation bound) / max; the bound is the mean device load (max/mean 1).")
     for r in results:

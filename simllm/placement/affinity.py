@@ -3,9 +3,12 @@
 **Affinity.** From routes ``[L, B, K]`` (the experts each of ``B`` tokens chose at each of
 ``L`` MoE layers; :class:`~simllm.placement.loads.RoutingSampler` or a routing trace,
 :mod:`simllm.placement.routing_trace`), :func:`transition_counts` gives ``C[l, i, j]``: token
-flow from expert ``i`` at layer ``l`` to expert ``j`` at layer ``l + 1``. A token's ``K``
-copies at layer ``l + 1`` each come ``1/K`` from each of its ``K`` layer-``l`` experts, so
-``sum_i C[l, i, j]`` is expert ``j``'s load at layer ``l + 1``. :func:`conditional` is
+flow from expert ``i`` at layer ``l`` to expert ``j`` at layer ``l + 1``, along *rank paths*:
+a token's ``k``-th choice at layer ``l`` (routes list a token's experts in rank order, highest
+gate score first) leads to its ``k``-th choice at ``l + 1``, so ``sum_i C[l, i, j]`` is expert
+``j``'s load at layer ``l + 1``; for top-1 routing (ExFlow's GPT MoE) it is the token's path.
+For top-k this is an assumption: the copy of a token that expert ``i`` processed continues
+to the next expert of the same rank. :func:`conditional` is
 ``P(j at l+1 | i at l)`` (the fraction of ``i``'s tokens that choose ``j`` next, ExFlow's
 conditional routing probability); :func:`top_successor_probability` the load-weighted mean over
 ``i`` of ``max_j P(j | i)`` (about ``K/E`` without affinity, 1 when every expert has one successor).
@@ -44,6 +47,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import InputError
+from .ilp import _quiet_highs_banner, _rebalance
 from .placement import LayerInfo, Placement
 from .policies import check_shape, eplb_layer, replicate_experts
 from .registry import register
@@ -68,7 +72,7 @@ def affinity_routes(popularity: Any, top_k: int, num_tokens: int, follow: float,
 
     Every layer ``l`` has a seeded successor permutation ``perm_l``. Each of a token's ``K``
     choices at layer ``l + 1`` is, with probability ``follow``, the successor ``perm_l(i)`` of its
-    ``k``-th choice ``i`` at layer ``l``; the rest are drawn without replacement in proportion to
+    ``k``-th choice ``i`` at layer ``l`` (rank paths); the rest are drawn without replacement in proportion to
     the layer's ``popularity`` (Gumbel top-k). So ``P(perm_l(i) at l+1 | i at l)`` is about
     ``follow + (1 - follow) K / E`` (:func:`top_successor_probability` measures it). The
     permutations come from ``structure_seed`` (the model), the tokens from ``seed`` (the traffic).
@@ -92,10 +96,26 @@ def affinity_routes(popularity: Any, top_k: int, num_tokens: int, follow: float,
     rows = np.repeat(np.arange(B), K)
     for l in range(L):
         sc = np.where(np.isfinite(logp[l]), logp[l], -1e300)[None, :] + rng.gumbel(size=(B, E))
+        take = None
         if prev is not None and follow > 0:
             take = rng.random((B, K)) < follow
-            sc[rows[take.ravel()], perms[l - 1][prev.ravel()[take.ravel()]]] = 1e300
-        prev = np.argpartition(-sc, K - 1, axis=1)[:, :K] if K < E else np.tile(np.arange(E), (B, 1))
+            tgt = np.where(take, perms[l - 1][prev], -1)
+            sc[rows[take.ravel()], tgt.ravel()[take.ravel()]] = 1e300
+        chosen = np.argpartition(-sc, K - 1, axis=1)[:, :K] if K < E else np.tile(np.arange(E), (B, 1))
+        chosen = np.take_along_axis(chosen, np.argsort(-np.take_along_axis(sc, chosen, axis=1), axis=1,
+                                                       kind="stable"), axis=1)  # rank order
+        if take is not None:  # a followed successor keeps its predecessor's rank
+            res = np.where(take, tgt, -1)
+            rest = ~(chosen[:, :, None] == tgt[:, None, :]).any(axis=2)
+            rem = np.take_along_axis(chosen, np.argsort(~rest, axis=1, kind="stable"), axis=1)
+            free = np.argsort(take, axis=1, kind="stable")
+            nfree = (~take).sum(axis=1)
+            b = np.arange(B)
+            for q in range(K):
+                ok = q < nfree
+                res[b[ok], free[ok, q]] = rem[ok, q]
+            chosen = res
+        prev = chosen
         out[l] = prev
     return out
 
@@ -106,21 +126,18 @@ def transition_counts(routes: Any, num_experts: int) -> np.ndarray:
     L, B, K = r.shape
     E = int(num_experts)
     out = np.zeros((max(L - 1, 0), E, E))
-    for l in range(L - 1):
-        a = np.repeat(r[l], K, axis=1).ravel()  # [B*K*K] source of each (src, dst) pair
-        b = np.tile(r[l + 1], (1, K)).ravel()
-        out[l] = np.bincount(a * E + b, minlength=E * E).reshape(E, E) / K
+    for l in range(L - 1):  # the k-th choice at l to the k-th choice at l+1 (rank paths)
+        out[l] = np.bincount((r[l] * E + r[l + 1]).ravel(), minlength=E * E).reshape(E, E)
     return out
 
 
-def conditional(counts: np.ndarray, top_k: int) -> np.ndarray:
-    """``P(j at l+1 | i at l)``: the fraction of the tokens that chose ``i`` at layer ``l`` that
-    choose ``j`` at ``l + 1`` (rows sum to ``top_k``; unused experts' rows are 0)."""
+def conditional(counts: np.ndarray, top_k: int = 1) -> np.ndarray:
+    """``P(j at l+1 | i at l)`` along rank paths (rows sum to 1; unused experts' rows are 0)."""
     tot = counts.sum(axis=-1, keepdims=True)
-    return np.divide(counts * top_k, tot, out=np.zeros_like(counts), where=tot > 0)
+    return np.divide(counts, tot, out=np.zeros_like(counts), where=tot > 0)
 
 
-def top_successor_probability(counts: np.ndarray, top_k: int) -> float:
+def top_successor_probability(counts: np.ndarray, top_k: int = 1) -> float:
     """Load-weighted mean over source experts of ``max_j P(j | i)`` (all layer pairs)."""
     w = counts.sum(axis=-1)
     if w.sum() <= 0:
@@ -136,7 +153,7 @@ def affinity_lift(counts: np.ndarray, top_k: int) -> np.ndarray:
         nxt = counts[l].sum(axis=0)
         if nxt.sum() <= 0:
             continue
-        out[l] = top_successor_probability(counts[l][None], top_k) - top_k * nxt.max() / nxt.sum()
+        out[l] = top_successor_probability(counts[l][None], top_k) - nxt.max() / nxt.sum()
     return out
 
 
@@ -175,6 +192,33 @@ def _flow_bound(M: np.ndarray, S: int) -> float:
     return float(-np.sort(-M, axis=1)[:, :k].sum())
 
 
+def _affinity_greedy(M: np.ndarray, w: np.ndarray, cnt: np.ndarray, S: int, cap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Warm start: replicas (``cnt`` per expert, even shares) heaviest first (as the EPLB greedy),
+    each to the device with most flow towards its expert among those with a free slot that stay
+    under ``cap``; when none stays under it, to the least-loaded device with room."""
+    G, E = M.shape
+    X = np.zeros((E, G), dtype=bool)
+    load = np.zeros(G)
+    fill = np.zeros(G, dtype=np.int64)
+    per = w / np.maximum(cnt, 1)
+    for j in np.argsort(-per, kind="stable"):
+        for _ in range(int(cnt[j])):
+            room = (fill < S) & ~X[j]
+            if not room.any():
+                break
+            ok = room & (load + per[j] <= cap)
+            if ok.any():
+                key = np.where(ok, M[:, j] - 1e-9 * load, -np.inf)
+                g = int(np.argmax(key))
+            else:
+                g = int(np.argmin(np.where(room, load, np.inf)))
+            X[j, g] = True
+            load[g] += per[j]
+            fill[g] += 1
+    sh = X / np.maximum(X.sum(axis=1, keepdims=True), 1)
+    return X, sh
+
+
 def _solve_pair(M: np.ndarray, w: np.ndarray, X0: np.ndarray, s0: np.ndarray, S: int, budget: int, cap: float,
                 candidates: int, gap: float, time_limit: float) -> tuple[np.ndarray, np.ndarray, str]:
     """One layer given the previous one: (presence [E, G], shares [E, G], status)."""
@@ -189,6 +233,7 @@ def _solve_pair(M: np.ndarray, w: np.ndarray, X0: np.ndarray, s0: np.ndarray, S:
     n = len(pairs)
     jj, gg = pairs[:, 0], pairs[:, 1]
     mflow = M[gg, jj]
+    _quiet_highs_banner()
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("threads", 1)
@@ -337,20 +382,36 @@ class AffinityILP:
                 T_g = float((wn[:, None] * s0).sum(axis=0).max())
                 left = self.time_budget - (time.perf_counter() - t0)
                 lim = 0.8 * left / (L - l)
-                if lim > 0.01:
-                    X, sh, st = _solve_pair(Ml, wn, X0, s0, S, budget, (1 + self.balance_tolerance) * T_g,
-                                            self.candidates, self.gap, lim)
+                cap = (1 + self.balance_tolerance) * T_g
+                cnt = np.maximum(X0.sum(axis=1), 1)
+                Xh, shh = X0, s0
+                for frac in (1.0, 0.5, 0.25, 0.0):  # tighter inner caps until the result meets cap
+                    Xt, sht = _affinity_greedy(Ml, wn, cnt, S, T_g + frac * (cap - T_g))
+                    if (wn[:, None] * sht).sum(axis=0).max() > cap:  # re-split the replicated experts
+                        sht = _rebalance(wn, Xt)[1]
+                    if (wn[:, None] * sht).sum(axis=0).max() <= cap * (1 + 1e-9):
+                        Xh, shh = Xt, sht
+                        break
+                bnd = _flow_bound(Ml, S)
+                kept_h = float(np.minimum(Ml.T * Xh, wn[:, None] * shh).sum())
+                if bnd - kept_h <= self.gap * bnd:
+                    X, sh, st = Xh, shh, "heuristic_within_gap"
+                elif lim > 0.01:
+                    X, sh, st = _solve_pair(Ml, wn, Xh, shh, S, budget, cap, self.candidates, self.gap, lim)
                 else:
-                    X, sh, st = X0, s0, "kept_greedy (time budget spent)"
+                    X, sh, st = Xh, shh, "heuristic (time budget spent)"
                 kept = float(np.minimum(Ml.T * X, wn[:, None] * sh).sum())
+                if kept < kept_h:
+                    X, sh, kept, st = Xh, shh, kept_h, "heuristic"
                 kept0 = float(np.minimum(Ml.T * X0, wn[:, None] * s0).sum())
                 if kept < kept0 * (1 + self.min_gain):  # no affinity worth the imbalance: the greedy
                     X, sh, kept, st = X0, s0, kept0, "greedy (no gain)"
-                bnd = _flow_bound(Ml, S)
                 kept_sum += kept
                 bound_sum += bnd
-                info = LayerInfo(status=st, objective=kept / G, bound=bnd / G,
-                                 gap=(bnd - kept) / bnd if bnd > 0 else 0.0)
+                # objective: on-device flow kept (fraction of the pair's flow); its bound is in the
+                # message (not a makespan bound, so not in ``bound``, which summaries read as one)
+                info = LayerInfo(status=st, objective=kept / G, gap=(bnd - kept) / bnd if bnd > 0 else 0.0,
+                                 message=f"kept on-device flow {kept / G:.4f}, bound {bnd / G:.4f}")
                 X0, s0 = X, sh
             expert[l], share[l] = _to_slots(X0, s0, S)
             info.solve_s = time.perf_counter() - t1
