@@ -145,7 +145,7 @@ def top_successor_probability(counts: np.ndarray, top_k: int = 1) -> float:
     return float((conditional(counts, top_k).max(axis=-1) * w).sum() / w.sum())
 
 
-def affinity_lift(counts: np.ndarray, top_k: int) -> np.ndarray:
+def affinity_lift(counts: np.ndarray, top_k: int = 1) -> np.ndarray:
     """``[L-1]`` per layer pair: :func:`top_successor_probability` minus what independent routing
     gives (``max_j P(j) K``, the next layer's most popular expert). About 0 without affinity."""
     out = np.zeros(counts.shape[0])
