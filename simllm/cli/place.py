@@ -197,7 +197,7 @@ def place_cmd(
         if name == "ilp":
             spec.update(jobs=jobs, time_limit=time_limit, solver=solver, time_budget=time_budget)
         if name == "ilp_affinity":  # the budget covers the whole command: what reading/generating left
-            spec.update(time_budget=max(0.0, 0.9 * (time_budget - (time.perf_counter() - t_start)) - 1.0), top_k=K)
+            spec.update(time_budget=max(0.0, 0.75 * (time_budget - (time.perf_counter() - t_start)) - 3.0), top_k=K)
         if name == "greedy_hierarchical" and shape["num_groups"] > 1:
             spec["num_groups"] = shape["num_groups"]
         if not compare or name == policy:

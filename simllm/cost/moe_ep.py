@@ -432,6 +432,11 @@ class EPStepCost:
         new, _ = replan(self.placement, observed_loads, policy, expert_bytes=self.expert_bytes)
         return self.with_placement(new), self.migration(new)
 
+    def routed_fraction(self, tokens: int = 1024) -> float:
+        """Routed experts' share of a step of ``tokens`` tokens (what a better balance can save)."""
+        t = self._token_time(int(tokens))
+        return float(min(1.0, self.n_moe * self.routed_time(tokens) / t)) if t > 0 else 0.0
+
     # ------------------------------------------------------------------ memory
     @property
     def slots_used(self) -> int:
@@ -538,6 +543,7 @@ def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cl
     plan_loads = spec.pop("plan_loads", None)  # plan on other loads than served (a stale placement)
     replacement_spec(spec, expert_loads)  # checked here, applied by simllm.scenario.simulate
     spec.pop("replan_every_s", None)  # periodic re-placement: simllm.sim.replacement (see replacement_spec)
+    spec.pop("migrate", None)  # likewise
     expert_loads = {k: v for k, v in (expert_loads or {}).items() if k not in ("drift", "drift_every_s")} or None
     redundant = spec.pop("redundant", 0)
     if not isinstance(redundant, int) or redundant < 0:
@@ -593,5 +599,9 @@ def replacement_spec(placement: Any, expert_loads: Optional[dict]) -> Optional[d
                          field="expert_loads.drift")
     if interval is None:
         return None
+    migrate = placement.get("migrate", "pays") if isinstance(placement, dict) else "pays"
+    if migrate not in ("pays", "all"):
+        raise InputError(f"must be 'pays' (move only replicas whose gain beats their pause) or 'all', "
+                         f"got {migrate!r}", field="placement.migrate")
     return {"every_s": float(interval), "drift": float(drift), "replan": every is not None,
-            "seed": int(el.get("seed", 0))}
+            "seed": int(el.get("seed", 0)), "migrate": migrate}
