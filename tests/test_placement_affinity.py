@@ -162,3 +162,42 @@ def test_ilp_time_budget_bounds_the_whole_call():
     p = build_policy({"policy": "ilp", "time_budget": 2.0, "always_solve": True, "time_limit": 30}).place(w, 8, 1, 9)
     assert time.perf_counter() - t0 < 8.0
     assert not p.problems()
+
+
+# ---------------------------------------------------------------- expert offloading
+from simllm.placement.offload import locality_routes, simulate_cache  # noqa: E402
+
+
+def _sim(r, E, c, **kw):
+    base = dict(expert_bytes=1e8, link_bw=5e10, layer_compute_s=1e-4, resident_step_s=0.01)
+    return simulate_cache(r, E, c, **{**base, **kw})
+
+
+def test_cache_holding_every_expert_never_misses_and_smaller_caches_miss_more():
+    r = locality_routes(zipf_popularity(4, 16, 1.0, seed=0), 2, 2, 40, 0.5)
+    full = _sim(r, 16, 16)
+    assert full.hit_rate == 1.0 and full.stall_s_per_step == 0.0 and full.tpot_s == 0.01
+    hits = [_sim(r, 16, c).hit_rate for c in (2, 4, 8, 12)]
+    assert all(a <= b + 1e-12 for a, b in zip(hits, hits[1:]))
+    # a miss stalls expert_bytes / link_bw unless predicted and hidden: perfect prediction stalls less
+    lru, pf = _sim(r, 16, 4), _sim(r, 16, 4, policy="prefetch", accuracy=1.0, layer_compute_s=1.0)
+    assert pf.hit_rate == lru.hit_rate and pf.stall_s_per_step == 0.0 < lru.stall_s_per_step
+    assert lru.stall_s_per_step == pytest.approx(lru.bytes_per_step / 5e10)
+
+
+def test_locality_one_repeats_the_previous_step():
+    r = locality_routes(zipf_popularity(2, 8, 1.0), 2, 3, 5, 1.0)
+    assert all(np.array_equal(np.sort(r[t], axis=-1), np.sort(r[0], axis=-1)) for t in range(5))
+
+
+@pytest.mark.parametrize("args,field", [
+    (["--cache-experts", "256", "--accelerator", "h100-sxm"], "--cache-experts"),
+    (["--cache-experts", "4", "--accuracy", "1.5"], "--accuracy"),
+    (["--cache-experts", "4", "--accuracy", "-0.1"], "--accuracy"),
+    (["--cache-experts", "300"], "--cache-experts"),
+    (["--cache-experts", "4", "--policy", "fifo"], "--policy"),
+])
+def test_offload_cli_bad_input_exits_2(args, field):
+    res = _cli(["offload", "--model", "deepseek-v3", *args])
+    assert res.exit_code == 2, res.output
+    assert field in res.output and "Traceback" not in res.output

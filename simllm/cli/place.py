@@ -284,5 +284,55 @@ def place_cmd(
         typer.echo(f"wrote {out}/placement_<policy>.json, .csv and summary.json")
 
 
+def offload_cmd(
+    model: str = typer.Option(..., "--model", help="MoE model descriptor."),
+    accelerator: str = typer.Option("h200-sxm", "--accelerator", help="Device holding the expert cache."),
+    link: str = typer.Option("pcie5", "--link", help="Host link experts are copied over (link descriptor)."),
+    cache_experts: list[int] = typer.Option(..., "--cache-experts", help="Cache size, experts per layer (repeatable)."),
+    policy: list[str] = typer.Option(["lru"], "--policy", help="lru, lfu or prefetch (repeatable)."),
+    accuracy: float = typer.Option(0.9, "--accuracy", help="prefetch: routing-path predictor accuracy (0-1)."),
+    batch: int = typer.Option(1, "--batch", help="Decode sequences a step."),
+    locality: float = typer.Option(0.5, "--locality", help="P(a choice repeats the previous token's), 0-1."),
+    steps: int = typer.Option(64, "--steps", help="Decode steps simulated."),
+    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="Expert weight dtype."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
+) -> None:
+    """Expert offloading: TPOT and hit rate of an HBM expert cache (experts in host memory)."""
+    from ..hardware import load_accelerator, load_link
+    from ..model import load_model
+    from ..placement.offload import POLICIES, check_cache_fits, offload_sweep
+
+    for v, f in ((accuracy, "--accuracy"), (locality, "--locality")):
+        if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+            raise InputError(f"must be in [0, 1], got {v}", field=f)
+    for pname in policy:
+        if pname not in POLICIES:
+            raise InputError(f"unknown cache policy {pname!r}; known: {', '.join(POLICIES)}", field="--policy")
+    if batch < 1 or steps < 1:
+        raise InputError("must be >= 1", field="--batch/--steps")
+    spec = load_model(model)
+    if spec.moe is None:
+        raise InputError(f"model {spec.name} has no MoE layers; nothing to offload", field="--model")
+    acc = load_accelerator(accelerator)
+    wb = {"bf16": 2, "fp16": 2, "fp8": 1, "fp4": 0.5}.get(weight_dtype)
+    if wb is None:
+        raise InputError(f"unknown weight dtype {weight_dtype!r}; known: bf16, fp16, fp8, fp4", field="--weight-dtype")
+    eb = (3 if spec.ffn.gated else 2) * spec.hidden_size * spec.moe.expert_intermediate_size * wb
+    for c in cache_experts:
+        if not 1 <= c <= spec.moe.num_experts:
+            raise InputError(f"must be in [1, {spec.moe.num_experts}] experts per layer, got {c}", field="--cache-experts")
+        check_cache_fits(c, spec.num_moe_layers, eb, acc.hbm_bytes)
+    rows = offload_sweep(spec, acc, load_link(link).bw, cache_sizes=cache_experts, policies=tuple(policy),
+                         accuracy=accuracy, batch=batch, steps=steps, locality=locality, weight_dtype=weight_dtype)
+    if json_out:
+        echo_json(rows)
+        return
+    print_table(f"{spec.name}: expert cache on {acc.name}, experts over {link}",
+                ["cache", "policy", "hit rate", "stall ms/step", "TPOT ms", "HBM saved GiB"],
+                [[r["cache_experts"], r["policy"], f"{r['hit_rate']:.3f}", f"{1e3 * r['stall_s_per_step']:.2f}",
+                  f"{1e3 * r['tpot_s']:.2f}", f"{r['hbm_saved_bytes'] / 2**30:.1f}"] for r in rows])
+
+
 def register(app: typer.Typer) -> None:
     app.command("place")(place_cmd)
+    app.command("offload")(offload_cmd)
