@@ -47,7 +47,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import InputError
-from .ilp import _quiet_highs_banner, _rebalance
+from .ilp import _quiet_highs_banner, _rebalance, _to_slots
 from .placement import LayerInfo, Placement
 from .policies import check_shape, eplb_layer, replicate_experts
 from .registry import register
@@ -308,17 +308,6 @@ def _presence_shares(expert: np.ndarray, share: np.ndarray, E: int) -> tuple[np.
     X[expert[g, s], g] = True
     np.add.at(sh, (expert[g, s], g), share[g, s])
     return X, sh
-
-
-def _to_slots(X: np.ndarray, sh: np.ndarray, S: int) -> tuple[np.ndarray, np.ndarray]:
-    E, G = X.shape
-    ex = np.full((G, S), -1, dtype=np.int32)
-    out = np.zeros((G, S))
-    for g in range(G):
-        es = np.nonzero(X[:, g])[0]
-        ex[g, :len(es)] = es
-        out[g, :len(es)] = sh[es, g]
-    return ex, out
 
 
 @register("ilp_affinity")

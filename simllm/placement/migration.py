@@ -12,8 +12,9 @@ Gain of moving layer ``l`` over the next ``horizon_s`` seconds: the routed-exper
 by the busiest device, so it shrinks by ``(T_keep - T_move) / T_keep`` of that layer's share of
 the step time: ``horizon_s * routed_fraction / layers * (T_keep - T_move) / T_keep``
 (``routed_fraction``: routed experts' share of a step, from the cost model). Cost: the
-migration pause, the busiest device's new bytes over its link (``bandwidth``). Layers are taken
-by gain per moved byte while the total gain exceeds the pause; the rest keep their replicas.
+migration pause, charged per layer as the busiest device's new bytes of that layer over its link
+(``bandwidth``), as if layers moved one after another (an upper bound on the pause the copies
+take in parallel). A layer moves when its gain beats its charge; the rest keep their replicas.
 """
 
 from __future__ import annotations
@@ -22,20 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from .ilp import _rebalance
+from .affinity import _presence_shares
+from .ilp import _rebalance, _to_slots
 from .placement import LayerInfo, Placement, as_layer_loads
 from .registry import build_policy
-
-
-def _slots(X: np.ndarray, sh: np.ndarray, S: int) -> tuple[np.ndarray, np.ndarray]:
-    E, G = X.shape
-    ex = np.full((G, S), -1, dtype=np.int32)
-    out = np.zeros((G, S))
-    for g in range(G):
-        es = np.nonzero(X[:, g])[0]
-        ex[g, :len(es)] = es
-        out[g, :len(es)] = sh[es, g]
-    return ex, out
 
 
 def replan_that_pays(previous: Placement, observed_loads: Any, policy: Any, *, expert_bytes: float,
@@ -56,8 +47,8 @@ def replan_that_pays(previous: Placement, observed_loads: Any, policy: Any, *, e
         tot = w[l].sum()
         wn = w[l] / tot * G if tot > 0 else np.zeros(w.shape[1])
         Tk, shk = _rebalance(wn, pres_prev[l])
-        keep_ex[l], keep_sh[l] = _slots(pres_prev[l], shk, S)
-        Tn = float((wn[:, None] * _shares(fresh, l)).sum(axis=0).max())
+        keep_ex[l], keep_sh[l] = _to_slots(pres_prev[l], shk, S)
+        Tn = float((wn[:, None] * _presence_shares(fresh.expert[l], fresh.share[l], fresh.num_experts)[1]).sum(axis=0).max())
         gains[l] = horizon_s * routed_fraction / L * max(0.0, (Tk - Tn) / Tk) if Tk > 0 else 0.0
         moved_dev[l] = (pres_new[l] & ~pres_prev[l]).sum(axis=0) * expert_bytes * layer_scale
     order = np.argsort(-(gains / np.maximum(moved_dev.sum(axis=1), 1.0)), kind="stable")
@@ -67,10 +58,11 @@ def replan_that_pays(previous: Placement, observed_loads: Any, policy: Any, *, e
     for l in order:
         if gains[l] <= 0:
             break
-        d2 = dev + moved_dev[l]
-        net = chosen_gain + gains[l] - d2.max() / bandwidth
-        if net > best_net:
-            take[l], dev, chosen_gain, best_net = True, d2, chosen_gain + gains[l], net
+        # each layer's copy is charged as if layers moved one after another (the busiest device's
+        # bytes of that layer over its link): an upper bound on the pause, so only clear gains move
+        net = gains[l] - moved_dev[l].max() / bandwidth
+        if net > 0:
+            take[l], dev, chosen_gain, best_net = True, dev + moved_dev[l], chosen_gain + gains[l], best_net + net
     expert = np.where(take[:, None, None], fresh.expert, keep_ex)
     share = np.where(take[:, None, None], fresh.share, keep_sh)
     infos = [fresh.layer_info[l] if take[l] and l < len(fresh.layer_info) else LayerInfo(status="kept")
@@ -81,10 +73,3 @@ def replan_that_pays(previous: Placement, observed_loads: Any, policy: Any, *, e
             "pause_s": float(dev.max() / bandwidth) if take.any() else 0.0}
     return out, figs
 
-
-def _shares(p: Placement, l: int) -> np.ndarray:
-    E, (G, S) = p.num_experts, p.expert.shape[1:]
-    sh = np.zeros((E, G))
-    g, s = np.nonzero(p.expert[l] >= 0)
-    np.add.at(sh, (p.expert[l][g, s], g), p.share[l][g, s])
-    return sh
