@@ -119,6 +119,11 @@ class Calibration:
     attention: AttentionParams = field(default_factory=AttentionParams)
     comm: CommParams = field(default_factory=CommParams)
     fit: dict = field(default_factory=dict)  # what it was fitted on and the errors reached
+    # per-kernel-class parameter dicts of simllm.cost.pricing's registry (section name -> {param: value})
+    kernels: dict = field(default_factory=dict)
+    # per framework: {"vllm": {"kernels": {...}, "fit": {...}}}; overrides ``kernels`` (see for_framework)
+    frameworks: dict = field(default_factory=dict)
+    framework: str = ""  # the framework whose overrides are applied ("" = the file's defaults)
 
     def to_dict(self) -> dict:
         g = asdict(self.gemm)
@@ -129,7 +134,20 @@ class Calibration:
                "comm": asdict(self.comm)}
         if self.fit:
             out["fit"] = self.fit
+        if self.kernels:
+            out["kernels"] = self.kernels
+        if self.frameworks:
+            out["frameworks"] = self.frameworks
         return _round(out)
+
+    def for_framework(self, framework: Optional[str]) -> "Calibration":
+        """This calibration with ``frameworks[framework]``'s kernel sections laid over ``kernels``
+        (a framework the file has no entry for keeps the defaults)."""
+        if not framework:
+            return self
+        over = (self.frameworks or {}).get(framework) or {}
+        k = {**self.kernels, **(over.get("kernels") or {})}
+        return replace(self, kernels=k, framework=framework)
 
     def dump(self, path: str | Path) -> None:
         text = ("# simllm cost-model calibration: dimensionless efficiencies (fractions of the device's own\n"
@@ -206,14 +224,25 @@ def _load_cached(path: str) -> Calibration:
         raise InputError(f"not valid YAML: {str(e).splitlines()[0]}", file=p) from None
     if not isinstance(data, dict):
         raise InputError("expected a mapping", file=p)
-    bad = sorted(set(data) - {"device", "source", "gemm", "elementwise", "attention", "comm", "fit"})
+    bad = sorted(set(data) - {"device", "source", "gemm", "elementwise", "attention", "comm", "fit", "kernels",
+                              "frameworks"})
     if bad:
         raise InputError(f"unknown field {bad[0]!r}", file=p, field=bad[0])
     return Calibration(device=str(data.get("device", p.stem)), source=str(data.get("source", "")),
                        gemm=_section(GemmParams, data.get("gemm"), p, "gemm"),
                        elementwise=_section(ElementwiseParams, data.get("elementwise"), p, "elementwise"),
                        attention=_section(AttentionParams, data.get("attention"), p, "attention"),
-                       comm=_section(CommParams, data.get("comm"), p, "comm"), fit=dict(data.get("fit") or {}))
+                       comm=_section(CommParams, data.get("comm"), p, "comm"), fit=dict(data.get("fit") or {}),
+                       kernels=_mapping(data.get("kernels"), p, "kernels"),
+                       frameworks=_mapping(data.get("frameworks"), p, "frameworks"))
+
+
+def _mapping(v: Any, p: Path, name: str) -> dict:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise InputError("expected a mapping", file=p, field=name)
+    return dict(v)
 
 
 def calibration_for(accelerator, calibration: "Calibration | str | Path | None" = None) -> Calibration:

@@ -1,0 +1,129 @@
+"""Per-kernel-class pricing and fitting registry over the table contract of :mod:`simllm.cost.tables`.
+
+``PRICERS[kind](df, acc, cal) -> np.ndarray``
+    predicted seconds for every row of ``df`` (rows of that one ``kind``, any dtypes), same order;
+    ``NaN`` for a row the model cannot price (counted in ``unpriced`` by :func:`check`, never dropped).
+    ``acc`` is a :class:`simllm.hardware.Accelerator`; ``cal`` a :class:`simllm.cost.calibration.Calibration`.
+    A pricer reads its own parameters from ``cal.kernels[<section>]`` (a plain dict, see
+    :func:`section`), so modules add kernel classes without editing the calibration dataclasses.
+``FITTERS[kind](df, acc, cal) -> dict``
+    fits that kernel class on ``df`` (rows of that kind) and returns ``{section_name: params_dict}``
+    to merge into ``cal.kernels``; several kinds may share one section (the first fitted wins unless
+    the fitter returns it again). :func:`fit` runs all fitters, then prices everything once.
+
+Modules register with :func:`register` at import time; :mod:`simllm.cost.kernel_models` (GEMM,
+attention, MLA, mla_bmm) is imported here; other modules (collectives, DeepEP, MoE layer) register
+themselves the same way and are imported by :data:`_PLUGINS` below (add a line there).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import replace
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+Pricer = Callable[[pd.DataFrame, object, object], np.ndarray]
+Fitter = Callable[[pd.DataFrame, object, object], dict]
+
+PRICERS: dict[str, Pricer] = {}
+FITTERS: dict[str, Fitter] = {}
+
+#: modules that register pricers/fitters when imported (no import cycle: they import this module)
+_PLUGINS = ["simllm.cost.kernel_models"]
+_loaded = False
+
+
+def register(kind: str, pricer: Optional[Pricer] = None, fitter: Optional[Fitter] = None) -> None:
+    if pricer is not None:
+        PRICERS[kind] = pricer
+    if fitter is not None:
+        FITTERS[kind] = fitter
+
+
+def load_plugins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for m in _PLUGINS:
+        try:
+            importlib.import_module(m)
+        except ModuleNotFoundError as e:  # a plugin another branch adds later
+            if e.name != m:
+                raise
+    _loaded = True
+
+
+def section(cal, name: str) -> dict:
+    """The parameter dict of one kernel section of a calibration (``{}`` when absent)."""
+    return dict((getattr(cal, "kernels", None) or {}).get(name) or {})
+
+
+def price(df: pd.DataFrame, acc, cal) -> np.ndarray:
+    """Predicted seconds for every row (NaN where no pricer or the pricer cannot price it)."""
+    load_plugins()
+    out = np.full(len(df), np.nan)
+    if df.empty:
+        return out
+    kinds = df["kind"].to_numpy()
+    for kind in pd.unique(kinds):
+        f = PRICERS.get(str(kind))
+        if f is None:
+            continue
+        sel = np.flatnonzero(kinds == kind)
+        out[sel] = np.asarray(f(df.iloc[sel], acc, cal), dtype=float)
+    return out
+
+
+def error_summary(df: pd.DataFrame, pred: np.ndarray) -> dict:
+    """The ``calibrate check --json`` object of one framework:
+    ``{"n", "median_abs_rel_error", "p90_abs_rel_error", "unpriced": {kind: count},
+    "per_op": {"<kind>/<dtype>": {"n", "median", "p90", "median_signed"}}}``.
+    ``n`` counts every row; unpriced rows count as 100% error in the overall median/p90 (they
+    count against the targets) and are left out of their group's statistics."""
+    t = df["latency_s"].to_numpy(float)
+    pred = np.asarray(pred, float)
+    ok = np.isfinite(pred) & (pred > 0)
+    signed = np.where(ok, pred / t - 1.0, np.nan)
+    err = np.where(ok, np.abs(signed), 1.0)
+    kinds = df["kind"].astype(str).to_numpy()
+    unpriced = {}
+    for k in sorted(set(kinds[~ok].tolist())):
+        unpriced[k] = int(((kinds == k) & ~ok).sum())
+    per = {}
+    keys = (df["kind"].astype(str) + "/" + df["dtype"].astype(str)).to_numpy()
+    for key in sorted(set(keys.tolist())):
+        m = (keys == key) & ok
+        if not m.any():
+            continue
+        e = np.abs(signed[m])
+        per[key] = {"n": int(m.sum()), "median": float(np.median(e)), "p90": float(np.percentile(e, 90)),
+                    "median_signed": float(np.median(signed[m]))}
+    n = len(t)
+    return {"n": int(n), "median_abs_rel_error": float(np.median(err)) if n else float("nan"),
+            "p90_abs_rel_error": float(np.percentile(err, 90)) if n else float("nan"),
+            "unpriced": unpriced, "per_op": per}
+
+
+def check(df: pd.DataFrame, acc, cal) -> dict:
+    return error_summary(df, price(df, acc, cal))
+
+
+def fit(df: pd.DataFrame, acc, cal):
+    """A calibration with every kernel class present in ``df`` fitted (others kept from ``cal``);
+    ``fit`` records per (kind, dtype) errors and the source tables."""
+    load_plugins()
+    kernels = dict(getattr(cal, "kernels", None) or {})
+    for kind in sorted(pd.unique(df["kind"].astype(str))):
+        f = FITTERS.get(kind)
+        if f is None:
+            continue
+        sub = df[df["kind"] == kind]
+        cur = replace(cal, kernels=kernels)
+        kernels.update(f(sub, acc, cur))
+    return replace(cal, kernels=kernels)
+
+
+__all__ = ["PRICERS", "FITTERS", "register", "price", "check", "fit", "error_summary", "section", "load_plugins"]
