@@ -7,10 +7,8 @@ Tables: ``<gpu>/comm/nccl/<version>/nccl_perf.parquet`` (``op_name``, ``nccl_dty
 tables have no backend: its all-reduce runs inside its CUDA-graph engine). Framework and version
 come from the folder names (the tables' own columns are not always right).
 
-One table form (``read_comm_table``): columns ``kind`` (``nccl_all_reduce``, ``nccl_all_gather``,
-``nccl_reduce_scatter``, ``nccl_alltoall``, ``custom_allreduce``), ``dtype``, ``framework``,
-``version``, ``gpu``, ``source``, ``latency_s`` and the native shape columns ``num_gpus``,
-``message_size`` (elements), ``nbytes``, ``graph`` (bool).
+Rows arrive in the table contract of :mod:`simllm.cost.tables`; :func:`prepare` adds ``nbytes``
+and ``graph`` (bool).
 
 Systems: the GPU folders map to node descriptors (``a100_sxm`` -> ``dgx-a100``, ``h100_sxm`` ->
 ``dgx-h100``); ``l40s`` has no NVLink: PCIe 4.0 x16 (NVIDIA L40S datasheet) between the GPUs,
@@ -29,8 +27,6 @@ from ..errors import InputError
 from .collectives import (DTYPE_SIZE, NCCL_OPS, CustomARParams, IntraLink, NcclParams, custom_allreduce_time,
                           nccl_time)
 
-NCCL_COLS = ("op_name", "nccl_dtype", "num_gpus", "message_size", "latency")
-CUSTOM_COLS = ("allreduce_dtype", "num_gpus", "message_size", "latency")
 GPU_NODES = {"a100_sxm": "dgx-a100", "h100_sxm": "dgx-h100"}
 # L40S: no NVLink; GDDR6 864 GB/s (NVIDIA L40S datasheet), PCIe 4.0 x16 to the host
 L40S_HBM_BW = 864e9
@@ -38,118 +34,76 @@ FRAMEWORKS = ("vllm", "sglang", "trtllm")
 
 
 # --------------------------------------------------------------------------- reading
-def _parts(path: Path) -> tuple[str, str, str]:
-    """(gpu, framework, version) from ``.../<gpu>/comm/<framework>/<version>/<table>``."""
-    p = Path(path).resolve().parts
-    try:
-        i = len(p) - 1 - p[::-1].index("comm")
-    except ValueError:
-        return "unknown", "unknown", "unknown"
-    gpu = p[i - 1] if i >= 1 else "unknown"
-    fw = p[i + 1] if i + 1 < len(p) - 1 else "unknown"
-    ver = p[i + 2] if i + 2 < len(p) - 1 else "unknown"
-    return gpu, fw, ver
-
-
-def _read_parquet(path):
-    import pandas as pd
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError("measured table not found", file=p)
-    try:
-        return pd.read_parquet(p)
-    except Exception as e:  # pyarrow raises many kinds
-        raise InputError(f"cannot read as parquet: {str(e).splitlines()[0]}", file=p) from None
-
-
-def read_comm_table(path, df=None):
-    """One NCCL or custom all-reduce table in the common form (see the module docstring)."""
-    import pandas as pd
-
-    path = Path(path)
-    df = _read_parquet(path) if df is None else df
-    gpu, fw, ver = _parts(path)
-    cols = set(df.columns)
-    if "nccl_dtype" in cols or "nccl" in path.name:
-        need, dtc = NCCL_COLS, "nccl_dtype"
-    elif "allreduce_dtype" in cols or "custom_allreduce" in path.name:
-        need, dtc = CUSTOM_COLS, "allreduce_dtype"
+def prepare(df):
+    """Rows of the table contract (:mod:`simllm.cost.tables`) of the comm kinds with what the
+    physics needs: ``nbytes`` (``message_size`` elements x dtype size) and ``graph`` (CUDA graph,
+    from ``backend``; a table without one, TensorRT-LLM's, runs in its graph engine). Bad input
+    (an unknown NCCL op, an unknown dtype or backend, a missing column) raises InputError."""
+    df = df.copy()
+    src = str(df["source"].iloc[0]) if len(df) and "source" in df.columns else None
+    for c in ("num_gpus", "message_size"):
+        if c not in df.columns or df[c].isna().any():
+            raise InputError(f"missing column {c!r}", file=src, field=c)
+    kinds = df["kind"].astype(str)
+    bad = sorted(set(k for k in kinds if k.startswith("nccl_")) - set(NCCL_OPS.values()))
+    if bad:
+        raise InputError(f"unknown op_name {bad[0][5:]!r} (expected one of {', '.join(NCCL_OPS)})", file=src,
+                         field="op_name")
+    bad = sorted(set(df["dtype"].astype(str)) - set(DTYPE_SIZE))
+    if bad:
+        raise InputError(f"unknown dtype {bad[0]!r} (expected one of {', '.join(DTYPE_SIZE)})", file=src,
+                         field="dtype")
+    b = df["backend"].astype(str).str.lower() if "backend" in df.columns else None
+    if b is None:
+        df["graph"] = True
     else:
-        raise InputError("not a collective table: expected nccl_dtype or allreduce_dtype columns", file=path)
-    for c in need:
-        if c not in cols:
-            raise InputError(f"missing column {c!r}", file=path, field=c)
-    bad_dt = sorted(set(df[dtc].astype(str)) - set(DTYPE_SIZE))
-    if bad_dt:
-        raise InputError(f"unknown dtype {bad_dt[0]!r} (expected one of {', '.join(DTYPE_SIZE)})", file=path,
-                         field=dtc)
-    out = pd.DataFrame({"dtype": df[dtc].astype(str).to_numpy()})
-    if dtc == "nccl_dtype":
-        ops = df["op_name"].astype(str)
-        bad = sorted(set(ops) - set(NCCL_OPS))
-        if bad:
-            raise InputError(f"unknown op_name {bad[0]!r} (expected one of {', '.join(NCCL_OPS)})", file=path,
-                             field="op_name")
-        out["kind"] = ops.map(NCCL_OPS).to_numpy()
-        out["graph"] = True
-        fw = "nccl"
-    else:
-        out["kind"] = "custom_allreduce"
-        b = df["backend"].astype(str).str.lower() if "backend" in cols else pd.Series(["graph"] * len(df))
-        bad = sorted({v for v in b if not (v.endswith("graph") or v.endswith("eager"))})
-        if bad:
-            raise InputError(f"unknown backend {bad[0]!r} (expected *_graph or *_eager)", file=path, field="backend")
-        out["graph"] = b.str.endswith("graph").to_numpy()
-    try:
-        out["num_gpus"] = df["num_gpus"].astype(int).to_numpy()
-        out["message_size"] = df["message_size"].astype(float).to_numpy()
-        out["latency_s"] = df["latency"].astype(float).to_numpy() * 1e-3
-    except (TypeError, ValueError) as e:
-        raise InputError(f"non-numeric value: {e}", file=path, field="num_gpus") from None
-    out["nbytes"] = out["message_size"] * out["dtype"].map(DTYPE_SIZE).astype(float)
-    out["framework"], out["version"], out["gpu"], out["source"] = fw, ver, gpu, str(path)
-    ok = np.isfinite(out["latency_s"]) & (out["latency_s"] > 0)
-    return out[ok].reset_index(drop=True)
-
-
-def _vkey(v: str):
-    import re
-
-    return tuple((0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"[.\-_]", v) if t) + ((2, ""),)
-
-
-def newest(gpu_dir, framework: str, table: str) -> Path | None:
-    """The newest version folder of ``framework`` under ``<gpu_dir>/comm`` holding ``table``."""
-    base = Path(gpu_dir) / "comm" / framework
-    if not base.is_dir():
-        return None
-    vers = sorted((d for d in base.iterdir() if (d / table).is_file()), key=lambda d: _vkey(d.name))
-    return vers[-1] / table if vers else None
+        b = b.where(df["backend"].notna(), "graph")
+        odd = sorted({v for v in b if not (v.endswith("graph") or v.endswith("eager"))})
+        if odd:
+            raise InputError(f"unknown backend {odd[0]!r} (expected *_graph or *_eager)", file=src, field="backend")
+        df["graph"] = b.str.endswith("graph").to_numpy()
+    df["num_gpus"] = df["num_gpus"].astype(int)
+    df["nbytes"] = df["message_size"].astype(float) * df["dtype"].astype(str).map(DTYPE_SIZE).astype(float)
+    return df
 
 
 def gpu_tables(gpu_dir, frameworks: Iterable[str] = FRAMEWORKS):
-    """{"nccl": df, "<framework>": df} of one GPU folder (newest version of each)."""
+    """{"nccl": df, "<framework>": df} of one GPU folder (newest version of each), prepared."""
+    from .tables import read_tables
+
     out = {}
-    p = newest(gpu_dir, "nccl", "nccl_perf.parquet")
-    if p is not None:
-        out["nccl"] = read_comm_table(p)
     for fw in frameworks:
-        p = newest(gpu_dir, fw, "custom_allreduce_perf.parquet")
-        if p is not None:
-            out[fw] = read_comm_table(p)
+        try:
+            df = read_tables(Path(gpu_dir) / "comm", framework=fw)
+        except InputError:
+            continue
+        df = df[df["kind"].astype(str).str.startswith("nccl_") | (df["kind"] == "custom_allreduce")]
+        if "nccl" not in out:
+            out["nccl"] = prepare(df[df["kind"].astype(str).str.startswith("nccl_")])
+        c = df[df["kind"] == "custom_allreduce"]
+        if len(c):
+            out[fw] = prepare(c)
     return out
 
 
-def system_link(gpu: str) -> IntraLink:
-    """The :class:`IntraLink` of an AIConfigurator GPU folder name."""
+def system_link(gpu: str, acc=None) -> IntraLink:
+    """The :class:`IntraLink` of an AIConfigurator GPU folder name (or of an accelerator)."""
     from ..hardware import load_link, load_node
 
     if gpu in GPU_NODES:
         return IntraLink.from_node(load_node(GPU_NODES[gpu]))
-    if gpu == "l40s":
+    if acc is not None:
+        from .fit import default_node_for
+
+        try:
+            return IntraLink.from_node(default_node_for(acc))
+        except InputError:
+            pass
+    if gpu == "l40s" or acc is not None:
+        # assumption: a device no node descriptor uses is a PCIe card, GPUs talking through the host
         link = load_link("pcie4")
-        return IntraLink(name="pcie4", bw=link.bw, alpha=link.alpha, switched=False, nvls=False, hbm_bw=L40S_HBM_BW)
+        hbm = float(acc.hbm_bw) if acc is not None else L40S_HBM_BW
+        return IntraLink(name="pcie4", bw=link.bw, alpha=link.alpha, switched=False, nvls=False, hbm_bw=hbm)
     raise InputError(f"no system description for GPU folder {gpu!r} (known: a100_sxm, h100_sxm, l40s)", field="gpu")
 
 
@@ -239,3 +193,69 @@ def group_errors(df, pred) -> dict:
         out[k] = {"n": int(e.size), "median": float(np.median(np.abs(e))), "p90": float(np.percentile(np.abs(e), 90)),
                   "median_signed": float(np.median(e))}
     return out
+
+
+# --------------------------------------------------------------------------- registry (simllm.cost.pricing)
+def _params(cls, cal, name):
+    from .pricing import section
+
+    d = section(cal, name)
+    known = set(cls.__dataclass_fields__)
+    bad = sorted(set(d) - known)
+    if bad:
+        raise InputError(f"unknown field {bad[0]!r} (expected one of {', '.join(sorted(known))})",
+                         field=f"kernels.{name}.{bad[0]}")
+    try:
+        return cls(**{k: float(v) for k, v in d.items()})
+    except (TypeError, ValueError):
+        raise InputError("expected numbers", field=f"kernels.{name}") from None
+
+
+def nccl_params(cal, op: str = "all_reduce") -> NcclParams:
+    """The calibration's NCCL parameters of one op (section ``nccl_<op>``; defaults when absent)."""
+    return _params(NcclParams, cal, NCCL_OPS[op])
+
+
+def custom_params(cal) -> CustomARParams:
+    """The calibration's custom all-reduce parameters (section ``custom_allreduce``, per framework
+    through ``Calibration.for_framework``)."""
+    return _params(CustomARParams, cal, "custom_allreduce")
+
+
+def _link_of(df, acc) -> IntraLink:
+    gpu = str(df["gpu"].iloc[0]) if len(df) else ""
+    return system_link(gpu, acc)
+
+
+def _price_kind(df, acc, cal):
+    d = prepare(df)
+    kind = str(d["kind"].iloc[0])
+    link = _link_of(d, acc)
+    if kind == "custom_allreduce":
+        return price(d, link, nccl_params(cal, "all_reduce"), custom_params(cal))
+    op = kind[len("nccl_"):]
+    return price(d, link, nccl_params(cal, op))
+
+
+def _fit_nccl_kind(df, acc, cal) -> dict:
+    d = prepare(df)
+    kind = str(d["kind"].iloc[0])
+    p = fit_nccl([(d, _link_of(d, acc))], start=nccl_params(cal, kind[len("nccl_"):]))
+    return {kind: asdict(p)}
+
+
+def _fit_custom_kind(df, acc, cal) -> dict:
+    d = prepare(df)
+    c = fit_custom([(d, _link_of(d, acc), nccl_params(cal, "all_reduce"))], start=custom_params(cal))
+    return {"custom_allreduce": asdict(c)}
+
+
+def _register() -> None:
+    from .pricing import register
+
+    for kind in NCCL_OPS.values():
+        register(kind, _price_kind, _fit_nccl_kind)
+    register("custom_allreduce", _price_kind, _fit_custom_kind)
+
+
+_register()
