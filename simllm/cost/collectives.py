@@ -99,6 +99,7 @@ class CommLinks:
     coll_eff: float = 1.0  # collectives' bandwidth relative to point-to-point
     launch: float = 0.0
     p2p_launch: float = 0.0
+    intra: "IntraLink | None" = None  # the node's scale-up link for the kernel-level model (tp_all_reduce)
 
     @classmethod
     def from_node(cls, node, comm: CommParams) -> "CommLinks":
@@ -115,7 +116,7 @@ class CommLinks:
         return cls(up_bw=node.scale_up_bw * e_up, up_alpha=up.alpha * comm.scale_up_alpha_scale,
                    out_bw=out_bw, out_alpha=out_alpha, devices_per_node=node.devices, node_out_cap=cap,
                    coll_eff=comm.collective_efficiency, launch=comm.launch_overhead_s,
-                   p2p_launch=comm.p2p_overhead_s)
+                   p2p_launch=comm.p2p_overhead_s, intra=IntraLink.from_node(node))
 
     def node_out_bw(self, g: int) -> float:
         """Point-to-point scale-out bandwidth the ``g`` group members of one node get together."""
@@ -408,3 +409,48 @@ def custom_allreduce_time(nbytes, n, link: IntraLink, p: CustomARParams, nccl: N
     t = np.minimum(np.minimum(one, two), fall) + p.launch_graph_s
     t = t + np.where(g, 0.0, p.launch_eager_s + 2 * S / (link.hbm_bw * p.copy_eff))
     return np.where((n <= 1) | (S <= 0), 0.0, t)
+
+
+# --------------------------------------------------------------------------- serving: the TP all-reduce
+#: batches up to this many tokens replay a captured CUDA graph (vLLM's CompilationConfig
+#: ``max_cudagraph_capture_size`` default, 512); assumed the same for SGLang and TensorRT-LLM
+GRAPH_MAX_TOKENS = 512
+#: world sizes vLLM's custom all-reduce supports (vllm/distributed/device_communicators/custom_all_reduce.py)
+CUSTOM_AR_WORLD_SIZES = (2, 4, 6, 8)
+
+
+def kernel_sections(cal) -> tuple:
+    """(NcclParams or None, CustomARParams or None) of a calibration's ``kernels`` sections."""
+    k = getattr(cal, "kernels", None) or {}
+    nc = k.get("nccl_all_reduce")
+    ca = k.get("custom_allreduce")
+    return (NcclParams(**{a: float(v) for a, v in nc.items()}) if nc else None,
+            CustomARParams(**{a: float(v) for a, v in ca.items()}) if ca else None)
+
+
+def tp_all_reduce(nbytes: float, n: int, links: CommLinks, devices_per_node: int | None, cal,
+                  tokens: float | None = None) -> float:
+    """Seconds of a serving step's tensor-parallel all-reduce of ``nbytes`` over ``n`` ranks.
+
+    Inside one node, with the calibration's kernel sections: the framework's custom all-reduce
+    where it runs one (a ``custom_allreduce`` section, ranks on NVLink through a switch, world size
+    2/4/6/8: vLLM's rule), NCCL's kernel (``nccl_all_reduce``) otherwise. A step of ``tokens`` <=
+    :data:`GRAPH_MAX_TOKENS` replays a CUDA graph; a larger one is eager: the custom all-reduce
+    then also copies its input into the registered buffer, while the host call itself overlaps
+    the GPU work of such a step (the host runs ahead), so it is not charged. Across nodes, or
+    without kernel sections, the group model :func:`all_reduce` (Vidur's eager host-timed fit)."""
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    nc, ca = kernel_sections(cal)
+    g = n if devices_per_node is None else devices_per_node
+    intra = links.intra
+    if nc is None or intra is None or g < n:
+        return all_reduce(nbytes, n, links, devices_per_node)
+    t = float(nccl_time("all_reduce", nbytes, n, intra, nc))
+    if ca is not None and intra.switched and n in CUSTOM_AR_WORLD_SIZES:
+        graph = tokens is None or tokens <= GRAPH_MAX_TOKENS
+        c = float(custom_allreduce_time(nbytes, n, intra, ca, nc, graph=True))
+        if not graph:
+            c += 2 * nbytes / (intra.hbm_bw * ca.copy_eff)
+        t = min(t, c)
+    return t

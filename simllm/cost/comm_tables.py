@@ -151,14 +151,28 @@ def fit_nccl(groups: Sequence[tuple], start: NcclParams | None = None, iters: in
     if not groups:
         raise InputError("no NCCL rows to fit")
     t = np.concatenate([d["latency_s"].to_numpy() for d, _ in groups])
+    x0 = np.array((start or NcclParams()).vector(), float)
+    # parameters no row can tell: NVLS without an NVLS system, host sharing without a PCIe one
+    fixed = set()
+    if not any(l.nvls for _, l in groups):
+        fixed |= {7, 8}
+    if all(l.switched for _, l in groups):
+        fixed.add(9)
+    free = [i for i in range(len(x0)) if i not in fixed]
 
-    def f(x):
+    def full(y):
+        x = x0.copy()
+        x[free] = y
+        return x
+
+    def f(y):
+        x = full(y)
         if not _nccl_ok(x):
             return np.inf
         p = NcclParams.from_vector(x)
         return _loss(np.concatenate([price(d, l, p) for d, l in groups]), t)
 
-    return NcclParams.from_vector(_nm(f, (start or NcclParams()).vector(), iters))
+    return NcclParams.from_vector(full(_nm(f, x0[free], iters)))
 
 
 def _custom_ok(x) -> bool:
@@ -259,3 +273,94 @@ def _register() -> None:
 
 
 _register()
+
+
+# --------------------------------------------------------------------------- shipped sections, transfer
+GPUS = ("a100_sxm", "h100_sxm", "l40s")
+DEFAULT_FRAMEWORK = "vllm"  # the file's default custom all-reduce (the serving simulator's engine)
+
+
+def fit_sections(gpu_dirs: Sequence, iters: int = 1500, start: dict | None = None) -> dict:
+    """``{"kernels": {nccl_<op>: ..., custom_allreduce: ...}, "frameworks": {fw: {"kernels":
+    {"custom_allreduce": ...}}}, "fit": {...}}`` fitted on the comm tables of the given GPU
+    folders together (one parameter set over all of them). ``start``: kernels to start from
+    (parameters the rows cannot tell, e.g. NVLS on A100, keep their start values)."""
+    tabs = [(gpu_tables(d), system_link(Path(d).name)) for d in gpu_dirs]
+    start = start or {}
+    kernels, fws, fit = {}, {}, {}
+    for op, kind in NCCL_OPS.items():
+        grp = [(t["nccl"][t["nccl"]["kind"] == kind], l) for t, l in tabs if "nccl" in t]
+        s0 = NcclParams(**start[kind]) if kind in start else None
+        p = fit_nccl(grp, start=s0, iters=iters)
+        kernels[kind] = asdict(p)
+        for d, l in grp:
+            fit.setdefault(kind, {}).update(_stats(d, price(d, l, p)))
+    ar = NcclParams(**kernels["nccl_all_reduce"])
+    for fw in FRAMEWORKS:
+        grp = [(t[fw], l, ar) for t, l in tabs if fw in t]
+        if not grp:
+            continue
+        c = fit_custom(grp, iters=max(300, iters // 2))
+        fws[fw] = {"kernels": {"custom_allreduce": asdict(c)}}
+        for d, l, _ in grp:
+            fit.setdefault(f"custom_allreduce/{fw}", {}).update(_stats(d, price(d, l, ar, c)))
+    if DEFAULT_FRAMEWORK in fws:
+        kernels["custom_allreduce"] = dict(fws[DEFAULT_FRAMEWORK]["kernels"]["custom_allreduce"])
+    return {"kernels": kernels, "frameworks": fws, "fit": fit}
+
+
+def _stats(d, pred) -> dict:
+    e = np.abs(np.asarray(pred) / d["latency_s"].to_numpy() - 1)
+    gpu = str(d["gpu"].iloc[0])
+    return {gpu: {"rows": int(e.size), "median_abs_rel_error": round(float(np.median(e)), 4),
+                  "p90_abs_rel_error": round(float(np.percentile(e, 90)), 4)}}
+
+
+def sections_errors(root, sections: dict, gpus: Sequence[str] = GPUS) -> dict:
+    """Errors of fitted ``sections`` on the comm tables of ``root/<gpu>``: ``{gpu: {"<kind>/<dtype>"
+    or "custom_allreduce/<fw>": {n, median, p90, median_signed}}}``."""
+    out = {}
+    k = sections["kernels"]
+    for gpu in gpus:
+        t = gpu_tables(Path(root) / gpu)
+        link = system_link(gpu)
+        res = {}
+        if "nccl" in t:
+            d = t["nccl"]
+            pred = np.full(len(d), np.nan)
+            for op, kind in NCCL_OPS.items():
+                m = (d["kind"] == kind).to_numpy()
+                if m.any() and kind in k:
+                    pred[m] = price(d[m], link, NcclParams(**k[kind]))
+            res.update(group_errors(d, pred))
+        ar = NcclParams(**k["nccl_all_reduce"])
+        for fw, sec in sections.get("frameworks", {}).items():
+            if fw in t:
+                c = CustomARParams(**sec["kernels"]["custom_allreduce"])
+                e = group_errors(t[fw], price(t[fw], link, ar, c))
+                res.update({f"custom_allreduce/{fw}": v for v in e.values()})
+        out[gpu] = res
+    return out
+
+
+def leave_one_gpu_out(root, gpus: Sequence[str] = GPUS, iters: int = 800) -> dict:
+    """Fit on all GPUs but one, check the one left out: ``{held_out_gpu: {group: errors}}``.
+    The figure :mod:`benchmarks.cost_model_error` prints for the comm kinds."""
+    out = {}
+    for held in gpus:
+        sec = fit_sections([Path(root) / g for g in gpus if g != held], iters=iters)
+        out[held] = sections_errors(root, sec, [held])[held]
+    return out
+
+
+def print_leave_one_gpu_out(root, gpus: Sequence[str] = GPUS, iters: int = 800, file=None) -> dict:
+    """Print the leave-one-GPU-out table of the comm kinds (median / p90 per group); returns it."""
+    import sys
+
+    res = leave_one_gpu_out(root, gpus, iters)
+    f = file or sys.stdout
+    print("comm kinds, leave one GPU out (fit on the other two): median / p90 |pred/meas - 1|", file=f)
+    for gpu, groups in res.items():
+        for g, v in groups.items():
+            print(f"  {gpu:9s} {g:32s} n={v['n']:4d}  {v['median'] * 100:6.1f}% / {v['p90'] * 100:6.1f}%", file=f)
+    return res

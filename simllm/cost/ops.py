@@ -143,7 +143,8 @@ class LayerOps:
         if self.tp <= 1 or nbytes <= 0:
             return Op(name, "comm", 0.0, 0.0, 0.0)
         g = min(self.tp, self.links.devices_per_node)
-        t = C.all_reduce(nbytes, self.tp, self.links, g if self.tp % g == 0 else None)
+        t = C.tp_all_reduce(nbytes, self.tp, self.links, g if self.tp % g == 0 else None, self.cal,
+                            tokens=nbytes / (self.H * self.ab))
         return Op(name, "comm", 0.0, float(nbytes), t, comm_s=t)
 
     # ------------------------------------------------------------------ attention coefficients
