@@ -454,3 +454,61 @@ def tp_all_reduce(nbytes: float, n: int, links: CommLinks, devices_per_node: int
             c += 2 * nbytes / (intra.hbm_bw * ca.copy_eff)
         t = min(t, c)
     return t
+
+
+# --------------------------------------------------------------------------- DeepEP low-latency kernels
+# DeepEP's low-latency dispatch/combine (decode): no per-node deduplication and no NVLink
+# forwarding stage, every (token, chosen expert) pair is written straight into the destination
+# rank's buffer (over NVLink inside a node, RDMA across nodes), in fp8 with one fp32 scale per 128
+# values for dispatch and bf16 for combine (which also sums the k returned copies). Per rank:
+#
+#     t = launch + max(pairs_nvl * tb / (bw_up * nvl_eff), pairs_rdma * tb / (bw_nic * rdma_eff))
+#
+# with ``pairs = tokens * topk`` split by where the destination expert lives (uniform routing:
+# ``(g - 1) / n`` on the own node's other ranks, ``(n - g) / n`` off the node, ``1 / n`` local).
+# Measured (SGLang 0.5.12, 8 x H100, hidden 7168, top-8): 13-15 us for one token, 224 / 489 us for
+# 1,024 tokens dispatch / combine: about 270 / 240 GB/s of NVLink-4's 450.
+
+
+@dataclass(frozen=True)
+class DeepEPLLParams:
+    """Seconds of one call (``*_launch_s``: kernel, flag polling) and fractions of the NVLink /
+    NIC per-direction bandwidth the low-latency kernels reach, per op."""
+
+    dispatch_launch_s: float = 1.3e-5
+    combine_launch_s: float = 1.3e-5
+    dispatch_nvl_eff: float = 0.6
+    combine_nvl_eff: float = 0.55
+    rdma_eff: float = 0.7
+
+    def vector(self):
+        return [self.dispatch_launch_s * 1e6, self.combine_launch_s * 1e6, self.dispatch_nvl_eff,
+                self.combine_nvl_eff, self.rdma_eff]
+
+    @classmethod
+    def from_vector(cls, x):
+        x = [float(v) for v in x]
+        return cls(x[0] * 1e-6, x[1] * 1e-6, x[2], x[3], x[4])
+
+
+def ll_token_bytes(hidden, op: str) -> float:
+    """Bytes of one (token, expert) copy: fp8 + fp32 scale per 128 (dispatch), bf16 (combine)."""
+    return np.asarray(hidden, float) * ((1.0 + 4.0 / 128.0) if op == "dispatch" else 2.0)
+
+
+def deepep_ll_time(op: str, tokens, hidden, topk, n, g, up_bw: float, nic_bw: float, p: DeepEPLLParams):
+    """Seconds of one DeepEP low-latency ``op`` (dispatch / combine) with ``tokens`` per rank over
+    ``n`` ranks, ``g`` per node (vectorised)."""
+    if op not in ("dispatch", "combine"):
+        raise InputError(f"op must be dispatch or combine, got {op!r}", field="op")
+    T = np.asarray(tokens, float)
+    n = np.asarray(n, float)
+    g = np.minimum(np.asarray(g, float), n)
+    pairs = T * np.asarray(topk, float)
+    tb = ll_token_bytes(hidden, op)
+    eff = p.dispatch_nvl_eff if op == "dispatch" else p.combine_nvl_eff
+    t_nvl = pairs * (g - 1) / n * tb / (up_bw * eff)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_rdma = np.where(n > g, pairs * (n - g) / n * tb / (max(nic_bw, 1e-30) * p.rdma_eff), 0.0)
+    launch = p.dispatch_launch_s if op == "dispatch" else p.combine_launch_s
+    return np.where(T > 0, launch + np.maximum(t_nvl, t_rdma), 0.0)

@@ -223,3 +223,17 @@ def _register() -> None:
 
 
 _register()
+
+
+def serving_fixed_s(cal, act_dtype: str) -> float:
+    """Per-rank seconds of one MoE layer that do not shrink with EP or batch (``fixed_s`` of the
+    calibration's ``moe/<dtype>`` section; 0 without one), for the serving step cost.
+
+    The measured tables time the fused MoE of vLLM / SGLang / TensorRT-LLM eagerly; the serving
+    step's fused-MoE path (:meth:`simllm.cost.ops.LayerOps.moe_ffn_block`) adds this term beside
+    its grouped GEMMs. The DeepEP expert-parallel path (:mod:`simllm.cost.moe_ep`) runs other
+    kernels (DeepEP + masked grouped GEMMs) that these tables do not measure: it does not use it."""
+    k = getattr(cal, "kernels", None) or {}
+    name = {"bf16": "bfloat16", "fp16": "float16", "fp8": "fp8"}.get(act_dtype, act_dtype)
+    d = k.get(f"moe/{name}") or {}
+    return float(d.get("fixed_s", 0.0))

@@ -32,7 +32,7 @@ PRICERS: dict[str, Pricer] = {}
 FITTERS: dict[str, Fitter] = {}
 
 #: modules that register pricers/fitters when imported (no import cycle: they import this module)
-_PLUGINS = ["simllm.cost.kernel_models", "simllm.cost.comm_tables", "simllm.cost.moe_layer"]
+_PLUGINS = ["simllm.cost.kernel_models", "simllm.cost.comm_tables", "simllm.cost.moe_layer", "simllm.cost.deepep"]
 _loaded = False
 
 
