@@ -36,8 +36,13 @@ def merge_into(path: Path, sec: dict, note: str) -> None:
     fws = data.setdefault("frameworks", {})
     for fw, v in sec["frameworks"].items():
         fws.setdefault(fw, {}).setdefault("kernels", {}).update(v["kernels"])
-    data.setdefault("fit", {})["comm_kernels"] = {"tables": f"{DATA.name}/<gpu>/comm (newest NCCL and framework "
-                                                            "versions)", "note": note, "errors": sec["fit"]}
+    groups = [v for kind in sec["fit"].values() for v in kind.values()]
+    rows = sum(g["rows"] for g in groups)
+    data.setdefault("fit", {})["comm_kernels"] = {
+        "tables": f"{DATA.name}/<gpu>/comm (newest NCCL and framework versions)", "note": note,
+        "rows": rows, "median_abs_rel_error": round(sum(g["median_abs_rel_error"] * g["rows"] for g in groups) / rows, 4),
+        "p90_abs_rel_error": max(g["p90_abs_rel_error"] for g in groups),
+        "summary": "row-weighted median of the groups; p90 is the worst group", "errors": sec["fit"]}
     path.write_text(head + yaml.safe_dump(_round(data), sort_keys=False, default_flow_style=None, width=110))
 
 

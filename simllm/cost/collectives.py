@@ -37,6 +37,7 @@ Two layers:
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 from dataclasses import dataclass
@@ -421,6 +422,21 @@ CUSTOM_AR_WORLD_SIZES = (2, 4, 6, 8)
 
 def kernel_sections(cal) -> tuple:
     """(NcclParams or None, CustomARParams or None) of a calibration's ``kernels`` sections."""
+    key = id(cal)
+    hit = _SECTIONS.get(key)
+    if hit is not None and hit[0] is cal:
+        return hit[1]
+    out = _kernel_sections(cal)
+    if len(_SECTIONS) > 256:
+        _SECTIONS.clear()
+    _SECTIONS[key] = (cal, out)
+    return out
+
+
+_SECTIONS: dict = {}
+
+
+def _kernel_sections(cal) -> tuple:
     k = getattr(cal, "kernels", None) or {}
     nc = k.get("nccl_all_reduce")
     ca = k.get("custom_allreduce")
@@ -446,9 +462,14 @@ def tp_all_reduce(nbytes: float, n: int, links: CommLinks, devices_per_node: int
     intra = links.intra
     if nc is None or intra is None or g < n:
         return all_reduce(nbytes, n, links, devices_per_node)
+    graph = tokens is None or tokens <= GRAPH_MAX_TOKENS
+    return _kernel_all_reduce(float(nbytes), int(n), intra, nc, ca, graph)
+
+
+@lru_cache(maxsize=65536)
+def _kernel_all_reduce(nbytes: float, n: int, intra: IntraLink, nc: NcclParams, ca, graph: bool) -> float:
     t = float(nccl_time("all_reduce", nbytes, n, intra, nc))
     if ca is not None and intra.switched and n in CUSTOM_AR_WORLD_SIZES:
-        graph = tokens is None or tokens <= GRAPH_MAX_TOKENS
         c = float(custom_allreduce_time(nbytes, n, intra, ca, nc, graph=True))
         if not graph:
             c += 2 * nbytes / (intra.hbm_bw * ca.copy_eff)

@@ -141,7 +141,7 @@ def _nm(f, x0, iters, step=0.15):
 
 def _nccl_ok(x) -> bool:
     return (0 <= x[0] < 200 and all(0 <= a < 200 for a in (x[1], x[3], x[5], x[7]))
-            and all(0.01 < e <= 1.5 for e in (x[2], x[4], x[6], x[8])) and 0 <= x[9] <= 4 and 0.01 < x[10] <= 1.5)
+            and all(0.01 < e <= 1.0 for e in (x[2], x[4], x[6], x[8])) and 0 <= x[9] <= 4 and 0.01 < x[10] <= 1.0)
 
 
 def fit_nccl(groups: Sequence[tuple], start: NcclParams | None = None, iters: int = 1500) -> NcclParams:
@@ -176,7 +176,7 @@ def fit_nccl(groups: Sequence[tuple], start: NcclParams | None = None, iters: in
 
 
 def _custom_ok(x) -> bool:
-    return 0 <= x[0] < 100 and 0 <= x[1] < 1000 and 0 <= x[2] < 200 and 0.01 < x[3] <= 1.5 and 0.05 < x[4] <= 1.5
+    return 0 <= x[0] < 100 and 0 <= x[1] < 1000 and 0 <= x[2] < 200 and 0.01 < x[3] <= 1.0 and 0.05 < x[4] <= 1.0
 
 
 def fit_custom(groups: Sequence[tuple], start: CustomARParams | None = None, iters: int = 800) -> CustomARParams:
