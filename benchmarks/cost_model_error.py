@@ -5,9 +5,16 @@ p90 absolute relative error per op and overall, next to a single-constant-effici
 (``max(F/(peak e_c), B/(bw e_m)) + o``, its three constants fitted on the same rows); the
 all_reduce / send_recv errors (intra- and inter-node); and a held-out figure: the GEMM
 parameters refitted from a neutral start on half of the model files (alternate files) and
-checked on the other half, both ways. The last line is JSON.
+checked on the other half, both ways.
 
-    python benchmarks/cost_model_error.py [--data DIR]
+Then, for every shipped calibration of a GPU with AIConfigurator tables (a100-sxm-80gb, h100-sxm,
+l40s) and every framework it has: the fit error per (kernel class, dtype) on that GPU's tables
+(what `simllm calibrate check <gpu folder> --hw <device> --framework F --json` prints), and a
+leave-one-GPU-out figure: the held-out GPU's tables priced on its own descriptor with each of the
+two other GPUs' calibrations (fitted without it), the two predictions combined by their geometric
+mean (a fit on two GPUs as an ensemble of the two one-GPU fits). The last line is JSON.
+
+    python benchmarks/cost_model_error.py [--data DIR] [--skip-vidur] [--frameworks vllm,trtllm,sglang]
 """
 
 from __future__ import annotations
@@ -41,7 +48,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=os.environ.get("SIMLLM_SHARED", str(REPO.parent / "shared")) + "/data")
     ap.add_argument("--iters", type=int, default=1200, help="simplex iterations of each held-out fit")
+    ap.add_argument("--skip-vidur", action="store_true", help="only the AIConfigurator part")
+    ap.add_argument("--frameworks", default="vllm,trtllm,sglang")
     args = ap.parse_args()
+    aic = aiconfigurator_part(Path(args.data) / "calibration" / "aiconfigurator", args.frameworks.split(","))
+    if args.skip_vidur:
+        print(json.dumps({"aiconfigurator": aic}))
+        return
     base = Path(args.data) / "calibration" / "vidur-a100"
     files = sorted(base.glob("*_mlp.csv"))
     if not files:
@@ -106,8 +119,51 @@ def main() -> None:
            "gemm_constant_baseline": {"median": baseline["median_abs_rel_error"],
                                       "p90": baseline["p90_abs_rel_error"]},
            "gemm_held_out": held, "collectives": comm,
-           "elementwise": {"median": ew_st["median_abs_rel_error"], "p90": ew_st["p90_abs_rel_error"]}, "wall_s": round(time.time() - t0, 2)}
+           "elementwise": {"median": ew_st["median_abs_rel_error"], "p90": ew_st["p90_abs_rel_error"]},
+           "aiconfigurator": aic, "wall_s": round(time.time() - t0, 2)}
     print(json.dumps(out))
+
+
+GPUS = {"a100_sxm": "a100-sxm-80gb", "h100_sxm": "h100-sxm", "l40s": "l40s"}
+
+
+def _groups_line(r):
+    return ", ".join(f"{k} {v['median']:.3f}/{v['p90']:.3f} (n={v['n']})" for k, v in r["per_op"].items())
+
+
+def aiconfigurator_part(root: Path, frameworks) -> dict:
+    from simllm.cost import pricing, tables as T
+
+    out = {}
+    if not root.is_dir():
+        print(f"no AIConfigurator tables under {root}")
+        return out
+    accs = {g: load_accelerator(h) for g, h in GPUS.items()}
+    cals = {g: calibration_for(a) for g, a in accs.items()}
+    for fw in frameworks:
+        frames = {}
+        for g in GPUS:
+            if (root / g).is_dir():
+                df = T.read_tables(root / g, fw)
+                frames[g] = df
+        for g, df in frames.items():
+            if df.empty:
+                continue
+            cal = cals[g].for_framework(fw)
+            pred = pricing.price(df, accs[g], cal)
+            fit_r = pricing.error_summary(df, pred)
+            # leave this GPU out: the other two GPUs' calibrations, geometric mean of their predictions
+            others = [o for o in GPUS if o != g]
+            logs = [np.log(pricing.price(df, accs[g], cals[o].for_framework(fw))) for o in others]
+            held = pricing.error_summary(df, np.exp(np.mean(logs, axis=0)))
+            out[f"{g}/{fw}"] = {"fit": fit_r, "leave_one_gpu_out": held, "calibration": cals[g].device}
+            print(f"[{fw}] {g} on {GPUS[g]} (calibration {cals[g].device}): fit median "
+                  f"{fit_r['median_abs_rel_error']:.4f} p90 {fit_r['p90_abs_rel_error']:.4f} "
+                  f"(unpriced {sum(fit_r['unpriced'].values())} of {fit_r['n']})")
+            print(f"    per kind/dtype (median/p90): {_groups_line(fit_r)}")
+            print(f"    leave-one-GPU-out (fit on {', '.join(others)}): median {held['median_abs_rel_error']:.4f} "
+                  f"p90 {held['p90_abs_rel_error']:.4f}; {_groups_line(held)}")
+    return out
 
 
 if __name__ == "__main__":

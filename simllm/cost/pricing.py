@@ -6,6 +6,8 @@
     ``acc`` is a :class:`simllm.hardware.Accelerator`; ``cal`` a :class:`simllm.cost.calibration.Calibration`.
     A pricer reads its own parameters from ``cal.kernels[<section>]`` (a plain dict, see
     :func:`section`), so modules add kernel classes without editing the calibration dataclasses.
+    ``PRICERS["<framework>:<kind>"]`` (e.g. ``vidur:send_recv``) takes precedence for that
+    framework's rows (Vidur's collective tables have their own columns and a legacy model).
 ``FITTERS[kind](df, acc, cal) -> dict``
     fits that kernel class on ``df`` (rows of that kind) and returns ``{section_name: params_dict}``
     to merge into ``cal.kernels``; several kinds may share one section (the first fitted wins unless
@@ -32,7 +34,8 @@ PRICERS: dict[str, Pricer] = {}
 FITTERS: dict[str, Fitter] = {}
 
 #: modules that register pricers/fitters when imported (no import cycle: they import this module)
-_PLUGINS = ["simllm.cost.kernel_models", "simllm.cost.comm_tables", "simllm.cost.moe_layer", "simllm.cost.deepep"]
+_PLUGINS = ["simllm.cost.kernel_models", "simllm.cost.vidur_comm", "simllm.cost.comm_tables", "simllm.cost.moe_layer",
+            "simllm.cost.deepep"]
 _loaded = False
 
 
@@ -67,12 +70,15 @@ def price(df: pd.DataFrame, acc, cal) -> np.ndarray:
     out = np.full(len(df), np.nan)
     if df.empty:
         return out
-    kinds = df["kind"].to_numpy()
-    for kind in pd.unique(kinds):
-        f = PRICERS.get(str(kind))
+    kinds = df["kind"].astype(str).to_numpy()
+    fws = df["framework"].astype(str).to_numpy() if "framework" in df.columns else np.full(len(df), "")
+    keys = np.char.add(np.char.add(fws.astype(str), ":"), kinds.astype(str))
+    for key in pd.unique(keys):
+        fw, kind = str(key).split(":", 1)
+        f = PRICERS.get(f"{fw}:{kind}") or PRICERS.get(kind)  # a framework-specific pricer wins
         if f is None:
             continue
-        sel = np.flatnonzero(kinds == kind)
+        sel = np.flatnonzero(keys == key)
         out[sel] = np.asarray(f(df.iloc[sel], acc, cal), dtype=float)
     return out
 
@@ -127,4 +133,29 @@ def fit(df: pd.DataFrame, acc, cal):
     return replace(cal, kernels=kernels)
 
 
-__all__ = ["PRICERS", "FITTERS", "register", "price", "check", "fit", "error_summary", "section", "load_plugins"]
+def fit_frameworks(per: dict, acc, cal, sources=()):
+    """Fit each framework's tables apart (``per``: framework -> contract DataFrame); the result's
+    ``frameworks[F]`` holds F's kernel sections and fit record (source tables, per (kind, dtype)
+    errors); the top-level ``kernels`` take vLLM's (else the first framework's) sections."""
+    frameworks = dict(getattr(cal, "frameworks", None) or {})
+    fitted = {}
+    for fw, df in per.items():
+        c = fit(df, acc, cal.for_framework(fw))
+        st = check(df, acc, c)
+        frameworks[fw] = {"kernels": c.kernels,
+                          "fit": {"tables": sorted(set(df["source"].astype(str))),
+                                  "n": st["n"], "median_abs_rel_error": round(st["median_abs_rel_error"], 4),
+                                  "p90_abs_rel_error": round(st["p90_abs_rel_error"], 4), "unpriced": st["unpriced"],
+                                  "per_op": {k: {kk: (round(vv, 4) if isinstance(vv, float) else vv)
+                                                 for kk, vv in v.items()} for k, v in st["per_op"].items()}}}
+        fitted[fw] = c.kernels
+    default = "vllm" if "vllm" in fitted else (sorted(fitted)[0] if fitted else None)
+    kernels = {**(cal.kernels or {}), **(fitted.get(default) or {})}
+    base = cal.source.split("; AIConfigurator tables ")[0] if cal.device == acc.name else ""
+    base = "" if base.startswith("AIConfigurator tables ") else base
+    src = base + ("; " if base else "") + "AIConfigurator tables " + ", ".join(sources)
+    own_fit = cal.fit if cal.device == acc.name else {}  # never another device's fit record
+    return replace(cal, device=acc.name, kernels=kernels, frameworks=frameworks, source=src, fit=own_fit)
+
+
+__all__ = ["fit_frameworks", "PRICERS", "FITTERS", "register", "price", "check", "fit", "error_summary", "section", "load_plugins"]

@@ -1,0 +1,525 @@
+"""Kernel-class physics priced over the table contract (GEMM, attention, MLA, MLA BMMs).
+
+Every class is a *soft roofline with a floor*, with every parameter a fraction of the device's own
+datasheet figure (peak FLOP/s of the dtype the kernel computes in, HBM bandwidth, SM count) or a
+time in seconds, so a calibration fitted on one GPU transfers to another through that GPU's peaks::
+
+    t = launch + body,   body = (t_c^p + t_m^p)^(1/p)
+
+``launch`` (the per-kernel floor) is exposed separately from ``body`` (:func:`launch_and_body`), so
+a caller that replays a step as one CUDA graph can drop per-kernel launches.
+
+GEMM (section ``gemm/<dtype>``). The tile/wave model of :mod:`simllm.cost.kernels` (tiles of an
+output split into waves over the SMs, tile-shape efficiency, partial-wave cost, soft minimum over
+tile shapes), fitted per dtype because each dtype is a different kernel path. Evidence in the
+tables (H100, vLLM 0.24): the smallest bf16 GEMMs take 2-4 us, i.e. the floor is a fitted,
+per-device ``kernel_overhead_s`` (A100's Vidur-fitted 3.85 us is too high on H100). fp8 per-tensor
+(``fp8``, ``fp8_static``) and block-scaled (``fp8_block``) run at the device's *fp8* peak times a
+fitted fraction, read 1-byte operands, write a bf16 output (2 bytes) and, for dynamic scaling,
+pay an activation-quantization pass: one extra kernel (``quant_overhead_s``) that reads M x K bf16
+and writes M x K fp8 (3 bytes per element) at a fitted fraction ``quant_efficiency`` of HBM
+bandwidth. Evidence: vLLM's CUTLASS fp8 GEMMs on H100 at fixed M x K cost ~36% more than a
+quantization-free roofline at N = 32 and the excess shrinks as N grows: a cost in M x K alone.
+On-chip cache: a GEMM whose operands fit in half the device's L2 (``sram``) streams at a fitted
+``l2_speedup`` x HBM. Evidence: L40S (96 MB L2, 864 GB/s GDDR6) small-M bf16 GEMMs reach up to
+2.5 TB/s of weight traffic, impossible from DRAM; the benchmark repeats one GEMM, so it stays resident. Weight-only ``int8_wo`` /
+``int4_wo`` compute at the bf16 peak (the weights are dequantized in registers) and read 1 / 0.5
+byte weights; ``sq`` (SmoothQuant W8A8) runs at the int8 peak. ``nvfp4`` / ``fp4`` use the device's
+fp4 datasheet peak with the fp8 section's fractions: UNCALIBRATED (no fp4 measurements exist in
+../shared/data). A device without a datasheet peak for the dtype is an InputError, never a silent
+bf16 price.
+
+Attention prefill (``context_attention/<attn_dtype>``): FLOPs = 4 hd heads x causal pairs (pairs
+per query capped by a sliding ``window_size``, plus the cached prefix ``step``); bytes = Q, O and
+the K/V of every key position (KV dtype from ``kv_cache_dtype``); the work is split into
+b x heads x ceil(isl / 128) query tiles spread in waves over the SMs (short prompts leave SMs idle,
+the measured 8-16 us floors at small shapes); achieved fraction of peak fitted per attn dtype
+(fp8 attention at the fp8 peak). Decode (``generation_attention/<attn_dtype>``): one query per
+sequence; bytes = the KV cache (isl + step tokens x kv heads x hd x 2 x kv bytes); the kernel runs
+b x kv_heads x splits CTAs where ``splits = ceil(kv_len / split_tokens)`` (split-KV): with fewer
+CTAs than SMs the achieved bandwidth falls proportionally (short contexts at small batch are
+latency-bound, the floors); FLOPs scale with the query/KV head ratio (GQA), which is what makes
+high ratios at large batch compute-bound.
+
+MLA (``context_mla``/``generation_mla``): DeepSeek-style MLA with local heads ``num_heads``.
+Prefill runs un-absorbed: per head qk 192 (128 nope + 64 rope), v 128; decode runs absorbed over
+the compressed cache (kv_lora 512 + rope 64 per token, one latent shared by all heads):
+FLOPs 2 x (576 + 512) per token and head, bytes 576 x kv bytes per token. Same roofline + waves.
+MLA BMMs (``mla_bmm``): per-head batched GEMMs of the absorbed projections, ``mla_gen_pre``
+[T, 128] x [128, 512] and ``mla_gen_post`` [T, 512] x [512, 128] per head, priced with the GEMM
+model (groups = heads).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from .calibration import GemmParams
+from .kernels import gemm_time
+from .pricing import register, section
+
+# DeepSeek-V3 MLA dimensions (the only MLA shape in the tables; config.json of deepseek-ai/DeepSeek-V3)
+MLA_QK_NOPE, MLA_ROPE, MLA_V, MLA_KV_LORA = 128, 64, 128, 512
+
+# table dtype string -> (peak dtype, activation bytes, weight bytes, output bytes, dynamic activation quant)
+GEMM_DTYPES = {
+    "bfloat16": ("bf16", 2, 2, 2, False), "float16": ("fp16", 2, 2, 2, False), "fp16": ("fp16", 2, 2, 2, False),
+    "half": ("fp16", 2, 2, 2, False), "bf16": ("bf16", 2, 2, 2, False),
+    "fp8": ("fp8", 1, 1, 2, True), "fp8_block": ("fp8", 1, 1, 2, True), "fp8_static": ("fp8", 1, 1, 2, False),
+    "int8_wo": ("bf16", 2, 1, 2, False), "int4_wo": ("bf16", 2, 0.5, 2, False), "sq": ("int8", 1, 1, 2, True),
+    "int8": ("int8", 1, 1, 2, True), "nvfp4": ("fp4", 0.5, 0.5, 2, True), "fp4": ("fp4", 0.5, 0.5, 2, True),
+}
+ATTN_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16", "bf16": "bf16",
+               "fp8": "fp8", "fp8_e4m3": "fp8"}
+KV_BYTES = {"bfloat16": 2.0, "float16": 2.0, "fp16": 2.0, "half": 2.0, "bf16": 2.0, "fp8": 1.0, "fp8_e4m3": 1.0,
+            "int8": 1.0, "nvfp4": 0.5625, "fp4": 0.5}
+UNCALIBRATED = {"nvfp4", "fp4"}
+
+
+def strict_peak(acc, dtype: str) -> float:
+    """The device's own datasheet peak for ``dtype`` (bf16 <-> fp16 accepted as equals); no silent
+    fallback to a wider type: a device without it cannot price that kernel."""
+    pf = acc.peak_flops
+    if dtype in pf:
+        return pf[dtype].value
+    if dtype in ("bf16", "fp16"):
+        other = "fp16" if dtype == "bf16" else "bf16"
+        if other in pf:
+            return pf[other].value
+    raise InputError(f"device {acc.name} has no datasheet peak for {dtype} (its descriptor lists "
+                     f"{', '.join(pf)}); add a sourced peak_flops.{dtype} to price {dtype} kernels",
+                     file=getattr(acc, "path", None) or f"hardware/accelerators/{acc.name}.yaml",
+                     field=f"peak_flops.{dtype}")
+
+
+def _col(df: pd.DataFrame, name: str, default: float = 0.0) -> np.ndarray:
+    if name not in df.columns:
+        return np.full(len(df), default, dtype=float)
+    return pd.to_numeric(df[name], errors="coerce").fillna(default).to_numpy(float)
+
+
+MIN_GROUP = 100  # rows a (dtype, kernel_source) group needs to get its own fitted section
+
+
+def _dtype_key(df) -> np.ndarray:
+    """The section dtype of each row: the table dtype, plus ``+kv_<kv_cache_dtype>`` for attention
+    and MLA rows whose KV cache dtype differs (an fp8 cache is another kernel path: K/V are
+    quantized on write and dequantized in the kernel; prefill with an fp8 cache measures ~8%
+    slower than the bf16-cache roofline, decode faster)."""
+    dt = df["dtype"].astype(str).to_numpy()
+    if "kv_cache_dtype" in df.columns and df["kind"].astype(str).str.contains("attention|mla").any():
+        kv = df["kv_cache_dtype"].astype(str).to_numpy()
+        same = (kv == dt) | (kv == "nan") | (kv == "None")
+        dt = np.where(same, dt, np.char.add(np.char.add(dt.astype(str), "+kv_"), kv.astype(str)))
+    return dt
+
+
+def _base_dtype(d: str) -> str:
+    return d.split("+", 1)[0]
+
+
+def _groups(df):
+    """(dtype, kernel_source, boolean mask) of every group of rows."""
+    dt = _dtype_key(df)
+    ks = df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else np.full(len(df), "")
+    key = np.char.add(np.char.add(dt.astype(str), "\x1f"), ks.astype(str))
+    for k in pd.unique(key):
+        d, src = str(k).split("\x1f", 1)
+        yield d, src, key == k
+
+
+def _sec(cal, kind: str, dtype: str, source: str = "") -> tuple[dict, str]:
+    """Parameters of (kind, dtype, kernel family): that kernel family's section, else the dtype's,
+    else the bf16 one, else the defaults (kernel families are distinct code paths: DeepGEMM vs
+    CUTLASS block-scaled fp8, FlashAttention 2/3 vs FlashInfer vs Triton)."""
+    keys = ([f"{kind}/{dtype}/{source}"] if source else []) + [f"{kind}/{dtype}"]
+    if "+" in dtype:
+        b = _base_dtype(dtype)
+        keys += ([f"{kind}/{b}/{source}"] if source else []) + [f"{kind}/{b}"]
+    keys.append(f"{kind}/bfloat16")
+    for key in keys:
+        s = section(cal, key)
+        if s:
+            return s, key
+    return {}, ""
+
+
+# --------------------------------------------------------------------------- GEMM
+GEMM_DEFAULT = GemmParams(kernel_overhead_s=2.5e-6)
+
+
+def _gemm_params(s: dict) -> GemmParams:
+    if not s:
+        return GEMM_DEFAULT
+    keep = {k: v for k, v in s.items() if k in GemmParams.__dataclass_fields__}
+    if "tiles" in keep:
+        keep["tiles"] = tuple(tuple(t) for t in keep["tiles"])
+    if "tile_efficiency" in keep:
+        keep["tile_efficiency"] = tuple(keep["tile_efficiency"])
+    return GemmParams(**keep)
+
+
+def gemm_launch_and_body(M, K, N, dtype: str, acc, cal, groups=1.0, source: str = ""):
+    """(launch seconds, body seconds) of GEMMs [M, K] x [K, N] in the table dtype ``dtype``
+    (``source``: the kernel family, when known)."""
+    if dtype not in GEMM_DTYPES:
+        raise InputError(f"unknown GEMM dtype {dtype!r} (expected one of {', '.join(GEMM_DTYPES)})",
+                         field="gemm_dtype")
+    pk, ab, wb, ob, quant = GEMM_DTYPES[dtype]
+    key = "fp8" if dtype in UNCALIBRATED else dtype
+    s, found = _sec(cal, "gemm", key, source)
+    gp = _gemm_params(s)
+    if dtype in ("fp16", "float16") and found in ("", "gemm/bfloat16") and "gemm" in (cal.fit or {}):
+        gp = cal.gemm  # Vidur's fp16 tables: the tile model fitted on them (simllm.cost.fit)
+    peak = strict_peak(acc, pk)
+    t = gemm_time(M, K, N, peak=peak, bw=acc.hbm_bw, cus=int(acc.compute_units.value), gp=gp, groups=groups,
+                  a_bytes=ab, w_bytes=wb, o_bytes=ob, l2_bytes=_l2(acc), l2_speedup=float(s.get("l2_speedup", 1.0)))
+    launch = np.full(np.shape(t), gp.kernel_overhead_s)
+    body = t - gp.kernel_overhead_s
+    if quant:
+        q = float(s.get("quant_overhead_s", 0.0))
+        qe = float(s.get("quant_efficiency", gp.memory_efficiency))
+        Mq = np.asarray(M, float) * np.asarray(groups, float)
+        body = body + Mq * np.asarray(K, float) * 3.0 / (acc.hbm_bw * qe)
+        launch = launch + q
+    return launch, body
+
+
+def _l2(acc) -> float:
+    """Half the device's last-level cache: the working set a repeated GEMM keeps resident
+    (assumption: the other half holds other data and the write-back of the output)."""
+    sram = getattr(acc, "sram", None)
+    return 0.5 * float(sram.value) if sram is not None else 0.0
+
+
+def price_gemm(df, acc, cal) -> np.ndarray:
+    out = np.full(len(df), np.nan)
+    M, N, K = _col(df, "m"), _col(df, "n"), _col(df, "k")
+    for d, src, sel in _groups(df):
+        if d not in GEMM_DTYPES:
+            continue
+        lo, bo = gemm_launch_and_body(M[sel], K[sel], N[sel], d, acc, cal, source=src)
+        out[sel] = lo + bo
+    return out
+
+
+def _loss(pred, t):
+    r = np.abs(np.log(np.maximum(pred, 1e-12) / t))
+    v = float(np.mean(r))
+    return v if np.isfinite(v) else np.inf
+
+
+def _subsample(n: int, k: int, seed: int = 0) -> np.ndarray:
+    if n <= k:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
+
+
+def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000) -> dict:
+    from .fit import nelder_mead
+
+    out = {}
+    dt = df["dtype"].astype(str).to_numpy()
+    jobs = [(d, "", dt == d) for d in sorted(pd.unique(dt))]
+    jobs += [(d, src, m) for d, src, m in _groups(df) if src and m.sum() >= MIN_GROUP and
+             (dt == d).sum() > m.sum()]  # a family apart only where a dtype has several
+    for d, src, m in jobs:
+        if d not in GEMM_DTYPES or d in UNCALIBRATED:
+            continue
+        sub = df[m]
+        idx = _subsample(len(sub), max_rows)
+        sub = sub.iloc[idx]
+        M, N, K = _col(sub, "m"), _col(sub, "n"), _col(sub, "k")
+        t = sub["latency_s"].to_numpy(float)
+        pk, ab, wb, ob, quant = GEMM_DTYPES[d]
+        peak = strict_peak(acc, pk)
+        bw, cus = acc.hbm_bw, int(acc.compute_units.value)
+        start_s, key = _sec(cal, "gemm", d, src)
+        start = _gemm_params(start_s)
+        if key != (f"gemm/{d}/{src}" if src else f"gemm/{d}"):  # no own start: floor from the data
+            from dataclasses import replace as _r
+            start = _r(start, kernel_overhead_s=float(np.percentile(t, 1)) * 0.7)
+        q0 = float(start_s.get("quant_overhead_s", 1e-6)) * 1e6
+        qb = M * K * 3.0 / bw if quant else 0.0
+
+        def f(x):
+            if not _gemm_valid_wide(x[:-3], len(start.tiles)) or not (0 <= x[-1] < 50 and 0.01 < x[-2] <= 1.2
+                                                                        and 1.0 <= x[-3] <= 6.0):
+                return np.inf
+            gp = GemmParams.from_vector(x[:-3], start.tiles)
+            p = gemm_time(M, K, N, peak=peak, bw=bw, cus=cus, gp=gp, a_bytes=ab, w_bytes=wb, o_bytes=ob,
+                          l2_bytes=l2, l2_speedup=x[-3])
+            if quant:
+                p = p + x[-1] * 1e-6 + qb / x[-2]
+            return _loss(p, t)
+
+        qe0 = float(start_s.get("quant_efficiency", 0.5))
+        l2 = _l2(acc)
+        x0 = list(start.vector()) + [float(start_s.get("l2_speedup", 1.5)), qe0, q0 if quant else 0.0]
+        x, _ = nelder_mead(f, x0, iters=iters, step=0.05)
+        gp = GemmParams.from_vector(x[:-3], start.tiles)
+        sec = {k: v for k, v in gp.__dict__.items()}
+        sec["tiles"] = [list(t_) for t_ in gp.tiles]
+        sec["tile_efficiency"] = [float(v) for v in gp.tile_efficiency]
+        sec["l2_speedup"] = float(x[-3])
+        if quant:
+            sec["quant_overhead_s"] = float(x[-1]) * 1e-6
+            sec["quant_efficiency"] = float(x[-2])
+        out[f"gemm/{d}/{src}" if src else f"gemm/{d}"] = sec
+    return out
+
+
+def _gemm_valid_wide(x, ntiles):
+    """fit.py's bounds, with launch floors up to 1 ms (block-scaled fp8 kernels measure 55-300 us)."""
+    from .fit import _gemm_valid
+
+    y = list(x)
+    if not 0 <= y[1] < 1000:
+        return False
+    y[1] = min(y[1], 1.0)
+    return _gemm_valid(y, ntiles)
+
+
+# --------------------------------------------------------------------------- roofline kernels
+# parameters: ce (fraction of peak), me (fraction of HBM bw), launch_s, p (overlap exponent),
+# a (partial-wave cost), split (decode: KV tokens per split), occ (CTAs per SM for full bandwidth)
+# hd0: non-matmul work per (query, key, head) pair (softmax exponentials, masking), in head-dim
+# equivalents: FLOPs are priced as 4 (hd + hd0) per pair. Evidence: H100 FA3 prefill at head_dim 64
+# runs ~12% slower per matmul FLOP than at 128 (the exp unit, not the tensor cores, limits small hd).
+ROOF_DEFAULT = {"ce": 0.5, "me": 0.7, "launch_s": 8e-6, "p": 3.0, "a": 0.5, "split": 512.0, "occ": 2.0, "hd0": 8.0,
+                "cta_s": 1e-6}
+# cta_s: the least time one CTA (one sequence x KV head x split in decode, one query tile in prefill)
+# takes (page-table walk, Q load, softmax merge); with many short sequences the kernel is bound
+# by CTAs / (SMs x occ) x cta_s. Evidence: H100 FA3 decode at batch 512-2048 with 1-token contexts
+# measures 2-3x the bandwidth roofline.
+_ROOF_KEYS = ("ce", "me", "launch_s", "p", "a", "split", "occ", "hd0", "cta_s")
+
+
+def _waves(tiles, cus, a):
+    w = np.maximum(tiles, 1.0) / cus
+    full = np.floor(w)
+    rem = w - full
+    return np.maximum(full + np.where(rem > 0, a + (1 - a) * rem, 0.0), 1e-9) / w
+
+
+def _roof(flops, nbytes, tiles, ctas, acc, peak, s):
+    """(launch, body) of a roofline kernel: compute stretched by wave quantization of ``tiles``,
+    memory by the fraction of SMs that ``ctas`` keep busy."""
+    cus = float(acc.compute_units.value)
+    tc = flops / (peak * s["ce"]) * _waves(tiles, cus, s["a"])
+    par = np.minimum(1.0, np.maximum(ctas, 1.0) / (cus * max(s["occ"], 1e-3)))
+    tm = nbytes / (acc.hbm_bw * s["me"]) / par
+    tq = np.maximum(ctas, 1.0) / (cus * max(s["occ"], 1e-3)) * s.get("cta_s", 0.0)
+    p = s["p"]
+    body = (tc ** p + tm ** p + tq ** p) ** (1.0 / p)
+    return np.full(np.shape(body), s["launch_s"]), body
+
+
+def _attn_shapes(df, kind):
+    b, isl, step = _col(df, "batch_size"), _col(df, "isl"), _col(df, "step")
+    h, kvh, hd = _col(df, "num_heads"), _col(df, "num_key_value_heads"), _col(df, "head_dim", 128)
+    w = _col(df, "window_size")
+    kvb = np.array([KV_BYTES.get(str(v), 2.0) for v in df["kv_cache_dtype"].astype(str)]) \
+        if "kv_cache_dtype" in df.columns else np.full(len(df), 2.0)
+    ab = np.array([2.0 if ATTN_DTYPES.get(str(v), "bf16") != "fp8" else 1.0 for v in df["dtype"].astype(str)])
+    if kind == "context_attention":
+        s = isl
+        # causal pairs per sequence, queries at positions step..step+s-1, capped by the window
+        pairs = s * step + s * (s + 1) / 2.0
+        capped = np.where(w > 0, np.minimum(pairs, s * np.minimum(w, s + step)), pairs)
+        kv_len = np.where(w > 0, np.minimum(s + step, w + s), s + step)
+        flops = b * h * 4.0 * hd * capped
+        pairs_h = b * h * 4.0 * capped
+        nbytes = b * (2 * s * h * hd * ab + 2 * kv_len * kvh * hd * kvb)
+        tiles = b * h * np.ceil(s / 128.0)
+        ctas = tiles
+    else:
+        kv = isl + step
+        kv_eff = np.where(w > 0, np.minimum(kv, w), kv)
+        flops = b * h * 4.0 * hd * kv_eff
+        pairs_h = b * h * 4.0 * kv_eff
+        nbytes = b * (2 * h * hd * ab + 2 * kv_eff * kvh * hd * kvb)
+        tiles = b * kvh
+        ctas = None  # depends on split, a parameter
+    return flops, nbytes, tiles, ctas, kv_eff if kind != "context_attention" else None, b, kvh, pairs_h
+
+
+def _mla_shapes(df, kind):
+    b, isl, step, h = _col(df, "batch_size"), _col(df, "isl"), _col(df, "step"), _col(df, "num_heads")
+    kvb = np.array([KV_BYTES.get(str(v), 2.0) for v in df["kv_cache_dtype"].astype(str)])
+    lat = MLA_KV_LORA + MLA_ROPE
+    if kind == "context_mla":
+        s = isl
+        pairs = s * step + s * (s + 1) / 2.0
+        flops = b * h * 2.0 * (MLA_QK_NOPE + MLA_ROPE + MLA_V) * pairs
+        nbytes = b * (s * h * (MLA_QK_NOPE + MLA_ROPE + MLA_V) * 2 * 2 + (s + step) * h *
+                      (MLA_QK_NOPE + MLA_ROPE + MLA_V) * 2 + (s + step) * lat * kvb)
+        tiles = b * h * np.ceil(s / 128.0)
+        return flops, nbytes, tiles, tiles, None, b, np.ones(len(df)), b * h * 4.0 * pairs
+    kv = isl + step
+    flops = b * h * 2.0 * (lat + MLA_KV_LORA) * kv
+    nbytes = b * (kv * lat * kvb + h * (lat + MLA_KV_LORA) * 2)
+    tiles = b * np.ceil(h / 64.0)
+    return flops, nbytes, tiles, None, kv, b, np.ones(len(df)), b * h * 4.0 * kv
+
+
+def _shapes(df, kind):
+    return _mla_shapes(df, kind) if "mla" in kind else _attn_shapes(df, kind)
+
+
+def _roof_predict(shapes, acc, peak, s):
+    flops, nbytes, tiles, ctas, kv, b, kvh, pairs_h = shapes
+    flops = flops + pairs_h * s.get("hd0", 0.0)
+    if ctas is None:
+        ctas = b * kvh * np.ceil(np.maximum(kv, 1.0) / max(s["split"], 1.0))
+    return _roof(flops, nbytes, tiles, ctas, acc, peak, s)
+
+
+def attention_launch_and_body(df, kind, acc, cal):
+    """(launch, body) seconds of attention / MLA rows (contract columns) on ``acc``."""
+    launch = np.full(len(df), np.nan)
+    body = np.full(len(df), np.nan)
+    for d, src, sel in _groups(df):
+        if _base_dtype(d) not in ATTN_DTYPES:
+            continue
+        s = {**ROOF_DEFAULT, **_sec(cal, kind, d, src)[0]}
+        peak = strict_peak(acc, ATTN_DTYPES[_base_dtype(d)])
+        lo, bo = _roof_predict(_shapes(df[sel], kind), acc, peak, s)
+        launch[sel], body[sel] = lo, bo
+    return launch, body
+
+
+def _price_attn(kind):
+    def f(df, acc, cal):
+        lo, bo = attention_launch_and_body(df, kind, acc, cal)
+        return lo + bo
+    return f
+
+
+_BOUNDS = {"ce": (0.02, 1.0), "me": (0.05, 1.2), "launch_s": (0.0, 5e-3), "p": (1.0, 20.0), "a": (0.0, 1.0),
+           "split": (16.0, 65536.0), "occ": (0.05, 64.0), "hd0": (0.0, 512.0),
+           "cta_s": (0.0, 1e-3)}
+_SCALE = {"launch_s": 1e-6, "cta_s": 1e-6}
+
+
+def _fit_roof(kind):
+    def fitter(df, acc, cal, iters: int = 800, max_rows: int = 6000) -> dict:
+        from .fit import nelder_mead
+
+        out = {}
+        dt = _dtype_key(df)
+        keys = [k for k in _ROOF_KEYS if not (k == "split" and kind in ("context_attention", "context_mla"))]
+        jobs = [(d, "", dt == d) for d in sorted(pd.unique(dt))]
+        jobs += [(d, src, m) for d, src, m in _groups(df) if src and m.sum() >= MIN_GROUP and
+                 (dt == d).sum() > m.sum()]
+        for d, src, m in jobs:
+            if _base_dtype(d) not in ATTN_DTYPES:
+                continue
+            sub = df[m]
+            sub = sub.iloc[_subsample(len(sub), max_rows)]
+            t = sub["latency_s"].to_numpy(float)
+            shp = _shapes(sub, kind)
+            peak = strict_peak(acc, ATTN_DTYPES[_base_dtype(d)])
+            s0 = {**ROOF_DEFAULT, **_sec(cal, kind, d, src)[0]}
+            s0["launch_s"] = max(s0["launch_s"], float(np.percentile(t, 2)) * 0.5)
+            x0 = [s0[k] / _SCALE.get(k, 1.0) for k in keys]
+
+            def f(x):
+                s = dict(s0)
+                for k, v in zip(keys, x):
+                    lo, hi = _BOUNDS[k]
+                    v = v * _SCALE.get(k, 1.0)
+                    if not lo <= v <= hi:
+                        return np.inf
+                    s[k] = v
+                lo_, bo = _roof_predict(shp, acc, peak, s)
+                return _loss(lo_ + bo, t)
+
+            best, bx = np.inf, x0
+            for start in (x0, [v * 1.5 for v in x0]):
+                x, fx = nelder_mead(f, start, iters=iters, step=0.3)
+                if fx < best:
+                    best, bx = fx, x
+            name = f"{kind}/{d}/{src}" if src else f"{kind}/{d}"
+            out[name] = {k: float(v) * _SCALE.get(k, 1.0) for k, v in zip(keys, bx)}
+            if "split" not in keys:
+                out[name]["split"] = ROOF_DEFAULT["split"]
+        return out
+    return fitter
+
+
+# --------------------------------------------------------------------------- MLA BMM
+_BMM = {"mla_gen_pre": (MLA_QK_NOPE, MLA_KV_LORA), "mla_gen_post": (MLA_KV_LORA, MLA_V),
+        "mla_ctx_pre": (MLA_QK_NOPE, MLA_KV_LORA), "mla_ctx_post": (MLA_KV_LORA, MLA_V)}
+
+
+def price_mla_bmm(df, acc, cal) -> np.ndarray:
+    out = np.full(len(df), np.nan)
+    op = df["op_name"].astype(str).to_numpy()
+    T, h = _col(df, "num_tokens"), _col(df, "num_heads")
+    dt = df["dtype"].astype(str).to_numpy()
+    for o in pd.unique(op):
+        if o not in _BMM:
+            continue
+        K, N = _BMM[o]
+        for d in pd.unique(dt):
+            sel = (op == o) & (dt == d)
+            if d not in GEMM_DTYPES or not sel.any():
+                continue
+            s, _ = _sec(cal, "mla_bmm", d)
+            if not s:
+                s, _ = _sec(cal, "gemm", d)
+            gp = _gemm_params(s)
+            pk, ab, wb, ob, quant = GEMM_DTYPES[d]
+            out[sel] = gemm_time(T[sel], K, N, peak=strict_peak(acc, pk), bw=acc.hbm_bw,
+                                 cus=int(acc.compute_units.value), gp=gp, groups=h[sel], a_bytes=ab, w_bytes=wb,
+                                 o_bytes=ob)
+    return out
+
+
+def fit_mla_bmm(df, acc, cal, iters: int = 600) -> dict:
+    """Refits only the floor and streaming bandwidth of the GEMM model for the per-head BMMs."""
+    from .fit import nelder_mead
+
+    out = {}
+    dt = df["dtype"].astype(str).to_numpy()
+    for d in sorted(pd.unique(dt)):
+        if d not in GEMM_DTYPES:
+            continue
+        sub = df[dt == d]
+        t = sub["latency_s"].to_numpy(float)
+        base, _ = _sec(cal, "gemm", d)
+        gp0 = _gemm_params(base)
+
+        def mk(x):
+            return {**base, **{k: v for k, v in gp0.__dict__.items() if k not in base},
+                    "kernel_overhead_s": x[0] * 1e-6, "memory_efficiency": x[1], "tile_k_overhead": x[2] * 100}
+
+        def f(x):
+            if not (0 <= x[0] < 200 and 0.05 < x[1] <= 1.2 and 0 <= x[2] < 50):
+                return np.inf
+            c = {**cal.kernels, f"mla_bmm/{d}": mk(x)}
+            from dataclasses import replace
+            return _loss(price_mla_bmm(sub, acc, replace(cal, kernels=c)), t)
+
+        x, _ = nelder_mead(f, [gp0.kernel_overhead_s * 1e6, gp0.memory_efficiency, gp0.tile_k_overhead / 100],
+                           iters=iters, step=0.2)
+        sec = mk(x)
+        sec["tiles"] = [list(v) for v in gp0.tiles]
+        sec["tile_efficiency"] = list(gp0.tile_efficiency)
+        out[f"mla_bmm/{d}"] = sec
+    return out
+
+
+register("gemm", price_gemm, fit_gemm_kind)
+for _k in ("context_attention", "generation_attention", "context_mla", "generation_mla"):
+    register(_k, _price_attn(_k), _fit_roof(_k))
+register("mla_bmm", price_mla_bmm, fit_mla_bmm)
+
+__all__ = ["strict_peak", "gemm_launch_and_body", "attention_launch_and_body", "price_gemm", "price_mla_bmm",
+           "GEMM_DTYPES", "ATTN_DTYPES", "KV_BYTES"]
