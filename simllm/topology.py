@@ -864,3 +864,34 @@ def ep_dispatch(topo: Topology, tokens: int, hidden: int, topk: int, n: int, *, 
     send = rt.rank_deliveries * tb  # what each rank sends (tokens x destination ranks)
     return _estimate(op, "deepep-normal" if G.k > 1 else "deepep-intranode", G, send, t, what,
                      {"direct": t}, extra)
+
+
+def ep_dispatch_ll(topo: Topology, tokens: int, hidden: int, topk: int, n: int, *, op: str = "dispatch",
+                   calibration=None) -> CommEstimate:
+    """DeepEP's low-latency dispatch (or combine) of ``tokens`` per rank over ``n`` ranks (the
+    kernels decode uses): every (token, expert) copy straight to its rank, NVLink inside a node,
+    RDMA across (:func:`simllm.cost.collectives.deepep_ll_time`, calibration section
+    ``deepep_ll``). ``extra``: DeepEP's own test figure, bytes of all copies / time."""
+    from .cost import collectives as C
+    from .cost.calibration import calibration_for
+
+    if op not in ("dispatch", "combine"):
+        raise InputError(f"op must be dispatch or combine, got {op!r}", field="op")
+    if tokens < 1 or topk < 1 or hidden < 1:
+        raise InputError("tokens, hidden and top-k must be >= 1", field="tokens")
+    rs = topo.group(n)
+    G = _Group(topo, rs)
+    if G.k > 1 and not G.uniform:
+        raise InputError(f"{n} devices do not fill whole nodes of {topo.devices_per_node}", field="devices")
+    g = G.g if G.k > 1 else len(rs)
+    cal = calibration_for(topo.cluster.accelerator, calibration if calibration is not False else None)
+    d = dict((cal.kernels or {}).get("deepep_ll") or {})
+    p = C.DeepEPLLParams(**{k: float(v) for k, v in d.items()})
+    node = topo.node
+    t = float(C.deepep_ll_time(op, tokens, hidden, topk, len(rs), g, node.scale_up_bw, node.scale_out_bw, p))
+    nbytes = tokens * topk * float(C.ll_token_bytes(hidden, op))
+    what = f"{node.scale_out_link.name} RDMA" if G.k > 1 and node.scale_out_link is not None else \
+        f"{node.scale_up_link.name}"
+    extra = {"tokens_per_rank": tokens, "hidden": hidden, "topk": topk, "deepep_bw": nbytes / t,
+             "deepep_domain": "RDMA" if G.k > 1 else "NVLink", "kernel": "low_latency"}
+    return _estimate(op, "deepep-low-latency", G, nbytes, t, what, {"low_latency": t}, extra)

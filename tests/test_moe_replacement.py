@@ -11,10 +11,12 @@ from simllm.scenario import prepare, scenario_from_dict, simulate
 SMALL = {"samples": 2, "sample_layers": 2, "layers": 2, "grid_max": 2048, "grid_points": 24}
 
 
-def _scn(replan_every_s=None, drift=0.4, every=2.0, jump=True, replicas=1, n=300, router="round_robin") -> dict:
+def _scn(replan_every_s=None, drift=0.4, every=2.0, jump=True, replicas=1, n=300, router="round_robin",
+         migrate="all") -> dict:
     pl = {"policy": "greedy_replicated", "redundant": 16}
     if replan_every_s is not None:
         pl["replan_every_s"] = replan_every_s
+        pl["migrate"] = migrate
     el = {"alpha": 1.0, "seed": 0, "drift": drift}
     if replan_every_s is None:
         el["drift_every_s"] = every
@@ -80,3 +82,18 @@ def test_replacement_errors(pl, el, match):
     d["deployment"]["expert_loads"] = {"alpha": 1.0, "seed": 0, **el}
     with pytest.raises(InputError, match=match):
         prepare(scenario_from_dict(d))
+
+
+def test_migration_that_pays_moves_less_for_no_worse_tpot():
+    _, _, everything = _run(_scn(replan_every_s=2.0, migrate="all"))
+    _, _, pays = _run(_scn(replan_every_s=2.0, migrate="pays"))
+    assert pays["replacement"]["moved_bytes"] <= 0.5 * everything["replacement"]["moved_bytes"]
+    assert pays["tpot_s"]["mean"] <= everything["tpot_s"]["mean"] * 1.01
+
+
+def test_bad_migrate_option_exits_2():
+    from simllm.errors import InputError
+
+    d = _scn(replan_every_s=2.0, migrate="some")
+    with pytest.raises(InputError, match="migrate"):
+        _run(d)

@@ -7,7 +7,8 @@ Bandwidths follow nccl-tests (doc/PERFORMANCE.md): ``algbw = size / time`` and
 ``busbw = algbw x factor`` (all_reduce 2(n-1)/n; all_gather, reduce_scatter, all_to_all
 (n-1)/n; send_recv 1). ``size`` is nccl-tests' size: the all-reduce buffer, the all-gather
 output, the reduce-scatter input, each rank's all-to-all send buffer. For dispatch/combine
-it also prints DeepEP's own figure (RDMA or NVLink bytes per second, as its tests count them).
+it also prints DeepEP's own figure (RDMA or NVLink bytes per second, as its tests count them), for the
+normal kernels (prefill) and the low-latency kernels (decode; JSON key ``low_latency``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ def comm(
                 experts=experts, topk_groups=topk_groups, algorithm=algorithm, src=src, dst=dst)
     d = e.as_dict()
     d["cluster"] = cluster
+    ll = None
+    if op in ("dispatch", "combine"):  # DeepEP's low-latency kernels (decode) beside the normal ones (prefill)
+        from ..topology import build_topology, ep_dispatch_ll
+
+        ll = ep_dispatch_ll(build_topology(cluster), tokens, hidden, topk, devices, op=op)
+        d["low_latency"] = {"time_s": ll.time_s, "deepep_bw": ll.extra["deepep_bw"], "bottleneck": ll.bottleneck}
     if as_json:
         echo_json(d)
         return
@@ -99,6 +106,9 @@ def comm(
         rows.append(("recv tokens/rank", f"{e.extra['recv_tokens_per_rank']:.0f}"))
     if len(e.candidates or {}) > 1:
         rows.append(("candidates", ", ".join(f"{k} {v * 1e6:.4g} us" for k, v in e.candidates.items())))
+    if ll is not None:
+        rows += [("low-latency kernel time", f"{ll.time_s * 1e6:.4g} us"),
+                 ("low-latency DeepEP bw", f"{ll.extra['deepep_bw'] / 1e9:.4g} GB/s")]
     print_table(f"{op} on {cluster}", ["name", "value"], rows, justify_numbers=False)
 
 

@@ -96,6 +96,19 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _progress(name: str):
+    """Progress of the per-layer solver on stderr (one line, rewritten), quiet when not a terminal."""
+    import sys
+
+    tty = sys.stderr.isatty()
+
+    def cb(done: int, total: int, info) -> None:
+        if tty:
+            sys.stderr.write(f"\r{name}: layer {done}/{total} ({info.status})" + ("\n" if done == total else ""))
+            sys.stderr.flush()
+    return cb
+
+
 def place_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="Model descriptor (name, alias or YAML path)."),
     experts: Optional[int] = typer.Option(None, "--experts", help="Routed experts per layer (overrides the model)."),
@@ -112,9 +125,17 @@ def place_cmd(
     compare: bool = typer.Option(False, "--compare", help="Run every policy side by side."),
     sets: list[str] = typer.Option([], "--set", help="Policy parameter KEY=VALUE (repeatable)."),
     jobs: int = typer.Option(1, "--jobs", help="ILP: layers solved in parallel processes."),
-    time_limit: float = typer.Option(10.0, "--time-limit", help="ILP: solver seconds per layer."),
+    time_limit: float = typer.Option(10.0, "--time-limit", help="ILP: solver seconds per layer (at most)."),
+    time_budget: float = typer.Option(30.0, "--time-budget", help="ILP: solver seconds for all layers together."),
     solver: str = typer.Option("auto", "--solver", help="ILP: auto, cbc or highs."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic loads."),
+    routing_trace: Optional[Path] = typer.Option(None, "--routing-trace",
+                                                 help="Routing trace (token,layer,rank,expert CSV/Parquet): loads and "
+                                                      "inter-layer affinity from it."),
+    affinity: Optional[float] = typer.Option(None, "--affinity",
+                                             help="Generate routes with this inter-layer affinity (0-1: probability a "
+                                                  "choice follows its predecessor's successor)."),
+    route_tokens: int = typer.Option(4096, "--route-tokens", help="Tokens of generated routes (with --affinity)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for placement JSON and CSV files."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -122,13 +143,42 @@ def place_cmd(
     from ..placement import build_policy, policy_names
     from ..placement.loads import expected_loads, read_loads_csv, zipf_popularity
 
+    t_start = time.perf_counter()
+    if not (math.isfinite(time_budget) and time_budget >= 0):
+        raise InputError(f"must be a number of seconds >= 0, got {time_budget}", field="--time-budget")
+    if not (math.isfinite(time_limit) and time_limit >= 0):
+        raise InputError(f"must be a number of seconds >= 0, got {time_limit}", field="--time-limit")
     shape = _shape(model, experts, layers, top_k)
     G, N, cname = _devices(cluster, devices, nodes)
     E, L, K = shape["experts"], shape["layers"], shape["top_k"]
     if redundant < 0:
         raise InputError(f"must be >= 0, got {redundant}", field="--redundant")
     S = max(1, math.ceil((E + redundant) / G))
-    if loads is not None:
+    counts = None
+    if routing_trace is not None and affinity is not None:
+        raise InputError("give --routing-trace or --affinity, not both", field="--affinity")
+    if affinity is not None and not (math.isfinite(affinity) and 0 <= affinity <= 1):
+        raise InputError(f"must be in [0, 1], got {affinity}", field="--affinity")
+    if (routing_trace is not None or affinity is not None) and loads is not None:
+        raise InputError("--loads conflicts with routes (--routing-trace / --affinity): loads come from the routes",
+                         field="--loads")
+    if routing_trace is not None or affinity is not None:
+        from ..placement.affinity import affinity_routes, transition_counts
+
+        if routing_trace is not None:
+            from ..placement.routing_trace import read_routing_trace
+
+            routes = read_routing_trace(routing_trace, num_experts=E)
+            source = f"routing trace {routing_trace}"
+        else:
+            if route_tokens < 1:
+                raise InputError(f"must be >= 1, got {route_tokens}", field="--route-tokens")
+            routes = affinity_routes(zipf_popularity(L, E, alpha, seed=seed), K, route_tokens, affinity, seed=seed)
+            source = f"generated routes: zipf alpha={alpha} affinity={affinity} tokens={route_tokens} seed={seed}"
+        L, K = routes.shape[0], routes.shape[2]
+        counts = transition_counts(routes, E)
+        w = np.stack([np.bincount(routes[l].ravel(), minlength=E) for l in range(L)]).astype(float)
+    elif loads is not None:
         w = read_loads_csv(loads, num_layers=None, num_experts=E)
         L = w.shape[0]
         source = str(loads)
@@ -145,20 +195,33 @@ def place_cmd(
     for name in names:
         spec: dict[str, Any] = {"policy": name}
         if name == "ilp":
-            spec.update(jobs=jobs, time_limit=time_limit, solver=solver)
+            spec.update(jobs=jobs, time_limit=time_limit, solver=solver, time_budget=time_budget)
+        if name == "ilp_affinity":  # the budget covers the whole command: what reading/generating left
+            spec.update(time_budget=max(0.0, 0.75 * (time_budget - (time.perf_counter() - t_start)) - 3.0), top_k=K)
         if name == "greedy_hierarchical" and shape["num_groups"] > 1:
             spec["num_groups"] = shape["num_groups"]
         if not compare or name == policy:
             spec.update(extra)
         pol = build_policy(spec)
         t0 = time.perf_counter()
-        p = pol.place(w, G, N, S)
+        if name == "ilp_affinity":
+            p = pol.place(w, G, N, S, counts=counts, progress=_progress(name))
+        elif name == "ilp":
+            p = pol.place(w, G, N, S, progress=_progress(name))
+        else:
+            p = pol.place(w, G, N, S)
         wall = time.perf_counter() - t0
         bad = p.problems()
         if bad:  # a policy bug, not bad input
             raise RuntimeError(f"policy {name} produced an invalid placement: {bad[0]}")
         s = p.summary()
         s["wall_s"] = wall
+        if counts is not None and L > 1:
+            from ..placement.affinity import cross_device_fraction
+
+            s["cross_device_fraction"] = cross_device_fraction(p, counts)
+        if name == "ilp_affinity":
+            s["affinity_gap"] = getattr(p, "affinity_gap", None)
         results.append(s)
         placements[name] = p
         if out is not None:
@@ -169,6 +232,10 @@ def place_cmd(
                    "expert_bytes": shape["expert_bytes"]},
         "policies": results,
     }
+    if counts is not None:
+        from ..placement.affinity import top_successor_probability
+
+        report["config"]["top_successor_probability"] = top_successor_probability(counts)
     if "ilp" in placements and "greedy_replicated" in placements:
         gi = placements["greedy_replicated"].imbalance()
         ii = placements["ilp"].imbalance()
@@ -191,11 +258,19 @@ def place_cmd(
     typer.echo(f"{c['model'] or 'model'}: {L} layers x {E} experts (top-{K}) on {G} devices in {N} nodes, "
                f"{S} slots each ({c['redundant']} redundant); loads: {source}")
     print_table("placement: device load / mean (avg over layers, worst layer)",
-                ["name", "max/mean", "worst", "solve_s", "gap", "gap_max"],
+                ["name", "max/mean", "worst", "solve_s", "gap", "gap_max"] + (["cross-dev"] if counts is not None else []),
                 [[r["policy"], _f(r["max_mean_avg"], ".4f"), _f(r["max_mean_worst"], ".4f"),
                   _f(r["solve_s"], ".2f"),
-                  _f(r.get("gap_avg"), ".1e"), _f(r.get("gap_worst"), ".1e")]
+                  _f(r.get("affinity_gap", r.get("gap_avg")), ".1e"), _f(r.get("gap_worst"), ".1e")]
+                 + ([_f(r.get("cross_device_fraction"), ".3f")] if counts is not None else [])
                  for r in results])
+    if counts is not None:
+        typer.echo(f"inter-layer affinity: mean P(top successor | expert) = "
+                   f"{report['config']['top_successor_probability']:.3f}; cross-device: fraction of next-layer "
+                   "token copies leaving their device (context-coherent EP)")
+    if any(r["policy"] == "ilp_affinity" for r in results):
+        typer.echo("ilp_affinity gap: (bound - kept on-device flow) / bound, summed over layer pairs "
+                   "(each layer solved given the one before)")
     if any("bound_avg" in r for r in results):
         typer.echo("gap: (max - LP-relaxation bound) / max; the bound is the mean device load (max/mean 1).")
     for r in results:
@@ -209,5 +284,55 @@ def place_cmd(
         typer.echo(f"wrote {out}/placement_<policy>.json, .csv and summary.json")
 
 
+def offload_cmd(
+    model: str = typer.Option(..., "--model", help="MoE model descriptor."),
+    accelerator: str = typer.Option("h200-sxm", "--accelerator", help="Device holding the expert cache."),
+    link: str = typer.Option("pcie5", "--link", help="Host link experts are copied over (link descriptor)."),
+    cache_experts: list[int] = typer.Option(..., "--cache-experts", help="Cache size, experts per layer (repeatable)."),
+    policy: list[str] = typer.Option(["lru"], "--policy", help="lru, lfu or prefetch (repeatable)."),
+    accuracy: float = typer.Option(0.9, "--accuracy", help="prefetch: routing-path predictor accuracy (0-1)."),
+    batch: int = typer.Option(1, "--batch", help="Decode sequences a step."),
+    locality: float = typer.Option(0.5, "--locality", help="P(a choice repeats the previous token's), 0-1."),
+    steps: int = typer.Option(64, "--steps", help="Decode steps simulated."),
+    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="Expert weight dtype."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
+) -> None:
+    """Expert offloading: TPOT and hit rate of an HBM expert cache (experts in host memory)."""
+    from ..hardware import load_accelerator, load_link
+    from ..model import load_model
+    from ..placement.offload import POLICIES, check_cache_fits, offload_sweep
+
+    for v, f in ((accuracy, "--accuracy"), (locality, "--locality")):
+        if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+            raise InputError(f"must be in [0, 1], got {v}", field=f)
+    for pname in policy:
+        if pname not in POLICIES:
+            raise InputError(f"unknown cache policy {pname!r}; known: {', '.join(POLICIES)}", field="--policy")
+    if batch < 1 or steps < 1:
+        raise InputError("must be >= 1", field="--batch/--steps")
+    spec = load_model(model)
+    if spec.moe is None:
+        raise InputError(f"model {spec.name} has no MoE layers; nothing to offload", field="--model")
+    acc = load_accelerator(accelerator)
+    wb = {"bf16": 2, "fp16": 2, "fp8": 1, "fp4": 0.5}.get(weight_dtype)
+    if wb is None:
+        raise InputError(f"unknown weight dtype {weight_dtype!r}; known: bf16, fp16, fp8, fp4", field="--weight-dtype")
+    eb = (3 if spec.ffn.gated else 2) * spec.hidden_size * spec.moe.expert_intermediate_size * wb
+    for c in cache_experts:
+        if not 1 <= c <= spec.moe.num_experts:
+            raise InputError(f"must be in [1, {spec.moe.num_experts}] experts per layer, got {c}", field="--cache-experts")
+        check_cache_fits(c, spec.num_moe_layers, eb, acc.hbm_bytes)
+    rows = offload_sweep(spec, acc, load_link(link).bw, cache_sizes=cache_experts, policies=tuple(policy),
+                         accuracy=accuracy, batch=batch, steps=steps, locality=locality, weight_dtype=weight_dtype)
+    if json_out:
+        echo_json(rows)
+        return
+    print_table(f"{spec.name}: expert cache on {acc.name}, experts over {link}",
+                ["cache", "policy", "hit rate", "stall ms/step", "TPOT ms", "HBM saved GiB"],
+                [[r["cache_experts"], r["policy"], f"{r['hit_rate']:.3f}", f"{1e3 * r['stall_s_per_step']:.2f}",
+                  f"{1e3 * r['tpot_s']:.2f}", f"{r['hbm_saved_bytes'] / 2**30:.1f}"] for r in rows])
+
+
 def register(app: typer.Typer) -> None:
     app.command("place")(place_cmd)
+    app.command("offload")(offload_cmd)

@@ -37,6 +37,9 @@ Two layers:
 from __future__ import annotations
 
 import math
+from functools import lru_cache
+
+import numpy as np
 from dataclasses import dataclass
 
 from ..errors import InputError
@@ -97,6 +100,7 @@ class CommLinks:
     coll_eff: float = 1.0  # collectives' bandwidth relative to point-to-point
     launch: float = 0.0
     p2p_launch: float = 0.0
+    intra: "IntraLink | None" = None  # the node's scale-up link for the kernel-level model (tp_all_reduce)
 
     @classmethod
     def from_node(cls, node, comm: CommParams) -> "CommLinks":
@@ -113,7 +117,7 @@ class CommLinks:
         return cls(up_bw=node.scale_up_bw * e_up, up_alpha=up.alpha * comm.scale_up_alpha_scale,
                    out_bw=out_bw, out_alpha=out_alpha, devices_per_node=node.devices, node_out_cap=cap,
                    coll_eff=comm.collective_efficiency, launch=comm.launch_overhead_s,
-                   p2p_launch=comm.p2p_overhead_s)
+                   p2p_launch=comm.p2p_overhead_s, intra=IntraLink.from_node(node))
 
     def node_out_bw(self, g: int) -> float:
         """Point-to-point scale-out bandwidth the ``g`` group members of one node get together."""
@@ -239,3 +243,293 @@ def collective_time(op: str, nbytes: float, n: int, links: CommLinks, devices_pe
         return p2p(nbytes, links, cross_node=n > g)
     raise InputError(f"unknown collective {op!r} (expected all_reduce, all_gather, reduce_scatter, all_to_all, "
                      "send_recv)")
+
+
+# =========================================================================== kernel-level physics
+# What one collective *kernel* costs inside a node, as the measured NCCL and framework
+# all-reduce tables (AIConfigurator: nccl-tests style back-to-back calls, frameworks' custom
+# all-reduce in CUDA-graph and eager mode) see it. The group functions above are fitted on
+# Vidur's A100 tables, which time an eager ``torch.distributed`` call from the host (their
+# fitted ~53 us ``launch_overhead_s`` is that host-side call, not the kernel); the serving step
+# cost runs under CUDA graphs and uses the functions below.
+#
+# NCCL (``nccl_time``). NCCL's tuner prices every (algorithm, protocol) pair as a base latency,
+# a per-step hardware latency and a bandwidth, and runs the cheapest; so does this model:
+#
+#     t = launch + steps(alg, n) * alpha_link * a_p + F(op, n) * S / (bw_link * e_p * share(n))
+#
+# protocols p = LL (low latency, flag-per-8-bytes: half the bandwidth at best), LL128, Simple;
+# ring steps 2(n-1) for all-reduce, n-1 for all-gather / reduce-scatter, one for all-to-all
+# (every peer at once: the measured small all-to-alls take 6.5 / 6.5 / 7.4 us on 2 / 4 / 8 H100s);
+# F = 2(n-1)/n (all-reduce), (n-1)/n (the others, nccl-tests' bus factors). NVLS (NVLink SHARP,
+# in-switch reduction on third-generation NVSwitch, H100-class and later): an all-reduce moves
+# about S in and S out of each GPU whatever n, in 2 steps: ``t = launch + 2 a_nvls alpha +
+# S / (bw e_nvls)``. ``share(n)``: 1 on a switched fabric; on PCIe without NVLink the ranks share
+# the host's root complex and socket link, per-rank bandwidth ``(2 / n) ** host_share_exp``.
+# Every protocol also streams the buffer through the GPU's own memory once (input reads, output
+# writes, the reduction): ``+ S / (hbm_bw * local_eff)``. Evidence: at 128 MB the A100 all-gather
+# takes 496 / 578 / 660 us on 2 / 4 / 8 GPUs, linear in F = (n-1)/n with slope 1 / (307 GB/s),
+# the NVLink-3 nominal 300 GB/s, and intercept S / (485 GB/s), a quarter of HBM bandwidth (H100:
+# 845 GB/s of 3.35 TB/s); without it the 2-GPU and 8-GPU rows cannot both fit.
+# ``alpha_link``, ``bw_link``: the scale-up link descriptor's per-step latency and nominal
+# per-direction bandwidth, so the fitted multipliers and fractions transfer to other links.
+#
+# Frameworks' custom all-reduce (``custom_allreduce_time``; vLLM, SGLang, TensorRT-LLM): peer
+# buffers mapped over NVLink/PCIe P2P, flags as barriers. One-shot: one barrier, every rank reads
+# the n-1 peers' full buffers (``(n-1) S`` through its link); two-shot: reduce-scatter then
+# all-gather, two barriers, ``2 (n-1)/n S``. Above their size limits the frameworks call NCCL, so
+# the kernel time is the cheapest of one-shot, two-shot and NCCL's all-reduce. Launch: under a
+# CUDA graph the kernel alone; eager adds the host call and a copy of the input into the
+# registered buffer (read + write of S at HBM bandwidth): measured eager - graph gaps at 1 GiB
+# are 1.16 ms on A100 (2.1 GB at 1.85 TB/s) and 0.74 ms on H100 (2.9 TB/s).
+
+DTYPE_SIZE = {"half": 2, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2, "int8": 1, "fp8": 1, "float": 4,
+              "float32": 4, "fp32": 4}
+NVLS_LINKS = ("nvlink4", "nvlink4-h800", "nvlink5")  # NVSwitch gen 3+ (NVLink SHARP); gen 2 (A100) has none
+NCCL_OPS = {"all_reduce": "nccl_all_reduce", "all_gather": "nccl_all_gather",
+            "reduce_scatter": "nccl_reduce_scatter", "alltoall": "nccl_alltoall"}
+PROTOCOLS = ("ll", "ll128", "simple")
+
+
+@dataclass(frozen=True)
+class IntraLink:
+    """What the kernel-level model needs from one node: its scale-up link's nominal
+    per-direction bandwidth (B/s) and per-step latency (s), whether ranks talk through a switch
+    (NVSwitch) or share a PCIe host, whether the switch reduces (NVLS), and HBM bandwidth."""
+
+    name: str
+    bw: float
+    alpha: float
+    switched: bool
+    nvls: bool
+    hbm_bw: float
+
+    @classmethod
+    def from_node(cls, node) -> "IntraLink":
+        up = node.scale_up_link
+        switched = up.kind != "pcie"
+        return cls(name=up.name, bw=float(node.scale_up_bw), alpha=float(up.alpha), switched=switched,
+                   nvls=switched and node.spec.scale_up.topology == "switch" and up.name in NVLS_LINKS,
+                   hbm_bw=float(node.accelerator.hbm_bw))
+
+
+@dataclass(frozen=True)
+class NcclParams:
+    """Dimensionless multipliers of the link's latency (``*_alpha``) and fractions of its
+    bandwidth (``*_eff``) per protocol, NVLS's pair, the PCIe sharing exponent, and the fixed
+    seconds of one NCCL kernel call (``launch_s``)."""
+
+    launch_s: float = 4.0e-6
+    ll_alpha: float = 1.0
+    ll_eff: float = 0.3
+    ll128_alpha: float = 3.0
+    ll128_eff: float = 0.6
+    simple_alpha: float = 6.0
+    simple_eff: float = 0.75
+    nvls_alpha: float = 4.0
+    nvls_eff: float = 0.5
+    host_share_exp: float = 1.0
+    local_eff: float = 0.25
+
+    def vector(self) -> list:
+        return [self.launch_s * 1e6, self.ll_alpha, self.ll_eff, self.ll128_alpha, self.ll128_eff, self.simple_alpha,
+                self.simple_eff, self.nvls_alpha, self.nvls_eff, self.host_share_exp, self.local_eff]
+
+    @classmethod
+    def from_vector(cls, x) -> "NcclParams":
+        x = [float(v) for v in x]
+        return cls(x[0] * 1e-6, *x[1:])
+
+
+@dataclass(frozen=True)
+class CustomARParams:
+    """A framework's own all-reduce: fixed kernel seconds under a CUDA graph (``launch_graph_s``)
+    and the extra seconds of an eager call (``launch_eager_s``, host launch and buffer
+    registration), the barrier latency as a multiple of the link's step latency, the fraction of
+    the link bandwidth peer reads reach, the fraction of HBM bandwidth the eager input copy
+    reaches."""
+
+    launch_graph_s: float = 3.0e-6
+    launch_eager_s: float = 2.0e-5
+    barrier_alpha: float = 2.0
+    eff: float = 0.7
+    copy_eff: float = 0.9
+
+    def vector(self) -> list:
+        return [self.launch_graph_s * 1e6, self.launch_eager_s * 1e6, self.barrier_alpha, self.eff, self.copy_eff]
+
+    @classmethod
+    def from_vector(cls, x) -> "CustomARParams":
+        x = [float(v) for v in x]
+        return cls(x[0] * 1e-6, x[1] * 1e-6, x[2], x[3], x[4])
+
+
+def _share(n, link: IntraLink, p: NcclParams):
+    n = np.asarray(n, dtype=float)
+    return np.ones_like(n) if link.switched else (2.0 / np.maximum(n, 2.0)) ** p.host_share_exp
+
+
+def nccl_time(op: str, nbytes, n, link: IntraLink, p: NcclParams, *, with_algorithm: bool = False):
+    """Seconds of one NCCL ``op`` (all_reduce, all_gather, reduce_scatter, alltoall) of ``nbytes``
+    (nccl-tests size) over ``n`` ranks of one node; vectorised over ``nbytes`` and ``n``."""
+    S = np.asarray(nbytes, dtype=float)
+    n = np.asarray(n, dtype=float)
+    if op not in NCCL_OPS:
+        raise InputError(f"unknown NCCL op {op!r} (expected one of {', '.join(NCCL_OPS)})", field="op_name")
+    ar = op == "all_reduce"
+    steps = 2 * (n - 1) if ar else (np.ones_like(n) if op == "alltoall" else (n - 1))
+    fac = (2 * (n - 1) / n) if ar else ((n - 1) / n)
+    bw = link.bw * _share(n, link, p)
+    loc = S / (link.hbm_bw * p.local_eff)
+    cands = {pr: steps * link.alpha * getattr(p, f"{pr}_alpha") + fac * S / (bw * getattr(p, f"{pr}_eff")) + loc
+             for pr in PROTOCOLS}
+    if ar and link.nvls:
+        cands["nvls"] = np.where(n > 2, 2 * link.alpha * p.nvls_alpha + S / (link.bw * p.nvls_eff) + loc, np.inf)
+    names = list(cands)
+    stack = np.stack([np.broadcast_to(cands[k], np.broadcast(S, n).shape) for k in names])
+    t = stack.min(axis=0) + p.launch_s
+    t = np.where((n <= 1) | (S <= 0), 0.0, t)
+    if with_algorithm:
+        return t, np.array(names, dtype=object)[stack.argmin(axis=0)]
+    return t
+
+
+def custom_allreduce_time(nbytes, n, link: IntraLink, p: CustomARParams, nccl: NcclParams, *,
+                          graph=True):
+    """Seconds of a framework's custom all-reduce of ``nbytes`` over ``n`` ranks of one node
+    (``graph``: True for a CUDA-graph replay, False for an eager call; may be an array)."""
+    S = np.asarray(nbytes, dtype=float)
+    n = np.asarray(n, dtype=float)
+    g = np.asarray(graph, dtype=bool)
+    bw = link.bw * _share(n, link, nccl)
+    # a barrier: flags to every peer; through a switch at once, over a shared PCIe host one by one
+    bar = link.alpha * p.barrier_alpha * (1.0 if link.switched else np.maximum(n - 1, 1.0))
+    one = bar + (n - 1) * S / (bw * p.eff)
+    two = 2 * bar + 2 * (n - 1) / n * S / (bw * p.eff)
+    fall = nccl_time("all_reduce", S, n, link, nccl) - nccl.launch_s
+    t = np.minimum(np.minimum(one, two), fall) + p.launch_graph_s
+    t = t + np.where(g, 0.0, p.launch_eager_s + 2 * S / (link.hbm_bw * p.copy_eff))
+    return np.where((n <= 1) | (S <= 0), 0.0, t)
+
+
+# --------------------------------------------------------------------------- serving: the TP all-reduce
+#: batches up to this many tokens replay a captured CUDA graph (vLLM's CompilationConfig
+#: ``max_cudagraph_capture_size`` default, 512); assumed the same for SGLang and TensorRT-LLM
+GRAPH_MAX_TOKENS = 512
+#: world sizes vLLM's custom all-reduce supports (vllm/distributed/device_communicators/custom_all_reduce.py)
+CUSTOM_AR_WORLD_SIZES = (2, 4, 6, 8)
+
+
+def kernel_sections(cal) -> tuple:
+    """(NcclParams or None, CustomARParams or None) of a calibration's ``kernels`` sections."""
+    key = id(cal)
+    hit = _SECTIONS.get(key)
+    if hit is not None and hit[0] is cal:
+        return hit[1]
+    out = _kernel_sections(cal)
+    if len(_SECTIONS) > 256:
+        _SECTIONS.clear()
+    _SECTIONS[key] = (cal, out)
+    return out
+
+
+_SECTIONS: dict = {}
+
+
+def _kernel_sections(cal) -> tuple:
+    k = getattr(cal, "kernels", None) or {}
+    nc = k.get("nccl_all_reduce")
+    ca = k.get("custom_allreduce")
+    return (NcclParams(**{a: float(v) for a, v in nc.items()}) if nc else None,
+            CustomARParams(**{a: float(v) for a, v in ca.items()}) if ca else None)
+
+
+def tp_all_reduce(nbytes: float, n: int, links: CommLinks, devices_per_node: int | None, cal,
+                  tokens: float | None = None) -> float:
+    """Seconds of a serving step's tensor-parallel all-reduce of ``nbytes`` over ``n`` ranks.
+
+    Inside one node, with the calibration's kernel sections: the framework's custom all-reduce
+    where it runs one (a ``custom_allreduce`` section, ranks on NVLink through a switch, world size
+    2/4/6/8: vLLM's rule), NCCL's kernel (``nccl_all_reduce``) otherwise. A step of ``tokens`` <=
+    :data:`GRAPH_MAX_TOKENS` replays a CUDA graph; a larger one is eager: the custom all-reduce
+    then also copies its input into the registered buffer, while the host call itself overlaps
+    the GPU work of such a step (the host runs ahead), so it is not charged. Across nodes, or
+    without kernel sections, the group model :func:`all_reduce` (Vidur's eager host-timed fit)."""
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    nc, ca = kernel_sections(cal)
+    g = n if devices_per_node is None else devices_per_node
+    intra = links.intra
+    if nc is None or intra is None or g < n:
+        return all_reduce(nbytes, n, links, devices_per_node)
+    graph = tokens is None or tokens <= GRAPH_MAX_TOKENS
+    return _kernel_all_reduce(float(nbytes), int(n), intra, nc, ca, graph)
+
+
+@lru_cache(maxsize=65536)
+def _kernel_all_reduce(nbytes: float, n: int, intra: IntraLink, nc: NcclParams, ca, graph: bool) -> float:
+    t = float(nccl_time("all_reduce", nbytes, n, intra, nc))
+    if ca is not None and intra.switched and n in CUSTOM_AR_WORLD_SIZES:
+        c = float(custom_allreduce_time(nbytes, n, intra, ca, nc, graph=True))
+        if not graph:
+            c += 2 * nbytes / (intra.hbm_bw * ca.copy_eff)
+        t = min(t, c)
+    return t
+
+
+# --------------------------------------------------------------------------- DeepEP low-latency kernels
+# DeepEP's low-latency dispatch/combine (decode): no per-node deduplication and no NVLink
+# forwarding stage, every (token, chosen expert) pair is written straight into the destination
+# rank's buffer (over NVLink inside a node, RDMA across nodes), in fp8 with one fp32 scale per 128
+# values for dispatch and bf16 for combine (which also sums the k returned copies). Per rank:
+#
+#     t = launch + max(pairs_nvl * tb / (bw_up * nvl_eff), pairs_rdma * tb / (bw_nic * rdma_eff))
+#
+# with ``pairs = tokens * topk`` split by where the destination expert lives (uniform routing:
+# ``(g - 1) / n`` on the own node's other ranks, ``(n - g) / n`` off the node, ``1 / n`` local).
+# Measured (SGLang 0.5.12, 8 x H100, hidden 7168, top-8): 13-15 us for one token, 224 / 489 us for
+# 1,024 tokens dispatch / combine: about 270 / 240 GB/s of NVLink-4's 450.
+
+
+@dataclass(frozen=True)
+class DeepEPLLParams:
+    """Seconds of one call (``*_launch_s``: kernel, flag polling) and fractions of the NVLink /
+    NIC per-direction bandwidth the low-latency kernels reach, per op."""
+
+    dispatch_launch_s: float = 1.3e-5
+    combine_launch_s: float = 1.3e-5
+    dispatch_nvl_eff: float = 0.6
+    combine_nvl_eff: float = 0.55
+    rdma_eff: float = 0.7
+
+    def vector(self):
+        return [self.dispatch_launch_s * 1e6, self.combine_launch_s * 1e6, self.dispatch_nvl_eff,
+                self.combine_nvl_eff, self.rdma_eff]
+
+    @classmethod
+    def from_vector(cls, x):
+        x = [float(v) for v in x]
+        return cls(x[0] * 1e-6, x[1] * 1e-6, x[2], x[3], x[4])
+
+
+def ll_token_bytes(hidden, op: str) -> float:
+    """Bytes of one (token, expert) copy: fp8 + fp32 scale per 128 (dispatch), bf16 (combine)."""
+    return np.asarray(hidden, float) * ((1.0 + 4.0 / 128.0) if op == "dispatch" else 2.0)
+
+
+def deepep_ll_time(op: str, tokens, hidden, topk, n, g, up_bw: float, nic_bw: float, p: DeepEPLLParams):
+    """Seconds of one DeepEP low-latency ``op`` (dispatch / combine) with ``tokens`` per rank over
+    ``n`` ranks, ``g`` per node (vectorised)."""
+    if op not in ("dispatch", "combine"):
+        raise InputError(f"op must be dispatch or combine, got {op!r}", field="op")
+    T = np.asarray(tokens, float)
+    n = np.asarray(n, float)
+    g = np.minimum(np.asarray(g, float), n)
+    pairs = T * np.asarray(topk, float)
+    tb = ll_token_bytes(hidden, op)
+    eff = p.dispatch_nvl_eff if op == "dispatch" else p.combine_nvl_eff
+    t_nvl = pairs * (g - 1) / n * tb / (up_bw * eff)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_rdma = np.where(n > g, pairs * (n - g) / n * tb / (max(nic_bw, 1e-30) * p.rdma_eff), 0.0)
+    launch = p.dispatch_launch_s if op == "dispatch" else p.combine_launch_s
+    return np.where(T > 0, launch + np.maximum(t_nvl, t_rdma), 0.0)

@@ -127,7 +127,7 @@ class EPStepCost:
                  weight_dtype: str = "bf16", kv_dtype: str = "bf16", act_dtype: str = "bf16", calibration=None,
                  overlap: bool = False, dispatch_dtype: str = "fp8", combine_dtype: str = "bf16",
                  samples: int = 4, sample_layers: int = 4, grid_max: int = 8192, grid_points: int = 48,
-                 seed: int = 0):
+                 seed: int = 0, remote_fraction: Optional[float] = None):
         if model.moe is None or model.num_moe_layers == 0:
             raise InputError(f"{model.name} has no MoE layers; expert parallelism needs an MoE model", field="ep")
         self.model, self.acc, self.ep, self.tp = model, accelerator, int(ep), int(tp)
@@ -141,7 +141,12 @@ class EPStepCost:
         self._kw = dict(tp=tp, node=node, weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype,
                         calibration=calibration, overlap=overlap, dispatch_dtype=dispatch_dtype,
                         combine_dtype=combine_dtype, samples=samples, sample_layers=sample_layers, grid_max=grid_max,
-                        grid_points=grid_points, seed=seed)
+                        grid_points=grid_points, seed=seed, remote_fraction=remote_fraction)
+        # context-coherent EP (ExFlow; simllm.placement.affinity): one all-to-all a layer, carrying
+        # only the token copies whose next expert is on another device (this fraction)
+        if remote_fraction is not None and not 0.0 <= remote_fraction <= 1.0:
+            raise InputError(f"must be in [0, 1], got {remote_fraction}", field="remote_fraction")
+        self.remote_fraction = remote_fraction
         self.placement, self.topo = placement, topology
         self.overlap = bool(overlap)
         self.cal: Calibration = calibration_for(accelerator, calibration)
@@ -269,15 +274,21 @@ class EPStepCost:
             tot = []
             for ref in refs:
                 t = 0.0
-                for op, dt in (("dispatch", self.dispatch_dtype), ("combine", self.combine_dtype)):
+                ops = (("dispatch", self.dispatch_dtype), ("combine", self.combine_dtype))
+                if self.remote_fraction is not None:  # one all-to-all of the copies that leave
+                    ops = ops[:1]
+                for op, dt in ops:
                     t += ep_dispatch(self.topo, ref, self.H, self.k, self.ep, experts=experts, topk_groups=tg,
                                      dtype=dt, op=op, seed=self.seed, device_loads=w).time_s
                 tot.append(t)
             b = (tot[1] - tot[0]) / (refs[1] - refs[0])
+            if self.remote_fraction is not None:
+                b *= self.remote_fraction
             a_sum += max(0.0, tot[0] - b * refs[0])
             b_sum += b
         n = len(self.sample_layer_ids)
-        self._comm = (a_sum / n + 2 * self.topo.launch_overhead, b_sum / n)
+        calls = 1 if self.remote_fraction is not None else 2
+        self._comm = (a_sum / n + calls * self.topo.launch_overhead, b_sum / n)
 
     def comm_time(self, tokens_per_rank: float) -> float:
         """Seconds of one MoE layer's dispatch + combine with ``tokens_per_rank`` tokens per device."""
@@ -421,6 +432,11 @@ class EPStepCost:
         new, _ = replan(self.placement, observed_loads, policy, expert_bytes=self.expert_bytes)
         return self.with_placement(new), self.migration(new)
 
+    def routed_fraction(self, tokens: int = 1024) -> float:
+        """Routed experts' share of a step of ``tokens`` tokens (what a better balance can save)."""
+        t = self._token_time(int(tokens))
+        return float(min(1.0, self.n_moe * self.routed_time(tokens) / t)) if t > 0 else 0.0
+
     # ------------------------------------------------------------------ memory
     @property
     def slots_used(self) -> int:
@@ -527,6 +543,7 @@ def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cl
     plan_loads = spec.pop("plan_loads", None)  # plan on other loads than served (a stale placement)
     replacement_spec(spec, expert_loads)  # checked here, applied by simllm.scenario.simulate
     spec.pop("replan_every_s", None)  # periodic re-placement: simllm.sim.replacement (see replacement_spec)
+    spec.pop("migrate", None)  # likewise
     expert_loads = {k: v for k, v in (expert_loads or {}).items() if k not in ("drift", "drift_every_s")} or None
     redundant = spec.pop("redundant", 0)
     if not isinstance(redundant, int) or redundant < 0:
@@ -582,5 +599,9 @@ def replacement_spec(placement: Any, expert_loads: Optional[dict]) -> Optional[d
                          field="expert_loads.drift")
     if interval is None:
         return None
+    migrate = placement.get("migrate", "pays") if isinstance(placement, dict) else "pays"
+    if migrate not in ("pays", "all"):
+        raise InputError(f"must be 'pays' (move only replicas whose gain beats their pause) or 'all', "
+                         f"got {migrate!r}", field="placement.migrate")
     return {"every_s": float(interval), "drift": float(drift), "replan": every is not None,
-            "seed": int(el.get("seed", 0))}
+            "seed": int(el.get("seed", 0)), "migrate": migrate}

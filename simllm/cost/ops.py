@@ -36,6 +36,7 @@ from .calibration import Calibration
 from .kernels import attention_time, elementwise_time, gemm_flops_bytes, gemm_time
 from .kernel_models import GEMM_DTYPES, gemm_launch_and_body
 from .layer_kernels import LayerKernels, check_framework
+from .moe_layer import serving_fixed_s as moe_fixed_s
 
 WIDE = {"bf16", "fp16", "fp32", "tf32"}
 
@@ -81,6 +82,7 @@ class LayerOps:
         if tp < 1:
             raise InputError(f"tp must be >= 1, got {tp}", field="tp")
         self.m, self.acc, self.tp, self.cal, self.links = model, acc, tp, cal, links
+        self.act_dtype = act_dtype
         self.wb = _dtype(weight_dtype, "weight_dtype")
         self.kvb = _dtype(kv_dtype, "kv_dtype")
         self.ab = _dtype(act_dtype, "act_dtype")
@@ -153,7 +155,8 @@ class LayerOps:
         if self.tp <= 1 or nbytes <= 0:
             return Op(name, "comm", 0.0, 0.0, 0.0)
         g = min(self.tp, self.links.devices_per_node)
-        t = C.all_reduce(nbytes, self.tp, self.links, g if self.tp % g == 0 else None)
+        t = C.tp_all_reduce(nbytes, self.tp, self.links, g if self.tp % g == 0 else None, self.cal,
+                            tokens=nbytes / (self.H * self.ab))
         return Op(name, "comm", 0.0, float(nbytes), t, comm_s=t)
 
     # ------------------------------------------------------------------ attention (simllm.cost.layer_kernels)
@@ -263,6 +266,9 @@ class LayerOps:
                 cnt = cnt[cnt > 0]
                 ops += self.mlp_varlen("experts_", cnt, e.expert_intermediate_size, self.m.ffn.gated)
             ops.append(self.ew("permute_unpermute", 2 * 2 * T * k * H * ab))
+            fx = moe_fixed_s(self.cal, self.act_dtype)
+            if fx > 0:  # per-rank routing bookkeeping and launches of the fused MoE (simllm.cost.moe_layer)
+                ops.append(Op("moe_fixed", "elementwise", 0.0, 0.0, fx, overhead_s=fx))
         if e.num_shared_experts:
             inter = (e.shared_intermediate_size or e.expert_intermediate_size) * e.num_shared_experts
             ops += self.mlp("shared_", T, inter, self.m.ffn.gated)

@@ -34,7 +34,8 @@ PRICERS: dict[str, Pricer] = {}
 FITTERS: dict[str, Fitter] = {}
 
 #: modules that register pricers/fitters when imported (no import cycle: they import this module)
-_PLUGINS = ["simllm.cost.kernel_models", "simllm.cost.vidur_comm"]
+_PLUGINS = ["simllm.cost.kernel_models", "simllm.cost.vidur_comm", "simllm.cost.comm_tables", "simllm.cost.moe_layer",
+            "simllm.cost.deepep"]
 _loaded = False
 
 
@@ -121,7 +122,8 @@ def fit(df: pd.DataFrame, acc, cal):
     ``fit`` records per (kind, dtype) errors and the source tables."""
     load_plugins()
     kernels = dict(getattr(cal, "kernels", None) or {})
-    for kind in sorted(pd.unique(df["kind"].astype(str))):
+    # custom all-reduce falls back to NCCL's all-reduce: fit NCCL first
+    for kind in sorted(pd.unique(df["kind"].astype(str)), key=lambda k: (k == "custom_allreduce", k)):
         f = FITTERS.get(kind)
         if f is None:
             continue

@@ -12,6 +12,7 @@ from .placement import LayerInfo, Placement, migration_seconds, moe_device_loads
 from .registry import PlacementPolicy, build_policy, get_policy_class, policy_names, register
 from . import policies as _policies  # noqa: F401  (registers the heuristics)
 from . import ilp as _ilp  # noqa: F401  (registers the ILP)
+from . import affinity as _affinity  # noqa: F401  (registers ilp_affinity)
 from .policies import Contiguous, GreedyHierarchical, GreedyReplicated, RoundRobin
 from .ilp import ILP
 

@@ -213,6 +213,7 @@ class _LayerJob:
     budget: int  # total replicas allowed (E + R)
     prev: Optional[np.ndarray]  # [E, G] bool presence in the previous placement
     params: "ILP"
+    time_limit: Optional[float] = None  # this layer's solver seconds (None: params.time_limit)
 
 
 def _solve_layer(job: _LayerJob) -> tuple[np.ndarray, np.ndarray, LayerInfo]:
@@ -251,14 +252,28 @@ def _solve_layer(job: _LayerJob) -> tuple[np.ndarray, np.ndarray, LayerInfo]:
     best = (X0, sh0, T0)
     status = "warm_start"
     msg = ""
-    if p.time_limit <= 0:
+    limit = p.time_limit if job.time_limit is None else job.time_limit
+    trivial = S == 1 and job.budget == G * S and p.cross_node_weight == 0 and p.migration_weight == 0
+    if trivial:
+        # one slot per device: a placement is replica counts c_e (sum G) with even shares, the
+        # makespan max_e w_e / c_e, and the greedy counts (one more replica to the expert of
+        # highest load per replica, repeated) minimise it exactly; the bound is that value
+        from .policies import replicate_experts
+
+        cnt = replicate_experts(wn, G)
+        info.bound = float((wn / cnt).max())
+        if T0 <= info.bound * (1 + 1e-9) and not p.always_solve:
+            status = "optimal_trivial"
+    if status == "optimal_trivial":
+        pass
+    elif limit <= 0:
         status, msg = "no_solution", "ILP time limit 0 s: no solution; kept the greedy placement"
     elif (T0 - 1.0) <= p.gap * T0 and p.cross_node_weight == 0 and p.migration_weight == 0 and not p.always_solve:
         # the warm start is within the gap of the LP-relaxation bound: the MIP is solved
         status = "optimal_at_warm_start"
     else:
         try:
-            res = _mip(wn, X0, sh0, T0, G, S, nodes, job.budget, job.prev, p)
+            res = _mip(wn, X0, sh0, T0, G, S, nodes, job.budget, job.prev, p, limit)
         except Exception as e:  # solver missing or crashed: never fail the placement
             res = None
             msg = f"ILP solver error ({type(e).__name__}: {e}); kept the greedy placement"
@@ -275,7 +290,7 @@ def _solve_layer(job: _LayerJob) -> tuple[np.ndarray, np.ndarray, LayerInfo]:
                 status = st
     X, sh, T = best
     info.objective = T
-    info.gap = (T - 1.0) / T if T > 0 else 0.0
+    info.gap = max(0.0, (T - info.bound) / T) if T > 0 else 0.0
     info.status = status
     info.message = msg
     ex, share = _to_slots(X, sh, S)
@@ -283,7 +298,7 @@ def _solve_layer(job: _LayerJob) -> tuple[np.ndarray, np.ndarray, LayerInfo]:
     return ex, share, info
 
 
-def _mip(wn, X0, sh0, T0, G, S, nodes, budget, prev, p: "ILP"):
+def _mip(wn, X0, sh0, T0, G, S, nodes, budget, prev, p: "ILP", time_limit: float):
     """Build and solve the layer's MIP; return (X, shares, status) or (None, None, status)."""
     E = wn.shape[0]
     scope = p.scope
@@ -373,9 +388,9 @@ def _mip(wn, X0, sh0, T0, G, S, nodes, budget, prev, p: "ILP"):
         solver_name = "highs" if highs_available() else "cbc"
     if solver_name == "highs":
         _quiet_highs_banner()
-        solver = _WarmHiGHS(msg=False, gapRel=p.gap, timeLimit=p.time_limit, threads=1)
+        solver = _WarmHiGHS(msg=False, gapRel=p.gap, timeLimit=time_limit, threads=1)
     else:
-        solver = pulp.PULP_CBC_CMD(msg=False, warmStart=True, gapRel=p.gap, timeLimit=p.time_limit, threads=1)
+        solver = pulp.PULP_CBC_CMD(msg=False, warmStart=True, gapRel=p.gap, timeLimit=time_limit, threads=1)
     prob.solve(solver)
     st = pulp.LpStatus[prob.status]
     sol_ok = prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible) or (
@@ -435,6 +450,7 @@ class ILP:
     cross_node_weight: float = 0.0
     num_groups: int = 0
     migration_weight: float = 0.0
+    time_budget: Optional[float] = None  # total seconds for all layers (split over what is left)
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
@@ -445,8 +461,12 @@ class ILP:
             raise ValueError(f"jobs must be >= 1, got {self.jobs}")
         if self.gap < 0 or self.time_limit < 0:
             raise ValueError("gap and time_limit must be >= 0")
+        if self.time_budget is not None and not self.time_budget >= 0:
+            raise ValueError(f"time_budget must be >= 0 seconds, got {self.time_budget}")
 
-    def place(self, loads, devices, nodes, slots_per_device, *, previous: Optional[Placement] = None) -> Placement:
+    def place(self, loads, devices, nodes, slots_per_device, *, previous: Optional[Placement] = None,
+              progress=None) -> Placement:
+        """``progress(done, total, info)`` is called after each layer (optional)."""
         t0 = time.perf_counter()
         requested_slots = slots_per_device
         w, S, msgs = check_shape(loads, devices, nodes, slots_per_device)
@@ -472,11 +492,25 @@ class ILP:
         if previous is not None and previous.expert.shape[:2] == (L, devices) and previous.num_experts == E:
             prev = previous.presence()
         jobs = [_LayerJob(w[l], devices, nodes, S, budget, None if prev is None else prev[l], self) for l in range(L)]
+        results = []
         if self.jobs > 1 and L > 1:
+            if self.time_budget is not None:  # every worker runs L / jobs layers
+                per = self.time_budget * min(self.jobs, L) / L
+                for j in jobs:
+                    j.time_limit = min(self.time_limit, 0.8 * per)
             with ProcessPoolExecutor(max_workers=min(self.jobs, L)) as ex:
-                results = list(ex.map(_solve_layer, jobs, chunksize=1))
+                for r in ex.map(_solve_layer, jobs, chunksize=1):
+                    results.append(r)
+                    if progress is not None:
+                        progress(len(results), L, r[2])
         else:
-            results = [_solve_layer(j) for j in jobs]
+            for l, j in enumerate(jobs):
+                if self.time_budget is not None:  # what is left, shared by the layers left
+                    left = self.time_budget - (time.perf_counter() - t0)
+                    j.time_limit = max(0.0, min(self.time_limit, 0.8 * left / (L - l)))
+                results.append(_solve_layer(j))
+                if progress is not None:
+                    progress(l + 1, L, results[-1][2])
         expert = np.stack([r[0] for r in results])
         share = np.stack([r[1] for r in results])
         infos = [r[2] for r in results]

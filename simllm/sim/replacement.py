@@ -24,13 +24,14 @@ import numpy as np
 
 class PeriodicReplacement:
     def __init__(self, cost, *, every_s: float, drift: float = 0.0, replan: bool = False, policy: Any = None,
-                 seed: int = 0):
+                 seed: int = 0, migrate: str = "all"):
         if not (every_s > 0 and math.isfinite(every_s)):
             raise ValueError(f"every_s must be a positive number, got {every_s}")
         self.every_s = float(every_s)
         self.drift = float(drift)
         self.replan = bool(replan)
         self.policy = policy
+        self.migrate = migrate  # "pays": simllm.placement.migration.replan_that_pays; "all": every replica
         self.base = cost
         self._rng = np.random.default_rng([int(seed), 0xD21F7])
         self._pops = [np.asarray(cost.popularity, dtype=float)]
@@ -68,9 +69,16 @@ class PeriodicReplacement:
             ev: dict = {"interval": i, "boundary_s": self.boundary(i)}
             if self.replan:
                 from ..placement import replan
+                from ..placement.migration import replan_that_pays
 
                 obs = self.popularity(i - 1) * 1e4
-                new, _ = replan(cost.placement, obs, self.policy, expert_bytes=cost.expert_bytes)
+                if self.migrate == "pays":
+                    new, _ = replan_that_pays(cost.placement, obs, self.policy, expert_bytes=cost.expert_bytes,
+                                              bandwidth=float(cost.topo.node.scale_out_bw), horizon_s=self.every_s,
+                                              routed_fraction=cost.routed_fraction(),
+                                              layer_scale=cost.n_moe / cost.placement.num_layers)
+                else:
+                    new, _ = replan(cost.placement, obs, self.policy, expert_bytes=cost.expert_bytes)
                 mig = cost.migration(new)
                 ev.update(moved_bytes=mig["moved_bytes"], moved_replicas=mig["moved_replicas"],
                           max_device_bytes=mig["max_device_bytes"], migration_s=mig["migration_s"],

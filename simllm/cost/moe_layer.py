@@ -1,0 +1,239 @@
+"""The MoE layer kernel (``moe``): one rank's fused MoE (routing bookkeeping, gate/up grouped
+GEMM, activation, down grouped GEMM, weighted sum), as AIConfigurator's ``moe_perf`` tables
+measure it (``moe_dtype``, ``num_tokens``, ``hidden_size``, ``inter_size``, ``topk``,
+``num_experts``, ``moe_tp_size``, ``moe_ep_size``, ``distribution``).
+
+**What one rank runs.** ``E_loc = E / ep`` local experts, intermediate ``I / tp`` each; every
+token picks ``k_loc = min(k, E_loc)`` of them (the collectors route to local experts only). The
+per-expert token counts ``c_e`` of rank 0 follow the table's distribution, generated the way the
+published collectors do (:func:`rank_counts`): ``balanced`` spreads ``ceil(T / ep)`` tokens over
+the local experts with a fixed stride; ``power_law_<a>`` draws per-expert loads from a power law
+of exponent ``a`` over all ``E`` experts (``x_min = 1``, ``x_max = 0.8 T``), scales them to
+``T k`` token-slots, and puts the busiest group of ``E_loc`` experts on rank 0 (so skew raises
+rank 0's load as EP grows). Expected over a few seeded draws; memoized.
+
+**Time.** ::
+
+    t = t_fixed + t_slot * sum(c_e) + soft_roofline(t_compute, t_weights)    (up + down GEMMs)
+
+* ``t_fixed`` (s): the layer's kernel launches and its routing bookkeeping (top-k alignment,
+  sorting): paid by every rank whatever ``ep``; the measured EP 64-256 floors (40-50 us on H100
+  for a single local expert whose weights stream in ~14 us) are this term, and it is why the
+  layer does not shrink with ``1 / ep`` (the old model's 52-75% error at EP 128-256).
+* ``t_slot`` as bytes: each of rank 0's token-slots is gathered, written and reduced back
+  (``slot_passes`` passes of the hidden vector through HBM); and ``full_passes`` passes over
+  *all* ``T`` tokens' ``k`` routed copies, which every rank pays whatever ``ep`` (the
+  measured layer keeps a term linear in ``T`` at EP 128: 887 us for 8,192 tokens on H100 where
+  its one local expert's GEMMs on ``T / ep`` tokens take under 100 us).
+* compute: grouped-GEMM tiles counted per expert, ``sum_e ceil(c_e / tm) ceil(N / tn)`` over the
+  calibrated GEMM tile shapes and waves of :mod:`simllm.cost.kernels` (its tile efficiencies
+  scaled by ``compute_scale``), at the dtype's peak: skewed counts pay their partial tiles.
+* weights: every touched expert's gate/up and down weights stream once, at ``memory_efficiency``
+  of HBM bandwidth (decode is weight-bound: one token on 128 experts of Qwen3-235B moves 302 MB,
+  113 us at 80% of 3.35 TB/s; measured 124 us).
+
+Weight-only types (``int4_wo``, ``w4a16_mxfp4``) compute at the bf16 peak and stream 0.5-byte
+weights; ``fp8`` / ``fp8_block`` compute at the fp8 peak. Parameters are per (framework, dtype)
+section ``moe/<dtype>`` (dimensionless scales and seconds), so they transfer to devices through
+those devices' own peaks, HBM bandwidth and SM counts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from ..errors import InputError
+
+#: table dtype -> (compute dtype for the peak, weight bytes, activation bytes)
+MOE_DTYPES = {"bfloat16": ("bf16", 2.0, 2.0), "float16": ("fp16", 2.0, 2.0), "fp8": ("fp8", 1.0, 1.0),
+              "fp8_block": ("fp8", 1.0 + 4.0 / 128 ** 2, 1.0), "int4_wo": ("bf16", 0.5, 2.0),
+              "w4a16_mxfp4": ("bf16", 0.5 + 1.0 / 32, 2.0), "int8_wo": ("bf16", 1.0, 2.0)}
+_PL = re.compile(r"^power_law_(\d+(?:\.\d+)?)$")
+DRAWS = 4
+
+
+@dataclass(frozen=True)
+class MoEParams:
+    fixed_s: float = 3.0e-5
+    slot_passes: float = 4.0
+    compute_scale: float = 0.8
+    memory_efficiency: float = 0.8
+    full_passes: float = 1.0
+
+    def vector(self):
+        return [self.fixed_s * 1e6, self.slot_passes, self.compute_scale, self.memory_efficiency, self.full_passes]
+
+    @classmethod
+    def from_vector(cls, x):
+        return cls(float(x[0]) * 1e-6, float(x[1]), float(x[2]), float(x[3]), float(x[4]))
+
+
+def _alpha(dist: str) -> float | None:
+    if dist in ("balanced", "uniform"):
+        return None
+    m = _PL.match(dist)
+    if not m:
+        raise InputError(f"unknown distribution {dist!r} (expected balanced or power_law_<alpha>)",
+                         field="distribution")
+    return float(m.group(1))
+
+
+@lru_cache(maxsize=65536)
+def rank_counts(T: int, E: int, k: int, ep: int, dist: str) -> tuple:
+    """Rank 0's sorted per-local-expert token counts (expected over seeded draws), as a tuple."""
+    if ep < 1 or E % ep:
+        raise InputError(f"{E} experts do not divide over ep {ep}", field="moe_ep_size")
+    e_loc = E // ep
+    k_loc = min(k, e_loc)
+    a = _alpha(dist)
+    if a is None:  # fixed-stride balanced routing of ceil(T / ep) local tokens
+        t_loc = math.ceil(T / ep)
+        stride = math.ceil(e_loc / k_loc)
+        tok = np.arange(t_loc)[:, None]
+        i = np.arange(k_loc)[None, :]
+        ids = ((tok + i * stride) if t_loc >= stride else (tok * stride / t_loc + i * stride)) % e_loc
+        counts = np.bincount(np.floor(ids).astype(int).ravel() % e_loc, minlength=e_loc).astype(float)
+        return tuple(sorted(counts[counts > 0].tolist(), reverse=True))
+    rng = np.random.default_rng(1009 * T + 7 * E + ep)
+    acc = np.zeros(e_loc)
+    for _ in range(DRAWS):
+        lo, hi = (1.0, T * 0.8) if T * k > E else (0.01, 2.0)
+        hi = max(hi, lo * 1.0001)
+        u = rng.random(E)
+        x = ((hi ** (1 - a) - lo ** (1 - a)) * u + lo ** (1 - a)) ** (1 / (1 - a))
+        n = np.round(x / x.sum() * T * k)
+        groups = n.reshape(ep, e_loc)
+        g = groups[int(np.argmax(groups.sum(axis=1)))]
+        acc += np.sort(g)[::-1]
+    acc /= DRAWS
+    return tuple(v for v in acc.tolist() if v > 0)
+
+
+def moe_time(T, H, I, k, E, tp, ep, dist, dtype, *, acc, gp, p: MoEParams) -> float:
+    """Seconds of one rank's MoE layer (see the module docstring)."""
+    if dtype not in MOE_DTYPES:
+        raise InputError(f"unknown moe_dtype {dtype!r} (expected one of {', '.join(MOE_DTYPES)})",
+                         field="moe_dtype")
+    if T <= 0:
+        return 0.0
+    cdt, wb, ab = MOE_DTYPES[dtype]
+    peak, bw, cus = acc.peak(cdt), acc.hbm_bw, int(acc.compute_units.value)
+    c = np.asarray(rank_counts(int(T), int(E), int(k), int(ep), str(dist)), dtype=float)
+    if c.size == 0:
+        return p.fixed_s
+    i_loc = math.ceil(I / tp)
+    slots = float(c.sum())
+    u = c.size
+    per_cu = peak / cus
+    t_c = 0.0
+    for K, N in ((H, 2 * i_loc), (i_loc, H)):
+        acc_q = 0.0
+        for (tm, tn), e in zip(gp.tiles, gp.tile_efficiency):
+            tiles = float(np.sum(np.ceil(np.maximum(c, 1.0) / tm))) * math.ceil(N / tn)
+            w = tiles / cus
+            full = math.floor(w)
+            rem = w - full
+            waves = full + (gp.partial_wave_cost + (1 - gp.partial_wave_cost) * rem if rem > 0 else 0.0)
+            tc_us = waves * 2e6 * tm * tn * (K + gp.tile_k_overhead) / (per_cu * min(e * p.compute_scale, 1.0))
+            acc_q += tc_us ** (-gp.tile_softmin_q)
+        t_c += acc_q ** (-1.0 / gp.tile_softmin_q) * 1e-6
+    w_bytes = u * 3 * H * i_loc * wb
+    a_bytes = slots * (H + 3 * i_loc + H) * ab
+    t_m = (w_bytes + a_bytes) / (bw * p.memory_efficiency)
+    q = gp.overlap_exponent
+    body = (t_c ** q + t_m ** q) ** (1.0 / q)
+    full = T * k * H * ab  # every token's k routed copies, whatever ep (see docstring)
+    return p.fixed_s + (p.slot_passes * slots * H * ab + p.full_passes * full) / bw + body
+
+
+# --------------------------------------------------------------------------- registry
+def moe_params(cal, dtype: str) -> MoEParams:
+    from .pricing import section
+
+    d = section(cal, f"moe/{dtype}") or section(cal, "moe")
+    try:
+        return MoEParams(**{a: float(v) for a, v in d.items()}) if d else MoEParams()
+    except TypeError as e:
+        raise InputError(f"bad moe section: {e}", field=f"kernels.moe/{dtype}") from None
+
+
+_COLS = ("num_tokens", "hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size", "moe_ep_size")
+
+
+def _rows(df):
+    src = str(df["source"].iloc[0]) if len(df) and "source" in df.columns else None
+    for c in _COLS:
+        if c not in df.columns:
+            raise InputError(f"missing column {c!r}", file=src, field=c)
+    dist = df["distribution"].astype(str).to_numpy() if "distribution" in df.columns else \
+        np.full(len(df), "balanced", dtype=object)
+    return [tuple(int(v) for v in r) for r in df[list(_COLS)].to_numpy()], dist, df["dtype"].astype(str).to_numpy()
+
+
+def price_frame(df, acc, cal, params: dict | None = None) -> np.ndarray:
+    rows, dist, dts = _rows(df)
+    out = np.empty(len(rows))
+    cache = {}
+    for i, ((T, H, I, k, E, tp, ep), d, dt) in enumerate(zip(rows, dist, dts)):
+        p = (params or {}).get(dt)
+        if p is None:
+            p = cache.get(dt) or cache.setdefault(dt, moe_params(cal, dt))
+        if dt not in MOE_DTYPES:
+            out[i] = np.nan
+            continue
+        out[i] = moe_time(T, H, I, k, E, tp, ep, d, dt, acc=acc, gp=cal.gemm, p=p)
+    return out
+
+
+def fit_frame(df, acc, cal, max_rows: int = 1500, iters: int = 300) -> dict:
+    """Fit :class:`MoEParams` per dtype (a seeded subsample of ``max_rows`` rows each)."""
+    from .fit import nelder_mead
+
+    out = {}
+    for dt in sorted(set(df["dtype"].astype(str))):
+        if dt not in MOE_DTYPES:
+            continue
+        sub = df[df["dtype"].astype(str) == dt]
+        if len(sub) > max_rows:
+            sub = sub.sample(max_rows, random_state=0)
+        t = sub["latency_s"].to_numpy(float)
+
+        def f(x):
+            if not (0 <= x[0] < 500 and 0 <= x[1] < 50 and 0.05 < x[2] <= 2.0 and 0.05 < x[3] <= 1.2
+                    and 0 <= x[4] < 50):
+                return np.inf
+            pr = price_frame(sub, acc, cal, {dt: MoEParams.from_vector(x)})
+            v = np.mean(np.abs(np.log(pr / t)))
+            return v if np.isfinite(v) else np.inf
+
+        x, _ = nelder_mead(f, moe_params(cal, dt).vector(), iters=iters, step=0.2)
+        out[f"moe/{dt}"] = asdict(MoEParams.from_vector(x))
+    return out
+
+
+def _register() -> None:
+    from .pricing import register
+
+    register("moe", price_frame, fit_frame)
+
+
+_register()
+
+
+def serving_fixed_s(cal, act_dtype: str) -> float:
+    """Per-rank seconds of one MoE layer that do not shrink with EP or batch (``fixed_s`` of the
+    calibration's ``moe/<dtype>`` section; 0 without one), for the serving step cost.
+
+    The measured tables time the fused MoE of vLLM / SGLang / TensorRT-LLM eagerly; the serving
+    step's fused-MoE path (:meth:`simllm.cost.ops.LayerOps.moe_ffn_block`) adds this term beside
+    its grouped GEMMs. The DeepEP expert-parallel path (:mod:`simllm.cost.moe_ep`) runs other
+    kernels (DeepEP + masked grouped GEMMs) that these tables do not measure: it does not use it."""
+    k = getattr(cal, "kernels", None) or {}
+    name = {"bf16": "bfloat16", "fp16": "float16", "fp8": "fp8"}.get(act_dtype, act_dtype)
+    d = k.get(f"moe/{name}") or {}
+    return float(d.get("fixed_s", 0.0))

@@ -1,0 +1,432 @@
+"""Inter-layer expert affinity (ExFlow) and the placement that exploits it.
+
+**Affinity.** From routes ``[L, B, K]`` (the experts each of ``B`` tokens chose at each of
+``L`` MoE layers; :class:`~simllm.placement.loads.RoutingSampler` or a routing trace,
+:mod:`simllm.placement.routing_trace`), :func:`transition_counts` gives ``C[l, i, j]``: token
+flow from expert ``i`` at layer ``l`` to expert ``j`` at layer ``l + 1``, along *rank paths*:
+a token's ``k``-th choice at layer ``l`` (routes list a token's experts in rank order, highest
+gate score first) leads to its ``k``-th choice at ``l + 1``, so ``sum_i C[l, i, j]`` is expert
+``j``'s load at layer ``l + 1``; for top-1 routing (ExFlow's GPT MoE) it is the token's path.
+For top-k this is an assumption: the copy of a token that expert ``i`` processed continues
+to the next expert of the same rank. :func:`conditional` is
+``P(j at l+1 | i at l)`` (the fraction of ``i``'s tokens that choose ``j`` next, ExFlow's
+conditional routing probability); :func:`top_successor_probability` the load-weighted mean over
+``i`` of ``max_j P(j | i)`` (about ``K/E`` without affinity, 1 when every expert has one successor).
+
+**Context-coherent expert parallelism** (ExFlow): a token stays on the device of its current
+expert, so the next layer's dispatch is the only all-to-all, and a copy whose next expert has
+a replica on that device does not cross the network. :func:`cross_device_fraction` is the
+fraction of next-layer copies that do cross, for a :class:`~simllm.placement.Placement`: the
+token flow at device ``g`` is ``M[g, j] = sum_i C[i, j] share[i, g]`` and a copy is local when
+``j`` has a replica on ``g`` (its tokens are served there first).
+
+**The affinity ILP** (:class:`AffinityILP`, policy ``ilp_affinity``): layer 0 is placed by the
+EPLB greedy; then each layer ``l + 1`` is solved given layer ``l`` (a rolling window of one
+layer pair, in order): binaries ``x[j, g]`` (replica of ``j`` on ``g``), shares ``s[j, g]``
+and credited local flow ``y[j, g] <= x[j, g]`` with ``M[g, j] y[j, g] <= w_j s[j, g]`` (a
+replica serves at least the tokens credited to it); slots ``sum_j x <= S``, replica budget
+``sum x <= E + R``, load balance ``sum_j w_j s[j, g] <= (1 + balance_tolerance) T_greedy``
+(the EPLB greedy's makespan of that layer); objective ``max sum M[g, j] y[j, g]``: the
+expected token traffic kept on-device (equivalently, cross-device traffic minimised). To keep
+the model small, ``x[j, g]`` exists only for the devices where the greedy put ``j`` and the
+``candidates`` devices with most flow to ``j``. The warm start is the greedy placement (always
+feasible). HiGHS (through highspy) stops at ``gap`` or at the layer's share of
+``time_budget``. Reported bound: per device, at most ``S`` experts can be local, so the kept
+flow is at most ``sum_g`` (the ``S`` largest ``M[g, j]``); the gap is ``(bound - kept) /
+bound``, a valid bound of each layer pair's full problem (no candidate restriction), summed
+over the pairs. It is not a bound of the joint 58-layer problem (which would let layer ``l``
+move for layer ``l + 1``'s sake).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import InputError
+from .ilp import _quiet_highs_banner, _rebalance, _to_slots
+from .placement import LayerInfo, Placement
+from .policies import check_shape, eplb_layer, replicate_experts
+from .registry import register
+
+
+def as_routes(routes: Any, num_experts: Optional[int] = None) -> np.ndarray:
+    """Validate routes ``[L, B, K]`` of expert ids (``0 <= id < num_experts``)."""
+    r = np.asarray(routes)
+    if r.ndim != 3 or r.shape[0] < 1 or r.shape[2] < 1:
+        raise InputError(f"routes must have shape [layers, tokens, top_k], got {r.shape}", field="routes")
+    if not np.issubdtype(r.dtype, np.integer):
+        raise InputError("routes must hold integer expert ids", field="routes")
+    if r.size and (r.min() < 0 or (num_experts is not None and r.max() >= num_experts)):
+        raise InputError(f"expert ids must be in [0, {num_experts}), got {int(r.min())}..{int(r.max())}",
+                         field="routes")
+    return r.astype(np.int64, copy=False)
+
+
+def affinity_routes(popularity: Any, top_k: int, num_tokens: int, follow: float, seed: int = 0,
+                    structure_seed: int = 0) -> np.ndarray:
+    """Routes ``[L, B, K]`` with a set inter-layer affinity (a generator; no model's real routing).
+
+    Every layer ``l`` has a seeded successor permutation ``perm_l``. Each of a token's ``K``
+    choices at layer ``l + 1`` is, with probability ``follow``, the successor ``perm_l(i)`` of its
+    ``k``-th choice ``i`` at layer ``l`` (rank paths); the rest are drawn without replacement in proportion to
+    the layer's ``popularity`` (Gumbel top-k). So ``P(perm_l(i) at l+1 | i at l)`` is about
+    ``follow + (1 - follow) K / E`` (:func:`top_successor_probability` measures it). The
+    permutations come from ``structure_seed`` (the model), the tokens from ``seed`` (the traffic).
+    """
+    p = np.asarray(popularity, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 1 or not np.all(np.isfinite(p)) or np.any(p < 0):
+        raise InputError("popularity must be finite, non-negative, of shape [L, E]", field="popularity")
+    if not 0.0 <= follow <= 1.0:
+        raise InputError(f"must be in [0, 1], got {follow}", field="follow")
+    L, E = p.shape
+    K, B = int(top_k), int(num_tokens)
+    if not 1 <= K <= E or B < 0:
+        raise InputError(f"top_k must be in [1, {E}] and num_tokens >= 0", field="top_k")
+    prng = np.random.default_rng([int(structure_seed), 0xAFF])
+    perms = [prng.permutation(E) for _ in range(L - 1)]
+    rng = np.random.default_rng([int(seed), 0xAFE])
+    with np.errstate(divide="ignore"):
+        logp = np.log(p / p.sum(axis=1, keepdims=True))
+    out = np.empty((L, B, K), dtype=np.int64)
+    prev = None
+    rows = np.repeat(np.arange(B), K)
+    for l in range(L):
+        sc = np.where(np.isfinite(logp[l]), logp[l], -1e300)[None, :] + rng.gumbel(size=(B, E))
+        take = None
+        if prev is not None and follow > 0:
+            take = rng.random((B, K)) < follow
+            tgt = np.where(take, perms[l - 1][prev], -1)
+            sc[rows[take.ravel()], tgt.ravel()[take.ravel()]] = 1e300
+        chosen = np.argpartition(-sc, K - 1, axis=1)[:, :K] if K < E else np.tile(np.arange(E), (B, 1))
+        chosen = np.take_along_axis(chosen, np.argsort(-np.take_along_axis(sc, chosen, axis=1), axis=1,
+                                                       kind="stable"), axis=1)  # rank order
+        if take is not None:  # a followed successor keeps its predecessor's rank
+            res = np.where(take, tgt, -1)
+            rest = ~(chosen[:, :, None] == tgt[:, None, :]).any(axis=2)
+            rem = np.take_along_axis(chosen, np.argsort(~rest, axis=1, kind="stable"), axis=1)
+            free = np.argsort(take, axis=1, kind="stable")
+            nfree = (~take).sum(axis=1)
+            b = np.arange(B)
+            for q in range(K):
+                ok = q < nfree
+                res[b[ok], free[ok, q]] = rem[ok, q]
+            chosen = res
+        prev = chosen
+        out[l] = prev
+    return out
+
+
+def transition_counts(routes: Any, num_experts: int) -> np.ndarray:
+    """``C[l, i, j]`` ``[L-1, E, E]``: token flow from ``i`` at layer ``l`` to ``j`` at ``l + 1``."""
+    r = as_routes(routes, num_experts)
+    L, B, K = r.shape
+    E = int(num_experts)
+    out = np.zeros((max(L - 1, 0), E, E))
+    for l in range(L - 1):  # the k-th choice at l to the k-th choice at l+1 (rank paths)
+        out[l] = np.bincount((r[l] * E + r[l + 1]).ravel(), minlength=E * E).reshape(E, E)
+    return out
+
+
+def conditional(counts: np.ndarray, top_k: int = 1) -> np.ndarray:
+    """``P(j at l+1 | i at l)`` along rank paths (rows sum to 1; unused experts' rows are 0)."""
+    tot = counts.sum(axis=-1, keepdims=True)
+    return np.divide(counts, tot, out=np.zeros_like(counts), where=tot > 0)
+
+
+def top_successor_probability(counts: np.ndarray, top_k: int = 1) -> float:
+    """Load-weighted mean over source experts of ``max_j P(j | i)`` (all layer pairs)."""
+    w = counts.sum(axis=-1)
+    if w.sum() <= 0:
+        return 0.0
+    return float((conditional(counts, top_k).max(axis=-1) * w).sum() / w.sum())
+
+
+def affinity_lift(counts: np.ndarray, top_k: int = 1) -> np.ndarray:
+    """``[L-1]`` per layer pair: :func:`top_successor_probability` minus what independent routing
+    gives (``max_j P(j) K``, the next layer's most popular expert). About 0 without affinity."""
+    out = np.zeros(counts.shape[0])
+    for l in range(counts.shape[0]):
+        nxt = counts[l].sum(axis=0)
+        if nxt.sum() <= 0:
+            continue
+        out[l] = top_successor_probability(counts[l][None], top_k) - nxt.max() / nxt.sum()
+    return out
+
+
+def device_flow(placement: Placement, counts: np.ndarray, layer: int) -> np.ndarray:
+    """``M[g, j]``: flow at device ``g`` (after layer ``layer``) towards expert ``j`` at ``layer + 1``."""
+    L, G, S = placement.expert.shape
+    E = placement.num_experts
+    sh = np.zeros((E, G))
+    e = placement.expert[layer]
+    g_idx, s_idx = np.nonzero(e >= 0)
+    np.add.at(sh, (e[g_idx, s_idx], g_idx), placement.share[layer, g_idx, s_idx])
+    return sh.T @ counts[layer]
+
+
+def cross_device_fraction(placement: Placement, counts: np.ndarray) -> float:
+    """Fraction of next-layer token copies that leave their device under context-coherent EP
+    (over all ``L - 1`` layer pairs of ``counts``, which must match the placement's layers)."""
+    L = placement.num_layers
+    if counts.shape[0] != L - 1 or counts.shape[1] != placement.num_experts:
+        raise InputError(f"transition counts of shape {counts.shape} do not match the placement "
+                         f"({L} layers, {placement.num_experts} experts)", field="routes")
+    if L < 2:
+        return 0.0
+    pres = placement.presence()  # [L, E, G]
+    local = total = 0.0
+    for l in range(L - 1):
+        M = device_flow(placement, counts, l)
+        local += float((M * pres[l + 1].T).sum())
+        total += float(M.sum())
+    return 1.0 - local / total if total > 0 else 0.0
+
+
+def _flow_bound(M: np.ndarray, S: int) -> float:
+    """At most ``S`` experts are local on a device: sum over devices of the S largest flows."""
+    k = min(S, M.shape[1])
+    return float(-np.sort(-M, axis=1)[:, :k].sum())
+
+
+def _affinity_greedy(M: np.ndarray, w: np.ndarray, cnt: np.ndarray, S: int, cap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Warm start: replicas (``cnt`` per expert, even shares) heaviest first (as the EPLB greedy),
+    each to the device with most flow towards its expert among those with a free slot that stay
+    under ``cap``; when none stays under it, to the least-loaded device with room."""
+    G, E = M.shape
+    X = np.zeros((E, G), dtype=bool)
+    load = np.zeros(G)
+    fill = np.zeros(G, dtype=np.int64)
+    per = w / np.maximum(cnt, 1)
+    for j in np.argsort(-per, kind="stable"):
+        for _ in range(int(cnt[j])):
+            room = (fill < S) & ~X[j]
+            if not room.any():
+                break
+            ok = room & (load + per[j] <= cap)
+            if ok.any():
+                key = np.where(ok, M[:, j] - 1e-9 * load, -np.inf)
+                g = int(np.argmax(key))
+            else:
+                g = int(np.argmin(np.where(room, load, np.inf)))
+            X[j, g] = True
+            load[g] += per[j]
+            fill[g] += 1
+    sh = X / np.maximum(X.sum(axis=1, keepdims=True), 1)
+    return X, sh
+
+
+def _solve_pair(M: np.ndarray, w: np.ndarray, X0: np.ndarray, s0: np.ndarray, S: int, budget: int, cap: float,
+                candidates: int, gap: float, time_limit: float) -> tuple[np.ndarray, np.ndarray, str]:
+    """One layer given the previous one: (presence [E, G], shares [E, G], status)."""
+    import highspy
+
+    E, G = X0.shape
+    cand = X0.copy()
+    if candidates > 0:
+        top = np.argsort(-M, axis=0, kind="stable")[:min(candidates, G)]  # [c, E] devices per expert
+        cand[np.arange(E)[None, :], top] = True
+    pairs = np.argwhere(cand)  # (j, g)
+    n = len(pairs)
+    jj, gg = pairs[:, 0], pairs[:, 1]
+    mflow = M[gg, jj]
+    _quiet_highs_banner()
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("threads", 1)
+    h.setOptionValue("mip_rel_gap", float(gap))
+    h.setOptionValue("time_limit", float(max(time_limit, 0.05)))
+    inf = highspy.kHighsInf
+    # columns: x (n, binary), s (n), y (n)
+    cost = np.concatenate([np.zeros(2 * n), mflow])
+    h.addVars(3 * n, np.zeros(3 * n), np.ones(3 * n))
+    h.changeColsCost(3 * n, np.arange(3 * n, dtype=np.int32), cost)
+    h.changeColsIntegrality(n, np.arange(n, dtype=np.int32), np.array([highspy.HighsVarType.kInteger] * n))
+    h.changeObjectiveSense(highspy.ObjSense.kMaximize)
+    rows_lo, rows_hi, starts, idx, val = [], [], [], [], []
+
+    def row(lo, hi, ii, vv):
+        starts.append(len(idx))
+        rows_lo.append(lo)
+        rows_hi.append(hi)
+        idx.extend(ii)
+        val.extend(vv)
+
+    ar = np.arange(n)
+    for j in range(E):  # shares sum to 1
+        k = ar[jj == j]
+        row(1.0, 1.0, (n + k).tolist(), [1.0] * len(k))
+    for k in range(n):
+        row(-inf, 0.0, [n + k, k], [1.0, -1.0])  # s <= x
+        row(-inf, 0.0, [2 * n + k, k], [1.0, -1.0])  # y <= x
+        if mflow[k] > 0:
+            row(-inf, 0.0, [2 * n + k, n + k], [float(mflow[k]), -float(w[jj[k]])])  # M y <= w s
+    for g in range(G):
+        k = ar[gg == g]
+        row(-inf, float(S), k.tolist(), [1.0] * len(k))  # slots
+        row(-inf, float(cap), (n + k).tolist(), w[jj[k]].astype(float).tolist())  # load
+    row(-inf, float(budget), ar.tolist(), [1.0] * n)  # replica budget
+    h.addRows(len(rows_lo), np.array(rows_lo), np.array(rows_hi), len(idx), np.array(starts, dtype=np.int32),
+              np.array(idx, dtype=np.int32), np.array(val, dtype=np.float64))
+    # warm start: the greedy placement, crediting what its shares allow
+    x0 = X0[jj, gg].astype(float)
+    sv = s0[jj, gg]
+    y0 = np.where(x0 > 0, np.minimum(1.0, np.divide(w[jj] * sv, mflow, out=np.ones(n), where=mflow > 0)), 0.0)
+    sol = highspy.HighsSolution()
+    sol.col_value = np.concatenate([x0, sv, y0]).tolist()
+    sol.value_valid = True
+    h.setSolution(sol)
+    h.run()
+    status = h.getModelStatus().name
+    v = np.asarray(h.getSolution().col_value)
+    if v.size != 3 * n or h.getInfo().primal_solution_status == 0:
+        return X0, s0, f"kept_greedy ({status})"
+    X = np.zeros((E, G), dtype=bool)
+    sh = np.zeros((E, G))
+    on = v[:n] > 0.5
+    X[jj[on], gg[on]] = True
+    sh[jj[on], gg[on]] = np.maximum(v[n:2 * n][on], 0.0)
+    tot = sh.sum(axis=1, keepdims=True)
+    if (X.sum(axis=1) == 0).any() or (X.sum(axis=0) > S).any():
+        return X0, s0, f"kept_greedy (bad solution, {status})"
+    sh = np.where(X, np.divide(sh, tot, out=np.zeros_like(sh), where=tot > 0), 0.0)
+    zero = (tot[:, 0] <= 0)
+    if zero.any():
+        sh[zero] = X[zero] / X[zero].sum(axis=1, keepdims=True)
+    st = {"kOptimal": "optimal", "kTimeLimit": "time_limit"}.get(status, status)
+    return X, sh, st
+
+
+def _presence_shares(expert: np.ndarray, share: np.ndarray, E: int) -> tuple[np.ndarray, np.ndarray]:
+    G, S = expert.shape
+    X = np.zeros((E, G), dtype=bool)
+    sh = np.zeros((E, G))
+    g, s = np.nonzero(expert >= 0)
+    X[expert[g, s], g] = True
+    np.add.at(sh, (expert[g, s], g), share[g, s])
+    return X, sh
+
+
+@register("ilp_affinity")
+@dataclass(frozen=True)
+class AffinityILP:
+    """ExFlow-style placement: per layer pair, keep the most token traffic on-device (see module doc).
+
+    Needs transition counts (:meth:`with_counts` or ``counts`` in :meth:`place`); without them
+    (or with no layer pairs) it is the EPLB greedy.
+    """
+
+    balance_tolerance: float = 0.05
+    candidates: int = 3
+    gap: float = 0.01
+    time_budget: float = 30.0
+    redundant: Optional[int] = None
+    min_gain: float = 0.1  # leave the greedy only for >= 10 % more on-device flow in a layer pair
+    min_lift: float = 0.1  # ... and only where the affinity lift (affinity_lift) is at least this
+    top_k: int = 1  # experts per token (to read the lift)
+
+    def __post_init__(self):
+        if not self.balance_tolerance >= 0:
+            raise ValueError(f"balance_tolerance must be >= 0, got {self.balance_tolerance}")
+        if self.candidates < 0 or not self.gap >= 0 or not self.time_budget >= 0:
+            raise ValueError("candidates, gap and time_budget must be >= 0")
+
+    def place(self, loads, devices, nodes, slots_per_device, *, previous=None, counts: Optional[np.ndarray] = None,
+              progress=None) -> Placement:
+        t0 = time.perf_counter()
+        w, S, msgs = check_shape(loads, devices, nodes, slots_per_device)
+        L, E = w.shape
+        G = devices
+        budget = min(G * S, E + (G * S - E if self.redundant is None else int(self.redundant)))
+        expert = np.full((L, G, S), -1, dtype=np.int32)
+        share = np.zeros((L, G, S))
+        infos: list[LayerInfo] = []
+        if counts is not None and counts.shape != (L - 1, E, E):
+            raise InputError(f"transition counts of shape {counts.shape} do not match {L} layers x {E} experts",
+                             field="routes")
+        kept_sum = bound_sum = 0.0
+        for l in range(L):
+            t1 = time.perf_counter()
+            tot = float(w[l].sum())
+            wn = w[l] / tot * G if tot > 0 else np.zeros(E)
+            if budget < G * S:
+                cnt = replicate_experts(wn, budget)
+                ex_g, sh_g = _greedy_counts(wn, cnt, G, S)
+            else:
+                ex_g, sh_g = eplb_layer(wn, G, nodes, S, distinct=True)
+            X0, s0 = _presence_shares(ex_g, sh_g, E)
+            info = LayerInfo(status="greedy")
+            lift = float(affinity_lift(counts[l - 1][None], self.top_k)[0]) if l > 0 and counts is not None else 0.0
+            if l > 0 and counts is not None and tot > 0 and lift < self.min_lift:
+                info = LayerInfo(status="greedy (no affinity)")
+            elif l > 0 and counts is not None and tot > 0:
+                Ml = np.zeros((G, E))
+                # flow at each device of layer l (placed already) towards layer l+1's experts
+                Xp, sp = _presence_shares(expert[l - 1], share[l - 1], E)
+                Ml = sp.T @ counts[l - 1]
+                Ml = Ml / max(Ml.sum(), 1e-300) * G  # same units as wn (mean device load 1)
+                T_g = float((wn[:, None] * s0).sum(axis=0).max())
+                left = self.time_budget - (time.perf_counter() - t0)
+                lim = 0.8 * left / (L - l)
+                cap = (1 + self.balance_tolerance) * T_g
+                cnt = np.maximum(X0.sum(axis=1), 1)
+                Xh, shh = X0, s0
+                for frac in (1.0, 0.5, 0.25, 0.0):  # tighter inner caps until the result meets cap
+                    Xt, sht = _affinity_greedy(Ml, wn, cnt, S, T_g + frac * (cap - T_g))
+                    if (wn[:, None] * sht).sum(axis=0).max() > cap:  # re-split the replicated experts
+                        sht = _rebalance(wn, Xt)[1]
+                    if (wn[:, None] * sht).sum(axis=0).max() <= cap * (1 + 1e-9):
+                        Xh, shh = Xt, sht
+                        break
+                bnd = _flow_bound(Ml, S)
+                kept_h = float(np.minimum(Ml.T * Xh, wn[:, None] * shh).sum())
+                if bnd - kept_h <= self.gap * bnd:
+                    X, sh, st = Xh, shh, "heuristic_within_gap"
+                elif lim > 0.01:
+                    X, sh, st = _solve_pair(Ml, wn, Xh, shh, S, budget, cap, self.candidates, self.gap, lim)
+                else:
+                    X, sh, st = Xh, shh, "heuristic (time budget spent)"
+                kept = float(np.minimum(Ml.T * X, wn[:, None] * sh).sum())
+                if kept < kept_h:
+                    X, sh, kept, st = Xh, shh, kept_h, "heuristic"
+                kept0 = float(np.minimum(Ml.T * X0, wn[:, None] * s0).sum())
+                if kept < kept0 * (1 + self.min_gain):  # no affinity worth the imbalance: the greedy
+                    X, sh, kept, st = X0, s0, kept0, "greedy (no gain)"
+                kept_sum += kept
+                bound_sum += bnd
+                # objective: on-device flow kept (fraction of the pair's flow); its bound is in the
+                # message (not a makespan bound, so not in ``bound``, which summaries read as one)
+                info = LayerInfo(status=st, objective=kept / G, gap=(bnd - kept) / bnd if bnd > 0 else 0.0,
+                                 message=f"kept on-device flow {kept / G:.4f}, bound {bnd / G:.4f}")
+                X0, s0 = X, sh
+            expert[l], share[l] = _to_slots(X0, s0, S)
+            info.solve_s = time.perf_counter() - t1
+            infos.append(info)
+            if progress is not None:
+                progress(l + 1, L, info)
+        if counts is None:
+            msgs.append("ilp_affinity: no routing samples or trace; used the EPLB greedy on every layer")
+        p = Placement(expert, share, w, nodes=nodes, policy="ilp_affinity", layer_info=infos, messages=msgs,
+                      solve_s=time.perf_counter() - t0)
+        p.affinity_gap = (bound_sum - kept_sum) / bound_sum if bound_sum > 0 else 0.0  # type: ignore[attr-defined]
+        return p
+
+
+def _greedy_counts(wn: np.ndarray, cnt: np.ndarray, G: int, S: int) -> tuple[np.ndarray, np.ndarray]:
+    """Replicas (counts ``cnt``) heaviest first onto the least-loaded device with room."""
+    from .policies import balanced_packing
+
+    phy = np.repeat(np.arange(wn.shape[0]), cnt)
+    per = wn[phy] / cnt[phy]
+    dev = balanced_packing(per, phy, G, S, distinct=True)
+    ex = np.full((G, S), -1, dtype=np.int32)
+    sh = np.zeros((G, S))
+    fill = np.zeros(G, dtype=np.int64)
+    for i, g in enumerate(dev):
+        ex[g, fill[g]] = phy[i]
+        sh[g, fill[g]] = 1.0 / cnt[phy[i]]
+        fill[g] += 1
+    return ex, sh

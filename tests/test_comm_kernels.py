@@ -1,0 +1,150 @@
+"""Kernel-level collectives, DeepEP low-latency and the MoE layer kernel against measured tables.
+
+Fit errors are checked with the parameters shipped in hardware/calibration/a100-sxm-80gb.yaml
+(fitted by ``python benchmarks/comm_calibration.py --write``) on the A100 tables of
+../shared/data; the DeepEP low-latency figures against DeepEP's published H800 table, which
+nothing was fitted on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from simllm.cost import collectives as C, comm_tables as T, moe_layer as M
+from simllm.cost.calibration import calibration_for
+from simllm.errors import InputError
+from simllm.hardware import load_accelerator, load_cluster, load_node
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "calibration" / "aiconfigurator"
+need_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data/calibration/aiconfigurator is absent")
+
+
+@pytest.fixture(scope="module")
+def a100():
+    return calibration_for(load_accelerator("a100-sxm-80gb"))
+
+
+@need_data
+def test_shipped_a100_nccl_and_vllm_custom_allreduce_errors(a100):
+    """Every (kind, dtype) group of >= 50 rows: median <= 8%, p90 <= 25% (issue targets)."""
+    sec = {"kernels": a100.kernels, "frameworks": {"vllm": a100.frameworks["vllm"]}}
+    errs = T.sections_errors(DATA, sec, ["a100_sxm"])["a100_sxm"]
+    assert len(errs) == 9  # 4 ops x 2 dtypes + vLLM's custom all-reduce
+    for group, e in errs.items():
+        assert e["n"] >= 50
+        assert e["median"] <= 0.08, (group, e)
+        assert e["p90"] <= 0.25, (group, e)
+
+
+def test_nvls_only_on_nvswitch_gen3_and_custom_allreduce_graph_beats_eager(a100):
+    h100, a = C.IntraLink.from_node(load_node("dgx-h100")), C.IntraLink.from_node(load_node("dgx-a100"))
+    assert h100.nvls and not a.nvls
+    nc = T.nccl_params(a100, "all_reduce")
+    _, alg = C.nccl_time("all_reduce", np.array([2.0 ** 24]), np.array([8]), h100, nc, with_algorithm=True)
+    assert alg[0] == "nvls"
+    _, alg = C.nccl_time("all_reduce", np.array([2.0 ** 24]), np.array([8]), a, nc, with_algorithm=True)
+    assert alg[0] != "nvls"
+    ca = T.custom_params(a100)
+    g = C.custom_allreduce_time(65536.0, 4, a, ca, nc, graph=True)
+    e = C.custom_allreduce_time(65536.0, 4, a, ca, nc, graph=False)
+    assert 2e-6 < g < 15e-6 < e  # measured 5.3-6.6 us under a CUDA graph, 44-46 us eager (A100 vLLM)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(list(C.NCCL_OPS)), st.floats(1e3, 1e9), st.sampled_from([2, 4, 8]), st.floats(1.01, 4.0))
+def test_nccl_time_grows_with_size(op, nbytes, n, f):
+    p = C.NcclParams()
+    for node in ("dgx-h100", "dgx-a100"):
+        link = C.IntraLink.from_node(load_node(node))
+        assert C.nccl_time(op, nbytes * f, n, link, p) >= C.nccl_time(op, nbytes, n, link, p) > 0
+
+
+def test_serving_tp_allreduce_is_the_kernel_not_the_eager_call(a100):
+    node = load_node("dgx-a100")
+    links = C.CommLinks.from_node(node, a100.comm)
+    nbytes = 64 * 8192 * 2  # a 64-token decode step of Llama-2-70B, bf16
+    t = C.tp_all_reduce(nbytes, 4, links, 4, a100, tokens=64)
+    assert t < 20e-6  # measured vLLM custom all-reduce, 1 MiB on 4 A100s under a graph: 18.3 us
+    assert C.all_reduce(nbytes, 4, links, 4) > 3 * t  # the Vidur-fitted eager host call
+    assert C.tp_all_reduce(nbytes, 16, links, 8, a100, tokens=64) == C.all_reduce(nbytes, 16, links, 8)
+
+
+# DeepEP README (deepseek-ai/DeepEP), low-latency kernels on H800 + CX7 400 Gb/s, 128 tokens,
+# hidden 7168, top-8, FP8 dispatch / BF16 combine: latency in us per #EP (16, 32, 64)
+DEEPEP_LL = {"dispatch": {16: 118, 32: 155, 64: 173}, "combine": {16: 195, 32: 273, 64: 314}}
+
+
+@pytest.mark.parametrize("op", ["dispatch", "combine"])
+def test_deepep_low_latency_matches_published_h800(op):
+    from simllm.topology import build_topology, ep_dispatch_ll
+
+    topo = build_topology("h800-ep")
+    for n, us in DEEPEP_LL[op].items():
+        t = ep_dispatch_ll(topo, 128, 7168, 8, n, op=op).time_s
+        assert abs(t * 1e6 / us - 1) < 0.15, (op, n, t * 1e6, us)
+
+
+def test_comm_cli_prints_both_deepep_kernels(capsys):
+    from simllm.cli.comm import comm
+
+    comm("dispatch", cluster="h800-ep", devices=32, nbytes=None, tokens=128, hidden=7168, topk=8, dtype="fp8",
+         experts=256, topk_groups=None, algorithm="auto", src=None, dst=None, as_json=False)
+    out = capsys.readouterr().out
+    assert "DeepEP RDMA bw" in out and "low-latency kernel time" in out
+
+
+def test_moe_rank_counts_follow_the_collectors():
+    c = M.rank_counts(1024, 256, 8, 8, "balanced")
+    assert sum(c) == 128 * 8 and len(c) == 32  # ceil(T / ep) tokens x min(k, E / ep) local choices
+    assert sum(M.rank_counts(1024, 256, 8, 256, "balanced")) == 4  # one local expert: k_loc = 1
+    bal = sum(M.rank_counts(4096, 256, 8, 32, "balanced"))
+    skew = sum(M.rank_counts(4096, 256, 8, 32, "power_law_1.2"))
+    assert skew > 1.5 * bal  # the busiest expert group sits on rank 0
+    with pytest.raises(InputError):
+        M.rank_counts(16, 256, 8, 8, "zipf")
+
+
+@need_data
+def test_moe_layer_error_on_shipped_a100_vllm(a100):
+    """Measured today (see README): 17.7% median over 6,360 rows; EP 128 18%, EP 256 25% (52-75%
+    before the per-rank fixed costs). A guard against regressions, not the issue's 8% target."""
+    from simllm.cost.tables import read_tables
+
+    df = read_tables(DATA / "a100_sxm" / "moe", framework="vllm")
+    df = df[df["kind"] == "moe"].sample(800, random_state=3)
+    acc = load_accelerator("a100-sxm-80gb")
+    r = np.abs(M.price_frame(df, acc, a100) / df["latency_s"].to_numpy() - 1)
+    assert np.median(r) < 0.22
+    big = df["moe_ep_size"].to_numpy() >= 128
+    assert np.median(r[big]) < 0.30
+
+
+def _table(tmp_path, **cols):
+    d = tmp_path / "a100_sxm" / "comm" / "nccl" / "2.27.3"
+    d.mkdir(parents=True)
+    base = {"op_name": ["all_reduce"], "nccl_dtype": ["half"], "num_gpus": [2], "message_size": [1024],
+            "latency": [0.01], "kernel_source": ["NCCL"]}
+    base.update(cols)
+    base = {k: v for k, v in base.items() if v is not None}
+    pd.DataFrame(base).to_parquet(d / "nccl_perf.parquet")
+    return d / "nccl_perf.parquet"
+
+
+@pytest.mark.parametrize("cols, field", [({"op_name": ["broadcast"]}, "op_name"),
+                                         ({"message_size": None}, "message_size")])
+def test_bad_comm_table_is_one_line_exit_2(tmp_path, cols, field):
+    from simllm.cost.tables import read_tables
+
+    p = _table(tmp_path, **cols)
+    with pytest.raises(InputError) as e:
+        read_tables(p)
+    assert e.value.field == field and str(p) in str(e.value.file)
+    with pytest.raises(InputError) as e:
+        T.prepare(pd.DataFrame({"kind": ["nccl_broadcast"], "dtype": ["half"], "num_gpus": [2],
+                                "message_size": [8.0], "source": ["x.parquet"]}))
+    assert e.value.field == "op_name"
