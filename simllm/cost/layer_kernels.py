@@ -31,10 +31,10 @@ from dataclasses import asdict, replace
 import numpy as np
 
 from ..errors import InputError
-from .kernel_models import (ATTN_DTYPES, GEMM_DTYPES, MLA_KV_LORA, ROOF_DEFAULT, UNCALIBRATED, _sec,
-                            gemm_launch_and_body, strict_peak)
+from .kernel_models import ATTN_DTYPES, GEMM_DTYPES, ROOF_DEFAULT, _sec, gemm_launch_and_body, strict_peak
 
 FRAMEWORKS = ("vllm", "trtllm", "sglang")
+DECODE_GRID = 4.0  # tokens of mean context per sequence between memoized decode-attention points
 WIDE = {"bf16", "fp16", "fp32", "tf32"}
 # simllm dtype name -> the tables' dtype string
 TABLE_NAME = {"bf16": "bfloat16", "fp16": "float16", "fp8": "fp8", "int8": "int8", "fp4": "nvfp4", "int4": "int4",
@@ -110,8 +110,14 @@ class LayerKernels:
         self.attn_peak = strict_peak(acc, ATTN_DTYPES[base])
         self.qo_bytes = 1.0 if base == "fp8" else 2.0
         self.kvb = float(kv_bytes)
+        self._tabs: dict[int, np.ndarray] = {}  # batch size -> decode seconds on the context grid
         self.pre = {**ROOF_DEFAULT, **_sec(self.cal, pre_kind, key)[0]}
         self.dec = {**ROOF_DEFAULT, **_sec(self.cal, dec_kind, key)[0]}
+        if getattr(acc, "kind", "") == "tpu":
+            # assumption: a TPU TensorCore runs one program over the whole batch, no thread blocks
+            # scheduled over SMs, so the per-CTA floor of GPU kernels does not transfer (with one
+            # "compute unit" it would serialize every CTA: decode attention 10x the HBM roofline)
+            self.pre["cta_s"] = self.dec["cta_s"] = 0.0
         self.heads = float(math.ceil(a.num_heads / tp))
         if self.mla:
             self.lat = float(a.kv_lora_rank + a.qk_rope_head_dim)
@@ -199,6 +205,39 @@ class LayerKernels:
         p = s["p"]
         return s["launch_s"], (tc ** p + tm ** p + tq ** p) ** (1.0 / p)
 
+    def decode_time(self, seqs: float, ctx):
+        """Seconds (launch + body) of one layer's decode attention, memoized: per batch size, a
+        table of :meth:`decode` over the mean context per sequence on a grid of ``DECODE_GRID``
+        tokens, linearly interpolated (exact on the grid; the scalar and array forms agree to
+        rounding). ``ctx`` a float or an array of context totals."""
+        b = int(seqs)
+        if b <= 0:
+            return np.zeros(np.shape(ctx)) if isinstance(ctx, np.ndarray) else 0.0
+        tab = self._tabs.get(b)
+        if isinstance(ctx, np.ndarray):
+            x = np.maximum(ctx, 0.0) * (1.0 / (b * DECODE_GRID))
+            hi = float(x.max()) if x.size else 0.0
+            if tab is None or hi + 2 >= len(tab):
+                tab = self._grow(b, hi)
+            i = x.astype(np.intp)
+            lo = tab[i]
+            return lo + (x - i) * (tab[i + 1] - lo)
+        x = max(float(ctx), 0.0) / (b * DECODE_GRID)
+        if tab is None or x + 2 >= len(tab):
+            tab = self._grow(b, x)
+        i = int(x)
+        lo = float(tab[i])
+        return lo + (x - i) * (float(tab[i + 1]) - lo)
+
+    def _grow(self, b: int, hi: float) -> np.ndarray:
+        old = self._tabs.get(b)
+        n = max(64, 2 * (len(old) if old is not None else 0), int(hi) + 3)
+        m = np.arange(n, dtype=float) * (DECODE_GRID * b)
+        lo, body = self.decode(b, m)
+        tab = lo + body
+        self._tabs[b] = tab
+        return tab
+
     def decode_linear(self):
         """(launch, per-sequence seconds, per-context-token seconds): decode attention at full SM
         occupancy, linear in the context (for callers that need that form, e.g. the EP step)."""
@@ -224,4 +263,4 @@ def check_framework(fw: str) -> str:
     return fw
 
 
-__all__ = ["LayerKernels", "gemm_table_dtype", "check_framework", "FRAMEWORKS", "UNCALIBRATED", "MLA_KV_LORA"]
+__all__ = ["LayerKernels", "gemm_table_dtype", "check_framework", "FRAMEWORKS"]

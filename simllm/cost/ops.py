@@ -182,8 +182,7 @@ class LayerOps:
         """Seconds of one layer's decode attention; ``ctx`` (total context tokens) may be an array."""
         if decode_seqs <= 0:
             return np.zeros(np.shape(ctx)) if isinstance(ctx, np.ndarray) else 0.0
-        lo, bo = self.k.decode(decode_seqs, ctx)
-        return bo + lo
+        return self.k.decode_time(decode_seqs, ctx)
 
     def decode_attention_slope(self) -> float:
         """Seconds per cached context token per layer at full occupancy (the linear form)."""
@@ -200,7 +199,8 @@ class LayerOps:
         if decode_seqs <= 0:
             return Op("attn_decode", "attention", 0.0, 0.0, 0.0)
         ctx = float(ctx)
-        lo, bo = self.k.decode(decode_seqs, ctx)
+        lo = self.k.decode(decode_seqs, ctx)[0]
+        bo = float(self.k.decode_time(decode_seqs, ctx)) - lo
         fl = ctx * self.f_tok_decode
         by = ctx * self.kv_per_tok + decode_seqs * (self.q_width + self.o_width) * self.ab
         comp = fl / self.k.attn_peak > by / self.bw
