@@ -31,7 +31,9 @@ from dataclasses import asdict, replace
 import numpy as np
 
 from ..errors import InputError
-from .kernel_models import ATTN_DTYPES, GEMM_DTYPES, ROOF_DEFAULT, _sec, gemm_launch_and_body, strict_peak
+from .kernel_models import (ATTN_DTYPES, GEMM_DTYPES, ROOF_DEFAULT, UNCALIBRATED, _gemm_params, _l2, _sec,
+                            strict_peak)
+from .kernels import gemm_time
 
 FRAMEWORKS = ("vllm", "trtllm", "sglang")
 DECODE_GRID = 4.0  # tokens of mean context per sequence between memoized decode-attention points
@@ -110,7 +112,9 @@ class LayerKernels:
         self.attn_peak = strict_peak(acc, ATTN_DTYPES[base])
         self.qo_bytes = 1.0 if base == "fp8" else 2.0
         self.kvb = float(kv_bytes)
-        self._tabs: dict[int, np.ndarray] = {}  # batch size -> decode seconds on the context grid
+        self._tabs: dict[int, np.ndarray] = {}
+        self._grid = np.arange(64, dtype=float)
+        self._gemm_cache: dict = {}  # batch size -> decode seconds on the context grid
         self.pre = {**ROOF_DEFAULT, **_sec(self.cal, pre_kind, key)[0]}
         self.dec = {**ROOF_DEFAULT, **_sec(self.cal, dec_kind, key)[0]}
         if getattr(acc, "kind", "") == "tpu":
@@ -128,12 +132,35 @@ class LayerKernels:
             self.hd = float(a.head_dim)
 
     # ------------------------------------------------------------------ GEMM
-    def gemm(self, M, K, N, groups=1.0):
-        """(launch, body) seconds of ``groups`` GEMMs [M, K] x [K, N] (floats)."""
+    def gemm(self, M, K, N, groups=1.0, dtype=None):
+        """(launch, body) seconds of ``groups`` GEMMs [M, K] x [K, N] (floats) in the deployment's
+        kernel path (``dtype``: another table dtype); the same numbers as
+        :func:`~simllm.cost.kernel_models.gemm_launch_and_body`, its parameters resolved once."""
         if float(np.max(M)) <= 0 or float(np.max(groups)) <= 0:
             return 0.0, 0.0
-        lo, bo = gemm_launch_and_body(M, K, N, self.gemm_dtype, self.acc, self.cal, groups=groups)
-        return float(np.sum(lo) if np.ndim(lo) else lo), float(np.sum(bo) if np.ndim(bo) else bo)
+        dt = dtype or self.gemm_dtype
+        c = self._gemm_cache.get(dt)
+        if c is None:
+            c = self._gemm_cache[dt] = self._gemm_setup(dt)
+        gp, peak, ab, wb, ob, l2, l2s, quant, q, qe = c
+        t = gemm_time(M, K, N, peak=peak, bw=self.bw, cus=int(self.cus), gp=gp, groups=groups, a_bytes=ab,
+                      w_bytes=wb, o_bytes=ob, l2_bytes=l2, l2_speedup=l2s)
+        lo = gp.kernel_overhead_s
+        body = float(np.sum(t)) - lo * np.size(t)
+        if quant:
+            body += float(np.sum(np.asarray(M, float) * groups)) * K * 3.0 / (self.bw * qe)
+            lo += q
+        return lo * np.size(t), body
+
+    def _gemm_setup(self, dt):
+        pk, ab, wb, ob, quant = GEMM_DTYPES[dt]
+        key = "fp8" if dt in UNCALIBRATED else dt
+        s, found = _sec(self.cal, "gemm", key)
+        gp = _gemm_params(s)
+        if dt in ("fp16", "float16") and found in ("", "gemm/bfloat16") and "gemm" in (self.cal.fit or {}):
+            gp = self.cal.gemm
+        return (gp, strict_peak(self.acc, pk), ab, wb, ob, _l2(self.acc), float(s.get("l2_speedup", 1.0)), quant,
+                float(s.get("quant_overhead_s", 0.0)), float(s.get("quant_efficiency", gp.memory_efficiency)))
 
     # ------------------------------------------------------------------ attention (per layer, per rank)
     def _body(self, flops, nbytes, tiles, ctas, s):
@@ -215,13 +242,10 @@ class LayerKernels:
             return np.zeros(np.shape(ctx)) if isinstance(ctx, np.ndarray) else 0.0
         tab = self._tabs.get(b)
         if isinstance(ctx, np.ndarray):
-            x = np.maximum(ctx, 0.0) * (1.0 / (b * DECODE_GRID))
-            hi = float(x.max()) if x.size else 0.0
-            if tab is None or hi + 2 >= len(tab):
-                tab = self._grow(b, hi)
-            i = x.astype(np.intp)
-            lo = tab[i]
-            return lo + (x - i) * (tab[i + 1] - lo)
+            x = ctx * (1.0 / (b * DECODE_GRID))
+            if tab is None or (x.size and float(x.max()) + 2 >= len(tab)):
+                tab = self._grow(b, float(x.max()))
+            return np.interp(x, self._grid[:len(tab)], tab)
         x = max(float(ctx), 0.0) / (b * DECODE_GRID)
         if tab is None or x + 2 >= len(tab):
             tab = self._grow(b, x)
@@ -236,6 +260,8 @@ class LayerKernels:
         lo, body = self.decode(b, m)
         tab = lo + body
         self._tabs[b] = tab
+        if len(self._grid) < n:
+            self._grid = np.arange(2 * n, dtype=float)
         return tab
 
     def decode_linear(self):

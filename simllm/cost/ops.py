@@ -34,7 +34,7 @@ from ..hardware import DTYPE_BYTES
 from . import collectives as C
 from .calibration import Calibration
 from .kernels import attention_time, elementwise_time, gemm_flops_bytes, gemm_time
-from .kernel_models import GEMM_DTYPES, gemm_launch_and_body
+from .kernel_models import GEMM_DTYPES
 from .layer_kernels import LayerKernels, check_framework
 from .moe_layer import serving_fixed_s as moe_fixed_s
 
@@ -126,8 +126,7 @@ class LayerOps:
         k = self.k
         dt = k.gemm_dtype if w_bytes is None else "bfloat16"
         _, ab, wb, ob, _ = GEMM_DTYPES[dt]
-        lo, bo = k.gemm(M, K, N, groups) if w_bytes is None else \
-            _bf16_gemm(k, M, K, N, groups)
+        lo, bo = k.gemm(M, K, N, groups, dtype=dt)
         fl, by = gemm_flops_bytes(M, K, N, groups, ab, wb, ob)
         fl, by = float(np.sum(fl)), float(np.sum(by))
         t = lo + bo
@@ -344,11 +343,6 @@ def _seqs(T: float, W: float, seqs: Optional[float]) -> float:
     if seqs is not None and seqs > 0:
         return float(seqs)
     return min(max(T * T / (2.0 * W), 1.0), max(T, 1.0)) if W > 0 else 1.0
-
-
-def _bf16_gemm(k: LayerKernels, M, K, N, groups):
-    lo, bo = gemm_launch_and_body(M, K, N, "bfloat16", k.acc, k.cal, groups=groups)
-    return float(np.sum(lo)), float(np.sum(bo))
 
 
 def expected_experts_touched(E: int, k: int, T: float) -> float:
