@@ -136,7 +136,8 @@ class LayerKernels:
         """(launch, body) seconds of ``groups`` GEMMs [M, K] x [K, N] (floats) in the deployment's
         kernel path (``dtype``: another table dtype); the same numbers as
         :func:`~simllm.cost.kernel_models.gemm_launch_and_body`, its parameters resolved once."""
-        if float(np.max(M)) <= 0 or float(np.max(groups)) <= 0:
+        scalar = not (isinstance(M, np.ndarray) or isinstance(groups, np.ndarray))
+        if (M <= 0 or groups <= 0) if scalar else (float(np.max(M)) <= 0 or float(np.max(groups)) <= 0):
             return 0.0, 0.0
         dt = dtype or self.gemm_dtype
         c = self._gemm_cache.get(dt)
@@ -146,6 +147,12 @@ class LayerKernels:
         t = gemm_time(M, K, N, peak=peak, bw=self.bw, cus=int(self.cus), gp=gp, groups=groups, a_bytes=ab,
                       w_bytes=wb, o_bytes=ob, l2_bytes=l2, l2_speedup=l2s)
         lo = gp.kernel_overhead_s
+        if scalar:
+            body = float(t) - lo
+            if quant:
+                body += M * groups * K * 3.0 / (self.bw * qe)
+                lo += q
+            return lo, body
         body = float(np.sum(t)) - lo * np.size(t)
         if quant:
             body += float(np.sum(np.asarray(M, float) * groups)) * K * 3.0 / (self.bw * qe)

@@ -127,8 +127,11 @@ class LayerOps:
         dt = k.gemm_dtype if w_bytes is None else "bfloat16"
         _, ab, wb, ob, _ = GEMM_DTYPES[dt]
         lo, bo = k.gemm(M, K, N, groups, dtype=dt)
-        fl, by = gemm_flops_bytes(M, K, N, groups, ab, wb, ob)
-        fl, by = float(np.sum(fl)), float(np.sum(by))
+        if isinstance(M, np.ndarray) or isinstance(groups, np.ndarray):
+            fl, by = gemm_flops_bytes(M, K, N, groups, ab, wb, ob)
+            fl, by = float(np.sum(fl)), float(np.sum(by))
+        else:
+            fl, by = 2.0 * groups * M * K * N, groups * (M * K * ab + K * N * wb + M * N * ob)
         t = lo + bo
         comp = fl / k.gemm_peak >= by / self.bw
         shape = f"{_fmt(M)}x{int(K)}x{int(N)}" + (f" x{_fmt(groups)}" if groups != 1 else "")
