@@ -256,9 +256,7 @@ class LayerKernels:
         x = max(float(ctx), 0.0) / (b * DECODE_GRID)
         if tab is None or x + 2 >= len(tab):
             tab = self._grow(b, x)
-        i = int(x)
-        lo = float(tab[i])
-        return lo + (x - i) * (float(tab[i + 1]) - lo)
+        return float(np.interp(x, self._grid[:len(tab)], tab))  # the array form's arithmetic, bit for bit
 
     def _grow(self, b: int, hi: float) -> np.ndarray:
         old = self._tabs.get(b)

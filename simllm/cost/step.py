@@ -172,10 +172,9 @@ class ReplicaStepCost:
                 v = t_i + n_i * a + (head[0] if i == self._last else 0.0)
                 best = v if v > best else best
             return float(best)
-        base = tok[:, 0].copy()
-        base[self._last] += head[0]
-        c = a.reshape(1, -1)
-        return np.max(base[:, None] + self._n_layers[:, None] * c, axis=0).reshape(a.shape)
+        v = tok[:, 0][:, None] + self._n_layers[:, None] * a.reshape(1, -1)  # the scalar loop's order
+        v[self._last] += head[0]
+        return np.max(v, axis=0).reshape(a.shape)
 
     def stage_times(self, shape: BatchShape) -> np.ndarray:
         """Seconds of each pipeline stage for one batch."""
