@@ -81,6 +81,7 @@ class DeploymentSpec(Frozen):
     weight_dtype: DTYPE = "bf16"
     kv_dtype: DTYPE = "bf16"
     act_dtype: DTYPE = "bf16"
+    framework: Literal["vllm", "trtllm", "sglang"] = "vllm"  # whose kernel calibration prices GEMMs/attention
     max_model_len: Optional[int] = Field(default=None, gt=0)
     batching: dict[str, Any] = Field(default_factory=lambda: {"policy": "vllm"})
     kv: KVSpec = KVSpec()
@@ -263,7 +264,7 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
             raise InputError("the cost model (simllm.cost.make_step_cost) is not available in this build") from None
         cost = _located(lambda: make_step_cost(model, acc, tp=dep.tp, pp=dep.pp, node=node,
                                                weight_dtype=dep.weight_dtype, kv_dtype=dep.kv_dtype,
-                                               act_dtype=dep.act_dtype), file, "deployment")
+                                               act_dtype=dep.act_dtype, framework=dep.framework), file, "deployment")
     kvs = dep.kv
     mem = acc.hbm_bytes
     num_blocks = _located(lambda: kv_capacity_blocks(

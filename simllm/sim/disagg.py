@@ -510,7 +510,7 @@ def prepare_disaggregated(scn, model, acc, node, n_devices, *, file=None, seed=N
         w = f"{where}.{name}"
         cost = _located(lambda: make_step_cost(model, acc, tp=ps.tp, pp=ps.pp, node=node,
                                                weight_dtype=dep.weight_dtype, kv_dtype=dep.kv_dtype,
-                                               act_dtype=dep.act_dtype), file, w)
+                                               act_dtype=dep.act_dtype, framework=dep.framework), file, w)
         kvs = dep.kv
         mem = acc.hbm_bytes
         nb = _located(lambda: kv_capacity_blocks(
