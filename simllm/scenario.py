@@ -249,6 +249,9 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
         from .sim.disagg import prepare_disaggregated
 
         return prepare_disaggregated(scn, model, acc, node, n_devices, file=file, seed=seed)
+    if cost is None and dep.ep > 1 and dep.framework != "vllm":
+        raise InputError("the expert-parallel step cost prices kernels with the vllm calibration only",
+                         file=file, field="deployment.framework")
     if cost is None and dep.ep > 1:
         from .cost.moe_ep import make_ep_step_cost
 

@@ -14,7 +14,7 @@ SCN = REPO / "workloads" / "scenarios" / "llama3-8b-h100-azure-conv.yaml"
 
 
 def _fake_factory(model, accelerator, *, tp=1, pp=1, node=None, weight_dtype="bf16", kv_dtype="bf16",
-                  act_dtype="bf16"):
+                  act_dtype="bf16", framework="vllm"):
     return AffineCost(weight_bytes_per_device=16e9 / (tp * pp), kv_bytes_per_token_per_device=131072.0 / (tp * pp))
 
 

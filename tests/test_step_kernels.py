@@ -141,3 +141,15 @@ def test_every_shipped_device_prices_a_step(hw):
     t = c.step_time(512, 512 * 256.0, 1, 16, 16 * 1000.0)
     d = c.step_time(0, 0.0, 0, 16, 16 * 1000.0)
     assert 0 < d < t < 1.0
+
+
+def test_scenario_framework_field_reaches_the_step_cost(h100):
+    from simllm.scenario import DeploymentSpec
+
+    assert DeploymentSpec().framework == "vllm"
+    assert DeploymentSpec(framework="trtllm").framework == "trtllm"
+    m = load_model("llama-3-70b")
+    v, t = (make_step_cost(m, h100, tp=4, framework=f) for f in ("vllm", "trtllm"))
+    assert v.ops.k.pre != t.ops.k.pre  # the frameworks' own attention sections
+    with pytest.raises(Exception):
+        DeploymentSpec(framework="tensorflow")

@@ -7,14 +7,14 @@ replicated, each routed expert sharded like a dense MLP (expert parallelism is
 ``simllm.placement``'s business and enters as per-expert token counts). Two all-reduces of
 the hidden state per layer (after attention and after the MLP) when tp > 1.
 
-Attention: prefill is FlashAttention-style (scores never reach HBM): FLOPs from the
-causal token-pair count ``prefill_attn_work``, bytes = Q, O, the new K/V, and K/V re-read
-once per ``q_block`` queries. Decode reads every sequence's KV cache once per layer. MLA
-caches the compressed latent plus the RoPE key (``kv_lora_rank + qk_rope_head_dim`` values
-per token per layer, replicated on every TP rank) and, with the absorbed projections, attends
-over it: per cached token and head 2(kv_lora + rope) + 2 kv_lora FLOPs. Its ``kv_b``
-projection is priced as one GEMM over the step's tokens (the same FLOPs and weight bytes as
-the absorbed form).
+GEMMs and attention kernels are priced by :mod:`simllm.cost.layer_kernels` with the kernel
+physics of :mod:`simllm.cost.kernel_models` and the device's calibration for the framework
+(launch in ``Op.overhead_s``, body as compute or memory time). Attention FLOPs/bytes of the
+breakdown: prefill from the causal token-pair count ``prefill_attn_work``; decode reads every
+sequence's KV cache once per layer. MLA caches the compressed latent plus the RoPE key
+(``kv_lora_rank + qk_rope_head_dim`` values per token per layer, replicated on every TP rank) and,
+with the absorbed projections, attends over it. Its ``kv_b`` projection is priced as one GEMM
+over the step's tokens (the same FLOPs and weight bytes as the absorbed form).
 
 MoE: routed experts are grouped GEMMs. With ``T`` tokens routed top-``k`` of ``E`` experts
 uniformly, the expected number of experts touched is ``E (1 - (1 - k/E)^T)`` and each touched
