@@ -36,7 +36,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from ..sim.engine import STEP_COLUMNS, SimResult
+from ..sim.records import STEP_COLUMNS, SimResult
 
 REQUEST_COLUMNS = ("id", "arrival_s", "prompt_tokens", "output_tokens", "generated_tokens", "scheduled_s",
                    "first_token_s", "completion_s", "ttft_s", "tpot_s", "e2e_s", "queueing_s", "preemptions",
