@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 # verb modules, in the order they appear in --help
-_VERBS = ("run", "trace", "hw", "model", "calibrate", "comm", "plan", "place", "sweep", "report")
+_VERBS = ("run", "trace", "hw", "model", "calibrate", "comm", "plan", "place", "sweep", "report", "validate")
 
 
 def _register_all() -> None:
