@@ -77,3 +77,33 @@ def test_vllm_bench_reader(tmp_path):
     assert r.summary.latency["ttft"]["mean"] == pytest.approx(0.05) and r.summary.prompt_len_mean == 100
     with pytest.raises(InputError):
         read_run(tmp_path / "missing")
+
+
+def _llama4_cfg(tmp_path, experts, step, quant=None):
+    # Llama-4 Scout / Maverick text_config values as published in their config.json
+    text = {"hidden_size": 5120, "num_hidden_layers": 48, "num_attention_heads": 40, "num_key_value_heads": 8,
+            "head_dim": 128, "intermediate_size": 8192, "intermediate_size_mlp": 16384, "num_local_experts": experts,
+            "num_experts_per_tok": 1, "interleave_moe_layer_step": step, "vocab_size": 202048,
+            "max_position_embeddings": 10485760, "hidden_act": "silu", "torch_dtype": "bfloat16"}
+    d = {"architectures": ["Llama4ForConditionalGeneration"], "text_config": text}
+    if quant:
+        d["quantization_config"] = quant
+    p = tmp_path / f"l4-{experts}" / "config.json"
+    p.parent.mkdir()
+    p.write_text(json.dumps(d))
+    return p
+
+
+def test_llama4_import_params_near_published(tmp_path):
+    from simllm.config import validate
+    from simllm.hf_import import import_hf_config
+    from simllm.model import ModelSpec
+
+    scout = validate(ModelSpec, import_hf_config(_llama4_cfg(tmp_path, 16, 1)))
+    # Meta: Scout 109B total / 17B active, Maverick 400B total / 17B active (text + vision; vision ~1B)
+    assert scout.total_params == pytest.approx(108e9, rel=0.03) and scout.active_params == pytest.approx(17e9, rel=0.06)
+    mav = validate(ModelSpec, import_hf_config(_llama4_cfg(tmp_path, 128, 2, {"quant_method": "fp8"})))
+    assert mav.num_moe_layers == 24 and not mav.is_moe_layer(0) and mav.is_moe_layer(1)
+    assert mav.total_params == pytest.approx(400e9, rel=0.03) and mav.dtype == "fp8"
+    with pytest.raises(InputError, match="quant_method"):
+        import_hf_config(_llama4_cfg(tmp_path, 8, 1, {"quant_method": "gptq"}))
