@@ -159,9 +159,9 @@ class VLLMV1Batching:
     (``max_num_seqs``, counting running and partially prefilled requests), budget and KV blocks
     last. ``long_prefill_token_threshold`` (> 0) caps the tokens one request prefills in a step
     (vLLM: 0, off, unless several partial prefills are allowed). Prefix caching is on by default in
-    V1 (block hashes of the prompt content): a scenario with this policy gets it unless
-    ``kv.prefix_caching: false`` says otherwise (requests carry ``prefix_blocks`` keys, one per
-    ``kv.prefix_unit_tokens``). Preemption when blocks run out is by recompute (``kv.preemption``),
+    V1 (block hashes of the prompt content); here it is still the scenario's ``kv.prefix_caching``
+    that turns it on (``simllm validate`` does; not yet automatic for this policy), with requests
+    carrying ``prefix_blocks`` keys. Preemption when blocks run out is by recompute (``kv.preemption``),
     newest first, as V1 does; V1 keeps no free-block watermark, so it admits down to the last block
     (the replica's ``kv.watermark`` still applies when set).
 
@@ -175,7 +175,6 @@ class VLLMV1Batching:
     long_prefill_token_threshold: int = 0
     jump_safe: bool = field(default=True, init=False)
     general: ClassVar[bool] = True
-    prefix_caching_default: ClassVar[bool] = True
 
     def __post_init__(self):
         _check_seqs(self.max_num_seqs)
