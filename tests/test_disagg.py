@@ -11,7 +11,7 @@ from simllm.sim.fakes import AffineCost
 from simllm.workload import Request
 
 
-def _pool(n, blocks, max_seqs=256, budget=4096, router="round_robin", cost=None, devices=1, policy="vllm",
+def _pool(n, blocks, max_seqs=256, budget=4096, router="round_robin", cost=None, devices=1, policy="vllm-v0",
           config=None, role="prefill"):
     extra = {"token_budget": budget} if policy == "sarathi" else {"max_num_batched_tokens": budget}
     return Pool(role, role, n, cost or AffineCost(a=1e-3, c=1e-6), blocks,
@@ -40,7 +40,7 @@ def cases(draw):
     return dict(
         reqs=[Request(i, float(arr[i]), prompts[i], outputs[i], prefix_blocks=keys(i)) for i in range(n)],
         p_cache=draw(st.booleans()), d_cache=draw(st.booleans()),
-        p_policy=draw(st.sampled_from(["vllm", "sarathi"])),
+        p_policy=draw(st.sampled_from(["vllm-v0", "sarathi", "vllm"])),
         block_size=draw(st.sampled_from([1, 4, 16, 32])),
         p_blocks=draw(st.integers(8, 120)), d_blocks=draw(st.integers(8, 120)),
         p_seqs=draw(st.integers(1, 8)), d_seqs=draw(st.integers(1, 8)),
