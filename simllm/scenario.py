@@ -66,6 +66,8 @@ class KVSpec(Frozen):
     watermark: float = Field(default=0.01, ge=0, lt=1)
     swap_bandwidth: quantity("bandwidth") = 25e9  # per device, device <-> host (swap preemption)
     prefix_caching: bool = False  # share cached prompt prefixes (Mooncake hash_ids / session turns), LRU eviction
+    prefix_unit_tokens: int = Field(default=512, gt=0)  # tokens per prefix key of the workload (Mooncake hash_ids: 512;
+    # vLLM hashes every KV block, so replays of vLLM runs key prompts per block_size tokens)
 
     @field_validator("activation_reserve", mode="before")
     @classmethod
@@ -433,7 +435,8 @@ def power_and_price(scn: Scenario, acc) -> tuple[Optional[float], Optional[float
 def _sim_config(scn: Scenario, kvs: KVSpec, max_len) -> SimConfig:
     return SimConfig(jump=scn.sim.jump, preemption=kvs.preemption, block_size=kvs.block_size,
                      watermark=kvs.watermark, max_model_len=max_len, swap_bandwidth=kvs.swap_bandwidth,
-                     record_breakdown=scn.sim.record_breakdown, prefix_caching=kvs.prefix_caching)
+                     record_breakdown=scn.sim.record_breakdown, prefix_caching=kvs.prefix_caching,
+                     prefix_unit_tokens=kvs.prefix_unit_tokens)
 
 
 def _network(scn: Scenario, prep: Prepared, file=None):

@@ -21,12 +21,16 @@ import numpy as np
 import yaml
 
 from ..errors import InputError
+from ..hardware import load_accelerator
 from ..hf_import import import_hf_config
 from ..policies.batching import vllm_server_defaults
 from ..scenario import prepare, scenario_from_dict, simulate
 from ..workload.inference_perf import build_requests
 from ..workload.request import Request
 from .measured import METRICS, Measured, MeasuredRun, read_run
+
+VLLM_BLOCK_TOKENS = 16
+"""vLLM's default KV block size (``--block-size`` 16 on CUDA); its prefix cache hashes every full block."""
 
 
 def _model_ref(run: MeasuredRun, model: Optional[str], tmp: Path) -> str:
@@ -60,7 +64,7 @@ def _requests(run: MeasuredRun, seed: int):
         cfg_prompt = load.system_prompt_len + load.question_len
         scale = (run.summary.prompt_len_mean / cfg_prompt) if run.summary.prompt_len_mean else 1.0
         out = None if load.ignore_eos else max(1, round(run.summary.output_len_mean or load.output_len))
-        reqs, stage = build_requests(load, seed=seed, prompt_scale=scale, output_len=out)
+        reqs, stage = build_requests(load, seed=seed, prompt_scale=scale, output_len=out, unit_tokens=VLLM_BLOCK_TOKENS)
         n_out = reqs[0].output_tokens if reqs else 1
         return reqs, stage, load.timeout_s, n_out, [s.rate for s in load.stages]
     d = run.load
@@ -124,8 +128,6 @@ def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str]
     reqs, stage, timeout, n_out, rates = _requests(run, seed)
     with tempfile.TemporaryDirectory() as tmp:
         mref = _model_ref(run, model, Path(tmp))
-        from ..hardware import load_accelerator
-
         acc = load_accelerator(hw)
         defaults = vllm_server_defaults(acc.hbm_bytes, acc.name)
         batching = {"policy": "vllm",
@@ -134,7 +136,8 @@ def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str]
         scn = scenario_from_dict({
             "name": run.name, "model": mref, "hardware": {"accelerator": hw},
             "deployment": {"tp": run.tp, "batching": batching, "max_model_len": run.server.get("max_model_len"),
-                           "kv": {"gpu_memory_utilization": 0.9, "watermark": 0.0, "prefix_caching": True}},
+                           "kv": {"gpu_memory_utilization": 0.9, "watermark": 0.0, "prefix_caching": True,
+                                  "block_size": VLLM_BLOCK_TOKENS, "prefix_unit_tokens": VLLM_BLOCK_TOKENS}},
             "workload": {"generator": {"num_requests": 1, "arrivals": {"rate": 1.0}}},
             "sim": {"record_breakdown": False}, "seed": seed}, file=run.path)
         prep = prepare(scn, file=run.path)
