@@ -191,7 +191,7 @@ N = 150 if SMALL else 800             # requests per simulation
 candidates = [("dgx-h100", 4), ("dgx-h100", 8)] if SMALL else \\
     [(n, tp) for n in ("dgx-a100", "dgx-h100", "hgx-h200") for tp in (2, 4, 8)]
 base = {"name": "llama3-70b-capacity", "model": "llama-3-70b",
-        "deployment": {"replicas": 1, "tp": 4, "batching": {"policy": "vllm", "max_num_seqs": 256, "max_num_batched_tokens": 8192},
+        "deployment": {"replicas": 1, "tp": 4, "batching": {"policy": "vllm-v0", "max_num_seqs": 256, "max_num_batched_tokens": 8192},
                        "kv": {"block_size": 16, "gpu_memory_utilization": 0.9, "activation_reserve": 0.02}},
         "workload": {"trace": "traces/azure2023_conv_sample.csv", "limit": N, "retime": {"process": "poisson", "rate": 1.0}},
         "slo": SLO, "seed": 0}

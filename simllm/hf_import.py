@@ -8,6 +8,13 @@ families, chosen by ``architectures[0]``:
 - ``MixtralForCausalLM`` (every layer MoE, ``intermediate_size`` is the expert size)
 - ``Qwen2MoeForCausalLM`` (one gated shared expert) and ``Qwen3MoeForCausalLM`` (q/k norms, no shared expert)
 - ``DeepseekV2ForCausalLM`` and ``DeepseekV3ForCausalLM`` (MLA, dense prefix, shared + routed experts, groups)
+- ``Llama4ForConditionalGeneration`` / ``Llama4ForCausalLM`` (Scout, Maverick: the text model's routed
+  experts with one shared expert, MoE every ``interleave_moe_layer_step``-th layer, dense layers of
+  ``intermediate_size_mlp``; the vision tower is not served per token and is left out)
+
+``head_dim`` is taken when the config gives it (it need not be hidden / heads); a
+``quantization_config`` with ``quant_method: fp8`` (or compressed-tensors fp8 weights) makes the
+weights fp8.
 
 Anything else, a missing key, or a value of the wrong type is an :class:`InputError` naming the
 file, the key and what was expected.
@@ -61,6 +68,14 @@ def _dtype(c: _Cfg) -> str:
     q = c.data.get("quantization_config")
     if isinstance(q, dict) and str(q.get("quant_method", "")).lower() == "fp8":
         return "fp8"  # weights shipped in FP8 (DeepSeek-V3)
+    if isinstance(q, dict) and str(q.get("quant_method", "")).lower() == "compressed-tensors":
+        groups = q.get("config_groups") or {}
+        w = [g.get("weights") or {} for g in groups.values() if isinstance(g, dict)]
+        if w and all(x.get("type") == "float" and x.get("num_bits") == 8 for x in w):
+            return "fp8"  # FP8 weights in compressed-tensors form (e.g. Llama-4-Maverick-FP8)
+    if isinstance(q, dict) and q.get("quant_method") not in (None, "fp8", "compressed-tensors"):
+        raise c._err("quantization_config.quant_method", f"unsupported quantization {q.get('quant_method')!r}; "
+                                                         "supported: fp8 weights")
     td = c.data.get("torch_dtype") or c.data.get("dtype") or "bfloat16"
     if td not in _DTYPES:
         raise c._err("torch_dtype", f"expected one of {', '.join(_DTYPES)}, got {td!r}")
@@ -214,6 +229,27 @@ def _deepseek(c: _Cfg, family: str) -> dict:
     return out
 
 
+def _llama4(c: _Cfg) -> dict:
+    """Llama-4 text model: ``text_config`` holds the decoder (ConditionalGeneration) or the top level does."""
+    tc = c.data.get("text_config")
+    t = _Cfg({**tc, "quantization_config": c.data.get("quantization_config"),
+              "torch_dtype": tc.get("torch_dtype") or c.data.get("torch_dtype")}, c.file) if isinstance(tc, dict) else c
+    step = t.int("interleave_moe_layer_step", 1)
+    n_layers = t.int("num_hidden_layers")
+    moe_layers = t.data.get("moe_layers")
+    if isinstance(moe_layers, list) and moe_layers != [i for i in range(n_layers) if (i + 1) % step == 0]:
+        raise t._err("moe_layers", f"only MoE every interleave_moe_layer_step-th layer can be described; got {moe_layers!r}")
+    out = {"family": "llama4", **_common(t), "attention": _gqa(t), "ffn": _ffn(t)}
+    out["ffn"]["intermediate_size"] = t.int("intermediate_size_mlp", t.int("intermediate_size"))
+    moe = {"num_experts": t.int("num_local_experts"), "top_k": t.int("num_experts_per_tok"),
+           "expert_intermediate_size": t.int("intermediate_size"), "num_shared_experts": 1,
+           "routing": "sigmoid_topk"}
+    if step > 1:
+        moe.update(first_dense_layers=step - 1, moe_layer_freq=step)
+    out["moe"] = moe
+    return _tail(t, out)
+
+
 _FAMILIES: dict[str, Callable[[_Cfg], dict]] = {
     "LlamaForCausalLM": lambda c: _llama(c, "llama"),
     "MistralForCausalLM": lambda c: _llama(c, "mistral"),
@@ -224,6 +260,8 @@ _FAMILIES: dict[str, Callable[[_Cfg], dict]] = {
     "Qwen3MoeForCausalLM": _qwen3_moe,
     "DeepseekV2ForCausalLM": lambda c: _deepseek(c, "deepseek-v2"),
     "DeepseekV3ForCausalLM": lambda c: _deepseek(c, "deepseek-v3"),
+    "Llama4ForConditionalGeneration": _llama4,
+    "Llama4ForCausalLM": _llama4,
 }
 SUPPORTED_ARCHITECTURES = tuple(_FAMILIES)
 

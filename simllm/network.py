@@ -28,6 +28,7 @@ from typing import Hashable, Sequence
 import simpy
 
 from .errors import InputError
+from .topology import BUS_FACTOR, collective
 
 @dataclass(eq=False)
 class Flow:
@@ -88,9 +89,8 @@ class FluidNetwork:
         contention then stretches only its bandwidth part. Event value: seconds taken."""
         if self.topo is None:
             raise InputError("collective() needs a network built with FluidNetwork.from_topology")
-        from .topology import _BUS_FACTOR, collective
 
-        if op not in _BUS_FACTOR or op == "send_recv":
+        if op not in BUS_FACTOR or op == "send_recv":
             raise InputError(f"collective op must be one of all_reduce, all_gather, reduce_scatter, all_to_all; "
                              f"got {op!r}", field="op")
         ranks = list(ranks)
@@ -226,7 +226,6 @@ class FluidNetwork:
 
 def _collective_flows(topo, op: str, nbytes: float, ranks: Sequence[int],
                       algorithm: str = "ring") -> list[tuple[tuple, float]]:
-    from .topology import _BUS_FACTOR
 
     by_node = topo.nodes_spanned(ranks)
     nodes = sorted(by_node)
@@ -244,16 +243,16 @@ def _collective_flows(topo, op: str, nbytes: float, ranks: Sequence[int],
         for rs in by_node.values():  # rings inside nodes, then rings along each rail
             g = len(rs)
             for i in range(g if g > 1 else 0):
-                flows.append((topo.flow_links(rs[i], rs[(i + 1) % g]), _BUS_FACTOR[op](g) * nbytes))
+                flows.append((topo.flow_links(rs[i], rs[(i + 1) % g]), BUS_FACTOR[op](g) * nbytes))
         g = max(len(v) for v in by_node.values())
         for j in range(g):
             col = [by_node[m][j] for m in nodes if j < len(by_node[m])]
             for t in range(len(col) if len(col) > 1 else 0):
-                flows.append((topo.flow_links(col[t], col[(t + 1) % len(col)]), _BUS_FACTOR[op](k) * nbytes / g))
+                flows.append((topo.flow_links(col[t], col[(t + 1) % len(col)]), BUS_FACTOR[op](k) * nbytes / g))
         return flows
     # one ring over all ranks (node-major), NCCL-style: one channel per NIC, so each node
     # crossing is spread over the node's rails
-    f = _BUS_FACTOR[op](n) * nbytes
+    f = BUS_FACTOR[op](n) * nbytes
     for m in nodes:
         rs = by_node[m]
         g = len(rs)

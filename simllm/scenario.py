@@ -27,19 +27,29 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Union
 
+import numpy as np
 import yaml
 from pydantic import Field, field_validator, model_validator
 
 from .config import Frozen, load_yaml, quantity, set_dotted, validate
+from .cost import make_ep_step_cost, make_step_cost
+from .cost.moe_ep import replacement_spec
 from .errors import InputError
 from .scenario_checks import check_scenario
+from .hardware import load_accelerator, load_cluster, load_node
+from .metrics import requests_table, steps_table, summarize
+from .model import load_model
+from .parallel import tp_errors
+from .policies import make_batching, make_router
 from .policies.batching import batching as _batching_registry
 from .policies.routing import routing as _routing_registry
-from .sim.disagg import DisaggSpec
+from .sim import Pool, SimConfig, Simulation, kv_capacity_blocks, link_network, topology_network
+from .sim.replacement import PeriodicReplacement
+from .topology import build_topology
 from .units import parse_quantity
-from .workload.spec import WorkloadSpec
+from .workload.spec import WorkloadSpec, build_workload
 
 DTYPE = Literal["fp32", "bf16", "fp16", "fp8", "int8", "fp4", "int4"]
 
@@ -56,6 +66,8 @@ class KVSpec(Frozen):
     watermark: float = Field(default=0.01, ge=0, lt=1)
     swap_bandwidth: quantity("bandwidth") = 25e9  # per device, device <-> host (swap preemption)
     prefix_caching: bool = False  # share cached prompt prefixes (Mooncake hash_ids / session turns), LRU eviction
+    prefix_unit_tokens: int = Field(default=512, gt=0)  # tokens per prefix key of the workload (Mooncake hash_ids: 512;
+    # vLLM hashes every KV block, so replays of vLLM runs key prompts per block_size tokens)
 
     @field_validator("activation_reserve", mode="before")
     @classmethod
@@ -74,34 +86,23 @@ class KVSpec(Frozen):
         return a * device_memory if a < 1 else a
 
 
-class DeploymentSpec(Frozen):
+class _Parallel(Frozen):
+    """What a colocated deployment and a pool have alike: replicas, parallelism, policies, EP options."""
+
     replicas: int = Field(default=1, gt=0)
     tp: int = Field(default=1, gt=0)
     pp: int = Field(default=1, gt=0)
-    weight_dtype: DTYPE = "bf16"
-    kv_dtype: DTYPE = "bf16"
-    act_dtype: DTYPE = "bf16"
-    framework: Literal["vllm", "trtllm", "sglang"] = "vllm"  # whose kernel calibration prices GEMMs/attention
-    max_model_len: Optional[int] = Field(default=None, gt=0)
-    batching: dict[str, Any] = Field(default_factory=lambda: {"policy": "vllm"})
-    kv: KVSpec = KVSpec()
-    router: dict[str, Any] = Field(default_factory=lambda: {"policy": "round_robin"})
-    disaggregation: Optional[DisaggSpec] = None  # separate prefill and decode pools (simllm.sim.disagg)
     # expert parallelism (simllm.cost.moe_ep): ep devices per replica, attention DP over ep / tp
     ep: int = Field(default=1, gt=0)
     placement: Optional[dict[str, Any]] = None  # {policy: ilp|greedy_replicated|contiguous, redundant: 32, ...}
     expert_loads: Optional[dict[str, Any]] = None  # {alpha: 1.0, seed: 0} or {csv: PATH}
     moe: Optional[dict[str, Any]] = None  # EP cost options: overlap, samples, sample_layers, layers, grid_max
+    batching: dict[str, Any] = Field(default_factory=lambda: {"policy": "vllm"})
 
     @field_validator("batching", mode="before")
     @classmethod
     def _batching(cls, v):
         return _check_policy(_batching_registry, v, "vllm")
-
-    @field_validator("router", mode="before")
-    @classmethod
-    def _router(cls, v):
-        return _check_policy(_routing_registry, v, "round_robin")
 
     @model_validator(mode="after")
     def _ep(self):
@@ -114,6 +115,108 @@ class DeploymentSpec(Frozen):
     @property
     def devices_per_replica(self) -> int:
         return self.ep if self.ep > 1 else self.tp * self.pp
+
+
+class PoolSpec(_Parallel):
+    """One pool of a deployment (``deployment.pools`` or ``deployment.disaggregation.prefill/decode``);
+    ``kv`` overrides fields of ``deployment.kv`` for this pool."""
+
+    name: Optional[str] = None
+    role: Optional[Literal["both", "prefill", "decode"]] = None
+    router: Optional[dict[str, Any]] = None  # arrivals' pool: routes arrivals; decode: picks the decode replica
+    kv: Optional[KVSpec] = None
+
+    @field_validator("router", mode="before")
+    @classmethod
+    def _router(cls, v):
+        return None if v is None else _check_policy(_routing_registry, v, "round_robin")
+
+
+class KVLinkSpec(Frozen):
+    bandwidth: quantity("bandwidth")  # per direction, per prefill replica (out) and decode replica (in)
+    latency: quantity("time", positive=False) = 0.0
+
+
+def _kv_link(v):
+    if isinstance(v, str) and v != "auto":
+        raise ValueError(f"expected 'auto' (the cluster's links) or {{bandwidth: 50 GB/s, latency: 10 us}}, "
+                         f"got {v!r}")
+    return v
+
+
+class DisaggSpec(Frozen):
+    """The short form of two pools: ``{prefill: POOL, decode: POOL, kv_link: auto}``."""
+
+    prefill: PoolSpec
+    decode: PoolSpec
+    kv_link: Union[Literal["auto"], KVLinkSpec] = "auto"
+
+    _check_link = field_validator("kv_link", mode="before")(classmethod(lambda cls, v: _kv_link(v)))
+
+
+_POOL_LEVEL = ("replicas", "tp", "pp", "ep", "placement", "expert_loads", "moe", "batching", "router")
+
+
+class DeploymentSpec(_Parallel):
+    weight_dtype: DTYPE = "bf16"
+    kv_dtype: DTYPE = "bf16"
+    act_dtype: DTYPE = "bf16"
+    framework: Literal["vllm", "trtllm", "sglang"] = "vllm"  # whose kernel calibration prices GEMMs/attention
+    max_model_len: Optional[int] = Field(default=None, gt=0)
+    kv: KVSpec = KVSpec()
+    router: dict[str, Any] = Field(default_factory=lambda: {"policy": "round_robin"})
+    # pools: a list of PoolSpec (one of role both, or one prefill + decode pools); disaggregation: two pools
+    pools: Optional[list[PoolSpec]] = None
+    disaggregation: Optional[DisaggSpec] = None
+    kv_link: Union[Literal["auto"], KVLinkSpec] = "auto"  # links that carry KV between pools (pools form)
+
+    @field_validator("router", mode="before")
+    @classmethod
+    def _router(cls, v):
+        return _check_policy(_routing_registry, v, "round_robin")
+
+    _check_link = field_validator("kv_link", mode="before")(classmethod(lambda cls, v: _kv_link(v)))
+
+    @model_validator(mode="after")
+    def _pools(self):
+        if self.pools is not None and self.disaggregation is not None:
+            raise ValueError("give deployment.pools or deployment.disaggregation, not both")
+        if self.pools is not None:
+            if not self.pools:
+                raise ValueError("pools: give at least one pool")
+            for i, p in enumerate(self.pools):
+                if p.role is None:
+                    raise ValueError(f"pools.{i}: give the pool's role (both, prefill or decode)")
+            roles = [p.role for p in self.pools]
+            entry = [r for r in roles if r != "decode"]
+            if len(entry) != 1 or (entry[0] == "prefill") != ("decode" in roles):
+                raise ValueError(f"pools: expected one pool of role both, or one prefill pool and decode pools; "
+                                 f"got roles {', '.join(roles)}")
+            names = [p.name or f"{p.role}{i}" for i, p in enumerate(self.pools)]
+            if len(set(names)) != len(names):
+                raise ValueError(f"pools: names must differ, got {', '.join(names)}")
+        return self
+
+    def pool_specs(self) -> list[tuple[str, str, PoolSpec]]:
+        """(name, where in the YAML, spec with its role) of every pool; colocated: one pool of role both."""
+        if self.pools is not None:
+            return [(p.name or f"{p.role}{i}", f"deployment.pools.{i}", p) for i, p in enumerate(self.pools)]
+        if self.disaggregation is not None:
+            d = self.disaggregation
+            return [("prefill", "deployment.disaggregation.prefill",
+                     d.prefill.model_copy(update={"role": "prefill", "router": d.prefill.router})),
+                    ("decode", "deployment.disaggregation.decode",
+                     d.decode.model_copy(update={"role": "decode",
+                                                 "router": d.decode.router or {"policy": "least_outstanding"}}))]
+        return [("colocated", "deployment", self)]
+
+    @property
+    def link(self):
+        return self.disaggregation.kv_link if self.disaggregation is not None else self.kv_link
+
+    @property
+    def where(self) -> str:
+        return "deployment.disaggregation" if self.disaggregation is not None else "deployment.pools"
 
 
 class HardwareSpec(Frozen):
@@ -191,15 +294,30 @@ def scenario_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = (), 
 
 
 @dataclass
+class PoolPrep:
+    """One pool of a prepared scenario: its spec, cost model, KV blocks per replica, KV options."""
+
+    name: str
+    role: str
+    spec: Any  # PoolSpec, or the DeploymentSpec of a colocated scenario
+    where: str  # its place in the YAML
+    cost: Any
+    num_blocks: int
+    kv: KVSpec
+    changes: Any = None  # periodic re-placement (EP pools with replan_every_s / drift)
+
+
+@dataclass
 class Prepared:
     scenario: Scenario
     model: Any
     accelerator: Any
     node: Any
-    cost: Any
+    cost: Any  # the first pool's (colocated: the deployment's)
     num_blocks: int
     workload: Any
-    pools: Any = None  # disaggregation: {"prefill": PoolPrep, "decode": PoolPrep}
+    pools: list = None  # PoolPrep of every pool
+    cluster: Any = None
 
 
 def _located(fn, file, field):
@@ -210,18 +328,39 @@ def _located(fn, file, field):
                          (f"{field}.{e.field}" if e.field else field)) from None
 
 
+def _pool_kv(dep: DeploymentSpec, spec, where: str, file) -> KVSpec:
+    own = getattr(spec, "kv", None) if spec is not dep else None
+    if own is None:
+        return dep.kv
+    return validate(KVSpec, {**dep.kv.model_dump(), **own.model_dump(exclude_unset=True)}, file=file,
+                    prefix=f"{where}.kv")
+
+
+def pool_cost(model, acc, dep: DeploymentSpec, spec, *, node, cluster, base_dir):
+    """The step cost model of one replica of a pool (or of a colocated deployment): expert-parallel
+    with a placement when ``spec.ep > 1``, else tensor/pipeline-parallel."""
+    if spec.ep > 1 and dep.framework != "vllm":
+        raise InputError("the expert-parallel step cost prices kernels with the vllm calibration only",
+                         field="framework")
+    if spec.ep > 1:
+        return make_ep_step_cost(model, acc, ep=spec.ep, tp=spec.tp, node=node, cluster=cluster,
+                                 placement=spec.placement, expert_loads=spec.expert_loads, moe=spec.moe,
+                                 weight_dtype=dep.weight_dtype, kv_dtype=dep.kv_dtype, act_dtype=dep.act_dtype,
+                                 base_dir=base_dir)
+    return make_step_cost(model, acc, tp=spec.tp, pp=spec.pp, node=node, weight_dtype=dep.weight_dtype,
+                          kv_dtype=dep.kv_dtype, act_dtype=dep.act_dtype, framework=dep.framework)
+
+
 def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, seed: Optional[int] = None
             ) -> Prepared:
-    """Resolve descriptors, build the cost model, size the KV cache, build the workload."""
-    from .hardware import load_accelerator, load_cluster, load_node
-    from .model import load_model
-    from .sim.kv import kv_capacity_blocks
-    from .workload.spec import build_workload
+    """Resolve descriptors, build each pool's cost model, size its KV cache, build the workload.
 
+    ``cost`` replaces the cost model of a colocated deployment (tests, benchmarks)."""
     check_scenario(scn, file)
     hw = scn.hardware
     dep = scn.deployment
     node = None
+    cl = None
     n_devices = None
     if hw.cluster:
         cl = _located(lambda: load_cluster(hw.cluster), file, "hardware.cluster")
@@ -234,52 +373,56 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
     if hw.accelerator and node is not None and acc.name != hw.accelerator and hw.accelerator not in acc.aliases:
         raise InputError(f"accelerator {hw.accelerator!r} differs from the {node.name} node's {acc.name}",
                          file=file, field="hardware.accelerator")
-    if node is not None and n_devices is None and dep.devices_per_replica > node.devices:
-        raise InputError(f"a replica needs tp x pp = {dep.devices_per_replica} devices, the {node.name} node has "
-                         f"{node.devices}; use a cluster", file=file, field="deployment.tp")
-    if n_devices is not None and dep.replicas * dep.devices_per_replica > n_devices:
+    specs = dep.pool_specs()
+    multi = len(specs) > 1 or dep.pools is not None
+    if multi:
+        clash = sorted(f for f in _POOL_LEVEL if f in dep.model_fields_set)
+        if clash:
+            raise InputError(f"with pools give {', '.join(clash)} per pool (under {dep.where}), not at the "
+                             f"deployment level", file=file, field=f"deployment.{clash[0]}")
+    total = sum(sp.replicas * sp.devices_per_replica for _n, _w, sp in specs)
+    for _name, where, sp in specs:
+        d = sp.devices_per_replica
+        if node is not None and n_devices is None and d > node.devices:
+            raise InputError(f"a replica needs tp x pp = {d} devices, the {node.name} node has {node.devices}"
+                             + ("; use a cluster" if not multi else ""), file=file, field=f"{where}.tp")
+    if n_devices is not None and total > n_devices:
+        if multi:
+            raise InputError(f"the pools need {total} devices, the cluster has {n_devices}", file=file,
+                             field=dep.where)
         raise InputError(f"{dep.replicas} replicas x {dep.devices_per_replica} devices exceed the cluster's "
                          f"{n_devices}", file=file, field="deployment.replicas")
+    if multi and node is not None and n_devices is None and dep.link == "auto" and total > node.devices:
+        raise InputError(f"the pools need {total} devices, the {node.name} node has {node.devices}; use a "
+                         f"cluster (hardware.cluster) or an explicit kv_link", file=file, field=dep.where)
     model = _located(lambda: load_model(scn.model), file, "model")
-    from .parallel import tp_errors
-
-    for err in tp_errors(model, dep.tp):
-        raise InputError(err, file=file, field="deployment.tp")
-    if dep.disaggregation is not None:
-        from .sim.disagg import prepare_disaggregated
-
-        return prepare_disaggregated(scn, model, acc, node, n_devices, file=file, seed=seed)
-    if cost is None and dep.ep > 1 and dep.framework != "vllm":
-        raise InputError("the expert-parallel step cost prices kernels with the vllm calibration only",
-                         file=file, field="deployment.framework")
-    if cost is None and dep.ep > 1:
-        from .cost.moe_ep import make_ep_step_cost
-
-        base_dir = Path(file).resolve().parent if file else None
-        cost = _located(lambda: make_ep_step_cost(
-            model, acc, ep=dep.ep, tp=dep.tp, node=node, cluster=cl if hw.cluster else None, placement=dep.placement,
-            expert_loads=dep.expert_loads, moe=dep.moe, weight_dtype=dep.weight_dtype, kv_dtype=dep.kv_dtype,
-            act_dtype=dep.act_dtype, base_dir=base_dir), file, "deployment")
-    if cost is None:
-        try:
-            from .cost import make_step_cost
-        except ImportError:
-            raise InputError("the cost model (simllm.cost.make_step_cost) is not available in this build") from None
-        cost = _located(lambda: make_step_cost(model, acc, tp=dep.tp, pp=dep.pp, node=node,
-                                               weight_dtype=dep.weight_dtype, kv_dtype=dep.kv_dtype,
-                                               act_dtype=dep.act_dtype, framework=dep.framework), file, "deployment")
-    kvs = dep.kv
-    mem = acc.hbm_bytes
-    num_blocks = _located(lambda: kv_capacity_blocks(
-        device_memory_bytes=mem, n_devices=dep.devices_per_replica, gpu_memory_utilization=kvs.gpu_memory_utilization,
-        weight_bytes_per_device=float(cost.weight_bytes_per_device),
-        activation_reserve_bytes=kvs.reserve_bytes(mem),
-        kv_bytes_per_token_per_device=float(cost.kv_bytes_per_token_per_device), block_size=kvs.block_size,
-        where="deployment.kv"), file, None)
-    base = Path(file).resolve().parent if file else None
+    for _name, where, sp in specs:
+        for err in tp_errors(model, sp.tp):
+            raise InputError(err, file=file, field=f"{where}.tp")
+    base_dir = Path(file).resolve().parent if file else None
+    pools = []
+    for name, where, sp in specs:
+        role = getattr(sp, "role", None) or "both"
+        kvs = _pool_kv(dep, sp, where, file)
+        c = cost if (cost is not None and not multi) else _located(
+            lambda: pool_cost(model, acc, dep, sp, node=node, cluster=cl, base_dir=base_dir), file, where)
+        mem = acc.hbm_bytes
+        nb = _located(lambda: kv_capacity_blocks(
+            device_memory_bytes=mem, n_devices=sp.devices_per_replica,
+            gpu_memory_utilization=kvs.gpu_memory_utilization,
+            weight_bytes_per_device=float(c.weight_bytes_per_device),
+            activation_reserve_bytes=kvs.reserve_bytes(mem),
+            kv_bytes_per_token_per_device=float(c.kv_bytes_per_token_per_device), block_size=kvs.block_size,
+            where=f"{where}.kv"), file, None)
+        changes = None
+        if sp.ep > 1 and hasattr(c, "policy_spec"):
+            rs = _located(lambda: replacement_spec(sp.placement, sp.expert_loads), file, where)
+            if rs is not None:
+                changes = PeriodicReplacement(c, policy=c.policy_spec, **rs)
+        pools.append(PoolPrep(name, role, sp, where, c, nb, kvs, changes))
     s = scn.seed if seed is None else seed
-    wl = _located(lambda: build_workload(scn.workload, seed=s, base_dir=base), file, "workload")
-    return Prepared(scn, model, acc, node, cost, num_blocks, wl)
+    wl = _located(lambda: build_workload(scn.workload, seed=s, base_dir=base_dir), file, "workload")
+    return Prepared(scn, model, acc, node, pools[0].cost, pools[0].num_blocks, wl, pools, cl)
 
 
 def power_and_price(scn: Scenario, acc) -> tuple[Optional[float], Optional[float], Optional[float]]:
@@ -293,44 +436,84 @@ def power_and_price(scn: Scenario, acc) -> tuple[Optional[float], Optional[float
     return price, (acc.tdp.value if acc.tdp is not None else None), idle
 
 
+def _sim_config(scn: Scenario, kvs: KVSpec, max_len) -> SimConfig:
+    return SimConfig(jump=scn.sim.jump, preemption=kvs.preemption, block_size=kvs.block_size,
+                     watermark=kvs.watermark, max_model_len=max_len, swap_bandwidth=kvs.swap_bandwidth,
+                     record_breakdown=scn.sim.record_breakdown, prefix_caching=kvs.prefix_caching,
+                     prefix_unit_tokens=kvs.prefix_unit_tokens)
+
+
+def _network(scn: Scenario, prep: Prepared, file=None):
+    link = scn.deployment.link
+    if isinstance(link, KVLinkSpec):
+        return link_network(link.bandwidth, link.latency)
+    hw = scn.hardware
+    where = f"{scn.deployment.where}.kv_link" if scn.deployment.disaggregation is not None else "deployment.kv_link"
+    if not (hw.cluster or prep.node is not None):
+        raise InputError("kv_link: auto needs hardware.node or hardware.cluster (their links carry the KV cache); "
+                         "or give kv_link: {bandwidth: ...}", file=file, field=where)
+    src = hw.cluster if hw.cluster else prep.node
+    return topology_network(_located(lambda: build_topology(src), file, "hardware"))
+
+
+def kv_transfer_stats(x: np.ndarray) -> dict:
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return {"mean": None, "p50": None, "p99": None, "max": None}
+    p50, p99 = np.percentile(x, [50, 99])
+    return {"mean": float(x.mean()), "p50": float(p50), "p99": float(p99), "max": float(x.max())}
+
+
 def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[Callable[[float, int], None]] = None):
     """Run the simulation of a prepared scenario: (requests DataFrame, steps DataFrame, summary dict)."""
-    from .metrics import requests_table, steps_table, summarize
-    from .policies import make_batching, make_router
-    from .sim import SimConfig, Simulation
-
-    if prep.pools is not None:
-        from .sim.disagg import simulate_disaggregated
-
-        return simulate_disaggregated(prep, seed=seed, progress=progress)
     scn = prep.scenario
     dep = scn.deployment
     max_len = dep.max_model_len
     if max_len is None:
         max_len = getattr(prep.model, "max_position_embeddings", None)
-    cfg = SimConfig(jump=scn.sim.jump, preemption=dep.kv.preemption, block_size=dep.kv.block_size,
-                    watermark=dep.kv.watermark, max_model_len=max_len, swap_bandwidth=dep.kv.swap_bandwidth,
-                    record_breakdown=scn.sim.record_breakdown, prefix_caching=dep.kv.prefix_caching)
-    changes = None
-    if dep.ep > 1 and prep.cost is not None and hasattr(prep.cost, "policy_spec"):
-        from .cost.moe_ep import replacement_spec
-        from .sim.replacement import PeriodicReplacement
-
-        rs = _located(lambda: replacement_spec(dep.placement, dep.expert_loads), None, "deployment")
-        if rs is not None:
-            changes = PeriodicReplacement(prep.cost, policy=prep.cost.policy_spec, **rs)
-    sim = Simulation(prep.workload, cost=prep.cost, num_blocks=prep.num_blocks,
-                     batching=lambda: make_batching(dep.batching), router=make_router(dep.router),
-                     replicas=dep.replicas, config=cfg, seed=scn.seed if seed is None else seed, changes=changes)
+    cfg = _sim_config(scn, dep.kv, max_len)
+    multi = len(prep.pools) > 1 or dep.pools is not None
+    pools = []
+    for pp in prep.pools:
+        sp = pp.spec
+        b = sp.batching
+        router = sp.router if pp.role != "decode" else (sp.router or {"policy": "least_outstanding"})
+        pools.append(Pool(pp.name, pp.role, sp.replicas, pp.cost, pp.num_blocks, lambda b=b: make_batching(b),
+                          make_router(router or {"policy": "round_robin"}), devices=sp.devices_per_replica,
+                          config=_sim_config(scn, pp.kv, max_len), changes=pp.changes,
+                          attn_group=sp.tp if sp.ep > 1 else None))
+    s = scn.seed if seed is None else seed
+    network = _network(scn, prep) if multi and len(pools) > 1 else None
+    sim = Simulation(prep.workload, pools=pools, network=network, config=cfg, seed=s)
     res = sim.run(progress=progress)
     acc = prep.accelerator
     req = requests_table(res)
     price, tdp, idle = power_and_price(scn, acc)
-    summary = summarize(res, devices_per_replica=dep.devices_per_replica, peak_flops=acc.peak(dep.act_dtype),
-                        hbm_bandwidth=acc.hbm_bw, price_per_device_hour=price, tdp_w=tdp, idle_w=idle,
-                        slo_ttft_s=scn.slo.ttft_s, slo_tpot_s=scn.slo.tpot_s, requests=req)
-    summary = {"scenario": scn.name, "model": prep.model.name, "accelerator": acc.name, "tp": dep.tp, "pp": dep.pp,
-               "seed": scn.seed if seed is None else seed, **summary}
-    if changes is not None:
-        summary["replacement"] = changes.summary()
-    return req, steps_table(res), summary
+    summary = summarize(res, devices_per_replica=prep.pools[0].spec.devices_per_replica,
+                        peak_flops=acc.peak(dep.act_dtype), hbm_bandwidth=acc.hbm_bw, price_per_device_hour=price,
+                        tdp_w=tdp, idle_w=idle, slo_ttft_s=scn.slo.ttft_s, slo_tpot_s=scn.slo.tpot_s, requests=req)
+    if not multi:
+        summary = {"scenario": scn.name, "model": prep.model.name, "accelerator": acc.name, "tp": dep.tp,
+                   "pp": dep.pp, "seed": s, **summary}
+        if prep.pools[0].changes is not None:
+            summary["replacement"] = prep.pools[0].changes.summary()
+        return req, steps_table(res), summary
+    per_pool = {}
+    for pp in prep.pools:
+        sp = pp.spec
+        d = {"role": pp.role, "replicas": sp.replicas, "tp": sp.tp, "pp": sp.pp, "ep": sp.ep,
+             "devices": sp.replicas * sp.devices_per_replica, "kv_blocks_per_replica": pp.num_blocks,
+             "prefix_caching": pp.kv.prefix_caching}
+        if pp.changes is not None:
+            d["replacement"] = pp.changes.summary()
+        per_pool[pp.name] = d
+    link = dep.link
+    extra = {"kv_link": link if isinstance(link, str) else link.model_dump(),
+             "kv_transfer_s": kv_transfer_stats(req["kv_transfer_s"].to_numpy())} if len(pools) > 1 else {}
+    summary["pools"] = {**per_pool, **extra}
+    if dep.disaggregation is not None:
+        summary["disaggregation"] = summary["pools"]
+    head = {"scenario": scn.name, "model": prep.model.name, "accelerator": acc.name,
+            "tp": "/".join(str(pp.spec.tp) for pp in prep.pools), "pp": "/".join(str(pp.spec.pp) for pp in prep.pools),
+            "seed": s}
+    return req, steps_table(res), {**head, **summary}

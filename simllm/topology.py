@@ -413,7 +413,7 @@ def with_nodes(topo_or_cluster: Cluster | str, num_nodes: int, overrides: dict |
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv", "all_to_all", "dispatch", "combine")
 
 # nccl-tests (doc/PERFORMANCE.md): busbw = algbw * factor
-_BUS_FACTOR = {
+BUS_FACTOR = {
     "all_reduce": lambda n: 2.0 * (n - 1) / n,
     "all_gather": lambda n: (n - 1) / n,
     "reduce_scatter": lambda n: (n - 1) / n,
@@ -551,7 +551,7 @@ class _Group:
 
 
 def _bytes_factor(op: str, n: int) -> float:
-    return _BUS_FACTOR[op](n)
+    return BUS_FACTOR[op](n)
 
 
 def collective(topo: Topology, op: str, nbytes: float, n: int | None = None, *,
@@ -632,7 +632,7 @@ def collective(topo: Topology, op: str, nbytes: float, n: int | None = None, *,
 
 def _estimate(op, alg, G, nbytes, t, what, cands, extra=None) -> CommEstimate:
     algbw = nbytes / t if t > 0 else _math.inf
-    busbw = algbw * _bytes_factor(op, G.n) if op in _BUS_FACTOR and G.n > 1 else algbw
+    busbw = algbw * _bytes_factor(op, G.n) if op in BUS_FACTOR and G.n > 1 else algbw
     return CommEstimate(op, alg, G.n, G.k, float(nbytes), float(t), float(algbw), float(busbw), what, cands,
                         extra or {})
 

@@ -1,4 +1,4 @@
-"""Prefill/decode disaggregation (simllm.sim.disagg): invariants, jumping == stepping, KV transfers."""
+"""Prefill/decode pools (simllm.sim.pools): invariants, jumping == stepping, KV transfers, prefix caching."""
 
 import numpy as np
 import pytest
@@ -6,17 +6,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simllm.policies import make_batching, make_router
-from simllm.sim import SimConfig
-from simllm.sim.disagg import DisaggSimulation, link_network
+from simllm.sim import Pool, SimConfig, Simulation, link_network
 from simllm.sim.fakes import AffineCost
 from simllm.workload import Request
 
 
-def _pool(n, blocks, max_seqs=256, budget=4096, router="round_robin", cost=None, devices=1):
-    return dict(replicas=n, cost=cost or AffineCost(a=1e-3, c=1e-6), num_blocks=blocks, devices=devices,
-                batching=lambda: make_batching({"policy": "vllm", "max_num_seqs": max_seqs,
-                                                "max_num_batched_tokens": budget}),
-                router=make_router(router))
+def _pool(n, blocks, max_seqs=256, budget=4096, router="round_robin", cost=None, devices=1, policy="vllm-v0",
+          config=None, role="prefill"):
+    extra = {"token_budget": budget} if policy == "sarathi" else {"max_num_batched_tokens": budget}
+    return Pool(role, role, n, cost or AffineCost(a=1e-3, c=1e-6), blocks,
+                lambda: make_batching({"policy": policy, "max_num_seqs": max_seqs, **extra}),
+                make_router(router), devices=devices, config=config)
+
+
+def DisaggSimulation(reqs, *, prefill, decode, network, config=SimConfig()):
+    decode.role = decode.name = "decode"
+    return Simulation(reqs, pools=[prefill, decode], network=network, config=config)
 
 
 @st.composite
@@ -25,10 +30,18 @@ def cases(draw):
     gaps = draw(st.lists(st.floats(0.0, 0.3, allow_nan=False), min_size=n, max_size=n))
     prompts = draw(st.lists(st.integers(1, 300), min_size=n, max_size=n))
     outputs = draw(st.lists(st.integers(1, 120), min_size=n, max_size=n))
+    roots = draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))  # three shared prompt roots
     arr = np.cumsum(gaps)
+    unit = 32  # prefix unit tokens in these cases
+
+    def keys(i):  # prefix-chained ids: equal root, equal leading units
+        return tuple(roots[i] * 1000 + u for u in range(prompts[i] // unit))
+
     return dict(
-        reqs=[Request(i, float(arr[i]), prompts[i], outputs[i]) for i in range(n)],
-        block_size=draw(st.sampled_from([1, 4, 16])),
+        reqs=[Request(i, float(arr[i]), prompts[i], outputs[i], prefix_blocks=keys(i)) for i in range(n)],
+        p_cache=draw(st.booleans()), d_cache=draw(st.booleans()),
+        p_policy=draw(st.sampled_from(["vllm-v0", "sarathi", "vllm"])),
+        block_size=draw(st.sampled_from([1, 4, 16, 32])),
         p_blocks=draw(st.integers(8, 120)), d_blocks=draw(st.integers(8, 120)),
         p_seqs=draw(st.integers(1, 8)), d_seqs=draw(st.integers(1, 8)),
         budget=draw(st.sampled_from([64, 256, 4096])),
@@ -40,10 +53,15 @@ def cases(draw):
 
 
 def _run(c, jump):
-    cfg = SimConfig(jump=jump, preemption=c["preemption"], block_size=c["block_size"])
+    cfg = SimConfig(jump=jump, preemption=c["preemption"], block_size=c["block_size"], prefix_unit_tokens=32)
+    pcfg = SimConfig(jump=jump, preemption=c["preemption"], block_size=c["block_size"], prefix_unit_tokens=32,
+                     prefix_caching=c["p_cache"])
+    dcfg = SimConfig(jump=jump, preemption=c["preemption"], block_size=c["block_size"], prefix_unit_tokens=32,
+                     prefix_caching=c["d_cache"])
     sim = DisaggSimulation(
-        c["reqs"], prefill=_pool(c["p_reps"], c["p_blocks"], c["p_seqs"], c["budget"], c["router"]),
-        decode=_pool(c["d_reps"], c["d_blocks"], c["d_seqs"], c["budget"], c["router"]),
+        c["reqs"], prefill=_pool(c["p_reps"], c["p_blocks"], c["p_seqs"], c["budget"], c["router"],
+                                 policy=c["p_policy"], config=pcfg),
+        decode=_pool(c["d_reps"], c["d_blocks"], c["d_seqs"], c["budget"], c["router"], config=dcfg),
         network=link_network(c["bw"], 1e-5), config=cfg)
     return sim, sim.run()
 
@@ -58,11 +76,16 @@ def test_invariants_and_jump_equals_step(c):
     assert np.array_equal(res.generated_tokens[done], res.output_tokens[done])
     # KV never over capacity: prefill replicas, decode replicas counting blocks reserved for transfers
     for r in sim.replicas:
-        cap = r.total_blocks if r.pool == "decode" else r.kv.num_blocks
-        assert r.kv_peak <= cap
-        assert r.kv.used_blocks == 0 and r.kv.num_blocks == cap  # everything released at the end
+        kv = r.kv
+        assert r.kv_peak <= kv.capacity
+        # everything released at the end (cached prefix units stay, unreferenced)
+        cached = r.pc.total_blocks if r.pc is not None else 0
+        assert kv.used_blocks == cached and kv.num_blocks == kv.capacity and kv.reserved == 0
+        assert kv.partial == 0 and kv.outgoing == 0 and kv.shared_units == 0
+        if r.pc is not None:
+            assert r.pc.evictable_blocks == cached
     for r in sim.decode:
-        assert r.peak_total <= r.total_blocks
+        assert r.peak_total <= r.kv.capacity
     for rep, used in zip(res.steps["replica"], res.steps["kv_blocks_used"]):
         assert used <= res.replica_kv_blocks[rep]
     a, s, f, e = res.arrival_s[done], res.scheduled_s[done], res.first_token_s[done], res.completion_s[done]
@@ -82,6 +105,7 @@ def test_invariants_and_jump_equals_step(c):
     assert np.array_equal(res.preemptions, ref.preemptions)
     assert res.rejected_reason == ref.rejected_reason
     assert sum(res.steps["n_steps"]) == sum(ref.steps["n_steps"])
+    assert (res.prefix_query_tokens, res.prefix_hit_tokens) == (ref.prefix_query_tokens, ref.prefix_hit_tokens)
 
 
 def test_transfer_time_and_shared_link():

@@ -78,3 +78,117 @@ def test_disaggregation_raises_goodput_under_a_tight_tpot_slo():
     assert dis["goodput_per_s"] > 1.1 * co["goodput_per_s"]
     assert dis["slo_attainment"] > 0.95 > co["slo_attainment"]
     assert dis["tpot_p90_s"] < 0.04 < co["tpot_p90_s"]
+
+
+# -- pools: every option of a pool changes the disaggregated output, or is rejected ---------------
+
+POOLS = {
+    "name": "mixtral-pd", "model": "mixtral-8x7b", "hardware": {"cluster": "a100-2node"},
+    "deployment": {
+        "kv": {"block_size": 16, "activation_reserve": 0.03},
+        "pools": [
+            {"name": "prefill", "role": "prefill", "replicas": 1, "tp": 4,
+             "batching": {"policy": "vllm-v0", "max_num_seqs": 64, "max_num_batched_tokens": 32768}},
+            {"name": "decode", "role": "decode", "replicas": 1, "tp": 4,
+             "batching": {"policy": "vllm-v0", "max_num_seqs": 64, "max_num_batched_tokens": 32768}},
+        ]},
+    "workload": {"trace": str(REPO / "traces" / "mooncake_conversation_sample.jsonl"), "limit": 60,
+                 "rate_scale": 4.0},
+    "seed": 0,
+}
+
+
+def _pools_run(overrides=()):
+    import copy
+
+    import yaml
+
+    from simllm.scenario import scenario_from_dict
+
+    data = copy.deepcopy(POOLS)
+    for ov in overrides:  # dotted paths with list indices (deployment.pools.0.tp)
+        path, raw = ov.split("=", 1)
+        *head, last = path.split(".")
+        d = data
+        for k in head:
+            d = d[int(k)] if isinstance(d, list) else d.setdefault(k, {})
+        d[int(last) if isinstance(d, list) else last] = yaml.safe_load(raw)
+    scn = scenario_from_dict(data, file=REPO / "workloads" / "scenarios" / "x.yaml")
+    req, _steps, s = simulate(prepare(scn))
+    return req, s
+
+
+@pytest.fixture(scope="module")
+def pools_base():
+    return _pools_run()
+
+
+@pytest.mark.parametrize("override", [
+    "deployment.pools.0.replicas=2",
+    "deployment.pools.1.replicas=2",
+    "deployment.pools.0.tp=2",
+    "deployment.pools.1.tp=8",
+    "deployment.pools.0.pp=2",
+    "deployment.pools.1.ep=4",
+    "deployment.pools.0.ep=4",
+    "deployment.pools.0.batching={policy: sarathi, token_budget: 512, max_num_seqs: 64}",
+    "deployment.pools.1.batching={policy: vllm-v0, max_num_seqs: 4, max_num_batched_tokens: 32768}",
+    "deployment.pools.0.kv={prefix_caching: true}",
+    "deployment.pools.1.kv={block_size: 256}",
+    "deployment.kv.gpu_memory_utilization=0.5",
+    "deployment.kv_link={bandwidth: 1 GB/s, latency: 1 ms}",
+])
+def test_every_pool_option_changes_the_output(pools_base, override):
+    # the output: request timestamps, and the pools' summary (KV options size the caches; with memory to
+    # spare they need not change a timestamp)
+    base, bs = pools_base
+    req, s = _pools_run([override])
+    a = base[["first_token_s", "completion_s"]].to_numpy()
+    b = req[["first_token_s", "completion_s"]].to_numpy()
+    assert a.shape != b.shape or not np.array_equal(a, b, equal_nan=True) or s["pools"] != bs["pools"], override
+
+
+@pytest.mark.parametrize("overrides", [
+    # EP options on an EP pool: placement, expert loads, cost options
+    ["deployment.pools.1.ep=4", "deployment.pools.1.placement={policy: round_robin}"],
+    ["deployment.pools.1.ep=4", "deployment.pools.1.expert_loads={alpha: 2.0, seed: 1}"],
+    ["deployment.pools.1.ep=4", "deployment.pools.1.moe={samples: 1, sample_layers: 1, grid_points: 8}"],
+])
+def test_ep_options_change_the_ep_pool(overrides):
+    a, _ = _pools_run(overrides[:1])
+    b, _ = _pools_run(overrides)
+    assert not np.array_equal(a["completion_s"].to_numpy(), b["completion_s"].to_numpy(), equal_nan=True)
+
+
+@pytest.mark.parametrize("override, field", [
+    ("deployment.tp=2", "deployment.tp"),  # deployment-level pool options with pools
+    ("deployment.pools.0.role=decode", "deployment"),  # no pool receives the arrivals
+    ("deployment.pools.1.placement={policy: ilp}", "deployment.pools.1"),  # EP options without ep
+    ("deployment.pools.1.kv={prefix_caching: maybe}", "deployment.pools.1.kv.prefix_caching"),
+    ("deployment.pools.0.replicas=4", "deployment.pools"),  # 20 devices on a 16-GPU cluster
+])
+def test_bad_pool_options_are_rejected_with_file_and_field(override, field):
+    with pytest.raises(InputError) as e:
+        _pools_run([override])
+    assert e.value.field.startswith(field), e.value.field
+
+
+def test_prefix_caching_on_the_prefill_pool_is_reported_and_cuts_ttft(pools_base):
+    base, _ = pools_base
+    req, s = _pools_run(["deployment.pools.0.kv={prefix_caching: true}"])
+    assert s["prefix_cache"]["hit_tokens"] > 0 and s["pools"]["prefill"]["prefix_caching"]
+    assert req["ttft_s"].mean() < base["ttft_s"].mean()
+
+
+def test_deepseek_pd_scenario_counts_176_devices_and_jumps_like_it_steps():
+    scn, path = load_scenario(REPO / "workloads" / "scenarios" / "deepseek-v3-h800-pd.yaml",
+                              ["workload.generator.num_requests=150"])
+    prep = prepare(scn, file=path)
+    a, _, s = simulate(prep)
+    assert s["devices"] == 176 and s["completed"] == 150
+    assert s["pools"]["prefill"]["ep"] == 32 and s["pools"]["decode"]["ep"] == 144
+    scn2, _ = load_scenario(path, ["workload.generator.num_requests=150", "sim.jump=false"])
+    prep.scenario = scn2
+    b, _, _ = simulate(prep)
+    for c in ("first_token_s", "completion_s", "kv_transfer_s"):
+        assert np.array_equal(a[c].to_numpy(), b[c].to_numpy(), equal_nan=True), c

@@ -12,7 +12,7 @@ from simllm.workload import Request
 
 def _sim(reqs, step=0.01, seqs=8):
     return Simulation(reqs, cost=ConstantCost(step), num_blocks=1000,
-                      batching=lambda: make_batching({"policy": "vllm", "max_num_seqs": seqs}),
+                      batching=lambda: make_batching({"policy": "vllm-v0", "max_num_seqs": seqs}),
                       router=make_router("round_robin"), config=SimConfig(watermark=0)).run()
 
 

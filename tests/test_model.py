@@ -286,3 +286,16 @@ def test_register_without_explain_module(monkeypatch):
     monkeypatch.setitem(sys.modules, "simllm.cli.model_explain", broken)
     with pytest.raises(ModuleNotFoundError):
         model_cli.register(typer.Typer())  # any other missing module is a real error
+
+
+def test_model_explain_understands_ep_and_warns_when_weights_do_not_fit():
+    from simllm.cli.model_explain import explain
+
+    r = explain("deepseek-v3", "h800", batch=64, context=1024, ep=32, cluster="h800-ep", weight_dtype="fp8")
+    assert r["ep"] == 32 and r["dp"] == 32 and r["batch"]["tokens_per_dp_rank"] == 2
+    m = r["moe_layer"]
+    assert m["dispatch_combine_s"] > 0 and m["routed_experts_s"] > 0 and r["warnings"] == []
+    # EP32 spreads the routed experts: far fewer weight bytes per device than all 256 experts on one
+    one = explain("deepseek-v3", "h800", batch=64, context=1024, weight_dtype="fp8")
+    assert r["weight_bytes_per_device"] < one["weight_bytes_per_device"] / 5
+    assert one["warnings"] and "do not fit" in one["warnings"][0]  # ~680 GB of fp8 weights on one 80 GB GPU

@@ -107,7 +107,7 @@ def _scn(policy: str, **dep) -> dict:
     d = {"name": "ep-test", "model": "deepseek-v3", "hardware": {"cluster": "h800-ep"},
          "deployment": {"ep": 16, "weight_dtype": "fp8", "placement": {"policy": policy, "redundant": 16},
                         "expert_loads": {"alpha": 1.0, "seed": 0}, "moe": dict(SMALL),
-                        "batching": {"policy": "vllm", "max_num_seqs": 1024, "max_num_batched_tokens": 8192},
+                        "batching": {"policy": "vllm-v0", "max_num_seqs": 1024, "max_num_batched_tokens": 8192},
                         "kv": {"block_size": 64}},
          "workload": {"generator": {"arrivals": {"process": "poisson", "rate": 200},
                                     "lengths": {"kind": "lognormal", "prompt_median": 256, "prompt_sigma": 0.5,

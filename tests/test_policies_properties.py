@@ -25,7 +25,7 @@ def cases(draw):
     reqs = [Request(i, float(arr[i]), prompts[i], outputs[i], priority=prios[i],
                     prefix_blocks=tuple((groups[i], j) for j in range(-(-prompts[i] // UNIT))))
             for i in range(n)]
-    policy = draw(st.sampled_from(["orca", "sarathi", "static", "priority", "priority_len", "vllm"]))
+    policy = draw(st.sampled_from(["orca", "sarathi", "static", "priority", "priority_len", "vllm", "vllm_v1"]))
     max_seqs = draw(st.integers(1, 8))
     budget = draw(st.sampled_from([64, 256, 4096]))
     if policy == "orca":
@@ -35,7 +35,10 @@ def cases(draw):
     elif policy == "static":
         block = {"policy": "static", "batch_size": max_seqs, "timeout_s": draw(st.sampled_from([0.0, 0.05, 1.0]))}
     elif policy == "vllm":
-        block = {"policy": "vllm", "max_num_seqs": max_seqs, "max_num_batched_tokens": budget}
+        block = {"policy": "vllm-v0", "max_num_seqs": max_seqs, "max_num_batched_tokens": budget}
+    elif policy == "vllm_v1":
+        block = {"policy": "vllm", "max_num_seqs": max_seqs, "max_num_batched_tokens": budget,
+                 "long_prefill_token_threshold": draw(st.sampled_from([0, 16, 100]))}
     else:
         block = {"policy": "priority", "max_num_seqs": max_seqs, "max_num_batched_tokens": budget,
                  "rule": "prompt_length" if policy == "priority_len" else "trace", "short_prompt_tokens": 100}

@@ -77,7 +77,7 @@ def test_prefix_aware_on_the_simulator_beats_round_robin_hit_rate():
                     prefix_blocks=tuple((i % 7, j) for j in range(5))) for i in range(160)]
     hit = {}
     for router in ("round_robin", "prefix_aware", "session_affinity"):
-        sim = Simulation(reqs, cost=AffineCost(), num_blocks=3000, batching=lambda: make_batching("vllm"),
+        sim = Simulation(reqs, cost=AffineCost(), num_blocks=3000, batching=lambda: make_batching("vllm-v0"),
                          router=make_router(router), replicas=4, config=SimConfig(prefix_caching=True))
         res = sim.run()
         hit[router] = res.prefix_hit_tokens / res.prefix_query_tokens

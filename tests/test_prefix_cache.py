@@ -33,7 +33,7 @@ def _reqs(shared: bool):
 
 
 def _run(reqs, caching, **kw):
-    sim = Simulation(reqs, cost=AffineCost(), num_blocks=2000, batching=lambda: make_batching(kw.get("batching", "vllm")),
+    sim = Simulation(reqs, cost=AffineCost(), num_blocks=2000, batching=lambda: make_batching(kw.get("batching", "vllm-v0")),
                      router=make_router("round_robin"), config=SimConfig(prefix_caching=caching))
     return sim.run()
 

@@ -34,7 +34,7 @@ def cases(draw):
 def _run(c, jump):
     cfg = SimConfig(jump=jump, preemption=c["preemption"], block_size=c["block_size"])
     sim = Simulation(c["reqs"], cost=AffineCost(a=1e-3, c=1e-6), num_blocks=c["num_blocks"],
-                     batching=lambda: make_batching({"policy": "vllm", "max_num_seqs": c["max_seqs"],
+                     batching=lambda: make_batching({"policy": "vllm-v0", "max_num_seqs": c["max_seqs"],
                                                      "max_num_batched_tokens": c["budget"]}),
                      router=make_router(c["router"]), replicas=c["replicas"], config=cfg)
     return sim.run()
@@ -68,14 +68,14 @@ def test_invariants_and_jump_equals_step(c):
 def test_rejects_prompt_that_can_never_fit():
     reqs = [Request(0, 0.0, 100, 10), Request(1, 0.1, 5000, 10), Request(2, 0.2, 50, 5)]
     sim = Simulation(reqs, cost=AffineCost(), num_blocks=20,
-                     batching=lambda: make_batching({"policy": "vllm", "max_num_batched_tokens": 8192}),
+                     batching=lambda: make_batching({"policy": "vllm-v0", "max_num_batched_tokens": 8192}),
                      router=make_router("round_robin"), config=SimConfig(block_size=16))
     res = sim.run()
     assert res.rejected_reason[1].startswith("needs 314 KV blocks")
     assert res.rejected_reason[0] == res.rejected_reason[2] == ""
     assert np.isfinite(res.completion_s[[0, 2]]).all()
     sim = Simulation(reqs, cost=AffineCost(), num_blocks=2000,
-                     batching=lambda: make_batching({"policy": "vllm", "max_num_batched_tokens": 1024}),
+                     batching=lambda: make_batching({"policy": "vllm-v0", "max_num_batched_tokens": 1024}),
                      router=make_router("round_robin"))
     assert "token budget" in sim.run().rejected_reason[1]
 
@@ -85,7 +85,7 @@ def test_preemption_recompute_and_swap_are_recorded():
     reqs = [Request(i, 0.01 * i, int(rng.integers(50, 200)), 150) for i in range(40)]
     for mode in ("recompute", "swap"):
         sim = Simulation(reqs, cost=AffineCost(), num_blocks=60,
-                         batching=lambda: make_batching({"policy": "vllm", "max_num_seqs": 16}),
+                         batching=lambda: make_batching({"policy": "vllm-v0", "max_num_seqs": 16}),
                          router=make_router("round_robin"), config=SimConfig(preemption=mode))
         res = sim.run()
         assert res.preemptions.sum() > 0
@@ -99,7 +99,7 @@ def test_jumping_uses_fewer_events():
     reqs = [Request(i, float(a), int(rng.integers(10, 500)), int(rng.integers(1, 200))) for i, a in enumerate(arr)]
     rows = {}
     for jump in (True, False):
-        sim = Simulation(reqs, cost=AffineCost(), num_blocks=5000, batching=lambda: make_batching("vllm"),
+        sim = Simulation(reqs, cost=AffineCost(), num_blocks=5000, batching=lambda: make_batching("vllm-v0"),
                          router=make_router("round_robin"), config=SimConfig(jump=jump))
         r = sim.run()
         rows[jump] = (len(r.steps["n_steps"]), r.completion_s)
@@ -113,7 +113,7 @@ def test_unknown_policy_and_field_are_rejected():
     with pytest.raises(InputError, match="known: .*vllm"):
         make_batching({"policy": "nope"})
     with pytest.raises(InputError, match="unknown field 'max_seqs'.*known: .*max_num_seqs"):
-        make_batching({"policy": "vllm", "max_seqs": 3})
+        make_batching({"policy": "vllm-v0", "max_seqs": 3})
     with pytest.raises(InputError, match="round_robin"):
         make_router({"policy": "no_such_router"})
 
@@ -130,7 +130,7 @@ def test_closed_loop_sessions_jump_equals_step():
     out = {}
     for jump in (True, False):
         for router in ("round_robin", "least_outstanding"):
-            sim = Simulation(wl, cost=AffineCost(), num_blocks=3000, batching=lambda: make_batching("vllm"),
+            sim = Simulation(wl, cost=AffineCost(), num_blocks=3000, batching=lambda: make_batching("vllm-v0"),
                              router=make_router(router), replicas=2, config=SimConfig(jump=jump), seed=7)
             out[jump, router] = sim.run()
     for router in ("round_robin", "least_outstanding"):
@@ -139,7 +139,7 @@ def test_closed_loop_sessions_jump_equals_step():
         assert np.isfinite(a.completion_s).all()
         assert np.array_equal(a.completion_s, b.completion_s) and np.array_equal(a.arrival_s, b.arrival_s)
     # a session's next turn arrives after the previous answer completed
-    sim = Simulation(wl, cost=AffineCost(), num_blocks=3000, batching=lambda: make_batching("vllm"),
+    sim = Simulation(wl, cost=AffineCost(), num_blocks=3000, batching=lambda: make_batching("vllm-v0"),
                      router=make_router("round_robin"), replicas=2, seed=7)
     r = sim.run()
     last_done = {}
@@ -158,7 +158,7 @@ def test_progress_callback_does_not_change_results():
     seen = []
     res = {}
     for prog in (None, lambda t, n: seen.append((t, n))):
-        sim = Simulation(reqs, cost=AffineCost(), num_blocks=5000, batching=lambda: make_batching("vllm"),
+        sim = Simulation(reqs, cost=AffineCost(), num_blocks=5000, batching=lambda: make_batching("vllm-v0"),
                          router=make_router("least_outstanding"), replicas=2)
         res[prog is None] = sim.run(progress=prog)
     assert np.array_equal(res[True].completion_s, res[False].completion_s)
@@ -169,7 +169,7 @@ def test_recompute_never_exceeds_the_token_budget():
     # prompt fits the budget but prompt + generated tokens would not: rejected up front, not stuck
     reqs = [Request(0, 0.0, 60, 100), Request(1, 0.0, 30, 20)]
     sim = Simulation(reqs, cost=AffineCost(), num_blocks=100,
-                     batching=lambda: make_batching({"policy": "vllm", "max_num_batched_tokens": 64}),
+                     batching=lambda: make_batching({"policy": "vllm-v0", "max_num_batched_tokens": 64}),
                      router=make_router("round_robin"))
     res = sim.run()
     assert "recomputed" in res.rejected_reason[0] and res.rejected_reason[1] == ""

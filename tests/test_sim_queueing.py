@@ -16,7 +16,7 @@ def _md1(seed: int, n: int, rho: float, step_s: float, output_tokens: int):
     arr = np.cumsum(rng.exponential(1 / lam, n))
     reqs = [Request(i, float(a), 8, output_tokens) for i, a in enumerate(arr)]
     sim = Simulation(reqs, cost=ConstantCost(step_s), num_blocks=100,
-                     batching=lambda: make_batching({"policy": "vllm", "max_num_seqs": 1}),
+                     batching=lambda: make_batching({"policy": "vllm-v0", "max_num_seqs": 1}),
                      router=make_router("round_robin"), config=SimConfig(watermark=0.0))
     return sim.run(), arr, service
 
@@ -71,7 +71,7 @@ def test_littles_law():
     arr = np.cumsum(rng.exponential(1 / 30.0, n))
     reqs = [Request(i, float(a), int(rng.integers(16, 1500)), int(rng.integers(1, 300))) for i, a in enumerate(arr)]
     sim = Simulation(reqs, cost=AffineCost(), num_blocks=4000,
-                     batching=lambda: make_batching({"policy": "vllm", "max_num_seqs": 64}),
+                     batching=lambda: make_batching({"policy": "vllm-v0", "max_num_seqs": 64}),
                      router=make_router("round_robin"), replicas=2)
     res = sim.run()
     T = res.end_s

@@ -40,7 +40,7 @@ def _root(version: Optional[bool] = typer.Option(None, "--version", callback=_ve
 
 
 # verb modules, in the order they appear in --help
-_VERBS = ("run", "trace", "hw", "model", "calibrate", "comm", "plan", "place", "sweep", "report")
+_VERBS = ("run", "trace", "hw", "model", "calibrate", "comm", "plan", "place", "sweep", "report", "validate")
 
 
 def _register_all() -> None:

@@ -4,7 +4,6 @@ translation of exceptions into one-line ``FILE: FIELD: message`` errors."""
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Iterable, Sequence
 
 import typer
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import InputError
+from ..jsonable import jsonable
 
 console = Console()
 
@@ -56,16 +56,7 @@ def input_error_of(e: BaseException) -> InputError | None:
     return None
 
 
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return _clean(obj.item())
-    return obj
+_clean = jsonable  # NaN/inf -> null (simllm.jsonable)
 
 
 def echo_json(obj: Any) -> None:

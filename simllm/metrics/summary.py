@@ -36,7 +36,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from ..sim.engine import STEP_COLUMNS, SimResult
+from ..sim.records import STEP_COLUMNS, SimResult
 
 REQUEST_COLUMNS = ("id", "arrival_s", "prompt_tokens", "output_tokens", "generated_tokens", "scheduled_s",
                    "first_token_s", "completion_s", "ttft_s", "tpot_s", "e2e_s", "queueing_s", "preemptions",
@@ -154,31 +154,28 @@ def summarize(res: SimResult, *, devices_per_replica: int = 1, peak_flops: Optio
 
     steps = res.steps
     R = res.num_replicas
-    devices = R * devices_per_replica
+    # every step row is weighed by the devices of its replica (pools may differ in size); flops/bytes are
+    # per device of the step's replica
+    rep_dev = list(getattr(res, "replica_devices", None) or [devices_per_replica] * R)
+    devices = int(sum(rep_dev))
     dur_arr = np.asarray(steps["duration_s"], dtype=float)
     busy_s = float(dur_arr.sum())
-    busy_fraction = busy_s / (R * duration) if duration > 0 else None
-    flops = float(np.nansum(np.asarray(steps["flops"], dtype=float)))
-    byts = float(np.nansum(np.asarray(steps["bytes"], dtype=float)))
+    rep = np.asarray(steps["replica"], dtype=np.int64)
+    w = np.asarray(rep_dev, dtype=float)[rep]
+    busy_dev_s = float((dur_arr * w).sum())
+    busy_fraction = busy_dev_s / (devices * duration) if duration > 0 else None
     have_breakdown = len(steps["flops"]) > 0 and np.isfinite(np.asarray(steps["flops"], dtype=float)).all()
-    # flops/bytes are per device of the step's replica: sum over replicas / (R * duration * peak)
-    mfu = flops / (R * duration * peak_flops) if (peak_flops and duration > 0 and have_breakdown) else None
-    mbu = byts / (R * duration * hbm_bandwidth) if (hbm_bandwidth and duration > 0 and have_breakdown) else None
+    flops = float(np.nansum(np.asarray(steps["flops"], dtype=float) * w))
+    byts = float(np.nansum(np.asarray(steps["bytes"], dtype=float) * w))
+    mfu = flops / (devices * duration * peak_flops) if (peak_flops and duration > 0 and have_breakdown) else None
+    mbu = byts / (devices * duration * hbm_bandwidth) if (hbm_bandwidth and duration > 0 and have_breakdown) else None
     kv_used = np.asarray(steps["kv_blocks_used"], dtype=float)
-    kv_util = float((kv_used * dur_arr).sum() / busy_s / res.kv_num_blocks) if busy_s > 0 else None
-    rep_dev = getattr(res, "replica_devices", None)
-    if rep_dev:  # pools of different replica sizes (disaggregation): weigh each step by its replica's devices
-        rep = np.asarray(steps["replica"], dtype=np.int64)
-        w = np.asarray(rep_dev, dtype=float)[rep]
-        devices = int(sum(rep_dev))
-        busy_dev_s = float((dur_arr * w).sum())
-        busy_fraction = busy_dev_s / (devices * duration) if duration > 0 else None
-        fl = np.asarray(steps["flops"], dtype=float) * w
-        by = np.asarray(steps["bytes"], dtype=float) * w
-        mfu = float(np.nansum(fl)) / (devices * duration * peak_flops) if mfu is not None else None
-        mbu = float(np.nansum(by)) / (devices * duration * hbm_bandwidth) if mbu is not None else None
-        cap = np.asarray(res.replica_kv_blocks, dtype=float)[rep]
-        kv_util = float((kv_used / cap * dur_arr).sum() / busy_s) if busy_s > 0 else None
+    caps = list(getattr(res, "replica_kv_blocks", None) or [res.kv_num_blocks])
+    kv_util = None
+    if busy_s > 0 and len(set(caps)) == 1:
+        kv_util = float((kv_used * dur_arr).sum() / busy_s / caps[0])
+    elif busy_s > 0:
+        kv_util = float((kv_used / np.asarray(caps, dtype=float)[rep] * dur_arr).sum() / busy_s)
 
     cost = None
     if price_per_device_hour is not None and out_tok > 0:
@@ -190,9 +187,7 @@ def summarize(res: SimResult, *, devices_per_replica: int = 1, peak_flops: Optio
     elif idle_w is None or not math.isfinite(idle_w):
         energy_note = "the accelerator descriptor gives no idle_power: the power model idle + busy x (TDP - idle) needs it"
     elif duration > 0:
-        energy_j = devices_per_replica * (idle_w * R * duration + (tdp_w - idle_w) * busy_s)
-        if rep_dev:
-            energy_j = idle_w * devices * duration + (tdp_w - idle_w) * busy_dev_s
+        energy_j = idle_w * devices * duration + (tdp_w - idle_w) * busy_dev_s
     sat = saturation(arr, df["completion_s"].to_numpy(), rejected)
     by_class = None
     if "priority_class" in df.columns:  # fairness: latency per priority class

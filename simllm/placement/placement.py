@@ -11,6 +11,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import InputError
+from ..jsonable import jsonable
 
 
 def as_layer_loads(loads: Any, *, name: str = "loads") -> np.ndarray:
@@ -228,9 +229,7 @@ class Placement:
         out.mkdir(parents=True, exist_ok=True)
         stem = stem or f"placement_{self.policy or 'policy'}"
         jp, cp = out / f"{stem}.json", out / f"{stem}.csv"
-        from ..cli._common import _clean  # NaN -> null; small helper, no CLI dependency otherwise
-
-        jp.write_text(json.dumps(_clean(self.to_dict()), indent=1))
+        jp.write_text(json.dumps(jsonable(self.to_dict()), indent=1))
         with cp.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["layer", "device", "node", "slot", "expert", "share", "tokens"])
             w.writeheader()

@@ -12,7 +12,8 @@ preemption) or a request arrives. Free KV blocks only shrink while decoding, so 
 that could not be admitted stays inadmissible. A policy without that property sets
 ``jump_safe = False`` and the replica then steps one iteration at a time.
 
-Policies: ``vllm`` (prefill-only or decode-only iterations), ``orca`` (decode and whole prefills
+Policies: ``vllm`` (vLLM's V1 scheduler: running requests first, then waiting ones, one token budget,
+chunked prefill always on), ``vllm-v0`` (vLLM's V0 default: prefill-only or decode-only iterations), ``orca`` (decode and whole prefills
 in one iteration), ``sarathi`` (decode first, prefill chunks fill a token budget), ``static``
 (fixed batches run to completion), ``priority`` (classes, preemption of lower classes). All keep
 the property above and are checked by ``tests/test_policies_properties.py`` (jump == step).
@@ -100,7 +101,7 @@ class BatchingPolicy(Protocol):
         ...
 
 
-@batching.register("vllm")
+@batching.register("vllm-v0")
 @dataclass(frozen=True)
 class VLLMBatching:
     """vLLM v0 default scheduler: prefill-prioritised, no chunking.
@@ -145,6 +146,93 @@ class VLLMBatching:
         if not b.prefill_ids:
             b.decode = running.n > 0
         return b
+
+
+@batching.register("vllm")
+@dataclass(frozen=True)
+class VLLMV1Batching:
+    """vLLM's V1 scheduler (the engine of vLLM >= 0.8; ``vllm/v1/core/sched/scheduler.py``).
+
+    One token budget per step (``max_num_batched_tokens``). Running requests are scheduled first:
+    every decoding sequence one token, then prefills under way (chunked prefill is always on)
+    continue; waiting requests (FCFS) are admitted after them while sequence slots
+    (``max_num_seqs``, counting running and partially prefilled requests), budget and KV blocks
+    last. ``long_prefill_token_threshold`` (> 0) caps the tokens one request prefills in a step
+    (vLLM: 0, off, unless several partial prefills are allowed). Prefix caching is on by default in
+    V1 (block hashes of the prompt content); here it is still the scenario's ``kv.prefix_caching``
+    that turns it on (``simllm validate`` does; not yet automatic for this policy), with requests
+    carrying ``prefix_blocks`` keys. Preemption when blocks run out is by recompute (``kv.preemption``),
+    newest first, as V1 does; V1 keeps no free-block watermark, so it admits down to the last block
+    (the replica's ``kv.watermark`` still applies when set).
+
+    Defaults are those of ``vllm serve`` on a GPU with >= 70 GiB that is not an A100 (H100, H200,
+    MI300X: 8192 tokens, 1024 sequences, ``vllm/engine/arg_utils.py`` get_batch_defaults); smaller
+    GPUs and A100 default to 2048 tokens and 256 sequences there (:func:`vllm_server_defaults`).
+    """
+
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 1024
+    long_prefill_token_threshold: int = 0
+    jump_safe: bool = field(default=True, init=False)
+    general: ClassVar[bool] = True
+
+    def __post_init__(self):
+        _check_seqs(self.max_num_seqs)
+        if self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_batched_tokens must be >= 1")
+        if self.long_prefill_token_threshold < 0:
+            raise ValueError("long_prefill_token_threshold must be >= 0 (0: no cap)")
+
+    def max_prompt_tokens(self) -> int | None:
+        return None
+
+    def next_batch(self, queue, running, kv) -> Batch:
+        n = running.n
+        b = Batch(decode=n > 0)
+        left = self.max_num_batched_tokens - n
+        if left <= 0 or not len(queue):
+            return b
+        cap = self.long_prefill_token_threshold
+        seqs = n + running.n_prefilling
+        free = kv.free_blocks - n
+        started = [rid for rid in queue if queue.started(rid)]
+        # prefills under way are V1 "running" requests: they continue before anything waiting is admitted
+        for rid in started:
+            c = queue.prefill_len(rid)
+            if cap:
+                c = min(c, cap)
+            c = min(c, left)
+            b.prefill_ids.append(rid)
+            b.prefill_lens.append(c)
+            left -= c
+            if left <= 0:
+                return b
+        for rid in queue:
+            if queue.started(rid):
+                continue
+            need = queue.new_blocks(rid)
+            if seqs + 1 > self.max_num_seqs or free - need < kv.watermark_blocks:
+                break
+            free -= need
+            seqs += 1
+            c = queue.prefill_len(rid)
+            if cap:
+                c = min(c, cap)
+            c = min(c, left)
+            b.prefill_ids.append(rid)
+            b.prefill_lens.append(c)
+            left -= c
+            if left <= 0:
+                break
+        return b
+
+
+def vllm_server_defaults(device_memory_bytes: float, device_name: str) -> dict:
+    """``vllm serve``'s max_num_batched_tokens / max_num_seqs for a GPU (vLLM's get_batch_defaults):
+    8192 / 1024 with >= 70 GiB and not an A100, else 2048 / 256."""
+    if device_memory_bytes >= 70 * 2**30 and "a100" not in device_name.lower():
+        return {"max_num_batched_tokens": 8192, "max_num_seqs": 1024}
+    return {"max_num_batched_tokens": 2048, "max_num_seqs": 256}
 
 
 def _check_seqs(max_num_seqs):

@@ -1,6 +1,16 @@
-"""The SimPy cluster simulation: router, replicas with continuous batching, paged KV cache."""
+"""The SimPy cluster simulation: pools of replicas with continuous batching, paged KV cache, KV transfers.
 
-from .engine import STEP_COLUMNS, SimConfig, SimResult, Simulation
+One concept per module: ``records`` (configuration, result, step columns), ``kv`` (the KV cache and
+its block accounting), ``prefix_cache``, ``replica`` (the one iteration), ``pools`` (pool roles),
+``transfer`` (KV moves between pools), ``simulation`` (arrivals, routing, results),
+``replacement`` (periodic expert re-placement).
+"""
+
 from .kv import KVCache, kv_capacity_blocks
+from .pools import Pool
+from .records import STEP_COLUMNS, SimConfig, SimResult
+from .simulation import Simulation
+from .transfer import link_network, topology_network
 
-__all__ = ["KVCache", "STEP_COLUMNS", "SimConfig", "SimResult", "Simulation", "kv_capacity_blocks"]
+__all__ = ["KVCache", "Pool", "STEP_COLUMNS", "SimConfig", "SimResult", "Simulation", "kv_capacity_blocks",
+           "link_network", "topology_network"]

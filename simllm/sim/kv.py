@@ -1,4 +1,4 @@
-"""Paged KV cache accounting for one replica (vLLM-style blocks).
+"""Paged KV cache of one replica (vLLM-style blocks): its size and all its block accounting.
 
 A replica's KV capacity is what its devices have left after the weights and an activation
 reserve, at ``gpu_memory_utilization``::
@@ -7,29 +7,49 @@ reserve, at ``gpu_memory_utilization``::
     tokens = bytes / (n_devices * kv_bytes_per_token_per_device)
     blocks = floor(tokens / block_size)
 
-Each running sequence holds ``ceil(tokens_stored / block_size)`` blocks; a block is allocated
-when the sequence's next token would not fit. The per-sequence arrays live in the replica
-(``simllm.sim.engine``); this object holds the totals and the arithmetic.
+Each running sequence holds ``ceil(tokens_stored / block_size)`` blocks (the replica keeps the
+per-sequence token counts in arrays, ``simllm.sim.replica``, and passes their block sum to
+:meth:`KVCache.recount`). Everything else the cache holds is counted here:
+
+- ``partial``: blocks of prefills under way (chunked prefill, or admitted over a cached prefix);
+- ``outgoing``: blocks of prefilled requests kept until their KV has moved to another pool;
+- ``reserved``: blocks set aside for KV transfers coming in from another pool (``num_blocks`` is
+  the capacity minus these; ``capacity`` the whole cache);
+- with a :class:`~simllm.sim.prefix_cache.PrefixCache` (``prefix``): cached prompt units, each
+  counted once however many sequences share it (``shared_units`` are those referenced by
+  running or outgoing sequences, already inside their block counts); unreferenced units are
+  evicted LRU when the blocks are needed.
+
+``held`` is everything beyond the running sequences' blocks, ``used_blocks`` the total.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from ..errors import InputError
+from .prefix_cache import PrefixCache
 
 
 @dataclass
 class KVCache:
-    num_blocks: int
+    num_blocks: int  # usable now: capacity minus blocks reserved for incoming transfers
     block_size: int = 16
     watermark: float = 0.01  # vLLM: fraction of blocks kept free when admitting prefills
     used_blocks: int = 0
+    prefix: Optional[PrefixCache] = None
 
     def __post_init__(self):
         if self.block_size < 1:
             raise InputError("block_size must be >= 1", field="deployment.kv.block_size")
         self.watermark_blocks = int(self.watermark * self.num_blocks)
+        self.capacity = self.num_blocks
+        self.reserved = 0
+        self.partial = 0
+        self.outgoing = 0
+        self.shared_units = 0
+        self.held = 0
 
     @property
     def free_blocks(self) -> int:
@@ -37,6 +57,90 @@ class KVCache:
 
     def blocks_for(self, tokens: int) -> int:
         return -(-int(tokens) // self.block_size)
+
+    @property
+    def evictable_blocks(self) -> int:
+        return self.prefix.evictable_blocks if self.prefix is not None else 0
+
+    @property
+    def growable_blocks(self) -> int:
+        """Blocks running sequences may grow into: usable blocks plus evictable cached prefix blocks."""
+        pc = self.prefix
+        return self.num_blocks + (pc.evictable_blocks if pc is not None else 0)
+
+    def recount(self, running_blocks: int) -> int:
+        """Used blocks = the running sequences' ``running_blocks`` + everything held here; cached prefix
+        units beyond the usable blocks are evicted (LRU)."""
+        held = self.partial + self.outgoing
+        pc = self.prefix
+        if pc is not None:
+            held += pc.total_blocks - self.shared_units * pc.upb
+        used = running_blocks + held
+        if pc is not None and used > self.num_blocks:
+            freed = pc.evict(used - self.num_blocks)
+            used -= freed
+            held -= freed
+        self.held = held
+        self.used_blocks = used
+        return used
+
+    def evict_over(self, used: int) -> int:
+        """``used`` blocks counted mid-jump: evict cached prefixes beyond the usable blocks; the new count."""
+        if self.prefix is not None and used > self.num_blocks:
+            freed = self.prefix.evict(used - self.num_blocks)
+            used -= freed
+            self.held -= freed
+        return used
+
+    # -- prefix units referenced by a sequence (its blocks count them) --------------------------
+    def share(self, keys) -> None:
+        self.prefix.acquire(keys)
+        self.shared_units += len(keys)
+
+    def unshare(self, keys) -> None:
+        self.prefix.release(keys)
+        self.shared_units -= len(keys)
+
+    # -- transfers in ----------------------------------------------------------------------------
+    def reserve(self, blocks: int) -> None:
+        """Set ``blocks`` aside for a KV transfer coming in."""
+        self.reserved += blocks
+        self.num_blocks -= blocks
+
+    def claim(self, blocks: int) -> None:
+        """A transfer landed: its reserved blocks become a running sequence's."""
+        self.reserved -= blocks
+        self.num_blocks += blocks
+        self.used_blocks += blocks
+
+
+class PolicyKVView:
+    """What a batching policy sees of a KV cache with prefix caching: evictable blocks count as free."""
+
+    __slots__ = ("kv",)
+
+    def __init__(self, kv: KVCache):
+        self.kv = kv
+
+    @property
+    def block_size(self) -> int:
+        return self.kv.block_size
+
+    @property
+    def num_blocks(self) -> int:
+        return self.kv.num_blocks
+
+    @property
+    def watermark_blocks(self) -> int:
+        return self.kv.watermark_blocks
+
+    @property
+    def free_blocks(self) -> int:
+        kv = self.kv
+        return kv.num_blocks - kv.used_blocks + kv.prefix.evictable_blocks
+
+    def blocks_for(self, tokens: int) -> int:
+        return self.kv.blocks_for(tokens)
 
 
 def kv_capacity_blocks(*, device_memory_bytes: float, n_devices: int, gpu_memory_utilization: float,

@@ -1,8 +1,9 @@
-"""The SimPy cluster simulation: a router process and one process per replica.
+"""One replica of a pool: its waiting queue, running set and the one iteration every batching policy uses.
 
 Each replica runs iteration-level continuous batching. At each decision point its batching
-policy (``simllm.policies.batching``) chooses a prefill batch or a decode of the running set;
-the replica asks the cost model for the time of exactly that batch, described by aggregates
+policy (``simllm.policies.batching``) chooses prefill work (new or continued chunks, over cached
+prefix tokens), policy preemptions and whether the running set decodes a token; the replica asks
+the cost model for the time of exactly that batch, described by aggregates
 (``StepCostModel.step_time``), and sleeps for it.
 
 Speed (DESIGN.md): per-request state lives in numpy arrays; a replica yields at most one SimPy
@@ -10,61 +11,49 @@ event per step and, with ``jump=True`` (the default), one per *segment*: between
 batch membership the decode steps differ only by growing context, so the replica prices the k
 steps up to the next change (first completion, or KV blocks running out) in one vectorised
 ``step_time`` call, sums them with a sequential ``cumsum`` (the same float additions as
-stepping), and sleeps until the end. An arrival that could join the batch interrupts the sleep;
-the segment is then cut at the first step boundary at or after the arrival, which is where a
-step-by-step replica would have seen it. Timestamps are therefore identical to stepping one
-iteration at a time (``jump=False``), which a test checks.
+stepping), and sleeps until the end. Anything that could change the batch (an arrival, a KV
+transfer landing) pokes the replica (:meth:`Replica._poke`): the segment is then cut at the first
+step boundary at or after it, which is where a step-by-step replica would have seen it.
+Timestamps are therefore identical to stepping one iteration at a time (``jump=False``), which
+tests check.
 
 When the router's choice does not depend on replica state (``round_robin`` has ``plan``), each
-replica knows the arrival times of its own future requests: it ends jumps at the boundary where
-the next one is seen (no interrupt), and does not even yield to SimPy for a step or segment that
-ends before its next arrival (nothing else can affect it). Its logical clock then runs ahead of
-``env.now``; all timestamps come from that clock, never from ``env.now``.
+replica of a colocated pool knows the arrival times of its own future requests: it ends jumps at
+the boundary where the next one is seen (no interrupt), and does not even yield to SimPy for a
+step or segment that ends before its next arrival (nothing else can affect it). Its logical clock
+then runs ahead of ``env.now``; all timestamps come from that clock, never from ``env.now``.
 
-Policies with ``general = True`` (orca, sarathi, static, priority) and any policy under prefix
-caching run prefill iterations through ``Replica._mixed``: policy-chosen preemptions, prefill
-chunks (a request keeps its place in the waiting queue, with its KV blocks, until its last chunk;
-``prefill_attn_work`` counts cached context + chunk) and one decode token of the running set,
-priced as one mixed batch. Decode-only iterations still jump. With prefix caching
-(``simllm.sim.prefix_cache``) shared prompt units are counted once in the used blocks and
-unreferenced ones are evicted LRU when blocks run out (within a jump, at its end: the same
-units stepping would evict).
+Prefill iterations: ``vllm`` without prefix caching (whole prompts, no decode in the same step)
+takes a short path, :meth:`Replica._prefill`; every other policy (``general = True``: orca,
+sarathi, static, priority) and any policy under prefix caching runs :meth:`Replica._mixed`:
+policy-chosen preemptions, prefill chunks (a request keeps its place in the waiting queue, with
+its KV blocks, until its last chunk; ``prefill_attn_work`` counts cached context + chunk) and one
+decode token of the running set, priced as one mixed batch. (``_prefill`` is ``_mixed`` for that
+special case, with the same timestamps.) Decode-only iterations jump. All KV block accounting is
+the :class:`~simllm.sim.kv.KVCache`'s.
+
+Pool roles (``simllm.sim.pools``) differ from this replica (role ``both``) only in hooks:
+:meth:`Replica._continue` (what a finished prefill with tokens left does: join the running set,
+or hand its KV to a decode pool), :meth:`Replica._on_boundary` (admit transferred KV) and
+:meth:`Replica._blocked` (wait for blocks held by transfers). The admission check is one rule,
+:meth:`Replica._reject_reason`, by role.
 
 Per-step records: one row per prefill step and one row per decode *segment* (``n_steps``
-iterations, ``duration_s`` their exact sum). ``compute_s``/``memory_s``/``comm_s``/``flops``/
-``bytes`` of a segment are those of its middle step times ``n_steps``, taken from a memo on
-the rounded shape (see ``Simulation._steps_columns``).
+iterations, ``duration_s`` their exact sum).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import numpy as np
 import simpy
 
-from ..cost.interface import BatchShape
 from ..policies.batching import Batch
-from .kv import KVCache
+from .kv import KVCache, PolicyKVView
 from .prefix_cache import PrefixCache
-
-NAN = float("nan")
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    jump: bool = True  # price decode segments at once (False: one SimPy event per iteration)
-    preemption: str = "recompute"  # or "swap"
-    block_size: int = 16
-    watermark: float = 0.01
-    max_model_len: Optional[int] = None  # prompt + output longer than this is rejected
-    swap_bandwidth: float = 25e9  # B/s per device between device and host memory (swap preemption)
-    record_breakdown: bool = True  # call step_cost once per step/segment for compute/memory/comm
-    prefix_caching: bool = False  # share full prompt units with equal prefix keys (simllm.sim.prefix_cache)
-    prefix_unit_tokens: int = 512  # tokens per prefix key (Mooncake hash_ids: 512)
 
 
 class _Waiting(deque):
@@ -117,72 +106,26 @@ class _Waiting(deque):
         return int(self.rep.sim.priority[rid])
 
 
-class _KVView:
-    """What a batching policy sees of the KV cache when evictable prefix blocks count as free."""
-
-    __slots__ = ("kv", "pc")
-
-    def __init__(self, kv: KVCache, pc: PrefixCache):
-        self.kv = kv
-        self.pc = pc
-
-    @property
-    def block_size(self) -> int:
-        return self.kv.block_size
-
-    @property
-    def num_blocks(self) -> int:
-        return self.kv.num_blocks
-
-    @property
-    def watermark_blocks(self) -> int:
-        return self.kv.watermark_blocks
-
-    @property
-    def free_blocks(self) -> int:
-        return self.kv.num_blocks - self.kv.used_blocks + self.pc.evictable_blocks
-
-    def blocks_for(self, tokens: int) -> int:
-        return self.kv.blocks_for(tokens)
-
-
-@dataclass
-class SimResult:
-    """Raw outcome of a simulation (arrays indexed by request position in arrival order)."""
-
-    ids: np.ndarray
-    arrival_s: np.ndarray
-    prompt_tokens: np.ndarray
-    output_tokens: np.ndarray
-    scheduled_s: np.ndarray
-    first_token_s: np.ndarray
-    completion_s: np.ndarray
-    generated_tokens: np.ndarray
-    preemptions: np.ndarray
-    replica: np.ndarray
-    rejected_reason: list  # "" when served
-    steps: dict  # column -> list
-    num_replicas: int
-    kv_num_blocks: int
-    block_size: int
-    end_s: float
-    kv_peak_blocks: list = field(default_factory=list)
-    priority: Optional[np.ndarray] = None  # priority class per request (batching policy's rule)
-    prefix_caching: bool = False
-    prefix_query_tokens: int = 0  # prompt tokens looked up in the prefix cache at admission
-    prefix_hit_tokens: int = 0  # of which found cached (prefill skipped)
-
-
 class Replica:
-    def __init__(self, sim: "Simulation", index: int, cost, policy, num_blocks: int):
+    """A replica of role ``both``: prefills and decodes its own requests (a colocated deployment)."""
+
+    role = "both"
+
+    def __init__(self, sim, index: int, pool, cost, policy):
         self.sim = sim
         self.env = sim.env
         self.index = index
+        self.pool = pool
+        self.label = "" if pool.role == "both" else f"{pool.name} "  # in rejection messages
         self.cost = cost
         self.policy = policy
-        cfg = sim.config
+        cfg = pool.config if pool.config is not None else sim.config
         self.cfg = cfg
-        self.kv = KVCache(num_blocks=num_blocks, block_size=cfg.block_size, watermark=cfg.watermark)
+        self.unit_tokens = int(cfg.prefix_unit_tokens)
+        self.pc = PrefixCache(self.unit_tokens // cfg.block_size) if cfg.prefix_caching else None
+        self.kv = KVCache(num_blocks=pool.num_blocks, block_size=cfg.block_size, watermark=cfg.watermark,
+                          prefix=self.pc)
+        self.kv_view = PolicyKVView(self.kv) if self.pc is not None else self.kv
         self.B = cfg.block_size
         self.waiting = _Waiting(sim.prompt, sim.gen)
         self.swapped: deque = deque()  # (rid, kv_tokens, remaining)
@@ -208,18 +151,12 @@ class Replica:
         # chunked prefill, policy-driven preemption, prefix caching (the general step, _mixed)
         self.pdone: dict = {}  # rid -> tokens in KV of a prefill under way (still in the waiting queue)
         self.pblocks: dict = {}  # rid -> (private blocks held, prefix units acquired at admission)
-        self.partial_blocks = 0
-        self.sh_units = 0  # prefix units referenced by running sequences (counted in the cache, once)
-        self.held = 0  # blocks not in sum(ceil(r_t / B)): partial prefills + cache - running's shared
-        self.unit_tokens = int(cfg.prefix_unit_tokens)
-        self.pc = PrefixCache(self.unit_tokens // cfg.block_size) if cfg.prefix_caching else None
-        self.kv_view = _KVView(self.kv, self.pc) if self.pc is not None else self.kv
         self.seg = None  # (step ends, sequences) of the decode jump under way
         self.general = bool(getattr(policy, "general", False)) or self.pc is not None
         self.fcfs = bool(getattr(policy, "fcfs", True))
         self.waiting.rep = self
         # periodic cost changes (simllm.sim.replacement): change points end jumps like known arrivals
-        self.chg = getattr(sim, "changes", None)
+        self.chg = pool.changes
         self.next_chg = self.chg.boundary(1) if self.chg is not None else math.inf
         self.tok_int = 0  # tokens served since the last change point
         self.idle_from = None
@@ -244,19 +181,13 @@ class Replica:
         if j == 0:
             return self.kv.used_blocks
         B = self.B
-        used = int(((self.r_t[:n] + (j + B - 1)) // B).sum()) + self.held
-        if self.pc is not None and used > self.kv.num_blocks:
-            freed = self.pc.evict(used - self.kv.num_blocks)
-            used -= freed
-            self.held -= freed
-        return used
+        return self.kv.evict_over(int(((self.r_t[:n] + (j + B - 1)) // B).sum()) + self.kv.held)
 
     @property
     def kv_free_fraction(self) -> float:
         kv = self.kv
         used = self._sync()
-        ev = self.pc.evictable_blocks if self.pc is not None else 0
-        return (kv.num_blocks - used + ev) / kv.num_blocks
+        return (kv.num_blocks - used + kv.evictable_blocks) / kv.num_blocks
 
     def cached_prefix_units(self, rid: int) -> int:
         """Leading prefix units of ``rid`` this replica holds cached (0 without prefix caching)."""
@@ -289,39 +220,65 @@ class Replica:
             return
         self.assigned += 1
         self.waiting.append(rid)
+        self._poke(t, cut=not foreseen and not self.swapped
+                   and (not self.fcfs or (len(self.waiting) == 1 and self.n < self.max_seqs)))
+
+    def _poke(self, t: float, cut: bool = True) -> None:
+        """Something that may change the batch happened at ``t``: wake the idle replica, or (``cut``) end
+        its decode jump at the first step boundary at or after ``t``."""
         if self.idle_ev is not None:
             ev, self.idle_ev = self.idle_ev, None
             self.clock = t if t > self.clock else self.clock
             ev.succeed()
-        elif (self.interruptible and not foreseen and not self.swapped
-              and (not self.fcfs or (len(self.waiting) == 1 and self.n < self.max_seqs))):
+        elif cut and self.interruptible:
             self.interruptible = False
             self.proc.interrupt(t)
 
     def _reject_reason(self, rid: int) -> str:
+        """Why ``rid`` can never be served here ("" if it can); one rule for every role: a replica that
+        prefills checks the prompt, one that decodes the whole sequence, a prefill replica also asks the
+        decode pool (``Simulation.decode_reject_reason``)."""
         sim = self.sim
         p = int(sim.prompt[rid])
         o = int(sim.out[rid])
-        if self.max_prompt is not None and p > self.max_prompt:
-            return f"prompt of {p} tokens exceeds the batching token budget of {self.max_prompt}"
-        if self.max_prompt is not None and p + o - 1 > self.max_prompt and self.cfg.preemption == "recompute":
+        role = self.role
+        mp = self.max_prompt
+        pl = f"{self.label}pool's " if self.label else ""
+        if mp is not None and p > mp and role != "decode":
+            return f"prompt of {p} tokens exceeds the {pl}batching token budget of {mp}"
+        if mp is not None and p + o - 1 > mp and self.cfg.preemption == "recompute" and role != "prefill":
             # a preempted request is recomputed in one prefill of up to prompt + output - 1 tokens;
             # vLLM refuses max_num_batched_tokens < max_model_len without chunked prefill for this reason
-            return (f"prompt + output of {p + o} tokens exceeds the batching token budget of {self.max_prompt} "
+            return (f"prompt + output of {p + o} tokens exceeds the {pl}batching token budget of {mp} "
                     f"(a preempted request is recomputed in one prefill)")
-        if self.cfg.max_model_len is not None and p + o > self.cfg.max_model_len:
+        if self.cfg.max_model_len is not None and p + o > self.cfg.max_model_len and role != "decode":
             return f"prompt + output of {p + o} tokens exceeds max_model_len {self.cfg.max_model_len}"
-        need = self.kv.blocks_for(p + o)
-        if need > self.kv.num_blocks - self.kv.watermark_blocks:
-            return f"needs {need} KV blocks, the replica holds {self.kv.num_blocks}"
+        kv = self.kv
+        need = kv.blocks_for(p if role == "prefill" else p + o)
+        if need > kv.capacity - kv.watermark_blocks:
+            return f"needs {need} KV blocks, the {self.label}replica holds {kv.capacity}"
+        if role == "prefill" and o > 1:
+            return sim.decode_reject_reason(rid)
         return ""
 
-    # -- the replica process -------------------------------------------------------------
+    # -- hooks of the pool roles (simllm.sim.pools) ------------------------------------------
     def _on_boundary(self) -> None:
-        """Called at every decision point (a step boundary or a wake-up), before the policy decides.
+        """Called at every decision point (a step boundary or a wake-up), before the policy decides
+        (a decode replica starts KV transfers and lets transferred requests join here)."""
 
-        A hook for subclasses (``simllm.sim.disagg``: a decode replica starts KV transfers and lets
-        transferred requests join here); its changes are seen by the decision that follows."""
+    def _blocked(self) -> bool:
+        """The policy scheduled nothing: True if that is because blocks are held for transfers out
+        (the replica then waits for a release), False if it is a policy bug."""
+        return False
+
+    def _continue(self, rid: int, L: int, rem: int, end: float) -> None:
+        """``rid``'s prefill of ``L`` context tokens ended at ``end`` with ``rem`` tokens left to generate:
+        it joins the running set (its blocks stay counted)."""
+        i = self.n
+        self.r_idx[i] = rid
+        self.r_t[i] = L
+        self.r_rem[i] = rem
+        self.n = i + 1
 
     def _run(self):
         env = self.env
@@ -361,17 +318,22 @@ class Replica:
                     self.idle_ev = None
                     self.clock = max(self.clock, batch.wait_until)
                 continue
-            if not batch.decode or self.n == 0:  # nothing schedulable (cannot happen with a sane policy)
+            if not batch.decode or self.n == 0:  # nothing schedulable
+                if self._blocked():  # every admissible request waits for blocks held by transfers
+                    self.idle_ev = env.event()
+                    self.idle_from = self.clock
+                    yield self.idle_ev
+                    continue
                 raise RuntimeError(f"replica {self.index}: policy {policy!r} scheduled nothing "
                                    f"with {len(self.waiting)} waiting and {self.n} running")
             # -- decode segment -----------------------------------------------------------
             # make room for one more token per sequence, preempting the newest
             preempted = False
-            if self._cap() - kv.used_blocks < self.n:  # some sequence may need a new block it cannot get
+            if kv.growable_blocks - kv.used_blocks < self.n:  # some sequence may need a new block it cannot get
                 while True:
                     t = self.r_t[:self.n]
                     grow = int(np.count_nonzero(t % B == 0))
-                    if kv.used_blocks + grow <= self._cap() or (self.n == 1 and not self.pdone):
+                    if kv.used_blocks + grow <= kv.growable_blocks or (self.n == 1 and not self.pdone):
                         break
                     if self.n == 1:
                         self._preempt_partial()
@@ -477,10 +439,9 @@ class Replica:
         self.done += nd
         sim.finished += nd
         if self.pc is not None:
+            kv = self.kv
             for rid in ids.tolist():
-                keys = self._keys(rid)
-                self.pc.release(keys)
-                self.sh_units -= len(keys)
+                kv.unshare(self._keys(rid))
         keep = ~done
         m = self.n - nd
         if m > n - nd:  # sequences after the first n (joined this step) keep their places
@@ -492,26 +453,11 @@ class Replica:
         self.n = m
         self._refresh_used()
 
-    def _cap(self) -> int:
-        """Blocks a running sequence may grow into: capacity plus evictable cached prefix blocks."""
-        return self.kv.num_blocks + (self.pc.evictable_blocks if self.pc is not None else 0)
-
     def _refresh_used(self) -> None:
-        """Recount used blocks (running + partial prefills + cached prefixes), evicting cached prefixes
-        (LRU) beyond capacity."""
-        kv = self.kv
+        """Recount used blocks: the running sequences' plus what the KV cache holds besides (partial
+        prefills, outgoing transfers, cached prefixes; LRU eviction beyond capacity)."""
         B = self.B
-        held = self.partial_blocks
-        pc = self.pc
-        if pc is not None:
-            held += pc.total_blocks - self.sh_units * pc.upb
-        used = int(((self.r_t[:self.n] + (B - 1)) // B).sum()) + held
-        if pc is not None and used > kv.num_blocks:
-            freed = pc.evict(used - kv.num_blocks)
-            used -= freed
-            held -= freed
-        self.held = held
-        kv.used_blocks = used
+        used = self.kv.recount(int(((self.r_t[:self.n] + (B - 1)) // B).sum()))
         if used > self.kv_peak:
             self.kv_peak = used
 
@@ -520,10 +466,10 @@ class Replica:
         kv = self.kv
         B = self.B
         n = len(t)
-        cap = self._cap()
+        cap = kv.growable_blocks
         if kv.used_blocks + n * (-(-kmax // B)) <= cap:
             return kmax
-        cap -= self.held
+        cap -= kv.held
         lo, hi = 1, kmax  # f(lo) fits (ensured by preemption)
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -590,11 +536,7 @@ class Replica:
             self.done += 1
             sim.finished += 1
             return False
-        i = self.n
-        self.r_idx[i] = rid
-        self.r_t[i] = L
-        self.r_rem[i] = rem
-        self.n = i + 1
+        self._continue(rid, L, rem, end)
         return True
 
     def _mixed(self, batch: Batch, now: float):
@@ -611,7 +553,7 @@ class Replica:
         if batch.decode and self.n:  # room for one more token per running sequence
             while True:
                 grow = int(np.count_nonzero(self.r_t[:self.n] % B == 0))
-                if kv.used_blocks + grow <= self._cap() or (self.n == 1 and not self.pdone):
+                if kv.used_blocks + grow <= kv.growable_blocks or (self.n == 1 and not self.pdone):
                     break
                 if self.n == 1:  # the last sequence must grow: give up the newest prefill under way
                     rid = self._preempt_partial()
@@ -640,7 +582,7 @@ class Replica:
                 else:
                     pb = -(-L // B)
                 self.pblocks[rid] = (pb, h)
-                self.partial_blocks += pb
+                kv.partial += pb
                 d0 = self.pdone[rid] = h * T
                 if sim.scheduled[rid] != sim.scheduled[rid]:  # NaN: first time scheduled
                     sim.scheduled[rid] = now
@@ -681,15 +623,15 @@ class Replica:
                 continue
             del self.pdone[rid]
             pb, h = self.pblocks.pop(rid)
-            self.partial_blocks -= pb
+            kv.partial -= pb
             self.waiting.remove(rid)
             if pc is not None:
                 keys = self._keys(rid)
                 pc.acquire(keys[h:])
-            running = self._prefilled(rid, L, end)
+            kept = self._prefilled(rid, L, end)
             if pc is not None:
-                if running:
-                    self.sh_units += len(keys)
+                if kept:
+                    kv.shared_units += len(keys)
                 else:
                     pc.release(keys)
         self._refresh_used()
@@ -710,7 +652,7 @@ class Replica:
         rid = next(reversed(self.pdone))
         del self.pdone[rid]
         pb, h = self.pblocks.pop(rid)
-        self.partial_blocks -= pb
+        self.kv.partial -= pb
         if self.pc is not None:
             self.pc.release(self._keys(rid)[:h])
         self.sim.preemptions[rid] += 1
@@ -727,9 +669,7 @@ class Replica:
         self.n = i
         self.kv.used_blocks -= -(-t // self.B)
         if self.pc is not None:
-            keys = self._keys(rid)
-            self.pc.release(keys)
-            self.sh_units -= len(keys)
+            self.kv.unshare(self._keys(rid))
             self._refresh_used()
         sim.preemptions[rid] += 1
         sim.n_preemptions += 1
@@ -756,255 +696,9 @@ class Replica:
             self.r_rem[i] = rem
             self.n = i + 1
             if self.pc is not None:  # recount only once the sequence is running, or its blocks look free
-                keys = self._keys(rid)
-                self.pc.acquire(keys)
-                self.sh_units += len(keys)
+                kv.share(self._keys(rid))
                 self._refresh_used()  # shared units count once: the next candidate sees the true free space
-        if self.pc is not None or self.partial_blocks:
+        if self.pc is not None or kv.partial:
             self._refresh_used()
 
 
-class Simulation:
-    """Serve ``requests`` (arrival order) on ``replicas`` identical replicas behind ``router``.
-
-    ``cost`` is a StepCostModel (or one per replica); ``num_blocks`` the KV blocks per replica;
-    ``batching`` a factory returning a fresh batching policy per replica.
-    """
-
-    changes: Any = None  # periodic cost changes (``changes=``); class defaults for subclasses
-    cost_changes: Any = ()
-
-    def __init__(self, requests: Any, *, cost, num_blocks: int, batching: Callable[[], Any], router,
-                 replicas: int = 1, config: SimConfig = SimConfig(), seed: int = 0, changes: Any = None):
-        self.config = config
-        self.changes = changes  # periodic cost changes, e.g. simllm.sim.replacement.PeriodicReplacement
-        self.cost_changes: list = []  # (row index, replica, cost from that row on)
-        if config.preemption not in ("recompute", "swap"):
-            raise ValueError(f"preemption must be recompute or swap, got {config.preemption!r}")
-        self.sessions = None
-        if hasattr(requests, "sessions") and hasattr(requests, "think_time"):  # a closed-loop SessionWorkload
-            self.sessions = requests
-            self.think_rng = np.random.default_rng(seed)
-            N = requests.num_requests
-            self.N = N
-            self.ids = np.arange(N, dtype=np.int64)
-            self.arrival = np.full(N, NAN)
-            self.prompt = np.zeros(N, dtype=np.int64)
-            self.out = np.zeros(N, dtype=np.int64)
-            self.session_of = np.full(N, -1, dtype=np.int64)
-            self.turn_of = np.full(N, -1, dtype=np.int64)
-            self.next_rid = 0
-            self.priority = np.zeros(N, dtype=np.int64)
-            self.pkeys = [()] * N
-        else:
-            N = len(requests)
-            self.N = N
-            self.ids = np.fromiter((r.id for r in requests), dtype=np.int64, count=N)
-            self.arrival = np.fromiter((r.arrival_s for r in requests), dtype=np.float64, count=N)
-            self.prompt = np.fromiter((r.prompt_tokens for r in requests), dtype=np.int64, count=N)
-            self.out = np.fromiter((r.output_tokens for r in requests), dtype=np.int64, count=N)
-            self.priority = np.fromiter((getattr(r, "priority", 0) for r in requests), dtype=np.int64, count=N)
-            self.sids = [getattr(r, "session_id", None) for r in requests]
-            self.pkeys = ([tuple(getattr(r, "prefix_blocks", ()) or ()) for r in requests]
-                          if config.prefix_caching else None)
-            if N and np.any(np.diff(self.arrival) < 0):
-                order = np.argsort(self.arrival, kind="stable")
-                self.priority = self.priority[order]
-                self.sids = [self.sids[i] for i in order.tolist()]
-                if self.pkeys is not None:
-                    self.pkeys = [self.pkeys[i] for i in order.tolist()]
-                self.ids, self.arrival, self.prompt, self.out = (a[order] for a in (self.ids, self.arrival,
-                                                                                   self.prompt, self.out))
-            if N and (self.prompt.min() < 1 or self.out.min() < 1):
-                raise ValueError("every request needs prompt_tokens >= 1 and output_tokens >= 1")
-        self.gen = np.zeros(N, dtype=np.int64)
-        self.scheduled = np.full(N, NAN)
-        self.first_token = np.full(N, NAN)
-        self.completion = np.full(N, NAN)
-        self.preemptions = np.zeros(N, dtype=np.int64)
-        self.replica_of = np.full(N, -1, dtype=np.int64)
-        self.rejected: dict[int, str] = {}
-        self.finished = 0
-        self.n_preemptions = 0
-        self.prefix_query_tokens = 0
-        self.prefix_hit_tokens = 0
-        if config.prefix_caching and (config.prefix_unit_tokens % config.block_size or
-                                      config.prefix_unit_tokens < config.block_size):
-            raise ValueError(f"prefix caching needs block_size ({config.block_size}) to divide the prefix unit "
-                             f"of {config.prefix_unit_tokens} tokens")
-        self.env = simpy.Environment()
-        self._rows: list = []
-        self._record_breakdown = config.record_breakdown
-        costs = list(cost) if isinstance(cost, (list, tuple)) else [cost] * replicas
-        self.replicas = [Replica(self, i, costs[i], batching(), num_blocks) for i in range(replicas)]
-        self._initial_costs = costs
-        self.classify = getattr(self.replicas[0].policy, "classify", None)
-        if self.classify is not None and self.sessions is None:
-            self.priority = np.asarray(self.classify(self.prompt, self.priority), dtype=np.int64)
-        self.router = router
-        if hasattr(router, "attach"):  # routers that look at the request (session, prefix) get the simulation
-            router.attach(self)
-        self.num_blocks = num_blocks
-        self.env.process(self._session_starts() if self.sessions is not None else self._arrivals())
-
-    def session_key(self, rid: int):
-        """The request's session (None when it has none)."""
-        if self.sessions is not None:
-            return int(self.session_of[rid])
-        return self.sids[rid]
-
-    def record_step(self, replica, start, duration, n_steps, batch, prefill_tokens, prefill_seqs, decode_tokens,
-                    kv_used, shape: tuple):
-        self._rows.append((replica, start, duration, n_steps, batch, prefill_tokens, decode_tokens, kv_used) + shape)
-        if self.changes is not None:
-            self.replicas[replica].tok_int += prefill_tokens + decode_tokens
-
-    def _steps_columns(self) -> dict:
-        """Step rows as columns; the compute/memory/comm breakdown is added here, memoized.
-
-        ``step_cost`` is called once per distinct *rounded* shape (prefill tokens and the mean
-        decode context per sequence to multiples of 16, same sequence counts); its compute,
-        memory and comm seconds are scaled to the row's exact duration, its FLOPs and bytes taken
-        as they are. Durations themselves are exact.
-        """
-        rows = self._rows
-        names = ("replica", "start_s", "duration_s", "n_steps", "batch_size", "prefill_tokens", "decode_tokens",
-                 "kv_blocks_used")
-        cols = {c: [] for c in STEP_COLUMNS}
-        if not rows:
-            return cols
-        T = list(zip(*rows))
-        for i, c in enumerate(names):
-            cols[c] = list(T[i])
-        nrow = len(rows)
-        if not self._record_breakdown:
-            for c in ("compute_s", "memory_s", "comm_s", "flops", "bytes"):
-                cols[c] = [NAN] * nrow
-            return cols
-        memo: dict = {}
-        comp, mem, comm, fl, by = [], [], [], [], []
-        changes = getattr(self, "cost_changes", [])
-        costs = [r.cost for r in self.replicas]
-        if changes:  # each row priced by the cost model in force when it ran
-            costs = list(self._initial_costs)
-        ci = 0
-        for ri, (rep, _st, dur, k, _b, _pt, _dt, _kv, P, W, m, n, ctx) in enumerate(rows):
-            while ci < len(changes) and changes[ci][0] <= ri:
-                costs[changes[ci][1]] = changes[ci][2]
-                ci += 1
-            cost = costs[rep]
-            key = (id(cost), P >> 4, m, n, int(ctx / n) >> 4 if n else 0)
-            c = memo.get(key)
-            if c is None:
-                c = memo[key] = cost.step_cost(BatchShape(P, W, m, n, ctx))
-            f = (dur / k) / c.total_s * k if c.total_s > 0 else 0.0
-            comp.append(c.compute_s * f)
-            mem.append(c.memory_s * f)
-            comm.append(c.comm_s * f)
-            fl.append(c.flops * k)
-            by.append(c.bytes * k)
-        cols["compute_s"], cols["memory_s"], cols["comm_s"], cols["flops"], cols["bytes"] = comp, mem, comm, fl, by
-        return cols
-
-    def _arrivals(self):
-        env = self.env
-        arr = self.arrival.tolist()
-        reps = self.replicas
-        route = self.router.route
-        plan = getattr(self.router, "plan", None)
-        if plan is not None:
-            dest_a = np.asarray(plan(len(arr), len(reps)), dtype=np.int64)
-            dest = dest_a.tolist()
-            for r in reps:
-                r.future = self.arrival[dest_a == r.index].tolist()
-            for rid, a in enumerate(arr):
-                if a > env.now:
-                    yield env.timeout(a - env.now)
-                reps[dest[rid]].submit(rid, a, True)
-            return
-        for rid, a in enumerate(arr):
-            if a > env.now:
-                yield env.timeout(a - env.now)
-            reps[route(rid, reps)].submit(rid, a)
-
-    # -- closed-loop sessions ---------------------------------------------------------------
-    def _send_turn(self, si: int, ti: int, t: float) -> None:
-        rid = self.next_rid
-        self.next_rid += 1
-        turn = self.sessions.sessions[si].turns[ti]
-        self.arrival[rid] = t
-        self.prompt[rid] = turn.prompt_tokens
-        self.out[rid] = turn.output_tokens
-        self.session_of[rid] = si
-        self.turn_of[rid] = ti
-        if self.config.prefix_caching:
-            self.pkeys[rid] = tuple(turn.prefix_blocks)
-        if self.classify is not None:
-            self.priority[rid] = int(self.classify(self.prompt[rid:rid + 1], self.priority[rid:rid + 1])[0])
-        reps = self.replicas
-        reps[self.router.route(rid, reps)].submit(rid, t)  # a rejected turn ends its session
-
-    def _session_starts(self):
-        env = self.env
-        ss = self.sessions.sessions
-        order = sorted(range(len(ss)), key=lambda i: (ss[i].start_s, i))
-        for si in order:
-            a = ss[si].start_s
-            if a > env.now:
-                yield env.timeout(a - env.now)
-            self._send_turn(si, 0, a)
-
-    def on_complete(self, rids, t: float) -> None:
-        """Completed turns send their session's next turn a think time later."""
-        if self.sessions is None:
-            return
-        for rid in rids:
-            si = int(self.session_of[rid])
-            ti = int(self.turn_of[rid]) + 1
-            if ti < len(self.sessions.sessions[si].turns) and rid not in self.rejected:
-                a = t + self.sessions.think_time(self.think_rng)
-                ev = self.env.timeout(max(a - self.env.now, 0.0))
-                ev.callbacks.append(lambda _e, si=si, ti=ti, a=a: self._send_turn(si, ti, a))
-
-    def run(self, progress: Optional[Callable[[float, int], None]] = None, chunk_s: Optional[float] = None) -> SimResult:
-        env = self.env
-        if progress is None:
-            env.run()
-        else:
-            last = float(np.nanmax(self.arrival)) if self.N and self.sessions is None else 0.0
-            step = chunk_s or max(1.0, last / 200)
-            while True:
-                stop = env.timeout(step)
-                env.run(until=stop)
-                progress(env.now, self.finished)
-                # SimPy keeps the 'until' event queued; anything else means work is left
-                if all(item[3] is stop for item in env._queue):
-                    break
-            progress(env.now, self.finished)
-        if self.sessions is not None:  # sessions cut short (rejected turn) send fewer requests
-            n = self.next_rid
-            for name in ("ids", "arrival", "prompt", "out", "gen", "scheduled", "first_token", "completion",
-                         "preemptions", "replica_of", "priority"):
-                setattr(self, name, getattr(self, name)[:n])
-            self.N = n
-        pending = np.isnan(self.completion)
-        if self.rejected:
-            pending[np.fromiter(self.rejected, dtype=np.int64)] = False
-        if pending.any():
-            raise RuntimeError(f"simulation ended with {int(pending.sum())} requests neither completed nor rejected")
-        reasons = [""] * self.N
-        for i, r in self.rejected.items():
-            reasons[i] = r
-        end = float(np.nanmax(self.completion)) if np.isfinite(self.completion).any() else 0.0
-        return SimResult(ids=self.ids, arrival_s=self.arrival, prompt_tokens=self.prompt, output_tokens=self.out,
-                         scheduled_s=self.scheduled, first_token_s=self.first_token, completion_s=self.completion,
-                         generated_tokens=self.gen, preemptions=self.preemptions, replica=self.replica_of,
-                         rejected_reason=reasons, steps=self._steps_columns(), num_replicas=len(self.replicas),
-                         kv_num_blocks=self.num_blocks, block_size=self.config.block_size, end_s=end,
-                         kv_peak_blocks=[r.kv_peak for r in self.replicas], priority=self.priority,
-                         prefix_caching=self.config.prefix_caching, prefix_query_tokens=self.prefix_query_tokens,
-                         prefix_hit_tokens=self.prefix_hit_tokens)
-
-
-STEP_COLUMNS = ("replica", "start_s", "duration_s", "n_steps", "batch_size", "prefill_tokens", "decode_tokens",
-                "kv_blocks_used", "compute_s", "memory_s", "comm_s", "flops", "bytes")

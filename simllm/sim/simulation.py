@@ -1,0 +1,364 @@
+"""The SimPy cluster simulation: arrivals, a list of pools of replicas, KV transfers between pools.
+
+``Simulation(requests, pools=[Pool(...), ...], network=...)`` serves the requests (arrival order,
+or a closed-loop session workload) on the pools (``simllm.sim.pools``): the one pool of role
+``both`` or ``prefill`` receives the arrivals through its router; a prefill replica hands finished
+prefills to the decode pools (:meth:`Simulation.handoff`), whose replicas start KV transfers over
+``network`` (``simllm.sim.transfer``) when they have room. The short form
+``Simulation(requests, cost=..., num_blocks=..., batching=..., router=..., replicas=N)`` is one
+colocated pool.
+
+Per-step records: one row per prefill step and one row per decode segment; ``compute_s`` /
+``memory_s`` / ``comm_s`` / ``flops`` / ``bytes`` of a segment are those of its middle step times
+``n_steps``, taken from a memo on the rounded shape (see :meth:`Simulation._steps_columns`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+import simpy
+
+from ..cost.interface import BatchShape
+from .pools import REPLICA_CLASS, Pool
+from .records import NAN, STEP_COLUMNS, SimConfig, SimResult
+
+
+class _PoolView:
+    """A replica as a router sees it, with ``index`` its position in the router's list."""
+
+    def __init__(self, rep, index: int):
+        self.__dict__["_rep"] = rep
+        self.__dict__["index"] = index
+
+    def __getattr__(self, name):
+        return getattr(self._rep, name)
+
+
+class Simulation:
+    """Serve ``requests`` on ``pools`` (a list of :class:`~simllm.sim.pools.Pool`), or on one colocated
+    pool of ``replicas`` identical replicas behind ``router``: ``cost`` a StepCostModel (or one per
+    replica), ``num_blocks`` the KV blocks per replica, ``batching`` a factory returning a fresh
+    batching policy per replica, ``changes`` periodic cost changes
+    (``simllm.sim.replacement.PeriodicReplacement``). ``network`` carries KV between pools
+    (``simllm.sim.transfer``). ``config`` gives ``jump`` and ``record_breakdown``, and the KV options
+    of pools without their own.
+    """
+
+    def __init__(self, requests: Any, *, cost=None, num_blocks: Optional[int] = None,
+                 batching: Optional[Callable[[], Any]] = None, router=None, replicas: int = 1,
+                 config: SimConfig = SimConfig(), seed: int = 0, changes: Any = None,
+                 pools: Optional[list] = None, network: Optional[Callable] = None):
+        if pools is None:
+            pools = [Pool("colocated", "both", replicas, cost, num_blocks, batching, router, changes=changes)]
+        entry = [p for p in pools if p.role != "decode"]
+        decode = [p for p in pools if p.role == "decode"]
+        if len(entry) != 1:
+            raise ValueError("exactly one pool of role both or prefill receives the arrivals")
+        if (entry[0].role == "prefill") != bool(decode):
+            raise ValueError("a prefill pool needs decode pools, and decode pools a prefill pool")
+        if decode and network is None:
+            raise ValueError("pools that move KV caches need a network (simllm.sim.transfer)")
+        pools = entry + decode  # ranks and replica indices: the arrivals' pool first
+        self.pools = pools
+        self.config = config
+        cfgs = [p.config or config for p in pools]
+        self.changes = next((p.changes for p in pools if p.changes is not None), None)  # any: count tokens
+        self.cost_changes: list = []  # (row index, replica, cost from that row on)
+        for c in cfgs:
+            if c.preemption not in ("recompute", "swap"):
+                raise ValueError(f"preemption must be recompute or swap, got {c.preemption!r}")
+            if c.prefix_caching and (c.prefix_unit_tokens % c.block_size or c.prefix_unit_tokens < c.block_size):
+                raise ValueError(f"prefix caching needs block_size ({c.block_size}) to divide the prefix unit "
+                                 f"of {c.prefix_unit_tokens} tokens")
+        caching = any(c.prefix_caching for c in cfgs)
+        if caching and len({c.prefix_unit_tokens for c in cfgs if c.prefix_caching}) > 1:
+            raise ValueError("pools with prefix caching need the same prefix_unit_tokens (the workload's unit)")
+        self.sessions = None
+        if hasattr(requests, "sessions") and hasattr(requests, "think_time"):  # a closed-loop SessionWorkload
+            self.sessions = requests
+            self.think_rng = np.random.default_rng(seed)
+            N = requests.num_requests
+            self.N = N
+            self.ids = np.arange(N, dtype=np.int64)
+            self.arrival = np.full(N, NAN)
+            self.prompt = np.zeros(N, dtype=np.int64)
+            self.out = np.zeros(N, dtype=np.int64)
+            self.session_of = np.full(N, -1, dtype=np.int64)
+            self.turn_of = np.full(N, -1, dtype=np.int64)
+            self.next_rid = 0
+            self.priority = np.zeros(N, dtype=np.int64)
+            self.pkeys = [()] * N
+        else:
+            N = len(requests)
+            self.N = N
+            self.ids = np.fromiter((r.id for r in requests), dtype=np.int64, count=N)
+            self.arrival = np.fromiter((r.arrival_s for r in requests), dtype=np.float64, count=N)
+            self.prompt = np.fromiter((r.prompt_tokens for r in requests), dtype=np.int64, count=N)
+            self.out = np.fromiter((r.output_tokens for r in requests), dtype=np.int64, count=N)
+            self.priority = np.fromiter((getattr(r, "priority", 0) for r in requests), dtype=np.int64, count=N)
+            self.sids = [getattr(r, "session_id", None) for r in requests]
+            self.pkeys = ([tuple(getattr(r, "prefix_blocks", ()) or ()) for r in requests]
+                          if caching else None)
+            if N and np.any(np.diff(self.arrival) < 0):
+                order = np.argsort(self.arrival, kind="stable")
+                self.priority = self.priority[order]
+                self.sids = [self.sids[i] for i in order.tolist()]
+                if self.pkeys is not None:
+                    self.pkeys = [self.pkeys[i] for i in order.tolist()]
+                self.ids, self.arrival, self.prompt, self.out = (a[order] for a in (self.ids, self.arrival,
+                                                                                   self.prompt, self.out))
+            if N and (self.prompt.min() < 1 or self.out.min() < 1):
+                raise ValueError("every request needs prompt_tokens >= 1 and output_tokens >= 1")
+        self.gen = np.zeros(N, dtype=np.int64)
+        self.scheduled = np.full(N, NAN)
+        self.first_token = np.full(N, NAN)
+        self.completion = np.full(N, NAN)
+        self.preemptions = np.zeros(N, dtype=np.int64)
+        self.replica_of = np.full(N, -1, dtype=np.int64)
+        self.rejected: dict[int, str] = {}
+        self.finished = 0
+        self.n_preemptions = 0
+        self.prefix_query_tokens = 0
+        self.prefix_hit_tokens = 0
+        self.env = simpy.Environment()
+        self._rows: list = []
+        self._record_breakdown = config.record_breakdown
+        self.caching = caching
+        self.replicas = []
+        self.ranks = []  # device ranks of each replica
+        self.pool_of = []  # pool index of each replica
+        rank = 0
+        for pi, p in enumerate(pools):
+            costs = list(p.cost) if isinstance(p.cost, (list, tuple)) else [p.cost] * p.replicas
+            cls = REPLICA_CLASS[p.role]
+            for j in range(p.replicas):
+                self.replicas.append(cls(self, len(self.replicas), p, costs[j], p.batching()))
+                self.ranks.append(list(range(rank, rank + p.devices)))
+                self.pool_of.append(pi)
+                rank += p.devices
+        self._initial_costs = [r.cost for r in self.replicas]
+        self.entry = [r for r in self.replicas if r.role != "decode"]  # indices 0.. (the first pool)
+        self.decode = [r for r in self.replicas if r.role == "decode"]
+        self.classify = getattr(self.replicas[0].policy, "classify", None)
+        if self.classify is not None and self.sessions is None:
+            self.priority = np.asarray(self.classify(self.prompt, self.priority), dtype=np.int64)
+        self.router = entry[0].router
+        for p in pools:
+            if hasattr(p.router, "attach"):  # routers that look at the request (session, prefix) get the simulation
+                p.router.attach(self)
+        self.num_blocks = entry[0].num_blocks
+        if decode:
+            self.decode_router = decode[0].router
+            self.decode_views = [_PoolView(r, i) for i, r in enumerate(self.decode)]  # routers see positions
+            self.net, self.send = network(self.env, self.ranks)
+            self.kv_transfer = np.full(N, NAN)
+            self.decode_of = np.full(N, -1, dtype=np.int64)
+        self.env.process(self._session_starts() if self.sessions is not None else self._arrivals())
+
+    def session_key(self, rid: int):
+        """The request's session (None when it has none)."""
+        if self.sessions is not None:
+            return int(self.session_of[rid])
+        return self.sids[rid]
+
+    def record_step(self, replica, start, duration, n_steps, batch, prefill_tokens, prefill_seqs, decode_tokens,
+                    kv_used, shape: tuple):
+        self._rows.append((replica, start, duration, n_steps, batch, prefill_tokens, decode_tokens, kv_used) + shape)
+        if self.changes is not None:
+            self.replicas[replica].tok_int += prefill_tokens + decode_tokens
+
+    def _steps_columns(self) -> dict:
+        """Step rows as columns; the compute/memory/comm breakdown is added here, memoized.
+
+        ``step_cost`` is called once per distinct *rounded* shape (prefill tokens and the mean
+        decode context per sequence to multiples of 16, same sequence counts); its compute,
+        memory and comm seconds are scaled to the row's exact duration, its FLOPs and bytes taken
+        as they are. Durations themselves are exact.
+        """
+        rows = self._rows
+        names = ("replica", "start_s", "duration_s", "n_steps", "batch_size", "prefill_tokens", "decode_tokens",
+                 "kv_blocks_used")
+        cols = {c: [] for c in STEP_COLUMNS}
+        if not rows:
+            return cols
+        T = list(zip(*rows))
+        for i, c in enumerate(names):
+            cols[c] = list(T[i])
+        nrow = len(rows)
+        if not self._record_breakdown:
+            for c in ("compute_s", "memory_s", "comm_s", "flops", "bytes"):
+                cols[c] = [NAN] * nrow
+            return cols
+        memo: dict = {}
+        comp, mem, comm, fl, by = [], [], [], [], []
+        changes = getattr(self, "cost_changes", [])
+        costs = [r.cost for r in self.replicas]
+        if changes:  # each row priced by the cost model in force when it ran
+            costs = list(self._initial_costs)
+        ci = 0
+        for ri, (rep, _st, dur, k, _b, _pt, _dt, _kv, P, W, m, n, ctx) in enumerate(rows):
+            while ci < len(changes) and changes[ci][0] <= ri:
+                costs[changes[ci][1]] = changes[ci][2]
+                ci += 1
+            cost = costs[rep]
+            key = (id(cost), P >> 4, m, n, int(ctx / n) >> 4 if n else 0)
+            c = memo.get(key)
+            if c is None:
+                c = memo[key] = cost.step_cost(BatchShape(P, W, m, n, ctx))
+            f = (dur / k) / c.total_s * k if c.total_s > 0 else 0.0
+            comp.append(c.compute_s * f)
+            mem.append(c.memory_s * f)
+            comm.append(c.comm_s * f)
+            fl.append(c.flops * k)
+            by.append(c.bytes * k)
+        cols["compute_s"], cols["memory_s"], cols["comm_s"], cols["flops"], cols["bytes"] = comp, mem, comm, fl, by
+        return cols
+
+    def _arrivals(self):
+        env = self.env
+        arr = self.arrival.tolist()
+        reps = self.entry
+        route = self.router.route
+        plan = getattr(self.router, "plan", None) if reps[0].role == "both" else None
+        if plan is not None:
+            dest_a = np.asarray(plan(len(arr), len(reps)), dtype=np.int64)
+            dest = dest_a.tolist()
+            for r in reps:
+                r.future = self.arrival[dest_a == r.index].tolist()
+            for rid, a in enumerate(arr):
+                if a > env.now:
+                    yield env.timeout(a - env.now)
+                reps[dest[rid]].submit(rid, a, True)
+            return
+        for rid, a in enumerate(arr):
+            if a > env.now:
+                yield env.timeout(a - env.now)
+            reps[route(rid, reps)].submit(rid, a)
+
+    # -- closed-loop sessions ---------------------------------------------------------------
+    def _send_turn(self, si: int, ti: int, t: float) -> None:
+        rid = self.next_rid
+        self.next_rid += 1
+        turn = self.sessions.sessions[si].turns[ti]
+        self.arrival[rid] = t
+        self.prompt[rid] = turn.prompt_tokens
+        self.out[rid] = turn.output_tokens
+        self.session_of[rid] = si
+        self.turn_of[rid] = ti
+        if self.caching:
+            self.pkeys[rid] = tuple(turn.prefix_blocks)
+        if self.classify is not None:
+            self.priority[rid] = int(self.classify(self.prompt[rid:rid + 1], self.priority[rid:rid + 1])[0])
+        reps = self.entry
+        reps[self.router.route(rid, reps)].submit(rid, t)  # a rejected turn ends its session
+
+    def _session_starts(self):
+        env = self.env
+        ss = self.sessions.sessions
+        order = sorted(range(len(ss)), key=lambda i: (ss[i].start_s, i))
+        for si in order:
+            a = ss[si].start_s
+            if a > env.now:
+                yield env.timeout(a - env.now)
+            self._send_turn(si, 0, a)
+
+    def on_complete(self, rids, t: float) -> None:
+        """Completed turns send their session's next turn a think time later."""
+        if self.sessions is None:
+            return
+        for rid in rids:
+            si = int(self.session_of[rid])
+            ti = int(self.turn_of[rid]) + 1
+            if ti < len(self.sessions.sessions[si].turns) and rid not in self.rejected:
+                a = t + self.sessions.think_time(self.think_rng)
+                ev = self.env.timeout(max(a - self.env.now, 0.0))
+                ev.callbacks.append(lambda _e, si=si, ti=ti, a=a: self._send_turn(si, ti, a))
+
+    def run(self, progress: Optional[Callable[[float, int], None]] = None, chunk_s: Optional[float] = None) -> SimResult:
+        env = self.env
+        if progress is None:
+            env.run()
+        else:
+            last = float(np.nanmax(self.arrival)) if self.N and self.sessions is None else 0.0
+            step = chunk_s or max(1.0, last / 200)
+            while True:
+                stop = env.timeout(step)
+                env.run(until=stop)
+                progress(env.now, self.finished)
+                # SimPy keeps the 'until' event queued; anything else means work is left
+                if all(item[3] is stop for item in env._queue):
+                    break
+            progress(env.now, self.finished)
+        if self.sessions is not None:  # sessions cut short (rejected turn) send fewer requests
+            n = self.next_rid
+            for name in ("ids", "arrival", "prompt", "out", "gen", "scheduled", "first_token", "completion",
+                         "preemptions", "replica_of", "priority") + (("kv_transfer", "decode_of") if self.decode
+                                                                     else ()):
+                setattr(self, name, getattr(self, name)[:n])
+            self.N = n
+        pending = np.isnan(self.completion)
+        if self.rejected:
+            pending[np.fromiter(self.rejected, dtype=np.int64)] = False
+        if pending.any():
+            raise RuntimeError(f"simulation ended with {int(pending.sum())} requests neither completed nor rejected")
+        reasons = [""] * self.N
+        for i, r in self.rejected.items():
+            reasons[i] = r
+        end = float(np.nanmax(self.completion)) if np.isfinite(self.completion).any() else 0.0
+        multi = {}
+        if len(self.pools) > 1:
+            names = [p.name for p in self.pools]
+            done = np.isfinite(self.completion)
+            where = np.where(self.decode_of >= 0, np.asarray(self.pool_of)[np.maximum(self.decode_of, 0)],
+                             self.pool_of[0])
+            multi = dict(pools=[names[i] for i in self.pool_of], replica_devices=[len(x) for x in self.ranks],
+                         replica_kv_blocks=[r.kv.capacity for r in self.replicas],
+                         request_columns={"decode_replica": self.decode_of,
+                                          "pool": np.where(done, np.asarray(names, dtype=object)[where], ""),
+                                          "kv_transfer_s": self.kv_transfer},
+                         kv_peak_total_blocks=[r.peak_total for r in self.decode])
+        return SimResult(ids=self.ids, arrival_s=self.arrival, prompt_tokens=self.prompt, output_tokens=self.out,
+                         scheduled_s=self.scheduled, first_token_s=self.first_token, completion_s=self.completion,
+                         generated_tokens=self.gen, preemptions=self.preemptions, replica=self.replica_of,
+                         rejected_reason=reasons, steps=self._steps_columns(), num_replicas=len(self.replicas),
+                         kv_num_blocks=self.num_blocks, block_size=self.replicas[0].cfg.block_size, end_s=end,
+                         kv_peak_blocks=[r.kv_peak for r in self.replicas], priority=self.priority,
+                         prefix_caching=self.caching, prefix_query_tokens=self.prefix_query_tokens,
+                         prefix_hit_tokens=self.prefix_hit_tokens, **multi)
+
+    # -- between pools -----------------------------------------------------------------------
+    def decode_reject_reason(self, rid: int) -> str:
+        """Why the decode pools can never serve ``rid`` (asked of the first decode replica)."""
+        return self.decode[0]._reject_reason(rid)
+
+    def handoff(self, rid: int, L: int, src, t: float) -> None:
+        """``rid`` was prefilled on ``src`` (``L`` tokens of KV): the decode router picks its decode replica."""
+        dst = self.decode[self.decode_router.route(rid, self.decode_views)]
+        self.decode_of[rid] = dst.index
+        dst.receive(rid, L, src, t)
+
+    def _group(self, rep, rid: int) -> list:
+        """Devices holding ``rid``'s KV on ``rep``: its attention group (see ``simllm.sim.transfer``)."""
+        ranks = self.ranks[rep.index]
+        g = rep.pool.attn_group
+        if not g or g >= len(ranks):
+            return ranks
+        k = rid % (len(ranks) // g)
+        return ranks[k * g:(k + 1) * g]
+
+    def start_transfer(self, rid: int, L: int, src, dst, need: int, t: float) -> None:
+        nbytes = src.kv_bytes_tok * len(self.ranks[src.index]) * L
+        ev = self.send(self._group(src, rid), self._group(dst, rid), nbytes)
+        start = self.env.now
+
+        def done(_e):
+            now = self.env.now
+            self.kv_transfer[rid] = now - start
+            src.release(rid, L, now)
+            dst.landed_at(rid, L, need, now)
+
+        ev.callbacks.append(done)
+
+

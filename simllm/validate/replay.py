@@ -1,0 +1,194 @@
+"""Build a measured run's scenario, simulate it, and compare what the client measured.
+
+The simulated client view follows the client: TTFT = first token - send, E2E = last token - send;
+TPOT = (last - first) / (k N - 1) and ITL the mean gap between the client's token timestamps,
+where k is how many timestamps the client records per streamed token: inference-perf versions that
+re-tokenise every streamed chunk with special tokens count two per one-token chunk (BOS + token,
+its issue #564). k is read from the run itself, ((E2E - TTFT) / TPOT + 1) / N rounded to 1 or 2.
+Requests whose E2E exceeds the client timeout count as failed (the server is not told; an abort
+is not simulated). ``sustained``: fewer than 1% of the requests failed and completions reached 95%
+of the offered rate. ``*_ape``: |simulated mean - measured mean| / measured mean.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import yaml
+
+from ..errors import InputError
+from ..hardware import load_accelerator
+from ..hf_import import import_hf_config
+from ..policies.batching import vllm_server_defaults
+from ..scenario import prepare, scenario_from_dict, simulate
+from ..workload.inference_perf import build_requests
+from ..workload.request import Request
+from .measured import METRICS, Measured, MeasuredRun, read_run
+
+VLLM_BLOCK_TOKENS = 16
+"""vLLM's default KV block size (``--block-size`` 16 on CUDA); its prefix cache hashes every full block."""
+
+
+def _model_ref(run: MeasuredRun, model: Optional[str], tmp: Path) -> str:
+    if model:
+        if model.endswith(".json") or Path(model).is_dir():
+            desc = import_hf_config(model)
+        else:
+            return model
+    elif run.model_config is not None:
+        desc = import_hf_config(run.model_config, name=run.model.split("/")[-1].lower())
+    else:
+        raise InputError(f"no config.json for model {run.model!r} (in the run folder or model_configs/<name>/); "
+                         f"give --model", file=run.path)
+    p = tmp / "model.yaml"
+    p.write_text(yaml.safe_dump(desc))
+    return str(p)
+
+
+def _timestamps_per_token(m: Measured, n_out: int) -> int:
+    lat = m.latency
+    try:
+        k = ((lat["e2e"]["mean"] - lat["ttft"]["mean"]) / lat["tpot"]["mean"] + 1) / n_out
+    except (TypeError, KeyError, ZeroDivisionError):
+        return 1
+    return 2 if k > 1.5 else 1
+
+
+def _requests(run: MeasuredRun, seed: int):
+    if run.kind == "inference-perf":
+        load = run.load
+        cfg_prompt = load.system_prompt_len + load.question_len
+        scale = (run.summary.prompt_len_mean / cfg_prompt) if run.summary.prompt_len_mean else 1.0
+        out = None if load.ignore_eos else max(1, round(run.summary.output_len_mean or load.output_len))
+        reqs, stage = build_requests(load, seed=seed, prompt_scale=scale, output_len=out, unit_tokens=VLLM_BLOCK_TOKENS)
+        n_out = reqs[0].output_tokens if reqs else 1
+        return reqs, stage, load.timeout_s, n_out, [s.rate for s in load.stages]
+    d = run.load
+    n = d["num_prompts"]
+    rng = np.random.default_rng(seed)
+    if d["max_concurrency"]:
+        raise InputError("max_concurrency runs (closed loop) are not supported", file=run.path, field="max_concurrency")
+    rate = d["request_rate"]
+    if rate == "inf":
+        arr = np.zeros(n)
+    else:
+        shape = d["burstiness"]
+        arr = np.cumsum(rng.gamma(shape, 1.0 / (float(rate) * shape), n))
+    il, ol = d["input_lens"], d["output_lens"]
+    pm = max(1, round(run.summary.prompt_len_mean or 1))
+    om = max(1, round(run.summary.output_len_mean or 1))
+    reqs = [Request(i, float(arr[i]), int(il[i]) if il else pm, max(1, int(ol[i])) if ol else om) for i in range(n)]
+    return reqs, np.zeros(n, dtype=int), float("inf"), om, [None if rate == "inf" else float(rate)]
+
+
+def _stats(x: np.ndarray) -> dict:
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
+    p = np.percentile(x, [50, 90, 99])
+    return {"mean": float(x.mean()), "p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2])}
+
+
+def _client_view(req, stage: np.ndarray, timeout: float, k: int, n_stages: int, durations) -> list[dict]:
+    arr = req["arrival_s"].to_numpy()
+    ft = req["first_token_s"].to_numpy()
+    done = req["completion_s"].to_numpy()
+    n = req["output_tokens"].to_numpy().astype(float)
+    e2e = done - arr
+    ok = np.isfinite(e2e) & (e2e <= timeout)
+    gaps = np.maximum(k * n - 1, 1)
+    tpot = (done - ft) / gaps
+    out = []
+    for s in list(range(n_stages)) + [None]:
+        sel = ok if s is None else ok & (stage == s)
+        tot = len(arr) if s is None else int((stage == s).sum())
+        span = sum(durations) if s is None else durations[s]
+        itl = float(((done - ft)[sel]).sum() / gaps[sel].sum()) if sel.any() else None
+        d = {"count": tot, "failed": tot - int(sel.sum()),
+             "ttft": _stats((ft - arr)[sel]), "tpot": _stats(tpot[sel]), "e2e": _stats(e2e[sel]),
+             "itl": {"mean": itl, "p50": None, "p90": None, "p99": None},
+             "requests_per_s": float(sel.sum() / span) if span else None}
+        out.append(d)
+    return out
+
+
+def _ape(sim, meas) -> Optional[float]:
+    if sim is None or meas is None or not meas:
+        return None
+    return abs(sim - meas) / meas
+
+
+def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str] = None, seed: int = 0) -> dict:
+    """Replay one measured run; the per-run record of ``simllm validate --json``."""
+    run = read_run(path)
+    reqs, stage, timeout, n_out, rates = _requests(run, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        mref = _model_ref(run, model, Path(tmp))
+        acc = load_accelerator(hw)
+        defaults = vllm_server_defaults(acc.hbm_bytes, acc.name)
+        batching = {"policy": "vllm",
+                    "max_num_batched_tokens": run.server.get("max_num_batched_tokens") or defaults["max_num_batched_tokens"],
+                    "max_num_seqs": run.server.get("max_num_seqs") or defaults["max_num_seqs"]}
+        scn = scenario_from_dict({
+            "name": run.name, "model": mref, "hardware": {"accelerator": hw},
+            "deployment": {"tp": run.tp, "batching": batching, "max_model_len": run.server.get("max_model_len"),
+                           "kv": {"gpu_memory_utilization": 0.9, "watermark": 0.0, "prefix_caching": True,
+                                  "block_size": VLLM_BLOCK_TOKENS, "prefix_unit_tokens": VLLM_BLOCK_TOKENS}},
+            "workload": {"generator": {"num_requests": 1, "arrivals": {"rate": 1.0}}},
+            "sim": {"record_breakdown": False}, "seed": seed}, file=run.path)
+        prep = prepare(scn, file=run.path)
+        prep.workload = reqs
+        req, _steps, summary = simulate(prep)
+    k = _timestamps_per_token(run.summary, n_out)
+    if run.kind == "inference-perf":
+        durations = [s.duration_s for s in run.load.stages]
+    else:
+        durations = [float(req["completion_s"].max())]
+    sims = _client_view(req, stage, timeout, k, len(durations), durations)
+    meas = run.stages + [run.summary] if run.stages else [run.summary]
+    if not run.stages:
+        sims = sims[-1:]
+    m = run.summary
+    offered = sum(r * d for r, d in zip(rates, durations) if r) / sum(durations) if rates[0] else None
+    sustained = (m.failed < 0.01 * m.count) and (offered is None or (m.requests_per_s or 0) >= 0.95 * offered)
+    ssum = sims[-1]
+    rec = {"run": run.name, "kind": run.kind, "model": run.model, "tp": run.tp, "hw": hw,
+           "sustained": bool(sustained), "saturated": bool(summary.get("saturated")) or ssum["failed"] > 0.01 * ssum["count"],
+           "failed_measured": m.failed / m.count if m.count else 0.0,
+           "failed_simulated": ssum["failed"] / ssum["count"] if ssum["count"] else 0.0,
+           "timestamps_per_token": k}
+    for met in METRICS:
+        mm = (m.latency.get(met) or {}).get("mean")
+        rec[f"{met}_ape"] = _ape(ssum[met]["mean"], mm)
+    stages = []
+    for i, (s, me) in enumerate(zip(sims, meas)):
+        if me is None:
+            continue
+        row = {"stage": "all" if i == len(sims) - 1 else i, "measured": {}, "simulated": {}}
+        for met in METRICS:
+            row["measured"][met] = me.latency.get(met)
+            row["simulated"][met] = s[met]
+            row[f"{met}_ape"] = _ape(s[met]["mean"], (me.latency.get(met) or {}).get("mean"))
+        row["measured"]["requests_per_s"] = me.requests_per_s
+        row["simulated"]["requests_per_s"] = s["requests_per_s"]
+        row["measured"]["failed"] = me.failed
+        row["simulated"]["failed"] = s["failed"]
+        stages.append(row)
+    rec["stages"] = stages
+    return rec
+
+
+def _median(rows, key):
+    v = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(v) if v else None
+
+
+def summarize_runs(records: list[dict]) -> dict:
+    keys = [f"{m}_ape" for m in METRICS]
+    sus = [r for r in records if r["sustained"]]
+    return {"runs": records, "median": {k: _median(sus, k) for k in keys},
+            "median_all": {k: _median(records, k) for k in keys}}
