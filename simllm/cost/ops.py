@@ -201,7 +201,7 @@ class LayerOps:
         if decode_seqs <= 0:
             return Op("attn_decode", "attention", 0.0, 0.0, 0.0)
         ctx = float(ctx)
-        lo = self.k.decode(decode_seqs, ctx)[0]
+        lo = self.k.dec["launch_s"]
         bo = float(self.k.decode_time(decode_seqs, ctx)) - lo
         fl = ctx * self.f_tok_decode
         by = ctx * self.kv_per_tok + decode_seqs * (self.q_width + self.o_width) * self.ab
