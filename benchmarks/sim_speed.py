@@ -14,7 +14,13 @@ counts the simulation itself (``Simulation`` construction and ``run``), not read
 or the capacity probe. Uses ``simllm.cost.make_step_cost`` when it is available, otherwise a
 small built-in roofline (said in the JSON as ``cost_model``).
 
-Recorded (2 CPU cores shared with other jobs, Python 3.11, 2026-11-23; +-15% run to run):
+Recorded 2026-12-01 on this project's 2-core machine, idle, back to back: ``vllm`` (now vLLM's V1
+scheduler: every iteration a mixed chunked-prefill step) 3,950-4,270 requests / wall s; ``--policy vllm-v0``
+5,610-5,660 (the V0 scheduler measured at the start of that session: 5,470-5,630, so the engine refactor
+and the kernel-calibrated step cost are speed-neutral and V1's mixed iterations cost ~30%). The
+15,000 figure of the issues was measured on a faster machine; this one runs the same code ~3x slower.
+
+Earlier record (2 CPU cores shared with other jobs, Python 3.11, 2026-11-23; +-15% run to run):
 
 ==================  ==========  ================  ==========================================
 cost model          mode        requests / wall s  notes
@@ -124,6 +130,7 @@ def main() -> None:
     ap.add_argument("--no-jump", action="store_true")
     ap.add_argument("--no-breakdown", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--policy", default="vllm", help="batching policy (vllm = V1 scheduler; vllm-v0 = the V0 one)")
     a = ap.parse_args()
 
     cost, cost_name = make_cost(a.tp)
@@ -135,7 +142,7 @@ def main() -> None:
     cfg = SimConfig(jump=not a.no_jump, record_breakdown=not a.no_breakdown, max_model_len=8192)
 
     def batching():
-        return make_batching({"policy": "vllm", "max_num_seqs": 256, "max_num_batched_tokens": 8192})
+        return make_batching({"policy": a.policy, "max_num_seqs": 256, "max_num_batched_tokens": 8192})
 
     # capacity probe: one replica, 3000 requests all at t=0
     k = min(3000, a.requests)
