@@ -117,10 +117,7 @@ class VLLMBatching:
     jump_safe: bool = field(default=True, init=False)
 
     def __post_init__(self):
-        if self.max_num_seqs < 1:
-            raise ValueError("max_num_seqs must be >= 1")
-        if self.max_num_batched_tokens < 1:
-            raise ValueError("max_num_batched_tokens must be >= 1")
+        _check_budget(self.max_num_seqs, self.max_num_batched_tokens)
 
     def max_prompt_tokens(self) -> int | None:
         return self.max_num_batched_tokens
@@ -177,9 +174,7 @@ class VLLMV1Batching:
     general: ClassVar[bool] = True
 
     def __post_init__(self):
-        _check_seqs(self.max_num_seqs)
-        if self.max_num_batched_tokens < 1:
-            raise ValueError("max_num_batched_tokens must be >= 1")
+        _check_budget(self.max_num_seqs, self.max_num_batched_tokens)
         if self.long_prefill_token_threshold < 0:
             raise ValueError("long_prefill_token_threshold must be >= 0 (0: no cap)")
 
@@ -238,6 +233,12 @@ def vllm_server_defaults(device_memory_bytes: float, device_name: str) -> dict:
 def _check_seqs(max_num_seqs):
     if max_num_seqs < 1:
         raise ValueError("max_num_seqs must be >= 1")
+
+
+def _check_budget(max_num_seqs, max_num_batched_tokens):
+    _check_seqs(max_num_seqs)
+    if max_num_batched_tokens < 1:
+        raise ValueError("max_num_batched_tokens must be >= 1")
 
 
 @batching.register("static")
@@ -319,9 +320,7 @@ class OrcaBatching:
     general: ClassVar[bool] = True
 
     def __post_init__(self):
-        _check_seqs(self.max_num_seqs)
-        if self.max_num_batched_tokens < 1:
-            raise ValueError("max_num_batched_tokens must be >= 1")
+        _check_budget(self.max_num_seqs, self.max_num_batched_tokens)
 
     def max_prompt_tokens(self) -> int | None:
         return self.max_num_batched_tokens
@@ -398,9 +397,7 @@ class PriorityBatching:
     fcfs: ClassVar[bool] = False
 
     def __post_init__(self):
-        _check_seqs(self.max_num_seqs)
-        if self.max_num_batched_tokens < 1:
-            raise ValueError("max_num_batched_tokens must be >= 1")
+        _check_budget(self.max_num_seqs, self.max_num_batched_tokens)
         if self.rule not in ("trace", "prompt_length"):
             raise ValueError(f"rule must be trace or prompt_length, got {self.rule!r}")
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
+from ..config import load_yaml
 from ..errors import InputError
 from ..workload.inference_perf import InferencePerfLoad, read_config
 
@@ -91,11 +91,8 @@ def read_inference_perf(path: Path) -> MeasuredRun:
     exp = path / "exp-config.yaml"
     if not exp.is_file():
         raise InputError("file not found (an inference-perf run folder needs the server's exp-config.yaml)", file=exp)
-    try:
-        e = yaml.safe_load(exp.read_text())
-    except yaml.YAMLError as err:
-        raise InputError(f"malformed YAML: {str(err).splitlines()[0]}", file=exp) from None
-    if not isinstance(e, dict) or not e.get("model"):
+    e = load_yaml(exp)
+    if not e.get("model"):
         raise InputError("required key is missing", file=exp, field="model")
     load: InferencePerfLoad = read_config(path / "results" / "config.yaml")
     summary = _ip_measured(path / "results" / "summary_lifecycle_metrics.json")

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from ..config import load_yaml
 from ..errors import InputError
 from .request import Request
 
@@ -61,10 +61,7 @@ def read_config(path: str | Path) -> InferencePerfLoad:
     p = Path(path)
     if not p.is_file():
         raise InputError("file not found (an inference-perf run folder has results/config.yaml)", file=p)
-    try:
-        c = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise InputError(f"malformed YAML: {str(e).splitlines()[0]}", file=p) from None
+    c = load_yaml(p)
     data = _get(c, "data", p, "")
     typ = _get(data, "type", p, "data")
     if typ != "shared_prefix":
