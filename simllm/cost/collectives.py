@@ -468,13 +468,32 @@ def tp_all_reduce(nbytes: float, n: int, links: CommLinks, devices_per_node: int
 
 @lru_cache(maxsize=65536)
 def _kernel_all_reduce(nbytes: float, n: int, intra: IntraLink, nc: NcclParams, ca, graph: bool) -> float:
-    t = float(nccl_time("all_reduce", nbytes, n, intra, nc))
+    return float(_kernel_all_reduce_many(np.array([nbytes]), n, intra, nc, ca, np.array([graph]))[0])
+
+
+def _kernel_all_reduce_many(S: np.ndarray, n: int, intra: IntraLink, nc: NcclParams, ca, graph: np.ndarray):
+    """:func:`tp_all_reduce`'s in-node kernel choice for an array of sizes (``graph`` per size)."""
+    t = nccl_time("all_reduce", S, n, intra, nc)
     if ca is not None and intra.switched and n in CUSTOM_AR_WORLD_SIZES:
-        c = float(custom_allreduce_time(nbytes, n, intra, ca, nc, graph=True))
-        if not graph:
-            c += 2 * nbytes / (intra.hbm_bw * ca.copy_eff)
-        t = min(t, c)
+        c = custom_allreduce_time(S, n, intra, ca, nc, graph=True)
+        c = c + np.where(graph, 0.0, 2 * S / (intra.hbm_bw * ca.copy_eff))
+        t = np.minimum(t, c)
     return t
+
+
+def tp_all_reduce_tokens(tokens: int, hidden: float, act_bytes: float, n: int, links: CommLinks,
+                         devices_per_node: int | None, cal):
+    """:func:`tp_all_reduce` of ``tokens * hidden * act_bytes`` bytes (a step of ``tokens`` tokens) for
+    every token count 0 .. ``tokens`` at once (an array; the same numbers as the scalar calls), or
+    None where the all-reduce is not the in-node kernel path (the group model prices it per call)."""
+    nc, ca = kernel_sections(cal)
+    g = n if devices_per_node is None else devices_per_node
+    if n <= 1 or nc is None or links.intra is None or g < n:
+        return None
+    T = np.arange(tokens + 1, dtype=float)
+    S = T * hidden * act_bytes
+    t = _kernel_all_reduce_many(S, int(n), links.intra, nc, ca, T <= GRAPH_MAX_TOKENS)
+    return np.where(S <= 0, 0.0, t)
 
 
 # --------------------------------------------------------------------------- DeepEP low-latency kernels

@@ -77,6 +77,9 @@ def gemm_flops_bytes(M, K, N, groups=1.0, a_bytes=2.0, w_bytes=2.0, o_bytes=2.0)
 
 
 def elementwise_time(nbytes, *, bw: float, ep: ElementwiseParams):
+    if not isinstance(nbytes, np.ndarray):  # a scalar in plain floats (the step cost's hot path), same arithmetic
+        x = float(nbytes)
+        return x / (bw * ep.memory_efficiency) + ep.kernel_overhead_s if x > 0 else 0.0
     nbytes = np.asarray(nbytes, dtype=float)
     return np.where(nbytes > 0, nbytes / (bw * ep.memory_efficiency) + ep.kernel_overhead_s, 0.0)
 

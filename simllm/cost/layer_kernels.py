@@ -114,6 +114,7 @@ class LayerKernels:
         self.kvb = float(kv_bytes)
         self._tabs: dict[int, np.ndarray] = {}
         self._gemm_cache: dict = {}
+        self._gemm_tabs: dict = {}  # (dtype, K, N) -> seconds per integer row count (see gemm)
         self._pre_memo: dict = {}  # batch size -> decode seconds on the context grid
         self.pre = {**ROOF_DEFAULT, **_sec(self.cal, pre_kind, key)[0]}
         self.dec = {**ROOF_DEFAULT, **_sec(self.cal, dec_kind, key)[0]}
@@ -144,9 +145,21 @@ class LayerKernels:
         if c is None:
             c = self._gemm_cache[dt] = self._gemm_setup(dt)
         gp, peak, ab, wb, ob, l2, l2s, quant, q, qe = c
+        lo = gp.kernel_overhead_s
+        if scalar and groups == 1.0 and M == int(M):
+            # one GEMM of an integer row count (the serving step's tokens): a table over M per (dtype, K, N),
+            # filled by the vectorised gemm_time (the same numbers as a scalar call, bit for bit)
+            tab = self._gemm_tabs.get((dt, K, N))
+            m = int(M)
+            if tab is None or m >= len(tab):
+                tab = self._gemm_grow(dt, K, N, m)
+            body = tab[m] - lo
+            if quant:
+                body += M * groups * K * 3.0 / (self.bw * qe)
+                lo += q
+            return lo, body
         t = gemm_time(M, K, N, peak=peak, bw=self.bw, cus=int(self.cus), gp=gp, groups=groups, a_bytes=ab,
                       w_bytes=wb, o_bytes=ob, l2_bytes=l2, l2_speedup=l2s)
-        lo = gp.kernel_overhead_s
         if scalar:
             body = float(t) - lo
             if quant:
@@ -158,6 +171,17 @@ class LayerKernels:
             body += float(np.sum(np.asarray(M, float) * groups)) * K * 3.0 / (self.bw * qe)
             lo += q
         return lo * np.size(t), body
+
+    def _gemm_grow(self, dt, K, N, m: int) -> list:
+        """The table of :meth:`gemm` seconds (launch + body, before activation quantization) for row
+        counts 0 .. at least ``m`` (doubling), as plain floats."""
+        old = self._gemm_tabs.get((dt, K, N))
+        n = max(1024, 2 * (len(old) if old is not None else 0), m + 1)
+        gp, peak, ab, wb, ob, l2, l2s, _, _, _ = self._gemm_cache[dt]
+        t = gemm_time(np.arange(n, dtype=float), K, N, peak=peak, bw=self.bw, cus=int(self.cus), gp=gp, groups=1.0,
+                      a_bytes=ab, w_bytes=wb, o_bytes=ob, l2_bytes=l2, l2_speedup=l2s)
+        tab = self._gemm_tabs[(dt, K, N)] = t.tolist()
+        return tab
 
     def _gemm_setup(self, dt):
         pk, ab, wb, ob, quant = GEMM_DTYPES[dt]

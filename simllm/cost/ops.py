@@ -116,6 +116,7 @@ class LayerOps:
             self.o_width = self.q_width
         # GEMM and attention kernels: simllm.cost.kernel_models physics, the framework's calibration
         self.framework = check_framework(framework)
+        self._ar_tab = None  # TP all-reduce seconds per step token count (None: not built, False: no table)
         self.k = LayerKernels(model, acc, cal.for_framework(self.framework), tp=tp, weight_dtype=weight_dtype,
                               act_dtype=act_dtype, kv_dtype=kv_dtype, kv_bytes=self.kvb)
 
@@ -157,8 +158,18 @@ class LayerOps:
         if self.tp <= 1 or nbytes <= 0:
             return Op(name, "comm", 0.0, 0.0, 0.0)
         g = min(self.tp, self.links.devices_per_node)
-        t = C.tp_all_reduce(nbytes, self.tp, self.links, g if self.tp % g == 0 else None, self.cal,
-                            tokens=nbytes / (self.H * self.ab))
+        T = nbytes / (self.H * self.ab)
+        tab = self._ar_tab
+        if tab is not False and T == int(T) and T * self.H * self.ab == nbytes:
+            # the all-reduce of a step's activations: a table over the step's token count
+            if tab is None or T >= len(tab):
+                tab = C.tp_all_reduce_tokens(max(2 * len(tab) if tab else 0, int(T) + 1, 1024), self.H, self.ab,
+                                             self.tp, self.links, g if self.tp % g == 0 else None, self.cal)
+                self._ar_tab = tab = tab.tolist() if tab is not None else False
+            if tab is not False:
+                t = tab[int(T)]
+                return Op(name, "comm", 0.0, float(nbytes), t, comm_s=t)
+        t = C.tp_all_reduce(nbytes, self.tp, self.links, g if self.tp % g == 0 else None, self.cal, tokens=T)
         return Op(name, "comm", 0.0, float(nbytes), t, comm_s=t)
 
     # ------------------------------------------------------------------ attention (simllm.cost.layer_kernels)

@@ -195,8 +195,7 @@ class ReplicaStepCost:
         """Breakdown of the slowest stage; ``total_s`` equals :meth:`step_time`."""
         total_s = float(self.step_time(shape.prefill_tokens, shape.prefill_attn_work, shape.prefill_seqs,
                                        shape.decode_seqs, float(shape.decode_ctx_tokens)))
-        st = self.stage_times(shape)
-        i = int(np.argmax(st))
+        i = int(np.argmax(self.stage_times(shape))) if self.pp > 1 else 0
         T = shape.prefill_tokens + shape.decode_seqs
         v = self._token_part(T)[i].copy()
         if self.stages[i].last:

@@ -190,7 +190,14 @@ class VLLMV1Batching:
         cap = self.long_prefill_token_threshold
         seqs = n + running.n_prefilling
         free = kv.free_blocks - n
-        started = [rid for rid in queue if queue.started(rid)]
+        started = []
+        k = running.n_prefilling
+        if k:  # the prefills under way, in queue order (they sit near the head: stop once all are found)
+            for rid in queue:
+                if queue.started(rid):
+                    started.append(rid)
+                    if len(started) == k:
+                        break
         # prefills under way are V1 "running" requests: they continue before anything waiting is admitted
         for rid in started:
             c = queue.prefill_len(rid)
