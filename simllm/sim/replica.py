@@ -56,6 +56,10 @@ from .kv import KVCache, PolicyKVView
 from .prefix_cache import PrefixCache
 
 
+# the reductions of ndarray.sum / .min without their Python wrappers (hot path; same results)
+_sum = np.add.reduce
+_min = np.minimum.reduce
+
 class _Waiting(deque):
     """FCFS waiting queue of request ids; ``prefill_len`` includes tokens to recompute.
 
@@ -181,7 +185,7 @@ class Replica:
         if j == 0:
             return self.kv.used_blocks
         B = self.B
-        return self.kv.evict_over(int(((self.r_t[:n] + (j + B - 1)) // B).sum()) + self.kv.held)
+        return self.kv.evict_over(int(_sum((self.r_t[:n] + (j + B - 1)) // B)) + self.kv.held)
 
     @property
     def kv_free_fraction(self) -> float:
@@ -343,10 +347,10 @@ class Replica:
             n = self.n
             t = self.r_t[:n]
             # after a preemption the victim waits at the queue's head: re-decide after one step
-            mrem = int(self.r_rem[:n].min())
+            mrem = int(_min(self.r_rem[:n]))
             kmax = mrem if jump and not preempted and not swap_drained else 1
             k = self._fit_steps(t, kmax) if kmax > 1 else 1
-            T0 = int(t.sum())
+            T0 = int(_sum(t))
             if k > len(self._arange):
                 self._arange = np.arange(2 * k, dtype=np.float64)
             ctx = self._arange[:k] * n
@@ -457,7 +461,7 @@ class Replica:
         """Recount used blocks: the running sequences' plus what the KV cache holds besides (partial
         prefills, outgoing transfers, cached prefixes; LRU eviction beyond capacity)."""
         B = self.B
-        used = self.kv.recount(int(((self.r_t[:self.n] + (B - 1)) // B).sum()))
+        used = self.kv.recount(int(_sum((self.r_t[:self.n] + (B - 1)) // B)))
         if used > self.kv_peak:
             self.kv_peak = used
 
@@ -473,7 +477,7 @@ class Replica:
         lo, hi = 1, kmax  # f(lo) fits (ensured by preemption)
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if int(((t + (mid + B - 1)) // B).sum()) <= cap:
+            if int(_sum((t + (mid + B - 1)) // B)) <= cap:
                 lo = mid
             else:
                 hi = mid - 1
@@ -590,7 +594,7 @@ class Replica:
             W += c * (d0 + c / 2.0)
         self._refresh_used()
         if n:
-            T0 = int(self.r_t[:n].sum())
+            T0 = int(_sum(self.r_t[:n]))
             ctx = float(T0 + n)
             d = float(self.cost.step_time(P, W, m, n, ctx))
         else:
@@ -613,7 +617,7 @@ class Replica:
             self._refresh_used()
         used_rec = kv.used_blocks
         sim.record_step(self.index, now, d, 1, m + n, P, m, n, used_rec, (P, W, m, n, ctx))
-        if n and int(self.r_rem[:n].min()) == 0:
+        if n and int(_min(self.r_rem[:n])) == 0:
             self._finish(n, end)
         for rid, c in zip(ids, lens):
             d1 = self.pdone[rid] + c
