@@ -114,6 +114,8 @@ class Replica:
     """A replica of role ``both``: prefills and decodes its own requests (a colocated deployment)."""
 
     role = "both"
+    #: tests set this: every incremental block count is checked against a full recount
+    check_blocks = False
 
     def __init__(self, sim, index: int, pool, cost, policy):
         self.sim = sim
@@ -139,6 +141,7 @@ class Replica:
         self.r_t = np.zeros(cap, dtype=np.int64)  # KV tokens stored
         self.r_rem = np.zeros(cap, dtype=np.int64)  # tokens still to generate
         self.n = 0
+        self.rb = 0  # blocks of the running sequences, sum of ceil(r_t / B) (see _refresh_used)
         self.assigned = 0
         self.done = 0
         self.clock = 0.0  # exact logical time of the last step boundary
@@ -283,6 +286,7 @@ class Replica:
         self.r_t[i] = L
         self.r_rem[i] = rem
         self.n = i + 1
+        self.rb += -(-L // self.B)
 
     def _run(self):
         env = self.env
@@ -457,11 +461,22 @@ class Replica:
         self.n = m
         self._refresh_used()
 
-    def _refresh_used(self) -> None:
+    def _refresh_used(self, running_blocks: Optional[int] = None) -> None:
         """Recount used blocks: the running sequences' plus what the KV cache holds besides (partial
-        prefills, outgoing transfers, cached prefixes; LRU eviction beyond capacity)."""
-        B = self.B
-        used = self.kv.recount(int(_sum((self.r_t[:self.n] + (B - 1)) // B)))
+        prefills, outgoing transfers, cached prefixes; LRU eviction beyond capacity).
+
+        ``running_blocks``: the running sequences' blocks when the caller knows them (kept up to date
+        incrementally: ``rb`` after a full recount, plus what joined or grew since); None recounts them
+        from the token counts."""
+        if running_blocks is None:
+            B = self.B
+            running_blocks = int(_sum((self.r_t[:self.n] + (B - 1)) // B))
+        elif self.check_blocks:
+            B = self.B
+            full = int(_sum((self.r_t[:self.n] + (B - 1)) // B))
+            assert running_blocks == full, f"replica {self.index}: incremental {running_blocks} != {full} blocks"
+        self.rb = running_blocks
+        used = self.kv.recount(running_blocks)
         if used > self.kv_peak:
             self.kv_peak = used
 
@@ -554,6 +569,7 @@ class Replica:
             self._preempt_rid(rid)
         ids = list(batch.prefill_ids)
         lens = list(batch.prefill_lens)
+        grow = 0  # running sequences that start a new block with this step's token
         if batch.decode and self.n:  # room for one more token per running sequence
             while True:
                 grow = int(np.count_nonzero(self.r_t[:self.n] % B == 0))
@@ -614,7 +630,7 @@ class Replica:
         if n:
             self.r_t[:n] += 1
             self.r_rem[:n] -= 1
-            self._refresh_used()
+            self._refresh_used(self.rb + grow)  # rb: recounted before the step, same running set
         used_rec = kv.used_blocks
         sim.record_step(self.index, now, d, 1, m + n, P, m, n, used_rec, (P, W, m, n, ctx))
         if n and int(_min(self.r_rem[:n])) == 0:
@@ -638,7 +654,7 @@ class Replica:
                     kv.shared_units += len(keys)
                 else:
                     pc.release(keys)
-        self._refresh_used()
+        self._refresh_used(self.rb)  # _finish recounted, _continue added the sequences that joined
 
     def _preempt_rid(self, rid: int) -> None:
         """Preempt running request ``rid`` (chosen by the policy) as the newest would be."""
@@ -672,6 +688,7 @@ class Replica:
         rem = int(self.r_rem[i])
         self.n = i
         self.kv.used_blocks -= -(-t // self.B)
+        self.rb -= -(-t // self.B)
         if self.pc is not None:
             self.kv.unshare(self._keys(rid))
             self._refresh_used()
@@ -699,6 +716,7 @@ class Replica:
             self.r_t[i] = t
             self.r_rem[i] = rem
             self.n = i + 1
+            self.rb += -(-t // self.B)
             if self.pc is not None:  # recount only once the sequence is running, or its blocks look free
                 kv.share(self._keys(rid))
                 self._refresh_used()  # shared units count once: the next candidate sees the true free space
