@@ -608,7 +608,7 @@ class Replica:
                     sim.scheduled[rid] = now
             P += c
             W += c * (d0 + c / 2.0)
-        self._refresh_used()
+        self._refresh_used(self.rb)  # every change to the running set since the last recount kept rb
         if n:
             T0 = int(_sum(self.r_t[:n]))
             ctx = float(T0 + n)
