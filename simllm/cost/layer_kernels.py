@@ -283,8 +283,8 @@ class LayerKernels:
         tab = self._tabs.get(b)
         if isinstance(ctx, np.ndarray):
             x = ctx * (1.0 / (b * DECODE_GRID))
-            if tab is None or (x.size and float(x.max()) + 2 >= len(tab)):
-                tab = self._grow(b, float(x.max()))
+            if tab is None or (x.size and float(np.maximum.reduce(x)) + 2 >= len(tab)):
+                tab = self._grow(b, float(np.maximum.reduce(x)))
             i = x.astype(np.intp)
             lo = tab[i]
             return lo + (x - i) * (tab[i + 1] - lo)
