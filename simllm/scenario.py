@@ -36,6 +36,7 @@ from pydantic import Field, field_validator, model_validator
 from .config import Frozen, load_yaml, quantity, set_dotted, validate
 from .cost import make_ep_step_cost, make_step_cost
 from .cost.moe_ep import replacement_spec
+from .cost.spec_step import speculative_cost
 from .errors import InputError
 from .scenario_checks import check_scenario
 from .hardware import load_accelerator, load_cluster, load_node
@@ -47,6 +48,7 @@ from .policies.batching import batching as _batching_registry
 from .policies.routing import routing as _routing_registry
 from .sim import Pool, SimConfig, Simulation, kv_capacity_blocks, link_network, topology_network
 from .sim.replacement import PeriodicReplacement
+from .speculative import SpeculativeSpec
 from .topology import build_topology
 from .units import parse_quantity
 from .workload.spec import WorkloadSpec, build_workload
@@ -169,6 +171,7 @@ class DeploymentSpec(_Parallel):
     pools: Optional[list[PoolSpec]] = None
     disaggregation: Optional[DisaggSpec] = None
     kv_link: Union[Literal["auto"], KVLinkSpec] = "auto"  # links that carry KV between pools (pools form)
+    speculative: Optional[SpeculativeSpec] = None  # speculative decoding (simllm.speculative): MTP or a draft model
 
     @field_validator("router", mode="before")
     @classmethod
@@ -407,6 +410,13 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
         c = cost if (cost is not None and not multi) else _located(
             lambda: pool_cost(model, acc, dep, sp, node=node, cluster=cl, base_dir=base_dir), file, where)
         mem = acc.hbm_bytes
+        changes = None
+        if sp.ep > 1 and hasattr(c, "policy_spec"):
+            rs = _located(lambda: replacement_spec(sp.placement, sp.expert_loads), file, where)
+            if rs is not None:
+                changes = PeriodicReplacement(c, policy=c.policy_spec, **rs)
+        if dep.speculative is not None:
+            c = _speculative_pool(c, model, acc, dep, sp, role, where, changes, node=node, file=file)
         nb = _located(lambda: kv_capacity_blocks(
             device_memory_bytes=mem, n_devices=sp.devices_per_replica,
             gpu_memory_utilization=kvs.gpu_memory_utilization,
@@ -414,15 +424,35 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
             activation_reserve_bytes=kvs.reserve_bytes(mem),
             kv_bytes_per_token_per_device=float(c.kv_bytes_per_token_per_device), block_size=kvs.block_size,
             where=f"{where}.kv"), file, None)
-        changes = None
-        if sp.ep > 1 and hasattr(c, "policy_spec"):
-            rs = _located(lambda: replacement_spec(sp.placement, sp.expert_loads), file, where)
-            if rs is not None:
-                changes = PeriodicReplacement(c, policy=c.policy_spec, **rs)
         pools.append(PoolPrep(name, role, sp, where, c, nb, kvs, changes))
     s = scn.seed if seed is None else seed
     wl = _located(lambda: build_workload(scn.workload, seed=s, base_dir=base_dir), file, "workload")
     return Prepared(scn, model, acc, node, pools[0].cost, pools[0].num_blocks, wl, pools, cl)
+
+
+def _speculative_pool(c, model, acc, dep: DeploymentSpec, sp, role: str, where: str, changes, *, node, file):
+    """A pool's cost model with speculative decoding (``simllm.cost.spec_step``), after the checks that
+    its batching and options can honour it."""
+    spec = dep.speculative
+    if role != "prefill":
+        pol = make_batching(sp.batching)
+        if getattr(pol, "general", False):
+            raise InputError(f"speculative decoding needs decode-only iterations (batching policy vllm-v0); "
+                             f"{sp.batching.get('policy')} mixes decode tokens into prefill steps, where "
+                             f"verification is not modelled", file=file, field=f"{where}.batching.policy")
+    if changes is not None:
+        raise InputError("speculative decoding with periodic expert re-placement (replan_every_s) is not "
+                         "modelled", file=file, field="deployment.speculative")
+    draft = None
+    if spec.method == "draft":
+        dm = _located(lambda: load_model(spec.draft), file, "deployment.speculative.draft")
+        dtp = spec.draft_tp or sp.tp
+        for err in tp_errors(dm, dtp):
+            raise InputError(err, file=file, field="deployment.speculative.draft_tp")
+        draft = _located(lambda: make_step_cost(dm, acc, tp=dtp, node=node, weight_dtype=dep.weight_dtype,
+                                                kv_dtype=dep.kv_dtype, act_dtype=dep.act_dtype,
+                                                framework=dep.framework), file, "deployment.speculative")
+    return speculative_cost(c, spec, draft=draft, num_layers=model.num_layers)
 
 
 def power_and_price(scn: Scenario, acc) -> tuple[Optional[float], Optional[float], Optional[float]]:
@@ -440,7 +470,7 @@ def _sim_config(scn: Scenario, kvs: KVSpec, max_len) -> SimConfig:
     return SimConfig(jump=scn.sim.jump, preemption=kvs.preemption, block_size=kvs.block_size,
                      watermark=kvs.watermark, max_model_len=max_len, swap_bandwidth=kvs.swap_bandwidth,
                      record_breakdown=scn.sim.record_breakdown, prefix_caching=kvs.prefix_caching,
-                     prefix_unit_tokens=kvs.prefix_unit_tokens)
+                     prefix_unit_tokens=kvs.prefix_unit_tokens, speculative=scn.deployment.speculative)
 
 
 def _network(scn: Scenario, prep: Prepared, file=None):
@@ -492,6 +522,8 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
     summary = summarize(res, devices_per_replica=prep.pools[0].spec.devices_per_replica,
                         peak_flops=acc.peak(dep.act_dtype), hbm_bandwidth=acc.hbm_bw, price_per_device_hour=price,
                         tdp_w=tdp, idle_w=idle, slo_ttft_s=scn.slo.ttft_s, slo_tpot_s=scn.slo.tpot_s, requests=req)
+    if res.speculative is not None:
+        summary["speculative"] = res.speculative
     if not multi:
         summary = {"scenario": scn.name, "model": prep.model.name, "accelerator": acc.name, "tp": dep.tp,
                    "pp": dep.pp, "seed": s, **summary}
