@@ -53,6 +53,7 @@ import simpy
 
 from ..policies.batching import Batch
 from .kv import KVCache, PolicyKVView
+from .kv_tiers import KVTiers
 from .prefix_cache import PrefixCache
 from .spec_decode import SpecDecode
 
@@ -81,6 +82,10 @@ class _Waiting(deque):
         if d is not None:
             return L - d
         if rep.pc is not None:
+            if rep.tiers is not None:  # units in the tiers below HBM are loaded, not computed
+                keys = rep._hit_keys(rid, L)
+                h = rep.pc.match(keys)[0]
+                return L - (h + rep.tiers.match(keys, h)) * rep.unit_tokens
             return L - rep.pc.match(rep._hit_keys(rid, L))[0] * rep.unit_tokens
         return L
 
@@ -127,6 +132,14 @@ class Replica:
         self.kv = KVCache(num_blocks=pool.num_blocks, block_size=cfg.block_size, watermark=cfg.watermark,
                           prefix=self.pc)
         self.kv_view = PolicyKVView(self.kv) if self.pc is not None else self.kv
+        levels = getattr(cfg, "kv_tiers", ())  # KV-cache tiers below HBM (simllm.sim.kv_tiers)
+        if levels and self.pc is None:
+            raise ValueError("KV-cache tiers hold cached prefix units: they need prefix caching")
+        self.tiers = KVTiers(levels, unit_tokens=self.unit_tokens, devices=pool.devices,
+                             kv_bytes_per_token_per_device=float(cost.kv_bytes_per_token_per_device)) \
+            if levels else None
+        if self.tiers is not None:
+            self.pc.lower = self.tiers
         self.B = cfg.block_size
         self.waiting = _Waiting(sim.prompt, sim.gen)
         self.swapped: deque = deque()  # (rid, kv_tokens, remaining)
@@ -615,6 +628,11 @@ class Replica:
                 if pc is not None:
                     keys = self._hit_keys(rid, L)
                     h = pc.match(keys)[0]
+                    if self.tiers is not None:  # hits below HBM: loaded before the prefill, over the tier's link
+                        h2 = self.tiers.match(keys, h)
+                        if h2:
+                            self.pending_swap_s += self.tiers.promote(keys[h:h + h2])
+                            h += h2
                     pc.acquire(keys[:h])
                     sim.prefix_query_tokens += int(sim.prompt[rid])
                     sim.prefix_hit_tokens += h * T

@@ -23,6 +23,7 @@ import simpy
 from ..cost.interface import BatchShape
 from .pools import REPLICA_CLASS, Pool
 from .records import NAN, STEP_COLUMNS, SimConfig, SimResult
+from .kv_tiers import tiers_summary
 from .spec_decode import speculative_summary
 
 
@@ -328,7 +329,11 @@ class Simulation:
                          kv_num_blocks=self.num_blocks, block_size=self.replicas[0].cfg.block_size, end_s=end,
                          kv_peak_blocks=[r.kv_peak for r in self.replicas], priority=self.priority,
                          prefix_caching=self.caching, prefix_query_tokens=self.prefix_query_tokens,
-                         prefix_hit_tokens=self.prefix_hit_tokens, speculative=self._speculative(), **multi)
+                         prefix_hit_tokens=self.prefix_hit_tokens, speculative=self._speculative(), kv_tiers=self._kv_tiers(), **multi)
+
+    def _kv_tiers(self) -> Optional[dict]:
+        tiers = [r.tiers for r in self.replicas if r.tiers is not None]
+        return tiers_summary(tiers, self.prefix_query_tokens, self.prefix_hit_tokens) if tiers else None
 
     def _speculative(self) -> Optional[dict]:
         decs = [r.spec for r in self.replicas if r.spec is not None]
