@@ -59,8 +59,8 @@ def _reqs(units=4, gap=0.3):
     return out
 
 
-def _sim(reqs, tiers=(), blocks=600, cost=None):
-    cfg = SimConfig(prefix_caching=True, kv_tiers=tuple(tiers))
+def _sim(reqs, tiers=(), blocks=600, cost=None, jump=True):
+    cfg = SimConfig(prefix_caching=True, kv_tiers=tuple(tiers), jump=jump)
     sim = Simulation(reqs, cost=cost or AffineCost(), num_blocks=blocks, config=cfg,
                      batching=lambda: make_batching("vllm-v0"), router=make_router("round_robin"))
     return sim, sim.run()
@@ -137,6 +137,10 @@ def test_properties_conservation_no_loss_kv_within_capacity(c):
     assert t.demoted == len(t) + t.promoted + t.discarded + t.dropped
     assert all(len(lru) <= cap for lru, cap in zip(t.lru, t.cap))
     assert sum(len(lru) for lru in t.lru) == len(t.where)
+    _s, ref = _sim(c["reqs"], _tiers(c["caps"]), blocks=c["blocks"], jump=False)  # jumping == stepping
+    for f in ("first_token_s", "completion_s"):
+        assert np.array_equal(getattr(res, f), getattr(ref, f), equal_nan=True)
+    assert ref.kv_tiers == res.kv_tiers
 
 
 def test_example_scenario_runs_with_tier_hits(tmp_path):
