@@ -110,18 +110,21 @@ def expected_tokens_per_step(acceptance) -> float:
     return 1.0 + expected_accepted(acceptance)
 
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLD = np.uint64(0x9E3779B97F4A7C15)
+# 0-d uint64 arrays (numpy's scalar operands take a slower promotion path in the hot loop)
+_M1 = np.array(0xBF58476D1CE4E5B9, dtype=np.uint64)
+_M2 = np.array(0x94D049BB133111EB, dtype=np.uint64)
+_GOLD = np.array(0x9E3779B97F4A7C15, dtype=np.uint64)
+_S30, _S27, _S31, _S11 = (np.array(v, dtype=np.uint64) for v in (30, 27, 31, 11))
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser (uint64 arithmetic wraps modulo 2**64)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _M2
-    return x ^ (x >> np.uint64(31))
+    x = x ^ (x >> _S30)
+    x *= _M1
+    x ^= x >> _S27
+    x *= _M2
+    x ^= x >> _S31
+    return x
 
 
 class AcceptanceSampler:
@@ -136,19 +139,18 @@ class AcceptanceSampler:
         self.a = np.asarray(acceptance, dtype=np.float64)
         self.k = len(self.a)
         with np.errstate(over="ignore"):
-            self._s = _mix(np.asarray([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) ^ np.uint64(0x5BEC))[0]
-        self._i = np.arange(self.k, dtype=np.uint64)
+            self._s = _mix(np.asarray([int(seed) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) ^ np.uint64(0x5BEC))
+            self._i = (np.arange(1, self.k + 1, dtype=np.uint64) * _M2)[None, :]
 
     def uniforms(self, rids, positions) -> np.ndarray:
         """(n, k) uniforms on [0, 1) for these sequences at these output positions."""
-        r = np.asarray(rids, dtype=np.int64).astype(np.uint64)
-        p = np.asarray(positions, dtype=np.int64).astype(np.uint64)
-        with np.errstate(over="ignore"):
-            h = _mix(self._s ^ (r * _GOLD))
-            h = _mix(h ^ (p * _M1))
-            h = _mix(h[:, None] ^ ((self._i + np.uint64(1)) * _M2))
-        return (h >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+        r = np.asarray(rids).astype(np.uint64)
+        p = np.asarray(positions).astype(np.uint64)
+        h = _mix(self._s ^ (r * _GOLD))
+        h = _mix(h ^ (p * _M1))
+        h = _mix(h[:, None] ^ self._i)
+        return (h >> _S11).astype(np.float64) * (1.0 / 9007199254740992.0)
 
     def accepted(self, rids, positions) -> np.ndarray:
         ok = self.uniforms(rids, positions) < self.a
-        return np.cumprod(ok, axis=1).sum(axis=1).astype(np.int64)
+        return np.where(ok.all(axis=1), self.k, ok.argmin(axis=1)).astype(np.int64)  # leading passes

@@ -134,7 +134,7 @@ def cases(draw):
                 seed=draw(st.integers(0, 3)))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_properties_no_loss_no_overshoot_kv_within_capacity(c):
     spec = c["spec"]

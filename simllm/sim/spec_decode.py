@@ -22,7 +22,8 @@ from ..speculative import AcceptanceSampler, SpeculativeSpec, expected_tokens_pe
 
 MAX_SEGMENT_STEPS = 256
 """Verification steps planned at most per segment (each is a few numpy operations; a segment cut
-short by an arrival discards the rest of its plan)."""
+short by an arrival discards the rest of its plan, so a plan is also kept within twice the steps
+the previous segment applied, plus 8: the waste stays within the work that was used)."""
 
 
 class SpecDecode:
@@ -39,6 +40,7 @@ class SpecDecode:
         self.accepted = 0
         self.tokens = 0
         self._plan = None
+        self._hint = 8  # steps to plan next: twice the last segment's applied steps, plus 8
 
     def grow(self, t: np.ndarray, rem: np.ndarray) -> int:
         """New KV blocks the running sequences (``t`` tokens stored, ``rem`` left) need for one step."""
@@ -49,7 +51,7 @@ class SpecDecode:
         """Up to ``kmax`` steps for sequences ``rids`` at output positions ``pos`` with ``t`` KV tokens and
         ``rem`` tokens left, within ``cap`` blocks for the running sequences: (steps, context per step,
         cumulative tokens emitted per step and sequence)."""
-        kmax = max(1, min(int(kmax), MAX_SEGMENT_STEPS))
+        kmax = max(1, min(int(kmax), MAX_SEGMENT_STEPS, self._hint))
         n = len(t)
         t = t.copy()
         rem = rem.copy()
@@ -81,6 +83,7 @@ class SpecDecode:
     def count(self, steps: int, cum: np.ndarray) -> None:
         """The replica applied the first ``steps`` steps of the last plan."""
         acc, n = self._plan
+        self._hint = 2 * steps + 8
         self.steps += steps
         self.seq_steps += steps * n
         self.proposed += steps * n * self.k
