@@ -515,6 +515,9 @@ def _speculative_pool(c, model, acc, dep: DeploymentSpec, sp, role: str, where: 
     if changes is not None:
         raise InputError("speculative decoding with periodic expert re-placement (replan_every_s) is not "
                          "modelled", file=file, field="deployment.speculative")
+    if spec.method == "mtp" and not getattr(model, "mtp_layers", 0):
+        raise InputError(f"{model.name} has no multi-token-prediction module (mtp_layers: 0 in its descriptor); "
+                         f"use method: draft with a draft model", file=file, field="deployment.speculative.method")
     draft = None
     if spec.method == "draft":
         dm = _located(lambda: load_model(spec.draft), file, "deployment.speculative.draft")

@@ -197,6 +197,8 @@ BAD = [
      "deployment.speculative", "needs the draft model"),
     ("draft_unknown_model", {"speculative": {"method": "draft", "draft": "no-such-model", "num_tokens": 3,
                                              "acceptance": 0.7}}, "deployment.speculative.draft", "unknown model"),
+    ("mtp_without_module", {"speculative": {"method": "mtp", "num_tokens": 1, "acceptance": 0.8}},
+     "deployment.speculative.method", "no multi-token-prediction module"),
     ("policy_cannot", {"speculative": {"method": "mtp", "num_tokens": 1, "acceptance": 0.8},
                        "batching": {"policy": "sarathi"}}, "deployment.batching.policy", "decode-only"),
 ]
