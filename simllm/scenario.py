@@ -440,7 +440,7 @@ def _sim_config(scn: Scenario, kvs: KVSpec, max_len) -> SimConfig:
     return SimConfig(jump=scn.sim.jump, preemption=kvs.preemption, block_size=kvs.block_size,
                      watermark=kvs.watermark, max_model_len=max_len, swap_bandwidth=kvs.swap_bandwidth,
                      record_breakdown=scn.sim.record_breakdown, prefix_caching=kvs.prefix_caching,
-                     prefix_unit_tokens=kvs.prefix_unit_tokens)
+                     prefix_unit_tokens=kvs.prefix_unit_tokens, request_timeout_s=scn.workload.request_timeout_s)
 
 
 def _network(scn: Scenario, prep: Prepared, file=None):
@@ -473,6 +473,9 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
         max_len = getattr(prep.model, "max_position_embeddings", None)
     cfg = _sim_config(scn, dep.kv, max_len)
     multi = len(prep.pools) > 1 or dep.pools is not None
+    if scn.workload.request_timeout_s is not None and any(pp.role != "both" for pp in prep.pools):
+        raise InputError("client timeouts (server aborts) are simulated for colocated pools only",
+                         field="workload.request_timeout_s")
     pools = []
     for pp in prep.pools:
         sp = pp.spec

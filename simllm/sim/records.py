@@ -26,6 +26,9 @@ class SimConfig:
     record_breakdown: bool = True  # call step_cost once per step/segment for compute/memory/comm
     prefix_caching: bool = False  # share full prompt units with equal prefix keys (simllm.sim.prefix_cache)
     prefix_unit_tokens: int = 512  # tokens per prefix key (Mooncake hash_ids: 512)
+    # the client's timeout (s from arrival): a request unfinished by then is aborted by the server (the client
+    # disconnects; vLLM frees its KV and drops it from its queues); None: clients wait forever
+    request_timeout_s: Optional[float] = None
 
 
 @dataclass
@@ -62,3 +65,4 @@ class SimResult:
     replica_kv_blocks: list = field(default_factory=list)
     request_columns: dict = field(default_factory=dict)  # extra requests.csv columns
     kv_peak_total_blocks: list = field(default_factory=list)  # decode replicas: used + reserved for transfers
+    aborted_s: Optional[np.ndarray] = None  # when the server aborted the request at its client's timeout (NaN: not)

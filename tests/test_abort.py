@@ -1,0 +1,105 @@
+"""Client timeouts: the server aborts a request its client gave up on (``SimConfig.request_timeout_s``).
+
+Checked against an exact reference (one sequence at a time, constant step time: a single-server
+queue with reneging at the deadline, aborts at step boundaries) and for bookkeeping under the V1
+scheduler with prefix caching and KV pressure.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from simllm.metrics import requests_table, summarize
+from simllm.policies import make_batching, make_router
+from simllm.sim import SimConfig, Simulation
+from simllm.sim.fakes import ConstantCost
+from simllm.workload import Request
+
+
+def _reference(arr, out, step, timeout):
+    """Completion and abort times of a one-at-a-time server with constant steps: a request starts at a step
+    boundary (or its arrival when the server is idle), is dropped unserved if its deadline has passed by
+    then, and is aborted at the first step boundary at or after its deadline unless its last step ends there."""
+    free = 0.0
+    comp = np.full(len(arr), np.nan)
+    ab = np.full(len(arr), np.nan)
+    for i, a in enumerate(arr):
+        d = a + timeout
+        s = max(a, free)
+        if d <= s:
+            ab[i] = s if free > a else a
+            continue
+        k = math.ceil((d - s) / step - 1e-12)  # first boundary at or after the deadline: s + k step
+        if k >= out:
+            comp[i] = s + out * step
+            free = comp[i]
+        else:
+            ab[i] = s + k * step
+            free = ab[i]
+    return comp, ab
+
+
+def _sim(arr, out, step, timeout, jump=True, policy="vllm-v0", seqs=1, blocks=1000, prefix=False, prompt=8):
+    reqs = [Request(i, float(a), prompt, out, prefix_blocks=(i % 3, i) if prefix else ()) for i, a in enumerate(arr)]
+    cfg = SimConfig(watermark=0.0, jump=jump, request_timeout_s=timeout, prefix_caching=prefix,
+                    prefix_unit_tokens=16 if prefix else 512)
+    sim = Simulation(reqs, cost=ConstantCost(step), num_blocks=blocks,
+                     batching=lambda: make_batching({"policy": policy, "max_num_seqs": seqs}),
+                     router=make_router("round_robin"), config=cfg)
+    return sim.run()
+
+
+@pytest.mark.parametrize("jump", [True, False])
+def test_aborts_match_single_server_reference(jump):
+    """Overloaded (rho = 1.5): the engine's completions and aborts equal the reference's exactly."""
+    rng = np.random.default_rng(3)
+    step, out, timeout = 0.01, 20, 1.0
+    arr = np.cumsum(rng.exponential(step * out / 1.5, 400))
+    res = _sim(arr, out, step, timeout, jump=jump)
+    comp, ab = _reference(arr, out, step, timeout)
+    np.testing.assert_array_equal(np.isnan(res.completion_s), np.isnan(comp))
+    np.testing.assert_allclose(res.completion_s[~np.isnan(comp)], comp[~np.isnan(comp)], atol=1e-9)
+    np.testing.assert_allclose(res.aborted_s[~np.isnan(ab)], ab[~np.isnan(ab)], atol=1e-9)
+    assert 0.2 < np.isfinite(ab).mean() < 0.6  # the overload makes aborts common, not universal
+
+
+def test_no_timeout_no_aborts_and_same_timeline():
+    rng = np.random.default_rng(0)
+    arr = np.cumsum(rng.exponential(0.3, 200))
+    a = _sim(arr, 20, 0.01, None)
+    b = _sim(arr, 20, 0.01, 1e6)
+    assert a.aborted_s is None and np.isnan(b.aborted_s).all()
+    np.testing.assert_array_equal(a.completion_s, b.completion_s)
+
+
+def test_v1_prefix_caching_overload_frees_everything():
+    """V1 scheduler, prefix caching, a small KV cache (preemption by recompute) and timeouts: every request
+    completes or is aborted exactly once, the summary counts the aborts and flags the overload, and the
+    KV cache never holds more than it has."""
+    rng = np.random.default_rng(1)
+    arr = np.cumsum(rng.exponential(0.006, 600))  # 2.5x what 16 sequences of 60 steps of 4 ms serve
+    res = _sim(arr, 60, 0.004, 1.0, policy="vllm", seqs=16, blocks=100, prefix=True, prompt=64)
+    done = np.isfinite(res.completion_s)
+    ab = np.isfinite(res.aborted_s)
+    assert not (done & ab).any() and (done | ab).all() and ab.sum() > 50
+    assert (res.aborted_s[ab] - res.arrival_s[ab] >= 1.0 - 1e-9).all()  # never before the deadline
+    assert max(res.kv_peak_blocks) <= 100 and res.preemptions.sum() > 0
+    df = requests_table(res)
+    s = summarize(res, requests=df)
+    assert s["aborted"] == int(ab.sum()) and s["completed"] == int(done.sum()) and s["saturated"]
+
+
+def test_timeout_rejected_for_disaggregated_pools():
+    from simllm.sim import Pool
+
+    reqs = [Request(0, 0.0, 8, 4)]
+    pools = [Pool("p", "prefill", 1, ConstantCost(0.01), 100, lambda: make_batching({"policy": "vllm"}),
+                  make_router("round_robin")),
+             Pool("d", "decode", 1, ConstantCost(0.01), 100, lambda: make_batching({"policy": "vllm"}),
+                  make_router("round_robin"))]
+    with pytest.raises(ValueError, match="colocated"):
+        Simulation(reqs, pools=pools, network=lambda env, ranks: (None, None),
+                   config=SimConfig(request_timeout_s=1.0))
