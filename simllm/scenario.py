@@ -35,6 +35,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .config import Frozen, load_yaml, quantity, set_dotted, validate
 from .cost import make_ep_step_cost, make_step_cost
+from .cost.cuda_graphs import GraphPadded, capture_sizes
 from .cost.moe_ep import replacement_spec
 from .errors import InputError
 from .scenario_checks import check_scenario
@@ -169,6 +170,9 @@ class DeploymentSpec(_Parallel):
     pools: Optional[list[PoolSpec]] = None
     disaggregation: Optional[DisaggSpec] = None
     kv_link: Union[Literal["auto"], KVLinkSpec] = "auto"  # links that carry KV between pools (pools form)
+    # CUDA graphs (simllm.cost.cuda_graphs): steps priced at the captured size they replay; auto: vLLM V1's
+    # default sizes for the batching's max_num_seqs, or a list of sizes; none: every step at its own size
+    cuda_graphs: Union[Literal["none", "auto"], list[int]] = "none"
 
     @field_validator("router", mode="before")
     @classmethod
@@ -406,6 +410,10 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
         kvs = _pool_kv(dep, sp, where, file)
         c = cost if (cost is not None and not multi) else _located(
             lambda: pool_cost(model, acc, dep, sp, node=node, cluster=cl, base_dir=base_dir), file, where)
+        if dep.cuda_graphs != "none" and cost is None:
+            sizes = _located(lambda: capture_sizes(dep.cuda_graphs, make_batching(sp.batching).max_num_seqs),
+                             file, None)
+            c = GraphPadded(c, sizes)
         mem = acc.hbm_bytes
         nb = _located(lambda: kv_capacity_blocks(
             device_memory_bytes=mem, n_devices=sp.devices_per_replica,

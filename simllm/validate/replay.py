@@ -159,6 +159,7 @@ def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str]
         scn = scenario_from_dict({
             "name": run.name, "model": mref, "hardware": {"accelerator": hw},
             "deployment": {"tp": run.tp, "batching": batching, "max_model_len": run.server.get("max_model_len"),
+                           "cuda_graphs": "auto",  # vLLM's default: graphs of its default capture sizes
                            "kv": {"gpu_memory_utilization": 0.9, "watermark": 0.0, "prefix_caching": True,
                                   "block_size": VLLM_BLOCK_TOKENS, "prefix_unit_tokens": VLLM_BLOCK_TOKENS}},
             "workload": {"generator": {"num_requests": 1, "arrivals": {"rate": 1.0}},

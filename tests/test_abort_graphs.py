@@ -1,4 +1,4 @@
-"""Client timeouts: the server aborts a request its client gave up on (``SimConfig.request_timeout_s``).
+"""Client timeouts (``SimConfig.request_timeout_s``: the server aborts what its client gave up on); CUDA graphs.
 
 Checked against an exact reference (one sequence at a time, constant step time: a single-server
 queue with reneging at the deadline, aborts at step boundaries) and for bookkeeping under the V1
@@ -103,3 +103,39 @@ def test_timeout_rejected_for_disaggregated_pools():
     with pytest.raises(ValueError, match="colocated"):
         Simulation(reqs, pools=pools, network=lambda env, ranks: (None, None),
                    config=SimConfig(request_timeout_s=1.0))
+
+
+# -- CUDA graph padding (simllm.cost.cuda_graphs) -------------------------------------------------------------
+
+def test_vllm_capture_sizes_and_padding():
+    from simllm.cost.cuda_graphs import GraphPadded, vllm_capture_sizes
+
+    s = vllm_capture_sizes(128)  # max size min(2 x 128, 512) = 256
+    assert s[:5] == [1, 2, 4, 8, 16] and s[-2:] == [248, 256] and len(s) == 3 + 31 + 1
+    assert vllm_capture_sizes(1024)[-1] == 512 and vllm_capture_sizes(1024)[-2] == 496
+    g = GraphPadded(ConstantCost(0.01), s)
+    assert [g.pad(n) for n in (1, 3, 5, 125, 129, 256, 257)] == [1, 4, 8, 128, 136, 256, 257]
+
+
+def test_graph_padded_prices_the_padded_batch():
+    from simllm.cost.cuda_graphs import GraphPadded, vllm_capture_sizes
+    from simllm.sim.fakes import AffineCost
+
+    base = AffineCost()
+    g = GraphPadded(base, vllm_capture_sizes(128))
+    ctx = np.array([1000.0, 1100.0])
+    np.testing.assert_array_equal(g.step_time(0, 0.0, 0, 125, ctx), base.step_time(0, 0.0, 0, 128, ctx))
+    assert g.step_time(100, 5000.0, 1, 21, 3000.0) == base.step_time(107, 5000.0, 1, 21, 3000.0)  # 121 -> 128
+    assert g.step_time(100, 5000.0, 1, 20, 3000.0) == base.step_time(100, 5000.0, 1, 20, 3000.0)  # 120 captured
+    assert g.step_time(2000, 5e5, 1, 20, 3000.0) == base.step_time(2000, 5e5, 1, 20, 3000.0)  # eager: as is
+
+
+def test_bad_cuda_graphs_option_is_one_line_error(tmp_path):
+    from simllm.errors import InputError
+    from simllm.scenario import prepare, scenario_from_dict
+
+    scn = scenario_from_dict({"model": "llama-3-8b", "hardware": {"accelerator": "h100-sxm"},
+                              "deployment": {"cuda_graphs": [0, 8]},
+                              "workload": {"generator": {"num_requests": 1, "arrivals": {"rate": 1.0}}}})
+    with pytest.raises(InputError, match="cuda_graphs"):
+        prepare(scn)
