@@ -1,9 +1,13 @@
 """Run ``simllm validate`` on every run under ../shared/data/e2e/ and print a table and the medians.
 
-    PYTHONPATH=$PWD python3 benchmarks/e2e_validation.py [--json] [--fit-overhead]
+    PYTHONPATH=$PWD python3 benchmarks/e2e_validation.py [--json] [--fit-overhead] [--measured-step]
 
 ``--fit-overhead`` replays the runs with no front-end overhead and prints the least-squares fit of
 the relative TTFT error over the sustained runs, the value behind ``simllm.validate.replay.API_OVERHEAD_S``.
+``--measured-step`` is a diagnostic, not a prediction: it replays every run a second time with each
+step's cost scaled by that run's measured / simulated time per output token, which separates the
+error of the step cost from that of the rest (queueing, the client timeout and the server's aborts);
+its table has the failed fractions with the step cost as measured.
 The last line printed is JSON with the medians.
 """
 
@@ -14,10 +18,47 @@ import sys
 import time
 from pathlib import Path
 
+import simllm.validate.replay as replay
 from simllm.cli._common import _clean
 from simllm.validate import summarize_runs, validate_run
 
 ROOT = Path(__file__).resolve().parent.parent / ".." / "shared" / "data" / "e2e"
+
+
+class _Scaled:
+    """A step cost model times a constant (the --measured-step diagnostic)."""
+
+    def __init__(self, base, f: float):
+        self.base, self.f = base, f
+
+    def step_time(self, *a):
+        return self.base.step_time(*a) * self.f
+
+    def __getattr__(self, name):
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
+def _measured_step(run, rec) -> dict:
+    a = rec["stages"][-1]
+    f = a["measured"]["tpot"]["mean"] / a["simulated"]["tpot"]["mean"]
+    prepare = replay.prepare
+
+    def scaled(scn, **kw):
+        p = prepare(scn, **kw)
+        for pp in p.pools:
+            pp.cost = _Scaled(pp.cost, f)
+        return p
+
+    replay.prepare = scaled
+    try:
+        r = validate_run(run)
+    finally:
+        replay.prepare = prepare
+    return {"run": rec["run"], "step_scale": f, "failed_measured": r["failed_measured"],
+            "failed_simulated": r["failed_simulated"], "saturated": r["saturated"], "ttft_ape": r["ttft_ape"],
+            "e2e_ape": r["e2e_ape"]}
 
 
 def main() -> None:
@@ -32,6 +73,14 @@ def main() -> None:
         rec["wall_s"] = time.perf_counter() - t0
         recs.append(rec)
     res = summarize_runs(recs)
+    if "--measured-step" in sys.argv:
+        rows = [_measured_step(r, rec) for r, rec in zip(runs, recs)]
+        for d in rows:
+            print(f"{d['run']:48s} step x{d['step_scale']:.3f}  failed measured {100 * d['failed_measured']:5.1f}% "
+                  f"simulated {100 * d['failed_simulated']:5.1f}%  TTFT {100 * d['ttft_ape']:5.1f}%  "
+                  f"E2E {100 * d['e2e_ape']:5.1f}%")
+        print(json.dumps(_clean({"benchmark": "e2e_validation_measured_step", "runs": rows})))
+        return
     if fit:
         num = den = 0.0
         for r in recs:

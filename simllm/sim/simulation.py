@@ -297,7 +297,8 @@ class Simulation:
         if self.sessions is not None:  # sessions cut short (rejected turn) send fewer requests
             n = self.next_rid
             for name in ("ids", "arrival", "prompt", "out", "gen", "scheduled", "first_token", "completion",
-                         "aborted_s", "preemptions", "replica_of", "priority") + (("kv_transfer", "decode_of") if self.decode
+                         "aborted_s",
+                         "preemptions", "replica_of", "priority") + (("kv_transfer", "decode_of") if self.decode
                                                                      else ()):
                 setattr(self, name, getattr(self, name)[:n])
             self.N = n

@@ -10,7 +10,8 @@ simulated in the engine: a request unfinished then is aborted (the client discon
 its KV and drops it from its queues), and counts as failed, as inference-perf counts it.
 ``sustained``: fewer than 1% of the requests failed and completions reached 95% of the offered
 rate (inference-perf's throughput: successes over first send to last success); ``saturated`` is
-the same test failed by the simulated client view, or the engine's own saturation test. ``*_ape``: |simulated mean - measured mean| / measured mean.
+the same test failed by the simulated client view, or the engine's own saturation test.
+``*_ape``: |simulated mean - measured mean| / measured mean.
 """
 
 from __future__ import annotations
