@@ -3,7 +3,9 @@
     PYTHONPATH=$PWD python3 benchmarks/e2e_validation.py [--json] [--fit-overhead] [--measured-step]
 
 ``--fit-overhead`` replays the runs with no front-end overhead and prints the least-squares fit of
-the relative TTFT error over the sustained runs, the value behind ``simllm.validate.replay.API_OVERHEAD_S``.
+the relative TTFT error over the sustained runs, the value behind ``simllm.validate.replay.API_OVERHEAD_S``,
+and the same fit of a host time per engine step on the time per output token (``step_overhead_s_fit``:
+near zero or negative means the sustained runs show no per-step host time outside the GPU's).
 ``--measured-step`` is a diagnostic, not a prediction: it replays every run a second time with each
 step's cost scaled by that run's measured / simulated time per output token, which separates the
 error of the step cost from that of the rest (queueing, the client timeout and the server's aborts);
@@ -82,14 +84,22 @@ def main() -> None:
         print(json.dumps(_clean({"benchmark": "e2e_validation_measured_step", "runs": rows})))
         return
     if fit:
-        num = den = 0.0
+        num = den = snum = sden = 0.0
         for r in recs:
             if r["sustained"]:
                 a = r["stages"][-1]
                 m, sim = a["measured"]["ttft"]["mean"], a["simulated"]["ttft"]["mean"]
                 num += (m - sim) / m ** 2
                 den += 1.0 / m ** 2
-        print(json.dumps({"api_overhead_s_fit": num / den if den else None}))
+                # time per output token the engine's step gives (k client timestamps per token)
+                k = r["timestamps_per_token"]
+                m, sim = k * a["measured"]["tpot"]["mean"], k * a["simulated"]["tpot"]["mean"]
+                snum += (m - sim) / m ** 2
+                sden += 1.0 / m ** 2
+        # api_overhead_s: per request, in TTFT and E2E; step_overhead_s: what a host time added to every
+        # engine step (not hidden behind the GPU) would have to be, fitted the same way on the time per token
+        print(json.dumps({"api_overhead_s_fit": num / den if den else None,
+                          "step_overhead_s_fit": snum / sden if sden else None}))
         return
     if "--json" in sys.argv:
         print(json.dumps(_clean(res), indent=2))

@@ -173,6 +173,9 @@ class DeploymentSpec(_Parallel):
     # CUDA graphs (simllm.cost.cuda_graphs): steps priced at the captured size they replay; auto: vLLM V1's
     # default sizes for the batching's max_num_seqs, or a list of sizes; none: every step at its own size
     cuda_graphs: Union[Literal["none", "auto"], list[int]] = "none"
+    # the server front end's time per request outside the engine's steps (HTTP, tokenization, streaming), s:
+    # added to every request's TTFT and E2E (simllm validate fits one: simllm.validate.replay.API_OVERHEAD_S)
+    api_overhead_s: float = Field(default=0.0, ge=0)
 
     @field_validator("router", mode="before")
     @classmethod
@@ -448,7 +451,8 @@ def _sim_config(scn: Scenario, kvs: KVSpec, max_len) -> SimConfig:
     return SimConfig(jump=scn.sim.jump, preemption=kvs.preemption, block_size=kvs.block_size,
                      watermark=kvs.watermark, max_model_len=max_len, swap_bandwidth=kvs.swap_bandwidth,
                      record_breakdown=scn.sim.record_breakdown, prefix_caching=kvs.prefix_caching,
-                     prefix_unit_tokens=kvs.prefix_unit_tokens, request_timeout_s=scn.workload.request_timeout_s)
+                     prefix_unit_tokens=kvs.prefix_unit_tokens, request_timeout_s=scn.workload.request_timeout_s,
+                     api_overhead_s=scn.deployment.api_overhead_s)
 
 
 def _network(scn: Scenario, prep: Prepared, file=None):

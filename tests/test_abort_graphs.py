@@ -139,3 +139,30 @@ def test_bad_cuda_graphs_option_is_one_line_error(tmp_path):
                               "workload": {"generator": {"num_requests": 1, "arrivals": {"rate": 1.0}}}})
     with pytest.raises(InputError, match="cuda_graphs"):
         prepare(scn)
+
+
+def test_api_overhead_in_client_latencies_and_deadline():
+    """The front end's time is in TTFT and E2E, not in the engine's timeline; the engine aborts at the client's
+    timeout less it (the client would see the last token that much later)."""
+    rng = np.random.default_rng(5)
+    arr = np.cumsum(rng.exponential(0.2, 300))
+    reqs = [Request(i, float(a), 8, 20) for i, a in enumerate(arr)]
+
+    def run(api, timeout):
+        sim = Simulation(reqs, cost=ConstantCost(0.01), num_blocks=1000,
+                         batching=lambda: make_batching({"policy": "vllm-v0", "max_num_seqs": 1}),
+                         router=make_router("round_robin"),
+                         config=SimConfig(watermark=0.0, api_overhead_s=api, request_timeout_s=timeout))
+        return sim.run()
+
+    a, b = run(0.0, 1.0), run(0.05, 1.05)
+    np.testing.assert_array_equal(a.completion_s, b.completion_s)  # same engine timeline and aborts
+    np.testing.assert_array_equal(a.aborted_s, b.aborted_s)
+    ta, tb = requests_table(a), requests_table(b)
+    ft, ok = np.isfinite(ta["ttft_s"]), np.isfinite(ta["e2e_s"])
+    assert ok.sum() > 100 and (~ok).sum() > 10  # some complete, some are aborted
+    np.testing.assert_allclose((tb["ttft_s"] - ta["ttft_s"])[ft], 0.05)
+    np.testing.assert_allclose((tb["e2e_s"] - ta["e2e_s"])[ok], 0.05)
+    np.testing.assert_allclose(tb["tpot_s"], ta["tpot_s"], equal_nan=True)
+    assert summarize(b, requests=tb)["ttft_s"]["mean"] == pytest.approx(summarize(a, requests=ta)["ttft_s"]["mean"]
+                                                                        + 0.05)

@@ -8,6 +8,9 @@ Definitions follow ``vllm bench serve`` (benchmarks/serve.py in vLLM):
 - **ITL**: the gaps between successive tokens. The simulator jumps over decode steps, so it
   reports the token-weighted mean ITL only: sum(e2e - ttft) / sum(output_tokens - 1).
 - **E2EL** (``e2e_s``): completion - arrival.
+- ``api_overhead_s`` of the deployment (the server's front end: HTTP, tokenization, streaming) is
+  added to TTFT and E2EL: ``first_token_s`` / ``completion_s`` are when the engine emitted the
+  token, ``ttft_s`` / ``e2e_s`` what the client measures.
 - ``queueing_s``: first scheduled - arrival; ``scheduled_s`` is the start of the request's first
   prefill step.
 - Throughput: completed requests (and their prompt / output tokens) divided by the duration
@@ -48,6 +51,7 @@ REQUEST_COLUMNS = ("id", "arrival_s", "prompt_tokens", "output_tokens", "generat
 
 def requests_table(res: SimResult) -> pd.DataFrame:
     out = res.output_tokens
+    api = float(getattr(res, "api_overhead_s", 0.0) or 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(out > 1, (res.completion_s - res.first_token_s) / np.maximum(out - 1, 1), np.nan)
     df = pd.DataFrame({
@@ -59,9 +63,9 @@ def requests_table(res: SimResult) -> pd.DataFrame:
         "scheduled_s": res.scheduled_s,
         "first_token_s": res.first_token_s,
         "completion_s": res.completion_s,
-        "ttft_s": res.first_token_s - res.arrival_s,
+        "ttft_s": res.first_token_s - res.arrival_s + api,
         "tpot_s": tpot,
-        "e2e_s": res.completion_s - res.arrival_s,
+        "e2e_s": res.completion_s - res.arrival_s + api,
         "queueing_s": res.scheduled_s - res.arrival_s,
         "preemptions": res.preemptions,
         "replica": res.replica,

@@ -29,6 +29,9 @@ class SimConfig:
     # the client's timeout (s from arrival): a request unfinished by then is aborted by the server (the client
     # disconnects; vLLM frees its KV and drops it from its queues); None: clients wait forever
     request_timeout_s: Optional[float] = None
+    # per-request time of the server's front end outside the engine's steps (HTTP, tokenization, hand-off to the
+    # engine, streaming back): the client sees every token this much later than the engine emits it
+    api_overhead_s: float = 0.0
 
 
 @dataclass
@@ -65,4 +68,5 @@ class SimResult:
     replica_kv_blocks: list = field(default_factory=list)
     request_columns: dict = field(default_factory=dict)  # extra requests.csv columns
     kv_peak_total_blocks: list = field(default_factory=list)  # decode replicas: used + reserved for transfers
+    api_overhead_s: float = 0.0  # added to ttft_s and e2e_s (the client's view), see SimConfig
     aborted_s: Optional[np.ndarray] = None  # when the server aborted the request at its client's timeout (NaN: not)

@@ -163,7 +163,8 @@ class Replica:
         # client timeouts (simllm.sim.records.SimConfig.request_timeout_s): requests in arrival order, and the
         # earliest deadline among them; the replica aborts what is unfinished at it (:meth:`_abort_due`)
         to = getattr(cfg, "request_timeout_s", None)
-        self.timeout = float(to) if to is not None else None
+        # the client gives up `to` after sending; the engine's tokens reach it api_overhead_s later
+        self.timeout = float(to) - float(getattr(cfg, "api_overhead_s", 0.0)) if to is not None else None
         self.dl: deque = deque()
         self.next_dl = math.inf
         self.proc = self.env.process(self._run())

@@ -331,7 +331,8 @@ class Simulation:
                          kv_peak_blocks=[r.kv_peak for r in self.replicas], priority=self.priority,
                          prefix_caching=self.caching, prefix_query_tokens=self.prefix_query_tokens,
                          prefix_hit_tokens=self.prefix_hit_tokens,
-                         aborted_s=self.aborted_s if self.config.request_timeout_s is not None else None, **multi)
+                         aborted_s=self.aborted_s if self.config.request_timeout_s is not None else None,
+                         api_overhead_s=self.config.api_overhead_s, **multi)
 
     # -- between pools -----------------------------------------------------------------------
     def decode_reject_reason(self, rid: int) -> str:

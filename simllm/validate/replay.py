@@ -44,7 +44,9 @@ HTTP parsing, tokenization, the hand-off to the engine core and the streaming of
 TPOT / ITL do not). One constant for every run, model and TP degree, fitted on the five sustained runs of
 ../shared/data/e2e/ as the least-squares fit of the relative TTFT error with the overhead at 0
 (``python benchmarks/e2e_validation.py --fit-overhead`` recomputes it: 18.2 ms on 2026-12-01). A constant
-shift of every arrival leaves the engine's own timeline unchanged, so adding it to the client view is exact.
+shift of every arrival leaves the engine's own timeline unchanged, so adding it to what the client sees is
+exact; the scenario carries it as ``deployment.api_overhead_s`` (the engine's requests table and summary
+include it in TTFT and E2E, and the engine's abort deadline is the client timeout less it).
 An assumption that it does not grow with the prompt: the sustained runs' residuals do not resolve that."""
 
 
@@ -108,11 +110,10 @@ def _stats(x: np.ndarray) -> dict:
     return {"mean": float(x.mean()), "p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2])}
 
 
-def _client_view(req, stage: np.ndarray, timeout: float, k: int, n_stages: int,
-                 api_overhead_s: float = API_OVERHEAD_S) -> list[dict]:
+def _client_view(req, stage: np.ndarray, timeout: float, k: int, n_stages: int) -> list[dict]:
     arr = req["arrival_s"].to_numpy()
-    ft = req["first_token_s"].to_numpy() + api_overhead_s
-    done = req["completion_s"].to_numpy() + api_overhead_s
+    ft = arr + req["ttft_s"].to_numpy()  # the client's times: the engine's plus the front end's (api_overhead_s)
+    done = arr + req["e2e_s"].to_numpy()
     n = req["output_tokens"].to_numpy().astype(float)
     e2e = done - arr
     ok = np.isfinite(e2e) & (e2e <= timeout)  # aborted requests (server side, at the timeout) have no completion
@@ -161,12 +162,11 @@ def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str]
             "name": run.name, "model": mref, "hardware": {"accelerator": hw},
             "deployment": {"tp": run.tp, "batching": batching, "max_model_len": run.server.get("max_model_len"),
                            "cuda_graphs": "auto",  # vLLM's default: graphs of its default capture sizes
+                           "api_overhead_s": api_overhead_s,
                            "kv": {"gpu_memory_utilization": 0.9, "watermark": 0.0, "prefix_caching": True,
                                   "block_size": VLLM_BLOCK_TOKENS, "prefix_unit_tokens": VLLM_BLOCK_TOKENS}},
             "workload": {"generator": {"num_requests": 1, "arrivals": {"rate": 1.0}},
-                         # the client gives up `timeout` after sending; the engine's tokens reach it
-                         # api_overhead_s later, so the engine must finish by timeout - overhead
-                         "request_timeout_s": (timeout - api_overhead_s) if math.isfinite(timeout) else None},
+                         "request_timeout_s": timeout if math.isfinite(timeout) else None},
             "sim": {"record_breakdown": False}, "seed": seed}, file=run.path)
         prep = prepare(scn, file=run.path)
         prep.workload = reqs
@@ -176,7 +176,7 @@ def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str]
         durations = [s.duration_s for s in run.load.stages]
     else:
         durations = [float(np.nanmax(req["completion_s"].to_numpy()))]
-    sims = _client_view(req, stage, timeout, k, len(durations), api_overhead_s)
+    sims = _client_view(req, stage, timeout, k, len(durations))
     meas = run.stages + [run.summary] if run.stages else [run.summary]
     if not run.stages:
         sims = sims[-1:]
