@@ -4,8 +4,10 @@
 
 ``--fit-overhead`` replays the runs with no front-end overhead and prints the least-squares fit of
 the relative TTFT error over the sustained runs, the value behind ``simllm.validate.replay.API_OVERHEAD_S``,
-and the same fit of a host time per engine step on the time per output token (``step_overhead_s_fit``:
-near zero or negative means the sustained runs show no per-step host time outside the GPU's).
+and the same fit of a host time per engine step on the time per output token (``step_overhead_s_fit``;
+``host_step_s_fit`` + ``host_per_seq_s_fit`` x batch, the two-parameter form behind
+``simllm.validate.replay.HOST_STEP_S`` / ``HOST_PER_SEQ_S``): near zero or negative means the sustained
+runs show no host time per step outside the GPU's.
 ``--measured-step`` is a diagnostic, not a prediction: it replays every run a second time with each
 step's cost scaled by that run's measured / simulated time per output token, which separates the
 error of the step cost from that of the rest (queueing, the client timeout and the server's aborts);
@@ -19,6 +21,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 import simllm.validate.replay as replay
 from simllm.cli._common import _clean
@@ -71,7 +75,7 @@ def main() -> None:
     recs = []
     for r in runs:
         t0 = time.perf_counter()
-        rec = validate_run(r, api_overhead_s=0.0) if fit else validate_run(r)
+        rec = validate_run(r, api_overhead_s=0.0, host_step_s=0.0, host_per_seq_s=0.0) if fit else validate_run(r)
         rec["wall_s"] = time.perf_counter() - t0
         recs.append(rec)
     res = summarize_runs(recs)
@@ -85,6 +89,7 @@ def main() -> None:
         return
     if fit:
         num = den = snum = sden = 0.0
+        rows = []
         for r in recs:
             if r["sustained"]:
                 a = r["stages"][-1]
@@ -96,10 +101,16 @@ def main() -> None:
                 m, sim = k * a["measured"]["tpot"]["mean"], k * a["simulated"]["tpot"]["mean"]
                 snum += (m - sim) / m ** 2
                 sden += 1.0 / m ** 2
+                rows.append((m, sim, r["mean_batch"]))
         # api_overhead_s: per request, in TTFT and E2E; step_overhead_s: what a host time added to every
         # engine step (not hidden behind the GPU) would have to be, fitted the same way on the time per token
+        # host_step_s + host_per_seq_s x batch: weighted least squares of the relative per-token error
+        A = np.array([[1.0 / m, b / m] for m, _s, b in rows])
+        y = np.array([(m - s) / m for m, s, _b in rows])
+        two = np.linalg.lstsq(A, y, rcond=None)[0] if len(rows) >= 2 else [None, None]
         print(json.dumps({"api_overhead_s_fit": num / den if den else None,
-                          "step_overhead_s_fit": snum / sden if sden else None}))
+                          "step_overhead_s_fit": snum / sden if sden else None,
+                          "host_step_s_fit": float(two[0]), "host_per_seq_s_fit": float(two[1])}))
         return
     if "--json" in sys.argv:
         print(json.dumps(_clean(res), indent=2))

@@ -36,6 +36,7 @@ from pydantic import Field, field_validator, model_validator
 from .config import Frozen, load_yaml, quantity, set_dotted, validate
 from .cost import make_ep_step_cost, make_step_cost
 from .cost.cuda_graphs import GraphPadded, capture_sizes
+from .cost.host_overhead import HostOverhead
 from .cost.moe_ep import replacement_spec
 from .errors import InputError
 from .scenario_checks import check_scenario
@@ -176,6 +177,9 @@ class DeploymentSpec(_Parallel):
     # the server front end's time per request outside the engine's steps (HTTP, tokenization, streaming), s:
     # added to every request's TTFT and E2E (simllm validate fits one: simllm.validate.replay.API_OVERHEAD_S)
     api_overhead_s: float = Field(default=0.0, ge=0)
+    # host time per engine step not hidden by the GPU's (simllm.cost.host_overhead): per step and per sequence, s
+    host_step_s: float = Field(default=0.0, ge=0)
+    host_per_seq_s: float = Field(default=0.0, ge=0)
 
     @field_validator("router", mode="before")
     @classmethod
@@ -417,6 +421,8 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
             sizes = _located(lambda: capture_sizes(dep.cuda_graphs, make_batching(sp.batching).max_num_seqs),
                              file, None)
             c = GraphPadded(c, sizes)
+        if (dep.host_step_s or dep.host_per_seq_s) and cost is None:
+            c = HostOverhead(c, dep.host_step_s, dep.host_per_seq_s)
         mem = acc.hbm_bytes
         nb = _located(lambda: kv_capacity_blocks(
             device_memory_bytes=mem, n_devices=sp.devices_per_replica,

@@ -166,3 +166,19 @@ def test_api_overhead_in_client_latencies_and_deadline():
     np.testing.assert_allclose(tb["tpot_s"], ta["tpot_s"], equal_nan=True)
     assert summarize(b, requests=tb)["ttft_s"]["mean"] == pytest.approx(summarize(a, requests=ta)["ttft_s"]["mean"]
                                                                         + 0.05)
+
+
+def test_host_overhead_adds_per_step_and_per_sequence_time():
+    from simllm.cost.host_overhead import HostOverhead
+    from simllm.cost.interface import BatchShape
+    from simllm.sim.fakes import AffineCost
+
+    base = AffineCost()
+    h = HostOverhead(base, 1e-4, 2e-6)
+    ctx = np.array([1000.0, 2000.0])
+    np.testing.assert_allclose(h.step_time(0, 0.0, 0, 10, ctx), base.step_time(0, 0.0, 0, 10, ctx) + 1e-4 + 10 * 2e-6)
+    assert h.step_time(50, 100.0, 2, 3, 300.0) == pytest.approx(base.step_time(50, 100.0, 2, 3, 300.0) + 1e-4 + 5 * 2e-6)
+    assert h.step_time(0, 0.0, 0, 0, 0.0) == base.step_time(0, 0.0, 0, 0, 0.0)  # an empty step costs nothing
+    c = h.step_cost(BatchShape(decode_seqs=4, decode_ctx_tokens=400.0))
+    assert c.total_s == pytest.approx(float(base.step_time(0, 0.0, 0, 4, 400.0)) + 1e-4 + 4 * 2e-6)
+    assert c.overhead_s == pytest.approx(1e-4 + 4 * 2e-6)

@@ -50,6 +50,16 @@ include it in TTFT and E2E, and the engine's abort deadline is the client timeou
 An assumption that it does not grow with the prompt: the sustained runs' residuals do not resolve that."""
 
 
+HOST_STEP_S = 0.0
+HOST_PER_SEQ_S = 0.0
+"""Host time per engine step outside the GPU's (``simllm.cost.host_overhead``): scheduling, input
+preparation, sampling bookkeeping, detokenization and streaming, per step and per sequence. vLLM V1
+overlaps them with the GPU's step (it schedules the next step while one runs; the front end
+detokenizes); ``benchmarks/e2e_validation.py --fit-overhead`` fits both on the sustained runs' time per
+output token, and gets them about zero or negative (2026-12-02: 0.23 ms per step and -12 us per sequence;
+one constant alone: -0.08 ms), so both are 0 here: a negative host time is not physical."""
+
+
 def _model_ref(run: MeasuredRun, model: Optional[str], tmp: Path) -> str:
     if model:
         if model.endswith(".json") or Path(model).is_dir():
@@ -135,6 +145,12 @@ def _client_view(req, stage: np.ndarray, timeout: float, k: int, n_stages: int) 
     return out
 
 
+def _mean_batch(steps) -> Optional[float]:
+    """Sequences per step, weighted by step time (what a per-sequence host time scales with)."""
+    d = steps["duration_s"].to_numpy()
+    return float((steps["batch_size"].to_numpy() * d).sum() / d.sum()) if len(d) and d.sum() > 0 else None
+
+
 def _kept_up(failed: int, count: int, requests_per_s: Optional[float], offered: Optional[float]) -> bool:
     """``sustained``: fewer than 1% of the requests failed and completions reached 95% of the offered rate."""
     return failed < 0.01 * count and (offered is None or (requests_per_s or 0.0) >= 0.95 * offered)
@@ -147,7 +163,8 @@ def _ape(sim, meas) -> Optional[float]:
 
 
 def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str] = None, seed: int = 0,
-                 api_overhead_s: float = API_OVERHEAD_S) -> dict:
+                 api_overhead_s: float = API_OVERHEAD_S, host_step_s: float = HOST_STEP_S,
+                 host_per_seq_s: float = HOST_PER_SEQ_S) -> dict:
     """Replay one measured run; the per-run record of ``simllm validate --json``."""
     run = read_run(path)
     reqs, stage, timeout, n_out, rates = _requests(run, seed)
@@ -163,6 +180,7 @@ def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str]
             "deployment": {"tp": run.tp, "batching": batching, "max_model_len": run.server.get("max_model_len"),
                            "cuda_graphs": "auto",  # vLLM's default: graphs of its default capture sizes
                            "api_overhead_s": api_overhead_s,
+                           "host_step_s": host_step_s, "host_per_seq_s": host_per_seq_s,
                            "kv": {"gpu_memory_utilization": 0.9, "watermark": 0.0, "prefix_caching": True,
                                   "block_size": VLLM_BLOCK_TOKENS, "prefix_unit_tokens": VLLM_BLOCK_TOKENS}},
             "workload": {"generator": {"num_requests": 1, "arrivals": {"rate": 1.0}},
@@ -170,7 +188,7 @@ def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str]
             "sim": {"record_breakdown": False}, "seed": seed}, file=run.path)
         prep = prepare(scn, file=run.path)
         prep.workload = reqs
-        req, _steps, summary = simulate(prep)
+        req, steps, summary = simulate(prep)
     k = _timestamps_per_token(run.summary, n_out)
     if run.kind == "inference-perf":
         durations = [s.duration_s for s in run.load.stages]
@@ -192,7 +210,8 @@ def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str]
            "aborted_simulated": int(summary.get("aborted", 0)),
            "failed_measured": m.failed / m.count if m.count else 0.0,
            "failed_simulated": ssum["failed"] / ssum["count"] if ssum["count"] else 0.0,
-           "timestamps_per_token": k, "api_overhead_s": api_overhead_s}
+           "timestamps_per_token": k, "api_overhead_s": api_overhead_s,
+           "mean_batch": _mean_batch(steps)}
     for met in METRICS:
         mm = (m.latency.get(met) or {}).get("mean")
         rec[f"{met}_ape"] = _ape(ssum[met]["mean"], mm)
