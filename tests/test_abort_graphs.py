@@ -177,7 +177,8 @@ def test_host_overhead_adds_per_step_and_per_sequence_time():
     h = HostOverhead(base, 1e-4, 2e-6)
     ctx = np.array([1000.0, 2000.0])
     np.testing.assert_allclose(h.step_time(0, 0.0, 0, 10, ctx), base.step_time(0, 0.0, 0, 10, ctx) + 1e-4 + 10 * 2e-6)
-    assert h.step_time(50, 100.0, 2, 3, 300.0) == pytest.approx(base.step_time(50, 100.0, 2, 3, 300.0) + 1e-4 + 5 * 2e-6)
+    assert h.step_time(50, 100.0, 2, 3, 300.0) == pytest.approx(
+        base.step_time(50, 100.0, 2, 3, 300.0) + 1e-4 + 5 * 2e-6)
     assert h.step_time(0, 0.0, 0, 0, 0.0) == base.step_time(0, 0.0, 0, 0, 0.0)  # an empty step costs nothing
     c = h.step_cost(BatchShape(decode_seqs=4, decode_ctx_tokens=400.0))
     assert c.total_s == pytest.approx(float(base.step_time(0, 0.0, 0, 4, 400.0)) + 1e-4 + 4 * 2e-6)
