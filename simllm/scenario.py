@@ -35,6 +35,8 @@ from pydantic import Field, field_validator, model_validator
 
 from .config import Frozen, load_yaml, quantity, set_dotted, validate
 from .cost import make_ep_step_cost, make_step_cost
+from .cost.cuda_graphs import GraphPadded, capture_sizes
+from .cost.host_overhead import HostOverhead
 from .cost.moe_ep import replacement_spec
 from .cost.spec_step import speculative_cost
 from .errors import InputError
@@ -198,6 +200,15 @@ class DeploymentSpec(_Parallel):
     disaggregation: Optional[DisaggSpec] = None
     kv_link: Union[Literal["auto"], KVLinkSpec] = "auto"  # links that carry KV between pools (pools form)
     speculative: Optional[SpeculativeSpec] = None  # speculative decoding (simllm.speculative): MTP or a draft model
+    # CUDA graphs (simllm.cost.cuda_graphs): steps priced at the captured size they replay; auto: vLLM V1's
+    # default sizes for the batching's max_num_seqs, or a list of sizes; none: every step at its own size
+    cuda_graphs: Union[Literal["none", "auto"], list[int]] = "none"
+    # the server front end's time per request outside the engine's steps (HTTP, tokenization, streaming), s:
+    # added to every request's TTFT and E2E (simllm validate fits one: simllm.validate.replay.API_OVERHEAD_S)
+    api_overhead_s: float = Field(default=0.0, ge=0)
+    # host time per engine step not hidden by the GPU's (simllm.cost.host_overhead): per step and per sequence, s
+    host_step_s: float = Field(default=0.0, ge=0)
+    host_per_seq_s: float = Field(default=0.0, ge=0)
 
     @field_validator("router", mode="before")
     @classmethod
@@ -436,6 +447,12 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
         kvs = _pool_kv(dep, sp, where, file)
         c = cost if (cost is not None and not multi) else _located(
             lambda: pool_cost(model, acc, dep, sp, node=node, cluster=cl, base_dir=base_dir), file, where)
+        if dep.cuda_graphs != "none" and cost is None:
+            sizes = _located(lambda: capture_sizes(dep.cuda_graphs, make_batching(sp.batching).max_num_seqs),
+                             file, None)
+            c = GraphPadded(c, sizes)
+        if (dep.host_step_s or dep.host_per_seq_s) and cost is None:
+            c = HostOverhead(c, dep.host_step_s, dep.host_per_seq_s)
         mem = acc.hbm_bytes
         changes = None
         if sp.ep > 1 and hasattr(c, "policy_spec"):
@@ -546,7 +563,8 @@ def _sim_config(scn: Scenario, kvs: KVSpec, max_len, tiers: tuple = ()) -> SimCo
                      watermark=kvs.watermark, max_model_len=max_len, swap_bandwidth=kvs.swap_bandwidth,
                      record_breakdown=scn.sim.record_breakdown, prefix_caching=kvs.prefix_caching,
                      prefix_unit_tokens=kvs.prefix_unit_tokens, speculative=scn.deployment.speculative,
-                     kv_tiers=tiers)
+                     kv_tiers=tiers, request_timeout_s=scn.workload.request_timeout_s,
+                     api_overhead_s=scn.deployment.api_overhead_s)
 
 
 def _network(scn: Scenario, prep: Prepared, file=None):
@@ -579,6 +597,9 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
         max_len = getattr(prep.model, "max_position_embeddings", None)
     cfg = _sim_config(scn, dep.kv, max_len)
     multi = len(prep.pools) > 1 or dep.pools is not None
+    if scn.workload.request_timeout_s is not None and any(pp.role != "both" for pp in prep.pools):
+        raise InputError("client timeouts (server aborts) are simulated for colocated pools only",
+                         field="workload.request_timeout_s")
     pools = []
     for pp in prep.pools:
         sp = pp.spec

@@ -107,3 +107,17 @@ def test_llama4_import_params_near_published(tmp_path):
     assert mav.total_params == pytest.approx(400e9, rel=0.03) and mav.dtype == "fp8"
     with pytest.raises(InputError, match="quant_method"):
         import_hf_config(_llama4_cfg(tmp_path, 8, 1, {"quant_method": "gptq"}))
+
+
+def test_poisson_stage_as_inference_perf_timer():
+    """PoissonLoadTimer: a Poisson count per second, each second's arrivals spread to end exactly at its end."""
+    from simllm.workload.inference_perf import InferencePerfLoad, Stage
+
+    ld = InferencePerfLoad(10, 10, 100, 400, 200, False, "poisson", (Stage(5.0, 200.0),), 300.0, True, True)
+    a, s = arrivals(ld, np.random.default_rng(2))
+    assert abs(len(a) - 1000) < 4 * np.sqrt(1000) and (s == 0).all() and np.all(np.diff(a) > 0)
+    sec = np.floor(a - 1e-9).astype(int)
+    last = np.r_[sec[1:] != sec[:-1], True]
+    np.testing.assert_allclose(a[last], sec[last] + 1.0)
+    counts = np.bincount(sec, minlength=200)
+    assert 0.5 < counts.var() / counts.mean() < 1.6  # Poisson: variance = mean

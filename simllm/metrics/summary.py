@@ -8,6 +8,9 @@ Definitions follow ``vllm bench serve`` (benchmarks/serve.py in vLLM):
 - **ITL**: the gaps between successive tokens. The simulator jumps over decode steps, so it
   reports the token-weighted mean ITL only: sum(e2e - ttft) / sum(output_tokens - 1).
 - **E2EL** (``e2e_s``): completion - arrival.
+- ``api_overhead_s`` of the deployment (the server's front end: HTTP, tokenization, streaming) is
+  added to TTFT and E2EL: ``first_token_s`` / ``completion_s`` are when the engine emitted the
+  token, ``ttft_s`` / ``e2e_s`` what the client measures.
 - ``queueing_s``: first scheduled - arrival; ``scheduled_s`` is the start of the request's first
   prefill step.
 - Throughput: completed requests (and their prompt / output tokens) divided by the duration
@@ -26,6 +29,9 @@ Saturation: over the second half of the arrival window, if requests complete at 
 of the rate they arrive and the number in the system grows by more than max(20, 10% of the
 arrivals in that half), the run is overloaded: its queue grows without bound, and its
 latencies are a function of the run's length, not of the system. ``saturated`` is then true.
+With client timeouts (``aborted_s``), an aborted request leaves the system at its abort, so the
+queue stops growing at the timeout; more than 1% aborted among the requests arriving in that half
+also means overloaded.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ REQUEST_COLUMNS = ("id", "arrival_s", "prompt_tokens", "output_tokens", "generat
 
 def requests_table(res: SimResult) -> pd.DataFrame:
     out = res.output_tokens
+    api = float(getattr(res, "api_overhead_s", 0.0) or 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(out > 1, (res.completion_s - res.first_token_s) / np.maximum(out - 1, 1), np.nan)
     df = pd.DataFrame({
@@ -56,9 +63,9 @@ def requests_table(res: SimResult) -> pd.DataFrame:
         "scheduled_s": res.scheduled_s,
         "first_token_s": res.first_token_s,
         "completion_s": res.completion_s,
-        "ttft_s": res.first_token_s - res.arrival_s,
+        "ttft_s": res.first_token_s - res.arrival_s + api,
         "tpot_s": tpot,
-        "e2e_s": res.completion_s - res.arrival_s,
+        "e2e_s": res.completion_s - res.arrival_s + api,
         "queueing_s": res.scheduled_s - res.arrival_s,
         "preemptions": res.preemptions,
         "replica": res.replica,
@@ -67,6 +74,9 @@ def requests_table(res: SimResult) -> pd.DataFrame:
     pri = getattr(res, "priority", None)
     if pri is not None and len(pri) == len(df) and len(np.unique(pri)) > 1:  # priority batching: the class
         df["priority_class"] = pri
+    ab = getattr(res, "aborted_s", None)
+    if ab is not None:  # client timeouts: when the server aborted the request (NaN: it completed)
+        df["aborted_s"] = ab
     for c, v in getattr(res, "request_columns", {}).items():  # disaggregation: decode_replica, pool, kv_transfer_s
         df[c] = v
     return df
@@ -95,8 +105,10 @@ def _reason_counts(reasons: pd.Series) -> dict[str, int]:
     return {str(k): int(v) for k, v in kinds.value_counts().sort_index().items()}
 
 
-def saturation(arrival: np.ndarray, completion: np.ndarray, rejected: np.ndarray) -> dict[str, Any]:
-    """Compare arrival and completion rates over the second half of the arrival window."""
+def saturation(arrival: np.ndarray, completion: np.ndarray, rejected: np.ndarray,
+               aborted: Optional[np.ndarray] = None) -> dict[str, Any]:
+    """Compare arrival and completion rates over the second half of the arrival window (a request
+    aborted at its client's timeout, at ``aborted`` s, leaves the system then without completing)."""
     if len(arrival) < 2:
         return {"saturated": False, "arrival_rate_per_s": None, "completion_rate_per_s": None, "backlog_growth": 0}
     t0, t1 = float(arrival.min()), float(arrival.max())
@@ -108,13 +120,18 @@ def saturation(arrival: np.ndarray, completion: np.ndarray, rejected: np.ndarray
     n_arr = int(np.count_nonzero((arr > mid) & (arr <= t1)))
     n_comp = int(np.count_nonzero((comp > mid) & (comp <= t1)))
 
+    left = comp if aborted is None else np.where(np.isnan(comp), aborted[served], comp)
+
     def in_system(t):
-        return int(np.count_nonzero(arr <= t)) - int(np.count_nonzero(comp <= t))
+        return int(np.count_nonzero(arr <= t)) - int(np.count_nonzero(left <= t))
 
     growth = in_system(t1) - in_system(mid)
     a_rate = n_arr / w if w > 0 else None
     c_rate = n_comp / w if w > 0 else None
     sat = bool(w > 0 and n_comp < 0.9 * n_arr and growth > max(20, 0.1 * n_arr))
+    if aborted is not None and w > 0:
+        late = (arr > mid) & (arr <= t1)
+        sat = sat or int(np.count_nonzero(late & np.isfinite(aborted[served]))) > 0.01 * max(n_arr, 1)
     return {"saturated": sat, "arrival_rate_per_s": a_rate, "completion_rate_per_s": c_rate,
             "backlog_growth": growth, "in_system_at_last_arrival": in_system(t1)}
 
@@ -188,7 +205,8 @@ def summarize(res: SimResult, *, devices_per_replica: int = 1, peak_flops: Optio
         energy_note = "the accelerator descriptor gives no idle_power: the power model idle + busy x (TDP - idle) needs it"
     elif duration > 0:
         energy_j = idle_w * devices * duration + (tdp_w - idle_w) * busy_dev_s
-    sat = saturation(arr, df["completion_s"].to_numpy(), rejected)
+    aborted = df["aborted_s"].to_numpy() if "aborted_s" in df.columns else None
+    sat = saturation(arr, df["completion_s"].to_numpy(), rejected, aborted)
     by_class = None
     if "priority_class" in df.columns:  # fairness: latency per priority class
         by_class = {}
@@ -206,6 +224,7 @@ def summarize(res: SimResult, *, devices_per_replica: int = 1, peak_flops: Optio
         "completed": n_done,
         "rejected": int(rejected.sum()),
         "rejected_reasons": _reason_counts(df.loc[rejected, "rejected_reason"]),
+        **({"aborted": int(np.isfinite(aborted).sum())} if aborted is not None else {}),
         "preemptions": int(df["preemptions"].sum()),
         "duration_s": duration,
         "replicas": R,

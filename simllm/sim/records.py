@@ -28,6 +28,12 @@ class SimConfig:
     prefix_unit_tokens: int = 512  # tokens per prefix key (Mooncake hash_ids: 512)
     speculative: Optional[object] = None  # a simllm.speculative.SpeculativeSpec (simllm.sim.spec_decode)
     kv_tiers: tuple = ()  # simllm.sim.kv_tiers.TierLevel below HBM, first to last (needs prefix_caching)
+    # the client's timeout (s from arrival): a request unfinished by then is aborted by the server (the client
+    # disconnects; vLLM frees its KV and drops it from its queues); None: clients wait forever
+    request_timeout_s: Optional[float] = None
+    # per-request time of the server's front end outside the engine's steps (HTTP, tokenization, hand-off to the
+    # engine, streaming back): the client sees every token this much later than the engine emits it
+    api_overhead_s: float = 0.0
 
 
 @dataclass
@@ -66,3 +72,5 @@ class SimResult:
     kv_peak_total_blocks: list = field(default_factory=list)  # decode replicas: used + reserved for transfers
     speculative: Optional[dict] = None  # speculative decoding counters (simllm.sim.spec_decode.speculative_summary)
     kv_tiers: Optional[dict] = None  # per-tier prefix hits (simllm.sim.kv_tiers.tiers_summary)
+    api_overhead_s: float = 0.0  # added to ttft_s and e2e_s (the client's view), see SimConfig
+    aborted_s: Optional[np.ndarray] = None  # when the server aborted the request at its client's timeout (NaN: not)

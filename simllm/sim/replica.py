@@ -189,6 +189,13 @@ class Replica:
                              f"mixes decode tokens into prefill steps")
         self.grow_max = self.spec.grow_max if self.spec is not None else 1
         self.seg_cum = None  # tokens emitted per step of a speculative jump under way
+        # client timeouts (simllm.sim.records.SimConfig.request_timeout_s): requests in arrival order, and the
+        # earliest deadline among them; the replica aborts what is unfinished at it (:meth:`_abort_due`)
+        to = getattr(cfg, "request_timeout_s", None)
+        # the client gives up `to` after sending; the engine's tokens reach it api_overhead_s later
+        self.timeout = float(to) - float(getattr(cfg, "api_overhead_s", 0.0)) if to is not None else None
+        self.dl: deque = deque()
+        self.next_dl = math.inf
         self.proc = self.env.process(self._run())
 
     # -- the policy's view of the running set ----------------------------------------------
@@ -250,6 +257,8 @@ class Replica:
             return
         self.assigned += 1
         self.waiting.append(rid)
+        if self.timeout is not None:
+            self._track_deadline(rid)
         self._poke(t, cut=not foreseen and not self.swapped
                    and (not self.fcfs or (len(self.waiting) == 1 and self.n < self.max_seqs)))
 
@@ -322,6 +331,8 @@ class Replica:
             self._on_boundary()
             if self.clock >= self.next_chg:
                 yield from self._change()
+            if self.clock >= self.next_dl:
+                self._abort_due()
             self.idle_from = None
             if self.n == 0 and not self.waiting and not self.swapped:
                 self.idle_ev = env.event()
@@ -412,6 +423,10 @@ class Replica:
                 j = int(np.searchsorted(ends, self.next_chg, side="left"))
                 k = j + 1
                 end = float(ends[j])
+            if k > 1 and self.next_dl < end and self._deadline_before(end):  # an abort at the next boundary
+                j = int(np.searchsorted(ends, self.next_dl, side="left"))
+                k = j + 1
+                end = float(ends[j])
             if self.future is not None and not (self.fptr < len(self.future) and self.future[self.fptr] <= end):
                 pass  # planned routing and no arrival here before `end`: nothing can change, no event needed
             elif k > 1:
@@ -467,6 +482,62 @@ class Replica:
                              (0, 0.0, 0, n, float(ctx[:k].mean())))
         if int(rem.min()) == 0:
             self._finish(n, end)
+    # -- client timeouts: the server aborts a request whose client gave up ----------------------
+    def _track_deadline(self, rid: int) -> None:
+        """``rid`` arrived: its deadline is ``arrival + timeout`` (arrival order is deadline order)."""
+        if not self.dl:
+            self.next_dl = float(self.sim.arrival[rid]) + self.timeout
+        self.dl.append(rid)
+
+    def _deadline_before(self, end: float) -> bool:
+        """Drop finished requests from the head of the deadline queue; True if an unfinished one's
+        deadline falls before ``end``."""
+        sim = self.sim
+        dl = self.dl
+        while dl and sim.completion[dl[0]] == sim.completion[dl[0]]:  # completed: no abort due
+            dl.popleft()
+        self.next_dl = float(sim.arrival[dl[0]]) + self.timeout if dl else math.inf
+        return self.next_dl < end
+
+    def _abort_due(self) -> None:
+        """Abort every unfinished request whose deadline has passed at this step boundary, as vLLM does
+        when the client disconnects: it leaves the waiting queue or the running set (or the swap queue)
+        and its KV blocks are freed (a partial prefill's too; shared prefix units stay cached)."""
+        sim = self.sim
+        now = self.clock
+        dl = self.dl
+        T = self.timeout
+        kv = self.kv
+        while dl and float(sim.arrival[dl[0]]) + T <= now:
+            rid = dl.popleft()
+            if sim.completion[rid] == sim.completion[rid]:
+                continue
+            if rid in self.pdone:  # a prefill under way: give up its blocks
+                del self.pdone[rid]
+                pb, h = self.pblocks.pop(rid)
+                kv.partial -= pb
+                if self.pc is not None:
+                    self.pc.release(self._keys(rid)[:h])
+            hit = np.flatnonzero(self.r_idx[:self.n] == rid)
+            if len(hit):
+                i = int(hit[0])
+                n = self.n
+                kv.used_blocks -= -(-int(self.r_t[i]) // self.B)
+                if self.pc is not None:
+                    kv.unshare(self._keys(rid))
+                for a in (self.r_idx, self.r_t, self.r_rem):
+                    a[i:n - 1] = a[i + 1:n]
+                self.n = n - 1
+            else:
+                try:
+                    self.waiting.remove(rid)
+                except ValueError:
+                    self.swapped = deque(x for x in self.swapped if x[0] != rid)
+            sim.aborted_s[rid] = now
+            sim.finished += 1
+            self.done += 1
+        self._refresh_used()
+        self._deadline_before(math.inf)
 
     def _change(self):
         """Apply the change point(s) at or before ``clock``: new cost model, and a pause (migration) that

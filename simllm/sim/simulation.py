@@ -62,6 +62,8 @@ class Simulation:
             raise ValueError("a prefill pool needs decode pools, and decode pools a prefill pool")
         if decode and network is None:
             raise ValueError("pools that move KV caches need a network (simllm.sim.transfer)")
+        if any((p.config or config).request_timeout_s is not None for p in pools) and decode:
+            raise ValueError("request_timeout_s (aborts at the client's timeout) is supported for colocated pools only")
         pools = entry + decode  # ranks and replica indices: the arrivals' pool first
         self.pools = pools
         self.config = config
@@ -118,6 +120,7 @@ class Simulation:
         self.scheduled = np.full(N, NAN)
         self.first_token = np.full(N, NAN)
         self.completion = np.full(N, NAN)
+        self.aborted_s = np.full(N, NAN)  # set by a replica that aborts a request at its client's timeout
         self.preemptions = np.zeros(N, dtype=np.int64)
         self.replica_of = np.full(N, -1, dtype=np.int64)
         self.rejected: dict[int, str] = {}
@@ -297,11 +300,12 @@ class Simulation:
         if self.sessions is not None:  # sessions cut short (rejected turn) send fewer requests
             n = self.next_rid
             for name in ("ids", "arrival", "prompt", "out", "gen", "scheduled", "first_token", "completion",
+                         "aborted_s",
                          "preemptions", "replica_of", "priority") + (("kv_transfer", "decode_of") if self.decode
                                                                      else ()):
                 setattr(self, name, getattr(self, name)[:n])
             self.N = n
-        pending = np.isnan(self.completion)
+        pending = np.isnan(self.completion) & np.isnan(self.aborted_s)
         if self.rejected:
             pending[np.fromiter(self.rejected, dtype=np.int64)] = False
         if pending.any():
@@ -329,7 +333,9 @@ class Simulation:
                          kv_num_blocks=self.num_blocks, block_size=self.replicas[0].cfg.block_size, end_s=end,
                          kv_peak_blocks=[r.kv_peak for r in self.replicas], priority=self.priority,
                          prefix_caching=self.caching, prefix_query_tokens=self.prefix_query_tokens,
-                         prefix_hit_tokens=self.prefix_hit_tokens, speculative=self._speculative(), kv_tiers=self._kv_tiers(), **multi)
+                         prefix_hit_tokens=self.prefix_hit_tokens, speculative=self._speculative(), kv_tiers=self._kv_tiers(),
+                         aborted_s=self.aborted_s if self.config.request_timeout_s is not None else None,
+                         api_overhead_s=self.config.api_overhead_s, **multi)
 
     def _kv_tiers(self) -> Optional[dict]:
         tiers = [r.tiers for r in self.replicas if r.tiers is not None]

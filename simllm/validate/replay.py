@@ -5,13 +5,18 @@ TPOT = (last - first) / (k N - 1) and ITL the mean gap between the client's toke
 where k is how many timestamps the client records per streamed token: inference-perf versions that
 re-tokenise every streamed chunk with special tokens count two per one-token chunk (BOS + token,
 its issue #564). k is read from the run itself, ((E2E - TTFT) / TPOT + 1) / N rounded to 1 or 2.
-Requests whose E2E exceeds the client timeout count as failed (the server is not told; an abort
-is not simulated). ``sustained``: fewer than 1% of the requests failed and completions reached 95%
-of the offered rate. ``*_ape``: |simulated mean - measured mean| / measured mean.
+The client's timeout (inference-perf's ``request_timeout``, 300 s when its config gives none) is
+simulated in the engine: a request unfinished then is aborted (the client disconnects; vLLM frees
+its KV and drops it from its queues), and counts as failed, as inference-perf counts it.
+``sustained``: fewer than 1% of the requests failed and completions reached 95% of the offered
+rate (inference-perf's throughput: successes over first send to last success); ``saturated`` is
+the same test failed by the simulated client view, or the engine's own saturation test.
+``*_ape``: |simulated mean - measured mean| / measured mean.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 from pathlib import Path
@@ -39,8 +44,20 @@ HTTP parsing, tokenization, the hand-off to the engine core and the streaming of
 TPOT / ITL do not). One constant for every run, model and TP degree, fitted on the five sustained runs of
 ../shared/data/e2e/ as the least-squares fit of the relative TTFT error with the overhead at 0
 (``python benchmarks/e2e_validation.py --fit-overhead`` recomputes it: 18.2 ms on 2026-12-01). A constant
-shift of every arrival leaves the engine's own timeline unchanged, so adding it to the client view is exact.
+shift of every arrival leaves the engine's own timeline unchanged, so adding it to what the client sees is
+exact; the scenario carries it as ``deployment.api_overhead_s`` (the engine's requests table and summary
+include it in TTFT and E2E, and the engine's abort deadline is the client timeout less it).
 An assumption that it does not grow with the prompt: the sustained runs' residuals do not resolve that."""
+
+
+HOST_STEP_S = 0.0
+HOST_PER_SEQ_S = 0.0
+"""Host time per engine step outside the GPU's (``simllm.cost.host_overhead``): scheduling, input
+preparation, sampling bookkeeping, detokenization and streaming, per step and per sequence. vLLM V1
+overlaps them with the GPU's step (it schedules the next step while one runs; the front end
+detokenizes); ``benchmarks/e2e_validation.py --fit-overhead`` fits both on the sustained runs' time per
+output token, and gets them about zero or negative (2026-12-02: 0.23 ms per step and -12 us per sequence;
+one constant alone: -0.08 ms), so both are 0 here: a negative host time is not physical."""
 
 
 def _model_ref(run: MeasuredRun, model: Optional[str], tmp: Path) -> str:
@@ -103,21 +120,22 @@ def _stats(x: np.ndarray) -> dict:
     return {"mean": float(x.mean()), "p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2])}
 
 
-def _client_view(req, stage: np.ndarray, timeout: float, k: int, n_stages: int, durations,
-                 api_overhead_s: float = API_OVERHEAD_S) -> list[dict]:
+def _client_view(req, stage: np.ndarray, timeout: float, k: int, n_stages: int) -> list[dict]:
     arr = req["arrival_s"].to_numpy()
-    ft = req["first_token_s"].to_numpy() + api_overhead_s
-    done = req["completion_s"].to_numpy() + api_overhead_s
+    ft = arr + req["ttft_s"].to_numpy()  # the client's times: the engine's plus the front end's (api_overhead_s)
+    done = arr + req["e2e_s"].to_numpy()
     n = req["output_tokens"].to_numpy().astype(float)
     e2e = done - arr
-    ok = np.isfinite(e2e) & (e2e <= timeout)
+    ok = np.isfinite(e2e) & (e2e <= timeout)  # aborted requests (server side, at the timeout) have no completion
     gaps = np.maximum(k * n - 1, 1)
     tpot = (done - ft) / gaps
     out = []
     for s in list(range(n_stages)) + [None]:
         sel = ok if s is None else ok & (stage == s)
         tot = len(arr) if s is None else int((stage == s).sum())
-        span = sum(durations) if s is None else durations[s]
+        # inference-perf's throughput: successes over first send to last success (of the stage)
+        first = arr.min() if s is None else arr[stage == s].min()
+        span = float(done[sel].max() - first) if sel.any() else None
         itl = float(((done - ft)[sel]).sum() / gaps[sel].sum()) if sel.any() else None
         d = {"count": tot, "failed": tot - int(sel.sum()),
              "ttft": _stats((ft - arr)[sel]), "tpot": _stats(tpot[sel]), "e2e": _stats(e2e[sel]),
@@ -127,6 +145,17 @@ def _client_view(req, stage: np.ndarray, timeout: float, k: int, n_stages: int, 
     return out
 
 
+def _mean_batch(steps) -> Optional[float]:
+    """Sequences per step, weighted by step time (what a per-sequence host time scales with)."""
+    d = steps["duration_s"].to_numpy()
+    return float((steps["batch_size"].to_numpy() * d).sum() / d.sum()) if len(d) and d.sum() > 0 else None
+
+
+def _kept_up(failed: int, count: int, requests_per_s: Optional[float], offered: Optional[float]) -> bool:
+    """``sustained``: fewer than 1% of the requests failed and completions reached 95% of the offered rate."""
+    return failed < 0.01 * count and (offered is None or (requests_per_s or 0.0) >= 0.95 * offered)
+
+
 def _ape(sim, meas) -> Optional[float]:
     if sim is None or meas is None or not meas:
         return None
@@ -134,7 +163,8 @@ def _ape(sim, meas) -> Optional[float]:
 
 
 def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str] = None, seed: int = 0,
-                 api_overhead_s: float = API_OVERHEAD_S) -> dict:
+                 api_overhead_s: float = API_OVERHEAD_S, host_step_s: float = HOST_STEP_S,
+                 host_per_seq_s: float = HOST_PER_SEQ_S) -> dict:
     """Replay one measured run; the per-run record of ``simllm validate --json``."""
     run = read_run(path)
     reqs, stage, timeout, n_out, rates = _requests(run, seed)
@@ -148,31 +178,40 @@ def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str]
         scn = scenario_from_dict({
             "name": run.name, "model": mref, "hardware": {"accelerator": hw},
             "deployment": {"tp": run.tp, "batching": batching, "max_model_len": run.server.get("max_model_len"),
+                           "cuda_graphs": "auto",  # vLLM's default: graphs of its default capture sizes
+                           "api_overhead_s": api_overhead_s,
+                           "host_step_s": host_step_s, "host_per_seq_s": host_per_seq_s,
                            "kv": {"gpu_memory_utilization": 0.9, "watermark": 0.0, "prefix_caching": True,
                                   "block_size": VLLM_BLOCK_TOKENS, "prefix_unit_tokens": VLLM_BLOCK_TOKENS}},
-            "workload": {"generator": {"num_requests": 1, "arrivals": {"rate": 1.0}}},
+            "workload": {"generator": {"num_requests": 1, "arrivals": {"rate": 1.0}},
+                         "request_timeout_s": timeout if math.isfinite(timeout) else None},
             "sim": {"record_breakdown": False}, "seed": seed}, file=run.path)
         prep = prepare(scn, file=run.path)
         prep.workload = reqs
-        req, _steps, summary = simulate(prep)
+        req, steps, summary = simulate(prep)
     k = _timestamps_per_token(run.summary, n_out)
     if run.kind == "inference-perf":
         durations = [s.duration_s for s in run.load.stages]
     else:
-        durations = [float(req["completion_s"].max())]
-    sims = _client_view(req, stage, timeout, k, len(durations), durations, api_overhead_s)
+        durations = [float(np.nanmax(req["completion_s"].to_numpy()))]
+    sims = _client_view(req, stage, timeout, k, len(durations))
     meas = run.stages + [run.summary] if run.stages else [run.summary]
     if not run.stages:
         sims = sims[-1:]
     m = run.summary
     offered = sum(r * d for r, d in zip(rates, durations) if r) / sum(durations) if rates[0] else None
-    sustained = (m.failed < 0.01 * m.count) and (offered is None or (m.requests_per_s or 0) >= 0.95 * offered)
+    sustained = _kept_up(m.failed, m.count, m.requests_per_s, offered)
     ssum = sims[-1]
     rec = {"run": run.name, "kind": run.kind, "model": run.model, "tp": run.tp, "hw": hw,
-           "sustained": bool(sustained), "saturated": bool(summary.get("saturated")) or ssum["failed"] > 0.01 * ssum["count"],
+           "sustained": bool(sustained),
+           # the same test on the simulated client view, or the engine's own saturation test
+           "saturated": bool(summary.get("saturated"))
+           or not _kept_up(ssum["failed"], ssum["count"], ssum["requests_per_s"], offered),
+           "aborted_simulated": int(summary.get("aborted", 0)),
            "failed_measured": m.failed / m.count if m.count else 0.0,
            "failed_simulated": ssum["failed"] / ssum["count"] if ssum["count"] else 0.0,
-           "timestamps_per_token": k, "api_overhead_s": api_overhead_s}
+           "timestamps_per_token": k, "api_overhead_s": api_overhead_s,
+           "mean_batch": _mean_batch(steps)}
     for met in METRICS:
         mm = (m.latency.get(met) or {}).get("mean")
         rec[f"{met}_ape"] = _ape(ssum[met]["mean"], mm)

@@ -9,12 +9,14 @@ Token counts are scaled by ``prompt_scale`` (the server re-tokenises decoded ran
 measured ``prompt_len`` of the run over the configured length). Prefix keys: one per
 ``unit_tokens`` of prompt; units inside the system prompt are the group's, the rest the prompt's.
 ``constant`` stages: ``int(rate * duration)`` arrivals with exponential gaps scaled to sum to the
-duration (inference-perf's ConstantLoadTimer); ``poisson``: a Poisson process. Stages run one after
-another. ``request_timeout`` of None is inference-perf's default of 300 s.
+duration (inference-perf's ConstantLoadTimer); ``poisson``: as its PoissonLoadTimer, a Poisson count
+of arrivals in every second, spread over that second as a constant stage of one second. Stages run one
+after another. ``request_timeout`` of None is inference-perf's default of 300 s.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,8 +109,15 @@ def arrivals(load: InferencePerfLoad, rng: np.random.Generator) -> tuple[np.ndar
                 gaps = rng.exponential(1.0 / s.rate, n)
                 gaps *= s.duration_s / gaps.sum()
                 a = t0 + np.cumsum(gaps)
-            else:
-                a = t0 + np.sort(rng.uniform(0.0, s.duration_s, rng.poisson(s.rate * s.duration_s)))
+            else:  # inference-perf's PoissonLoadTimer: a Poisson count per second, spread as a constant second
+                secs = []
+                for k in range(int(math.ceil(s.duration_s))):
+                    c = int(rng.poisson(s.rate))
+                    if c:
+                        g = rng.exponential(1.0 / c, c)
+                        secs.append(t0 + k + np.cumsum(g / g.sum()))
+                a = np.concatenate(secs) if secs else np.zeros(0)
+                a = a[a <= t0 + s.duration_s]
             ts.append(a)
             sg.append(np.full(len(a), i))
         t0 += s.duration_s

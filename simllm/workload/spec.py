@@ -213,6 +213,9 @@ class WorkloadSpec(Frozen):
     retime: Optional[ArrivalSpec] = None
     session_prefix: bool = False  # derive prefix_blocks from session ids (chat history; prefix caching by session)
     generator: Optional[GeneratorSpec] = None
+    # the clients' timeout: a request unfinished this long after its arrival is given up by its client and
+    # aborted by the server (vLLM aborts on disconnect); None: clients wait forever (inference-perf: 300 s)
+    request_timeout_s: Optional[PosFloat] = None
 
     @model_validator(mode="after")
     def _check(self):
