@@ -184,6 +184,8 @@ class EPStepCost:
         self._slope = self.L * self.ops.decode_attention_slope() / self.dp
         self._tok: dict[int, float] = {}
         self._head: dict[int, float] = {}
+        self._rank_head: dict[int, float] = {}
+        self._vmemo: dict = {}  # breakdown vectors of attention / local MoE / embedding / dense parts by tokens  # LM head of the busiest attention rank (step_time_ranks)
 
     # ------------------------------------------------------------------ routed experts: E[max device]
     def _device_expert_time(self, n: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -311,24 +313,38 @@ class EPStepCost:
             ops += o.mlp("shared_", t_r, inter, self.gated)
         return _vec(ops)
 
-    def _moe_parts(self, T: float) -> tuple[np.ndarray, float, float]:
-        """(compute breakdown of attention block + local MoE, routed seconds, comm seconds) for T tokens."""
-        t_g = math.ceil(T / self.dp)
+    def _moe_parts(self, T: float, t_g: Optional[float] = None) -> tuple[np.ndarray, float, float]:
+        """(compute breakdown of attention block + local MoE, routed seconds, comm seconds) for T tokens
+        (``t_g``: tokens of the busiest attention group; default T spread evenly)."""
+        t_g = math.ceil(T / self.dp) if t_g is None else t_g
         t_r = math.ceil(T / self.ep)
-        comp = _vec(self.ops.attention_block(t_g)) + self._local_moe(t_r)
+        comp = self._memo_vec("attn", t_g, self.ops.attention_block) + self._memo_vec("local", t_r, self._local_moe)
         return comp, self.routed_time(T), self.comm_time(t_r)
 
-    def _token_vec(self, T: int) -> np.ndarray:
-        """Breakdown (7) of everything that depends on T alone, summed over layers."""
-        t_g = math.ceil(T / self.dp)
-        v = _vec(self.ops.embedding(t_g))
+    def _memo_vec(self, kind: str, x: float, f) -> np.ndarray:
+        """``f(x)`` as a breakdown vector, memoized (token counts of a part repeat across step shapes)."""
+        key = (kind, x)
+        v = self._vmemo.get(key)
+        if v is None:
+            v = f(x)
+            v = _vec(v) if isinstance(v, list) else v
+            if len(self._vmemo) < 200_000:
+                self._vmemo[key] = v
+        return v
+
+    def _token_vec(self, T: int, t_g: Optional[int] = None) -> np.ndarray:
+        """Breakdown (7) of everything that depends on T alone (and ``t_g``, the busiest attention group's
+        tokens; default ``ceil(T / dp)``), summed over layers."""
+        g = math.ceil(T / self.dp) if t_g is None else t_g
+        v = self._memo_vec("embed", g, self.ops.embedding)
         if self.n_dense:
-            v = v + self.n_dense * _vec(self.ops.attention_block(t_g) + self.ops.dense_ffn_block(t_g))
-        comp, routed, comm = self._moe_parts(T)
+            v = v + self.n_dense * (self._memo_vec("attn", g, self.ops.attention_block)
+                                    + self._memo_vec("dense", g, self.ops.dense_ffn_block))
+        comp, routed, comm = self._moe_parts(T, g)
         flops_r = 2.0 * T * self.k * (3 if self.gated else 2) * self.H * self.I / self.ep
         moe = comp + np.array([routed, 0.0, routed, 0.0, 0.0, flops_r, 0.0]) + np.array([comm, 0, 0, comm, 0, 0, 0])
         if self.overlap and T >= 2:
-            ch, rh, mh = self._moe_parts(T / 2.0)
+            ch, rh, mh = self._moe_parts(T / 2.0, None if t_g is None else t_g / 2.0)
             c_half = ch[0] + rh
             layer = 2.0 * max(c_half, mh)
             fill = min(c_half, mh)
@@ -379,6 +395,42 @@ class EPStepCost:
                 return base + self._slope * decode_ctx_tokens
             return float(base + self._slope * decode_ctx_tokens)
         return np.full(decode_ctx_tokens.shape, base) if is_arr else float(base)
+
+    def step_time_ranks(self, prefill_tokens: np.ndarray, prefill_attn_work: np.ndarray, prefill_seqs: np.ndarray,
+                        decode_seqs: np.ndarray, decode_ctx_tokens: np.ndarray):
+        """One step of a replica whose ``dp`` attention ranks run their own batches (``simllm.sim.dp_ranks``):
+        per-rank arrays (length ``R <= dp``: ranks left out are idle); ``decode_ctx_tokens`` ``[R]`` or
+        ``[k, R]`` (k consecutive decode steps, then seconds ``[k]``). The MoE layers synchronise the ranks:
+        the step costs the slowest rank's attention (its score/context part; the token-proportional
+        projections, embedding and LM head at the busiest rank's tokens and sequences) plus the shared
+        expert part of all ranks' tokens (routed experts, dispatch and combine), as :meth:`step_time`
+        prices for an even spread. Attention parts are maxed separately: an upper bound of the slowest
+        rank, exact when one rank is busiest in both."""
+        P = np.asarray(prefill_tokens)
+        n = np.asarray(decode_seqs)
+        t = P + n
+        T = int(t.sum())
+        if T <= 0:
+            return np.zeros(np.shape(decode_ctx_tokens)[:-1]) if np.ndim(decode_ctx_tokens) == 2 else 0.0
+        tg = int(t.max())
+        key = (T, tg)
+        tok = self._tok.get(key)
+        if tok is None:
+            tok = float(self._token_vec(T, tg)[0])
+            if len(self._tok) < 200_000:
+                self._tok[key] = tok
+        S = int((np.asarray(prefill_seqs) + n).max())
+        head = self._rank_head.get(S)
+        if head is None:
+            head = self._rank_head[S] = float(_vec(self.ops.lm_head(S))[0]) if S > 0 else 0.0
+        o, L = self.ops, self.L
+        lo = o.decode_attention_base(1)
+        per_seq = o.decode_attention_base(2) - lo
+        base = np.where(n > 0, L * ((lo - per_seq) + per_seq * n), 0.0)
+        for i in np.flatnonzero(P > 0).tolist():
+            base[i] += L * o.prefill_attention_time(float(P[i]), float(prefill_attn_work[i]))
+        a = (base + (L * o.decode_attention_slope()) * np.asarray(decode_ctx_tokens, dtype=float)).max(axis=-1)
+        return tok + head + a
 
     def step_cost(self, shape: BatchShape) -> StepCost:
         total_s = float(self.step_time(shape.prefill_tokens, shape.prefill_attn_work, shape.prefill_seqs,

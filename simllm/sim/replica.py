@@ -110,6 +110,7 @@ class Replica:
     """A replica of role ``both``: prefills and decodes its own requests (a colocated deployment)."""
 
     role = "both"
+    standalone = True  # runs its own iteration (False: a data-parallel rank, simllm.sim.dp_ranks)
 
     def __init__(self, sim, index: int, pool, cost, policy):
         self.sim = sim
@@ -160,7 +161,7 @@ class Replica:
         self.next_chg = self.chg.boundary(1) if self.chg is not None else math.inf
         self.tok_int = 0  # tokens served since the last change point
         self.idle_from = None
-        self.proc = self.env.process(self._run())
+        self.proc = self.env.process(self._run()) if self.standalone else None
 
     # -- the policy's view of the running set ----------------------------------------------
     @property
@@ -327,19 +328,7 @@ class Replica:
                 raise RuntimeError(f"replica {self.index}: policy {policy!r} scheduled nothing "
                                    f"with {len(self.waiting)} waiting and {self.n} running")
             # -- decode segment -----------------------------------------------------------
-            # make room for one more token per sequence, preempting the newest
-            preempted = False
-            if kv.growable_blocks - kv.used_blocks < self.n:  # some sequence may need a new block it cannot get
-                while True:
-                    t = self.r_t[:self.n]
-                    grow = int(np.count_nonzero(t % B == 0))
-                    if kv.used_blocks + grow <= kv.growable_blocks or (self.n == 1 and not self.pdone):
-                        break
-                    if self.n == 1:
-                        self._preempt_partial()
-                    else:
-                        self._preempt_newest()
-                    preempted = True
+            preempted = self._make_room() if kv.growable_blocks - kv.used_blocks < self.n else False
             n = self.n
             t = self.r_t[:n]
             # after a preemption the victim waits at the queue's head: re-decide after one step
@@ -380,32 +369,59 @@ class Replica:
             if self.future is not None and not (self.fptr < len(self.future) and self.future[self.fptr] <= end):
                 pass  # planned routing and no arrival here before `end`: nothing can change, no event needed
             elif k > 1:
-                self.interruptible = True
                 self.seg = (ends, n)  # routers looking at KV state mid-jump see the steps done by then
-                try:
-                    yield env.timeout(max(end - env.now, 0.0))
-                except simpy.Interrupt as intr:
-                    a = intr.cause
-                    j = int(np.searchsorted(ends, a, side="left"))
-                    if j < k - 1:
-                        k = j + 1
-                        end = float(ends[j])
-                    yield env.timeout(max(end - env.now, 0.0))
-                self.interruptible = False
+                k, end = yield from self._sleep_jump(ends, k, end)
                 self.seg = None
             else:
                 yield env.timeout(max(end - env.now, 0.0))
             self.clock = end
-            # apply k steps
-            self.r_t[:n] += k
-            rem = self.r_rem[:n]
-            rem -= k
-            self._refresh_used()
-            used = kv.used_blocks
+            used = self._advance(n, k, mrem, end)
             sim.record_step(self.index, now, end - now, k, n, 0, 0, n * k, used,
                             (0, 0.0, 0, n, T0 + n * (k + 1) / 2.0))
-            if k == mrem:  # someone finished
-                self._finish(n, end)
+
+    def _sleep_jump(self, ends: np.ndarray, k: int, end: float):
+        """Sleep until ``end``, the last of ``k`` step ends; a poke (:meth:`_poke`) at ``t`` cuts the jump at the
+        first step end at or after ``t``. Returns the steps done and their end."""
+        env = self.env
+        self.interruptible = True
+        try:
+            yield env.timeout(max(end - env.now, 0.0))
+        except simpy.Interrupt as intr:
+            j = int(np.searchsorted(ends, intr.cause, side="left"))
+            if j < k - 1:
+                k = j + 1
+                end = float(ends[j])
+            yield env.timeout(max(end - env.now, 0.0))
+        self.interruptible = False
+        return k, end
+
+    def _make_room(self) -> bool:
+        """Make room for one more token per running sequence, preempting the newest; True if it preempted."""
+        kv = self.kv
+        B = self.B
+        preempted = False
+        while True:
+            t = self.r_t[:self.n]
+            grow = int(np.count_nonzero(t % B == 0))
+            if kv.used_blocks + grow <= kv.growable_blocks or (self.n == 1 and not self.pdone):
+                return preempted
+            if self.n == 1:
+                self._preempt_partial()
+            else:
+                self._preempt_newest()
+            preempted = True
+
+    def _advance(self, n: int, k: int, mrem: int, end: float) -> int:
+        """The first ``n`` running sequences decoded ``k`` tokens by ``end`` (``mrem``: the fewest tokens any
+        had left): grow them, retire the finished; returns the used blocks before retiring."""
+        self.r_t[:n] += k
+        rem = self.r_rem[:n]
+        rem -= k
+        self._refresh_used()
+        used = self.kv.used_blocks
+        if k == mrem:  # someone finished
+            self._finish(n, end)
+        return used
 
     def _change(self):
         """Apply the change point(s) at or before ``clock``: new cost model, and a pause (migration) that
@@ -589,30 +605,14 @@ class Replica:
             P += c
             W += c * (d0 + c / 2.0)
         self._refresh_used()
-        if n:
-            T0 = int(self.r_t[:n].sum())
-            ctx = float(T0 + n)
-            d = float(self.cost.step_time(P, W, m, n, ctx))
-        else:
-            ctx = 0.0
-            key = (P, W, m)
-            d = self._pmemo.get(key)
-            if d is None:
-                d = self._pmemo[key] = float(self.cost.step_time(P, W, m, 0, 0.0))
-        if self.pending_swap_s:
-            d += self.pending_swap_s
-            self.pending_swap_s = 0.0
-        end = now + d
-        fut = self.future
-        if fut is None or (self.fptr < len(fut) and fut[self.fptr] <= end):
-            yield self.env.timeout(max(end - self.env.now, 0.0))
-        self.clock = end
+        ctx = float(int(self.r_t[:n].sum()) + n) if n else 0.0
+        d, end = yield from self._step_wait(P, W, m, n, ctx, now)
         if n:
             self.r_t[:n] += 1
             self.r_rem[:n] -= 1
             self._refresh_used()
         used_rec = kv.used_blocks
-        sim.record_step(self.index, now, d, 1, m + n, P, m, n, used_rec, (P, W, m, n, ctx))
+        self._record(now, d, 1, m + n, P, m, n, used_rec, (P, W, m, n, ctx))
         if n and int(self.r_rem[:n].min()) == 0:
             self._finish(n, end)
         for rid, c in zip(ids, lens):
@@ -635,6 +635,29 @@ class Replica:
                 else:
                     pc.release(keys)
         self._refresh_used()
+
+    def _step_wait(self, P: int, W: float, m: int, n: int, ctx: float, now: float):
+        """Price one iteration of that shape and sleep until it ends: (duration, end). (A data-parallel rank
+        hands the shape to its replica instead, which prices all ranks' shapes together.)"""
+        if n:
+            d = float(self.cost.step_time(P, W, m, n, ctx))
+        else:
+            key = (P, W, m)
+            d = self._pmemo.get(key)
+            if d is None:
+                d = self._pmemo[key] = float(self.cost.step_time(P, W, m, 0, 0.0))
+        if self.pending_swap_s:
+            d += self.pending_swap_s
+            self.pending_swap_s = 0.0
+        end = now + d
+        fut = self.future
+        if fut is None or (self.fptr < len(fut) and fut[self.fptr] <= end):
+            yield self.env.timeout(max(end - self.env.now, 0.0))
+        self.clock = end
+        return d, end
+
+    def _record(self, *row) -> None:
+        self.sim.record_step(self.index, *row)
 
     def _preempt_rid(self, rid: int) -> None:
         """Preempt running request ``rid`` (chosen by the policy) as the newest would be."""
