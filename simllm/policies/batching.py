@@ -84,6 +84,8 @@ class KVCacheView(Protocol):
     watermark_blocks: int
     def blocks_for(self, tokens: int) -> int: ...
 
+    def freed_blocks(self, rid: int, tokens: int) -> int: ...  # blocks preempting running rid surely frees
+
 
 class BatchingPolicy(Protocol):
     max_num_seqs: int
@@ -434,7 +436,7 @@ class PriorityBatching:
                         if queue.priority(r) <= cls:
                             continue
                         chosen.append(r)
-                        f += kv.blocks_for(t) + 1
+                        f += kv.freed_blocks(r, t) + 1
                         s -= 1
                         tk -= 1
                     if s + 1 > self.max_num_seqs or f - need < kv.watermark_blocks:

@@ -126,7 +126,7 @@ class Replica:
         self.pc = PrefixCache(self.unit_tokens // cfg.block_size) if cfg.prefix_caching else None
         self.kv = KVCache(num_blocks=pool.num_blocks, block_size=cfg.block_size, watermark=cfg.watermark,
                           prefix=self.pc)
-        self.kv_view = PolicyKVView(self.kv) if self.pc is not None else self.kv
+        self.kv_view = PolicyKVView(self.kv, lambda rid: len(self._keys(rid))) if self.pc is not None else self.kv
         self.B = cfg.block_size
         self.waiting = _Waiting(sim.prompt, sim.gen)
         self.swapped: deque = deque()  # (rid, kv_tokens, remaining)
