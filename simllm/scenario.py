@@ -34,7 +34,8 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from .config import Frozen, load_yaml, quantity, set_dotted, validate
-from .cost import make_ep_step_cost, make_step_cost
+from .cost import make_step_cost
+from .cost.moe_ep import EPStepCost, make_ep_step_cost
 from .cost.moe_ep import replacement_spec
 from .errors import InputError
 from .scenario_checks import check_scenario
@@ -425,7 +426,7 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
             kv_bytes_per_token_per_device=float(c.kv_bytes_per_token_per_device), block_size=kvs.block_size,
             where=f"{where}.kv"), file, None)
         changes = None
-        if sp.ep > 1 and hasattr(c, "policy_spec"):
+        if isinstance(c, EPStepCost):
             rs = _located(lambda: replacement_spec(sp.placement, sp.expert_loads), file, where)
             if rs is not None:
                 changes = PeriodicReplacement(c, policy=c.policy_spec, **rs)

@@ -74,8 +74,12 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import InputError
+from ..placement import build_policy, migration_seconds, replan
+from ..placement.loads import RoutingSampler, read_loads_csv, uniform_popularity, zipf_popularity
+from ..topology import build_topology, ep_dispatch
 from . import collectives as C
 from .calibration import Calibration, calibration_for
+from .fit import default_node_for
 from .interface import BatchShape, StepCost
 from .kernels import elementwise_time, gemm_time
 from .ops import LayerOps, total
@@ -92,8 +96,6 @@ def _vec(ops) -> np.ndarray:
 def _routes(popularity_row: np.ndarray, top_k: int, routing: str, num_groups: int, topk_groups: Optional[int],
             tokens: int, seed: int) -> np.ndarray:
     """One draw of ``tokens`` tokens' top-k expert ids ``[tokens, k]`` for one layer (cached)."""
-    from ..placement.loads import RoutingSampler
-
     key = (hashlib.sha1(np.ascontiguousarray(popularity_row, dtype=np.float64).tobytes()).hexdigest(), top_k,
            routing, num_groups, topk_groups, tokens, seed)
     r = _ROUTE_CACHE.get(key)
@@ -127,7 +129,7 @@ class EPStepCost:
                  weight_dtype: str = "bf16", kv_dtype: str = "bf16", act_dtype: str = "bf16", calibration=None,
                  overlap: bool = False, dispatch_dtype: str = "fp8", combine_dtype: str = "bf16",
                  samples: int = 4, sample_layers: int = 4, grid_max: int = 8192, grid_points: int = 48,
-                 seed: int = 0, remote_fraction: Optional[float] = None):
+                 seed: int = 0, remote_fraction: Optional[float] = None, policy_spec: Optional[dict] = None):
         if model.moe is None or model.num_moe_layers == 0:
             raise InputError(f"{model.name} has no MoE layers; expert parallelism needs an MoE model", field="ep")
         self.model, self.acc, self.ep, self.tp = model, accelerator, int(ep), int(tp)
@@ -141,7 +143,9 @@ class EPStepCost:
         self._kw = dict(tp=tp, node=node, weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype,
                         calibration=calibration, overlap=overlap, dispatch_dtype=dispatch_dtype,
                         combine_dtype=combine_dtype, samples=samples, sample_layers=sample_layers, grid_max=grid_max,
-                        grid_points=grid_points, seed=seed, remote_fraction=remote_fraction)
+                        grid_points=grid_points, seed=seed, remote_fraction=remote_fraction,
+                        policy_spec=policy_spec)
+        self.policy_spec = policy_spec  # the placement policy block periodic re-placement re-plans with
         # context-coherent EP (ExFlow; simllm.placement.affinity): one all-to-all a layer, carrying
         # only the token copies whose next expert is on another device (this fraction)
         if remote_fraction is not None and not 0.0 <= remote_fraction <= 1.0:
@@ -151,8 +155,6 @@ class EPStepCost:
         self.overlap = bool(overlap)
         self.cal: Calibration = calibration_for(accelerator, calibration)
         if node is None and self.tp > 1:
-            from .fit import default_node_for
-
             node = default_node_for(accelerator)
         self.node = node
         links = C.CommLinks.from_node(node, self.cal.comm) if node is not None else None
@@ -259,8 +261,6 @@ class EPStepCost:
 
     # ------------------------------------------------------------------ dispatch / combine
     def _build_comm_model(self) -> None:
-        from ..topology import ep_dispatch
-
         if self.ep <= 1:
             self._comm = (0.0, 0.0)
             return
@@ -464,8 +464,6 @@ class EPStepCost:
         that did not hold that expert, their bytes (scaled from the placed layers to every MoE layer)
         and the seconds to copy them, each device pulling its new experts over its own NIC (the
         busiest device sets the time; scale-up copies inside a node would be faster)."""
-        from ..placement import migration_seconds
-
         prev = self.placement
         fresh = new.presence() & ~prev.presence()  # [L, E, G]
         scale = self.n_moe / prev.num_layers
@@ -479,8 +477,6 @@ class EPStepCost:
         """Re-place from ``observed_loads`` (``[L, E]`` over the placed layers) with ``policy``
         (a name or ``{policy: ..., **params}``); returns the new cost model (serving the same loads)
         and :meth:`migration`'s figures."""
-        from ..placement import replan
-
         new, _ = replan(self.placement, observed_loads, policy, expert_bytes=self.expert_bytes)
         return self.with_placement(new), self.migration(new)
 
@@ -523,8 +519,6 @@ class EPStepCost:
 def expert_popularity(model, spec: Optional[dict], layers: int, *, base_dir=None) -> np.ndarray:
     """``[layers, E]`` expert loads from ``{alpha, seed}`` (Zipf) or ``{csv: PATH}`` (evenly spaced rows)."""
     from pathlib import Path
-
-    from ..placement.loads import read_loads_csv, uniform_popularity, zipf_popularity
 
     E = model.moe.num_experts
     spec = dict(spec or {})
@@ -576,9 +570,6 @@ def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cl
     ``{alpha, seed}`` or ``{csv}``. ``moe``: cost options ``overlap``, ``samples``,
     ``sample_layers``, ``layers`` (MoE layers placed, evenly representative; default 8),
     ``grid_max``, ``grid_points``, ``dispatch_dtype``, ``combine_dtype``, ``seed``."""
-    from ..placement import build_policy
-    from ..topology import build_topology
-
     if model.moe is None:
         raise InputError(f"{model.name} has no MoE layers; ep > 1 needs an MoE model", field="ep")
     moe = dict(moe or {})
@@ -610,8 +601,6 @@ def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cl
     pop = expert_popularity(model, expert_loads, layers, base_dir=base_dir)
     topo_src = cluster if cluster is not None else node
     if topo_src is None:
-        from .fit import default_node_for
-
         topo_src = default_node_for(accelerator)
     topo = build_topology(topo_src)
     if ep > topo.num_devices:
@@ -626,8 +615,7 @@ def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cl
                               "combine_dtype", "seed") if k in moe}
     cost = EPStepCost(model, accelerator, ep=ep, placement=pl, popularity=pop, topology=topo, tp=tp, node=node,
                       weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype, calibration=calibration,
-                      **kw)
-    cost.policy_spec = dict(spec)  # what periodic re-placement re-plans with
+                      policy_spec=dict(spec), **kw)
     return cost
 
 

@@ -9,8 +9,8 @@ the running sequences decode. Preemption when KV blocks run out is the replica's
 Jumping (``simllm.sim``) relies on one property every policy here has: once a policy chooses a
 decode-only batch, it keeps choosing it until the batch membership changes (a completion, a
 preemption) or a request arrives. Free KV blocks only shrink while decoding, so a request
-that could not be admitted stays inadmissible. A policy without that property sets
-``jump_safe = False`` and the replica then steps one iteration at a time.
+that could not be admitted stays inadmissible. A new policy must have it too (the jump == step
+property tests check every registered policy).
 
 Policies: ``vllm`` (vLLM's V1 scheduler: running requests first, then waiting ones, one token budget,
 chunked prefill always on), ``vllm-v0`` (vLLM's V0 default: prefill-only or decode-only iterations), ``orca`` (decode and whole prefills
@@ -89,7 +89,6 @@ class KVCacheView(Protocol):
 
 class BatchingPolicy(Protocol):
     max_num_seqs: int
-    jump_safe: bool
     # class attributes (defaults in the replica when absent):
     # general: True -> the replica runs batches through its general step (prefill and decode in one
     #   iteration, chunks, preemptions, waits); False -> vLLM's prefill-only / decode-only steps.
@@ -116,7 +115,6 @@ class VLLMBatching:
 
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
-    jump_safe: bool = field(default=True, init=False)
 
     def __post_init__(self):
         _check_budget(self.max_num_seqs, self.max_num_batched_tokens)
@@ -172,7 +170,6 @@ class VLLMV1Batching:
     max_num_batched_tokens: int = 8192
     max_num_seqs: int = 1024
     long_prefill_token_threshold: int = 0
-    jump_safe: bool = field(default=True, init=False)
     general: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -252,7 +249,6 @@ class StaticBatching:
 
     batch_size: int = 32
     timeout_s: float = 1.0
-    jump_safe: bool = field(default=True, init=False)
     general: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -318,7 +314,6 @@ class OrcaBatching:
 
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
-    jump_safe: bool = field(default=True, init=False)
     general: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -344,7 +339,6 @@ class ChunkedPrefill:
 
     token_budget: int = 512
     max_num_seqs: int = 256
-    jump_safe: bool = field(default=True, init=False)
     general: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -394,7 +388,6 @@ class PriorityBatching:
     max_num_batched_tokens: int = 8192
     rule: str = "trace"
     short_prompt_tokens: int = 1024
-    jump_safe: bool = field(default=True, init=False)
     general: ClassVar[bool] = True
     fcfs: ClassVar[bool] = False
 
