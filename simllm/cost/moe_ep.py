@@ -5,8 +5,9 @@ data-parallel over ``dp = ep / tp`` groups of ``tp`` devices (tensor-parallel in
 the routed experts are sharded over all ``ep`` devices as a :class:`simllm.placement.Placement`
 says (with redundant replicas); the shared experts are replicated on every device. A step of
 ``T`` tokens (``T = prefill_tokens + decode_seqs``) is assumed spread evenly over the groups
-(``ceil(T / dp)`` tokens each) and, after sequence splitting inside a group, ``ceil(T / ep)``
-tokens leave each device for dispatch. One MoE layer then costs::
+(``ceil(T / dp)`` tokens each) by :meth:`EPStepCost.step_time`; :meth:`EPStepCost.step_time_ranks`
+prices the ranks' own batches instead (``simllm.sim.dp_ranks``: the slowest rank's attention). After
+sequence splitting inside a group, ``ceil(T / ep)`` tokens leave each device for dispatch. One MoE layer then costs::
 
     attention(T / dp)  +  norm, router, shared expert on T / ep tokens
     + E[max over devices of routed-expert time]            (grouped GEMMs, see below)

@@ -38,6 +38,11 @@ or hand its KV to a decode pool), :meth:`Replica._on_boundary` (admit transferre
 :meth:`Replica._blocked` (wait for blocks held by transfers). The admission check is one rule,
 :meth:`Replica._reject_reason`, by role.
 
+Data-parallel attention ranks (:mod:`simllm.sim.dp_ranks`) are replicas of a pool role with
+``standalone = False``, driven in lockstep by their EP replica through the same pieces: ``_mixed``
+(whose :meth:`Replica._step_wait` a rank overrides to hand its shape up), :meth:`Replica._make_room`,
+:meth:`Replica._fit_steps`, :meth:`Replica._advance` and :meth:`Replica._sleep_jump`.
+
 Per-step records: one row per prefill step and one row per decode *segment* (``n_steps``
 iterations, ``duration_s`` their exact sum).
 """
@@ -287,7 +292,6 @@ class Replica:
         policy = self.policy
         kv = self.kv
         jump = self.cfg.jump
-        B = self.B
         while True:
             self._on_boundary()
             if self.clock >= self.next_chg:
