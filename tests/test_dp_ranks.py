@@ -18,9 +18,13 @@ COST = AffineCost(a=1e-3, b=1e-5, c=1e-6, d=5e-5, e=1e-9)
 
 def _pool(role, reps, blocks, dp, *, policy="vllm-v0", seqs=8, budget=4096, config=None, router="round_robin",
           dp_router=None):
-    extra = {"token_budget": budget} if policy == "sarathi" else {"max_num_batched_tokens": budget}
-    return Pool(role, role, reps, COST, blocks,
-                lambda: make_batching({"policy": policy, "max_num_seqs": seqs, **extra}), make_router(router),
+    if policy == "static":
+        block = {"policy": "static", "batch_size": seqs, "timeout_s": 0.05}
+    elif policy == "sarathi":
+        block = {"policy": policy, "max_num_seqs": seqs, "token_budget": budget}
+    else:
+        block = {"policy": policy, "max_num_seqs": seqs, "max_num_batched_tokens": budget}
+    return Pool(role, role, reps, COST, blocks, lambda: make_batching(block), make_router(router),
                 devices=2 * dp, config=config, attn_group=2,
                 dp_router=make_router(dp_router) if dp_router else None)
 
@@ -38,9 +42,10 @@ def cases(draw):
         return tuple(roots[i] * 1000 + u for u in range(prompts[i] // 32))
 
     return dict(
-        reqs=[Request(i, float(arr[i]), prompts[i], outputs[i], prefix_blocks=keys(i)) for i in range(n)],
+        reqs=[Request(i, float(arr[i]), prompts[i], outputs[i], prefix_blocks=keys(i), priority=i % 3)
+              for i in range(n)],
         pd=draw(st.booleans()), cache=draw(st.booleans()),
-        policy=draw(st.sampled_from(["vllm-v0", "sarathi", "vllm", "orca"])),
+        policy=draw(st.sampled_from(["vllm-v0", "sarathi", "vllm", "orca", "priority", "static"])),
         block_size=draw(st.sampled_from([1, 4, 16, 32])),
         blocks=draw(st.integers(40, 400)), dp=draw(st.integers(1, 4)), d_dp=draw(st.integers(1, 4)),
         seqs=draw(st.integers(1, 16)), budget=draw(st.sampled_from([256, 1024, 8192])),
