@@ -103,19 +103,33 @@ def quantity(dimension: str, *, positive: bool = True):
 
 
 def set_dotted(cfg: dict, key: str, value: Any, *, file: str | Path | None = None) -> None:
-    """Set ``a.b.c`` in nested dicts, creating missing intermediate mappings."""
+    """Set ``a.b.c`` in nested mappings, creating missing intermediate mappings; a part that meets a list
+    is an index into it (``deployment.pools.0.tp``)."""
     parts = key.split(".")
     if not key or any(not p for p in parts):
         raise InputError(f"bad field path {key!r}", file=file)
     cur = cfg
-    for i, part in enumerate(parts[:-1]):
-        nxt = cur.get(part)
-        if nxt is None:
-            nxt = cur[part] = {}
-        if not isinstance(nxt, dict):
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(cur, list):
+            where = ".".join(parts[:i])
+            if not part.isdigit() or int(part) >= len(cur):
+                raise InputError(f"cannot set {key!r}: {where!r} is a list of {len(cur)}; give an index "
+                                 f"0..{len(cur) - 1}, got {part!r}", file=file, field=key)
+            if last:
+                cur[int(part)] = value
+                return
+            nxt = cur[int(part)]
+        else:
+            if last:
+                cur[part] = value
+                return
+            nxt = cur.get(part)
+            if nxt is None:
+                nxt = cur[part] = {}
+        if not isinstance(nxt, (dict, list)):
             raise InputError(f"cannot set {key!r}: {'.'.join(parts[:i + 1])!r} is not a mapping", file=file, field=key)
         cur = nxt
-    cur[parts[-1]] = value
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -167,7 +167,8 @@ class FluidNetwork:
     def _allocate(self) -> None:
         """Progressive filling: max-min fair rates subject to link capacities and flow caps."""
         active = list(self.flows)
-        residual = dict(self.capacity)
+        cap = self.capacity
+        residual = {l: cap[l] for f in active for l in f.links}  # the links in use
         for f in active:
             f.rate = 0.0
         unfrozen = set(range(len(active)))
@@ -186,12 +187,12 @@ class FluidNetwork:
                     active[i].rate = math.inf
                 break
             # freeze flows on saturated links, or at their cap
+            top = level * (1 + 1e-12)
+            sat = {l for l, c in count.items() if residual[l] / c <= top}
             frozen = set()
             for i in unfrozen:
                 f = active[i]
-                if f.max_rate <= level * (1 + 1e-12):
-                    frozen.add(i)
-                elif any(residual[l] / count[l] <= level * (1 + 1e-12) for l in f.links):
+                if f.max_rate <= top or not sat.isdisjoint(f.links):
                     frozen.add(i)
             for i in frozen:
                 f = active[i]

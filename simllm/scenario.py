@@ -34,9 +34,10 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from .config import Frozen, load_yaml, quantity, set_dotted, validate
-from .cost import make_ep_step_cost, make_step_cost
+from .cost import make_step_cost
 from .cost.cuda_graphs import GraphPadded, capture_sizes
 from .cost.host_overhead import HostOverhead
+from .cost.moe_ep import make_ep_step_cost
 from .cost.moe_ep import replacement_spec
 from .cost.spec_step import speculative_cost
 from .errors import InputError
@@ -127,7 +128,14 @@ class _Parallel(Frozen):
     placement: Optional[dict[str, Any]] = None  # {policy: ilp|greedy_replicated|contiguous, redundant: 32, ...}
     expert_loads: Optional[dict[str, Any]] = None  # {alpha: 1.0, seed: 0} or {csv: PATH}
     moe: Optional[dict[str, Any]] = None  # EP cost options: overlap, samples, sample_layers, layers, grid_max
+    # routes each replica's requests to its ep / tp data-parallel attention ranks (simllm.sim.dp_ranks)
+    dp_router: Optional[dict[str, Any]] = None
     batching: dict[str, Any] = Field(default_factory=lambda: {"policy": "vllm"})
+
+    @field_validator("dp_router", mode="before")
+    @classmethod
+    def _dp_router(cls, v):
+        return None if v is None else _check_policy(_routing_registry, v, "least_outstanding")
 
     @field_validator("batching", mode="before")
     @classmethod
@@ -140,6 +148,9 @@ class _Parallel(Frozen):
             raise ValueError(f"ep {self.ep} needs pp = 1 and ep a multiple of tp ({self.tp})")
         if self.ep == 1 and (self.placement or self.expert_loads or self.moe):
             raise ValueError("placement, expert_loads and moe apply to expert parallelism (ep > 1)")
+        if self.dp_router is not None and self.ep <= self.tp:
+            raise ValueError(f"dp_router routes to data-parallel attention ranks: it needs ep > tp "
+                             f"(ep {self.ep}, tp {self.tp})")
         return self
 
     @property
@@ -184,7 +195,7 @@ class DisaggSpec(Frozen):
     _check_link = field_validator("kv_link", mode="before")(classmethod(lambda cls, v: _kv_link(v)))
 
 
-_POOL_LEVEL = ("replicas", "tp", "pp", "ep", "placement", "expert_loads", "moe", "batching", "router")
+_POOL_LEVEL = ("replicas", "tp", "pp", "ep", "placement", "expert_loads", "moe", "dp_router", "batching", "router")
 
 
 class DeploymentSpec(_Parallel):
@@ -608,7 +619,8 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
         pools.append(Pool(pp.name, pp.role, sp.replicas, pp.cost, pp.num_blocks, lambda b=b: make_batching(b),
                           make_router(router or {"policy": "round_robin"}), devices=sp.devices_per_replica,
                           config=_sim_config(scn, pp.kv, max_len, pp.tiers), changes=pp.changes,
-                          attn_group=sp.tp if sp.ep > 1 else None))
+                          attn_group=sp.tp if sp.ep > 1 else None,
+                          dp_router=make_router(sp.dp_router) if sp.dp_router is not None else None))
     s = scn.seed if seed is None else seed
     network = _network(scn, prep) if multi and len(pools) > 1 else None
     sim = Simulation(prep.workload, pools=pools, network=network, config=cfg, seed=s)

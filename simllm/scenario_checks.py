@@ -19,24 +19,29 @@ largest single serving deployments described publicly and keeps the per-replica 
 
 
 def check_devices(scn: Any, file: str | Path | None = None) -> None:
+    """Every pool's replicas x devices per replica together (one pool when colocated)."""
     dep = scn.deployment
     if scn.hardware.cluster:
         return  # checked against the cluster's device count when it is loaded
-    total = dep.replicas * dep.devices_per_replica
+    specs = dep.pool_specs()
+    total = sum(sp.replicas * sp.devices_per_replica for _n, _w, sp in specs)
     if total > MAX_DEVICES_WITHOUT_CLUSTER:
-        raise InputError(f"{dep.replicas} replicas x {dep.devices_per_replica} devices = {total} devices, more than "
-                         f"{MAX_DEVICES_WITHOUT_CLUSTER} without a cluster descriptor; describe the cluster "
-                         f"(hardware.cluster) to simulate more", file=file, field="deployment.replicas")
+        what = (f"{dep.replicas} replicas x {dep.devices_per_replica} devices" if len(specs) == 1 and
+                dep.pools is None else "the pools' replicas x devices")
+        raise InputError(f"{what} = {total} devices, more than {MAX_DEVICES_WITHOUT_CLUSTER} without a cluster "
+                         f"descriptor; describe the cluster (hardware.cluster) to simulate more", file=file,
+                         field="deployment.replicas" if len(specs) == 1 and dep.pools is None else dep.where)
 
 
 def check_batching(scn: Any, file: str | Path | None = None) -> None:
-    """A token budget below the sequence budget can never fill a batch (vLLM rejects it the same way)."""
-    b = scn.deployment.batching or {}
-    tokens, seqs = b.get("max_num_batched_tokens"), b.get("max_num_seqs", 256)
-    if isinstance(tokens, int) and isinstance(seqs, int) and not isinstance(tokens, bool) and tokens < seqs:
-        raise InputError(f"max_num_batched_tokens {tokens} is below max_num_seqs {seqs}: an iteration could never "
-                         f"schedule one token per sequence; raise it (vLLM's default is 8192) or lower max_num_seqs",
-                         file=file, field="deployment.batching.max_num_batched_tokens")
+    """A token budget below the sequence budget can never fill a batch (vLLM rejects it the same way); every pool."""
+    for _name, where, sp in scn.deployment.pool_specs():
+        b = sp.batching or {}
+        tokens, seqs = b.get("max_num_batched_tokens"), b.get("max_num_seqs", 256)
+        if isinstance(tokens, int) and isinstance(seqs, int) and not isinstance(tokens, bool) and tokens < seqs:
+            raise InputError(f"max_num_batched_tokens {tokens} is below max_num_seqs {seqs}: an iteration could "
+                             f"never schedule one token per sequence; raise it (vLLM's default is 8192) or lower "
+                             f"max_num_seqs", file=file, field=f"{where}.batching.max_num_batched_tokens")
 
 
 def check_scenario(scn: Any, file: str | Path | None = None) -> None:

@@ -41,8 +41,10 @@ from typing import Iterable, Sequence
 import networkx as nx
 import numpy as _np
 
+from .cost import collectives as C  # one place for each formula
+from .cost.calibration import calibration_for
 from .errors import InputError
-from .hardware import Cluster, Link, Node, load_cluster
+from .hardware import DTYPE_BYTES, Cluster, ClusterSpec, Link, Node, load_cluster
 
 Vertex = tuple
 Edge = tuple  # (u, v) directed
@@ -62,10 +64,6 @@ def _comm_params(accelerator, calibration):
     """The cost model's communication calibration (``simllm.cost.calibration``) for a device:
     ``False`` for none (nominal links), ``None`` for the device's own or the reference file."""
     if calibration is False:
-        return None
-    try:
-        from .cost.calibration import calibration_for
-    except ImportError:  # cost model not available: nominal links
         return None
     return calibration_for(accelerator, calibration).comm
 
@@ -374,8 +372,6 @@ def build_topology(cluster: Cluster | Node | str, overrides: dict | None = None,
     if isinstance(cluster, str):
         cluster = load_cluster(cluster)
     if isinstance(cluster, Node):
-        from .hardware import ClusterSpec
-
         cluster = Cluster(ClusterSpec(name=cluster.name, node=cluster.name, num_nodes=1), cluster)
     return Topology(cluster, overrides, calibration)
 
@@ -393,8 +389,6 @@ def clear_cache() -> None:
 def with_nodes(topo_or_cluster: Cluster | str, num_nodes: int, overrides: dict | None = None,
                calibration=None) -> Topology:
     """The same node type and fabric with ``num_nodes`` nodes (for sizing a group)."""
-    from .hardware import ClusterSpec
-
     c = load_cluster(topo_or_cluster) if isinstance(topo_or_cluster, str) else topo_or_cluster
     spec = ClusterSpec(name=f"{c.node.name}x{num_nodes}", node=c.node.name, num_nodes=num_nodes,
                        fabric=c.spec.fabric)
@@ -461,24 +455,7 @@ class Tier:
 
 def _formula(name: str):
     """The cost model's alpha-beta formula ``name(n, nbytes, bw, alpha) -> seconds``."""
-    try:
-        from .cost import collectives as C  # one place for each formula
-    except ImportError:  # TODO(network): remove once simllm.cost.collectives has landed
-        C = None
-    f = getattr(C, name, None) if C is not None else None
-    return f if f is not None else _PENDING[name]
-
-
-# TODO(network): stand-ins used only until simllm.cost.collectives provides these names; the
-# textbook alpha-beta forms (NCCL's ring and double-binary tree), no calibration.
-_PENDING = {
-    "ring_all_reduce": lambda n, b, bw, a: 2 * (n - 1) * a + 2 * (n - 1) / n * b / bw,
-    "ring_all_gather": lambda n, b, bw, a: (n - 1) * a + (n - 1) / n * b / bw,
-    "ring_reduce_scatter": lambda n, b, bw, a: (n - 1) * a + (n - 1) / n * b / bw,
-    "tree_all_reduce": lambda n, b, bw, a: 2 * _math.ceil(_math.log2(max(n, 2))) * a + 2 * b / bw,
-    "direct_reduce_scatter": lambda n, b, bw, a: a + (n - 1) / n * b / bw,
-    "send_recv": lambda n, b, bw, a: a + b / bw,
-}
+    return getattr(C, name)
 
 
 class _Group:
@@ -737,8 +714,6 @@ def all_to_all(topo: Topology, nbytes: float, n: int | None = None, *, ranks: Se
 def token_bytes(hidden: int, dtype: str) -> float:
     """Bytes of one token's hidden state on the wire; fp8 carries one fp32 scale per 128 values
     (DeepEP's ``fp8_factor = (1 + 4/128) / 2`` of bf16)."""
-    from .hardware import DTYPE_BYTES
-
     if dtype not in DTYPE_BYTES:
         raise InputError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPE_BYTES)}", field="dtype")
     if dtype in ("fp8", "int8"):
@@ -872,9 +847,6 @@ def ep_dispatch_ll(topo: Topology, tokens: int, hidden: int, topk: int, n: int, 
     kernels decode uses): every (token, expert) copy straight to its rank, NVLink inside a node,
     RDMA across (:func:`simllm.cost.collectives.deepep_ll_time`, calibration section
     ``deepep_ll``). ``extra``: DeepEP's own test figure, bytes of all copies / time."""
-    from .cost import collectives as C
-    from .cost.calibration import calibration_for
-
     if op not in ("dispatch", "combine"):
         raise InputError(f"op must be dispatch or combine, got {op!r}", field="op")
     if tokens < 1 or topk < 1 or hidden < 1:

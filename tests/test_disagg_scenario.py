@@ -165,6 +165,7 @@ def test_ep_options_change_the_ep_pool(overrides):
     ("deployment.tp=2", "deployment.tp"),  # deployment-level pool options with pools
     ("deployment.pools.0.role=decode", "deployment"),  # no pool receives the arrivals
     ("deployment.pools.1.placement={policy: ilp}", "deployment.pools.1"),  # EP options without ep
+    ("deployment.pools.1.dp_router={policy: round_robin}", "deployment.pools.1"),  # no DP ranks (ep <= tp)
     ("deployment.pools.1.kv={prefix_caching: maybe}", "deployment.pools.1.kv.prefix_caching"),
     ("deployment.pools.0.replicas=4", "deployment.pools"),  # 20 devices on a 16-GPU cluster
 ])
@@ -172,6 +173,14 @@ def test_bad_pool_options_are_rejected_with_file_and_field(override, field):
     with pytest.raises(InputError) as e:
         _pools_run([override])
     assert e.value.field.startswith(field), e.value.field
+
+
+def test_dp_router_changes_the_ep_pool():
+    # decode pool EP4 with tp 1: four attention ranks; the rank router is an option of that pool
+    ep = ["deployment.pools.1.tp=1", "deployment.pools.1.ep=4"]
+    a, _ = _pools_run(ep)
+    b, _ = _pools_run(ep + ["deployment.pools.1.dp_router={policy: round_robin}"])
+    assert not np.array_equal(a["completion_s"].to_numpy(), b["completion_s"].to_numpy(), equal_nan=True)
 
 
 def test_prefix_caching_on_the_prefill_pool_is_reported_and_cuts_ttft(pools_base):

@@ -107,7 +107,8 @@ def _scn(policy: str, **dep) -> dict:
     d = {"name": "ep-test", "model": "deepseek-v3", "hardware": {"cluster": "h800-ep"},
          "deployment": {"ep": 16, "weight_dtype": "fp8", "placement": {"policy": policy, "redundant": 16},
                         "expert_loads": {"alpha": 1.0, "seed": 0}, "moe": dict(SMALL),
-                        "batching": {"policy": "vllm-v0", "max_num_seqs": 1024, "max_num_batched_tokens": 8192},
+                        # replica-wide limits, divided over the 16 attention ranks (simllm.sim.dp_ranks)
+                        "batching": {"policy": "vllm-v0", "max_num_seqs": 1024, "max_num_batched_tokens": 131072},
                         "kv": {"block_size": 64}},
          "workload": {"generator": {"arrivals": {"process": "poisson", "rate": 200},
                                     "lengths": {"kind": "lognormal", "prompt_median": 256, "prompt_sigma": 0.5,
@@ -124,7 +125,9 @@ def test_scenario_placement_orders_tpot():
         prep = prepare(scenario_from_dict(_scn(pol)))
         _, _, s = simulate(prep)
         assert s["completed"] == 300 and s["devices"] == 16
-        tpot[pol] = (s["tpot_s"]["p50"], s["tpot_s"]["mean"])
+        # mean and p90: with DP attention ranks a rank's prefill pauses only its own sequences, so the
+        # median request's TPOT is mostly decode steps, where placements differ least (small batches)
+        tpot[pol] = (s["tpot_s"]["p90"], s["tpot_s"]["mean"])
         blocks[pol] = prep.num_blocks
     for i in range(2):
         assert tpot["ilp"][i] <= tpot["greedy_replicated"][i] * 1.01

@@ -23,7 +23,7 @@ def _scn(replan_every_s=None, drift=0.4, every=2.0, jump=True, replicas=1, n=300
     return {"name": "ep-replace", "model": "deepseek-v3", "hardware": {"cluster": "h800-ep"},
             "deployment": {"ep": 16, "replicas": replicas, "weight_dtype": "fp8", "placement": pl,
                            "expert_loads": el, "moe": dict(SMALL),
-                           "batching": {"policy": "vllm-v0", "max_num_seqs": 1024, "max_num_batched_tokens": 8192},
+                           "batching": {"policy": "vllm-v0", "max_num_seqs": 1024, "max_num_batched_tokens": 131072},
                            "kv": {"block_size": 64}, "router": {"policy": router}},
             "workload": {"generator": {"arrivals": {"process": "poisson", "rate": 150},
                                        "lengths": {"kind": "lognormal", "prompt_median": 256, "prompt_sigma": 0.5,

@@ -1,4 +1,4 @@
-"""``simllm plan`` end to end (needs the cost model's make_step_cost)."""
+"""``simllm plan`` end to end."""
 
 from __future__ import annotations
 
@@ -9,14 +9,6 @@ import pytest
 from simllm.cli import main
 
 
-def _have_step_cost() -> bool:
-    try:
-        from simllm.cost import make_step_cost  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def run(capsys, *argv):
     with pytest.raises(SystemExit) as ei:
         main(list(argv))
@@ -24,7 +16,6 @@ def run(capsys, *argv):
     return ei.value.code, out.out, out.err
 
 
-@pytest.mark.skipif(not _have_step_cost(), reason="simllm.cost.make_step_cost not in this tree yet")
 def test_plan_json_valid_best_first(capsys):
     code, out, _ = run(capsys, "plan", "llama-3-70b", "--cluster", "dgx-a100", "--json")
     assert code == 0

@@ -118,3 +118,25 @@ def test_swap_in_with_prefix_caching_respects_capacity():
          "prefix_caching": True}
     for jump in (True, False):
         assert max(_run(c, jump).kv_peak_blocks) <= 27
+
+
+def test_priority_preemption_never_credits_prefix_blocks_the_newcomer_reuses():
+    # Found by the property test: request 0 (64 tokens, class 1) holds prefix unit (0, 0); request 3
+    # (109 tokens, class 0) hits that unit, so its need (computed while request 0 references the unit)
+    # leaves the unit's 16 blocks out; preempting request 0 used to be credited with all its blocks, the
+    # unit's included, and request 3 was admitted into 40 of the 29 blocks. A victim is now credited with
+    # its private blocks only (PolicyKVView.freed_blocks).
+    def keys(p):
+        return tuple((0, j) for j in range(-(-p // UNIT)))
+
+    reqs = [Request(0, 0.0, 64, 49, priority=1, prefix_blocks=keys(64)),
+            Request(1, 0.0, 1, 60, priority=1, prefix_blocks=keys(1)),
+            Request(2, 0.0, 1, 60, priority=1, prefix_blocks=keys(1)),
+            Request(3, 0.05, 109, 5, priority=0, prefix_blocks=keys(109))]
+    block = {"policy": "priority", "max_num_seqs": 3, "max_num_batched_tokens": 256, "rule": "trace"}
+    c = dict(reqs=reqs, block=block, block_size=4, num_blocks=29, replicas=1, preemption="recompute",
+             router="round_robin", prefix_caching=True)
+    for jump in (True, False):
+        res = _run(c, jump)
+        assert max(res.kv_peak_blocks) <= 29 and max(res.steps["kv_blocks_used"]) <= 29
+        assert np.isfinite(res.completion_s).all() and res.preemptions[0] >= 1

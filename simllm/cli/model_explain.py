@@ -20,7 +20,8 @@ from typing import Optional
 
 import typer
 
-from ..cost import make_ep_step_cost, make_step_cost
+from ..cost import make_step_cost
+from ..cost.moe_ep import make_ep_step_cost
 from ..cost.interface import BatchShape
 from ..cost.ops import total
 from ..errors import InputError

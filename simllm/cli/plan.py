@@ -27,18 +27,19 @@ import math
 
 import typer
 
+from ..cost import make_step_cost
+from ..cost.interface import BatchShape
 from ..errors import InputError
+from ..hardware import load_cluster
+from ..model import load_model
+from ..parallel import check_plan, comm_per_step, enumerate_plans
+from ..topology import build_topology
 from ._common import echo_json, print_table
 
 GiB = float(1 << 30)
 
 
 def _step_cost(model, cluster, plan):
-    try:
-        from ..cost import make_step_cost
-    except ImportError:
-        raise InputError("the cost model (simllm.cost.make_step_cost) is not available in this build",
-                         field="cost") from None
     return make_step_cost(model, cluster.accelerator, tp=plan.tp, pp=plan.pp, node=cluster.node,
                           weight_dtype=model.dtype)
 
@@ -54,12 +55,6 @@ def _latency(sc, shape) -> float:
 def evaluate(model_name: str, cluster_name: str, *, prefill_tokens: int = 8192, prompt: int = 2048,
              decode_seqs: int = 64, ctx: int = 4096, include_invalid: bool = False) -> list[dict]:
     """Rows of the plan table (dicts), best first."""
-    from ..hardware import load_cluster
-    from ..model import load_model
-    from ..cost.interface import BatchShape
-    from ..parallel import check_plan, comm_per_step, enumerate_plans
-    from ..topology import build_topology
-
     if min(prefill_tokens, prompt, decode_seqs, ctx) < 1:
         raise InputError("reference batch sizes must be >= 1", field="prefill-tokens")
     model = load_model(model_name)

@@ -79,6 +79,6 @@ class GraphPadded:
         return self.base.step_cost(shape)
 
     def __getattr__(self, name):  # memory, layer ops, explain: the wrapped model's
-        if name == "base":
+        if name in ("base", "step_time_ranks"):  # per-rank pricing would bypass this wrapper: not offered
             raise AttributeError(name)
         return getattr(self.base, name)

@@ -41,6 +41,6 @@ class HostOverhead:
         return replace(c, total_s=c.total_s + x, overhead_s=c.overhead_s + x)
 
     def __getattr__(self, name):  # memory, layer ops, explain: the wrapped model's
-        if name == "base":
+        if name in ("base", "step_time_ranks"):  # per-rank pricing would bypass this wrapper: not offered
             raise AttributeError(name)
         return getattr(self.base, name)

@@ -5,8 +5,9 @@ data-parallel over ``dp = ep / tp`` groups of ``tp`` devices (tensor-parallel in
 the routed experts are sharded over all ``ep`` devices as a :class:`simllm.placement.Placement`
 says (with redundant replicas); the shared experts are replicated on every device. A step of
 ``T`` tokens (``T = prefill_tokens + decode_seqs``) is assumed spread evenly over the groups
-(``ceil(T / dp)`` tokens each) and, after sequence splitting inside a group, ``ceil(T / ep)``
-tokens leave each device for dispatch. One MoE layer then costs::
+(``ceil(T / dp)`` tokens each) by :meth:`EPStepCost.step_time`; :meth:`EPStepCost.step_time_ranks`
+prices the ranks' own batches instead (``simllm.sim.dp_ranks``: the slowest rank's attention). After
+sequence splitting inside a group, ``ceil(T / ep)`` tokens leave each device for dispatch. One MoE layer then costs::
 
     attention(T / dp)  +  norm, router, shared expert on T / ep tokens
     + E[max over devices of routed-expert time]            (grouped GEMMs, see below)
@@ -74,8 +75,12 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import InputError
+from ..placement import build_policy, migration_seconds, replan
+from ..placement.loads import RoutingSampler, read_loads_csv, uniform_popularity, zipf_popularity
+from ..topology import build_topology, ep_dispatch
 from . import collectives as C
 from .calibration import Calibration, calibration_for
+from .fit import default_node_for
 from .interface import BatchShape, StepCost
 from .kernels import elementwise_time, gemm_time
 from .ops import LayerOps, total
@@ -92,8 +97,6 @@ def _vec(ops) -> np.ndarray:
 def _routes(popularity_row: np.ndarray, top_k: int, routing: str, num_groups: int, topk_groups: Optional[int],
             tokens: int, seed: int) -> np.ndarray:
     """One draw of ``tokens`` tokens' top-k expert ids ``[tokens, k]`` for one layer (cached)."""
-    from ..placement.loads import RoutingSampler
-
     key = (hashlib.sha1(np.ascontiguousarray(popularity_row, dtype=np.float64).tobytes()).hexdigest(), top_k,
            routing, num_groups, topk_groups, tokens, seed)
     r = _ROUTE_CACHE.get(key)
@@ -127,7 +130,7 @@ class EPStepCost:
                  weight_dtype: str = "bf16", kv_dtype: str = "bf16", act_dtype: str = "bf16", calibration=None,
                  overlap: bool = False, dispatch_dtype: str = "fp8", combine_dtype: str = "bf16",
                  samples: int = 4, sample_layers: int = 4, grid_max: int = 8192, grid_points: int = 48,
-                 seed: int = 0, remote_fraction: Optional[float] = None):
+                 seed: int = 0, remote_fraction: Optional[float] = None, policy_spec: Optional[dict] = None):
         if model.moe is None or model.num_moe_layers == 0:
             raise InputError(f"{model.name} has no MoE layers; expert parallelism needs an MoE model", field="ep")
         self.model, self.acc, self.ep, self.tp = model, accelerator, int(ep), int(tp)
@@ -141,7 +144,9 @@ class EPStepCost:
         self._kw = dict(tp=tp, node=node, weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype,
                         calibration=calibration, overlap=overlap, dispatch_dtype=dispatch_dtype,
                         combine_dtype=combine_dtype, samples=samples, sample_layers=sample_layers, grid_max=grid_max,
-                        grid_points=grid_points, seed=seed, remote_fraction=remote_fraction)
+                        grid_points=grid_points, seed=seed, remote_fraction=remote_fraction,
+                        policy_spec=policy_spec)
+        self.policy_spec = policy_spec  # the placement policy block periodic re-placement re-plans with
         # context-coherent EP (ExFlow; simllm.placement.affinity): one all-to-all a layer, carrying
         # only the token copies whose next expert is on another device (this fraction)
         if remote_fraction is not None and not 0.0 <= remote_fraction <= 1.0:
@@ -151,8 +156,6 @@ class EPStepCost:
         self.overlap = bool(overlap)
         self.cal: Calibration = calibration_for(accelerator, calibration)
         if node is None and self.tp > 1:
-            from .fit import default_node_for
-
             node = default_node_for(accelerator)
         self.node = node
         links = C.CommLinks.from_node(node, self.cal.comm) if node is not None else None
@@ -184,6 +187,8 @@ class EPStepCost:
         self._slope = self.L * self.ops.decode_attention_slope() / self.dp
         self._tok: dict[int, float] = {}
         self._head: dict[int, float] = {}
+        self._rank_head: dict[int, float] = {}
+        self._vmemo: dict = {}  # breakdown vectors of attention / local MoE / embedding / dense parts by tokens  # LM head of the busiest attention rank (step_time_ranks)
 
     # ------------------------------------------------------------------ routed experts: E[max device]
     def _device_expert_time(self, n: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -257,8 +262,6 @@ class EPStepCost:
 
     # ------------------------------------------------------------------ dispatch / combine
     def _build_comm_model(self) -> None:
-        from ..topology import ep_dispatch
-
         if self.ep <= 1:
             self._comm = (0.0, 0.0)
             return
@@ -311,24 +314,38 @@ class EPStepCost:
             ops += o.mlp("shared_", t_r, inter, self.gated)
         return _vec(ops)
 
-    def _moe_parts(self, T: float) -> tuple[np.ndarray, float, float]:
-        """(compute breakdown of attention block + local MoE, routed seconds, comm seconds) for T tokens."""
-        t_g = math.ceil(T / self.dp)
+    def _moe_parts(self, T: float, t_g: Optional[float] = None) -> tuple[np.ndarray, float, float]:
+        """(compute breakdown of attention block + local MoE, routed seconds, comm seconds) for T tokens
+        (``t_g``: tokens of the busiest attention group; default T spread evenly)."""
+        t_g = math.ceil(T / self.dp) if t_g is None else t_g
         t_r = math.ceil(T / self.ep)
-        comp = _vec(self.ops.attention_block(t_g)) + self._local_moe(t_r)
+        comp = self._memo_vec("attn", t_g, self.ops.attention_block) + self._memo_vec("local", t_r, self._local_moe)
         return comp, self.routed_time(T), self.comm_time(t_r)
 
-    def _token_vec(self, T: int) -> np.ndarray:
-        """Breakdown (7) of everything that depends on T alone, summed over layers."""
-        t_g = math.ceil(T / self.dp)
-        v = _vec(self.ops.embedding(t_g))
+    def _memo_vec(self, kind: str, x: float, f) -> np.ndarray:
+        """``f(x)`` as a breakdown vector, memoized (token counts of a part repeat across step shapes)."""
+        key = (kind, x)
+        v = self._vmemo.get(key)
+        if v is None:
+            v = f(x)
+            v = _vec(v) if isinstance(v, list) else v
+            if len(self._vmemo) < 200_000:
+                self._vmemo[key] = v
+        return v
+
+    def _token_vec(self, T: int, t_g: Optional[int] = None) -> np.ndarray:
+        """Breakdown (7) of everything that depends on T alone (and ``t_g``, the busiest attention group's
+        tokens; default ``ceil(T / dp)``), summed over layers."""
+        g = math.ceil(T / self.dp) if t_g is None else t_g
+        v = self._memo_vec("embed", g, self.ops.embedding)
         if self.n_dense:
-            v = v + self.n_dense * _vec(self.ops.attention_block(t_g) + self.ops.dense_ffn_block(t_g))
-        comp, routed, comm = self._moe_parts(T)
+            v = v + self.n_dense * (self._memo_vec("attn", g, self.ops.attention_block)
+                                    + self._memo_vec("dense", g, self.ops.dense_ffn_block))
+        comp, routed, comm = self._moe_parts(T, g)
         flops_r = 2.0 * T * self.k * (3 if self.gated else 2) * self.H * self.I / self.ep
         moe = comp + np.array([routed, 0.0, routed, 0.0, 0.0, flops_r, 0.0]) + np.array([comm, 0, 0, comm, 0, 0, 0])
         if self.overlap and T >= 2:
-            ch, rh, mh = self._moe_parts(T / 2.0)
+            ch, rh, mh = self._moe_parts(T / 2.0, None if t_g is None else t_g / 2.0)
             c_half = ch[0] + rh
             layer = 2.0 * max(c_half, mh)
             fill = min(c_half, mh)
@@ -380,6 +397,42 @@ class EPStepCost:
             return float(base + self._slope * decode_ctx_tokens)
         return np.full(decode_ctx_tokens.shape, base) if is_arr else float(base)
 
+    def step_time_ranks(self, prefill_tokens: np.ndarray, prefill_attn_work: np.ndarray, prefill_seqs: np.ndarray,
+                        decode_seqs: np.ndarray, decode_ctx_tokens: np.ndarray):
+        """One step of a replica whose ``dp`` attention ranks run their own batches (``simllm.sim.dp_ranks``):
+        per-rank arrays (length ``R <= dp``: ranks left out are idle); ``decode_ctx_tokens`` ``[R]`` or
+        ``[k, R]`` (k consecutive decode steps, then seconds ``[k]``). The MoE layers synchronise the ranks:
+        the step costs the slowest rank's attention (its score/context part; the token-proportional
+        projections, embedding and LM head at the busiest rank's tokens and sequences) plus the shared
+        expert part of all ranks' tokens (routed experts, dispatch and combine), as :meth:`step_time`
+        prices for an even spread. Attention parts are maxed separately: an upper bound of the slowest
+        rank, exact when one rank is busiest in both."""
+        P = np.asarray(prefill_tokens)
+        n = np.asarray(decode_seqs)
+        t = P + n
+        T = int(t.sum())
+        if T <= 0:
+            return np.zeros(np.shape(decode_ctx_tokens)[:-1]) if np.ndim(decode_ctx_tokens) == 2 else 0.0
+        tg = int(t.max())
+        key = (T, tg)
+        tok = self._tok.get(key)
+        if tok is None:
+            tok = float(self._token_vec(T, tg)[0])
+            if len(self._tok) < 200_000:
+                self._tok[key] = tok
+        S = int((np.asarray(prefill_seqs) + n).max())
+        head = self._rank_head.get(S)
+        if head is None:
+            head = self._rank_head[S] = float(_vec(self.ops.lm_head(S))[0]) if S > 0 else 0.0
+        o, L = self.ops, self.L
+        lo = o.decode_attention_base(1)
+        per_seq = o.decode_attention_base(2) - lo
+        base = np.where(n > 0, L * ((lo - per_seq) + per_seq * n), 0.0)
+        for i in np.flatnonzero(P > 0).tolist():
+            base[i] += L * o.prefill_attention_time(float(P[i]), float(prefill_attn_work[i]))
+        a = (base + (L * o.decode_attention_slope()) * np.asarray(decode_ctx_tokens, dtype=float)).max(axis=-1)
+        return tok + head + a
+
     def step_cost(self, shape: BatchShape) -> StepCost:
         total_s = float(self.step_time(shape.prefill_tokens, shape.prefill_attn_work, shape.prefill_seqs,
                                        shape.decode_seqs, float(shape.decode_ctx_tokens)))
@@ -412,8 +465,6 @@ class EPStepCost:
         that did not hold that expert, their bytes (scaled from the placed layers to every MoE layer)
         and the seconds to copy them, each device pulling its new experts over its own NIC (the
         busiest device sets the time; scale-up copies inside a node would be faster)."""
-        from ..placement import migration_seconds
-
         prev = self.placement
         fresh = new.presence() & ~prev.presence()  # [L, E, G]
         scale = self.n_moe / prev.num_layers
@@ -427,8 +478,6 @@ class EPStepCost:
         """Re-place from ``observed_loads`` (``[L, E]`` over the placed layers) with ``policy``
         (a name or ``{policy: ..., **params}``); returns the new cost model (serving the same loads)
         and :meth:`migration`'s figures."""
-        from ..placement import replan
-
         new, _ = replan(self.placement, observed_loads, policy, expert_bytes=self.expert_bytes)
         return self.with_placement(new), self.migration(new)
 
@@ -471,8 +520,6 @@ class EPStepCost:
 def expert_popularity(model, spec: Optional[dict], layers: int, *, base_dir=None) -> np.ndarray:
     """``[layers, E]`` expert loads from ``{alpha, seed}`` (Zipf) or ``{csv: PATH}`` (evenly spaced rows)."""
     from pathlib import Path
-
-    from ..placement.loads import read_loads_csv, uniform_popularity, zipf_popularity
 
     E = model.moe.num_experts
     spec = dict(spec or {})
@@ -524,9 +571,6 @@ def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cl
     ``{alpha, seed}`` or ``{csv}``. ``moe``: cost options ``overlap``, ``samples``,
     ``sample_layers``, ``layers`` (MoE layers placed, evenly representative; default 8),
     ``grid_max``, ``grid_points``, ``dispatch_dtype``, ``combine_dtype``, ``seed``."""
-    from ..placement import build_policy
-    from ..topology import build_topology
-
     if model.moe is None:
         raise InputError(f"{model.name} has no MoE layers; ep > 1 needs an MoE model", field="ep")
     moe = dict(moe or {})
@@ -558,8 +602,6 @@ def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cl
     pop = expert_popularity(model, expert_loads, layers, base_dir=base_dir)
     topo_src = cluster if cluster is not None else node
     if topo_src is None:
-        from .fit import default_node_for
-
         topo_src = default_node_for(accelerator)
     topo = build_topology(topo_src)
     if ep > topo.num_devices:
@@ -574,8 +616,7 @@ def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cl
                               "combine_dtype", "seed") if k in moe}
     cost = EPStepCost(model, accelerator, ep=ep, placement=pl, popularity=pop, topology=topo, tp=tp, node=node,
                       weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype, calibration=calibration,
-                      **kw)
-    cost.policy_spec = dict(spec)  # what periodic re-placement re-plans with
+                      policy_spec=dict(spec), **kw)
     return cost
 
 

@@ -63,7 +63,7 @@ class SpeculativeStepCost:
             self.frac = 0.0
 
     def __getattr__(self, name):  # everything else is the target's (placement, loads, explain, ...)
-        if name == "target":
+        if name in ("target", "step_time_ranks"):  # per-rank pricing would bypass this wrapper: not offered
             raise AttributeError(name)
         return getattr(self.target, name)
 

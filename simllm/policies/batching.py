@@ -9,8 +9,8 @@ the running sequences decode. Preemption when KV blocks run out is the replica's
 Jumping (``simllm.sim``) relies on one property every policy here has: once a policy chooses a
 decode-only batch, it keeps choosing it until the batch membership changes (a completion, a
 preemption) or a request arrives. Free KV blocks only shrink while decoding, so a request
-that could not be admitted stays inadmissible. A policy without that property sets
-``jump_safe = False`` and the replica then steps one iteration at a time.
+that could not be admitted stays inadmissible. A new policy must have it too (the jump == step
+property tests check every registered policy).
 
 Policies: ``vllm`` (vLLM's V1 scheduler: running requests first, then waiting ones, one token budget,
 chunked prefill always on), ``vllm-v0`` (vLLM's V0 default: prefill-only or decode-only iterations), ``orca`` (decode and whole prefills
@@ -84,10 +84,11 @@ class KVCacheView(Protocol):
     watermark_blocks: int
     def blocks_for(self, tokens: int) -> int: ...
 
+    def freed_blocks(self, rid: int, tokens: int) -> int: ...  # blocks preempting running rid surely frees
+
 
 class BatchingPolicy(Protocol):
     max_num_seqs: int
-    jump_safe: bool
     # class attributes (defaults in the replica when absent):
     # general: True -> the replica runs batches through its general step (prefill and decode in one
     #   iteration, chunks, preemptions, waits); False -> vLLM's prefill-only / decode-only steps.
@@ -114,7 +115,6 @@ class VLLMBatching:
 
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
-    jump_safe: bool = field(default=True, init=False)
 
     def __post_init__(self):
         _check_budget(self.max_num_seqs, self.max_num_batched_tokens)
@@ -170,7 +170,6 @@ class VLLMV1Batching:
     max_num_batched_tokens: int = 8192
     max_num_seqs: int = 1024
     long_prefill_token_threshold: int = 0
-    jump_safe: bool = field(default=True, init=False)
     general: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -257,7 +256,6 @@ class StaticBatching:
 
     batch_size: int = 32
     timeout_s: float = 1.0
-    jump_safe: bool = field(default=True, init=False)
     general: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -323,7 +321,6 @@ class OrcaBatching:
 
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
-    jump_safe: bool = field(default=True, init=False)
     general: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -349,7 +346,6 @@ class ChunkedPrefill:
 
     token_budget: int = 512
     max_num_seqs: int = 256
-    jump_safe: bool = field(default=True, init=False)
     general: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -399,7 +395,6 @@ class PriorityBatching:
     max_num_batched_tokens: int = 8192
     rule: str = "trace"
     short_prompt_tokens: int = 1024
-    jump_safe: bool = field(default=True, init=False)
     general: ClassVar[bool] = True
     fcfs: ClassVar[bool] = False
 
@@ -441,7 +436,7 @@ class PriorityBatching:
                         if queue.priority(r) <= cls:
                             continue
                         chosen.append(r)
-                        f += kv.blocks_for(t) + 1
+                        f += kv.freed_blocks(r, t) + 1
                         s -= 1
                         tk -= 1
                     if s + 1 > self.max_num_seqs or f - need < kv.watermark_blocks:

@@ -2,7 +2,8 @@
 
 One concept per module: ``records`` (configuration, result, step columns), ``kv`` (the KV cache and
 its block accounting), ``prefix_cache``, ``replica`` (the one iteration), ``pools`` (pool roles),
-``transfer`` (KV moves between pools), ``simulation`` (arrivals, routing, results),
+``transfer`` (KV moves between pools), ``dp_ranks`` (data-parallel attention ranks of an EP replica),
+``simulation`` (arrivals, routing, results),
 ``replacement`` (periodic expert re-placement).
 """
 

@@ -2,7 +2,8 @@
 
 ``ConstantCost``: every iteration takes ``step_s`` (M/D/1-style validation).
 ``AffineCost``: ``a + b*decode_seqs + c*decode_ctx_tokens + d*prefill_tokens + e*prefill_attn_work``,
-a crude roofline-shaped model with a known closed form.
+a crude roofline-shaped model with a known closed form; ``AffineCost.step_time_ranks`` prices
+data-parallel attention ranks (``simllm.sim.dp_ranks``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ class AffineCost:
     def step_time(self, prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens):
         base = self.a + self.b * decode_seqs + self.d * prefill_tokens + self.e * prefill_attn_work
         return base + self.c * decode_ctx_tokens
+
+    def step_time_ranks(self, prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens):
+        """Data-parallel ranks: the shared ``a + b*seqs + d*prefill_tokens`` of all ranks plus the slowest
+        rank's ``e*prefill_attn_work + c*decode_ctx_tokens`` (``decode_ctx_tokens`` ``[R]`` or ``[k, R]``)."""
+        shared = self.a + self.b * float(np.sum(decode_seqs)) + self.d * float(np.sum(prefill_tokens))
+        per = self.e * np.asarray(prefill_attn_work, dtype=float) + self.c * np.asarray(decode_ctx_tokens, dtype=float)
+        return shared + per.max(axis=-1)
 
     def step_cost(self, s: BatchShape) -> StepCost:
         t = float(self.step_time(s.prefill_tokens, s.prefill_attn_work, s.prefill_seqs, s.decode_seqs,

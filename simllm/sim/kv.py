@@ -58,6 +58,10 @@ class KVCache:
     def blocks_for(self, tokens: int) -> int:
         return -(-int(tokens) // self.block_size)
 
+    def freed_blocks(self, rid: int, tokens: int) -> int:
+        """Blocks that preempting running request ``rid`` (``tokens`` in KV) makes free."""
+        return self.blocks_for(tokens)
+
     @property
     def evictable_blocks(self) -> int:
         return self.prefix.evictable_blocks if self.prefix is not None else 0
@@ -115,12 +119,15 @@ class KVCache:
 
 
 class PolicyKVView:
-    """What a batching policy sees of a KV cache with prefix caching: evictable blocks count as free."""
+    """What a batching policy sees of a KV cache with prefix caching: evictable blocks count as free.
 
-    __slots__ = ("kv",)
+    ``units(rid)``: the cached prompt units a running request references (inside its blocks)."""
 
-    def __init__(self, kv: KVCache):
+    __slots__ = ("kv", "units")
+
+    def __init__(self, kv: KVCache, units):
         self.kv = kv
+        self.units = units
 
     @property
     def block_size(self) -> int:
@@ -141,6 +148,13 @@ class PolicyKVView:
 
     def blocks_for(self, tokens: int) -> int:
         return self.kv.blocks_for(tokens)
+
+    def freed_blocks(self, rid: int, tokens: int) -> int:
+        """Blocks a preemption of running ``rid`` is sure to free: its private blocks. Its prefix units are
+        not counted: they stay referenced by other sequences, or become evictable (already counted free)
+        and may be the very units the request admitted in its place hits (whose need, computed while the
+        victim still referenced them, left them out)."""
+        return self.kv.blocks_for(tokens) - self.units(rid) * self.kv.prefix.upb
 
 
 def kv_capacity_blocks(*, device_memory_bytes: float, n_devices: int, gpu_memory_utilization: float,

@@ -62,13 +62,35 @@ class Pool:
     devices: int = 1  # per replica
     config: Optional[SimConfig] = None  # KV options of this pool (default: the simulation's)
     changes: Any = None  # periodic cost changes of this pool (simllm.sim.replacement)
-    attn_group: Optional[int] = None  # devices of one attention data-parallel group (EP: its tp); None: all
+    attn_group: Optional[int] = None  # devices of one attention data-parallel rank (EP: its tp); None: all
+    dp_router: Any = None  # routes a replica's requests to its attention ranks (simllm.sim.dp_ranks)
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel attention ranks per replica (``devices / attn_group``; 1 without)."""
+        g = self.attn_group
+        return self.devices // g if g and g < self.devices else 1
 
     def __post_init__(self):
         if self.role not in ROLES:
             raise ValueError(f"pool {self.name!r}: role must be one of {', '.join(ROLES)}, got {self.role!r}")
         if self.replicas < 1:
             raise ValueError(f"pool {self.name!r}: replicas must be >= 1")
+
+
+class PositionView:
+    """A replica as a router sees it, with ``index`` its position in the router's list."""
+
+    def __init__(self, rep, index: int):
+        self.__dict__["_rep"] = rep
+        self.__dict__["index"] = index
+
+    @property
+    def outstanding(self) -> int:  # what every router reads: no __getattr__ detour
+        return self._rep.outstanding
+
+    def __getattr__(self, name):
+        return getattr(self._rep, name)
 
 
 class PrefillReplica(Replica):

@@ -21,6 +21,10 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..cost.moe_ep import EPStepCost
+from ..placement import replan
+from ..placement.migration import replan_that_pays
+
 
 class PeriodicReplacement:
     def __init__(self, cost, *, every_s: float, drift: float = 0.0, replan: bool = False, policy: Any = None,
@@ -68,9 +72,6 @@ class PeriodicReplacement:
             pop = self.popularity(i)
             ev: dict = {"interval": i, "boundary_s": self.boundary(i)}
             if self.replan:
-                from ..placement import replan
-                from ..placement.migration import replan_that_pays
-
                 obs = self.popularity(i - 1) * 1e4
                 if self.migrate == "pays":
                     new, _ = replan_that_pays(cost.placement, obs, self.policy, expert_bytes=cost.expert_bytes,
@@ -87,8 +88,6 @@ class PeriodicReplacement:
                 placement = new
             else:
                 placement = cost.placement
-            from ..cost.moe_ep import EPStepCost
-
             nc = EPStepCost(cost.model, cost.acc, ep=cost.ep, placement=placement, popularity=pop,
                             topology=cost.topo, **cost._kw)
             ev["max_mean_served"] = float(np.nanmean(placement.imbalance(pop)))

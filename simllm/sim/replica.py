@@ -38,6 +38,11 @@ or hand its KV to a decode pool), :meth:`Replica._on_boundary` (admit transferre
 :meth:`Replica._blocked` (wait for blocks held by transfers). The admission check is one rule,
 :meth:`Replica._reject_reason`, by role.
 
+Data-parallel attention ranks (:mod:`simllm.sim.dp_ranks`) are replicas of a pool role with
+``standalone = False``, driven in lockstep by their EP replica through the same pieces: ``_mixed``
+(whose :meth:`Replica._step_wait` a rank overrides to hand its shape up), :meth:`Replica._make_room`,
+:meth:`Replica._fit_steps`, :meth:`Replica._advance` and :meth:`Replica._sleep_jump`.
+
 Per-step records: one row per prefill step and one row per decode *segment* (``n_steps``
 iterations, ``duration_s`` their exact sum).
 """
@@ -122,6 +127,7 @@ class Replica:
     role = "both"
     #: tests set this: every incremental block count is checked against a full recount
     check_blocks = False
+    standalone = True  # runs its own iteration (False: a data-parallel rank, simllm.sim.dp_ranks)
 
     def __init__(self, sim, index: int, pool, cost, policy):
         self.sim = sim
@@ -137,7 +143,7 @@ class Replica:
         self.pc = PrefixCache(self.unit_tokens // cfg.block_size) if cfg.prefix_caching else None
         self.kv = KVCache(num_blocks=pool.num_blocks, block_size=cfg.block_size, watermark=cfg.watermark,
                           prefix=self.pc)
-        self.kv_view = PolicyKVView(self.kv) if self.pc is not None else self.kv
+        self.kv_view = PolicyKVView(self.kv, lambda rid: len(self._keys(rid))) if self.pc is not None else self.kv
         levels = getattr(cfg, "kv_tiers", ())  # KV-cache tiers below HBM (simllm.sim.kv_tiers)
         if levels and self.pc is None:
             raise ValueError("KV-cache tiers hold cached prefix units: they need prefix caching")
@@ -196,7 +202,7 @@ class Replica:
         self.timeout = float(to) - float(getattr(cfg, "api_overhead_s", 0.0)) if to is not None else None
         self.dl: deque = deque()
         self.next_dl = math.inf
-        self.proc = self.env.process(self._run())
+        self.proc = self.env.process(self._run()) if self.standalone else None
 
     # -- the policy's view of the running set ----------------------------------------------
     @property
@@ -326,7 +332,6 @@ class Replica:
         policy = self.policy
         kv = self.kv
         jump = self.cfg.jump
-        B = self.B
         while True:
             self._on_boundary()
             if self.clock >= self.next_chg:
@@ -369,20 +374,7 @@ class Replica:
                 raise RuntimeError(f"replica {self.index}: policy {policy!r} scheduled nothing "
                                    f"with {len(self.waiting)} waiting and {self.n} running")
             # -- decode segment -----------------------------------------------------------
-            # make room for one more token per sequence, preempting the newest
-            preempted = False
-            if kv.growable_blocks - kv.used_blocks < self.n * self.grow_max:  # a sequence may lack a new block
-                while True:
-                    t = self.r_t[:self.n]
-                    grow = int(np.count_nonzero(t % B == 0)) if self.spec is None else \
-                        self.spec.grow(t, self.r_rem[:self.n])
-                    if kv.used_blocks + grow <= kv.growable_blocks or (self.n == 1 and not self.pdone):
-                        break
-                    if self.n == 1:
-                        self._preempt_partial()
-                    else:
-                        self._preempt_newest()
-                    preempted = True
+            preempted = self._make_room() if kv.growable_blocks - kv.used_blocks < self.n * self.grow_max else False
             n = self.n
             t = self.r_t[:n]
             # after a preemption the victim waits at the queue's head: re-decide after one step
@@ -430,20 +422,10 @@ class Replica:
             if self.future is not None and not (self.fptr < len(self.future) and self.future[self.fptr] <= end):
                 pass  # planned routing and no arrival here before `end`: nothing can change, no event needed
             elif k > 1:
-                self.interruptible = True
                 self.seg = (ends, n)  # routers looking at KV state mid-jump see the steps done by then
                 if self.spec is not None:
                     self.seg_cum = cum
-                try:
-                    yield env.timeout(max(end - env.now, 0.0))
-                except simpy.Interrupt as intr:
-                    a = intr.cause
-                    j = int(np.searchsorted(ends, a, side="left"))
-                    if j < k - 1:
-                        k = j + 1
-                        end = float(ends[j])
-                    yield env.timeout(max(end - env.now, 0.0))
-                self.interruptible = False
+                k, end = yield from self._sleep_jump(ends, k, end)
                 self.seg = None
                 self.seg_cum = None
             else:
@@ -453,15 +435,53 @@ class Replica:
             if self.spec is not None:
                 self._spec_apply(n, k, cum, ctx, now, end)
                 continue
-            self.r_t[:n] += k
-            rem = self.r_rem[:n]
-            rem -= k
-            self._refresh_used()
-            used = kv.used_blocks
+            used = self._advance(n, k, mrem, end)
             sim.record_step(self.index, now, end - now, k, n, 0, 0, n * k, used,
                             (0, 0.0, 0, n, T0 + n * (k + 1) / 2.0))
-            if k == mrem:  # someone finished
-                self._finish(n, end)
+
+    def _sleep_jump(self, ends: np.ndarray, k: int, end: float):
+        """Sleep until ``end``, the last of ``k`` step ends; a poke (:meth:`_poke`) at ``t`` cuts the jump at the
+        first step end at or after ``t``. Returns the steps done and their end."""
+        env = self.env
+        self.interruptible = True
+        try:
+            yield env.timeout(max(end - env.now, 0.0))
+        except simpy.Interrupt as intr:
+            j = int(np.searchsorted(ends, intr.cause, side="left"))
+            if j < k - 1:
+                k = j + 1
+                end = float(ends[j])
+            yield env.timeout(max(end - env.now, 0.0))
+        self.interruptible = False
+        return k, end
+
+    def _make_room(self) -> bool:
+        """Make room for one more token per running sequence, preempting the newest; True if it preempted."""
+        kv = self.kv
+        B = self.B
+        preempted = False
+        while True:
+            t = self.r_t[:self.n]
+            grow = int(np.count_nonzero(t % B == 0)) if self.spec is None else self.spec.grow(t, self.r_rem[:self.n])
+            if kv.used_blocks + grow <= kv.growable_blocks or (self.n == 1 and not self.pdone):
+                return preempted
+            if self.n == 1:
+                self._preempt_partial()
+            else:
+                self._preempt_newest()
+            preempted = True
+
+    def _advance(self, n: int, k: int, mrem: int, end: float) -> int:
+        """The first ``n`` running sequences decoded ``k`` tokens by ``end`` (``mrem``: the fewest tokens any
+        had left): grow them, retire the finished; returns the used blocks before retiring."""
+        self.r_t[:n] += k
+        rem = self.r_rem[:n]
+        rem -= k
+        self._refresh_used()
+        used = self.kv.used_blocks
+        if k == mrem:  # someone finished
+            self._finish(n, end)
+        return used
 
     def _spec_plan(self, n: int, kmax: int):
         """A speculative decode segment of up to ``kmax`` steps (``simllm.sim.spec_decode``)."""
@@ -738,30 +758,14 @@ class Replica:
             P += c
             W += c * (d0 + c / 2.0)
         self._refresh_used(self.rb)  # every change to the running set since the last recount kept rb
-        if n:
-            T0 = int(_sum(self.r_t[:n]))
-            ctx = float(T0 + n)
-            d = float(self.cost.step_time(P, W, m, n, ctx))
-        else:
-            ctx = 0.0
-            key = (P, W, m)
-            d = self._pmemo.get(key)
-            if d is None:
-                d = self._pmemo[key] = float(self.cost.step_time(P, W, m, 0, 0.0))
-        if self.pending_swap_s:
-            d += self.pending_swap_s
-            self.pending_swap_s = 0.0
-        end = now + d
-        fut = self.future
-        if fut is None or (self.fptr < len(fut) and fut[self.fptr] <= end):
-            yield self.env.timeout(max(end - self.env.now, 0.0))
-        self.clock = end
+        ctx = float(int(_sum(self.r_t[:n])) + n) if n else 0.0
+        d, end = yield from self._step_wait(P, W, m, n, ctx, now)
         if n:
             self.r_t[:n] += 1
             self.r_rem[:n] -= 1
             self._refresh_used(self.rb + grow)  # rb: recounted before the step, same running set
         used_rec = kv.used_blocks
-        sim.record_step(self.index, now, d, 1, m + n, P, m, n, used_rec, (P, W, m, n, ctx))
+        self._record(now, d, 1, m + n, P, m, n, used_rec, (P, W, m, n, ctx))
         if n and int(_min(self.r_rem[:n])) == 0:
             self._finish(n, end)
         for rid, c in zip(ids, lens):
@@ -784,6 +788,29 @@ class Replica:
                 else:
                     pc.release(keys)
         self._refresh_used(self.rb)  # _finish recounted, _continue added the sequences that joined
+
+    def _step_wait(self, P: int, W: float, m: int, n: int, ctx: float, now: float):
+        """Price one iteration of that shape and sleep until it ends: (duration, end). (A data-parallel rank
+        hands the shape to its replica instead, which prices all ranks' shapes together.)"""
+        if n:
+            d = float(self.cost.step_time(P, W, m, n, ctx))
+        else:
+            key = (P, W, m)
+            d = self._pmemo.get(key)
+            if d is None:
+                d = self._pmemo[key] = float(self.cost.step_time(P, W, m, 0, 0.0))
+        if self.pending_swap_s:
+            d += self.pending_swap_s
+            self.pending_swap_s = 0.0
+        end = now + d
+        fut = self.future
+        if fut is None or (self.fptr < len(fut) and fut[self.fptr] <= end):
+            yield self.env.timeout(max(end - self.env.now, 0.0))
+        self.clock = end
+        return d, end
+
+    def _record(self, *row) -> None:
+        self.sim.record_step(self.index, *row)
 
     def _preempt_rid(self, rid: int) -> None:
         """Preempt running request ``rid`` (chosen by the policy) as the newest would be."""

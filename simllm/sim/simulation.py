@@ -15,27 +15,19 @@ Per-step records: one row per prefill step and one row per decode segment; ``com
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Optional
 
 import numpy as np
 import simpy
 
 from ..cost.interface import BatchShape
-from .pools import REPLICA_CLASS, Pool
+from ..policies.routing import make_router
+from .dp_ranks import DPReplica
+from .pools import REPLICA_CLASS, Pool, PositionView
 from .records import NAN, STEP_COLUMNS, SimConfig, SimResult
 from .kv_tiers import tiers_summary
 from .spec_decode import speculative_summary
-
-
-class _PoolView:
-    """A replica as a router sees it, with ``index`` its position in the router's list."""
-
-    def __init__(self, rep, index: int):
-        self.__dict__["_rep"] = rep
-        self.__dict__["index"] = index
-
-    def __getattr__(self, name):
-        return getattr(self._rep, name)
 
 
 class Simulation:
@@ -140,7 +132,12 @@ class Simulation:
             costs = list(p.cost) if isinstance(p.cost, (list, tuple)) else [p.cost] * p.replicas
             cls = REPLICA_CLASS[p.role]
             for j in range(p.replicas):
-                self.replicas.append(cls(self, len(self.replicas), p, costs[j], p.batching()))
+                if p.dp > 1:  # data-parallel attention ranks (simllm.sim.dp_ranks)
+                    rtr = p.dp_router if p.dp_router is not None else make_router("least_outstanding")
+                    self.replicas.append(DPReplica(self, len(self.replicas), p, costs[j], p.batching, p.dp,
+                                                   copy.deepcopy(rtr)))
+                else:
+                    self.replicas.append(cls(self, len(self.replicas), p, costs[j], p.batching()))
                 self.ranks.append(list(range(rank, rank + p.devices)))
                 self.pool_of.append(pi)
                 rank += p.devices
@@ -157,7 +154,7 @@ class Simulation:
         self.num_blocks = entry[0].num_blocks
         if decode:
             self.decode_router = decode[0].router
-            self.decode_views = [_PoolView(r, i) for i, r in enumerate(self.decode)]  # routers see positions
+            self.decode_views = [PositionView(r, i) for i, r in enumerate(self.decode)]  # routers see positions
             self.net, self.send = network(self.env, self.ranks)
             self.kv_transfer = np.full(N, NAN)
             self.decode_of = np.full(N, -1, dtype=np.int64)
@@ -359,10 +356,10 @@ class Simulation:
     def _group(self, rep, rid: int) -> list:
         """Devices holding ``rid``'s KV on ``rep``: its attention group (see ``simllm.sim.transfer``)."""
         ranks = self.ranks[rep.index]
-        g = rep.pool.attn_group
-        if not g or g >= len(ranks):
+        k = getattr(rep, "dp_rank", None)
+        if k is None:
             return ranks
-        k = rid % (len(ranks) // g)
+        g = rep.pool.attn_group
         return ranks[k * g:(k + 1) * g]
 
     def start_transfer(self, rid: int, L: int, src, dst, need: int, t: float) -> None:

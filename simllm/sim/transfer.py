@@ -3,7 +3,7 @@
 ``bytes = kv_bytes_per_token_per_device x devices`` of the prefill replica's cost model ``x prompt
 tokens``. A request's KV lives on one attention group of a replica (all its devices without
 data-parallel attention; under expert parallelism the ``tp`` devices of the data-parallel rank the
-request is on, rank ``rid mod dp``: an assumption standing in for a rank router). The bytes are
+rank router put the request on, :mod:`simllm.sim.dp_ranks`). The bytes are
 split evenly over ``max(Gs, Gd)`` flows between the source and destination groups' devices
 (device pairs ``(j mod Gs, j mod Gd)``). With ``kv_link: auto`` the flows run over the topology
 of the scenario's node or cluster (same node: scale-up links; different nodes: NICs and fabric),

@@ -1,0 +1,180 @@
+"""Data-parallel attention ranks inside an EP replica (simllm.sim.dp_ranks): lockstep steps priced on the
+slowest rank, per-rank KV and batching limits, rank routing, and jumping == stepping (colocated and PD,
+with prefix caching)."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simllm.policies import make_batching, make_router
+from simllm.sim import Pool, SimConfig, Simulation, link_network
+from simllm.sim.dp_ranks import DPReplica, rank_policy
+from simllm.sim.fakes import AffineCost
+from simllm.workload import Request
+
+COST = AffineCost(a=1e-3, b=1e-5, c=1e-6, d=5e-5, e=1e-9)
+
+
+def _pool(role, reps, blocks, dp, *, policy="vllm-v0", seqs=8, budget=4096, config=None, router="round_robin",
+          dp_router=None):
+    if policy == "static":
+        block = {"policy": "static", "batch_size": seqs, "timeout_s": 0.05}
+    elif policy == "sarathi":
+        block = {"policy": policy, "max_num_seqs": seqs, "token_budget": budget}
+    else:
+        block = {"policy": policy, "max_num_seqs": seqs, "max_num_batched_tokens": budget}
+    return Pool(role, role, reps, COST, blocks, lambda: make_batching(block), make_router(router),
+                devices=2 * dp, config=config, attn_group=2,
+                dp_router=make_router(dp_router) if dp_router else None)
+
+
+@st.composite
+def cases(draw):
+    n = draw(st.integers(1, 30))
+    gaps = draw(st.lists(st.floats(0.0, 0.2, allow_nan=False), min_size=n, max_size=n))
+    prompts = draw(st.lists(st.integers(1, 200), min_size=n, max_size=n))
+    outputs = draw(st.lists(st.integers(1, 80), min_size=n, max_size=n))
+    roots = draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
+    arr = np.cumsum(gaps)
+
+    def keys(i):
+        return tuple(roots[i] * 1000 + u for u in range(prompts[i] // 32))
+
+    return dict(
+        reqs=[Request(i, float(arr[i]), prompts[i], outputs[i], prefix_blocks=keys(i), priority=i % 3)
+              for i in range(n)],
+        pd=draw(st.booleans()), cache=draw(st.booleans()),
+        policy=draw(st.sampled_from(["vllm-v0", "sarathi", "vllm", "orca", "priority", "static"])),
+        block_size=draw(st.sampled_from([1, 4, 16, 32])),
+        blocks=draw(st.integers(40, 400)), dp=draw(st.integers(1, 4)), d_dp=draw(st.integers(1, 4)),
+        seqs=draw(st.integers(1, 16)), budget=draw(st.sampled_from([256, 1024, 8192])),
+        reps=draw(st.integers(1, 2)), preemption=draw(st.sampled_from(["recompute", "swap"])),
+        dp_router=draw(st.sampled_from([None, "round_robin", "least_kv_load", "prefix_aware"])),
+    )
+
+
+def _run(c, jump):
+    cfg = SimConfig(jump=jump, preemption=c["preemption"], block_size=c["block_size"], prefix_unit_tokens=32,
+                    prefix_caching=c["cache"])
+    kw = dict(policy=c["policy"], seqs=c["seqs"], budget=c["budget"], config=cfg, dp_router=c["dp_router"])
+    if c["pd"]:
+        pools = [_pool("prefill", c["reps"], c["blocks"], c["dp"], **kw),
+                 _pool("decode", c["reps"], c["blocks"], c["d_dp"], **{**kw, "router": "least_outstanding"})]
+        sim = Simulation(c["reqs"], pools=pools, network=link_network(1e8, 1e-5), config=cfg)
+    else:
+        sim = Simulation(c["reqs"], pools=[_pool("both", c["reps"], c["blocks"], c["dp"], **kw)], config=cfg)
+    return sim, sim.run()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_dp_ranks_invariants_and_jump_equals_step(c):
+    sim, res = _run(c, jump=True)
+    done = np.isfinite(res.completion_s)
+    rejected = np.array([bool(r) for r in res.rejected_reason])
+    assert np.all(done ^ rejected)
+    assert np.array_equal(res.generated_tokens[done], res.output_tokens[done])
+    for rep in sim.replicas:
+        ranks = rep.ranks if isinstance(rep, DPReplica) else [rep]
+        assert len(ranks) == (rep.pool.dp if isinstance(rep, DPReplica) else 1)
+        for r in ranks:  # each rank holds its share of the blocks, never more, and releases everything
+            kv = r.kv
+            assert r.kv_peak <= kv.capacity and kv.capacity == rep.pool.num_blocks // len(ranks)
+            cached = r.pc.total_blocks if r.pc is not None else 0
+            assert kv.used_blocks == cached and kv.reserved == 0 and kv.partial == 0 and kv.outgoing == 0
+        assert rep.kv_peak <= sum(r.kv.capacity for r in ranks)
+    a, s, f, e = res.arrival_s[done], res.scheduled_s[done], res.first_token_s[done], res.completion_s[done]
+    assert np.all(a <= s) and np.all(s < f) and np.all(f <= e)
+    _, ref = _run(c, jump=False)
+    for k in ("scheduled_s", "first_token_s", "completion_s"):
+        assert np.array_equal(getattr(res, k), getattr(ref, k), equal_nan=True), k
+    assert np.array_equal(res.preemptions, ref.preemptions)
+    assert res.rejected_reason == ref.rejected_reason
+    assert sum(res.steps["n_steps"]) == sum(ref.steps["n_steps"])
+    assert (res.prefix_query_tokens, res.prefix_hit_tokens) == (ref.prefix_query_tokens, ref.prefix_hit_tokens)
+    if c["pd"]:
+        assert np.array_equal(res.request_columns["kv_transfer_s"], ref.request_columns["kv_transfer_s"],
+                              equal_nan=True)
+
+
+def test_a_rank_prefill_delays_the_other_rank_only_through_the_synchronised_step():
+    # two ranks: request 0 (rank 0) decodes; request 1 arrives and prefills on rank 1 (least outstanding).
+    # The step in which rank 1 prefills costs the shared part of both ranks' tokens plus the slower rank's
+    # attention; request 0 still gains its token in that step.
+    cost = AffineCost(a=1e-3, b=1e-4, c=1e-6, d=1e-5, e=1e-8)
+    pool = Pool("c", "both", 1, cost, 1000,
+                lambda: make_batching({"policy": "sarathi", "token_budget": 2048, "max_num_seqs": 8}),
+                make_router("round_robin"), devices=2, attn_group=1)
+    reqs = [Request(0, 0.0, 10, 50), Request(1, 0.0101, 500, 1)]
+    res = Simulation(reqs, pools=[pool], config=SimConfig(block_size=16)).run()
+    # request 0 alone: prefill of 10 tokens, then decode steps of one sequence
+    t_pre0 = 1e-3 + 1e-5 * 10 + 1e-8 * 10 * 5.0
+    assert res.first_token_s[0] == pytest.approx(t_pre0)
+
+    def dec(ctx):
+        return 1e-3 + 1e-4 + 1e-6 * ctx
+
+    t = t_pre0
+    ctx = 11
+    while t < 0.0101:
+        t += dec(ctx)
+        ctx += 1
+    # the mixed step: rank 0 decodes (ctx tokens), rank 1 prefills 500 tokens (work 500 * 250)
+    mixed = 1e-3 + 1e-4 * 1 + 1e-5 * 500 + max(1e-6 * ctx, 1e-8 * 500 * 250.0)
+    assert res.completion_s[1] == pytest.approx(t + mixed)
+    assert res.replica[1] == 0
+    alone = Simulation(reqs[:1], pools=[pool], config=SimConfig(block_size=16)).run()
+    assert res.completion_s[0] - alone.completion_s[0] == pytest.approx(mixed - dec(ctx))
+
+
+def test_rank_policy_divides_the_replica_limits():
+    p = make_batching({"policy": "sarathi", "token_budget": 4096, "max_num_seqs": 64})
+    r = rank_policy(p, 32)
+    assert (r.token_budget, r.max_num_seqs) == (128, 2)
+    v = rank_policy(make_batching({"policy": "vllm-v0", "max_num_seqs": 3, "max_num_batched_tokens": 100}), 8)
+    assert (v.max_num_seqs, v.max_num_batched_tokens) == (1, 12)
+
+
+def test_requests_stay_on_the_rank_the_rank_router_chose():
+    pool = _pool("both", 1, 400, 4, policy="sarathi", dp_router="round_robin", seqs=64)
+    reqs = [Request(i, 0.001 * i, 20, 5) for i in range(8)]
+    sim = Simulation(reqs, pools=[pool], config=SimConfig(block_size=4))
+    sim.run()
+    rep = sim.replicas[0]
+    assert [r.assigned for r in rep.ranks] == [2, 2, 2, 2] and [r.done for r in rep.ranks] == [2, 2, 2, 2]
+
+
+def test_dp_ranks_need_a_cost_model_that_prices_ranks():
+    from simllm.sim.fakes import ConstantCost
+
+    pool = Pool("c", "both", 1, ConstantCost(), 100, lambda: make_batching("vllm-v0"), make_router("round_robin"),
+                devices=4, attn_group=2)
+    with pytest.raises(ValueError, match="step_time_ranks"):
+        Simulation([Request(0, 0.0, 5, 5)], pools=[pool])
+
+
+def test_ep_step_time_ranks_even_split_matches_step_time_and_imbalance_costs_more():
+    from simllm.cost.moe_ep import make_ep_step_cost
+    from simllm.hardware import load_cluster
+    from simllm.model import load_model
+
+    cl = load_cluster("h800-ep")
+    c = make_ep_step_cost(load_model("deepseek-v3"), cl.accelerator, ep=16, node=cl.node, cluster=cl,
+                          placement={"policy": "contiguous"}, expert_loads={"alpha": 1.0, "seed": 0},
+                          moe={"samples": 2, "sample_layers": 2, "layers": 2, "grid_max": 2048, "grid_points": 24},
+                          weight_dtype="fp8")
+    dp = c.dp
+    n = np.full(dp, 32)
+    ctx = np.full(dp, 32 * 2000.0)
+    z = np.zeros(dp)
+    even = float(c.step_time_ranks(z, z, z, n, ctx))
+    assert even == pytest.approx(float(c.step_time(0, 0.0, 0, 32 * dp, 32 * dp * 2000.0)), rel=0.02)
+    skew = n.copy()
+    skew[0] += 16
+    skew[1] -= 16
+    assert float(c.step_time_ranks(z, z, z, skew, skew * 2000.0)) > even
+    # k decode steps at once: the same as one call per step
+    ctx2 = np.stack([ctx, ctx + n, ctx + 2 * n])
+    v = c.step_time_ranks(z, z, z, n, ctx2)
+    assert [float(x) for x in v] == [float(c.step_time_ranks(z, z, z, n, row)) for row in ctx2]
