@@ -83,6 +83,31 @@ from .ops import LayerOps, total
 _ROUTE_CACHE: dict = {}
 _ROUTE_CACHE_MAX = 256
 
+DISPATCH_KERNELS = ("auto", "normal", "low_latency")
+#: DeepEP low-latency buffers hold this many tokens per rank per call: SGLang's default
+#: ``num_max_dispatch_tokens_per_rank`` (128; DeepSeek's decode profile runs 128 requests per GPU).
+#: ``dispatch_kernel: auto`` uses the low-latency kernels for a micro-batch of at most this many
+#: tokens per rank (decode) and the normal kernels above it (prefill).
+LL_MAX_TOKENS = 128
+#: SMs DeepEP's normal kernels keep busy while they run: DeepSeek-V3 technical report
+#: (arXiv 2412.19437, sec. 3.2.2): 20 of the H800's 132 SMs suffice to saturate IB and NVLink;
+#: DeepEP's ``Buffer.num_sms`` default is 20. The low-latency kernels in hook mode (what decode's
+#: micro-batch overlap uses) issue RDMA writes and free every SM while the data flies (DeepSeek
+#: profile-data README: decode all-to-all "does not occupy GPU SMs"): 0 while overlapped.
+NORMAL_COMM_SMS = 20.0
+#: stream hand-offs per MoE layer of the two-micro-batch schedule: each micro-batch waits on its
+#: dispatch and on its combine (an event wait and a kernel launch each), four per layer; each costs
+#: one collective launch overhead of the calibration (``launch_overhead_s``).
+OVERLAP_HANDOFFS = 4
+
+
+def default_comm_sms(acc) -> float:
+    """Compute units the normal dispatch/combine kernels take from the GEMMs while overlapped.
+    GPUs: :data:`NORMAL_COMM_SMS`. Ascend NPUs run their dispatch on the AI vector cores and
+    the SDMA/UB engines, apart from the AI (cube) cores the GEMMs use (CloudMatrix384 paper,
+    arXiv 2506.12708: AIV-driven dispatch/combine): 0, an assumption written down."""
+    return 0.0 if str(getattr(acc, "kind", "gpu")) == "npu" else NORMAL_COMM_SMS
+
 
 def _vec(ops) -> np.ndarray:
     t = total(ops)
@@ -127,7 +152,9 @@ class EPStepCost:
                  weight_dtype: str = "bf16", kv_dtype: str = "bf16", act_dtype: str = "bf16", calibration=None,
                  overlap: bool = False, dispatch_dtype: str = "fp8", combine_dtype: str = "bf16",
                  samples: int = 4, sample_layers: int = 4, grid_max: int = 8192, grid_points: int = 48,
-                 seed: int = 0, remote_fraction: Optional[float] = None):
+                 seed: int = 0, remote_fraction: Optional[float] = None, dispatch_kernel: str = "auto",
+                 overlap_min_tokens: int = 0, comm_sms: Optional[float] = None,
+                 ll_max_tokens: int = LL_MAX_TOKENS):
         if model.moe is None or model.num_moe_layers == 0:
             raise InputError(f"{model.name} has no MoE layers; expert parallelism needs an MoE model", field="ep")
         self.model, self.acc, self.ep, self.tp = model, accelerator, int(ep), int(tp)
@@ -141,7 +168,17 @@ class EPStepCost:
         self._kw = dict(tp=tp, node=node, weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype,
                         calibration=calibration, overlap=overlap, dispatch_dtype=dispatch_dtype,
                         combine_dtype=combine_dtype, samples=samples, sample_layers=sample_layers, grid_max=grid_max,
-                        grid_points=grid_points, seed=seed, remote_fraction=remote_fraction)
+                        grid_points=grid_points, seed=seed, remote_fraction=remote_fraction,
+                        dispatch_kernel=dispatch_kernel, overlap_min_tokens=overlap_min_tokens, comm_sms=comm_sms,
+                        ll_max_tokens=ll_max_tokens)
+        if dispatch_kernel not in DISPATCH_KERNELS:
+            raise InputError(f"must be one of {', '.join(DISPATCH_KERNELS)}, got {dispatch_kernel!r}",
+                             field="moe.dispatch_kernel")
+        for v, f in ((overlap_min_tokens, "moe.overlap_min_tokens"), (ll_max_tokens, "moe.ll_max_tokens")):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InputError(f"must be an integer >= 0, got {v!r}", field=f)
+        self.dispatch_kernel = dispatch_kernel
+        self.overlap_min_tokens, self.ll_max_tokens = int(overlap_min_tokens), int(ll_max_tokens)
         # context-coherent EP (ExFlow; simllm.placement.affinity): one all-to-all a layer, carrying
         # only the token copies whose next expert is on another device (this fraction)
         if remote_fraction is not None and not 0.0 <= remote_fraction <= 1.0:
@@ -150,6 +187,13 @@ class EPStepCost:
         self.placement, self.topo = placement, topology
         self.overlap = bool(overlap)
         self.cal: Calibration = calibration_for(accelerator, calibration)
+        cus = float(accelerator.compute_units.value)
+        sms = default_comm_sms(accelerator) if comm_sms is None else comm_sms
+        if isinstance(sms, bool) or not isinstance(sms, (int, float)) or not 0 <= sms < cus:
+            raise InputError(f"must be a number of compute units in [0, {cus:g}), got {sms!r}", field="moe.comm_sms")
+        self.comm_sms = float(sms)
+        # compute rate left while the normal kernels run beside it (their copy loops occupy SMs)
+        self._ov_rate = (cus - self.comm_sms) / cus
         if node is None and self.tp > 1:
             from .fit import default_node_for
 
@@ -184,6 +228,7 @@ class EPStepCost:
         self._slope = self.L * self.ops.decode_attention_slope() / self.dp
         self._tok: dict[int, float] = {}
         self._head: dict[int, float] = {}
+        self._ov: dict[int, tuple] = {}
 
     # ------------------------------------------------------------------ routed experts: E[max device]
     def _device_expert_time(self, n: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -258,12 +303,15 @@ class EPStepCost:
     # ------------------------------------------------------------------ dispatch / combine
     def _build_comm_model(self) -> None:
         from ..topology import ep_dispatch
+        from .deepep import ll_params
 
+        self._ll_p = ll_params(self.cal)
         if self.ep <= 1:
             self._comm = (0.0, 0.0)
+            self._skew = 1.0
             return
         loads = self.placement.device_loads(self.popularity)  # [L, G] expected token share per device
-        a_sum = b_sum = 0.0
+        a_sum = b_sum = skew = 0.0
         refs = (32, 256)
         tg = self.topk_groups if self.routing == "grouped" else None
         experts = self.E if self.E % self.ep == 0 else self.ep * max(1, self.E // self.ep)
@@ -271,6 +319,7 @@ class EPStepCost:
             w = loads[l]
             if w.sum() <= 0:
                 w = np.ones(self.ep)
+            skew += float(w.max() / w.mean())
             tot = []
             for ref in refs:
                 t = 0.0
@@ -289,12 +338,43 @@ class EPStepCost:
         n = len(self.sample_layer_ids)
         calls = 1 if self.remote_fraction is not None else 2
         self._comm = (a_sum / n + calls * self.topo.launch_overhead, b_sum / n)
+        self._skew = skew / n  # the busiest device's share over the mean (it receives, and returns, most)
 
-    def comm_time(self, tokens_per_rank: float) -> float:
-        """Seconds of one MoE layer's dispatch + combine with ``tokens_per_rank`` tokens per device."""
+    def uses_low_latency(self, tokens_per_rank: float) -> bool:
+        """Whether a call of ``tokens_per_rank`` tokens runs DeepEP's low-latency kernels."""
+        if self.dispatch_kernel == "auto":
+            return tokens_per_rank <= self.ll_max_tokens and self.remote_fraction is None
+        return self.dispatch_kernel == "low_latency"
+
+    def ll_comm_time(self, tokens_per_rank: float) -> float:
+        """Seconds of one MoE layer's low-latency dispatch + combine (every (token, expert) copy
+        straight to its rank; :func:`simllm.cost.collectives.deepep_ll_time`, calibration section
+        ``deepep_ll``); the traffic part scaled by the busiest device's share of the loads."""
+        if tokens_per_rank <= 0 or self.ep <= 1:
+            return 0.0
+        node, p = self.topo.node, self._ll_p
+        g = min(self.topo.devices_per_node, self.ep)
+        t = 0.0
+        for op in ("dispatch", "combine"):
+            launch = p.dispatch_launch_s if op == "dispatch" else p.combine_launch_s
+            ll = float(C.deepep_ll_time(op, tokens_per_rank, self.H, self.k, self.ep, g, node.scale_up_bw,
+                                        node.scale_out_bw, p))
+            t += launch + (ll - launch) * self._skew
+        return t
+
+    def normal_comm_time(self, tokens_per_rank: float) -> float:
+        """Seconds of one MoE layer's normal-kernel dispatch + combine (the topology graph's
+        :func:`simllm.topology.ep_dispatch`, fitted linear in tokens per rank)."""
         if tokens_per_rank <= 0 or self.ep <= 1:
             return 0.0
         return self._comm[0] + self._comm[1] * tokens_per_rank
+
+    def comm_time(self, tokens_per_rank: float) -> float:
+        """Seconds of one MoE layer's dispatch + combine with ``tokens_per_rank`` tokens per device
+        (low-latency kernels at decode sizes, normal kernels above: :meth:`uses_low_latency`)."""
+        if self.uses_low_latency(tokens_per_rank):
+            return self.ll_comm_time(tokens_per_rank)
+        return self.normal_comm_time(tokens_per_rank)
 
     # ------------------------------------------------------------------ memoized token part
     def _local_moe(self, t_r: float) -> np.ndarray:
@@ -319,7 +399,8 @@ class EPStepCost:
         return comp, self.routed_time(T), self.comm_time(t_r)
 
     def _token_vec(self, T: int) -> np.ndarray:
-        """Breakdown (7) of everything that depends on T alone, summed over layers."""
+        """Breakdown (7) of everything that depends on T alone, summed over layers (one batch,
+        no micro-batch overlap; :meth:`step_time` takes the overlapped schedule where it pays)."""
         t_g = math.ceil(T / self.dp)
         v = _vec(self.ops.embedding(t_g))
         if self.n_dense:
@@ -327,18 +408,30 @@ class EPStepCost:
         comp, routed, comm = self._moe_parts(T)
         flops_r = 2.0 * T * self.k * (3 if self.gated else 2) * self.H * self.I / self.ep
         moe = comp + np.array([routed, 0.0, routed, 0.0, 0.0, flops_r, 0.0]) + np.array([comm, 0, 0, comm, 0, 0, 0])
-        if self.overlap and T >= 2:
-            ch, rh, mh = self._moe_parts(T / 2.0)
-            c_half = ch[0] + rh
-            layer = 2.0 * max(c_half, mh)
-            fill = min(c_half, mh)
-            if self.n_moe * layer + fill < self.n_moe * moe[0]:  # split only when it pays
-                moe = moe.copy()
-                moe[0] = layer
-                v = v + self.n_moe * moe
-                v[0] += fill
-                return v
         return v + self.n_moe * moe
+
+    def overlap_parts(self, T: int) -> Optional[tuple[float, float, float, float, float]]:
+        """The two-micro-batch schedule's token-dependent terms for a step of ``T`` tokens, or
+        None where it is off (``overlap`` false, ``T`` below ``overlap_min_tokens`` or 2):
+        ``(rest, c, m, r, bubble)``: seconds outside the MoE layers (embedding, dense layers at
+        full T), one half-batch's compute per MoE layer (attention block + local MoE + routed
+        experts, context attention excluded), one half-batch's dispatch + combine, the compute
+        rate left while that communication runs (normal kernels take ``comm_sms``; the
+        low-latency kernels none), and the per-layer hand-off bubbles."""
+        if not self.overlap or T < 2 or T < self.overlap_min_tokens:
+            return None
+        hit = self._ov.get(T)
+        if hit is None:
+            t_g = math.ceil(T / self.dp)
+            v = _vec(self.ops.embedding(t_g))
+            if self.n_dense:
+                v = v + self.n_dense * _vec(self.ops.attention_block(t_g) + self.ops.dense_ffn_block(t_g))
+            ch, rh, mh = self._moe_parts(T / 2.0)
+            r = 1.0 if self.uses_low_latency(math.ceil(T / 2.0 / self.ep)) else self._ov_rate
+            hit = (float(v[0]), float(ch[0] + rh), float(mh), r, OVERLAP_HANDOFFS * self.topo.launch_overhead)
+            if len(self._ov) < 200_000:
+                self._ov[T] = hit
+        return hit
 
     def _token_time(self, T: int) -> float:
         v = self._tok.get(T)
@@ -375,10 +468,40 @@ class EPStepCost:
             o.decode_attention_base(-(-int(decode_seqs) // dp))
         base = tok + head + self.L * a
         if decode_seqs > 0:
-            if is_arr:
-                return base + self._slope * decode_ctx_tokens
-            return float(base + self._slope * decode_ctx_tokens)
-        return np.full(decode_ctx_tokens.shape, base) if is_arr else float(base)
+            single = base + self._slope * decode_ctx_tokens
+        else:
+            single = np.full(decode_ctx_tokens.shape, base) if is_arr else base
+        ov = self.overlap_parts(T) if self.overlap else None
+        if ov is not None:
+            two = self._overlapped(ov, head, prefill_tokens, prefill_attn_work, decode_seqs, decode_ctx_tokens)
+            single = np.minimum(single, two) if is_arr else min(single, two)  # split only where it pays
+        return single if is_arr else float(single)
+
+    def _overlapped(self, ov, head, prefill_tokens, prefill_attn_work, decode_seqs, decode_ctx_tokens):
+        """Step seconds of the two-micro-batch schedule. Per MoE layer each half computes
+        ``x = c + a_half`` (``a_half``: its context attention) while the other half's dispatch and
+        combine take ``m``; the copy kernels slow the compute beside them to rate ``r``, so a half
+        costs ``max(m, x + m (1 - r))`` (the work done at rate r while m runs, the rest at full
+        rate); the layer ``2 * that + bubble``. Once per step the first dispatch (or the last
+        compute) has nothing to hide behind: ``+ min(x, m)``. Dense layers run unsplit."""
+        rest, c, m, r, bubble = ov
+        o, dp = self.ops, self.dp
+        a_half = o.prefill_attention_time(prefill_tokens / dp / 2.0, prefill_attn_work / dp / 2.0) + \
+            o.decode_attention_base(-(-int(decode_seqs) // (2 * dp)))
+        a_full = o.prefill_attention_time(prefill_tokens / dp, prefill_attn_work / dp) + \
+            o.decode_attention_base(-(-int(decode_seqs) // dp))
+        if decode_seqs > 0:
+            sl = self._slope / self.L
+            a_half = a_half + 0.5 * sl * decode_ctx_tokens
+            a_full = a_full + sl * decode_ctx_tokens
+        x = c + a_half
+        if isinstance(x, np.ndarray):
+            half = np.maximum(m, x + m * (1.0 - r))
+            fill = np.minimum(x, m)
+        else:
+            half = max(m, x + m * (1.0 - r))
+            fill = min(x, m)
+        return rest + head + self.n_dense * a_full + self.n_moe * (2.0 * half + bubble) + fill
 
     def step_cost(self, shape: BatchShape) -> StepCost:
         total_s = float(self.step_time(shape.prefill_tokens, shape.prefill_attn_work, shape.prefill_seqs,
@@ -507,8 +630,9 @@ def _located_loads(model, spec, layers, base_dir) -> np.ndarray:
         raise InputError(e.message, file=e.file, field="placement.plan_loads") from None
 
 
-_MOE_KEYS = {"overlap", "samples", "sample_layers", "grid_max", "grid_points", "layers", "dispatch_dtype",
-             "combine_dtype", "seed"}
+_COST_KEYS = ("overlap", "samples", "sample_layers", "grid_max", "grid_points", "dispatch_dtype", "combine_dtype",
+              "seed", "dispatch_kernel", "overlap_min_tokens", "comm_sms", "ll_max_tokens")
+_MOE_KEYS = {*_COST_KEYS, "layers"}
 
 
 def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cluster=None,
@@ -570,8 +694,7 @@ def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cl
     if plan.shape != pop.shape:
         raise InputError(f"plan_loads have shape {plan.shape}, served loads {pop.shape}", field="placement.plan_loads")
     pl = pol.place(plan / np.maximum(plan.sum(axis=1, keepdims=True), 1e-300) * 1e4, ep, nodes, slots)
-    kw = {k: moe[k] for k in ("overlap", "samples", "sample_layers", "grid_max", "grid_points", "dispatch_dtype",
-                              "combine_dtype", "seed") if k in moe}
+    kw = {k: moe[k] for k in _COST_KEYS if k in moe}
     cost = EPStepCost(model, accelerator, ep=ep, placement=pl, popularity=pop, topology=topo, tp=tp, node=node,
                       weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype, calibration=calibration,
                       **kw)
