@@ -97,7 +97,7 @@ LL_MAX_TOKENS = 128
 NORMAL_COMM_SMS = 20.0
 #: stream hand-offs per MoE layer of the two-micro-batch schedule: each micro-batch waits on its
 #: dispatch and on its combine (an event wait and a kernel launch each), four per layer; each costs
-#: one collective launch overhead of the calibration (``launch_overhead_s``).
+#: one kernel launch of the calibration's GEMM path (the launch a dependent kernel pays after a wait).
 OVERLAP_HANDOFFS = 4
 
 
@@ -428,7 +428,8 @@ class EPStepCost:
                 v = v + self.n_dense * _vec(self.ops.attention_block(t_g) + self.ops.dense_ffn_block(t_g))
             ch, rh, mh = self._moe_parts(T / 2.0)
             r = 1.0 if self.uses_low_latency(math.ceil(T / 2.0 / self.ep)) else self._ov_rate
-            hit = (float(v[0]), float(ch[0] + rh), float(mh), r, OVERLAP_HANDOFFS * self.topo.launch_overhead)
+            launch = float(self.ops.k.gemm(1.0, float(self.H), float(self.H))[0])
+            hit = (float(v[0]), float(ch[0] + rh), float(mh), r, OVERLAP_HANDOFFS * launch)
             if len(self._ov) < 200_000:
                 self._ov[T] = hit
         return hit
@@ -502,6 +503,40 @@ class EPStepCost:
             half = max(m, x + m * (1.0 - r))
             fill = min(x, m)
         return rest + head + self.n_dense * a_full + self.n_moe * (2.0 * half + bubble) + fill
+
+    def verify_step_time(self, decode_seqs: int, decode_ctx_tokens, num_tokens: int, draft_layers: int = 1):
+        """Seconds of one speculative decode step (DeepSeek-V3 MTP style) of ``decode_seqs``
+        sequences, each carrying ``1 + num_tokens`` query tokens through the model (the last
+        accepted token and ``num_tokens`` drafts, verified together), ``decode_ctx_tokens`` their
+        context total; plus the draft passes: ``num_tokens`` runs of ``draft_layers`` MTP
+        layer(s) (DeepSeek-V3's MTP module is one transformer layer sharing the embedding and the
+        LM head) on one token per sequence. How many drafts are accepted is the caller's (the
+        acceptance model); tokens per step / this = throughput, this / tokens per step = TPOT.
+
+        Pricing: the token-dependent parts (GEMMs, experts, dispatch/combine, overlap, LM head)
+        at ``decode_seqs * (1 + num_tokens)`` tokens; attention reads each sequence's KV once for
+        all its queries and pays ``1 + num_tokens`` queries' FLOPs: per context token per layer
+        ``max(q f / (peak ce), kv bytes / (bw me))`` (MLA's 128 absorbed heads make two queries
+        compute-bound), the excess over the one-query form added outside the overlap. A draft
+        layer costs one average layer of a one-token step plus the LM head."""
+        S, n = int(decode_seqs), int(num_tokens)
+        if S <= 0:
+            return 0.0
+        if n < 0 or draft_layers < 0:
+            raise InputError(f"num_tokens and draft_layers must be >= 0, got {num_tokens}, {draft_layers}",
+                             field="speculative.num_tokens")
+        main = self.step_time(0, 0.0, 0, S * (1 + n), decode_ctx_tokens)
+        if n == 0:
+            return main
+        k = self.ops.k
+        sec = k.dec
+        f_tok, by_tok, _, _, _ = k._decode_terms(1.0, sec)
+        mem = by_tok / (k.bw * sec["me"])
+        comp = f_tok / (k.attn_peak * sec["ce"])
+        extra = max(0.0, (1 + n) * comp - max(comp, mem)) * self.L / self.dp * decode_ctx_tokens
+        one = self.step_time(0, 0.0, 0, S, decode_ctx_tokens)
+        draft = n * (draft_layers * (one - self._head_time(S)) / self.L + self._head_time(S))
+        return main + extra + draft
 
     def step_cost(self, shape: BatchShape) -> StepCost:
         total_s = float(self.step_time(shape.prefill_tokens, shape.prefill_attn_work, shape.prefill_seqs,
