@@ -86,10 +86,10 @@ DEPLOY = {
                               "ASSUMPTION: the 6,688 figure is with perfect EPLB -> uniform expert loads",
                               "W8A8 INT8 GEMMs at the sourced 1,504 TOPS INT8 peak; attention bf16"]),
     "cm-decode": Deployment("CloudMatrix-Infer decode, 160 Ascend 910C (320 dies), EP320", "ascend-910c",
-                            "cloudmatrix384", 160, 64, {"alpha": 0.0}, "int8", "NPU",
+                            "cloudmatrix384", 160, 64, {"alpha": 1.0, "seed": 0}, "int8", "NPU",
                             ["EP320 over dies = EP160 over packages; 256 routed + 64 slots (the paper's 32 "
                              "redundant and 32 shared-expert dies) = one expert per die",
-                             "ASSUMPTION: 4K context per sequence; uniform expert loads (EPLB)",
+                             "ASSUMPTION: 4K context per sequence; EPLB loads as for the GPUs: Zipf(1.0), greedy_replicated",
                              f"MTP: one draft token, acceptance {MTP_ACCEPT} (DeepSeek's figure; the paper's own "
                              "acceptance not found)",
                              "batch per NPU = published throughput x TPOT bound (1,943 x 50 ms = 97; 538 x 15 ms = 8)"]),

@@ -33,22 +33,36 @@ points the table is interpolated linearly; beyond ``grid_max`` it is extrapolate
 to ``T`` (at large ``T`` the max load is proportional to ``T``). The whole token-dependent part
 is memoized per integer ``T``, so a scalar ``step_time`` is a dict lookup and a few float ops.
 
-**Dispatch and combine.** :func:`simllm.topology.ep_dispatch` (DeepEP normal kernels: NVLink
-inside a node, one RDMA copy per destination node) with the per-device loads the placement gives
-the layer's expected popularity (a hot device receives, and sends back, more). Its time is
-linear in tokens per rank: it is evaluated at two token counts per sampled layer and the fitted
-``a + b * tokens`` (averaged over layers) is used, plus the calibrated launch overhead per call.
+**Dispatch and combine.** Two DeepEP kernel families. *Normal* kernels (prefill):
+:func:`simllm.topology.ep_dispatch` (NVLink inside a node, one RDMA copy per destination node)
+with the per-device loads the placement gives the layer's expected popularity (a hot device
+receives, and sends back, more); linear in tokens per rank, evaluated at two token counts per
+sampled layer and the fitted ``a + b * tokens`` (averaged over layers) is used, plus the
+calibrated launch overhead per call. *Low-latency* kernels (decode):
+:func:`simllm.cost.collectives.deepep_ll_time` (every (token, expert) copy straight to its rank;
+calibration section ``deepep_ll``), its traffic part scaled by the busiest device's share of the
+loads. ``dispatch_kernel: auto`` (default) runs a call of at most ``ll_max_tokens`` tokens per
+rank (128, SGLang's low-latency buffer) on the low-latency kernels, larger ones on the normal
+kernels; ``normal`` / ``low_latency`` force one family.
 
-**Micro-batch overlap** (``overlap: true``; DeepSeek-V3's dual micro-batch decode): the step is
-split into two halves; while one half computes, the other communicates. Per MoE layer the time
-is ``2 * max(C(T/2), M(T/2))`` instead of ``C(T) + M(T)`` (``C``: attention + local MoE
-compute, ``M``: dispatch + combine of a half), plus a fill term ``min(C(T/2), M(T/2))`` once per
-step (the first half's first transfer, or the last half's last compute, has nothing to hide
-behind). Two half batches re-read the weights, so at small batches (weight-bound layers,
-little traffic) the split costs more than it hides: per token count the cheaper of the two
-schedules is taken (SGLang's two-batch overlap likewise applies only above a token threshold).
-Attention's context-dependent KV reads are added outside the overlap (conservative, and it
-keeps the step time linear in the decode context).
+**Micro-batch overlap** (``overlap: true``; DeepSeek's dual micro-batch, SGLang's two-batch
+overlap): the step is split into two halves; while one half computes, the other communicates.
+Per MoE layer a half computes ``x = c + a`` (``c``: attention block, local MoE and routed experts
+of half the tokens, re-reading the weights; ``a``: its context attention) while the other half's
+dispatch + combine take ``m``. The communication is not free: the normal kernels keep
+``comm_sms`` SMs (20 of an H800's 132, DeepSeek-V3 report) copying, so the compute beside them
+runs at ``r = (SMs - comm_sms) / SMs`` and a half costs ``max(m, x + m (1 - r))``; the
+low-latency kernels in hook mode hold no SM while data flies (``r = 1``; DeepSeek's profile
+README). Each layer adds four stream hand-offs (each micro-batch waits on its dispatch and its
+combine), one kernel launch each; once per step the first dispatch (or last compute) has nothing
+to hide behind (``+ min(x, m)``). Dense layers run unsplit. Two half batches re-read the weights,
+so at small batches the split costs more than it hides: per step the cheaper of the two
+schedules is taken, and below ``overlap_min_tokens`` (a framework's threshold) it is off.
+
+**Speculative decoding (MTP).** :meth:`EPStepCost.verify_step_time` prices one step in which each
+sequence verifies ``num_tokens`` drafts (``1 + num_tokens`` query tokens through the model, one
+KV read per sequence, the queries' attention FLOPs) plus the draft layers; how many drafts are
+accepted is the acceptance model's (the caller's).
 
 **Memory.** ``weight_bytes_per_device``: attention and dense weights (sharded over ``tp``),
 embedding and LM head, and per MoE layer the router, the shared experts and the *occupied
