@@ -240,6 +240,7 @@ class EPStepCost:
         self._build_expert_table()
         self._build_comm_model()
         self._slope = self.L * self.ops.decode_attention_slope() / self.dp
+        self._dec_lin = self.ops.k.decode_linear()  # (launch, per sequence, per context token) of decode attention
         self._tok: dict[int, float] = {}
         self._head: dict[int, float] = {}
         self._ov: dict[int, tuple] = {}
@@ -500,15 +501,19 @@ class EPStepCost:
         rate); the layer ``2 * that + bubble``. Once per step the first dispatch (or the last
         compute) has nothing to hide behind: ``+ min(x, m)``. Dense layers run unsplit."""
         rest, c, m, r, bubble = ov
-        o, dp = self.ops, self.dp
-        a_half = o.prefill_attention_time(prefill_tokens / dp / 2.0, prefill_attn_work / dp / 2.0) + \
-            o.decode_attention_base(-(-int(decode_seqs) // (2 * dp)))
-        a_full = o.prefill_attention_time(prefill_tokens / dp, prefill_attn_work / dp) + \
-            o.decode_attention_base(-(-int(decode_seqs) // dp))
+        dp = self.dp
+        lo, per_seq, _ = self._dec_lin
+        if prefill_tokens > 0 or prefill_attn_work > 0:
+            pa = self.ops.prefill_attention_time
+            a_half = pa(prefill_tokens / dp / 2.0, prefill_attn_work / dp / 2.0)
+            a_full = pa(prefill_tokens / dp, prefill_attn_work / dp)
+        else:
+            a_half = a_full = 0.0
         if decode_seqs > 0:
+            ds = int(decode_seqs)
             sl = self._slope / self.L
-            a_half = a_half + 0.5 * sl * decode_ctx_tokens
-            a_full = a_full + sl * decode_ctx_tokens
+            a_half = a_half + lo + (-(-ds // (2 * dp))) * per_seq + 0.5 * sl * decode_ctx_tokens
+            a_full = a_full + lo + (-(-ds // dp)) * per_seq + sl * decode_ctx_tokens
         x = c + a_half
         if isinstance(x, np.ndarray):
             half = np.maximum(m, x + m * (1.0 - r))
