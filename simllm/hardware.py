@@ -120,6 +120,15 @@ class ScaleOut(Frozen):
     source: str = ""
 
 
+class HostSpec(Frozen):
+    """The host side of a node: CPU memory, the device<->host link, local storage (KV-cache tiers)."""
+
+    memory: sourced("bytes")  # the node's host DRAM, all sockets
+    link: str  # each device's link to host memory (a links/ descriptor, e.g. pcie5)
+    storage: Optional[sourced("bytes")] = None  # local NVMe capacity for data (not the OS drives)
+    storage_bandwidth: Optional[sourced("bandwidth")] = None  # the node's aggregate local-storage read bandwidth
+
+
 class NodeSpec(Frozen):
     name: str
     description: str = ""
@@ -128,6 +137,7 @@ class NodeSpec(Frozen):
     devices: int = Field(gt=0)
     scale_up: ScaleUp
     scale_out: Optional[ScaleOut] = None
+    host: Optional[HostSpec] = None  # host memory and storage (KV-cache tiers); None: not described
     source: str
 
     @model_validator(mode="after")
@@ -168,6 +178,15 @@ class Node:
         if self.scale_out_link is None or self.spec.scale_out is None:
             return 0.0
         return self.scale_out_link.bw * self.spec.scale_out.nics_per_device
+
+    @property
+    def host(self) -> Optional[HostSpec]:
+        return self.spec.host
+
+    @property
+    def host_link(self) -> Optional[Link]:
+        """Each device's link to host memory (None when the descriptor has no ``host``)."""
+        return load_link(self.spec.host.link) if self.spec.host is not None else None
 
     def __repr__(self) -> str:
         return f"Node({self.name!r}, {self.devices}x {self.accelerator.name})"
@@ -238,6 +257,8 @@ def load_node(name_or_path: str) -> Node:
     acc = _resolve_in(path, "accelerator", load_accelerator, spec.accelerator)
     up = _resolve_in(path, "scale_up.link", load_link, spec.scale_up.link)
     out = _resolve_in(path, "scale_out.link", load_link, spec.scale_out.link) if spec.scale_out else None
+    if spec.host is not None:
+        _resolve_in(path, "host.link", load_link, spec.host.link)
     return Node(spec, acc, up, out, path)
 
 

@@ -36,6 +36,7 @@ from pydantic import Field, field_validator, model_validator
 from .config import Frozen, load_yaml, quantity, set_dotted, validate
 from .cost import make_ep_step_cost, make_step_cost
 from .cost.moe_ep import replacement_spec
+from .cost.spec_step import speculative_cost
 from .errors import InputError
 from .scenario_checks import check_scenario
 from .hardware import load_accelerator, load_cluster, load_node
@@ -46,7 +47,9 @@ from .policies import make_batching, make_router
 from .policies.batching import batching as _batching_registry
 from .policies.routing import routing as _routing_registry
 from .sim import Pool, SimConfig, Simulation, kv_capacity_blocks, link_network, topology_network
+from .sim.kv_tiers import TierLevel
 from .sim.replacement import PeriodicReplacement
+from .speculative import SpeculativeSpec
 from .topology import build_topology
 from .units import parse_quantity
 from .workload.spec import WorkloadSpec, build_workload
@@ -56,6 +59,21 @@ DTYPE = Literal["fp32", "bf16", "fp16", "fp8", "int8", "fp4", "int4"]
 
 def _check_policy(registry, block: Any, default: str) -> dict:
     return registry.check_block(block, default)
+
+
+class KVTierSpec(Frozen):
+    """One KV-cache tier below HBM (``deployment.kv.tiers``, first = next below HBM; ``simllm.sim.kv_tiers``).
+
+    ``capacity`` is per replica (its devices' shards together); ``bandwidth`` per device into HBM,
+    by default from the node descriptor: ``host_dram`` its device<->host link, ``ssd`` its local
+    storage read bandwidth shared by its devices, ``remote`` (a distributed store: Mooncake Store,
+    3FS) its scale-out NIC."""
+
+    name: Optional[str] = None  # default: the medium
+    medium: Literal["host_dram", "ssd", "remote"]
+    capacity: quantity("bytes")
+    bandwidth: Optional[quantity("bandwidth")] = None
+    latency: quantity("time", positive=False) = 0.0
 
 
 class KVSpec(Frozen):
@@ -68,6 +86,16 @@ class KVSpec(Frozen):
     prefix_caching: bool = False  # share cached prompt prefixes (Mooncake hash_ids / session turns), LRU eviction
     prefix_unit_tokens: int = Field(default=512, gt=0)  # tokens per prefix key of the workload (Mooncake hash_ids: 512;
     # vLLM hashes every KV block, so replays of vLLM runs key prompts per block_size tokens)
+    tiers: Optional[list[KVTierSpec]] = None  # KV-cache tiers below HBM for cached prefixes (host DRAM, SSD, store)
+
+    @field_validator("tiers")
+    @classmethod
+    def _tier_names(cls, v):
+        if v is not None:
+            names = [t.name or t.medium for t in v]
+            if len(set(names)) != len(names):
+                raise ValueError(f"tier names must differ, got {', '.join(names)} (give each a name)")
+        return v
 
     @field_validator("activation_reserve", mode="before")
     @classmethod
@@ -169,6 +197,7 @@ class DeploymentSpec(_Parallel):
     pools: Optional[list[PoolSpec]] = None
     disaggregation: Optional[DisaggSpec] = None
     kv_link: Union[Literal["auto"], KVLinkSpec] = "auto"  # links that carry KV between pools (pools form)
+    speculative: Optional[SpeculativeSpec] = None  # speculative decoding (simllm.speculative): MTP or a draft model
 
     @field_validator("router", mode="before")
     @classmethod
@@ -305,6 +334,7 @@ class PoolPrep:
     num_blocks: int
     kv: KVSpec
     changes: Any = None  # periodic re-placement (EP pools with replan_every_s / drift)
+    tiers: tuple = ()  # simllm.sim.kv_tiers.TierLevel below HBM
 
 
 @dataclass
@@ -407,6 +437,13 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
         c = cost if (cost is not None and not multi) else _located(
             lambda: pool_cost(model, acc, dep, sp, node=node, cluster=cl, base_dir=base_dir), file, where)
         mem = acc.hbm_bytes
+        changes = None
+        if sp.ep > 1 and hasattr(c, "policy_spec"):
+            rs = _located(lambda: replacement_spec(sp.placement, sp.expert_loads), file, where)
+            if rs is not None:
+                changes = PeriodicReplacement(c, policy=c.policy_spec, **rs)
+        if dep.speculative is not None:
+            c = _speculative_pool(c, model, acc, dep, sp, role, where, changes, node=node, file=file)
         nb = _located(lambda: kv_capacity_blocks(
             device_memory_bytes=mem, n_devices=sp.devices_per_replica,
             gpu_memory_utilization=kvs.gpu_memory_utilization,
@@ -414,15 +451,80 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
             activation_reserve_bytes=kvs.reserve_bytes(mem),
             kv_bytes_per_token_per_device=float(c.kv_bytes_per_token_per_device), block_size=kvs.block_size,
             where=f"{where}.kv"), file, None)
-        changes = None
-        if sp.ep > 1 and hasattr(c, "policy_spec"):
-            rs = _located(lambda: replacement_spec(sp.placement, sp.expert_loads), file, where)
-            if rs is not None:
-                changes = PeriodicReplacement(c, policy=c.policy_spec, **rs)
-        pools.append(PoolPrep(name, role, sp, where, c, nb, kvs, changes))
+        tiers = kv_tier_levels(kvs, node, sp.devices_per_replica, f"{where}.kv", file)
+        pools.append(PoolPrep(name, role, sp, where, c, nb, kvs, changes, tiers))
     s = scn.seed if seed is None else seed
     wl = _located(lambda: build_workload(scn.workload, seed=s, base_dir=base_dir), file, "workload")
     return Prepared(scn, model, acc, node, pools[0].cost, pools[0].num_blocks, wl, pools, cl)
+
+
+def kv_tier_levels(kvs: KVSpec, node, devices: int, where: str, file=None) -> tuple:
+    """The KV-cache tiers of a pool's replicas (``simllm.sim.kv_tiers.TierLevel``), checked against the
+    node's host memory and storage: a replica's tiers may use its devices' share of its nodes' host."""
+    if not kvs.tiers:
+        return ()
+    if not kvs.prefix_caching:
+        raise InputError("KV-cache tiers hold cached prompt prefixes: set prefix_caching: true", file=file,
+                         field=f"{where}.tiers")
+    host = node.host if node is not None else None
+    share = devices / node.devices if node is not None else 1.0
+    used = {"host_dram": 0.0, "ssd": 0.0}
+    out = []
+    for i, t in enumerate(kvs.tiers):
+        at = f"{where}.tiers.{i}"
+        name = t.name or t.medium
+        if t.medium in used:
+            limit = None if host is None else (host.memory if t.medium == "host_dram" else host.storage)
+            what = "host memory" if t.medium == "host_dram" else "local storage"
+            if limit is None:
+                raise InputError(f"a {t.medium} tier needs the node's {what} (the node descriptor's host block"
+                                 f"{'' if node is None else ' of ' + node.name}); use hardware.node or "
+                                 f"hardware.cluster with a node that describes it", file=file, field=f"{at}.medium")
+            used[t.medium] += t.capacity
+            allowed = limit.value * share
+            if used[t.medium] > allowed * (1 + 1e-9):
+                raise InputError(f"{t.capacity / 1e9:.4g} GB of {t.medium} per replica exceeds the host: a replica of "
+                                 f"{devices} of the {node.name}'s {node.devices} devices has {allowed / 1e9:.4g} GB "
+                                 f"of its {limit.text} {what}", file=file, field=f"{at}.capacity")
+        bw = t.bandwidth
+        if bw is None:
+            if t.medium == "host_dram":
+                link = node.host_link
+                bw = link.bw * (float(link.efficiency.value) if link.efficiency is not None else 1.0)
+            elif t.medium == "ssd" and host is not None and host.storage_bandwidth is not None:
+                bw = host.storage_bandwidth.value / node.devices
+            elif t.medium == "remote" and node is not None and node.scale_out_bw > 0:
+                bw = node.scale_out_bw
+            else:
+                raise InputError(f"no {t.medium} bandwidth in the node descriptor: give bandwidth (per device)",
+                                 file=file, field=f"{at}.bandwidth")
+        out.append(TierLevel(name, t.capacity, bw, t.latency))
+    return tuple(out)
+
+
+def _speculative_pool(c, model, acc, dep: DeploymentSpec, sp, role: str, where: str, changes, *, node, file):
+    """A pool's cost model with speculative decoding (``simllm.cost.spec_step``), after the checks that
+    its batching and options can honour it."""
+    spec = dep.speculative
+    if role != "prefill":
+        pol = make_batching(sp.batching)
+        if getattr(pol, "general", False):
+            raise InputError(f"speculative decoding needs decode-only iterations (batching policy vllm-v0); "
+                             f"{sp.batching.get('policy')} mixes decode tokens into prefill steps, where "
+                             f"verification is not modelled", file=file, field=f"{where}.batching.policy")
+    if changes is not None:
+        raise InputError("speculative decoding with periodic expert re-placement (replan_every_s) is not "
+                         "modelled", file=file, field="deployment.speculative")
+    draft = None
+    if spec.method == "draft":
+        dm = _located(lambda: load_model(spec.draft), file, "deployment.speculative.draft")
+        dtp = spec.draft_tp or sp.tp
+        for err in tp_errors(dm, dtp):
+            raise InputError(err, file=file, field="deployment.speculative.draft_tp")
+        draft = _located(lambda: make_step_cost(dm, acc, tp=dtp, node=node, weight_dtype=dep.weight_dtype,
+                                                kv_dtype=dep.kv_dtype, act_dtype=dep.act_dtype,
+                                                framework=dep.framework), file, "deployment.speculative")
+    return speculative_cost(c, spec, draft=draft, num_layers=model.num_layers)
 
 
 def power_and_price(scn: Scenario, acc) -> tuple[Optional[float], Optional[float], Optional[float]]:
@@ -436,11 +538,12 @@ def power_and_price(scn: Scenario, acc) -> tuple[Optional[float], Optional[float
     return price, (acc.tdp.value if acc.tdp is not None else None), idle
 
 
-def _sim_config(scn: Scenario, kvs: KVSpec, max_len) -> SimConfig:
+def _sim_config(scn: Scenario, kvs: KVSpec, max_len, tiers: tuple = ()) -> SimConfig:
     return SimConfig(jump=scn.sim.jump, preemption=kvs.preemption, block_size=kvs.block_size,
                      watermark=kvs.watermark, max_model_len=max_len, swap_bandwidth=kvs.swap_bandwidth,
                      record_breakdown=scn.sim.record_breakdown, prefix_caching=kvs.prefix_caching,
-                     prefix_unit_tokens=kvs.prefix_unit_tokens)
+                     prefix_unit_tokens=kvs.prefix_unit_tokens, speculative=scn.deployment.speculative,
+                     kv_tiers=tiers)
 
 
 def _network(scn: Scenario, prep: Prepared, file=None):
@@ -480,7 +583,7 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
         router = sp.router if pp.role != "decode" else (sp.router or {"policy": "least_outstanding"})
         pools.append(Pool(pp.name, pp.role, sp.replicas, pp.cost, pp.num_blocks, lambda b=b: make_batching(b),
                           make_router(router or {"policy": "round_robin"}), devices=sp.devices_per_replica,
-                          config=_sim_config(scn, pp.kv, max_len), changes=pp.changes,
+                          config=_sim_config(scn, pp.kv, max_len, pp.tiers), changes=pp.changes,
                           attn_group=sp.tp if sp.ep > 1 else None))
     s = scn.seed if seed is None else seed
     network = _network(scn, prep) if multi and len(pools) > 1 else None
@@ -492,6 +595,10 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
     summary = summarize(res, devices_per_replica=prep.pools[0].spec.devices_per_replica,
                         peak_flops=acc.peak(dep.act_dtype), hbm_bandwidth=acc.hbm_bw, price_per_device_hour=price,
                         tdp_w=tdp, idle_w=idle, slo_ttft_s=scn.slo.ttft_s, slo_tpot_s=scn.slo.tpot_s, requests=req)
+    if res.speculative is not None:
+        summary["speculative"] = res.speculative
+    if res.kv_tiers is not None:
+        summary["kv_tiers"] = res.kv_tiers
     if not multi:
         summary = {"scenario": scn.name, "model": prep.model.name, "accelerator": acc.name, "tp": dep.tp,
                    "pp": dep.pp, "seed": s, **summary}

@@ -99,6 +99,17 @@ def print_summary(s: dict) -> None:
         ("MFU / MBU / busy", f"{_fmt(s['mfu'], 100, '%')} / {_fmt(s['mbu'], 100, '%')} / "
                              f"{_fmt(s['busy_fraction'], 100, '%')}"),
         ("KV utilisation (mean)", _fmt(s["kv_utilization_mean"], 100, "%")),
+    ]
+    sp = s.get("speculative")
+    if sp:
+        rows.append(("speculative tokens / step", f"{_fmt(sp['tokens_per_step'])} (expected "
+                                                  f"{_fmt(sp['expected_tokens_per_step'])}); acceptance rate "
+                                                  f"{_fmt(sp['acceptance_rate'], 100, '%')}"))
+    kt = s.get("kv_tiers")
+    if kt:
+        rows.append(("prefix hits by tier", ", ".join(f"{k} {_fmt(v['hit_rate'], 100, '%')}" for k, v in kt.items()
+                                                      if isinstance(v, dict))))
+    rows += [
         ("cost per Mtok out", _fmt(s["cost_per_million_output_tokens_usd"], unit=" USD")),
         ("energy per output token", _fmt(s["energy_per_output_token_j"], unit=" J")
          if s["energy_per_output_token_j"] is not None else f"- ({s['energy_note']})"),

@@ -12,6 +12,9 @@ prefix caching). The replica counts every cached unit in its used blocks and tel
 batching policy that evictable blocks are free.
 
 Cost: dictionary operations per unit at admission and completion, nothing per decode step.
+
+``lower``: the tiers below HBM (:class:`~simllm.sim.kv_tiers.KVTiers`) or None. With tiers, evicted
+units are demoted to them and a unit entering the cache leaves them (the hierarchy is exclusive).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class PrefixCache:
         self.upb = int(blocks_per_unit)
         self.ref: dict = {}  # key -> reference count (0: evictable, then also in lru)
         self.lru: OrderedDict = OrderedDict()  # unreferenced keys, least recently used first
+        self.lower = None  # KVTiers below HBM (simllm.sim.kv_tiers), or None
 
     # -- sizes ---------------------------------------------------------------------------
     @property
@@ -57,10 +61,13 @@ class PrefixCache:
     def acquire(self, keys: Sequence) -> None:
         ref = self.ref
         lru = self.lru
+        lower = self.lower
         for k in keys:
             r = ref.get(k)
             if r is None:
                 ref[k] = 1
+                if lower is not None:
+                    lower.discard(k)
             else:
                 if r == 0:
                     del lru[k]
@@ -83,7 +90,10 @@ class PrefixCache:
         units = min(-(-blocks // self.upb), len(self.lru))
         lru = self.lru
         ref = self.ref
+        lower = self.lower
         for _ in range(units):
             k, _v = lru.popitem(last=False)
             del ref[k]
+            if lower is not None:
+                lower.demote((k,))
         return units * self.upb

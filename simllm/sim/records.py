@@ -26,6 +26,8 @@ class SimConfig:
     record_breakdown: bool = True  # call step_cost once per step/segment for compute/memory/comm
     prefix_caching: bool = False  # share full prompt units with equal prefix keys (simllm.sim.prefix_cache)
     prefix_unit_tokens: int = 512  # tokens per prefix key (Mooncake hash_ids: 512)
+    speculative: Optional[object] = None  # a simllm.speculative.SpeculativeSpec (simllm.sim.spec_decode)
+    kv_tiers: tuple = ()  # simllm.sim.kv_tiers.TierLevel below HBM, first to last (needs prefix_caching)
 
 
 @dataclass
@@ -62,3 +64,5 @@ class SimResult:
     replica_kv_blocks: list = field(default_factory=list)
     request_columns: dict = field(default_factory=dict)  # extra requests.csv columns
     kv_peak_total_blocks: list = field(default_factory=list)  # decode replicas: used + reserved for transfers
+    speculative: Optional[dict] = None  # speculative decoding counters (simllm.sim.spec_decode.speculative_summary)
+    kv_tiers: Optional[dict] = None  # per-tier prefix hits (simllm.sim.kv_tiers.tiers_summary)

@@ -53,7 +53,9 @@ import simpy
 
 from ..policies.batching import Batch
 from .kv import KVCache, PolicyKVView
+from .kv_tiers import KVTiers
 from .prefix_cache import PrefixCache
+from .spec_decode import SpecDecode
 
 
 class _Waiting(deque):
@@ -80,6 +82,10 @@ class _Waiting(deque):
         if d is not None:
             return L - d
         if rep.pc is not None:
+            if rep.tiers is not None:  # units in the tiers below HBM are loaded, not computed
+                keys = rep._hit_keys(rid, L)
+                h = rep.pc.match(keys)[0]
+                return L - (h + rep.tiers.match(keys, h)) * rep.unit_tokens
             return L - rep.pc.match(rep._hit_keys(rid, L))[0] * rep.unit_tokens
         return L
 
@@ -126,6 +132,14 @@ class Replica:
         self.kv = KVCache(num_blocks=pool.num_blocks, block_size=cfg.block_size, watermark=cfg.watermark,
                           prefix=self.pc)
         self.kv_view = PolicyKVView(self.kv) if self.pc is not None else self.kv
+        levels = getattr(cfg, "kv_tiers", ())  # KV-cache tiers below HBM (simllm.sim.kv_tiers)
+        if levels and self.pc is None:
+            raise ValueError("KV-cache tiers hold cached prefix units: they need prefix caching")
+        self.tiers = KVTiers(levels, unit_tokens=self.unit_tokens, devices=pool.devices,
+                             kv_bytes_per_token_per_device=float(cost.kv_bytes_per_token_per_device)) \
+            if levels else None
+        if self.tiers is not None:
+            self.pc.lower = self.tiers
         self.B = cfg.block_size
         self.waiting = _Waiting(sim.prompt, sim.gen)
         self.swapped: deque = deque()  # (rid, kv_tokens, remaining)
@@ -160,6 +174,14 @@ class Replica:
         self.next_chg = self.chg.boundary(1) if self.chg is not None else math.inf
         self.tok_int = 0  # tokens served since the last change point
         self.idle_from = None
+        # speculative decoding (simllm.sim.spec_decode): None without it
+        spec = getattr(cfg, "speculative", None)
+        self.spec = SpecDecode(spec, getattr(sim, "seed", 0), cfg.block_size) if spec is not None else None
+        if self.spec is not None and bool(getattr(policy, "general", False)):
+            raise ValueError(f"speculative decoding needs decode-only iterations (batching vllm-v0); {policy!r} "
+                             f"mixes decode tokens into prefill steps")
+        self.grow_max = self.spec.grow_max if self.spec is not None else 1
+        self.seg_cum = None  # tokens emitted per step of a speculative jump under way
         self.proc = self.env.process(self._run())
 
     # -- the policy's view of the running set ----------------------------------------------
@@ -181,7 +203,8 @@ class Replica:
         if j == 0:
             return self.kv.used_blocks
         B = self.B
-        return self.kv.evict_over(int(((self.r_t[:n] + (j + B - 1)) // B).sum()) + self.kv.held)
+        g = j if self.seg_cum is None else self.seg_cum[j - 1]
+        return self.kv.evict_over(int(((self.r_t[:n] + g + (B - 1)) // B).sum()) + self.kv.held)
 
     @property
     def kv_free_fraction(self) -> float:
@@ -329,10 +352,11 @@ class Replica:
             # -- decode segment -----------------------------------------------------------
             # make room for one more token per sequence, preempting the newest
             preempted = False
-            if kv.growable_blocks - kv.used_blocks < self.n:  # some sequence may need a new block it cannot get
+            if kv.growable_blocks - kv.used_blocks < self.n * self.grow_max:  # a sequence may lack a new block
                 while True:
                     t = self.r_t[:self.n]
-                    grow = int(np.count_nonzero(t % B == 0))
+                    grow = int(np.count_nonzero(t % B == 0)) if self.spec is None else \
+                        self.spec.grow(t, self.r_rem[:self.n])
                     if kv.used_blocks + grow <= kv.growable_blocks or (self.n == 1 and not self.pdone):
                         break
                     if self.n == 1:
@@ -345,12 +369,15 @@ class Replica:
             # after a preemption the victim waits at the queue's head: re-decide after one step
             mrem = int(self.r_rem[:n].min())
             kmax = mrem if jump and not preempted and not swap_drained else 1
-            k = self._fit_steps(t, kmax) if kmax > 1 else 1
             T0 = int(t.sum())
-            if k > len(self._arange):
-                self._arange = np.arange(2 * k, dtype=np.float64)
-            ctx = self._arange[:k] * n
-            ctx += T0 + n
+            if self.spec is not None:  # speculative: tokens per step drawn per sequence (spec_decode)
+                k, ctx, cum = self._spec_plan(n, kmax)
+            else:
+                k = self._fit_steps(t, kmax) if kmax > 1 else 1
+                if k > len(self._arange):
+                    self._arange = np.arange(2 * k, dtype=np.float64)
+                ctx = self._arange[:k] * n
+                ctx += T0 + n
             d = self.cost.step_time(0, 0.0, 0, n, ctx)
             if k == 1:  # the same float additions as the cumsum below
                 end = now + (float(d[0]) + self.pending_swap_s)
@@ -382,6 +409,8 @@ class Replica:
             elif k > 1:
                 self.interruptible = True
                 self.seg = (ends, n)  # routers looking at KV state mid-jump see the steps done by then
+                if self.spec is not None:
+                    self.seg_cum = cum
                 try:
                     yield env.timeout(max(end - env.now, 0.0))
                 except simpy.Interrupt as intr:
@@ -393,10 +422,14 @@ class Replica:
                     yield env.timeout(max(end - env.now, 0.0))
                 self.interruptible = False
                 self.seg = None
+                self.seg_cum = None
             else:
                 yield env.timeout(max(end - env.now, 0.0))
             self.clock = end
             # apply k steps
+            if self.spec is not None:
+                self._spec_apply(n, k, cum, ctx, now, end)
+                continue
             self.r_t[:n] += k
             rem = self.r_rem[:n]
             rem -= k
@@ -406,6 +439,26 @@ class Replica:
                             (0, 0.0, 0, n, T0 + n * (k + 1) / 2.0))
             if k == mrem:  # someone finished
                 self._finish(n, end)
+
+    def _spec_plan(self, n: int, kmax: int):
+        """A speculative decode segment of up to ``kmax`` steps (``simllm.sim.spec_decode``)."""
+        kv = self.kv
+        rids = self.r_idx[:n]
+        rem = self.r_rem[:n]
+        return self.spec.plan(rids, self.sim.out[rids] - rem, self.r_t[:n], rem, kmax, kv.growable_blocks - kv.held)
+
+    def _spec_apply(self, n: int, k: int, cum, ctx, now: float, end: float) -> None:
+        """Apply the first ``k`` steps of a speculative segment: each sequence keeps the tokens it emitted."""
+        e = cum[k - 1]
+        self.r_t[:n] += e
+        rem = self.r_rem[:n]
+        rem -= e
+        self.spec.count(k, cum)
+        self._refresh_used()
+        self.sim.record_step(self.index, now, end - now, k, n, 0, 0, int(e.sum()), self.kv.used_blocks,
+                             (0, 0.0, 0, n, float(ctx[:k].mean())))
+        if int(rem.min()) == 0:
+            self._finish(n, end)
 
     def _change(self):
         """Apply the change point(s) at or before ``clock``: new cost model, and a pause (migration) that
@@ -575,6 +628,11 @@ class Replica:
                 if pc is not None:
                     keys = self._hit_keys(rid, L)
                     h = pc.match(keys)[0]
+                    if self.tiers is not None:  # hits below HBM: loaded before the prefill, over the tier's link
+                        h2 = self.tiers.match(keys, h)
+                        if h2:
+                            self.pending_swap_s += self.tiers.promote(keys[h:h + h2])
+                            h += h2
                     pc.acquire(keys[:h])
                     sim.prefix_query_tokens += int(sim.prompt[rid])
                     sim.prefix_hit_tokens += h * T

@@ -23,6 +23,8 @@ import simpy
 from ..cost.interface import BatchShape
 from .pools import REPLICA_CLASS, Pool
 from .records import NAN, STEP_COLUMNS, SimConfig, SimResult
+from .kv_tiers import tiers_summary
+from .spec_decode import speculative_summary
 
 
 class _PoolView:
@@ -63,6 +65,7 @@ class Simulation:
         pools = entry + decode  # ranks and replica indices: the arrivals' pool first
         self.pools = pools
         self.config = config
+        self.seed = seed
         cfgs = [p.config or config for p in pools]
         self.changes = next((p.changes for p in pools if p.changes is not None), None)  # any: count tokens
         self.cost_changes: list = []  # (row index, replica, cost from that row on)
@@ -326,7 +329,15 @@ class Simulation:
                          kv_num_blocks=self.num_blocks, block_size=self.replicas[0].cfg.block_size, end_s=end,
                          kv_peak_blocks=[r.kv_peak for r in self.replicas], priority=self.priority,
                          prefix_caching=self.caching, prefix_query_tokens=self.prefix_query_tokens,
-                         prefix_hit_tokens=self.prefix_hit_tokens, **multi)
+                         prefix_hit_tokens=self.prefix_hit_tokens, speculative=self._speculative(), kv_tiers=self._kv_tiers(), **multi)
+
+    def _kv_tiers(self) -> Optional[dict]:
+        tiers = [r.tiers for r in self.replicas if r.tiers is not None]
+        return tiers_summary(tiers, self.prefix_query_tokens, self.prefix_hit_tokens) if tiers else None
+
+    def _speculative(self) -> Optional[dict]:
+        decs = [r.spec for r in self.replicas if r.spec is not None]
+        return speculative_summary(decs, decs[0].spec) if decs else None
 
     # -- between pools -----------------------------------------------------------------------
     def decode_reject_reason(self, rid: int) -> str:
