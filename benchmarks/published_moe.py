@@ -16,8 +16,11 @@ Metrics and how they are priced:
   published length (full causal attention each), two micro-batches (``overlap``), DeepEP normal
   kernels; tokens / step seconds, per node (8 GPUs) or per NPU.
 * decode: one step of ``seqs_per_device * ep`` sequences at the context given; with MTP
-  (``mtp_accept``) each sequence verifies one draft token (``EPStepCost.verify_step_time``, the
-  MTP layer priced as one more layer) and emits ``1 + acceptance`` tokens per step on average;
+  (``deployment.speculative: {method: mtp, num_tokens: 1, acceptance}``) the step is
+  :class:`simllm.cost.spec_step.SpeculativeStepCost` over the EP step cost (verification of
+  ``1 + 1`` query tokens per sequence, the queries' attention FLOPs from
+  ``EPStepCost.verify_attention_extra``, the MTP module as 1/61 of a step) and a sequence emits
+  :func:`simllm.speculative.expected_tokens_per_step` tokens per step on average;
   TPOT = step / tokens per step, throughput = sequences * tokens per step / step. The published
   batch is the one the published throughput and TPOT imply (throughput x TPOT per device).
 """
@@ -35,8 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from simllm.cost.moe_ep import make_ep_step_cost  # noqa: E402
+from simllm.cost.spec_step import speculative_cost  # noqa: E402
 from simllm.hardware import load_accelerator, load_cluster, load_node  # noqa: E402
 from simllm.model import load_model  # noqa: E402
+from simllm.speculative import SpeculativeSpec, expected_tokens_per_step  # noqa: E402
 
 #: DeepSeek-V3 technical report (arXiv 2412.19437, sec. 5.4.3): the second token's MTP acceptance
 #: rate is 85-90%; the midpoint is used wherever MTP is on (one draft token).
@@ -124,8 +129,8 @@ APPROXIMATIONS = [
     "scenarios in workloads/scenarios/ replay full request streams with the same cost model",
     "DP attention: a step's tokens spread evenly over the EP ranks (no attention imbalance between ranks)",
     "expert loads are a statistical model (uniform or Zipf 1.0), not recorded EPLB statistics",
-    "MTP: tokens per step = 1 + acceptance (one draft token); the draft layer priced as one average layer "
-    "of a one-token step plus the LM head; the acceptance model itself is issue-14b's",
+    "MTP through simllm.speculative / simllm.cost.spec_step (issue 14b): one draft token, expected tokens "
+    "per step 1 + acceptance; the MTP module priced as 1/61 of a one-token step",
     "DeepSeek's published decode figures are production daily averages (not a fixed-batch benchmark)",
     "no KV-cache tier: every prompt token is computed (DeepSeek's 56.3% disk-cache hits are outside the "
     "profile's prefill figure)",
@@ -172,7 +177,9 @@ def decode(cost, seqs: int, ctx: float, mtp) -> dict:
     if mtp is None:
         st, per_step = cost.step_time(0, 0.0, 0, S, float(S * ctx)), 1.0
     else:
-        st, per_step = cost.verify_step_time(S, float(S * ctx), 1), 1.0 + float(mtp)
+        spec = SpeculativeSpec(method="mtp", num_tokens=1, acceptance=float(mtp))
+        sc = speculative_cost(cost, spec, num_layers=cost.L)
+        st, per_step = sc.step_time(0, 0.0, 0, S, float(S * ctx)), expected_tokens_per_step(spec.acceptance_vector())
     return {"step_s": st, "tpot_s": st / per_step, "per_device": seqs * per_step / st}
 
 

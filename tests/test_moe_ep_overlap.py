@@ -110,16 +110,29 @@ def test_vectorised_overlap_matches_scalar(pair):
     assert np.allclose(v, [ov.step_time(0, 0.0, 0, 1024, float(x)) for x in ctx])
 
 
-def test_verify_step(pair):
+def test_verification_attention_extra(pair):
+    """Two queries per sequence over MLA's 128 absorbed heads are compute-bound on an H800: the
+    verification step pays the second query's FLOPs beyond the one-query (memory-bound) form."""
+    from simllm.cost.spec_step import speculative_cost
+    from simllm.speculative import SpeculativeSpec
+
     c, _ = pair
     S, ctx = 16 * 64, 16 * 64 * 4096.0
+    assert c.verify_attention_extra(S, ctx, 1) == 0.0
+    e2, e3 = c.verify_attention_extra(S, ctx, 2), c.verify_attention_extra(S, ctx, 3)
+    k = c.ops.k
+    f, by, _, _, _ = k._decode_terms(1.0, k.dec)
+    comp, mem = f / (k.attn_peak * k.dec["ce"]), by / (k.bw * k.dec["me"])
+    assert e2 == pytest.approx(max(0.0, 2 * comp - max(comp, mem)) * c.L / c.dp * ctx)
+    assert e3 - e2 == pytest.approx(comp * c.L / c.dp * ctx)  # each further query: its FLOPs
+    arr = c.verify_attention_extra(S, np.array([ctx, 2 * ctx]), 2)
+    assert arr[1] == pytest.approx(2 * arr[0])
+    sc = speculative_cost(c, SpeculativeSpec(method="mtp", num_tokens=1, acceptance=0.85), num_layers=c.L)
     one = c.step_time(0, 0.0, 0, S, ctx)
-    assert c.verify_step_time(S, ctx, 0) == one
-    two = c.verify_step_time(S, ctx, 1)
-    # more than a one-token step (twice the tokens, the draft layer), less than two of them
+    two = sc.step_time(0, 0.0, 0, S, ctx)
+    assert two == pytest.approx(c.step_time(0, 0.0, 0, 2 * S, ctx + S) + c.verify_attention_extra(S, ctx + S, 2)
+                                + one / c.L)
     assert one < two < 2 * one
-    with pytest.raises(InputError):
-        c.verify_step_time(S, ctx, -1)
 
 
 def test_int8_on_ascend_prices_at_the_int8_peak():

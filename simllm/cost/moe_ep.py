@@ -59,10 +59,10 @@ to hide behind (``+ min(x, m)``). Dense layers run unsplit. Two half batches re-
 so at small batches the split costs more than it hides: per step the cheaper of the two
 schedules is taken, and below ``overlap_min_tokens`` (a framework's threshold) it is off.
 
-**Speculative decoding (MTP).** :meth:`EPStepCost.verify_step_time` prices one step in which each
-sequence verifies ``num_tokens`` drafts (``1 + num_tokens`` query tokens through the model, one
-KV read per sequence, the queries' attention FLOPs) plus the draft layers; how many drafts are
-accepted is the acceptance model's (the caller's).
+**Speculative decoding (MTP).** :class:`simllm.cost.spec_step.SpeculativeStepCost` prices a
+verification step through :meth:`step_time` (``n (k + 1)`` tokens, one KV pass);
+:meth:`EPStepCost.verify_attention_extra` adds the queries' attention FLOPs beyond the one-query
+linear form (MLA decode with two queries per sequence is compute-bound).
 
 **Memory.** ``weight_bytes_per_device``: attention and dense weights (sharded over ``tp``),
 embedding and LM head, and per MoE layer the router, the shared experts and the *occupied
@@ -523,39 +523,22 @@ class EPStepCost:
             fill = min(x, m)
         return rest + head + self.n_dense * a_full + self.n_moe * (2.0 * half + bubble) + fill
 
-    def verify_step_time(self, decode_seqs: int, decode_ctx_tokens, num_tokens: int, draft_layers: int = 1):
-        """Seconds of one speculative decode step (DeepSeek-V3 MTP style) of ``decode_seqs``
-        sequences, each carrying ``1 + num_tokens`` query tokens through the model (the last
-        accepted token and ``num_tokens`` drafts, verified together), ``decode_ctx_tokens`` their
-        context total; plus the draft passes: ``num_tokens`` runs of ``draft_layers`` MTP
-        layer(s) (DeepSeek-V3's MTP module is one transformer layer sharing the embedding and the
-        LM head) on one token per sequence. How many drafts are accepted is the caller's (the
-        acceptance model); tokens per step / this = throughput, this / tokens per step = TPOT.
-
-        Pricing: the token-dependent parts (GEMMs, experts, dispatch/combine, overlap, LM head)
-        at ``decode_seqs * (1 + num_tokens)`` tokens; attention reads each sequence's KV once for
-        all its queries and pays ``1 + num_tokens`` queries' FLOPs: per context token per layer
-        ``max(q f / (peak ce), kv bytes / (bw me))`` (MLA's 128 absorbed heads make two queries
-        compute-bound), the excess over the one-query form added outside the overlap. A draft
-        layer costs one average layer of a one-token step plus the LM head."""
-        S, n = int(decode_seqs), int(num_tokens)
-        if S <= 0:
-            return 0.0
-        if n < 0 or draft_layers < 0:
-            raise InputError(f"num_tokens and draft_layers must be >= 0, got {num_tokens}, {draft_layers}",
-                             field="speculative.num_tokens")
-        main = self.step_time(0, 0.0, 0, S * (1 + n), decode_ctx_tokens)
-        if n == 0:
-            return main
+    def verify_attention_extra(self, decode_seqs: int, decode_ctx_tokens, queries: int):
+        """Seconds a verification step's attention costs beyond the one-query linear form, when
+        each of ``decode_seqs`` sequences (context total ``decode_ctx_tokens``) runs ``queries``
+        query tokens over its KV in one pass (speculative decoding: the last token and the drafts).
+        The KV is read once; the FLOPs are the queries': per context token per layer
+        ``max(q f / (peak ce), kv bytes / (bw me))`` against the one-query ``max(f / (peak ce),
+        kv bytes / (bw me))`` (MLA's 128 absorbed heads make two queries compute-bound on an H800).
+        :class:`simllm.cost.spec_step.SpeculativeStepCost` adds it to the verification step."""
+        if decode_seqs <= 0 or queries <= 1:
+            return 0.0 * decode_ctx_tokens
         k = self.ops.k
         sec = k.dec
         f_tok, by_tok, _, _, _ = k._decode_terms(1.0, sec)
         mem = by_tok / (k.bw * sec["me"])
         comp = f_tok / (k.attn_peak * sec["ce"])
-        extra = max(0.0, (1 + n) * comp - max(comp, mem)) * self.L / self.dp * decode_ctx_tokens
-        one = self.step_time(0, 0.0, 0, S, decode_ctx_tokens)
-        draft = n * (draft_layers * (one - self._head_time(S)) / self.L + self._head_time(S))
-        return main + extra + draft
+        return max(0.0, queries * comp - max(comp, mem)) * self.L / self.dp * decode_ctx_tokens
 
     def step_cost(self, shape: BatchShape) -> StepCost:
         total_s = float(self.step_time(shape.prefill_tokens, shape.prefill_attn_work, shape.prefill_seqs,
