@@ -244,6 +244,7 @@ class EPStepCost:
         self._tok: dict[int, float] = {}
         self._head: dict[int, float] = {}
         self._ov: dict[int, tuple] = {}
+        self._mq: dict[int, float] = {}  # queries per sequence -> verification attention seconds per context token
 
     # ------------------------------------------------------------------ routed experts: E[max device]
     def _device_expert_time(self, n: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -533,12 +534,15 @@ class EPStepCost:
         :class:`simllm.cost.spec_step.SpeculativeStepCost` adds it to the verification step."""
         if decode_seqs <= 0 or queries <= 1:
             return 0.0 * decode_ctx_tokens
-        k = self.ops.k
-        sec = k.dec
-        f_tok, by_tok, _, _, _ = k._decode_terms(1.0, sec)
-        mem = by_tok / (k.bw * sec["me"])
-        comp = f_tok / (k.attn_peak * sec["ce"])
-        return max(0.0, queries * comp - max(comp, mem)) * self.L / self.dp * decode_ctx_tokens
+        hit = self._mq.get(queries)
+        if hit is None:
+            k = self.ops.k
+            sec = k.dec
+            f_tok, by_tok, _, _, _ = k._decode_terms(1.0, sec)
+            mem = by_tok / (k.bw * sec["me"])
+            comp = f_tok / (k.attn_peak * sec["ce"])
+            hit = self._mq[queries] = max(0.0, queries * comp - max(comp, mem)) * self.L / self.dp
+        return hit * decode_ctx_tokens
 
     def step_cost(self, shape: BatchShape) -> StepCost:
         total_s = float(self.step_time(shape.prefill_tokens, shape.prefill_attn_work, shape.prefill_seqs,
