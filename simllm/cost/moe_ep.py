@@ -90,6 +90,7 @@ import numpy as np
 from ..errors import InputError
 from . import collectives as C
 from .calibration import Calibration, calibration_for
+from .deepep import ll_params
 from .interface import BatchShape, StepCost
 from .kernels import elementwise_time, gemm_time
 from .ops import LayerOps, total
@@ -319,7 +320,6 @@ class EPStepCost:
     # ------------------------------------------------------------------ dispatch / combine
     def _build_comm_model(self) -> None:
         from ..topology import ep_dispatch
-        from .deepep import ll_params
 
         self._ll_p = ll_params(self.cal)
         if self.ep <= 1:
