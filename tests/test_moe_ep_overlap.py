@@ -169,3 +169,13 @@ def test_published_cloudmatrix_15ms_point():
     (row,) = P.evaluate("cm_decode_15ms")
     assert 0.85 <= row["ratio"] <= 1.15
     assert math.isfinite(row["step_s"])
+
+
+@pytest.mark.parametrize("name", ["deepseek-v3-h800-pd", "deepseek-v3-sglang-h100-pd", "deepseek-r1-cloudmatrix384-pd"])
+def test_large_scale_scenarios_validate(name):
+    from simllm.scenario import load_scenario
+
+    scn, _ = load_scenario(ROOT / "workloads" / "scenarios" / f"{name}.yaml", [])
+    pools = {p.role: p for p in scn.deployment.pools}
+    assert pools["prefill"].moe["overlap"] and pools["decode"].moe["overlap"]
+    assert scn.deployment.act_dtype == scn.deployment.weight_dtype  # FP8 / INT8 GEMMs with quantized activations
