@@ -34,22 +34,36 @@ points the table is interpolated linearly; beyond ``grid_max`` it is extrapolate
 to ``T`` (at large ``T`` the max load is proportional to ``T``). The whole token-dependent part
 is memoized per integer ``T``, so a scalar ``step_time`` is a dict lookup and a few float ops.
 
-**Dispatch and combine.** :func:`simllm.topology.ep_dispatch` (DeepEP normal kernels: NVLink
-inside a node, one RDMA copy per destination node) with the per-device loads the placement gives
-the layer's expected popularity (a hot device receives, and sends back, more). Its time is
-linear in tokens per rank: it is evaluated at two token counts per sampled layer and the fitted
-``a + b * tokens`` (averaged over layers) is used, plus the calibrated launch overhead per call.
+**Dispatch and combine.** Two DeepEP kernel families. *Normal* kernels (prefill):
+:func:`simllm.topology.ep_dispatch` (NVLink inside a node, one RDMA copy per destination node)
+with the per-device loads the placement gives the layer's expected popularity (a hot device
+receives, and sends back, more); linear in tokens per rank, evaluated at two token counts per
+sampled layer and the fitted ``a + b * tokens`` (averaged over layers) is used, plus the
+calibrated launch overhead per call. *Low-latency* kernels (decode):
+:func:`simllm.cost.collectives.deepep_ll_time` (every (token, expert) copy straight to its rank;
+calibration section ``deepep_ll``), its traffic part scaled by the busiest device's share of the
+loads. ``dispatch_kernel: auto`` (default) runs a call of at most ``ll_max_tokens`` tokens per
+rank (128, SGLang's low-latency buffer) on the low-latency kernels, larger ones on the normal
+kernels; ``normal`` / ``low_latency`` force one family.
 
-**Micro-batch overlap** (``overlap: true``; DeepSeek-V3's dual micro-batch decode): the step is
-split into two halves; while one half computes, the other communicates. Per MoE layer the time
-is ``2 * max(C(T/2), M(T/2))`` instead of ``C(T) + M(T)`` (``C``: attention + local MoE
-compute, ``M``: dispatch + combine of a half), plus a fill term ``min(C(T/2), M(T/2))`` once per
-step (the first half's first transfer, or the last half's last compute, has nothing to hide
-behind). Two half batches re-read the weights, so at small batches (weight-bound layers,
-little traffic) the split costs more than it hides: per token count the cheaper of the two
-schedules is taken (SGLang's two-batch overlap likewise applies only above a token threshold).
-Attention's context-dependent KV reads are added outside the overlap (conservative, and it
-keeps the step time linear in the decode context).
+**Micro-batch overlap** (``overlap: true``; DeepSeek's dual micro-batch, SGLang's two-batch
+overlap): the step is split into two halves; while one half computes, the other communicates.
+Per MoE layer a half computes ``x = c + a`` (``c``: attention block, local MoE and routed experts
+of half the tokens, re-reading the weights; ``a``: its context attention) while the other half's
+dispatch + combine take ``m``. The communication is not free: the normal kernels keep
+``comm_sms`` SMs (20 of an H800's 132, DeepSeek-V3 report) copying, so the compute beside them
+runs at ``r = (SMs - comm_sms) / SMs`` and a half costs ``max(m, x + m (1 - r))``; the
+low-latency kernels in hook mode hold no SM while data flies (``r = 1``; DeepSeek's profile
+README). Each layer adds four stream hand-offs (each micro-batch waits on its dispatch and its
+combine), one kernel launch each; once per step the first dispatch (or last compute) has nothing
+to hide behind (``+ min(x, m)``). Dense layers run unsplit. Two half batches re-read the weights,
+so at small batches the split costs more than it hides: per step the cheaper of the two
+schedules is taken, and below ``overlap_min_tokens`` (a framework's threshold) it is off.
+
+**Speculative decoding (MTP).** :class:`simllm.cost.spec_step.SpeculativeStepCost` prices a
+verification step through :meth:`step_time` (``n (k + 1)`` tokens, one KV pass);
+:meth:`EPStepCost.verify_attention_extra` adds the queries' attention FLOPs beyond the one-query
+linear form (MLA decode with two queries per sequence is compute-bound).
 
 **Memory.** ``weight_bytes_per_device``: attention and dense weights (sharded over ``tp``),
 embedding and LM head, and per MoE layer the router, the shared experts and the *occupied
@@ -81,12 +95,38 @@ from ..topology import build_topology, ep_dispatch
 from . import collectives as C
 from .calibration import Calibration, calibration_for
 from .fit import default_node_for
+from .deepep import ll_params
 from .interface import BatchShape, StepCost
 from .kernels import elementwise_time, gemm_time
 from .ops import LayerOps, total
 
 _ROUTE_CACHE: dict = {}
 _ROUTE_CACHE_MAX = 256
+
+DISPATCH_KERNELS = ("auto", "normal", "low_latency")
+#: DeepEP low-latency buffers hold this many tokens per rank per call: SGLang's default
+#: ``num_max_dispatch_tokens_per_rank`` (128; DeepSeek's decode profile runs 128 requests per GPU).
+#: ``dispatch_kernel: auto`` uses the low-latency kernels for a micro-batch of at most this many
+#: tokens per rank (decode) and the normal kernels above it (prefill).
+LL_MAX_TOKENS = 128
+#: SMs DeepEP's normal kernels keep busy while they run: DeepSeek-V3 technical report
+#: (arXiv 2412.19437, sec. 3.2.2): 20 of the H800's 132 SMs suffice to saturate IB and NVLink;
+#: DeepEP's ``Buffer.num_sms`` default is 20. The low-latency kernels in hook mode (what decode's
+#: micro-batch overlap uses) issue RDMA writes and free every SM while the data flies (DeepSeek
+#: profile-data README: decode all-to-all "does not occupy GPU SMs"): 0 while overlapped.
+NORMAL_COMM_SMS = 20.0
+#: stream hand-offs per MoE layer of the two-micro-batch schedule: each micro-batch waits on its
+#: dispatch and on its combine (an event wait and a kernel launch each), four per layer; each costs
+#: one kernel launch of the calibration's GEMM path (the launch a dependent kernel pays after a wait).
+OVERLAP_HANDOFFS = 4
+
+
+def default_comm_sms(acc) -> float:
+    """Compute units the normal dispatch/combine kernels take from the GEMMs while overlapped.
+    GPUs: :data:`NORMAL_COMM_SMS`. Ascend NPUs run their dispatch on the AI vector cores and
+    the SDMA/UB engines, apart from the AI (cube) cores the GEMMs use (CloudMatrix384 paper,
+    arXiv 2506.12708: AIV-driven dispatch/combine): 0, an assumption written down."""
+    return 0.0 if str(getattr(acc, "kind", "gpu")) == "npu" else NORMAL_COMM_SMS
 
 
 def _vec(ops) -> np.ndarray:
@@ -130,7 +170,9 @@ class EPStepCost:
                  weight_dtype: str = "bf16", kv_dtype: str = "bf16", act_dtype: str = "bf16", calibration=None,
                  overlap: bool = False, dispatch_dtype: str = "fp8", combine_dtype: str = "bf16",
                  samples: int = 4, sample_layers: int = 4, grid_max: int = 8192, grid_points: int = 48,
-                 seed: int = 0, remote_fraction: Optional[float] = None, policy_spec: Optional[dict] = None):
+                 seed: int = 0, remote_fraction: Optional[float] = None, policy_spec: Optional[dict] = None,
+                 dispatch_kernel: str = "auto", overlap_min_tokens: int = 0, comm_sms: Optional[float] = None,
+                 ll_max_tokens: int = LL_MAX_TOKENS):
         if model.moe is None or model.num_moe_layers == 0:
             raise InputError(f"{model.name} has no MoE layers; expert parallelism needs an MoE model", field="ep")
         self.model, self.acc, self.ep, self.tp = model, accelerator, int(ep), int(tp)
@@ -145,8 +187,17 @@ class EPStepCost:
                         calibration=calibration, overlap=overlap, dispatch_dtype=dispatch_dtype,
                         combine_dtype=combine_dtype, samples=samples, sample_layers=sample_layers, grid_max=grid_max,
                         grid_points=grid_points, seed=seed, remote_fraction=remote_fraction,
-                        policy_spec=policy_spec)
+                        policy_spec=policy_spec, dispatch_kernel=dispatch_kernel,
+                        overlap_min_tokens=overlap_min_tokens, comm_sms=comm_sms, ll_max_tokens=ll_max_tokens)
         self.policy_spec = policy_spec  # the placement policy block periodic re-placement re-plans with
+        if dispatch_kernel not in DISPATCH_KERNELS:
+            raise InputError(f"must be one of {', '.join(DISPATCH_KERNELS)}, got {dispatch_kernel!r}",
+                             field="moe.dispatch_kernel")
+        for v, f in ((overlap_min_tokens, "moe.overlap_min_tokens"), (ll_max_tokens, "moe.ll_max_tokens")):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InputError(f"must be an integer >= 0, got {v!r}", field=f)
+        self.dispatch_kernel = dispatch_kernel
+        self.overlap_min_tokens, self.ll_max_tokens = int(overlap_min_tokens), int(ll_max_tokens)
         # context-coherent EP (ExFlow; simllm.placement.affinity): one all-to-all a layer, carrying
         # only the token copies whose next expert is on another device (this fraction)
         if remote_fraction is not None and not 0.0 <= remote_fraction <= 1.0:
@@ -155,6 +206,13 @@ class EPStepCost:
         self.placement, self.topo = placement, topology
         self.overlap = bool(overlap)
         self.cal: Calibration = calibration_for(accelerator, calibration)
+        cus = float(accelerator.compute_units.value)
+        sms = default_comm_sms(accelerator) if comm_sms is None else comm_sms
+        if isinstance(sms, bool) or not isinstance(sms, (int, float)) or not 0 <= sms < cus:
+            raise InputError(f"must be a number of compute units in [0, {cus:g}), got {sms!r}", field="moe.comm_sms")
+        self.comm_sms = float(sms)
+        # compute rate left while the normal kernels run beside it (their copy loops occupy SMs)
+        self._ov_rate = (cus - self.comm_sms) / cus
         if node is None and self.tp > 1:
             node = default_node_for(accelerator)
         self.node = node
@@ -185,10 +243,13 @@ class EPStepCost:
         self._build_expert_table()
         self._build_comm_model()
         self._slope = self.L * self.ops.decode_attention_slope() / self.dp
+        self._dec_lin = self.ops.k.decode_linear()  # (launch, per sequence, per context token) of decode attention
         self._tok: dict[int, float] = {}
         self._head: dict[int, float] = {}
         self._rank_head: dict[int, float] = {}
         self._vmemo: dict = {}  # breakdown vectors of attention / local MoE / embedding / dense parts by tokens  # LM head of the busiest attention rank (step_time_ranks)
+        self._ov: dict[int, tuple] = {}
+        self._mq: dict[int, float] = {}  # queries per sequence -> verification attention seconds per context token
 
     # ------------------------------------------------------------------ routed experts: E[max device]
     def _device_expert_time(self, n: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -262,11 +323,13 @@ class EPStepCost:
 
     # ------------------------------------------------------------------ dispatch / combine
     def _build_comm_model(self) -> None:
+        self._ll_p = ll_params(self.cal)
         if self.ep <= 1:
             self._comm = (0.0, 0.0)
+            self._skew = 1.0
             return
         loads = self.placement.device_loads(self.popularity)  # [L, G] expected token share per device
-        a_sum = b_sum = 0.0
+        a_sum = b_sum = skew = 0.0
         refs = (32, 256)
         tg = self.topk_groups if self.routing == "grouped" else None
         experts = self.E if self.E % self.ep == 0 else self.ep * max(1, self.E // self.ep)
@@ -274,6 +337,7 @@ class EPStepCost:
             w = loads[l]
             if w.sum() <= 0:
                 w = np.ones(self.ep)
+            skew += float(w.max() / w.mean())
             tot = []
             for ref in refs:
                 t = 0.0
@@ -292,12 +356,43 @@ class EPStepCost:
         n = len(self.sample_layer_ids)
         calls = 1 if self.remote_fraction is not None else 2
         self._comm = (a_sum / n + calls * self.topo.launch_overhead, b_sum / n)
+        self._skew = skew / n  # the busiest device's share over the mean (it receives, and returns, most)
 
-    def comm_time(self, tokens_per_rank: float) -> float:
-        """Seconds of one MoE layer's dispatch + combine with ``tokens_per_rank`` tokens per device."""
+    def uses_low_latency(self, tokens_per_rank: float) -> bool:
+        """Whether a call of ``tokens_per_rank`` tokens runs DeepEP's low-latency kernels."""
+        if self.dispatch_kernel == "auto":
+            return tokens_per_rank <= self.ll_max_tokens and self.remote_fraction is None
+        return self.dispatch_kernel == "low_latency"
+
+    def ll_comm_time(self, tokens_per_rank: float) -> float:
+        """Seconds of one MoE layer's low-latency dispatch + combine (every (token, expert) copy
+        straight to its rank; :func:`simllm.cost.collectives.deepep_ll_time`, calibration section
+        ``deepep_ll``); the traffic part scaled by the busiest device's share of the loads."""
+        if tokens_per_rank <= 0 or self.ep <= 1:
+            return 0.0
+        node, p = self.topo.node, self._ll_p
+        g = min(self.topo.devices_per_node, self.ep)
+        t = 0.0
+        for op in ("dispatch", "combine"):
+            launch = p.dispatch_launch_s if op == "dispatch" else p.combine_launch_s
+            ll = float(C.deepep_ll_time(op, tokens_per_rank, self.H, self.k, self.ep, g, node.scale_up_bw,
+                                        node.scale_out_bw, p))
+            t += launch + (ll - launch) * self._skew
+        return t
+
+    def normal_comm_time(self, tokens_per_rank: float) -> float:
+        """Seconds of one MoE layer's normal-kernel dispatch + combine (the topology graph's
+        :func:`simllm.topology.ep_dispatch`, fitted linear in tokens per rank)."""
         if tokens_per_rank <= 0 or self.ep <= 1:
             return 0.0
         return self._comm[0] + self._comm[1] * tokens_per_rank
+
+    def comm_time(self, tokens_per_rank: float) -> float:
+        """Seconds of one MoE layer's dispatch + combine with ``tokens_per_rank`` tokens per device
+        (low-latency kernels at decode sizes, normal kernels above: :meth:`uses_low_latency`)."""
+        if self.uses_low_latency(tokens_per_rank):
+            return self.ll_comm_time(tokens_per_rank)
+        return self.normal_comm_time(tokens_per_rank)
 
     # ------------------------------------------------------------------ memoized token part
     def _local_moe(self, t_r: float) -> np.ndarray:
@@ -335,7 +430,8 @@ class EPStepCost:
 
     def _token_vec(self, T: int, t_g: Optional[int] = None) -> np.ndarray:
         """Breakdown (7) of everything that depends on T alone (and ``t_g``, the busiest attention group's
-        tokens; default ``ceil(T / dp)``), summed over layers."""
+        tokens; default ``ceil(T / dp)``), summed over layers (one batch, no micro-batch overlap: :meth:`step_time` takes the
+        overlapped schedule where it pays)."""
         g = math.ceil(T / self.dp) if t_g is None else t_g
         v = self._memo_vec("embed", g, self.ops.embedding)
         if self.n_dense:
@@ -344,18 +440,34 @@ class EPStepCost:
         comp, routed, comm = self._moe_parts(T, g)
         flops_r = 2.0 * T * self.k * (3 if self.gated else 2) * self.H * self.I / self.ep
         moe = comp + np.array([routed, 0.0, routed, 0.0, 0.0, flops_r, 0.0]) + np.array([comm, 0, 0, comm, 0, 0, 0])
-        if self.overlap and T >= 2:
-            ch, rh, mh = self._moe_parts(T / 2.0, None if t_g is None else t_g / 2.0)
-            c_half = ch[0] + rh
-            layer = 2.0 * max(c_half, mh)
-            fill = min(c_half, mh)
-            if self.n_moe * layer + fill < self.n_moe * moe[0]:  # split only when it pays
-                moe = moe.copy()
-                moe[0] = layer
-                v = v + self.n_moe * moe
-                v[0] += fill
-                return v
         return v + self.n_moe * moe
+
+    def overlap_parts(self, T: int, t_g: Optional[int] = None) -> Optional[tuple[float, float, float, float, float]]:
+        """The two-micro-batch schedule's token-dependent terms for a step of ``T`` tokens, or
+        None where it is off (``overlap`` false, ``T`` below ``overlap_min_tokens`` or 2):
+        ``(rest, c, m, r, bubble)``: seconds outside the MoE layers (embedding, dense layers at
+        full T), one half-batch's compute per MoE layer (attention block + local MoE + routed
+        experts, context attention excluded), one half-batch's dispatch + combine, the compute
+        rate left while that communication runs (normal kernels take ``comm_sms``; the
+        low-latency kernels none), and the per-layer hand-off bubbles. ``t_g``: tokens of the busiest
+        attention rank (default ``ceil(T / dp)``, an even spread)."""
+        if not self.overlap or T < 2 or T < self.overlap_min_tokens:
+            return None
+        key = T if t_g is None else (T, t_g)
+        hit = self._ov.get(key)
+        if hit is None:
+            g = math.ceil(T / self.dp) if t_g is None else t_g
+            v = self._memo_vec("embed", g, self.ops.embedding)
+            if self.n_dense:
+                v = v + self.n_dense * (self._memo_vec("attn", g, self.ops.attention_block)
+                                        + self._memo_vec("dense", g, self.ops.dense_ffn_block))
+            ch, rh, mh = self._moe_parts(T / 2.0, None if t_g is None else t_g / 2.0)
+            r = 1.0 if self.uses_low_latency(math.ceil(T / 2.0 / self.ep)) else self._ov_rate
+            launch = float(self.ops.k.gemm(1.0, float(self.H), float(self.H))[0])
+            hit = (float(v[0]), float(ch[0] + rh), float(mh), r, OVERLAP_HANDOFFS * launch)
+            if len(self._ov) < 200_000:
+                self._ov[key] = hit
+        return hit
 
     def _token_time(self, T: int) -> float:
         v = self._tok.get(T)
@@ -392,10 +504,69 @@ class EPStepCost:
             o.decode_attention_base(-(-int(decode_seqs) // dp))
         base = tok + head + self.L * a
         if decode_seqs > 0:
-            if is_arr:
-                return base + self._slope * decode_ctx_tokens
-            return float(base + self._slope * decode_ctx_tokens)
-        return np.full(decode_ctx_tokens.shape, base) if is_arr else float(base)
+            single = base + self._slope * decode_ctx_tokens
+        else:
+            single = np.full(decode_ctx_tokens.shape, base) if is_arr else base
+        ov = self.overlap_parts(T) if self.overlap else None
+        if ov is not None:
+            two = self._overlapped(ov, head, prefill_tokens, prefill_attn_work, decode_seqs, decode_ctx_tokens)
+            single = np.minimum(single, two) if is_arr else min(single, two)  # split only where it pays
+        return single if is_arr else float(single)
+
+    def _overlapped(self, ov, head, prefill_tokens, prefill_attn_work, decode_seqs, decode_ctx_tokens):
+        """Step seconds of the two-micro-batch schedule. Per MoE layer each half computes
+        ``x = c + a_half`` (``a_half``: its context attention) while the other half's dispatch and
+        combine take ``m``; the copy kernels slow the compute beside them to rate ``r``, so a half
+        costs ``max(m, x + m (1 - r))`` (the work done at rate r while m runs, the rest at full
+        rate); the layer ``2 * that + bubble``. Once per step the first dispatch (or the last
+        compute) has nothing to hide behind: ``+ min(x, m)``. Dense layers run unsplit."""
+        dp = self.dp
+        lo, per_seq, _ = self._dec_lin
+        if prefill_tokens > 0 or prefill_attn_work > 0:
+            pa = self.ops.prefill_attention_time
+            a_half = pa(prefill_tokens / dp / 2.0, prefill_attn_work / dp / 2.0)
+            a_full = pa(prefill_tokens / dp, prefill_attn_work / dp)
+        else:
+            a_half = a_full = 0.0
+        if decode_seqs > 0:
+            ds = int(decode_seqs)
+            sl = self._slope / self.L
+            a_half = a_half + lo + (-(-ds // (2 * dp))) * per_seq + 0.5 * sl * decode_ctx_tokens
+            a_full = a_full + lo + (-(-ds // dp)) * per_seq + sl * decode_ctx_tokens
+        return self._overlap_schedule(ov, head, a_half, a_full)
+
+    def _overlap_schedule(self, ov, head, a_half, a_full):
+        """:meth:`_overlapped`'s schedule for per-layer attention seconds of a half batch (``a_half``) and a
+        whole one (``a_full``), floats or arrays (also the slowest rank's, :meth:`step_time_ranks`)."""
+        rest, c, m, r, bubble = ov
+        x = c + a_half
+        if isinstance(x, np.ndarray):
+            half = np.maximum(m, x + m * (1.0 - r))
+            fill = np.minimum(x, m)
+        else:
+            half = max(m, x + m * (1.0 - r))
+            fill = min(x, m)
+        return rest + head + self.n_dense * a_full + self.n_moe * (2.0 * half + bubble) + fill
+
+    def verify_attention_extra(self, decode_seqs: int, decode_ctx_tokens, queries: int):
+        """Seconds a verification step's attention costs beyond the one-query linear form, when
+        each of ``decode_seqs`` sequences (context total ``decode_ctx_tokens``) runs ``queries``
+        query tokens over its KV in one pass (speculative decoding: the last token and the drafts).
+        The KV is read once; the FLOPs are the queries': per context token per layer
+        ``max(q f / (peak ce), kv bytes / (bw me))`` against the one-query ``max(f / (peak ce),
+        kv bytes / (bw me))`` (MLA's 128 absorbed heads make two queries compute-bound on an H800).
+        :class:`simllm.cost.spec_step.SpeculativeStepCost` adds it to the verification step."""
+        if decode_seqs <= 0 or queries <= 1:
+            return 0.0 * decode_ctx_tokens
+        hit = self._mq.get(queries)
+        if hit is None:
+            k = self.ops.k
+            sec = k.dec
+            f_tok, by_tok, _, _, _ = k._decode_terms(1.0, sec)
+            mem = by_tok / (k.bw * sec["me"])
+            comp = f_tok / (k.attn_peak * sec["ce"])
+            hit = self._mq[queries] = max(0.0, queries * comp - max(comp, mem)) * self.L / self.dp
+        return hit * decode_ctx_tokens
 
     def step_time_ranks(self, prefill_tokens: np.ndarray, prefill_attn_work: np.ndarray, prefill_seqs: np.ndarray,
                         decode_seqs: np.ndarray, decode_ctx_tokens: np.ndarray):
@@ -431,7 +602,14 @@ class EPStepCost:
         for i in np.flatnonzero(P > 0).tolist():
             base[i] += L * o.prefill_attention_time(float(P[i]), float(prefill_attn_work[i]))
         a = (base + (L * o.decode_attention_slope()) * np.asarray(decode_ctx_tokens, dtype=float)).max(axis=-1)
-        return tok + head + a
+        single = tok + head + a
+        ov = self.overlap_parts(T, tg) if self.overlap else None
+        if ov is None:
+            return single
+        # two micro-batches: each half of the slowest rank's batch attends half of its attention (an assumption:
+        # the rank's sequences split evenly between the halves)
+        two = self._overlap_schedule(ov, head, a / (2.0 * L), a / L)
+        return np.minimum(single, two) if isinstance(single, np.ndarray) else min(single, two)
 
     def step_cost(self, shape: BatchShape) -> StepCost:
         total_s = float(self.step_time(shape.prefill_tokens, shape.prefill_attn_work, shape.prefill_seqs,
@@ -554,8 +732,9 @@ def _located_loads(model, spec, layers, base_dir) -> np.ndarray:
         raise InputError(e.message, file=e.file, field="placement.plan_loads") from None
 
 
-_MOE_KEYS = {"overlap", "samples", "sample_layers", "grid_max", "grid_points", "layers", "dispatch_dtype",
-             "combine_dtype", "seed"}
+_COST_KEYS = ("overlap", "samples", "sample_layers", "grid_max", "grid_points", "dispatch_dtype", "combine_dtype",
+              "seed", "dispatch_kernel", "overlap_min_tokens", "comm_sms", "ll_max_tokens")
+_MOE_KEYS = {*_COST_KEYS, "layers"}
 
 
 def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cluster=None,
@@ -612,8 +791,7 @@ def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cl
     if plan.shape != pop.shape:
         raise InputError(f"plan_loads have shape {plan.shape}, served loads {pop.shape}", field="placement.plan_loads")
     pl = pol.place(plan / np.maximum(plan.sum(axis=1, keepdims=True), 1e-300) * 1e4, ep, nodes, slots)
-    kw = {k: moe[k] for k in ("overlap", "samples", "sample_layers", "grid_max", "grid_points", "dispatch_dtype",
-                              "combine_dtype", "seed") if k in moe}
+    kw = {k: moe[k] for k in _COST_KEYS if k in moe}
     cost = EPStepCost(model, accelerator, ep=ep, placement=pl, popularity=pop, topology=topo, tp=tp, node=node,
                       weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype, calibration=calibration,
                       policy_spec=dict(spec), **kw)

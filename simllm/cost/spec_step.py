@@ -61,6 +61,9 @@ class SpeculativeStepCost:
             self.frac = min(1.0, spec.mtp_layers / float(num_layers))
         else:
             self.frac = 0.0
+        # the target's attention FLOPs of k + 1 queries per sequence beyond its one-query form, where
+        # it prices them (simllm.cost.moe_ep.EPStepCost.verify_attention_extra)
+        self._mq = getattr(target, "verify_attention_extra", None)
 
     def __getattr__(self, name):  # everything else is the target's (placement, loads, explain, ...)
         if name in ("target", "step_time_ranks"):  # per-rank pricing would bypass this wrapper: not offered
@@ -77,6 +80,8 @@ class SpeculativeStepCost:
             v = tg.step_time(prefill_tokens, prefill_attn_work, prefill_seqs, 0, decode_ctx_tokens)
         else:
             v = tg.step_time(prefill_tokens, prefill_attn_work, prefill_seqs, n * (k + 1), decode_ctx_tokens + n * k)
+            if self._mq is not None:
+                v = v + self._mq(n, decode_ctx_tokens + n * k, k + 1)
         return v + self._draft_time(prefill_tokens, prefill_attn_work, prefill_seqs, n, decode_ctx_tokens)
 
     def _draft_time(self, P, W, m, n, ctx):
