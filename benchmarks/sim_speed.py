@@ -14,11 +14,15 @@ counts the simulation itself (``Simulation`` construction and ``run``), not read
 or the capacity probe. Uses ``simllm.cost.make_step_cost`` when it is available, otherwise a
 small built-in roofline (said in the JSON as ``cost_model``).
 
-Recorded 2026-12-01 on this project's 2-core machine, idle, back to back: ``vllm`` (now vLLM's V1
-scheduler: every iteration a mixed chunked-prefill step) 3,950-4,270 requests / wall s; ``--policy vllm-v0``
-5,610-5,660 (the V0 scheduler measured at the start of that session: 5,470-5,630, so the engine refactor
-and the kernel-calibrated step cost are speed-neutral and V1's mixed iterations cost ~30%). The
-15,000 figure of the issues was measured on a faster machine; this one runs the same code ~3x slower.
+Recorded 2026-12-02 on this project's 2-core machine, idle, back to back: ``vllm`` (vLLM's V1 scheduler:
+every iteration with a prefill is a mixed chunked-prefill step) 5,690-5,930 requests / wall s (median of 3: 5,815),
+``--policy vllm-v0`` 7,720; the session's starting commit ab2710e ran 4,130-4,240 (V1) there, so 1.43x, with
+bit-identical outputs (GEMM and TP all-reduce seconds as tables over the step's token count, filled by the
+vectorised kernels; the running sequences' KV blocks kept incrementally). The 15,000 figure of the issues was
+measured on a faster machine; this one runs the same code ~3.2x slower. ``requests_per_cpu_s`` in the JSON
+counts process CPU time, steadier than wall time on a shared machine.
+
+2026-12-01: ``vllm`` 3,950-4,270; ``--policy vllm-v0`` 5,610-5,660 (5,470-5,630 before that session's engine refactor).
 
 Earlier record (2 CPU cores shared with other jobs, Python 3.11, 2026-11-23; +-15% run to run):
 
