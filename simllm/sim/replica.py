@@ -653,13 +653,7 @@ class Replica:
         for L in lens:
             P += L
             W += L * (L / 2.0)
-        key = (P, W, m)
-        d = self._pmemo.get(key)
-        if d is None:  # exact key: prompt lengths repeat in real traces
-            d = self._pmemo[key] = float(self.cost.step_time(P, W, m, 0, 0.0))
-        if self.pending_swap_s:
-            d += self.pending_swap_s
-            self.pending_swap_s = 0.0
+        d = self._priced(P, W, m, 0, 0.0)
         end = now + d
         waiting = self.waiting
         for _ in range(m):
@@ -792,6 +786,17 @@ class Replica:
     def _step_wait(self, P: int, W: float, m: int, n: int, ctx: float, now: float):
         """Price one iteration of that shape and sleep until it ends: (duration, end). (A data-parallel rank
         hands the shape to its replica instead, which prices all ranks' shapes together.)"""
+        d = self._priced(P, W, m, n, ctx)
+        end = now + d
+        fut = self.future
+        if fut is None or (self.fptr < len(fut) and fut[self.fptr] <= end):
+            yield self.env.timeout(max(end - self.env.now, 0.0))
+        self.clock = end
+        return d, end
+
+    def _priced(self, P: int, W: float, m: int, n: int, ctx: float) -> float:
+        """Seconds of one iteration of that shape, plus any swap-in time pending (then cleared); prefill-only
+        shapes memoized on their exact key (prompt lengths repeat in real traces)."""
         if n:
             d = float(self.cost.step_time(P, W, m, n, ctx))
         else:
@@ -802,12 +807,7 @@ class Replica:
         if self.pending_swap_s:
             d += self.pending_swap_s
             self.pending_swap_s = 0.0
-        end = now + d
-        fut = self.future
-        if fut is None or (self.fptr < len(fut) and fut[self.fptr] <= end):
-            yield self.env.timeout(max(end - self.env.now, 0.0))
-        self.clock = end
-        return d, end
+        return d
 
     def _record(self, *row) -> None:
         self.sim.record_step(self.index, *row)
