@@ -285,7 +285,9 @@ class StaticBatching:
         free = kv.free_blocks
         for rid in queue:
             need = queue.new_blocks(rid)
-            if len(b.prefill_ids) >= self.batch_size or (b.prefill_ids and free - need < kv.watermark_blocks):
+            # the first always fits a colocated replica with nothing running; a prefill replica may still hold
+            # blocks of earlier prefills waiting for their transfer: then it waits (nothing scheduled, blocked)
+            if len(b.prefill_ids) >= self.batch_size or free - need < (kv.watermark_blocks if b.prefill_ids else 0):
                 break
             free -= need
             b.prefill_ids.append(rid)
