@@ -74,6 +74,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import InputError
+from ..topology import token_bytes, traffic_time
 from . import collectives as C
 from .calibration import Calibration, calibration_for
 from .interface import BatchShape, StepCost
@@ -127,7 +128,7 @@ class EPStepCost:
                  weight_dtype: str = "bf16", kv_dtype: str = "bf16", act_dtype: str = "bf16", calibration=None,
                  overlap: bool = False, dispatch_dtype: str = "fp8", combine_dtype: str = "bf16",
                  samples: int = 4, sample_layers: int = 4, grid_max: int = 8192, grid_points: int = 48,
-                 seed: int = 0, remote_fraction: Optional[float] = None):
+                 seed: int = 0, remote_fraction: Optional[float] = None, traffic: Optional[np.ndarray] = None):
         if model.moe is None or model.num_moe_layers == 0:
             raise InputError(f"{model.name} has no MoE layers; expert parallelism needs an MoE model", field="ep")
         self.model, self.acc, self.ep, self.tp = model, accelerator, int(ep), int(tp)
@@ -141,12 +142,14 @@ class EPStepCost:
         self._kw = dict(tp=tp, node=node, weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype,
                         calibration=calibration, overlap=overlap, dispatch_dtype=dispatch_dtype,
                         combine_dtype=combine_dtype, samples=samples, sample_layers=sample_layers, grid_max=grid_max,
-                        grid_points=grid_points, seed=seed, remote_fraction=remote_fraction)
+                        grid_points=grid_points, seed=seed, remote_fraction=remote_fraction, traffic=traffic)
         # context-coherent EP (ExFlow; simllm.placement.affinity): one all-to-all a layer, carrying
         # only the token copies whose next expert is on another device (this fraction)
         if remote_fraction is not None and not 0.0 <= remote_fraction <= 1.0:
             raise InputError(f"must be in [0, 1], got {remote_fraction}", field="remote_fraction")
         self.remote_fraction = remote_fraction
+        # the same scheme priced from the placement's own device-to-device copies (coherent_comm)
+        self.traffic = None if traffic is None else _check_traffic(traffic, int(ep))
         self.placement, self.topo = placement, topology
         self.overlap = bool(overlap)
         self.cal: Calibration = calibration_for(accelerator, calibration)
@@ -261,6 +264,9 @@ class EPStepCost:
 
         if self.ep <= 1:
             self._comm = (0.0, 0.0)
+            return
+        if self.traffic is not None:
+            self._comm = coherent_comm(self.topo, self.traffic, self.H, self.k, dtype=self.dispatch_dtype)
             return
         loads = self.placement.device_loads(self.popularity)  # [L, G] expected token share per device
         a_sum = b_sum = 0.0
@@ -463,6 +469,34 @@ class EPStepCost:
     @property
     def kv_bytes_per_token_per_device(self) -> float:
         return float(self.ops.kv_per_tok * self.L / self.dp)
+
+
+def _check_traffic(traffic, ep: int) -> np.ndarray:
+    F = np.asarray(traffic, dtype=float)
+    if F.shape != (ep, ep) or not np.all(np.isfinite(F)) or np.any(F < 0) or F.sum() <= 0:
+        raise InputError(f"traffic must be a {ep}x{ep} matrix of non-negative fractions, not all zero",
+                         field="traffic")
+    return F / F.sum()
+
+
+def coherent_comm(topo, traffic: np.ndarray, hidden: int, top_k: int, *, dtype: str = "fp8",
+                  refs: tuple[int, int] = (32, 256)) -> tuple[float, float]:
+    """``(a, b)``: one MoE layer's single all-to-all under context-coherent EP (ExFlow) takes
+    ``a + b * tokens_per_rank`` seconds. ``traffic[g, h]``: fraction of the layer's routed token
+    copies (``tokens_per_rank * ranks * top_k`` of them) that device ``g`` sends to ``h``; the
+    diagonal stays on the device and is free. Each pair's bytes go over their own path
+    (NVLink inside a node, the NICs across nodes: :func:`simllm.topology.traffic_time`), so a
+    placement that keeps copies on-device or on-node pays less. Fitted through ``refs``."""
+    F = np.asarray(traffic, dtype=float)
+    R = F.shape[0]
+    off = F * (1.0 - np.eye(R))
+    if R <= 1 or off.sum() <= 0:
+        return 0.0, 0.0
+    tb = token_bytes(hidden, dtype)
+    rs = topo.group(R)
+    t = [traffic_time(topo, off * (ref * R * top_k * tb), rs)[0] for ref in refs]
+    b = max(0.0, (t[1] - t[0]) / (refs[1] - refs[0]))
+    return max(0.0, t[0] - b * refs[0]) + topo.launch_overhead, b
 
 
 # ---------------------------------------------------------------------- building from a scenario

@@ -168,22 +168,61 @@ def device_flow(placement: Placement, counts: np.ndarray, layer: int) -> np.ndar
     return sh.T @ counts[layer]
 
 
-def cross_device_fraction(placement: Placement, counts: np.ndarray) -> float:
-    """Fraction of next-layer token copies that leave their device under context-coherent EP
-    (over all ``L - 1`` layer pairs of ``counts``, which must match the placement's layers)."""
+def layer_traffic(placement: Placement, counts: np.ndarray, layer: int) -> np.ndarray:
+    """``F[g, h]``: token copies sent from device ``g`` to device ``h`` for layer ``layer + 1``'s
+    experts under context-coherent EP (diagonal: copies that stay). A copy at ``g`` bound for
+    expert ``j`` stays on ``g`` when ``g`` holds a replica of ``j``, up to that replica's share of
+    ``j``'s load (``min(M[g, j], w_j s[j, g])``); the rest goes to ``j``'s other replicas in
+    proportion to their shares. Units: those of ``counts`` (token copies)."""
+    M = device_flow(placement, counts, layer)  # [G, E]
+    _, sh = _presence_shares(placement.expert[layer + 1], placement.share[layer + 1], placement.num_experts)
+    w = M.sum(axis=0)  # [E] next-layer load
+    local = np.minimum(M, (w[:, None] * sh).T)  # zero where g holds no replica (share 0)
+    rem = M - local
+    other = np.maximum(1.0 - sh.T, 1e-12)  # [G, E]: share of j held off g
+    F = np.divide(rem, other, out=np.zeros_like(rem), where=rem > 0) @ sh  # [G, G]
+    np.fill_diagonal(F, 0.0)
+    F[np.diag_indices_from(F)] = local.sum(axis=1)
+    return F
+
+
+def device_traffic(placement: Placement, counts: np.ndarray) -> np.ndarray:
+    """``[G, G]``: fraction of a layer's routed token copies sent from device ``g`` to ``h``
+    (:func:`layer_traffic` over every layer pair, normalised to sum 1; the diagonal stays).
+    What :class:`~simllm.cost.moe_ep.EPStepCost` prices with ``traffic=`` (one all-to-all)."""
     L = placement.num_layers
     if counts.shape[0] != L - 1 or counts.shape[1] != placement.num_experts:
         raise InputError(f"transition counts of shape {counts.shape} do not match the placement "
                          f"({L} layers, {placement.num_experts} experts)", field="routes")
-    if L < 2:
-        return 0.0
-    pres = placement.presence()  # [L, E, G]
-    local = total = 0.0
+    G = placement.devices
+    tot = np.zeros((G, G))
     for l in range(L - 1):
-        M = device_flow(placement, counts, l)
-        local += float((M * pres[l + 1].T).sum())
-        total += float(M.sum())
-    return 1.0 - local / total if total > 0 else 0.0
+        tot += layer_traffic(placement, counts, l)
+    s = tot.sum()
+    return tot / s if s > 0 else np.eye(G) / G
+
+
+def cross_device_fraction(placement: Placement, counts: np.ndarray) -> float:
+    """Fraction of next-layer token copies that leave their device under context-coherent EP
+    (over all ``L - 1`` layer pairs of ``counts``, which must match the placement's layers;
+    :func:`layer_traffic`'s accounting)."""
+    if placement.num_layers < 2:
+        if counts.shape[0] != 0:
+            raise InputError(f"transition counts of shape {counts.shape} do not match the placement "
+                             f"(1 layer)", field="routes")
+        return 0.0
+    F = device_traffic(placement, counts)
+    return float(1.0 - np.trace(F))
+
+
+def cross_node_fraction(placement: Placement, counts: np.ndarray) -> float:
+    """Fraction of next-layer token copies that leave their node (context-coherent EP)."""
+    if placement.num_layers < 2:
+        return 0.0
+    F = device_traffic(placement, counts)
+    G = placement.devices
+    node = np.arange(G) // max(1, G // max(1, placement.nodes))
+    return float(F[node[:, None] != node[None, :]].sum())
 
 
 def _flow_bound(M: np.ndarray, S: int) -> float:
