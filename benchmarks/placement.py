@@ -34,12 +34,17 @@ import numpy as np
 
 # ExFlow (Yao et al., "Exploiting Inter-Layer Expert Affinity for Accelerating Mixture-of-Experts
 # Model Inference", IPDPS 2024, arXiv 2401.08383) measures P(expert p at layer j+1 | expert i at
-# layer j) for pre-trained GPT MoE models (8-64 experts) and reports up to 67 % less cross-GPU
-# routing latency and up to 2.2x inference throughput. Its per-expert conditional probabilities
-# are in figures that could not be read here; FOLLOW is therefore an assumption: 0.75, which
-# gives a measured mean top-successor probability of about 0.76-0.80 (printed by the run).
+# layer j) for pre-trained GPT MoE models (8-64 experts) and states that they "implicitly exhibit
+# a strong inter-layer expert affinity"; it reports up to 67 % less cross-GPU routing latency and
+# up to 2.2x inference throughput over DeepSpeed-MoE. Its per-expert conditional probabilities
+# are in its figures; the stored copies searched for this benchmark (arXiv HTML, IEEE, paper
+# digests, its GitHub README) give the abstract and claims but not the figures' values, so FOLLOW
+# is an ASSUMPTION: 0.75 (a token's next expert is its expert's fixed successor with probability
+# 0.75, otherwise drawn by popularity), which gives a measured mean P(top successor | expert) of
+# about 0.75-0.78 (printed by the run). Replace FOLLOW when ExFlow's values are read.
 FOLLOW = 0.75
-FOLLOW_SOURCE = "assumption (ExFlow arXiv 2401.08383 reports strong affinity; its figure values not read here)"
+FOLLOW_SOURCE = ("assumption: ExFlow (arXiv 2401.08383) reports strong inter-layer affinity in pre-trained GPT "
+                 "MoE models; its conditional-probability figures were not readable in the stored copies")
 # Decode batch of the TPOT comparison: 256 sequences per device on EP16 (an assumption: a large
 # decode batch, where the all-to-all carries enough tokens for the placement to show), 1024 context.
 DECODE_SEQS, DECODE_CTX = 4096, 1024
@@ -119,6 +124,7 @@ def deepseek_58(follow: float, budget: float) -> dict:
     rep = json.loads(r.stdout)
     p = rep["policies"][0]
     return {"command": " ".join(cmd[3:]), "wall_s": wall, "gap": p.get("affinity_gap"),
+            "load_average_1min": os.getloadavg()[0], "solve_s": p.get("solve_s"),
             "cross_device_fraction": p.get("cross_device_fraction"), "max_mean_avg": p["max_mean_avg"],
             "top_successor_probability": rep["config"].get("top_successor_probability")}
 
@@ -170,8 +176,14 @@ def main() -> None:
         "affinity_cross_node_reduction": min(1 - c["affinity_cross_node"] / c["greedy_cross_node"] for c in strong),
         "no_affinity_ilp_equals_greedy": all(c["ilp_equals_greedy"] for c in none),
         "ilp_58_layers_wall_s": ds["wall_s"], "ilp_58_layers_gap": ds["gap"],
+        "ilp_58_layers_load_average": ds["load_average_1min"],
         "ilp_58_layers_cross_device": ds["cross_device_fraction"],
-        "ilp_58_layers_how": "rolling window: each layer solved given the one before (layer 0 by the EPLB greedy)",
+        "ilp_58_layers_how": ("rolling window of one layer pair: each layer solved given the one before (layer 0 by "
+                              "the EPLB greedy); per pair a cap-feasible swap heuristic, the assignment bound "
+                              "(b-matching LP, integral) and a HiGHS MIP over their pairs in what is left of the "
+                              "budget"),
+        "ilp_58_layers_gap_definition": ("(sum of the 57 pairs' assignment bounds - sum of kept on-device flow) / "
+                                         "sum of bounds"),
     })
     print(json.dumps(out))
 

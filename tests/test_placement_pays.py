@@ -122,3 +122,31 @@ def test_replan_that_pays_keeps_when_moving_costs_more_than_it_gains():
     assert f0["layers_moved"] == 0 and np.array_equal(none.presence(), prev.presence())
     assert f["layers_moved"] >= 1 and not free.problems()
     assert np.nanmean(free.imbalance(w1)) < np.nanmean(none.imbalance(w1))
+
+
+# ---------------------------------------------------------------- offloading extras
+from simllm.placement.offload import locality_routes, segment_locality, simulate_cache  # noqa: E402
+
+
+def test_segment_locality_srp_sch():
+    pop = zipf_popularity(2, 16, 1.0, seed=0)
+    still = locality_routes(pop, 2, 3, 32, 1.0)  # every step repeats the first: one set per sequence
+    assert segment_locality(still, 16, 8, 2) == pytest.approx(1.0)
+    loose = locality_routes(pop, 2, 3, 32, 0.0, seed=1)
+    srp = [segment_locality(loose, 16, 8, c) for c in (2, 4, 8, 16)]
+    assert srp[0] < 1.0 and all(a <= b for a, b in zip(srp, srp[1:])) and srp[-1] == pytest.approx(1.0)
+    assert segment_locality(locality_routes(pop, 2, 3, 32, 0.8, seed=1), 16, 8, 2) > srp[0]
+    with pytest.raises(InputError):
+        segment_locality(loose, 16, 64, 2)
+
+
+def test_cpu_for_a_miss_when_it_beats_the_copy():
+    r = locality_routes(zipf_popularity(4, 16, 1.0, seed=0), 2, 2, 40, 0.5)
+    base = dict(expert_bytes=1e8, link_bw=5e10, layer_compute_s=1e-4, resident_step_s=0.01)
+    copy = simulate_cache(r, 16, 4, **base)
+    cpu = simulate_cache(r, 16, 4, cpu_bw=2e11, **base)  # host memory 4x the link: the CPU wins
+    slow = simulate_cache(r, 16, 4, cpu_bw=1e10, **base)  # slower than the link: always copy
+    assert cpu.stall_s_per_step < copy.stall_s_per_step and cpu.bytes_per_step < copy.bytes_per_step
+    assert slow.stall_s_per_step == copy.stall_s_per_step and slow.bytes_per_step == copy.bytes_per_step
+    with pytest.raises(InputError):
+        simulate_cache(r, 16, 4, cpu_bw=-1.0, **base)

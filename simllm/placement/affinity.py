@@ -22,20 +22,30 @@ token flow at device ``g`` is ``M[g, j] = sum_i C[i, j] share[i, g]`` and a copy
 
 **The affinity ILP** (:class:`AffinityILP`, policy ``ilp_affinity``): layer 0 is placed by the
 EPLB greedy; then each layer ``l + 1`` is solved given layer ``l`` (a rolling window of one
-layer pair, in order): binaries ``x[j, g]`` (replica of ``j`` on ``g``), shares ``s[j, g]``
-and credited local flow ``y[j, g] <= x[j, g]`` with ``M[g, j] y[j, g] <= w_j s[j, g]`` (a
-replica serves at least the tokens credited to it); slots ``sum_j x <= S``, replica budget
-``sum x <= E + R``, load balance ``sum_j w_j s[j, g] <= (1 + balance_tolerance) T_greedy``
-(the EPLB greedy's makespan of that layer); objective ``max sum M[g, j] y[j, g]``: the
-expected token traffic kept on-device (equivalently, cross-device traffic minimised). To keep
-the model small, ``x[j, g]`` exists only for the devices where the greedy put ``j`` and the
-``candidates`` devices with most flow to ``j``. The warm start is the greedy placement (always
-feasible). HiGHS (through highspy) stops at ``gap`` or at the layer's share of
-``time_budget``. Reported bound: per device, at most ``S`` experts can be local, so the kept
-flow is at most ``sum_g`` (the ``S`` largest ``M[g, j]``); the gap is ``(bound - kept) /
-bound``, a valid bound of each layer pair's full problem (no candidate restriction), summed
-over the pairs. It is not a bound of the joint 58-layer problem (which would let layer ``l``
-move for layer ``l + 1``'s sake).
+layer pair, in order). Model of a pair: binaries ``x[j, g]`` (replica of ``j`` on ``g``),
+shares ``s[j, g]`` and credited local flow ``y[j, g] <= x[j, g]`` with
+``M[g, j] y[j, g] <= w_j s[j, g]`` (a replica serves at least the tokens credited to it);
+slots ``sum_j x <= S``, replica budget ``sum x <= E + R``, load balance
+``sum_j w_j s[j, g] <= cap = (1 + balance_tolerance) T_greedy`` (the EPLB greedy's makespan of
+that layer); objective ``max sum M[g, j] y[j, g]``: the token traffic kept on-device
+(equivalently, cross-device traffic minimised).
+
+Solving a pair: (1) a heuristic that always meets ``cap`` (:func:`_pair_heuristic`: the
+affinity greedy, moves/swaps until under ``cap``, then best-improvement swaps that add kept
+flow); (2) the *assignment bound* (:func:`_assignment_bound`): the same objective over 0/1
+``x`` with every expert on at least ``ceil(w_j / cap)`` devices (a device carries at most
+``cap``), ``S`` per device and the replica budget, shares relaxed: a bipartite b-matching
+whose LP is integral (totally unimodular), solved exactly by HiGHS in a fraction of a second,
+and tighter than the per-device top-``S`` bound (which drops the coverage rows); (3) the MIP
+(HiGHS through highspy) over the heuristic's pairs, the assignment plan's pairs and each
+expert's ``candidates`` devices of most flow, warm-started by the heuristic, stopping at
+``gap`` or at the pair's share of what is left of ``time_budget``. The better of (1) and (3)
+is kept; a pair that does not gain ``min_gain`` over the greedy keeps the greedy.
+
+Gap: ``(sum of the pairs' assignment bounds - sum of kept flow) / sum of bounds`` over the
+``L - 1`` pairs (``affinity_gap``). Each bound is valid for its pair's whole problem (no
+candidate restriction) given the previous layer as placed; it is not a bound of the joint
+``L``-layer problem (which would let layer ``l`` move for layer ``l + 1``'s sake).
 """
 
 from __future__ import annotations
@@ -496,7 +506,7 @@ class AffinityILP:
     """
 
     balance_tolerance: float = 0.05
-    candidates: int = 3
+    candidates: int = 0  # extra MIP devices per expert beyond the heuristic's and the assignment plan's
     gap: float = 0.01
     time_budget: float = 30.0
     redundant: Optional[int] = None
