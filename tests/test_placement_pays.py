@@ -150,3 +150,11 @@ def test_cpu_for_a_miss_when_it_beats_the_copy():
     assert slow.stall_s_per_step == copy.stall_s_per_step and slow.bytes_per_step == copy.bytes_per_step
     with pytest.raises(InputError):
         simulate_cache(r, 16, 4, cpu_bw=-1.0, **base)
+
+
+def test_sch_pooled_over_a_batch_needs_a_bigger_cache():
+    r = locality_routes(zipf_popularity(2, 32, 1.0, seed=0), 2, 8, 32, 0.5, seed=3)
+    per_seq = segment_locality(r, 32, 8, 4)
+    pooled = segment_locality(r, 32, 8, 4, pool_batch=True)
+    assert pooled < per_seq
+    assert segment_locality(r[:, :, :1], 32, 8, 4, pool_batch=True) == pytest.approx(segment_locality(r[:, :, :1], 32, 8, 4))

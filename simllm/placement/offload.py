@@ -26,7 +26,8 @@ Routing locality as Liang et al. (arXiv 2505.16056) measure it (:func:`segment_l
 sequence, the fraction of the segment's expert activations that the best fixed set of ``K``
 experts (the segment's ``K`` most used) covers; *segment cache best hit rate* (SCH): the same
 with a set of ``cache`` experts, the best hit rate a cache fixed over the segment can reach.
-Both are averaged over segments, sequences and layers (our reading of their definitions).
+Both are averaged over segments, sequences and layers (our reading of their definitions); for a
+batch, SCH pools the batch's activations (one cache serves the batch).
 """
 
 from __future__ import annotations
@@ -84,10 +85,15 @@ class OffloadResult:
         return asdict(self)
 
 
-def segment_locality(routes: np.ndarray, num_experts: int, segment: int, size: int) -> float:
+def segment_locality(routes: np.ndarray, num_experts: int, segment: int, size: int, *,
+                     pool_batch: bool = False) -> float:
     """Mean fraction of a segment's activations covered by its ``size`` most used experts
-    (routes ``[steps, L, B, K]``; SRP with ``size = K``, SCH with ``size`` = the cache)."""
+    (routes ``[steps, L, B, K]``; SRP with ``size = K``, SCH with ``size`` = the cache). Per
+    sequence, or with ``pool_batch`` over the batch's activations together (what one cache
+    serving the batch sees)."""
     r = np.asarray(routes)
+    if pool_batch:
+        r = r.reshape(r.shape[0], r.shape[1], 1, -1)
     T, L, B, K = r.shape
     E = int(num_experts)
     if not 1 <= segment <= T or not 1 <= size <= E:
@@ -205,7 +211,7 @@ def offload_sweep(model, accelerator, link_bw: float, *, cache_sizes, policies=(
     seg = max(1, min(int(segment), int(steps)))
     srp = segment_locality(routes, E, seg, m.top_k)
     for c in cache_sizes:
-        sch = segment_locality(routes, E, seg, int(c))
+        sch = segment_locality(routes, E, seg, int(c), pool_batch=True)
         for pol in policies:
             r = simulate_cache(routes, E, int(c), policy=pol, accuracy=accuracy if pol == "prefetch" else 0.0,
                                expert_bytes=expert_bytes, link_bw=link_bw, layer_compute_s=resident / model.num_layers,
