@@ -74,7 +74,6 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import InputError
-from ..topology import token_bytes, traffic_time
 from . import collectives as C
 from .calibration import Calibration, calibration_for
 from .interface import BatchShape, StepCost
@@ -487,6 +486,8 @@ def coherent_comm(topo, traffic: np.ndarray, hidden: int, top_k: int, *, dtype: 
     diagonal stays on the device and is free. Each pair's bytes go over their own path
     (NVLink inside a node, the NICs across nodes: :func:`simllm.topology.traffic_time`), so a
     placement that keeps copies on-device or on-node pays less. Fitted through ``refs``."""
+    from ..topology import token_bytes, traffic_time  # lazily, as _build_comm_model: networkx off the CLI's start
+
     F = np.asarray(traffic, dtype=float)
     R = F.shape[0]
     off = F * (1.0 - np.eye(R))
