@@ -13,9 +13,12 @@ Part 2 (affinity, ExFlow): GPT-MoE-like top-1 routing (Mixtral-8x7B's layer shap
 from :func:`simllm.placement.affinity.affinity_routes` with Zipf 1.0 popularity and
 ``follow = FOLLOW`` (an assumption, see FOLLOW_SOURCE); placements planned on one draw of routes
 and scored on another (held out). Cross-device routed tokens (context-coherent EP) of the
-affinity ILP vs the EPLB greedy; decode TPOT (256 sequences x 1024 context, one step of the
-EP cost model) with one all-to-all of the copies that leave vs today's two all-to-alls; and
-the same with no affinity (follow 0: the ILP must equal the greedy). Then DeepSeek-V3's 58
+affinity ILP vs the EPLB greedy; decode TPOT (DECODE_SEQS sequences x DECODE_CTX context, one
+step of the EP cost model) with both placements context-coherent (one all-to-all), each priced on
+the device-to-device copies it actually sends (``device_traffic`` -> ``EPStepCost(traffic=...)``:
+NVLink inside a node, the NICs across), so the ratio is the placement's own; also vs greedy with
+today's two all-to-alls, and a prefill step; and the same with no affinity (follow 0: the ILP must
+equal the greedy). Then DeepSeek-V3's 58
 layers with affinity terms: ``simllm place --policy ilp_affinity --affinity FOLLOW
 --time-budget 60`` wall and gap. The last line is one JSON object.
 """
