@@ -28,21 +28,31 @@ from simllm.placement.offload import offload_sweep  # noqa: E402
 
 CASES = (("mixtral-8x7b", "bf16", 1), ("deepseek-v3", "fp8", 8))
 MULTIPLES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+# Host side: "pcie5" (H200 in an x86 server) and "nvlink-c2c" (GH200: the same class of GPU with
+# Grace's coherent link); on GH200 a miss may also run on the Grace CPU, which reads host memory
+# at GRACE_MEM_BW (NVIDIA Grace performance tuning guide, health checks: STREAM TRIAD on a 120 GB
+# Grace superchip reports at least 410 GB/s; the H200 stands in for GH200's GPU, an assumption).
+LINKS = (("pcie5", 0.0), ("nvlink-c2c", 0.0), ("nvlink-c2c", 410e9))
+GRACE_MEM_BW = 410e9
 
 
 def run(steps: int = 64) -> list[dict]:
     acc = load_accelerator("h200-sxm")
-    bw = load_link("pcie5").bw
     rows = []
     for name, dt, batch in CASES:
         model = load_model(name)
-        probe = offload_sweep(model, acc, bw, cache_sizes=[model.moe.num_experts], policies=("lru",), batch=batch,
+        bw0 = load_link("pcie5").bw
+        probe = offload_sweep(model, acc, bw0, cache_sizes=[model.moe.num_experts], policies=("lru",), batch=batch,
                               steps=8, weight_dtype=dt)
         active = probe[0]["active_experts"]
         sizes = sorted({max(1, min(model.moe.num_experts, round(m * active))) for m in MULTIPLES})
-        for r in offload_sweep(model, acc, bw, cache_sizes=sizes, batch=batch, steps=steps, weight_dtype=dt):
-            r["cache_multiple_of_active"] = r["cache_experts"] / active
-            rows.append(r)
+        for link, cpu in LINKS:
+            pols = ("lru", "lfu", "prefetch") if link == "pcie5" else ("lru",)
+            for r in offload_sweep(model, acc, load_link(link).bw, cache_sizes=sizes, batch=batch, steps=steps,
+                                   weight_dtype=dt, policies=pols, cpu_bw=cpu):
+                r["cache_multiple_of_active"] = r["cache_experts"] / active
+                r["link"] = link + (" + CPU misses" if cpu else "")
+                rows.append(r)
     return rows
 
 
@@ -52,21 +62,31 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
     rows = run(a.steps)
-    print(f"{'model':<14} {'cache':>5} {'x act':>5} {'policy':<9} {'hit':>6} {'stall ms':>9} {'TPOT ms':>8} "
-          f"{'HBM saved GiB':>13}")
+    print(f"{'model':<14} {'link':<24} {'cache':>5} {'x act':>5} {'policy':<9} {'hit':>6} {'SCH':>6} {'stall ms':>9} "
+          f"{'GiB/step':>8} {'TPOT ms':>8} {'HBM saved GiB':>13}")
     for r in rows:
-        print(f"{r['model']:<14} {r['cache_experts']:>5} {r['cache_multiple_of_active']:>5.2f} {r['policy']:<9} "
-              f"{r['hit_rate']:>6.3f} {1e3 * r['stall_s_per_step']:>9.2f} {1e3 * r['tpot_s']:>8.2f} "
-              f"{r['hbm_saved_bytes'] / 2**30:>13.1f}")
+        print(f"{r['model']:<14} {r['link']:<24} {r['cache_experts']:>5} {r['cache_multiple_of_active']:>5.2f} "
+              f"{r['policy']:<9} {r['hit_rate']:>6.3f} {r['sch']:>6.3f} {1e3 * r['stall_s_per_step']:>9.2f} "
+              f"{r['bytes_per_step'] / 2**30:>8.2f} {1e3 * r['tpot_s']:>8.2f} {r['hbm_saved_bytes'] / 2**30:>13.1f}")
     finding = {}
     for name, _, _ in CASES:
-        lru = [r for r in rows if r["model"].lower().startswith(name.split("-")[0]) and r["policy"] == "lru"]
+        mine = [r for r in rows if r["model"].lower().startswith(name.split("-")[0])]
+        print(f"{name}: SRP {mine[0]['srp']:.3f} (segments of {mine[0]['segment_steps']} steps, locality "
+              f"{mine[0]['locality']})")
+        lru = [r for r in mine if r["policy"] == "lru" and r["link"] == "pcie5"]
         near2 = min(lru, key=lambda r: abs(r["cache_multiple_of_active"] - 2.0))
         full = max(lru, key=lambda r: r["cache_experts"])
         finding[name] = {"cache_at_2x": near2["cache_experts"], "hit_rate_at_2x": near2["hit_rate"],
                          "tpot_at_2x_s": near2["tpot_s"], "resident_tpot_s": near2["resident_tpot_s"],
                          "hit_rate_at_largest": full["hit_rate"], "largest_cache": full["cache_experts"],
-                         "hbm_saved_at_2x_gib": near2["hbm_saved_bytes"] / 2**30}
+                         "hbm_saved_at_2x_gib": near2["hbm_saved_bytes"] / 2**30,
+                         "stall_at_2x_s_per_step": near2["stall_s_per_step"],
+                         "bytes_at_2x_per_step": near2["bytes_per_step"], "srp": near2["srp"],
+                         "sch_at_2x": near2["sch"]}
+        for link in ("nvlink-c2c", "nvlink-c2c + CPU misses"):
+            c2 = [r for r in mine if r["link"] == link and r["cache_experts"] == near2["cache_experts"]]
+            if c2:
+                finding[name][f"tpot_at_2x_s ({link})"] = c2[0]["tpot_s"]
     if a.out:
         import pandas as pd
 

@@ -134,6 +134,7 @@ def test_cli_bad_routing_trace_exits_2(tmp_path):
     p.write_text("token,layer,rank,expert\n0,0,0,9\n")
     res = _cli(["place", "--experts", "8", "--devices", "8", "--routing-trace", str(p)])
     assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1 and "expert 9 out of range" in res.output, res.output
     for args in (["--affinity", "1.5"], ["--affinity", "-0.1"], ["--time-budget", "-1"]):
         res = _cli(["place", "--experts", "8", "--devices", "8", *args])
         assert res.exit_code == 2, (args, res.output)
@@ -196,8 +197,10 @@ def test_locality_one_repeats_the_previous_step():
     (["--cache-experts", "4", "--accuracy", "-0.1"], "--accuracy"),
     (["--cache-experts", "300"], "--cache-experts"),
     (["--cache-experts", "4", "--policy", "fifo"], "--policy"),
+    (["--cache-experts", "4", "--cpu-mem-bw", "-5"], "--cpu-mem-bw"),
 ])
 def test_offload_cli_bad_input_exits_2(args, field):
     res = _cli(["offload", "--model", "deepseek-v3", *args])
     assert res.exit_code == 2, res.output
     assert field in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output

@@ -295,6 +295,8 @@ def offload_cmd(
     locality: float = typer.Option(0.5, "--locality", help="P(a choice repeats the previous token's), 0-1."),
     steps: int = typer.Option(64, "--steps", help="Decode steps simulated."),
     weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="Expert weight dtype."),
+    cpu_mem_bw: float = typer.Option(0.0, "--cpu-mem-bw", help="GB/s of host memory a CPU reads an expert at: a "
+                                                               "miss runs on the CPU when that beats the copy (0: off)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
 ) -> None:
     """Expert offloading: TPOT and hit rate of an HBM expert cache (experts in host memory)."""
@@ -310,6 +312,8 @@ def offload_cmd(
             raise InputError(f"unknown cache policy {pname!r}; known: {', '.join(POLICIES)}", field="--policy")
     if batch < 1 or steps < 1:
         raise InputError("must be >= 1", field="--batch/--steps")
+    if not (math.isfinite(cpu_mem_bw) and cpu_mem_bw >= 0):
+        raise InputError(f"must be a bandwidth >= 0 GB/s, got {cpu_mem_bw}", field="--cpu-mem-bw")
     spec = load_model(model)
     if spec.moe is None:
         raise InputError(f"model {spec.name} has no MoE layers; nothing to offload", field="--model")
@@ -323,14 +327,18 @@ def offload_cmd(
             raise InputError(f"must be in [1, {spec.moe.num_experts}] experts per layer, got {c}", field="--cache-experts")
         check_cache_fits(c, spec.num_moe_layers, eb, acc.hbm_bytes)
     rows = offload_sweep(spec, acc, load_link(link).bw, cache_sizes=cache_experts, policies=tuple(policy),
-                         accuracy=accuracy, batch=batch, steps=steps, locality=locality, weight_dtype=weight_dtype)
+                         accuracy=accuracy, batch=batch, steps=steps, locality=locality, weight_dtype=weight_dtype,
+                         cpu_bw=cpu_mem_bw * 1e9)
     if json_out:
         echo_json(rows)
         return
     print_table(f"{spec.name}: expert cache on {acc.name}, experts over {link}",
-                ["cache", "policy", "hit rate", "stall ms/step", "TPOT ms", "HBM saved GiB"],
-                [[r["cache_experts"], r["policy"], f"{r['hit_rate']:.3f}", f"{1e3 * r['stall_s_per_step']:.2f}",
+                ["cache", "policy", "hit rate", "SCH", "stall ms/step", "GiB moved/step", "TPOT ms", "HBM saved GiB"],
+                [[r["cache_experts"], r["policy"], f"{r['hit_rate']:.3f}", f"{r['sch']:.3f}",
+                  f"{1e3 * r['stall_s_per_step']:.2f}", f"{r['bytes_per_step'] / 2**30:.2f}",
                   f"{1e3 * r['tpot_s']:.2f}", f"{r['hbm_saved_bytes'] / 2**30:.1f}"] for r in rows])
+    typer.echo(f"routing locality: SRP {rows[0]['srp']:.3f} (segments of {rows[0]['segment_steps']} steps; SCH per "
+               f"cache size above)")
 
 
 def register(app: typer.Typer) -> None:

@@ -91,7 +91,7 @@ import numpy as np
 from ..errors import InputError
 from ..placement import build_policy, migration_seconds, replan
 from ..placement.loads import RoutingSampler, read_loads_csv, uniform_popularity, zipf_popularity
-from ..topology import build_topology, ep_dispatch
+from ..topology import build_topology, ep_dispatch, token_bytes, traffic_time
 from . import collectives as C
 from .calibration import Calibration, calibration_for
 from .fit import default_node_for
@@ -172,7 +172,7 @@ class EPStepCost:
                  samples: int = 4, sample_layers: int = 4, grid_max: int = 8192, grid_points: int = 48,
                  seed: int = 0, remote_fraction: Optional[float] = None, policy_spec: Optional[dict] = None,
                  dispatch_kernel: str = "auto", overlap_min_tokens: int = 0, comm_sms: Optional[float] = None,
-                 ll_max_tokens: int = LL_MAX_TOKENS):
+                 ll_max_tokens: int = LL_MAX_TOKENS, traffic: Optional[np.ndarray] = None):
         if model.moe is None or model.num_moe_layers == 0:
             raise InputError(f"{model.name} has no MoE layers; expert parallelism needs an MoE model", field="ep")
         self.model, self.acc, self.ep, self.tp = model, accelerator, int(ep), int(tp)
@@ -188,7 +188,8 @@ class EPStepCost:
                         combine_dtype=combine_dtype, samples=samples, sample_layers=sample_layers, grid_max=grid_max,
                         grid_points=grid_points, seed=seed, remote_fraction=remote_fraction,
                         policy_spec=policy_spec, dispatch_kernel=dispatch_kernel,
-                        overlap_min_tokens=overlap_min_tokens, comm_sms=comm_sms, ll_max_tokens=ll_max_tokens)
+                        overlap_min_tokens=overlap_min_tokens, comm_sms=comm_sms, ll_max_tokens=ll_max_tokens,
+                        traffic=traffic)
         self.policy_spec = policy_spec  # the placement policy block periodic re-placement re-plans with
         if dispatch_kernel not in DISPATCH_KERNELS:
             raise InputError(f"must be one of {', '.join(DISPATCH_KERNELS)}, got {dispatch_kernel!r}",
@@ -203,6 +204,8 @@ class EPStepCost:
         if remote_fraction is not None and not 0.0 <= remote_fraction <= 1.0:
             raise InputError(f"must be in [0, 1], got {remote_fraction}", field="remote_fraction")
         self.remote_fraction = remote_fraction
+        # the same scheme priced from the placement's own device-to-device copies (coherent_comm)
+        self.traffic = None if traffic is None else _check_traffic(traffic, int(ep))
         self.placement, self.topo = placement, topology
         self.overlap = bool(overlap)
         self.cal: Calibration = calibration_for(accelerator, calibration)
@@ -328,6 +331,10 @@ class EPStepCost:
             self._comm = (0.0, 0.0)
             self._skew = 1.0
             return
+        if self.traffic is not None:
+            self._comm = coherent_comm(self.topo, self.traffic, self.H, self.k, dtype=self.dispatch_dtype)
+            self._skew = 1.0  # the low-latency kernels' load skew (only where forced: dispatch_kernel low_latency)
+            return
         loads = self.placement.device_loads(self.popularity)  # [L, G] expected token share per device
         a_sum = b_sum = skew = 0.0
         refs = (32, 256)
@@ -361,7 +368,8 @@ class EPStepCost:
     def uses_low_latency(self, tokens_per_rank: float) -> bool:
         """Whether a call of ``tokens_per_rank`` tokens runs DeepEP's low-latency kernels."""
         if self.dispatch_kernel == "auto":
-            return tokens_per_rank <= self.ll_max_tokens and self.remote_fraction is None
+            # context-coherent EP (remote_fraction or a traffic matrix) runs its one all-to-all on the normal path
+            return tokens_per_rank <= self.ll_max_tokens and self.remote_fraction is None and self.traffic is None
         return self.dispatch_kernel == "low_latency"
 
     def ll_comm_time(self, tokens_per_rank: float) -> float:
@@ -690,6 +698,35 @@ class EPStepCost:
     @property
     def kv_bytes_per_token_per_device(self) -> float:
         return float(self.ops.kv_per_tok * self.L / self.dp)
+
+
+def _check_traffic(traffic, ep: int) -> np.ndarray:
+    F = np.asarray(traffic, dtype=float)
+    if F.shape != (ep, ep) or not np.all(np.isfinite(F)) or np.any(F < 0) or F.sum() <= 0:
+        raise InputError(f"traffic must be a {ep}x{ep} matrix of non-negative fractions, not all zero",
+                         field="traffic")
+    return F / F.sum()
+
+
+def coherent_comm(topo, traffic: np.ndarray, hidden: int, top_k: int, *, dtype: str = "fp8",
+                  refs: tuple[int, int] = (32, 256)) -> tuple[float, float]:
+    """``(a, b)``: one MoE layer's single all-to-all under context-coherent EP (ExFlow) takes
+    ``a + b * tokens_per_rank`` seconds. ``traffic[g, h]``: fraction of the layer's routed token
+    copies (``tokens_per_rank * ranks * top_k`` of them) that device ``g`` sends to ``h``; the
+    diagonal stays on the device and is free. Each pair's bytes go over their own path
+    (NVLink inside a node, the NICs across nodes: :func:`simllm.topology.traffic_time`), so a
+    placement that keeps copies on-device or on-node pays less. Fitted through ``refs``."""
+
+    F = np.asarray(traffic, dtype=float)
+    R = F.shape[0]
+    off = F * (1.0 - np.eye(R))
+    if R <= 1 or off.sum() <= 0:
+        return 0.0, 0.0
+    tb = token_bytes(hidden, dtype)
+    rs = topo.group(R)
+    t = [traffic_time(topo, off * (ref * R * top_k * tb), rs)[0] for ref in refs]
+    b = max(0.0, (t[1] - t[0]) / (refs[1] - refs[0]))
+    return max(0.0, t[0] - b * refs[0]) + topo.launch_overhead, b
 
 
 # ---------------------------------------------------------------------- building from a scenario

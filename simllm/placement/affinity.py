@@ -22,20 +22,30 @@ token flow at device ``g`` is ``M[g, j] = sum_i C[i, j] share[i, g]`` and a copy
 
 **The affinity ILP** (:class:`AffinityILP`, policy ``ilp_affinity``): layer 0 is placed by the
 EPLB greedy; then each layer ``l + 1`` is solved given layer ``l`` (a rolling window of one
-layer pair, in order): binaries ``x[j, g]`` (replica of ``j`` on ``g``), shares ``s[j, g]``
-and credited local flow ``y[j, g] <= x[j, g]`` with ``M[g, j] y[j, g] <= w_j s[j, g]`` (a
-replica serves at least the tokens credited to it); slots ``sum_j x <= S``, replica budget
-``sum x <= E + R``, load balance ``sum_j w_j s[j, g] <= (1 + balance_tolerance) T_greedy``
-(the EPLB greedy's makespan of that layer); objective ``max sum M[g, j] y[j, g]``: the
-expected token traffic kept on-device (equivalently, cross-device traffic minimised). To keep
-the model small, ``x[j, g]`` exists only for the devices where the greedy put ``j`` and the
-``candidates`` devices with most flow to ``j``. The warm start is the greedy placement (always
-feasible). HiGHS (through highspy) stops at ``gap`` or at the layer's share of
-``time_budget``. Reported bound: per device, at most ``S`` experts can be local, so the kept
-flow is at most ``sum_g`` (the ``S`` largest ``M[g, j]``); the gap is ``(bound - kept) /
-bound``, a valid bound of each layer pair's full problem (no candidate restriction), summed
-over the pairs. It is not a bound of the joint 58-layer problem (which would let layer ``l``
-move for layer ``l + 1``'s sake).
+layer pair, in order). Model of a pair: binaries ``x[j, g]`` (replica of ``j`` on ``g``),
+shares ``s[j, g]`` and credited local flow ``y[j, g] <= x[j, g]`` with
+``M[g, j] y[j, g] <= w_j s[j, g]`` (a replica serves at least the tokens credited to it);
+slots ``sum_j x <= S``, replica budget ``sum x <= E + R``, load balance
+``sum_j w_j s[j, g] <= cap = (1 + balance_tolerance) T_greedy`` (the EPLB greedy's makespan of
+that layer); objective ``max sum M[g, j] y[j, g]``: the token traffic kept on-device
+(equivalently, cross-device traffic minimised).
+
+Solving a pair: (1) a heuristic that always meets ``cap`` (:func:`_pair_heuristic`: the
+affinity greedy, moves/swaps until under ``cap``, then best-improvement swaps that add kept
+flow); (2) the *assignment bound* (:func:`_assignment_bound`): the same objective over 0/1
+``x`` with every expert on at least ``ceil(w_j / cap)`` devices (a device carries at most
+``cap``), ``S`` per device and the replica budget, shares relaxed: a bipartite b-matching
+whose LP is integral (totally unimodular), solved exactly by HiGHS in a fraction of a second,
+and tighter than the per-device top-``S`` bound (which drops the coverage rows); (3) the MIP
+(HiGHS through highspy) over the heuristic's pairs, the assignment plan's pairs and each
+expert's ``candidates`` devices of most flow, warm-started by the heuristic, stopping at
+``gap`` or at the pair's share of what is left of ``time_budget``. The better of (1) and (3)
+is kept; a pair that does not gain ``min_gain`` over the greedy keeps the greedy.
+
+Gap: ``(sum of the pairs' assignment bounds - sum of kept flow) / sum of bounds`` over the
+``L - 1`` pairs (``affinity_gap``). Each bound is valid for its pair's whole problem (no
+candidate restriction) given the previous layer as placed; it is not a bound of the joint
+``L``-layer problem (which would let layer ``l`` move for layer ``l + 1``'s sake).
 """
 
 from __future__ import annotations
@@ -95,12 +105,15 @@ def affinity_routes(popularity: Any, top_k: int, num_tokens: int, follow: float,
     prev = None
     rows = np.repeat(np.arange(B), K)
     for l in range(L):
-        sc = np.where(np.isfinite(logp[l]), logp[l], -1e300)[None, :] + rng.gumbel(size=(B, E))
+        # Gumbel noise in float32 (half the memory traffic of float64; ties are as rare as needed)
+        with np.errstate(divide="ignore"):
+            gum = -np.log(-np.log(rng.random((B, E), dtype=np.float32)))
+        sc = gum + np.where(np.isfinite(logp[l]), logp[l], -1e30).astype(np.float32)[None, :]
         take = None
         if prev is not None and follow > 0:
             take = rng.random((B, K)) < follow
             tgt = np.where(take, perms[l - 1][prev], -1)
-            sc[rows[take.ravel()], tgt.ravel()[take.ravel()]] = 1e300
+            sc[rows[take.ravel()], tgt.ravel()[take.ravel()]] = np.float32(1e30)
         chosen = np.argpartition(-sc, K - 1, axis=1)[:, :K] if K < E else np.tile(np.arange(E), (B, 1))
         chosen = np.take_along_axis(chosen, np.argsort(-np.take_along_axis(sc, chosen, axis=1), axis=1,
                                                        kind="stable"), axis=1)  # rank order
@@ -168,28 +181,104 @@ def device_flow(placement: Placement, counts: np.ndarray, layer: int) -> np.ndar
     return sh.T @ counts[layer]
 
 
-def cross_device_fraction(placement: Placement, counts: np.ndarray) -> float:
-    """Fraction of next-layer token copies that leave their device under context-coherent EP
-    (over all ``L - 1`` layer pairs of ``counts``, which must match the placement's layers)."""
+def layer_traffic(placement: Placement, counts: np.ndarray, layer: int) -> np.ndarray:
+    """``F[g, h]``: token copies sent from device ``g`` to device ``h`` for layer ``layer + 1``'s
+    experts under context-coherent EP (diagonal: copies that stay). A copy at ``g`` bound for
+    expert ``j`` stays on ``g`` when ``g`` holds a replica of ``j``, up to that replica's share of
+    ``j``'s load (``min(M[g, j], w_j s[j, g])``); the rest goes to ``j``'s other replicas in
+    proportion to their shares. Units: those of ``counts`` (token copies)."""
+    M = device_flow(placement, counts, layer)  # [G, E]
+    _, sh = _presence_shares(placement.expert[layer + 1], placement.share[layer + 1], placement.num_experts)
+    w = M.sum(axis=0)  # [E] next-layer load
+    local = np.minimum(M, (w[:, None] * sh).T)  # zero where g holds no replica (share 0)
+    rem = M - local
+    other = np.maximum(1.0 - sh.T, 1e-12)  # [G, E]: share of j held off g
+    F = np.divide(rem, other, out=np.zeros_like(rem), where=rem > 0) @ sh  # [G, G]
+    np.fill_diagonal(F, 0.0)
+    F[np.diag_indices_from(F)] = local.sum(axis=1)
+    return F
+
+
+def device_traffic(placement: Placement, counts: np.ndarray) -> np.ndarray:
+    """``[G, G]``: fraction of a layer's routed token copies sent from device ``g`` to ``h``
+    (:func:`layer_traffic` over every layer pair, normalised to sum 1; the diagonal stays).
+    What :class:`~simllm.cost.moe_ep.EPStepCost` prices with ``traffic=`` (one all-to-all)."""
     L = placement.num_layers
     if counts.shape[0] != L - 1 or counts.shape[1] != placement.num_experts:
         raise InputError(f"transition counts of shape {counts.shape} do not match the placement "
                          f"({L} layers, {placement.num_experts} experts)", field="routes")
-    if L < 2:
-        return 0.0
-    pres = placement.presence()  # [L, E, G]
-    local = total = 0.0
+    G = placement.devices
+    tot = np.zeros((G, G))
     for l in range(L - 1):
-        M = device_flow(placement, counts, l)
-        local += float((M * pres[l + 1].T).sum())
-        total += float(M.sum())
-    return 1.0 - local / total if total > 0 else 0.0
+        tot += layer_traffic(placement, counts, l)
+    s = tot.sum()
+    return tot / s if s > 0 else np.eye(G) / G
+
+
+def cross_device_fraction(placement: Placement, counts: np.ndarray) -> float:
+    """Fraction of next-layer token copies that leave their device under context-coherent EP
+    (over all ``L - 1`` layer pairs of ``counts``, which must match the placement's layers;
+    :func:`layer_traffic`'s accounting)."""
+    if placement.num_layers < 2:
+        if counts.shape[0] != 0:
+            raise InputError(f"transition counts of shape {counts.shape} do not match the placement "
+                             f"(1 layer)", field="routes")
+        return 0.0
+    F = device_traffic(placement, counts)
+    return float(1.0 - np.trace(F))
+
+
+def cross_node_fraction(placement: Placement, counts: np.ndarray) -> float:
+    """Fraction of next-layer token copies that leave their node (context-coherent EP)."""
+    if placement.num_layers < 2:
+        return 0.0
+    F = device_traffic(placement, counts)
+    G = placement.devices
+    node = np.arange(G) // max(1, G // max(1, placement.nodes))
+    return float(F[node[:, None] != node[None, :]].sum())
 
 
 def _flow_bound(M: np.ndarray, S: int) -> float:
     """At most ``S`` experts are local on a device: sum over devices of the S largest flows."""
     k = min(S, M.shape[1])
     return float(-np.sort(-M, axis=1)[:, :k].sum())
+
+
+def _assignment_bound(M: np.ndarray, S: int, budget: int, min_replicas: Optional[np.ndarray] = None
+                      ) -> tuple[float, np.ndarray]:
+    """Assignment bound of one layer pair and its plan: ``max sum M[g, j] x[j, g]`` over 0/1
+    ``x`` with every expert ``j`` on at least ``min_replicas[j]`` devices (default 1), at most
+    ``S`` per device and ``budget`` in all. Every placement meeting those constraints keeps at
+    most ``M[g, j]`` on a replica, so this bounds the pair's kept flow (shares relaxed). The
+    load cap enters through ``min_replicas``: an expert of load ``w_j`` needs at least
+    ``ceil(w_j / cap)`` replicas when no device may carry more than ``cap``. The constraint matrix
+    is a bipartite b-matching's (totally unimodular), so HiGHS's LP optimum is already 0/1:
+    the bound is exact for the relaxed problem, and at least as tight as :func:`_flow_bound`
+    (which also drops the one-replica-per-expert rows). Returns (bound, x [E, G] bool)."""
+    import highspy
+
+    G, E = M.shape
+    n = E * G  # column j * G + g
+    _quiet_highs_banner()
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("threads", 1)
+    h.addVars(n, np.zeros(n), np.ones(n))
+    h.changeColsCost(n, np.arange(n, dtype=np.int32), M.T.ravel().astype(np.float64))
+    h.changeObjectiveSense(highspy.ObjSense.kMaximize)
+    cols = np.arange(n).reshape(E, G)
+    idx = np.concatenate([cols.ravel(), cols.T.ravel(), np.arange(n)]).astype(np.int32)
+    starts = np.concatenate([np.arange(E) * G, n + np.arange(G) * E, [2 * n]]).astype(np.int32)
+    inf = highspy.kHighsInf
+    r = np.ones(E) if min_replicas is None else np.minimum(np.asarray(min_replicas, dtype=float), G)
+    lo = np.concatenate([r, np.full(G + 1, -inf)])
+    hi = np.concatenate([np.full(E, inf), np.full(G, float(S)), [float(budget)]])
+    h.addRows(E + G + 1, lo, hi, len(idx), starts, idx, np.ones(len(idx)))
+    h.run()
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return _flow_bound(M, S), np.zeros((E, G), dtype=bool)
+    x = np.asarray(h.getSolution().col_value).reshape(E, G)
+    return float(h.getInfo().objective_function_value), x > 0.5
 
 
 def _affinity_greedy(M: np.ndarray, w: np.ndarray, cnt: np.ndarray, S: int, cap: float) -> tuple[np.ndarray, np.ndarray]:
@@ -219,13 +308,110 @@ def _affinity_greedy(M: np.ndarray, w: np.ndarray, cnt: np.ndarray, S: int, cap:
     return X, sh
 
 
+def _repair(X: np.ndarray, M: np.ndarray, w: np.ndarray, S: int, cap: float, max_iter: int = 400) -> np.ndarray:
+    """Local search that brings a replica graph ``X`` [E, G] (even shares) under ``cap``: while a
+    device is over it, move one of its replicas to a device with a free slot, or swap it with a
+    lighter replica on another device, whichever lowers the busiest of the two below the
+    overloaded device's load and loses the least kept flow (``min(M[g, j], w_j / replicas)``
+    per replica). Keeps the replica count of every expert. Returns the new ``X`` (it may still
+    be over ``cap`` when no move helps)."""
+    X = X.copy()
+    E, G = X.shape
+    cnt = np.maximum(X.sum(axis=1), 1)
+    per = w / cnt
+    kv = np.minimum(M.T, per[:, None])  # [E, G] kept flow of a replica of j on g
+    for _ in range(max_iter):
+        load = (X * per[:, None]).sum(axis=0)
+        g = int(np.argmax(load))
+        if load[g] <= cap * (1 + 1e-9):
+            break
+        fill = X.sum(axis=0)
+        js = np.nonzero(X[:, g])[0]
+        best, choice = -np.inf, None
+        # moves: j from g to h (free slot, h not holding j), h stays below g's load
+        ok = (~X[js]) & (fill < S)[None, :] & (load[None, :] + per[js, None] < load[g] - 1e-12)
+        ok[:, g] = False
+        if ok.any():
+            score = np.where(ok, kv[js] - kv[js, g][:, None] - 1e-6 * (load[None, :] + per[js, None]), -np.inf)
+            a, h = np.unravel_index(int(np.argmax(score)), score.shape)
+            best, choice = score[a, h], (js[a], h, None)
+        # swaps: j (on g) with a lighter replica (i on h), i not on g and j not on h
+        ri, rh = np.nonzero(X)
+        keep = rh != g
+        ri, rh = ri[keep], rh[keep]
+        d = per[js][:, None] - per[ri][None, :]  # what g loses and h gains
+        ok = (d > 1e-12) & (load[rh][None, :] + d < load[g] - 1e-12) & ~X[js][:, rh] & ~X[ri, g][None, :]
+        if ok.any():
+            gain = kv[js][:, rh] + kv[ri, g][None, :] - kv[js, g][:, None] - kv[ri, rh][None, :]
+            score = np.where(ok, gain - 1e-6 * (load[rh][None, :] + d), -np.inf)
+            a, b2 = np.unravel_index(int(np.argmax(score)), score.shape)
+            if score[a, b2] > best:
+                best, choice = score[a, b2], (js[a], rh[b2], ri[b2])
+        if choice is None:
+            break
+        j, h, i = choice
+        X[j, g], X[j, h] = False, True
+        if i is not None:
+            X[i, h], X[i, g] = False, True
+    return X
+
+
+def _improve(X: np.ndarray, M: np.ndarray, w: np.ndarray, S: int, cap: float, max_iter: int = 300) -> np.ndarray:
+    """Best-improvement local search on a replica graph under ``cap`` (even shares, replica
+    counts kept): each step applies the swap of two replicas on different devices (or the move
+    of one to a free slot) that adds the most kept flow and leaves both devices under ``cap``;
+    Stops when no step adds flow."""
+    X = X.copy()
+    E, G = X.shape
+    cnt = np.maximum(X.sum(axis=1), 1)
+    per = w / cnt
+    kv = np.minimum(M.T, per[:, None])  # [E, G]
+    for _ in range(max_iter):
+        load = (X * per[:, None]).sum(axis=0)
+        j, g = np.nonzero(X)  # replicas
+        # swap replica a=(j[a], g[a]) with b=(j[b], g[b])
+        gain = kv[j[:, None], g[None, :]] + kv[j[None, :], g[:, None]] - kv[j, g][:, None] - kv[j, g][None, :]
+        d = per[j][:, None] - per[j][None, :]  # what g[a] loses (and g[b] gains)
+        ok = (g[:, None] != g[None, :]) & ~X[j[:, None], g[None, :]] & ~X[j[None, :], g[:, None]]
+        ok &= (load[g][:, None] - d <= cap) & (load[g][None, :] + d <= cap)
+        gain = np.where(ok, gain, -np.inf)
+        # moves of a replica to a device with a free slot
+        fill = X.sum(axis=0)
+        mv = (fill < S)[None, :] & ~X[j] & (load[None, :] + per[j][:, None] <= cap)
+        if mv.any():
+            mgain = np.where(mv, kv[j] - kv[j, g][:, None], -np.inf)
+            ma, mh = np.unravel_index(int(np.argmax(mgain)), mgain.shape)
+            if mgain[ma, mh] > max(gain.max(), 1e-12):
+                X[j[ma], g[ma]], X[j[ma], mh] = False, True
+                continue
+        # apply the best swaps that touch disjoint devices (each stays valid on its own)
+        flat = np.argsort(-gain, axis=None)[:4 * G]
+        used = np.zeros(G, dtype=bool)
+        done = 0
+        for f in flat:
+            a, b = divmod(int(f), gain.shape[1])
+            if not gain[a, b] > 1e-12:
+                break
+            if used[g[a]] or used[g[b]]:
+                continue
+            X[j[a], g[a]], X[j[a], g[b]] = False, True
+            X[j[b], g[b]], X[j[b], g[a]] = False, True
+            used[g[a]] = used[g[b]] = True
+            done += 1
+        if not done:
+            break
+    return X
+
+
 def _solve_pair(M: np.ndarray, w: np.ndarray, X0: np.ndarray, s0: np.ndarray, S: int, budget: int, cap: float,
-                candidates: int, gap: float, time_limit: float) -> tuple[np.ndarray, np.ndarray, str]:
-    """One layer given the previous one: (presence [E, G], shares [E, G], status)."""
+                candidates: int, gap: float, time_limit: float, extra: Optional[np.ndarray] = None
+                ) -> tuple[np.ndarray, np.ndarray, str]:
+    """One layer given the previous one: (presence [E, G], shares [E, G], status). Binaries exist
+    for the warm start's pairs, each expert's ``candidates`` devices of most flow and ``extra``."""
     import highspy
 
     E, G = X0.shape
-    cand = X0.copy()
+    cand = X0.copy() if extra is None else (X0 | extra)
     if candidates > 0:
         top = np.argsort(-M, axis=0, kind="stable")[:min(candidates, G)]  # [c, E] devices per expert
         cand[np.arange(E)[None, :], top] = True
@@ -320,7 +506,7 @@ class AffinityILP:
     """
 
     balance_tolerance: float = 0.05
-    candidates: int = 3
+    candidates: int = 0  # extra MIP devices per expert beyond the heuristic's and the assignment plan's
     gap: float = 0.01
     time_budget: float = 30.0
     redundant: Optional[int] = None
@@ -369,24 +555,19 @@ class AffinityILP:
                 Ml = sp.T @ counts[l - 1]
                 Ml = Ml / max(Ml.sum(), 1e-300) * G  # same units as wn (mean device load 1)
                 T_g = float((wn[:, None] * s0).sum(axis=0).max())
-                left = self.time_budget - (time.perf_counter() - t0)
-                lim = 0.8 * left / (L - l)
                 cap = (1 + self.balance_tolerance) * T_g
-                cnt = np.maximum(X0.sum(axis=1), 1)
-                Xh, shh = X0, s0
-                for frac in (1.0, 0.5, 0.25, 0.0):  # tighter inner caps until the result meets cap
-                    Xt, sht = _affinity_greedy(Ml, wn, cnt, S, T_g + frac * (cap - T_g))
-                    if (wn[:, None] * sht).sum(axis=0).max() > cap:  # re-split the replicated experts
-                        sht = _rebalance(wn, Xt)[1]
-                    if (wn[:, None] * sht).sum(axis=0).max() <= cap * (1 + 1e-9):
-                        Xh, shh = Xt, sht
-                        break
-                bnd = _flow_bound(Ml, S)
+                Xh, shh = _pair_heuristic(Ml, wn, np.maximum(X0.sum(axis=1), 1), S, T_g, cap, X0, s0)
+                need = np.maximum(1.0, np.ceil(wn / cap - 1e-9))  # replicas each expert needs under cap
+                bnd, Xbm = _assignment_bound(Ml, S, budget, need if need.sum() <= budget else None)
+                # the solver gets this layer's share of what is left, less what the heuristic took
+                left = self.time_budget - (time.perf_counter() - t0)
+                lim = 0.9 * left / (L - l) - (time.perf_counter() - t1)
                 kept_h = float(np.minimum(Ml.T * Xh, wn[:, None] * shh).sum())
                 if bnd - kept_h <= self.gap * bnd:
                     X, sh, st = Xh, shh, "heuristic_within_gap"
-                elif lim > 0.01:
-                    X, sh, st = _solve_pair(Ml, wn, Xh, shh, S, budget, cap, self.candidates, self.gap, lim)
+                elif lim > 0.05:
+                    X, sh, st = _solve_pair(Ml, wn, Xh, shh, S, budget, cap, self.candidates, self.gap, lim,
+                                            extra=Xbm)
                 else:
                     X, sh, st = Xh, shh, "heuristic (time budget spent)"
                 kept = float(np.minimum(Ml.T * X, wn[:, None] * sh).sum())
@@ -400,7 +581,7 @@ class AffinityILP:
                 # objective: on-device flow kept (fraction of the pair's flow); its bound is in the
                 # message (not a makespan bound, so not in ``bound``, which summaries read as one)
                 info = LayerInfo(status=st, objective=kept / G, gap=(bnd - kept) / bnd if bnd > 0 else 0.0,
-                                 message=f"kept on-device flow {kept / G:.4f}, bound {bnd / G:.4f}")
+                                 message=f"kept on-device flow {kept / G:.4f}, bound {bnd / G:.4f} (heuristic {kept_h / G:.4f}, greedy {kept0 / G:.4f})")
                 X0, s0 = X, sh
             expert[l], share[l] = _to_slots(X0, s0, S)
             info.solve_s = time.perf_counter() - t1
@@ -413,6 +594,30 @@ class AffinityILP:
                       solve_s=time.perf_counter() - t0)
         p.affinity_gap = (bound_sum - kept_sum) / bound_sum if bound_sum > 0 else 0.0  # type: ignore[attr-defined]
         return p
+
+
+def _pair_heuristic(M: np.ndarray, w: np.ndarray, cnt: np.ndarray, S: int, T_g: float, cap: float,
+                    X0: np.ndarray, s0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A layer's plan without the solver: the affinity greedy (:func:`_affinity_greedy`, the EPLB
+    replica counts ``cnt``), brought under ``cap`` by :func:`_repair`, then :func:`_improve`;
+    even shares (re-split by :func:`_rebalance` when that alone meets ``cap``). Falls back to
+    the greedy plan ``(X0, s0)`` when nothing meets ``cap``."""
+    def over(sh):
+        return (w[:, None] * sh).sum(axis=0).max() > cap * (1 + 1e-9)
+
+    X, sh = _affinity_greedy(M, w, cnt, S, cap)
+    if over(sh):
+        X = _repair(X, M, w, S, cap)
+        sh = X / np.maximum(X.sum(axis=1, keepdims=True), 1)
+    if over(sh):
+        sh = _rebalance(w, X)[1]
+        if over(sh):
+            return X0, s0
+    Xi = _improve(X, M, w, S, cap)
+    shi = Xi / np.maximum(Xi.sum(axis=1, keepdims=True), 1)
+    if not over(shi):
+        return Xi, shi
+    return X, sh
 
 
 def _greedy_counts(wn: np.ndarray, cnt: np.ndarray, G: int, S: int) -> tuple[np.ndarray, np.ndarray]:

@@ -13,8 +13,21 @@ probability ``locality``, else is drawn by popularity; a generator, not a model'
   compute (the stall is what the copy exceeds it by), unpredicted ones stall in full; LRU
   eviction.
 
+A miss may instead be computed on the host CPU (``cpu_bw`` > 0: the expert's weights are read
+from host memory at ``cpu_bw``, memory-bound as a decode batch is; an assumption): each
+unpredicted miss takes the cheaper of the copy and the CPU pass; a miss done on the CPU is not
+copied (no bytes, the cache is unchanged).
+
 Summary: hit rate, stall seconds per step, bytes moved per step, HBM saved (experts not
 resident), and TPOT = resident step time (from the cost model, passed in) + stall.
+
+Routing locality as Liang et al. (arXiv 2505.16056) measure it (:func:`segment_locality`):
+*segment routing best performance* (SRP): over segments of ``segment`` consecutive tokens of a
+sequence, the fraction of the segment's expert activations that the best fixed set of ``K``
+experts (the segment's ``K`` most used) covers; *segment cache best hit rate* (SCH): the same
+with a set of ``cache`` experts, the best hit rate a cache fixed over the segment can reach.
+Both are averaged over segments, sequences and layers (our reading of their definitions); for a
+batch, SCH pools the batch's activations (one cache serves the batch).
 """
 
 from __future__ import annotations
@@ -72,9 +85,30 @@ class OffloadResult:
         return asdict(self)
 
 
+def segment_locality(routes: np.ndarray, num_experts: int, segment: int, size: int, *,
+                     pool_batch: bool = False) -> float:
+    """Mean fraction of a segment's activations covered by its ``size`` most used experts
+    (routes ``[steps, L, B, K]``; SRP with ``size = K``, SCH with ``size`` = the cache). Per
+    sequence, or with ``pool_batch`` over the batch's activations together (what one cache
+    serving the batch sees)."""
+    r = np.asarray(routes)
+    if pool_batch:
+        r = r.reshape(r.shape[0], r.shape[1], 1, -1)
+    T, L, B, K = r.shape
+    E = int(num_experts)
+    if not 1 <= segment <= T or not 1 <= size <= E:
+        raise InputError(f"segment must be in [1, {T}] steps and size in [1, {E}]", field="segment")
+    n = T // segment
+    seg = r[: n * segment].reshape(n, segment, L, B, K).transpose(0, 2, 3, 1, 4).reshape(n * L * B, segment * K)
+    cnt = np.zeros((seg.shape[0], E))
+    np.add.at(cnt, (np.repeat(np.arange(seg.shape[0]), seg.shape[1]), seg.ravel()), 1.0)
+    top = -np.sort(-cnt, axis=1)[:, :size].sum(axis=1)
+    return float((top / (segment * K)).mean())
+
+
 def simulate_cache(routes: np.ndarray, num_experts: int, cache_experts: int, *, policy: str = "lru",
                    accuracy: float = 0.0, expert_bytes: float, link_bw: float, layer_compute_s: float,
-                   resident_step_s: float, seed: int = 0) -> OffloadResult:
+                   resident_step_s: float, seed: int = 0, cpu_bw: float = 0.0) -> OffloadResult:
     """Run an expert cache of ``cache_experts`` per layer over ``routes`` ``[steps, L, B, K]``."""
     if policy not in POLICIES:
         raise InputError(f"unknown cache policy {policy!r}; known: {', '.join(POLICIES)}", field="policy")
@@ -85,6 +119,10 @@ def simulate_cache(routes: np.ndarray, num_experts: int, cache_experts: int, *, 
         raise InputError(f"must be in [1, {E}] experts per layer, got {cache_experts}", field="cache_experts")
     if link_bw <= 0 or expert_bytes <= 0:
         raise InputError("link bandwidth and expert bytes must be positive", field="link")
+    if not (np.isfinite(cpu_bw) and cpu_bw >= 0):
+        raise InputError(f"must be >= 0 bytes/s, got {cpu_bw}", field="cpu_bw")
+    t_cpu = expert_bytes / cpu_bw if cpu_bw > 0 else np.inf
+    cpu_done = 0
     T, L = routes.shape[:2]
     rng = np.random.default_rng([int(seed), 0xCAC])
     t_x = expert_bytes / link_bw
@@ -105,11 +143,14 @@ def simulate_cache(routes: np.ndarray, num_experts: int, cache_experts: int, *, 
             hits += need.size - miss.size
             misses += miss.size
             if miss.size:
-                if policy == "prefetch":
-                    pred = rng.random(miss.size) < accuracy
-                    stall += max(0.0, pred.sum() * t_x - layer_compute_s) + (~pred).sum() * t_x
-                else:
-                    stall += miss.size * t_x
+                pred = rng.random(miss.size) < accuracy if policy == "prefetch" else np.zeros(miss.size, bool)
+                stall += max(0.0, pred.sum() * t_x - layer_compute_s) if pred.any() else 0.0
+                on_cpu = ~pred & (t_cpu < t_x)  # an unpredicted miss: copy it, or run it on the CPU
+                stall += (~pred & ~on_cpu).sum() * t_x
+                if on_cpu.any():
+                    stall += on_cpu.sum() * t_cpu
+                    cpu_done += int(on_cpu.sum())
+                    miss = miss[~on_cpu]
                 # evict for the misses: not needed now, least recently / frequently used
                 score = freq[l] if policy == "lfu" else last[l]
                 cand = np.nonzero(cached[l])[0]
@@ -126,7 +167,7 @@ def simulate_cache(routes: np.ndarray, num_experts: int, cache_experts: int, *, 
             freq[l, need] += 1
     n = hits + misses
     return OffloadResult(policy=policy, cache_experts=int(cache_experts), hit_rate=hits / n if n else 1.0,
-                         stall_s_per_step=stall / T, bytes_per_step=misses * expert_bytes / T,
+                         stall_s_per_step=stall / T, bytes_per_step=(misses - cpu_done) * expert_bytes / T,
                          hbm_saved_bytes=(E - cache_experts) * L * expert_bytes, active_experts=active / (T * L),
                          tpot_s=resident_step_s + stall / T)
 
@@ -143,12 +184,15 @@ def check_cache_fits(cache_experts: int, layers: int, expert_bytes: float, hbm_b
 
 def offload_sweep(model, accelerator, link_bw: float, *, cache_sizes, policies=("lru", "lfu", "prefetch"),
                   accuracy: float = 0.9, batch: int = 1, context: int = 1024, steps: int = 64, locality: float = 0.5,
-                  alpha: float = 1.0, weight_dtype: str = "bf16", seed: int = 0) -> list[dict]:
+                  alpha: float = 1.0, weight_dtype: str = "bf16", seed: int = 0, cpu_bw: float = 0.0,
+                  segment: int = 16) -> list[dict]:
     """TPOT, hit rate, stall and HBM saved for each cache size (experts per layer) and policy.
 
     The resident step time is the cost model's decode step of ``batch`` sequences at ``context``
     tokens with every expert in HBM (:func:`simllm.cost.step.make_step_cost`); a layer's compute,
-    which a prefetch can hide behind, is that step over the layers."""
+    which a prefetch can hide behind, is that step over the layers. ``cpu_bw`` > 0 lets a miss run
+    on the host CPU (see the module doc). Rows also carry SRP and SCH (:func:`segment_locality`,
+    segments of ``segment`` decode steps) of the routes."""
     from ..cost.step import make_step_cost
     from .loads import zipf_popularity
 
@@ -164,12 +208,16 @@ def offload_sweep(model, accelerator, link_bw: float, *, cache_sizes, policies=(
     resident = float(cost.step_time(0, 0.0, 0, batch, float(batch * context)))
     routes = locality_routes(zipf_popularity(L, E, alpha, seed=seed), m.top_k, batch, steps, locality, seed=seed)
     rows = []
+    seg = max(1, min(int(segment), int(steps)))
+    srp = segment_locality(routes, E, seg, m.top_k)
     for c in cache_sizes:
+        sch = segment_locality(routes, E, seg, int(c), pool_batch=True)
         for pol in policies:
             r = simulate_cache(routes, E, int(c), policy=pol, accuracy=accuracy if pol == "prefetch" else 0.0,
                                expert_bytes=expert_bytes, link_bw=link_bw, layer_compute_s=resident / model.num_layers,
-                               resident_step_s=resident, seed=seed)
+                               resident_step_s=resident, seed=seed, cpu_bw=cpu_bw)
             rows.append({"model": model.name, "experts": E, "top_k": m.top_k, "layers": L, "batch": batch,
                          "locality": locality, "accuracy": accuracy if pol == "prefetch" else None,
-                         "expert_bytes": expert_bytes, "resident_tpot_s": resident, **r.as_dict()})
+                         "expert_bytes": expert_bytes, "resident_tpot_s": resident, "link_bw": link_bw,
+                         "cpu_bw": cpu_bw, "srp": srp, "sch": sch, "segment_steps": seg, **r.as_dict()})
     return rows
