@@ -36,6 +36,8 @@ from pydantic import Field, field_validator, model_validator
 from .config import Frozen, load_yaml, quantity, set_dotted, validate
 from .cost import make_ep_step_cost, make_step_cost
 from .cost.moe_ep import replacement_spec
+from .cost import table_mode
+from .cost.calibration import CostModeSpec, calibration_for
 from .errors import InputError
 from .scenario_checks import check_scenario
 from .hardware import load_accelerator, load_cluster, load_node
@@ -252,6 +254,7 @@ class Scenario(Frozen):
     workload: WorkloadSpec
     slo: SLOSpec = SLOSpec()
     sim: SimSpec = SimSpec()
+    cost: Optional[CostModeSpec] = None  # {mode: table, tables: PATH}: measured-table mode (simllm.cost.table_mode)
     price_per_device_hour: Optional[float] = Field(default=None, ge=0)  # USD; default: the accelerator's
     idle_power_w: Optional[float] = Field(default=None, ge=0)  # default: the accelerator's
     seed: int = 0
@@ -336,9 +339,13 @@ def _pool_kv(dep: DeploymentSpec, spec, where: str, file) -> KVSpec:
                     prefix=f"{where}.kv")
 
 
-def pool_cost(model, acc, dep: DeploymentSpec, spec, *, node, cluster, base_dir):
+def pool_cost(model, acc, dep: DeploymentSpec, spec, *, node, cluster, base_dir, cost_mode=None):
     """The step cost model of one replica of a pool (or of a colocated deployment): expert-parallel
-    with a placement when ``spec.ep > 1``, else tensor/pipeline-parallel."""
+    with a placement when ``spec.ep > 1``, else tensor/pipeline-parallel (``cost_mode``: a resolved
+    table-mode spec, :func:`simllm.cost.calibration.cost_spec`)."""
+    if cost_mode and spec.ep > 1:
+        raise InputError("table mode prices the tensor/pipeline-parallel step only, not the expert-parallel one",
+                         file=cost_mode.get("file"), field="cost.mode")
     if spec.ep > 1 and dep.framework != "vllm":
         raise InputError("the expert-parallel step cost prices kernels with the vllm calibration only",
                          field="framework")
@@ -347,8 +354,9 @@ def pool_cost(model, acc, dep: DeploymentSpec, spec, *, node, cluster, base_dir)
                                  placement=spec.placement, expert_loads=spec.expert_loads, moe=spec.moe,
                                  weight_dtype=dep.weight_dtype, kv_dtype=dep.kv_dtype, act_dtype=dep.act_dtype,
                                  base_dir=base_dir)
+    cal = table_mode.with_table_mode(calibration_for(acc), cost_mode) if cost_mode else None
     return make_step_cost(model, acc, tp=spec.tp, pp=spec.pp, node=node, weight_dtype=dep.weight_dtype,
-                          kv_dtype=dep.kv_dtype, act_dtype=dep.act_dtype, framework=dep.framework)
+                          kv_dtype=dep.kv_dtype, act_dtype=dep.act_dtype, framework=dep.framework, calibration=cal)
 
 
 def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, seed: Optional[int] = None
@@ -400,12 +408,14 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
         for err in tp_errors(model, sp.tp):
             raise InputError(err, file=file, field=f"{where}.tp")
     base_dir = Path(file).resolve().parent if file else None
+    cost_mode = table_mode.cost_spec(scn.cost, base_dir, file=file)
     pools = []
     for name, where, sp in specs:
         role = getattr(sp, "role", None) or "both"
         kvs = _pool_kv(dep, sp, where, file)
         c = cost if (cost is not None and not multi) else _located(
-            lambda: pool_cost(model, acc, dep, sp, node=node, cluster=cl, base_dir=base_dir), file, where)
+            lambda: pool_cost(model, acc, dep, sp, node=node, cluster=cl, base_dir=base_dir, cost_mode=cost_mode),
+            file, where)
         mem = acc.hbm_bytes
         nb = _located(lambda: kv_capacity_blocks(
             device_memory_bytes=mem, n_devices=sp.devices_per_replica,
@@ -492,6 +502,9 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
     summary = summarize(res, devices_per_replica=prep.pools[0].spec.devices_per_replica,
                         peak_flops=acc.peak(dep.act_dtype), hbm_bandwidth=acc.hbm_bw, price_per_device_hour=price,
                         tdp_w=tdp, idle_w=idle, slo_ttft_s=scn.slo.ttft_s, slo_tpot_s=scn.slo.tpot_s, requests=req)
+    tab = table_mode.run_report([pp.cost for pp in prep.pools])
+    if tab:
+        summary["cost_table"] = tab
     if not multi:
         summary = {"scenario": scn.name, "model": prep.model.name, "accelerator": acc.name, "tp": dep.tp,
                    "pp": dep.pp, "seed": s, **summary}
