@@ -197,3 +197,36 @@ def test_shipped_calibration_gemm_bf16(shared_data, gpu, hw, limit):
     df = df[df["dtype"] == "bfloat16"].iloc[::7]
     r = pricing.check(df, acc, cal)
     assert r["per_op"]["gemm/bfloat16"]["median"] < limit, r["per_op"]
+
+
+def test_l40s_descriptor_matches_aiconfigurator_system_file(shared_data):
+    """The L40S descriptor's datasheet figures agree with AIConfigurator's own l40s.yaml (a source we
+    did not write): tensor-core peaks, memory bandwidth and capacity, power."""
+    import yaml
+
+    f = shared_data / "calibration" / "aiconfigurator" / "l40s.yaml"
+    if not f.is_file():
+        pytest.skip("no AIConfigurator l40s.yaml under ../shared/data")
+    gpu = yaml.safe_load(f.read_text())["gpu"]
+    a = load_accelerator("l40s")
+    assert a.peak("bf16") == pytest.approx(gpu["bfloat16_tc_flops"])
+    assert a.peak("fp8") == pytest.approx(gpu["fp8_tc_flops"])
+    assert a.peak("int8") == pytest.approx(gpu["int8_tc_flops"])
+    assert a.hbm_bw == pytest.approx(gpu["mem_bw"])
+    assert a.hbm_bytes == pytest.approx(gpu["mem_capacity"])
+    assert a.tdp.value == pytest.approx(gpu["power"])
+    assert int(a.compute_units.value) == 18176 // 128
+
+
+def test_l40s_without_fp4_peak_fails_in_serving_too(tmp_path, capsys):
+    """No fp4 peak on the L40S datasheet: an fp4 deployment is refused (one line, exit 2), never
+    priced at the bf16 peak."""
+    import yaml
+
+    scn = tmp_path / "s.yaml"
+    scn.write_text(yaml.safe_dump({"model": "llama-3-8b", "hardware": {"accelerator": "l40s"},
+                                   "deployment": {"weight_dtype": "fp4", "act_dtype": "fp4", "kv_dtype": "fp8"},
+                                   "workload": {"trace": str(Path(__file__).resolve().parents[1] / "traces" /
+                                                             "azure2023_conv_sample.csv"), "limit": 5}}))
+    code, _, err = _run(["run", str(scn)], capsys)
+    assert code == 2 and _one_line(err) and "peak_flops.fp4" in err, err
