@@ -230,3 +230,19 @@ def test_l40s_without_fp4_peak_fails_in_serving_too(tmp_path, capsys):
                                                              "azure2023_conv_sample.csv"), "limit": 5}}))
     code, _, err = _run(["run", str(scn)], capsys)
     assert code == 2 and _one_line(err) and "peak_flops.fp4" in err, err
+
+
+def test_fp8_per_token_quantization_term(shared_data):
+    """H100 vLLM per-token fp8 GEMMs at N = 32, K = 128: measured time grows linearly in M (one
+    latency-bound quantization block per token row); the shipped model follows it within 25% at
+    M = 4097 and 16384 and the fp8 group reaches the issue's target (median <= 8%, p90 <= 25%)."""
+    p = _aic(shared_data) / "h100_sxm" / "gemm" / "vllm"
+    acc = load_accelerator("h100-sxm")
+    cal = calibration_for(acc).for_framework("vllm")
+    df = T.read_tables(p, "vllm")
+    df = df[df["dtype"] == "fp8"]
+    small = df[(df["n"] == 32) & (df["k"] == 128) & df["m"].isin([4097, 16384])]
+    pred = pricing.price(small, acc, cal)
+    assert np.all(np.abs(pred / small["latency_s"].to_numpy() - 1) < 0.25), (pred, small["latency_s"].to_numpy())
+    r = pricing.check(df.iloc[::5], acc, cal)["per_op"]["gemm/fp8"]
+    assert r["median"] <= 0.08 and r["p90"] <= 0.25, r

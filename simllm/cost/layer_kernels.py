@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import InputError
 from .kernel_models import (ATTN_DTYPES, GEMM_DTYPES, ROOF_DEFAULT, UNCALIBRATED, _gemm_params, _l2, _sec,
-                            strict_peak)
+                            quant_rows, strict_peak)
 from .kernels import gemm_time
 
 FRAMEWORKS = ("vllm", "trtllm", "sglang")
@@ -143,19 +143,19 @@ class LayerKernels:
         c = self._gemm_cache.get(dt)
         if c is None:
             c = self._gemm_cache[dt] = self._gemm_setup(dt)
-        gp, peak, ab, wb, ob, l2, l2s, quant, q, qe = c
+        gp, peak, ab, wb, ob, l2, l2s, quant, q, qe, row = c
         t = gemm_time(M, K, N, peak=peak, bw=self.bw, cus=int(self.cus), gp=gp, groups=groups, a_bytes=ab,
                       w_bytes=wb, o_bytes=ob, l2_bytes=l2, l2_speedup=l2s)
         lo = gp.kernel_overhead_s
         if scalar:
             body = float(t) - lo
             if quant:
-                body += M * groups * K * 3.0 / (self.bw * qe)
+                body += M * groups * K * 3.0 / (self.bw * qe) + M * groups * row
                 lo += q
             return lo, body
         body = float(np.sum(t)) - lo * np.size(t)
         if quant:
-            body += float(np.sum(np.asarray(M, float) * groups)) * K * 3.0 / (self.bw * qe)
+            body += float(np.sum(np.asarray(M, float) * groups)) * (K * 3.0 / (self.bw * qe) + row)
             lo += q
         return lo * np.size(t), body
 
@@ -167,7 +167,8 @@ class LayerKernels:
         if dt in ("fp16", "float16") and found in ("", "gemm/bfloat16") and "gemm" in (self.cal.fit or {}):
             gp = self.cal.gemm
         return (gp, strict_peak(self.acc, pk), ab, wb, ob, _l2(self.acc), float(s.get("l2_speedup", 1.0)), quant,
-                float(s.get("quant_overhead_s", 0.0)), float(s.get("quant_efficiency", gp.memory_efficiency)))
+                float(s.get("quant_overhead_s", 0.0)), float(s.get("quant_efficiency", gp.memory_efficiency)),
+                float(quant_rows(1.0, 0.0, dt, self.acc)) * float(s.get("quant_row_s", 0.0)))  # per token row
 
     # ------------------------------------------------------------------ attention (per layer, per rank)
     def _body(self, flops, nbytes, tiles, ctas, s):
