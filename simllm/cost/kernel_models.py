@@ -40,7 +40,8 @@ sequence; bytes = the KV cache (isl + step tokens x kv heads x hd x 2 x kv bytes
 b x kv_heads x splits CTAs where ``splits = ceil(kv_len / split_tokens)`` (split-KV): with fewer
 CTAs than SMs the achieved bandwidth falls proportionally (short contexts at small batch are
 latency-bound, the floors); FLOPs scale with the query/KV head ratio (GQA), which is what makes
-high ratios at large batch compute-bound.
+high ratios at large batch compute-bound. Above a framework's largest query-head group per KV head
+(TensorRT-LLM XQA: 32, :data:`DECODE_GROUP_MAX`) every query head runs as its own KV head.
 
 MLA (``context_mla``/``generation_mla``): DeepSeek-style MLA with local heads ``num_heads``.
 Prefill runs un-absorbed: per head qk 192 (128 nope + 64 rope), v 128; decode runs absorbed over
@@ -343,9 +344,28 @@ def _roof(flops, nbytes, tiles, ctas, acc, peak, s):
     return np.full(np.shape(body), s["launch_s"]), body
 
 
-def _attn_shapes(df, kind):
+#: the largest query-head group per KV head a framework's decode kernel shares one KV read over
+#: (TensorRT-LLM's XQA kernel); above it the framework's generic masked multi-head attention runs,
+#: one CTA per (sequence, query head), each reading its KV head. Evidence: H100 TRT-LLM decode rows
+#: with 32 / 1, 64 / 2 and 128 / 4 heads (groups <= 32) lie on one curve (b = 2048, 2-token
+#: context: 122 us at 32 / 1); 64 / 1, 96 / 2, 128 / 1-2 (groups 48-128) measure 3-10x slower
+#: (1,251 us at 64 / 1), as if each query head were its own KV head.
+DECODE_GROUP_MAX = {"trtllm": 32}
+
+
+def decode_kv_heads(h, kvh, framework: str):
+    """KV heads the decode kernel runs as (``kvh``, or ``h`` above the framework's largest group)."""
+    g = DECODE_GROUP_MAX.get(framework or "")
+    if g is None:
+        return kvh
+    return np.where(np.asarray(h, float) > g * np.asarray(kvh, float), h, kvh)
+
+
+def _attn_shapes(df, kind, framework: str = ""):
     b, isl, step = _col(df, "batch_size"), _col(df, "isl"), _col(df, "step")
     h, kvh, hd = _col(df, "num_heads"), _col(df, "num_key_value_heads"), _col(df, "head_dim", 128)
+    if kind == "generation_attention":
+        kvh = decode_kv_heads(h, kvh, framework)
     w = _col(df, "window_size")
     kvb = np.array([KV_BYTES.get(str(v), 2.0) for v in df["kv_cache_dtype"].astype(str)]) \
         if "kv_cache_dtype" in df.columns else np.full(len(df), 2.0)
@@ -391,8 +411,8 @@ def _mla_shapes(df, kind):
     return flops, nbytes, tiles, None, kv, b, np.ones(len(df)), b * h * 4.0 * kv
 
 
-def _shapes(df, kind):
-    return _mla_shapes(df, kind) if "mla" in kind else _attn_shapes(df, kind)
+def _shapes(df, kind, framework: str = ""):
+    return _mla_shapes(df, kind) if "mla" in kind else _attn_shapes(df, kind, framework)
 
 
 def _roof_predict(shapes, acc, peak, s):
@@ -412,7 +432,7 @@ def attention_launch_and_body(df, kind, acc, cal):
             continue
         s = {**ROOF_DEFAULT, **_sec(cal, kind, d, src)[0]}
         peak = strict_peak(acc, ATTN_DTYPES[_base_dtype(d)])
-        lo, bo = _roof_predict(_shapes(df[sel], kind), acc, peak, s)
+        lo, bo = _roof_predict(_shapes(df[sel], kind, getattr(cal, "framework", "")), acc, peak, s)
         launch[sel], body[sel] = lo, bo
     return launch, body
 
@@ -446,7 +466,7 @@ def _fit_roof(kind):
             sub = df[m]
             sub = sub.iloc[_subsample(len(sub), max_rows)]
             t = sub["latency_s"].to_numpy(float)
-            shp = _shapes(sub, kind)
+            shp = _shapes(sub, kind, getattr(cal, "framework", ""))
             peak = strict_peak(acc, ATTN_DTYPES[_base_dtype(d)])
             s0 = {**ROOF_DEFAULT, **_sec(cal, kind, d, src)[0]}
             s0["launch_s"] = max(s0["launch_s"], float(np.percentile(t, 2)) * 0.5)

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import InputError
 from .kernel_models import (ATTN_DTYPES, GEMM_DTYPES, ROOF_DEFAULT, UNCALIBRATED, _gemm_params, _l2, _sec,
-                            quant_rows, strict_peak)
+                            decode_kv_heads, quant_rows, strict_peak)
 from .kernels import gemm_time
 
 FRAMEWORKS = ("vllm", "trtllm", "sglang")
@@ -130,6 +130,8 @@ class LayerKernels:
         else:
             self.kvh = float(math.ceil(a.num_kv_heads / tp))
             self.hd = float(a.head_dim)
+            # decode runs as more KV heads above the framework's largest GQA group (kernel_models)
+            self.kvh_dec = float(decode_kv_heads(self.heads, self.kvh, getattr(self.cal, "framework", "")))
 
     # ------------------------------------------------------------------ GEMM
     def gemm(self, M, K, N, groups=1.0, dtype=None):
@@ -219,8 +221,8 @@ class LayerKernels:
             f_tok = h * 2.0 * (self.lat + self.kv_lora) + h * 4.0 * s["hd0"]
             return f_tok, self.lat * self.kvb, b * h * (self.lat + self.kv_lora) * 2.0, b * _ceil(h / 64.0), b
         f_tok = h * 4.0 * (self.hd + s["hd0"])
-        return f_tok, 2.0 * self.kvh * self.hd * self.kvb, b * 2.0 * h * self.hd * self.qo_bytes, b * self.kvh, \
-            b * self.kvh
+        kvh = self.kvh_dec
+        return f_tok, 2.0 * kvh * self.hd * self.kvb, b * 2.0 * h * self.hd * self.qo_bytes, b * kvh, b * kvh
 
     def decode(self, seqs: float, ctx):
         """(launch, body) of one layer's decode attention of ``seqs`` sequences holding ``ctx``

@@ -168,6 +168,8 @@ def fit_frameworks(per: dict, acc, cal, sources=()):
         frameworks[fw] = {"kernels": c.kernels, "fit": rec}
         fitted[fw] = c.kernels
     default = "vllm" if "vllm" in fitted else (sorted(fitted)[0] if fitted else None)
+    if default != "vllm" and "vllm" in (getattr(cal, "frameworks", None) or {}) and same_device:
+        default = None  # the top-level sections stay vLLM's when another framework alone is refitted
     kernels = {**(cal.kernels or {}), **(fitted.get(default) or {})}
     base = cal.source.split("; AIConfigurator tables ")[0] if cal.device == acc.name else ""
     base = "" if base.startswith("AIConfigurator tables ") else base
