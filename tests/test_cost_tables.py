@@ -246,3 +246,23 @@ def test_fp8_per_token_quantization_term(shared_data):
     assert np.all(np.abs(pred / small["latency_s"].to_numpy() - 1) < 0.25), (pred, small["latency_s"].to_numpy())
     r = pricing.check(df.iloc[::5], acc, cal)["per_op"]["gemm/fp8"]
     assert r["median"] <= 0.08 and r["p90"] <= 0.25, r
+
+
+def test_partial_refit_keeps_other_records_and_top_level():
+    """Refitting one kind for one framework keeps the other kinds' fit groups and the top-level
+    (vLLM) sections of the file."""
+
+    acc = load_accelerator("h100-sxm")
+    cal = calibration_for(acc)
+    assert "vllm" in cal.frameworks and "trtllm" in cal.frameworks
+    ms = np.array([1, 16, 256, 4096], float)
+    rows = [dict(kind="gemm", dtype="sq", m=m, n=n, k=k, latency_s=3e-6 + 2 * m * n * k / 1.5e15,
+                 source="x/gemm_perf.parquet", framework="trtllm") for m in ms for n in (1024, 8192) for k in (1024, 8192)]
+    df = pd.DataFrame(rows)
+    out = pricing.fit_frameworks({"trtllm": df}, acc, cal, sources=["x"])
+    assert out.kernels == cal.kernels  # top-level untouched
+    rec = out.frameworks["trtllm"]["fit"]
+    old = cal.frameworks["trtllm"]["fit"]["per_op"]
+    assert "gemm/sq" in rec["per_op"] and all(rec["per_op"][k] == v for k, v in old.items() if not k.startswith("gemm/"))
+    assert "x/gemm_perf.parquet" in rec["tables"] and set(cal.frameworks["trtllm"]["fit"]["tables"]) <= set(rec["tables"])
+    assert out.frameworks["vllm"] == cal.frameworks["vllm"]
