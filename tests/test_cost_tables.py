@@ -251,7 +251,6 @@ def test_fp8_per_token_quantization_term(shared_data):
 def test_partial_refit_keeps_other_records_and_top_level():
     """Refitting one kind for one framework keeps the other kinds' fit groups and the top-level
     (vLLM) sections of the file."""
-
     acc = load_accelerator("h100-sxm")
     cal = calibration_for(acc)
     assert "vllm" in cal.frameworks and "trtllm" in cal.frameworks
