@@ -354,9 +354,9 @@ def pool_cost(model, acc, dep: DeploymentSpec, spec, *, node, cluster, base_dir,
                                  placement=spec.placement, expert_loads=spec.expert_loads, moe=spec.moe,
                                  weight_dtype=dep.weight_dtype, kv_dtype=dep.kv_dtype, act_dtype=dep.act_dtype,
                                  base_dir=base_dir)
-    cal = table_mode.with_table_mode(calibration_for(acc), cost_mode) if cost_mode else None
+    tab = {"calibration": table_mode.with_table_mode(calibration_for(acc), cost_mode)} if cost_mode else {}
     return make_step_cost(model, acc, tp=spec.tp, pp=spec.pp, node=node, weight_dtype=dep.weight_dtype,
-                          kv_dtype=dep.kv_dtype, act_dtype=dep.act_dtype, framework=dep.framework, calibration=cal)
+                          kv_dtype=dep.kv_dtype, act_dtype=dep.act_dtype, framework=dep.framework, **tab)
 
 
 def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, seed: Optional[int] = None
