@@ -40,6 +40,8 @@ from .cost.host_overhead import HostOverhead
 from .cost.moe_ep import make_ep_step_cost
 from .cost.moe_ep import replacement_spec
 from .cost.spec_step import speculative_cost
+from .cost import table_mode
+from .cost.calibration import CostModeSpec, calibration_for
 from .errors import InputError
 from .scenario_checks import check_scenario
 from .hardware import load_accelerator, load_cluster, load_node
@@ -303,6 +305,7 @@ class Scenario(Frozen):
     workload: WorkloadSpec
     slo: SLOSpec = SLOSpec()
     sim: SimSpec = SimSpec()
+    cost: Optional[CostModeSpec] = None  # {mode: table, tables: PATH}: measured-table mode (simllm.cost.table_mode)
     price_per_device_hour: Optional[float] = Field(default=None, ge=0)  # USD; default: the accelerator's
     idle_power_w: Optional[float] = Field(default=None, ge=0)  # default: the accelerator's
     seed: int = 0
@@ -388,9 +391,13 @@ def _pool_kv(dep: DeploymentSpec, spec, where: str, file) -> KVSpec:
                     prefix=f"{where}.kv")
 
 
-def pool_cost(model, acc, dep: DeploymentSpec, spec, *, node, cluster, base_dir):
+def pool_cost(model, acc, dep: DeploymentSpec, spec, *, node, cluster, base_dir, cost_mode=None):
     """The step cost model of one replica of a pool (or of a colocated deployment): expert-parallel
-    with a placement when ``spec.ep > 1``, else tensor/pipeline-parallel."""
+    with a placement when ``spec.ep > 1``, else tensor/pipeline-parallel (``cost_mode``: a resolved
+    table-mode spec, :func:`simllm.cost.calibration.cost_spec`)."""
+    if cost_mode and spec.ep > 1:
+        raise InputError("table mode prices the tensor/pipeline-parallel step only, not the expert-parallel one",
+                         file=cost_mode.get("file"), field="cost.mode")
     if spec.ep > 1 and dep.framework != "vllm":
         raise InputError("the expert-parallel step cost prices kernels with the vllm calibration only",
                          field="framework")
@@ -399,8 +406,9 @@ def pool_cost(model, acc, dep: DeploymentSpec, spec, *, node, cluster, base_dir)
                                  placement=spec.placement, expert_loads=spec.expert_loads, moe=spec.moe,
                                  weight_dtype=dep.weight_dtype, kv_dtype=dep.kv_dtype, act_dtype=dep.act_dtype,
                                  base_dir=base_dir)
+    tab = {"calibration": table_mode.with_table_mode(calibration_for(acc), cost_mode)} if cost_mode else {}
     return make_step_cost(model, acc, tp=spec.tp, pp=spec.pp, node=node, weight_dtype=dep.weight_dtype,
-                          kv_dtype=dep.kv_dtype, act_dtype=dep.act_dtype, framework=dep.framework)
+                          kv_dtype=dep.kv_dtype, act_dtype=dep.act_dtype, framework=dep.framework, **tab)
 
 
 def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, seed: Optional[int] = None
@@ -452,12 +460,14 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
         for err in tp_errors(model, sp.tp):
             raise InputError(err, file=file, field=f"{where}.tp")
     base_dir = Path(file).resolve().parent if file else None
+    cost_mode = table_mode.cost_spec(scn.cost, base_dir, file=file)
     pools = []
     for name, where, sp in specs:
         role = getattr(sp, "role", None) or "both"
         kvs = _pool_kv(dep, sp, where, file)
         c = cost if (cost is not None and not multi) else _located(
-            lambda: pool_cost(model, acc, dep, sp, node=node, cluster=cl, base_dir=base_dir), file, where)
+            lambda: pool_cost(model, acc, dep, sp, node=node, cluster=cl, base_dir=base_dir, cost_mode=cost_mode),
+            file, where)
         if dep.cuda_graphs != "none" and cost is None:
             sizes = _located(lambda: capture_sizes(dep.cuda_graphs, make_batching(sp.batching).max_num_seqs),
                              file, None)
@@ -635,6 +645,9 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
         summary["speculative"] = res.speculative
     if res.kv_tiers is not None:
         summary["kv_tiers"] = res.kv_tiers
+    tab = table_mode.run_report([pp.cost for pp in prep.pools])
+    if tab:
+        summary["cost_table"] = tab
     if not multi:
         summary = {"scenario": scn.name, "model": prep.model.name, "accelerator": acc.name, "tp": dep.tp,
                    "pp": dep.pp, "seed": s, **summary}

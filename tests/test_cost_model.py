@@ -103,8 +103,9 @@ def test_weight_and_kv_bytes_dtypes(h100):
     f8 = make_step_cost(m, h100, weight_dtype="fp8", kv_dtype="fp8", act_dtype="fp8")
     assert f8.weight_bytes_per_device == pytest.approx(bf.weight_bytes_per_device / 2, rel=1e-6)
     assert f8.kv_bytes_per_token_per_device == bf.kv_bytes_per_token_per_device / 2
-    # fp8 prefill is faster (2x peak), int8 weight-only decode is faster (half the bytes)
-    assert f8.step_time(4096, 4096 * 2048.0, 1, 0, 0.0) < 0.7 * bf.step_time(4096, 4096 * 2048.0, 1, 0, 0.0)
+    # fp8 prefill is faster (2x peak), int8 weight-only decode is faster (half the bytes); measured H100
+    # vLLM fp8 / bf16 GEMM time at M = 4096 for this model's shapes: 0.64-0.76 (AIConfigurator tables)
+    assert f8.step_time(4096, 4096 * 2048.0, 1, 0, 0.0) < 0.76 * bf.step_time(4096, 4096 * 2048.0, 1, 0, 0.0)
     w8 = make_step_cost(m, h100, weight_dtype="int8")
     assert w8.step_time(0, 0.0, 0, 8, 8000.0) < 0.7 * bf.step_time(0, 0.0, 0, 8, 8000.0)
     with pytest.raises(InputError):

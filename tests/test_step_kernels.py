@@ -153,3 +153,27 @@ def test_scenario_framework_field_reaches_the_step_cost(h100):
     assert v.ops.k.pre != t.ops.k.pre  # the frameworks' own attention sections
     with pytest.raises(Exception):
         DeploymentSpec(framework="tensorflow")
+
+
+def test_trtllm_decode_above_the_xqa_group_runs_per_query_head(h100):
+    """TRT-LLM decode with more than 32 query heads per KV head (64 / 1 here) is priced as one KV head
+    per query head, in the table pricer and in the serving step alike; vLLM keeps the shared read."""
+    import pandas as pd
+
+    from simllm.cost.calibration import calibration_for
+    from simllm.cost.kernel_models import attention_launch_and_body
+
+    m = load_model("llama-3-70b")
+    mqa = m.model_copy(update={"attention": m.attention.model_copy(update={"num_kv_heads": 1})})
+    row = pd.DataFrame({"kind": ["generation_attention"], "dtype": ["bfloat16"], "kv_cache_dtype": ["bfloat16"],
+                        "batch_size": [64], "isl": [1000], "step": [0], "num_heads": [64],
+                        "num_key_value_heads": [1], "head_dim": [128], "window_size": [0]})
+    out = {}
+    for fw in ("trtllm", "vllm"):
+        cal = calibration_for(h100).for_framework(fw)
+        k = LayerKernels(mqa, h100, cal, tp=1, weight_dtype="bf16", act_dtype="bf16", kv_dtype="bf16", kv_bytes=2.0)
+        lo, body = k.decode(64.0, 64.0 * 1000)
+        tlo, tbody = attention_launch_and_body(row, "generation_attention", h100, cal)
+        assert lo + body == pytest.approx(float(tlo[0] + tbody[0]), rel=1e-9)
+        out[fw] = (k.kvh_dec, lo + body)
+    assert out["trtllm"][0] == 64 and out["vllm"][0] == 1

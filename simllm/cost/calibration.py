@@ -40,9 +40,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..config import data_roots
 from ..errors import InputError
@@ -124,6 +125,9 @@ class Calibration:
     # per framework: {"vllm": {"kernels": {...}, "fit": {...}}}; overrides ``kernels`` (see for_framework)
     frameworks: dict = field(default_factory=dict)
     framework: str = ""  # the framework whose overrides are applied ("" = the file's defaults)
+    # measured-table mode (simllm.cost.table_mode): {"mode": "table", "tables": absolute PATH, "file": where
+    # it was given}; {} = analytic
+    cost: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         g = asdict(self.gemm)
@@ -138,6 +142,8 @@ class Calibration:
             out["kernels"] = self.kernels
         if self.frameworks:
             out["frameworks"] = self.frameworks
+        if self.cost:
+            out["cost"] = {"mode": self.cost["mode"], "tables": self.cost["tables"]}
         return _round(out)
 
     def for_framework(self, framework: Optional[str]) -> "Calibration":
@@ -226,7 +232,7 @@ def _load_cached(path: str) -> Calibration:
     if not isinstance(data, dict):
         raise InputError("expected a mapping", file=p)
     bad = sorted(set(data) - {"device", "source", "gemm", "elementwise", "attention", "comm", "fit", "kernels",
-                              "frameworks"})
+                              "frameworks", "cost"})
     if bad:
         raise InputError(f"unknown field {bad[0]!r}", file=p, field=bad[0])
     return Calibration(device=str(data.get("device", p.stem)), source=str(data.get("source", "")),
@@ -235,7 +241,47 @@ def _load_cached(path: str) -> Calibration:
                        attention=_section(AttentionParams, data.get("attention"), p, "attention"),
                        comm=_section(CommParams, data.get("comm"), p, "comm"), fit=dict(data.get("fit") or {}),
                        kernels=_mapping(data.get("kernels"), p, "kernels"),
-                       frameworks=_mapping(data.get("frameworks"), p, "frameworks"))
+                       frameworks=_mapping(data.get("frameworks"), p, "frameworks"),
+                       cost=cost_spec(data.get("cost"), p.parent, file=p) or {})
+
+
+class CostModeSpec(BaseModel):
+    """``cost:`` of a scenario or a calibration file: ``mode: analytic`` (default) or ``mode: table``
+    with ``tables: PATH`` (measured tables of the device, see :mod:`simllm.cost.table_mode`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mode: Literal["analytic", "table"] = "analytic"
+    tables: Optional[str] = None
+
+
+def cost_spec(spec, base_dir, *, file=None, field: str = "cost") -> Optional[dict]:
+    """``{"mode": "table", "tables": absolute path, "file": file}`` of a table-mode ``spec`` (a
+    :class:`CostModeSpec` or a mapping), None for the analytic mode. ``tables`` is relative to
+    ``base_dir``; a PATH that does not exist is an InputError (``FILE: cost.tables: ...``)."""
+    if spec is None:
+        return None
+    if not isinstance(spec, CostModeSpec):
+        if not isinstance(spec, dict):
+            raise InputError("expected a mapping with mode (analytic | table) and tables", file=file, field=field)
+        try:
+            spec = CostModeSpec(**spec)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err.get("loc", ()))
+            raise InputError(err.get("msg", "invalid"), file=file, field=f"{field}.{loc}" if loc else field) from None
+    if spec.mode != "table":
+        if spec.tables:
+            raise InputError("tables is only read with mode: table", file=file, field=f"{field}.tables")
+        return None
+    if not spec.tables:
+        raise InputError("mode: table needs tables: PATH (an AIConfigurator GPU folder or table of the device)",
+                         file=file, field=f"{field}.tables")
+    p = Path(spec.tables).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = Path(base_dir) / p
+    if not p.exists():
+        raise InputError(f"no such table file or folder: {spec.tables}", file=file, field=f"{field}.tables")
+    return {"mode": "table", "tables": str(p.resolve()), "file": str(file) if file is not None else None}
 
 
 def _mapping(v: Any, p: Path, name: str) -> dict:
@@ -261,5 +307,5 @@ def calibration_for(accelerator, calibration: "Calibration | str | Path | None" 
     return Calibration()
 
 
-__all__ = ["Calibration", "GemmParams", "ElementwiseParams", "AttentionParams", "CommParams",
+__all__ = ["CostModeSpec", "cost_spec", "Calibration", "GemmParams", "ElementwiseParams", "AttentionParams", "CommParams",
            "load_calibration", "calibration_for", "replace"]

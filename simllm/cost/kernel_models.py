@@ -19,7 +19,8 @@ fitted fraction, read 1-byte operands, write a bf16 output (2 bytes) and, for dy
 pay an activation-quantization pass: one extra kernel (``quant_overhead_s``) that reads M x K bf16
 and writes M x K fp8 (3 bytes per element) at a fitted fraction ``quant_efficiency`` of HBM
 bandwidth. Evidence: vLLM's CUTLASS fp8 GEMMs on H100 at fixed M x K cost ~36% more than a
-quantization-free roofline at N = 32 and the excess shrinks as N grows: a cost in M x K alone.
+quantization-free roofline at N = 32 and the excess shrinks as N grows: a cost in M x K alone; plus
+one latency-bound thread block per token row (``quant_row_s``, :func:`quant_rows`).
 On-chip cache: a GEMM whose operands fit in half the device's L2 (``sram``) streams at a fitted
 ``l2_speedup`` x HBM. Evidence: L40S (96 MB L2, 864 GB/s GDDR6) small-M bf16 GEMMs reach up to
 2.5 TB/s of weight traffic, impossible from DRAM; the benchmark repeats one GEMM, so it stays resident. Weight-only ``int8_wo`` /
@@ -39,7 +40,8 @@ sequence; bytes = the KV cache (isl + step tokens x kv heads x hd x 2 x kv bytes
 b x kv_heads x splits CTAs where ``splits = ceil(kv_len / split_tokens)`` (split-KV): with fewer
 CTAs than SMs the achieved bandwidth falls proportionally (short contexts at small batch are
 latency-bound, the floors); FLOPs scale with the query/KV head ratio (GQA), which is what makes
-high ratios at large batch compute-bound.
+high ratios at large batch compute-bound. Above a framework's largest query-head group per KV head
+(TensorRT-LLM XQA: 32, :data:`DECODE_GROUP_MAX`) every query head runs as its own KV head.
 
 MLA (``context_mla``/``generation_mla``): DeepSeek-style MLA with local heads ``num_heads``.
 Prefill runs un-absorbed: per head qk 192 (128 nope + 64 rope), v 128; decode runs absorbed over
@@ -185,9 +187,25 @@ def gemm_launch_and_body(M, K, N, dtype: str, acc, cal, groups=1.0, source: str 
         q = float(s.get("quant_overhead_s", 0.0))
         qe = float(s.get("quant_efficiency", gp.memory_efficiency))
         Mq = np.asarray(M, float) * np.asarray(groups, float)
-        body = body + Mq * np.asarray(K, float) * 3.0 / (acc.hbm_bw * qe)
+        body = body + Mq * np.asarray(K, float) * 3.0 / (acc.hbm_bw * qe) + \
+            quant_rows(Mq, K, dtype, acc) * float(s.get("quant_row_s", 0.0))
         launch = launch + q
     return launch, body
+
+
+def quant_rows(Mq, K, dtype: str, acc):
+    """Thread blocks per SM of the dynamic per-token activation-quantization pass (``fp8``, ``sq``,
+    ``int8``, ``nvfp4``): one block per token row (a max-abs reduction over the row, then the scaled
+    cast). Each block is latency-bound (a reduction, then a dependent cast), so the pass costs
+    ``rows / SMs x quant_row_s`` at the least, on top of its byte term. Evidence: H100 vLLM CUTLASS
+    fp8 GEMMs with N = 32 take 31.7 / 122 us at M = 4097 / 16384 for K = 128 and 32.8 / 124 us for
+    K = 512: linear in M, independent of K, 8x the byte roofline; the term takes that group from
+    10.8% / 35% to 7.2% / 22% (median / p90). Not applied to ``fp8_block``: its tables are dominated
+    by 55-300 us per-call floors (DeepGEMM, CUTLASS block-scaled) that leave a per-row term
+    unidentifiable (fitted, it moved that group 7.5% / 26.8% -> 7.8% / 28.2%)."""
+    if dtype == "fp8_block":
+        return np.zeros(np.shape(Mq)) if np.ndim(Mq) else 0.0
+    return np.asarray(Mq, float) / float(acc.compute_units.value)
 
 
 def _l2(acc) -> float:
@@ -247,22 +265,26 @@ def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000) -> dict
         q0 = float(start_s.get("quant_overhead_s", 1e-6)) * 1e6
         qb = M * K * 3.0 / bw if quant else 0.0
 
+        rows = quant_rows(M, K, d, acc) if quant else 0.0
+
         def f(x):
-            if not _gemm_valid_wide(x[:-3], len(start.tiles)) or not (0 <= x[-1] < 50 and 0.01 < x[-2] <= 1.2
-                                                                        and 1.0 <= x[-3] <= 6.0):
+            if not _gemm_valid_wide(x[:-4], len(start.tiles)) or not (0 <= x[-1] < 50 and 0.01 < x[-2] <= 1.2
+                                                                        and 1.0 <= x[-3] <= 6.0
+                                                                        and 0 <= x[-4] < 100):
                 return np.inf
-            gp = GemmParams.from_vector(x[:-3], start.tiles)
+            gp = GemmParams.from_vector(x[:-4], start.tiles)
             p = gemm_time(M, K, N, peak=peak, bw=bw, cus=cus, gp=gp, a_bytes=ab, w_bytes=wb, o_bytes=ob,
                           l2_bytes=l2, l2_speedup=x[-3])
             if quant:
-                p = p + x[-1] * 1e-6 + qb / x[-2]
+                p = p + x[-1] * 1e-6 + qb / x[-2] + rows * x[-4] * 1e-6
             return _loss(p, t)
 
         qe0 = float(start_s.get("quant_efficiency", 0.5))
         l2 = _l2(acc)
-        x0 = list(start.vector()) + [float(start_s.get("l2_speedup", 1.5)), qe0, q0 if quant else 0.0]
+        r0 = float(start_s.get("quant_row_s", 0.0)) * 1e6 or (0.5 if quant else 0.0)
+        x0 = list(start.vector()) + [r0, float(start_s.get("l2_speedup", 1.5)), qe0, q0 if quant else 0.0]
         x, _ = nelder_mead(f, x0, iters=iters, step=0.05)
-        gp = GemmParams.from_vector(x[:-3], start.tiles)
+        gp = GemmParams.from_vector(x[:-4], start.tiles)
         sec = {k: v for k, v in gp.__dict__.items()}
         sec["tiles"] = [list(t_) for t_ in gp.tiles]
         sec["tile_efficiency"] = [float(v) for v in gp.tile_efficiency]
@@ -270,6 +292,8 @@ def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000) -> dict
         if quant:
             sec["quant_overhead_s"] = float(x[-1]) * 1e-6
             sec["quant_efficiency"] = float(x[-2])
+            if np.any(rows):
+                sec["quant_row_s"] = float(x[-4]) * 1e-6
         out[f"gemm/{d}/{src}" if src else f"gemm/{d}"] = sec
     return out
 
@@ -320,9 +344,28 @@ def _roof(flops, nbytes, tiles, ctas, acc, peak, s):
     return np.full(np.shape(body), s["launch_s"]), body
 
 
-def _attn_shapes(df, kind):
+#: the largest query-head group per KV head a framework's decode kernel shares one KV read over
+#: (TensorRT-LLM's XQA kernel); above it the framework's generic masked multi-head attention runs,
+#: one CTA per (sequence, query head), each reading its KV head. Evidence: H100 TRT-LLM decode rows
+#: with 32 / 1, 64 / 2 and 128 / 4 heads (groups <= 32) lie on one curve (b = 2048, 2-token
+#: context: 122 us at 32 / 1); 64 / 1, 96 / 2, 128 / 1-2 (groups 48-128) measure 3-10x slower
+#: (1,251 us at 64 / 1), as if each query head were its own KV head.
+DECODE_GROUP_MAX = {"trtllm": 32}
+
+
+def decode_kv_heads(h, kvh, framework: str):
+    """KV heads the decode kernel runs as (``kvh``, or ``h`` above the framework's largest group)."""
+    g = DECODE_GROUP_MAX.get(framework or "")
+    if g is None:
+        return kvh
+    return np.where(np.asarray(h, float) > g * np.asarray(kvh, float), h, kvh)
+
+
+def _attn_shapes(df, kind, framework: str = ""):
     b, isl, step = _col(df, "batch_size"), _col(df, "isl"), _col(df, "step")
     h, kvh, hd = _col(df, "num_heads"), _col(df, "num_key_value_heads"), _col(df, "head_dim", 128)
+    if kind == "generation_attention":
+        kvh = decode_kv_heads(h, kvh, framework)
     w = _col(df, "window_size")
     kvb = np.array([KV_BYTES.get(str(v), 2.0) for v in df["kv_cache_dtype"].astype(str)]) \
         if "kv_cache_dtype" in df.columns else np.full(len(df), 2.0)
@@ -368,8 +411,8 @@ def _mla_shapes(df, kind):
     return flops, nbytes, tiles, None, kv, b, np.ones(len(df)), b * h * 4.0 * kv
 
 
-def _shapes(df, kind):
-    return _mla_shapes(df, kind) if "mla" in kind else _attn_shapes(df, kind)
+def _shapes(df, kind, framework: str = ""):
+    return _mla_shapes(df, kind) if "mla" in kind else _attn_shapes(df, kind, framework)
 
 
 def _roof_predict(shapes, acc, peak, s):
@@ -389,7 +432,7 @@ def attention_launch_and_body(df, kind, acc, cal):
             continue
         s = {**ROOF_DEFAULT, **_sec(cal, kind, d, src)[0]}
         peak = strict_peak(acc, ATTN_DTYPES[_base_dtype(d)])
-        lo, bo = _roof_predict(_shapes(df[sel], kind), acc, peak, s)
+        lo, bo = _roof_predict(_shapes(df[sel], kind, getattr(cal, "framework", "")), acc, peak, s)
         launch[sel], body[sel] = lo, bo
     return launch, body
 
@@ -423,7 +466,7 @@ def _fit_roof(kind):
             sub = df[m]
             sub = sub.iloc[_subsample(len(sub), max_rows)]
             t = sub["latency_s"].to_numpy(float)
-            shp = _shapes(sub, kind)
+            shp = _shapes(sub, kind, getattr(cal, "framework", ""))
             peak = strict_peak(acc, ATTN_DTYPES[_base_dtype(d)])
             s0 = {**ROOF_DEFAULT, **_sec(cal, kind, d, src)[0]}
             s0["launch_s"] = max(s0["launch_s"], float(np.percentile(t, 2)) * 0.5)

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import InputError
 from .kernel_models import (ATTN_DTYPES, GEMM_DTYPES, ROOF_DEFAULT, UNCALIBRATED, _gemm_params, _l2, _sec,
-                            strict_peak)
+                            decode_kv_heads, quant_rows, strict_peak)
 from .kernels import gemm_time
 
 FRAMEWORKS = ("vllm", "trtllm", "sglang")
@@ -131,6 +131,8 @@ class LayerKernels:
         else:
             self.kvh = float(math.ceil(a.num_kv_heads / tp))
             self.hd = float(a.head_dim)
+            # decode runs as more KV heads above the framework's largest GQA group (kernel_models)
+            self.kvh_dec = float(decode_kv_heads(self.heads, self.kvh, getattr(self.cal, "framework", "")))
 
     # ------------------------------------------------------------------ GEMM
     def gemm(self, M, K, N, groups=1.0, dtype=None):
@@ -144,7 +146,7 @@ class LayerKernels:
         c = self._gemm_cache.get(dt)
         if c is None:
             c = self._gemm_cache[dt] = self._gemm_setup(dt)
-        gp, peak, ab, wb, ob, l2, l2s, quant, q, qe = c
+        gp, peak, ab, wb, ob, l2, l2s, quant, q, qe, row = c
         lo = gp.kernel_overhead_s
         if scalar and groups == 1.0 and M == int(M):
             # one GEMM of an integer row count (the serving step's tokens): a table over M per (dtype, K, N),
@@ -155,7 +157,7 @@ class LayerKernels:
                 tab = self._gemm_grow(dt, K, N, m)
             body = tab[m] - lo
             if quant:
-                body += M * groups * K * 3.0 / (self.bw * qe)
+                body += M * groups * K * 3.0 / (self.bw * qe) + M * groups * row
                 lo += q
             return lo, body
         t = gemm_time(M, K, N, peak=peak, bw=self.bw, cus=int(self.cus), gp=gp, groups=groups, a_bytes=ab,
@@ -163,12 +165,12 @@ class LayerKernels:
         if scalar:
             body = float(t) - lo
             if quant:
-                body += M * groups * K * 3.0 / (self.bw * qe)
+                body += M * groups * K * 3.0 / (self.bw * qe) + M * groups * row
                 lo += q
             return lo, body
         body = float(np.sum(t)) - lo * np.size(t)
         if quant:
-            body += float(np.sum(np.asarray(M, float) * groups)) * K * 3.0 / (self.bw * qe)
+            body += float(np.sum(np.asarray(M, float) * groups)) * (K * 3.0 / (self.bw * qe) + row)
             lo += q
         return lo * np.size(t), body
 
@@ -177,7 +179,7 @@ class LayerKernels:
         counts 0 .. at least ``m`` (doubling), as plain floats."""
         old = self._gemm_tabs.get((dt, K, N))
         n = max(1024, 2 * (len(old) if old is not None else 0), m + 1)
-        gp, peak, ab, wb, ob, l2, l2s, _, _, _ = self._gemm_cache[dt]
+        gp, peak, ab, wb, ob, l2, l2s, _, _, _, _ = self._gemm_cache[dt]
         t = gemm_time(np.arange(n, dtype=float), K, N, peak=peak, bw=self.bw, cus=int(self.cus), gp=gp, groups=1.0,
                       a_bytes=ab, w_bytes=wb, o_bytes=ob, l2_bytes=l2, l2_speedup=l2s)
         tab = self._gemm_tabs[(dt, K, N)] = t.tolist()
@@ -191,7 +193,8 @@ class LayerKernels:
         if dt in ("fp16", "float16") and found in ("", "gemm/bfloat16") and "gemm" in (self.cal.fit or {}):
             gp = self.cal.gemm
         return (gp, strict_peak(self.acc, pk), ab, wb, ob, _l2(self.acc), float(s.get("l2_speedup", 1.0)), quant,
-                float(s.get("quant_overhead_s", 0.0)), float(s.get("quant_efficiency", gp.memory_efficiency)))
+                float(s.get("quant_overhead_s", 0.0)), float(s.get("quant_efficiency", gp.memory_efficiency)),
+                float(quant_rows(1.0, 0.0, dt, self.acc)) * float(s.get("quant_row_s", 0.0)))  # per token row
 
     # ------------------------------------------------------------------ attention (per layer, per rank)
     def _body(self, flops, nbytes, tiles, ctas, s):
@@ -242,8 +245,8 @@ class LayerKernels:
             f_tok = h * 2.0 * (self.lat + self.kv_lora) + h * 4.0 * s["hd0"]
             return f_tok, self.lat * self.kvb, b * h * (self.lat + self.kv_lora) * 2.0, b * _ceil(h / 64.0), b
         f_tok = h * 4.0 * (self.hd + s["hd0"])
-        return f_tok, 2.0 * self.kvh * self.hd * self.kvb, b * 2.0 * h * self.hd * self.qo_bytes, b * self.kvh, \
-            b * self.kvh
+        kvh = self.kvh_dec
+        return f_tok, 2.0 * kvh * self.hd * self.kvb, b * 2.0 * h * self.hd * self.qo_bytes, b * kvh, b * kvh
 
     def decode(self, seqs: float, ctx):
         """(launch, body) of one layer's decode attention of ``seqs`` sequences holding ``ctx``

@@ -37,6 +37,7 @@ from .kernels import attention_time, elementwise_time, gemm_flops_bytes, gemm_ti
 from .kernel_models import GEMM_DTYPES
 from .layer_kernels import LayerKernels, check_framework
 from .moe_layer import serving_fixed_s as moe_fixed_s
+from .table_mode import make_layer_kernels
 
 WIDE = {"bf16", "fp16", "fp32", "tf32"}
 
@@ -117,8 +118,8 @@ class LayerOps:
         # GEMM and attention kernels: simllm.cost.kernel_models physics, the framework's calibration
         self.framework = check_framework(framework)
         self._ar_tab = None  # TP all-reduce seconds per step token count (None: not built, False: no table)
-        self.k = LayerKernels(model, acc, cal.for_framework(self.framework), tp=tp, weight_dtype=weight_dtype,
-                              act_dtype=act_dtype, kv_dtype=kv_dtype, kv_bytes=self.kvb)
+        self.k = make_layer_kernels(model, acc, cal.for_framework(self.framework), tp=tp, weight_dtype=weight_dtype,
+                                    act_dtype=act_dtype, kv_dtype=kv_dtype, kv_bytes=self.kvb)
 
     # ------------------------------------------------------------------ primitives
     def gemm(self, name, M, K, N, groups=1.0, w_bytes=None) -> Op:

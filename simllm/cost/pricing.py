@@ -133,27 +133,49 @@ def fit(df: pd.DataFrame, acc, cal):
     return replace(cal, kernels=kernels)
 
 
+def _merge_record(old: dict, new: dict, kinds) -> dict:
+    """The fit record after refitting some kernel classes only (e.g. ``calibrate fit <gpu>/gemm``):
+    the refitted kinds' groups and tables replace the old ones, the others are kept; the overall
+    figures, which need every row, are those of the last full fit (``overall_from``)."""
+    keep = {k: v for k, v in (old.get("per_op") or {}).items() if k.split("/", 1)[0] not in kinds}
+    unpriced = {k: v for k, v in (old.get("unpriced") or {}).items() if k not in kinds}
+    return {**{k: old[k] for k in ("n", "median_abs_rel_error", "p90_abs_rel_error") if k in old},
+            "overall_from": "the last full fit (a refit of " + ", ".join(kinds) + " keeps it)",
+            "tables": sorted(set(old.get("tables", [])) | set(new["tables"])),
+            "unpriced": {**unpriced, **new["unpriced"]}, "per_op": dict(sorted({**keep, **new["per_op"]}.items()))}
+
+
 def fit_frameworks(per: dict, acc, cal, sources=()):
     """Fit each framework's tables apart (``per``: framework -> contract DataFrame); the result's
     ``frameworks[F]`` holds F's kernel sections and fit record (source tables, per (kind, dtype)
     errors); the top-level ``kernels`` take vLLM's (else the first framework's) sections."""
     frameworks = dict(getattr(cal, "frameworks", None) or {})
     fitted = {}
+    same_device = cal.device == acc.name
+    partial = set()
     for fw, df in per.items():
         c = fit(df, acc, cal.for_framework(fw))
         st = check(df, acc, c)
-        frameworks[fw] = {"kernels": c.kernels,
-                          "fit": {"tables": sorted(set(df["source"].astype(str))),
-                                  "n": st["n"], "median_abs_rel_error": round(st["median_abs_rel_error"], 4),
-                                  "p90_abs_rel_error": round(st["p90_abs_rel_error"], 4), "unpriced": st["unpriced"],
-                                  "per_op": {k: {kk: (round(vv, 4) if isinstance(vv, float) else vv)
-                                                 for kk, vv in v.items()} for k, v in st["per_op"].items()}}}
+        rec = {"tables": sorted(set(df["source"].astype(str))),
+               "n": st["n"], "median_abs_rel_error": round(st["median_abs_rel_error"], 4),
+               "p90_abs_rel_error": round(st["p90_abs_rel_error"], 4), "unpriced": st["unpriced"],
+               "per_op": {k: {kk: (round(vv, 4) if isinstance(vv, float) else vv)
+                              for kk, vv in v.items()} for k, v in st["per_op"].items()}}
+        old = ((frameworks.get(fw) or {}).get("fit") or {}) if same_device else {}
+        if old and not set(rec["tables"]) >= set(old.get("tables", [])):
+            rec = _merge_record(old, rec, sorted(set(df["kind"].astype(str))))
+            partial |= set(df["kind"].astype(str))
+        frameworks[fw] = {"kernels": c.kernels, "fit": rec}
         fitted[fw] = c.kernels
     default = "vllm" if "vllm" in fitted else (sorted(fitted)[0] if fitted else None)
+    if default != "vllm" and "vllm" in (getattr(cal, "frameworks", None) or {}) and same_device:
+        default = None  # the top-level sections stay vLLM's when another framework alone is refitted
     kernels = {**(cal.kernels or {}), **(fitted.get(default) or {})}
     base = cal.source.split("; AIConfigurator tables ")[0] if cal.device == acc.name else ""
     base = "" if base.startswith("AIConfigurator tables ") else base
     src = base + ("; " if base else "") + "AIConfigurator tables " + ", ".join(sources)
+    if partial:  # a refit of some kernel classes: the file's own provenance stays, the refit is added
+        src = f"{cal.source}; {', '.join(sorted(partial))} refitted on AIConfigurator tables {', '.join(sources)}"
     own_fit = cal.fit if cal.device == acc.name else {}  # never another device's fit record
     return replace(cal, device=acc.name, kernels=kernels, frameworks=frameworks, source=src, fit=own_fit)
 
