@@ -466,6 +466,15 @@ def kv_transfer_stats(x: np.ndarray) -> dict:
 
 def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[Callable[[float, int], None]] = None):
     """Run the simulation of a prepared scenario: (requests DataFrame, steps DataFrame, summary dict)."""
+    res, summary = simulate_result(prep, seed=seed, progress=progress)
+    return requests_table(res), steps_table(res), summary
+
+
+def simulate_result(prep: Prepared, *, seed: Optional[int] = None,
+                    progress: Optional[Callable[[float, int], None]] = None,
+                    steps_sink: Optional[Callable[[dict], None]] = None):
+    """Run the simulation of a prepared scenario: (``SimResult``, summary dict). ``steps_sink`` receives the
+    step rows in chunks as the run goes (``simllm.sim.records.StepLog``; the result then keeps none)."""
     scn = prep.scenario
     dep = scn.deployment
     max_len = dep.max_model_len
@@ -484,20 +493,19 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
                           attn_group=sp.tp if sp.ep > 1 else None))
     s = scn.seed if seed is None else seed
     network = _network(scn, prep) if multi and len(pools) > 1 else None
-    sim = Simulation(prep.workload, pools=pools, network=network, config=cfg, seed=s)
+    sim = Simulation(prep.workload, pools=pools, network=network, config=cfg, seed=s, steps_sink=steps_sink)
     res = sim.run(progress=progress)
     acc = prep.accelerator
-    req = requests_table(res)
     price, tdp, idle = power_and_price(scn, acc)
     summary = summarize(res, devices_per_replica=prep.pools[0].spec.devices_per_replica,
                         peak_flops=acc.peak(dep.act_dtype), hbm_bandwidth=acc.hbm_bw, price_per_device_hour=price,
-                        tdp_w=tdp, idle_w=idle, slo_ttft_s=scn.slo.ttft_s, slo_tpot_s=scn.slo.tpot_s, requests=req)
+                        tdp_w=tdp, idle_w=idle, slo_ttft_s=scn.slo.ttft_s, slo_tpot_s=scn.slo.tpot_s)
     if not multi:
         summary = {"scenario": scn.name, "model": prep.model.name, "accelerator": acc.name, "tp": dep.tp,
                    "pp": dep.pp, "seed": s, **summary}
         if prep.pools[0].changes is not None:
             summary["replacement"] = prep.pools[0].changes.summary()
-        return req, steps_table(res), summary
+        return res, summary
     per_pool = {}
     for pp in prep.pools:
         sp = pp.spec
@@ -509,11 +517,11 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
         per_pool[pp.name] = d
     link = dep.link
     extra = {"kv_link": link if isinstance(link, str) else link.model_dump(),
-             "kv_transfer_s": kv_transfer_stats(req["kv_transfer_s"].to_numpy())} if len(pools) > 1 else {}
+             "kv_transfer_s": kv_transfer_stats(res.request_columns["kv_transfer_s"])} if len(pools) > 1 else {}
     summary["pools"] = {**per_pool, **extra}
     if dep.disaggregation is not None:
         summary["disaggregation"] = summary["pools"]
     head = {"scenario": scn.name, "model": prep.model.name, "accelerator": acc.name,
             "tp": "/".join(str(pp.spec.tp) for pp in prep.pools), "pp": "/".join(str(pp.spec.pp) for pp in prep.pools),
             "seed": s}
-    return req, steps_table(res), {**head, **summary}
+    return res, {**head, **summary}
