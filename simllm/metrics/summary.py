@@ -89,13 +89,11 @@ def requests_table(res: SimResult) -> pd.DataFrame:
     return pd.DataFrame(request_columns(res))
 
 
-def step_columns(res: SimResult, cols: Optional[dict] = None) -> dict[str, Any]:
-    """The columns of ``steps.csv``: ``cols`` (a chunk of step rows, default all kept rows) plus, with
-    several pools, the pool of each step's replica."""
-    cols = res.steps if cols is None else cols
+def step_columns(cols: dict, pools: Optional[list] = None) -> dict[str, Any]:
+    """The columns of ``steps.csv``: ``cols`` (step rows, all or a chunk) plus, with several pools
+    (``pools``: the pool name of each replica), the pool of each step's replica."""
     out = {c: cols[c] for c in STEP_COLUMNS}
-    pools = getattr(res, "pools", None)  # disaggregation: the pool of each step's replica
-    if pools:
+    if pools:  # disaggregation
         out["pool"] = (np.asarray(pools, dtype=object)[np.asarray(cols["replica"], dtype=np.int64)]
                        if len(cols["replica"]) else np.zeros(0, dtype=object))
     return out
@@ -103,7 +101,7 @@ def step_columns(res: SimResult, cols: Optional[dict] = None) -> dict[str, Any]:
 
 def steps_table(res: SimResult) -> pd.DataFrame:
     """One row per prefill step or decode segment (``n_steps`` iterations)."""
-    return pd.DataFrame(step_columns(res))
+    return pd.DataFrame(step_columns(res.steps, getattr(res, "pools", None)))
 
 
 def _totals(steps: dict, replicas: int) -> StepTotals:

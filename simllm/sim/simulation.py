@@ -45,7 +45,9 @@ class Simulation:
     (``simllm.sim.replacement.PeriodicReplacement``). ``network`` carries KV between pools
     (``simllm.sim.transfer``). ``config`` gives ``jump`` and ``record_breakdown``, and the KV options
     of pools without their own. ``steps_sink`` receives the step rows in priced chunks as the run
-    goes (``simllm.sim.records.StepLog``); the result then keeps none of them, only their totals.
+    goes, as ``steps_sink(chunk, replica_pools)`` (``simllm.sim.records.StepLog``; ``replica_pools``
+    the pool name of each replica when there are several pools, else empty); the result then keeps
+    none of them, only their totals.
     """
 
     def __init__(self, requests: Any, *, cost=None, num_blocks: Optional[int] = None,
@@ -126,7 +128,13 @@ class Simulation:
         self.prefix_query_tokens = 0
         self.prefix_hit_tokens = 0
         self.env = simpy.Environment()
-        self._rows = StepLog(sum(p.replicas for p in pools), self._price_chunk, steps_sink)
+        # pool name of each replica (several pools only): the steps table's pool column
+        self.replica_pools = [p.name for p in pools for _ in range(p.replicas)] if len(pools) > 1 else []
+        sink = None
+        if steps_sink is not None:
+            def sink(cols, names=self.replica_pools):
+                steps_sink(cols, names)
+        self._rows = StepLog(sum(p.replicas for p in pools), self._price_chunk, sink)
         self._record_breakdown = config.record_breakdown
         self._memo: dict = {}
         self._slot_of: dict = {}
@@ -344,7 +352,7 @@ class Simulation:
             done = np.isfinite(self.completion)
             where = np.where(self.decode_of >= 0, np.asarray(self.pool_of)[np.maximum(self.decode_of, 0)],
                              self.pool_of[0])
-            multi = dict(pools=[names[i] for i in self.pool_of], replica_devices=[len(x) for x in self.ranks],
+            multi = dict(pools=list(self.replica_pools), replica_devices=[len(x) for x in self.ranks],
                          replica_kv_blocks=[r.kv.capacity for r in self.replicas],
                          request_columns={"decode_replica": self.decode_of,
                                           "pool": np.where(done, np.asarray(names, dtype=object)[where], ""),
