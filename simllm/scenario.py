@@ -324,8 +324,8 @@ def _located(fn, file, field):
     try:
         return fn()
     except InputError as e:
-        raise InputError(e.message, file=e.file or file, field=e.field if e.file else
-                         (f"{field}.{e.field}" if e.field else field)) from None
+        inner = e.field if e.file or not field else (f"{field}.{e.field}" if e.field else field)
+        raise InputError(e.message, file=e.file or file, field=inner or None) from None
 
 
 def _pool_kv(dep: DeploymentSpec, spec, where: str, file) -> KVSpec:

@@ -177,7 +177,8 @@ def _cases() -> list[tuple[str, list[str]]]:
           for n in SWEEPS]
     sets = ["deployment.tp=0", "deployment.tp=abc", "deployment.replicas=1000000000", "deployment.colour=1",
             "deployment", "=3", "deployment..tp=1", "model=nope", "workload.limit=-1", "seed=[1", "hardware=5",
-            "deployment.kv.gpu_memory_utilization=7", "deployment.tp.x=1", "deployment.batching.max_num_batched_tokens=1"]
+            "deployment.kv.gpu_memory_utilization=7", "deployment.tp.x=1", "deployment.batching.max_num_batched_tokens=1",
+             "deployment.kv.activation_reserve=0.99"]
     c += [(f"run-set-{i}", ["run", "{d}/good.yaml", "--set", s]) for i, s in enumerate(sets)]
     c += [
         ("run-seed-abc", ["run", "{d}/good.yaml", "--seed", "abc"]),
@@ -296,6 +297,7 @@ def _check(rc: int, out: str, err: str, elapsed: float) -> None:
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, err
     assert LINE.match(lines[0]), lines[0]
+    assert "None." not in lines[0] and ": None:" not in lines[0], lines[0]  # a field path names real fields
     assert elapsed < 10, elapsed
 
 

@@ -26,6 +26,23 @@ from .pools import REPLICA_CLASS, Pool
 from .records import NAN, SimConfig, SimResult, StepLog
 
 
+class _NoneList:
+    """``[None] * n`` without the list: no request has a session."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [None] * len(range(*i.indices(self.n)))
+        return None
+
+
 class _PoolView:
     """A replica as a router sees it, with ``index`` its position in the router's list."""
 
@@ -95,6 +112,17 @@ class Simulation:
             self.next_rid = 0
             self.priority = np.zeros(N, dtype=np.int64)
             self.pkeys = [()] * N
+        elif isinstance(getattr(requests, "arrival_s", None), np.ndarray):  # columns (workload.RequestTable)
+            N = len(requests.arrival_s)
+            self.N = N
+            self.ids = np.asarray(requests.ids, dtype=np.int64)
+            self.arrival = np.array(requests.arrival_s, dtype=np.float64)
+            self.prompt = np.array(requests.prompt_tokens, dtype=np.int64)
+            self.out = np.array(requests.output_tokens, dtype=np.int64)
+            self.priority = np.array(requests.priority, dtype=np.int64)
+            self.sids = requests.session_id if requests.session_id is not None else _NoneList(N)
+            blocks = requests.prefix_blocks
+            self.pkeys = ((list(blocks) if blocks is not None else [()] * N) if caching else None)
         else:
             N = len(requests)
             self.N = N
@@ -106,6 +134,7 @@ class Simulation:
             self.sids = [getattr(r, "session_id", None) for r in requests]
             self.pkeys = ([tuple(getattr(r, "prefix_blocks", ()) or ()) for r in requests]
                           if caching else None)
+        if self.sessions is None:
             if N and np.any(np.diff(self.arrival) < 0):
                 order = np.argsort(self.arrival, kind="stable")
                 self.priority = self.priority[order]

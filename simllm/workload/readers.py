@@ -116,10 +116,17 @@ def load_bytes(path: str | Path) -> bytes:
         except ImportError:
             raise InputError("zstd-compressed trace: reading it needs the zstandard package "
                              "(pip install zstandard), or decompress it first (zstd -d)", file=p) from None
+        parts = []
         try:
-            data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+            while data:  # frame by frame (zstd files may be concatenated frames)
+                d = zstandard.ZstdDecompressor().decompressobj()
+                parts.append(d.decompress(data))
+                if not d.eof:
+                    raise InputError("truncated zstd data: the last frame is incomplete", file=p)
+                data = d.unused_data
         except zstandard.ZstdError as e:
             raise InputError(f"corrupt zstd data: {e}", file=p) from None
+        data = b"".join(parts)
     if data.startswith(_BOM):
         data = data[len(_BOM):]
     return data
