@@ -272,3 +272,18 @@ def test_workload_is_columns_and_still_a_sequence_of_requests():
     assert reqs == list(reqs)  # equal to the same requests as objects
     moon = build_workload({"trace": "traces/mooncake_conversation_sample.jsonl", "limit": 5}, seed=0)
     assert moon.prefix_blocks is not None and moon[0].prefix_blocks == tuple(moon.prefix_blocks[0])
+
+
+def test_fast_csv_path_reads_what_the_careful_path_reads(tmp_path, monkeypatch):
+    import simllm.workload.readers as R
+
+    v = tmp_path / "v.csv"
+    v.write_text("arrived_at,num_prefill_tokens,num_decode_tokens,extra\n0.5,10,3,x\n0.25,7,0,y\n2,1,1,z\n")
+    files = [REPO / "traces" / "azure2023_conv_sample.csv", REPO / "traces" / "azure2023_code_sample.csv", v]
+    fast = [read_trace(f, sort=True) for f in files]
+    monkeypatch.setattr(R, "_fast_columns", lambda *a, **k: None)
+    for f, tr in zip(files, fast):
+        ref = read_trace(f, sort=True)
+        pd.testing.assert_frame_equal(tr.df, ref.df)
+        assert tr.dropped == ref.dropped
+    assert fast[2].dropped == {"zero_tokens_clipped": 1} and list(fast[2].df["prompt_tokens"]) == [7, 10, 1]
