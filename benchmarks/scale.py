@@ -11,7 +11,8 @@ are written to a temporary folder (or ``--work``), then
 
 runs as a child process: the wall time is the child's whole life (start-up, reading the trace,
 the simulation, the summary, writing every output file), the peak RSS the child's
-``ru_maxrss`` (``resource.getrusage(RUSAGE_CHILDREN)``).
+``ru_maxrss`` (``resource.getrusage(RUSAGE_CHILDREN)``), its CPU time user + system (on a machine
+shared with other jobs the CPU time is the figure that does not depend on their load).
 
     python benchmarks/scale.py                      # 1,000,000 requests
     python benchmarks/scale.py --requests 100000 --profile   # cProfile of the run, in-process
@@ -142,25 +143,29 @@ def main() -> None:
         wall = time.perf_counter() - t0
         pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        rss = ru.ru_maxrss * 1024
+        cpu = ru.ru_utime + ru.ru_stime
         summary = {}
     else:
         p = subprocess.run([sys.executable, "-m", "simllm", *argv], env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         rc = p.returncode
-        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        rss = ru.ru_maxrss * 1024
+        cpu = ru.ru_utime + ru.ru_stime
         sys.stderr.write(p.stderr)
         if rc != 0:
             raise SystemExit(f"simllm run failed ({rc})")
         summary = json.loads(p.stdout)
     files = {f.name: f.stat().st_size for f in sorted(out.iterdir()) if not f.name.startswith(".")}
-    print(f"{a.requests:,} requests in {wall:.1f} s wall: {a.requests / wall:,.0f} requests / wall s")
+    print(f"{a.requests:,} requests in {wall:.1f} s wall ({cpu:.1f} s CPU): {a.requests / wall:,.0f} requests / wall s")
     print(f"peak RSS {rss / 2**30:.2f} GiB ({rss / 1e9:.2f} GB)")
     for name, size in files.items():
         print(f"  {out / name}: {size / 1e6:.1f} MB")
     res = {"benchmark": "scale", "model": "llama-3-8b", "accelerator": "h100-sxm", "replicas": a.replicas, "tp": 1,
            "policy": a.policy, "requests": a.requests, **info, "rc": rc, "wall_s": wall,
-           "requests_per_wall_s": a.requests / wall, "peak_rss_bytes": rss, "files": files,
+           "requests_per_wall_s": a.requests / wall, "cpu_s": cpu, "peak_rss_bytes": rss, "files": files,
            "completed": summary.get("completed"), "saturated": summary.get("saturated"),
            "simulated_s": summary.get("duration_s"), "cpu": os.cpu_count(),
            "load_avg_1min": os.getloadavg()[0]}

@@ -12,6 +12,7 @@ import typer
 from ..atomic import atomic_path, check_output_dir, check_output_file, write_text
 from ..errors import InputError
 from ..metrics.summary import request_columns, requests_table, step_columns, steps_table
+from ..metrics import writers
 from ..metrics.writers import CSV_MAX_REQUESTS, FORMATS, TableWriter, choose_format
 from ._common import _clean, console, echo_json, print_table
 
@@ -43,10 +44,15 @@ def write_expert_loads(out: Path, cost, req) -> None:
                       "tokens": dev.ravel()}).to_csv(tmp, index=False, float_format="%.6g")
 
 
-def write_requests(out: Path, res, format: str, progress=None, chunk_rows: int = 1 << 16) -> str:
+WRITE_CHUNK_ROWS = 1 << 16
+"""Rows per chunk when writing a table from the result's arrays."""
+
+
+def write_requests(out: Path, res, format: str, progress=None, chunk_rows: Optional[int] = None) -> str:
     """``requests.{format}`` from the result's arrays, ``chunk_rows`` rows at a time (``progress(rows)``
     after each chunk); written under a temporary name and renamed. Returns the file name."""
     fname = f"requests.{format}"
+    chunk_rows = chunk_rows or WRITE_CHUNK_ROWS
     N = len(res.ids)
     with TableWriter(out / fname, format) as w:
         for lo in range(0, N, chunk_rows):
@@ -58,9 +64,10 @@ def write_requests(out: Path, res, format: str, progress=None, chunk_rows: int =
     return fname
 
 
-def write_steps(out: Path, res, format: str, chunk_rows: int = 1 << 16) -> str:
+def write_steps(out: Path, res, format: str, chunk_rows: Optional[int] = None) -> str:
     """``steps.{format}`` from the step rows the result kept (a run that streamed them wrote them already)."""
     fname = f"steps.{format}"
+    chunk_rows = chunk_rows or WRITE_CHUNK_ROWS
     steps = res.steps
     n = len(steps["replica"])
     with TableWriter(out / fname, format) as w:
@@ -222,7 +229,7 @@ def register(app: typer.Typer) -> None:
                 write_trace(requests_table(res), steps_table(res), tmp)
         note = ""
         if out is not None and format == "auto" and fmt == "parquet":
-            note = f" (Parquet: more than {CSV_MAX_REQUESTS:,} requests; --format csv writes CSV)"
+            note = f" (Parquet: more than {writers.CSV_MAX_REQUESTS:,} requests; --format csv writes CSV)"
         if json_:
             echo_json(summary)
             if written:
