@@ -32,10 +32,10 @@ texts = st.text(alphabet=st.sampled_from(list("ab ,\"x\n")), max_size=6)
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(-10**12, 10**12), floats, texts), min_size=1, max_size=30),
-       st.integers(1, 7))
+@given(st.lists(st.tuples(st.integers(-10**12, 10**12), floats, texts, st.floats(-1e300, 1e300)), min_size=1,
+                max_size=30), st.integers(1, 7))
 def test_csv_chunks_are_one_to_csv(tmp_path_factory, rows, chunk):
-    df = pd.DataFrame(rows, columns=["i", "x_s", "why"])
+    df = pd.DataFrame(rows, columns=["i", "x_s", "why", "y, \"q\""])
     d = tmp_path_factory.mktemp("w")
     with TableWriter(d / "t.csv", "csv") as w:
         for lo in range(0, len(df), chunk):

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 
 from ..atomic import temp_name
@@ -29,6 +30,47 @@ CSV_MAX_REQUESTS = 200_000
 """``--format auto`` writes CSV up to this many requests, Parquet above."""
 
 CSV_FLOAT_FORMAT = "%.12g"
+
+
+def _quote(s: str) -> str:
+    """A CSV field as Python's csv module (QUOTE_MINIMAL) writes it."""
+    if "," in s or '"' in s or "\n" in s or "\r" in s:
+        return '"' + s.replace('"', '""') + '"'
+    return s
+
+
+def _csv_field_lists(cols: dict) -> Optional[list]:
+    """Each column as a list of CSV fields formatted as ``DataFrame.to_csv(float_format="%.12g")`` formats
+    them (NaN and None empty), or None for a column of another kind (the caller lets pandas write it)."""
+    out = []
+    for v in cols.values():
+        a = np.asarray(v)
+        k = a.dtype.kind
+        if k == "f":
+            fmt = CSV_FLOAT_FORMAT
+            out.append(["" if x != x else fmt % x for x in a.tolist()])
+        elif k in "iu":
+            out.append(list(map(str, a.tolist())))
+        elif k in "OU" or a.dtype.name == "str" or isinstance(a.dtype, pd.StringDtype):
+            vals = a.tolist()
+            if not all(type(x) is str for x in vals):
+                return None
+            out.append([_quote(x) if x else x for x in vals])
+        else:
+            return None
+    return out
+
+
+def csv_text(cols: dict, header: bool) -> Optional[str]:
+    """Rows of ``cols`` as CSV text (``\n`` line ends), or None if a column needs pandas' formatting."""
+    fields = _csv_field_lists(cols)
+    if fields is None:
+        return None
+    head = ",".join(_quote(str(c)) for c in cols) + "\n" if header else ""
+    n = len(fields[0]) if fields else 0
+    if n == 0:
+        return head
+    return head + "\n".join(map(",".join, zip(*fields))) + "\n"
 
 
 def choose_format(format: str, requests: int) -> str:
@@ -65,8 +107,12 @@ class TableWriter:
         elif list(df.columns) != self._columns:
             raise ValueError(f"{self.path.name}: chunk columns {list(df.columns)} differ from {self._columns}")
         if self.format == "csv":
-            df.to_csv(self._f, index=False, header=self.rows == 0, lineterminator="\n",
-                      float_format=CSV_FLOAT_FORMAT)
+            text = csv_text(cols, header=self.rows == 0) if len(df) else None
+            if text is not None:  # the same text, formatted ~3x faster than pandas does
+                self._f.write(text)
+            else:
+                df.to_csv(self._f, index=False, header=self.rows == 0, lineterminator="\n",
+                          float_format=CSV_FLOAT_FORMAT)
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq
