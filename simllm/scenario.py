@@ -472,7 +472,7 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
 
 def simulate_result(prep: Prepared, *, seed: Optional[int] = None,
                     progress: Optional[Callable[[float, int], None]] = None,
-                    steps_sink: Optional[Callable[[dict], None]] = None):
+                    steps_sink: Optional[Callable[[dict, list], None]] = None):
     """Run the simulation of a prepared scenario: (``SimResult``, summary dict). ``steps_sink`` receives the
     step rows in chunks as the run goes (``simllm.sim.records.StepLog``; the result then keeps none)."""
     scn = prep.scenario

@@ -71,7 +71,7 @@ class Simulation:
                  batching: Optional[Callable[[], Any]] = None, router=None, replicas: int = 1,
                  config: SimConfig = SimConfig(), seed: int = 0, changes: Any = None,
                  pools: Optional[list] = None, network: Optional[Callable] = None,
-                 steps_sink: Optional[Callable[[dict], None]] = None):
+                 steps_sink: Optional[Callable[[dict, list], None]] = None):
         if pools is None:
             pools = [Pool("colocated", "both", replicas, cost, num_blocks, batching, router, changes=changes)]
         entry = [p for p in pools if p.role != "decode"]
@@ -159,10 +159,7 @@ class Simulation:
         self.env = simpy.Environment()
         # pool name of each replica (several pools only): the steps table's pool column
         self.replica_pools = [p.name for p in pools for _ in range(p.replicas)] if len(pools) > 1 else []
-        sink = None
-        if steps_sink is not None:
-            def sink(cols, names=self.replica_pools):
-                steps_sink(cols, names)
+        sink = (lambda cols: steps_sink(cols, self.replica_pools)) if steps_sink is not None else None
         self._rows = StepLog(sum(p.replicas for p in pools), self._price_chunk, sink)
         self._record_breakdown = config.record_breakdown
         self._memo: dict = {}

@@ -245,6 +245,8 @@ def _fast_columns(data: bytes, types: dict[str, str]) -> Optional[dict[str, np.n
             memory_pool=pa.system_memory_pool())  # freed buffers go back to malloc, not kept by arrow's pool
     except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowNotImplementedError, pa.ArrowTypeError, KeyError, ValueError):
         return None
+    if tbl.num_rows == 0:
+        return None  # the careful path says what is wrong with an empty file
     out = {}
     for c, t in types.items():
         col = tbl.column(c)
