@@ -50,11 +50,17 @@ def check_output_dir(path: str | Path) -> Path:
     return p
 
 
+def temp_name(path: str | Path) -> Path:
+    """The hidden temporary name beside ``path`` that a file is written under before its rename."""
+    dest = Path(path)
+    return dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; rename it onto ``path`` on success, remove it on failure."""
     dest = Path(path)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    tmp = temp_name(dest)
     try:
         yield tmp
         if tmp.exists():

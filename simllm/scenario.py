@@ -379,8 +379,8 @@ def _located(fn, file, field):
     try:
         return fn()
     except InputError as e:
-        raise InputError(e.message, file=e.file or file, field=e.field if e.file else
-                         (f"{field}.{e.field}" if e.field else field)) from None
+        inner = e.field if e.file or not field else (f"{field}.{e.field}" if e.field else field)
+        raise InputError(e.message, file=e.file or file, field=inner or None) from None
 
 
 def _pool_kv(dep: DeploymentSpec, spec, where: str, file) -> KVSpec:
@@ -611,6 +611,15 @@ def kv_transfer_stats(x: np.ndarray) -> dict:
 
 def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[Callable[[float, int], None]] = None):
     """Run the simulation of a prepared scenario: (requests DataFrame, steps DataFrame, summary dict)."""
+    res, summary = simulate_result(prep, seed=seed, progress=progress)
+    return requests_table(res), steps_table(res), summary
+
+
+def simulate_result(prep: Prepared, *, seed: Optional[int] = None,
+                    progress: Optional[Callable[[float, int], None]] = None,
+                    steps_sink: Optional[Callable[[dict, list], None]] = None):
+    """Run the simulation of a prepared scenario: (``SimResult``, summary dict). ``steps_sink`` receives the
+    step rows in chunks as the run goes (``simllm.sim.records.StepLog``; the result then keeps none)."""
     scn = prep.scenario
     dep = scn.deployment
     max_len = dep.max_model_len
@@ -633,14 +642,13 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
                           dp_router=make_router(sp.dp_router) if sp.dp_router is not None else None))
     s = scn.seed if seed is None else seed
     network = _network(scn, prep) if multi and len(pools) > 1 else None
-    sim = Simulation(prep.workload, pools=pools, network=network, config=cfg, seed=s)
+    sim = Simulation(prep.workload, pools=pools, network=network, config=cfg, seed=s, steps_sink=steps_sink)
     res = sim.run(progress=progress)
     acc = prep.accelerator
-    req = requests_table(res)
     price, tdp, idle = power_and_price(scn, acc)
     summary = summarize(res, devices_per_replica=prep.pools[0].spec.devices_per_replica,
                         peak_flops=acc.peak(dep.act_dtype), hbm_bandwidth=acc.hbm_bw, price_per_device_hour=price,
-                        tdp_w=tdp, idle_w=idle, slo_ttft_s=scn.slo.ttft_s, slo_tpot_s=scn.slo.tpot_s, requests=req)
+                        tdp_w=tdp, idle_w=idle, slo_ttft_s=scn.slo.ttft_s, slo_tpot_s=scn.slo.tpot_s)
     if res.speculative is not None:
         summary["speculative"] = res.speculative
     if res.kv_tiers is not None:
@@ -653,7 +661,7 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
                    "pp": dep.pp, "seed": s, **summary}
         if prep.pools[0].changes is not None:
             summary["replacement"] = prep.pools[0].changes.summary()
-        return req, steps_table(res), summary
+        return res, summary
     per_pool = {}
     for pp in prep.pools:
         sp = pp.spec
@@ -665,11 +673,11 @@ def simulate(prep: Prepared, *, seed: Optional[int] = None, progress: Optional[C
         per_pool[pp.name] = d
     link = dep.link
     extra = {"kv_link": link if isinstance(link, str) else link.model_dump(),
-             "kv_transfer_s": kv_transfer_stats(req["kv_transfer_s"].to_numpy())} if len(pools) > 1 else {}
+             "kv_transfer_s": kv_transfer_stats(res.request_columns["kv_transfer_s"])} if len(pools) > 1 else {}
     summary["pools"] = {**per_pool, **extra}
     if dep.disaggregation is not None:
         summary["disaggregation"] = summary["pools"]
     head = {"scenario": scn.name, "model": prep.model.name, "accelerator": acc.name,
             "tp": "/".join(str(pp.spec.tp) for pp in prep.pools), "pp": "/".join(str(pp.spec.pp) for pp in prep.pools),
             "seed": s}
-    return req, steps_table(res), {**head, **summary}
+    return res, {**head, **summary}

@@ -23,14 +23,14 @@ def check_devices(scn: Any, file: str | Path | None = None) -> None:
     dep = scn.deployment
     if scn.hardware.cluster:
         return  # checked against the cluster's device count when it is loaded
-    specs = dep.pool_specs()
+    specs = dep.pool_specs()  # every pool (colocated: the deployment itself)
     total = sum(sp.replicas * sp.devices_per_replica for _n, _w, sp in specs)
     if total > MAX_DEVICES_WITHOUT_CLUSTER:
         what = (f"{dep.replicas} replicas x {dep.devices_per_replica} devices" if len(specs) == 1 and
-                dep.pools is None else "the pools' replicas x devices")
+                specs[0][2] is dep else " + ".join(f"{sp.replicas} x {sp.devices_per_replica}" for _n, _w, sp in specs))
+        field = "deployment.replicas" if specs[0][2] is dep else f"{max(specs, key=lambda x: x[2].replicas)[1]}.replicas"
         raise InputError(f"{what} = {total} devices, more than {MAX_DEVICES_WITHOUT_CLUSTER} without a cluster "
-                         f"descriptor; describe the cluster (hardware.cluster) to simulate more", file=file,
-                         field="deployment.replicas" if len(specs) == 1 and dep.pools is None else dep.where)
+                         f"descriptor; describe the cluster (hardware.cluster) to simulate more", file=file, field=field)
 
 
 def check_batching(scn: Any, file: str | Path | None = None) -> None:

@@ -503,11 +503,11 @@ def validate_items(items: list[dict], base_dir: str | Path, *, file: str | None 
 # ----------------------------------------------------------------------------- scenario runners
 def _simulate_point(cfg: dict, base_dir: str) -> dict:
     """Run one resolved scenario (a dict) and return its summary (picklable, top level)."""
-    from .scenario import prepare, scenario_from_dict, simulate
+    from .scenario import prepare, scenario_from_dict, simulate_result
 
     where = Path(base_dir) / "(sweep point)"  # relative trace paths resolve against the base scenario's folder
     prep = prepare(scenario_from_dict(cfg, file=where), file=where)
-    return simulate(prep)[2]
+    return simulate_result(prep)[1]  # the summary; no request or step table is built
 
 
 def scenario_runner(base_dir: str | Path) -> RunFn:

@@ -88,7 +88,7 @@ def test_v1_prefix_caching_overload_frees_everything():
     assert (res.aborted_s[ab] - res.arrival_s[ab] >= 1.0 - 1e-9).all()  # never before the deadline
     assert max(res.kv_peak_blocks) <= 100 and res.preemptions.sum() > 0
     df = requests_table(res)
-    s = summarize(res, requests=df)
+    s = summarize(res)
     assert s["aborted"] == int(ab.sum()) and s["completed"] == int(done.sum()) and s["saturated"]
 
 
@@ -164,7 +164,7 @@ def test_api_overhead_in_client_latencies_and_deadline():
     np.testing.assert_allclose((tb["ttft_s"] - ta["ttft_s"])[ft], 0.05)
     np.testing.assert_allclose((tb["e2e_s"] - ta["e2e_s"])[ok], 0.05)
     np.testing.assert_allclose(tb["tpot_s"], ta["tpot_s"], equal_nan=True)
-    assert summarize(b, requests=tb)["ttft_s"]["mean"] == pytest.approx(summarize(a, requests=ta)["ttft_s"]["mean"]
+    assert summarize(b)["ttft_s"]["mean"] == pytest.approx(summarize(a)["ttft_s"]["mean"]
                                                                         + 0.05)
 
 

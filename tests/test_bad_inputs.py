@@ -79,6 +79,9 @@ SCENARIO_MUTATIONS = [
     ("tp0", "deployment.tp", 0), ("tpneg", "deployment.tp", -2), ("tpstr", "deployment.tp", "abc"),
     ("tp3", "deployment.tp", 3), ("tpfloat", "deployment.tp", 1.5), ("tp_huge", "deployment.tp", 1024),
     ("pp0", "deployment.pp", 0), ("rep0", "deployment.replicas", 0), ("rep_huge", "deployment.replicas", 1000000000),
+    ("pools_huge", "deployment", {"disaggregation": {"prefill": {"replicas": 1, "tp": 1},
+                                                     "decode": {"replicas": 10 ** 9, "tp": 1},
+                                                     "kv_link": {"bandwidth": "100 GB/s", "latency": 1e-5}}}),
     ("rep_str", "deployment.replicas", "two"), ("rep_list", "deployment.replicas", [1, 2]),
     ("gmu0", "deployment.kv.gpu_memory_utilization", 0), ("gmu2", "deployment.kv.gpu_memory_utilization", 1.5),
     ("gmu_str", "deployment.kv.gpu_memory_utilization", "high"), ("block0", "deployment.kv.block_size", 0),
@@ -177,7 +180,8 @@ def _cases() -> list[tuple[str, list[str]]]:
           for n in SWEEPS]
     sets = ["deployment.tp=0", "deployment.tp=abc", "deployment.replicas=1000000000", "deployment.colour=1",
             "deployment", "=3", "deployment..tp=1", "model=nope", "workload.limit=-1", "seed=[1", "hardware=5",
-            "deployment.kv.gpu_memory_utilization=7", "deployment.tp.x=1", "deployment.batching.max_num_batched_tokens=1"]
+            "deployment.kv.gpu_memory_utilization=7", "deployment.tp.x=1", "deployment.batching.max_num_batched_tokens=1",
+             "deployment.kv.activation_reserve=0.99"]
     c += [(f"run-set-{i}", ["run", "{d}/good.yaml", "--set", s]) for i, s in enumerate(sets)]
     c += [
         ("run-seed-abc", ["run", "{d}/good.yaml", "--seed", "abc"]),
@@ -296,6 +300,7 @@ def _check(rc: int, out: str, err: str, elapsed: float) -> None:
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, err
     assert LINE.match(lines[0]), lines[0]
+    assert "None." not in lines[0] and ": None:" not in lines[0], lines[0]  # a field path names real fields
     assert elapsed < 10, elapsed
 
 

@@ -36,7 +36,7 @@ def test_device_bound_counts_every_pool():
     scn = scenario_from_dict(_pools(), [f"deployment.pools.0.replicas={n}", f"deployment.pools.1.replicas={n // 2}"])
     with pytest.raises(InputError, match="devices, more than") as e:
         check_scenario(scn)
-    assert e.value.field == "deployment.pools"
+    assert e.value.field == "deployment.pools.0.replicas"  # the pool with the most replicas
 
 
 def test_batching_check_covers_every_pool():

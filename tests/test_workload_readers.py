@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from simllm.errors import InputError
@@ -216,3 +217,73 @@ def test_gamma_mle_recovers_known_shapes_and_flags_meaningless_fits():
     st = trace_stats(_read(Path(__file__).resolve().parent.parent / "traces" / "azure2023_code_sample.csv").df)
     assert "not Gamma-distributed" in st["fit"]["arrivals"]["mle"]["warning"]
     assert 0 <= st["fit"]["prompt_lognormal"]["ks"] <= 1
+
+
+AZURE_ROWS = "TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.6805900,374,44\r\n" \
+             "2023-11-16 18:15:50.9951690,396,109\r\n"
+
+
+def test_compressed_traces_read_as_plain(tmp_path):
+    import gzip
+
+    import zstandard
+
+    plain = tmp_path / "a.csv"
+    plain.write_bytes(b"\xef\xbb\xbf" + AZURE_ROWS.encode())  # BOM + CRLF, as Azure's files come
+    ref = read_trace(plain).df
+    gz = tmp_path / "a.csv.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    zst = tmp_path / "trace.bin"  # told by the magic bytes, not the name
+    zst.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    for p in (gz, zst):
+        tr = read_trace(p)
+        assert tr.format == "azure"
+        pd.testing.assert_frame_equal(tr.df, ref)
+    assert list(ref["prompt_tokens"]) == [374, 396] and ref["arrival_s"].iloc[1] == pytest.approx(4.3145790)
+    bad = tmp_path / "bad.zst"
+    bad.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes())[:-6])
+    with pytest.raises(InputError, match="zstd"):
+        read_trace(bad)
+
+
+def test_zstd_without_zstandard_says_how_to_install(tmp_path, monkeypatch):
+    import sys
+
+    import zstandard
+
+    p = tmp_path / "a.csv.zst"
+    p.write_bytes(zstandard.ZstdCompressor().compress(AZURE_ROWS.encode()))
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # import zstandard now raises ImportError
+    with pytest.raises(InputError) as e:
+        read_trace(p)
+    msg = str(e.value)
+    assert "\n" not in msg and "pip install zstandard" in msg and str(p) in msg
+
+
+def test_workload_is_columns_and_still_a_sequence_of_requests():
+    from simllm.workload import Request, RequestTable
+
+    reqs = build_workload({"trace": "traces/azure2023_conv_sample.csv", "limit": 50}, seed=0)
+    assert isinstance(reqs, RequestTable) and len(reqs) == 50
+    assert reqs.arrival_s.dtype == np.float64 and reqs.prompt_tokens.dtype == np.int64
+    r = reqs[3]
+    assert isinstance(r, Request) and r.id == 3 and r.prompt_tokens == int(reqs.prompt_tokens[3])
+    assert list(reqs)[-1] == reqs[-1] and reqs[:2] == [reqs[0], reqs[1]]
+    assert reqs == list(reqs)  # equal to the same requests as objects
+    moon = build_workload({"trace": "traces/mooncake_conversation_sample.jsonl", "limit": 5}, seed=0)
+    assert moon.prefix_blocks is not None and moon[0].prefix_blocks == tuple(moon.prefix_blocks[0])
+
+
+def test_fast_csv_path_reads_what_the_careful_path_reads(tmp_path, monkeypatch):
+    import simllm.workload.readers as R
+
+    v = tmp_path / "v.csv"
+    v.write_text("arrived_at,num_prefill_tokens,num_decode_tokens,extra\n0.5,10,3,x\n0.25,7,0,y\n2,1,1,z\n")
+    files = [REPO / "traces" / "azure2023_conv_sample.csv", REPO / "traces" / "azure2023_code_sample.csv", v]
+    fast = [read_trace(f, sort=True) for f in files]
+    monkeypatch.setattr(R, "_fast_columns", lambda *a, **k: None)
+    for f, tr in zip(files, fast):
+        ref = read_trace(f, sort=True)
+        pd.testing.assert_frame_equal(tr.df, ref.df)
+        assert tr.dropped == ref.dropped
+    assert fast[2].dropped == {"zero_tokens_clipped": 1} and list(fast[2].df["prompt_tokens"]) == [7, 10, 1]

@@ -11,9 +11,10 @@ import typer
 
 from ..atomic import atomic_path, check_output_dir, check_output_file, write_text
 from ..errors import InputError
+from ..metrics.summary import request_columns, requests_table, step_columns, steps_table
+from ..metrics import writers
+from ..metrics.writers import CSV_MAX_REQUESTS, FORMATS, TableWriter, choose_format
 from ._common import _clean, console, echo_json, print_table
-
-FORMATS = ("csv", "parquet")
 
 
 def write_expert_loads(out: Path, cost, req) -> None:
@@ -43,19 +44,47 @@ def write_expert_loads(out: Path, cost, req) -> None:
                       "tokens": dev.ravel()}).to_csv(tmp, index=False, float_format="%.6g")
 
 
-def write_outputs(out: Path, req, steps, summary, *, format: str = "csv") -> list[str]:
+WRITE_CHUNK_ROWS = 1 << 16
+"""Rows per chunk when writing a table from the result's arrays."""
+
+
+def write_requests(out: Path, res, format: str, progress=None, chunk_rows: Optional[int] = None) -> str:
+    """``requests.{format}`` from the result's arrays, ``chunk_rows`` rows at a time (``progress(rows)``
+    after each chunk); written under a temporary name and renamed. Returns the file name."""
+    fname = f"requests.{format}"
+    chunk_rows = chunk_rows or WRITE_CHUNK_ROWS
+    N = len(res.ids)
+    with TableWriter(out / fname, format) as w:
+        for lo in range(0, N, chunk_rows):
+            w.write(request_columns(res, lo, min(lo + chunk_rows, N)))
+            if progress is not None:
+                progress(min(lo + chunk_rows, N))
+        if N == 0:
+            w.close(list(request_columns(res)))
+    return fname
+
+
+def write_steps(out: Path, res, format: str, chunk_rows: Optional[int] = None) -> str:
+    """``steps.{format}`` from the step rows the result kept (a run that streamed them wrote them already)."""
+    fname = f"steps.{format}"
+    chunk_rows = chunk_rows or WRITE_CHUNK_ROWS
+    steps = res.steps
+    n = len(steps["replica"])
+    with TableWriter(out / fname, format) as w:
+        for lo in range(0, n, chunk_rows):
+            w.write(step_columns({c: v[lo:lo + chunk_rows] for c, v in steps.items()}, res.pools))
+        if n == 0:
+            w.close(list(step_columns(steps, res.pools)))
+    return fname
+
+
+def write_outputs(out: Path, res, summary, *, format: str = "csv", steps_written: bool = False,
+                  progress=None) -> list[str]:
     """Deterministic files: same inputs give byte-identical outputs. Each file is written under a
     temporary name and renamed, so a killed run leaves whole files or none. Returns the names written."""
     out.mkdir(parents=True, exist_ok=True)
-    names = []
-    for name, df in (("requests", req), ("steps", steps)):
-        fname = f"{name}.{format}"
-        with atomic_path(out / fname) as tmp:
-            if format == "parquet":
-                df.to_parquet(tmp, index=False)
-            else:
-                df.to_csv(tmp, index=False, lineterminator="\n", float_format="%.12g")
-        names.append(fname)
+    names = [write_requests(out, res, format, progress)]
+    names.append(f"steps.{format}" if steps_written else write_steps(out, res, format))
     write_text(out / "summary.json", json.dumps(_clean(summary), indent=2, sort_keys=False) + "\n")
     return names + ["summary.json"]
 
@@ -129,20 +158,24 @@ def register(app: typer.Typer) -> None:
                                                 help="progress bar (default: on when stderr is a terminal)"),
         trace_out: Optional[Path] = typer.Option(None, "--trace-out",
                                                  help="write a Chrome/Perfetto trace (JSON; open in ui.perfetto.dev)"),
-        format: str = typer.Option("csv", "--format", help="csv | parquet: format of requests.* and steps.* in --out"),
+        format: str = typer.Option("auto", "--format",
+                                   help=f"auto | csv | parquet: format of requests.* and steps.* in --out (auto: CSV "
+                                        f"up to {CSV_MAX_REQUESTS:,} requests, Parquet above)"),
     ) -> None:
         """Simulate one scenario and summarise it (TTFT, TPOT, throughput, goodput, MFU, cost, energy)."""
-        from ..scenario import load_scenario, prepare, simulate
+        from ..scenario import load_scenario, prepare, simulate_result
 
         if format not in FORMATS:
-            raise InputError(f"unknown format {format!r} (csv, parquet)", field="--format")
-        if format == "parquet" and out is None:
+            raise InputError(f"unknown format {format!r} ({', '.join(FORMATS)})", field="--format")
+        if format != "auto" and out is None:
             raise InputError("--format applies to the files in --out; give --out too", field="--format")
-        if format == "parquet":
+        if format != "csv":
             try:
                 import pyarrow  # noqa: F401
             except ImportError:
-                raise InputError("parquet output needs pyarrow (pip install pyarrow)", field="--format") from None
+                if format == "parquet":
+                    raise InputError("parquet output needs pyarrow (pip install pyarrow)", field="--format") from None
+                format = "csv"  # auto without pyarrow
         if out is not None:
             check_output_dir(out)
         if trace_out is not None:
@@ -150,40 +183,69 @@ def register(app: typer.Typer) -> None:
         scn, path = load_scenario(scenario_path(scenario), set_)
         prep = prepare(scn, file=path, seed=seed)
         show = sys.stderr.isatty() if progress is None else progress
+        n = getattr(prep.workload, "num_requests", None) or len(prep.workload)
+        fmt = choose_format(format, n)
         bar = None
         cb = None
         if show:
             from tqdm import tqdm
 
-            n = getattr(prep.workload, "num_requests", None) or len(prep.workload)
             bar = tqdm(total=n, unit="req", file=sys.stderr, dynamic_ncols=True, leave=False)
 
             def cb(t: float, done: int) -> None:
                 bar.set_postfix_str(f"sim {t:,.0f} s", refresh=False)
                 bar.update(done - bar.n)  # redraws at most every 0.1 s
 
+        # step rows go to disk as the run makes them (a Perfetto trace needs them all in memory)
+        steps_w = TableWriter(out / f"steps.{fmt}", fmt) if out is not None and trace_out is None else None
+
+        def sink(cols: dict, pools: list) -> None:
+            steps_w.write(step_columns(cols, pools))
+
         try:
-            req, steps, summary = simulate(prep, seed=seed, progress=cb)
+            res, summary = simulate_result(prep, seed=seed, progress=cb, steps_sink=sink if steps_w else None)
+            if bar is not None:
+                bar.close()
+                bar = None
+            written: list[str] = []
+            if out is not None:
+                wbar = None
+                if show:
+                    from tqdm import tqdm
+
+                    wbar = tqdm(total=len(res.ids), unit="row", desc=f"writing {out}/requests.{fmt}", file=sys.stderr,
+                                dynamic_ncols=True, leave=False)
+                try:
+                    if steps_w is not None:
+                        steps_w.close(list(step_columns(res.steps, res.pools)))
+                    written = write_outputs(out, res, summary, format=fmt, steps_written=steps_w is not None,
+                                            progress=(lambda r: wbar.update(r - wbar.n)) if wbar else None)
+                finally:
+                    if wbar is not None:
+                        wbar.close()
+                write_expert_loads(out, prep.cost, {"prompt_tokens": res.prompt_tokens, "output_tokens": res.output_tokens,
+                                                    "generated_tokens": res.generated_tokens})
+                written += [n for n in ("expert_loads.csv", "device_loads.csv") if (out / n).exists()]
+        except BaseException:
+            if steps_w is not None:
+                steps_w.abort()
+            raise
         finally:
             if bar is not None:
                 bar.close()
-        written: list[str] = []
-        if out is not None:
-            if show:
-                sys.stderr.write(f"writing {len(req):,} requests and {len(steps):,} steps to {out} ...\n")
-            written = write_outputs(out, req, steps, summary, format=format)
-            write_expert_loads(out, prep.cost, req)
-            written += [n for n in ("expert_loads.csv", "device_loads.csv") if (out / n).exists()]
         if trace_out is not None:
             from ..report.perfetto import write_trace
 
             with atomic_path(trace_out) as tmp:
-                write_trace(req, steps, tmp)
+                write_trace(requests_table(res), steps_table(res), tmp)
+        note = ""
+        if out is not None and format == "auto" and fmt == "parquet":
+            note = f" (Parquet: more than {writers.CSV_MAX_REQUESTS:,} requests; --format csv writes CSV)"
         if json_:
             echo_json(summary)
             if written:
-                typer.echo(f"wrote {out}/{', '.join(written)}", err=True)
+                typer.echo(f"wrote {out}/{', '.join(written)}{note}", err=True)
         else:
             print_summary(summary)
             if out is not None:
-                console.print(f"wrote {out}/{', '.join(written)}")
+                console.print(f"wrote {out}/{', '.join(written)}{note}")

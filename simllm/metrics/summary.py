@@ -42,53 +42,84 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from ..sim.records import STEP_COLUMNS, SimResult
+from ..sim.records import STEP_COLUMNS, SimResult, StepTotals
 
 REQUEST_COLUMNS = ("id", "arrival_s", "prompt_tokens", "output_tokens", "generated_tokens", "scheduled_s",
                    "first_token_s", "completion_s", "ttft_s", "tpot_s", "e2e_s", "queueing_s", "preemptions",
                    "replica", "rejected_reason")
 
 
-def requests_table(res: SimResult) -> pd.DataFrame:
-    out = res.output_tokens
-    api = float(getattr(res, "api_overhead_s", 0.0) or 0.0)
+def _tpot(first: np.ndarray, completion: np.ndarray, out: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(out > 1, (res.completion_s - res.first_token_s) / np.maximum(out - 1, 1), np.nan)
-    df = pd.DataFrame({
-        "id": res.ids,
-        "arrival_s": res.arrival_s,
-        "prompt_tokens": res.prompt_tokens,
+        return np.where(out > 1, (completion - first) / np.maximum(out - 1, 1), np.nan)
+
+
+def request_columns(res: SimResult, lo: int = 0, hi: Optional[int] = None) -> dict[str, Any]:
+    """The columns of ``requests.csv`` for requests ``lo:hi`` (all by default), in order."""
+    sl = slice(lo, hi)
+    out = res.output_tokens[sl]
+    arr = res.arrival_s[sl]
+    first = res.first_token_s[sl]
+    comp = res.completion_s[sl]
+    sched = res.scheduled_s[sl]
+    api = float(getattr(res, "api_overhead_s", 0.0) or 0.0)  # the client sees every token this much later
+    cols: dict[str, Any] = {
+        "id": res.ids[sl],
+        "arrival_s": arr,
+        "prompt_tokens": res.prompt_tokens[sl],
         "output_tokens": out,
-        "generated_tokens": res.generated_tokens,
-        "scheduled_s": res.scheduled_s,
-        "first_token_s": res.first_token_s,
-        "completion_s": res.completion_s,
-        "ttft_s": res.first_token_s - res.arrival_s + api,
-        "tpot_s": tpot,
-        "e2e_s": res.completion_s - res.arrival_s + api,
-        "queueing_s": res.scheduled_s - res.arrival_s,
-        "preemptions": res.preemptions,
-        "replica": res.replica,
-        "rejected_reason": res.rejected_reason,
-    })
-    pri = getattr(res, "priority", None)
-    if pri is not None and len(pri) == len(df) and len(np.unique(pri)) > 1:  # priority batching: the class
-        df["priority_class"] = pri
+        "generated_tokens": res.generated_tokens[sl],
+        "scheduled_s": sched,
+        "first_token_s": first,
+        "completion_s": comp,
+        "ttft_s": first - arr + api,
+        "tpot_s": _tpot(first, comp, out),
+        "e2e_s": comp - arr + api,
+        "queueing_s": sched - arr,
+        "preemptions": res.preemptions[sl],
+        "replica": res.replica[sl],
+        "rejected_reason": res.rejected_reason[sl],
+    }
+    if _has_classes(res):  # priority batching: the class
+        cols["priority_class"] = res.priority[sl]
     ab = getattr(res, "aborted_s", None)
     if ab is not None:  # client timeouts: when the server aborted the request (NaN: it completed)
-        df["aborted_s"] = ab
+        cols["aborted_s"] = ab[sl]
     for c, v in getattr(res, "request_columns", {}).items():  # disaggregation: decode_replica, pool, kv_transfer_s
-        df[c] = v
-    return df
+        cols[c] = v[sl]
+    return cols
+
+
+def _has_classes(res: SimResult) -> bool:
+    pri = getattr(res, "priority", None)
+    return pri is not None and len(pri) == len(res.ids) and len(pri) > 0 and bool((pri != pri[0]).any())
+
+
+def requests_table(res: SimResult) -> pd.DataFrame:
+    return pd.DataFrame(request_columns(res))
+
+
+def step_columns(cols: dict, pools: Optional[list] = None) -> dict[str, Any]:
+    """The columns of ``steps.csv``: ``cols`` (step rows, all or a chunk) plus, with several pools
+    (``pools``: the pool name of each replica), the pool of each step's replica."""
+    out = {c: cols[c] for c in STEP_COLUMNS}
+    if pools:  # disaggregation
+        out["pool"] = (np.asarray(pools, dtype=object)[np.asarray(cols["replica"], dtype=np.int64)]
+                       if len(cols["replica"]) else np.zeros(0, dtype=object))
+    return out
 
 
 def steps_table(res: SimResult) -> pd.DataFrame:
     """One row per prefill step or decode segment (``n_steps`` iterations)."""
-    df = pd.DataFrame({c: res.steps[c] for c in STEP_COLUMNS})
-    pools = getattr(res, "pools", None)  # disaggregation: the pool of each step's replica
-    if pools:
-        df["pool"] = np.asarray(pools, dtype=object)[df["replica"].to_numpy(dtype=np.int64)] if len(df) else []
-    return df
+    return pd.DataFrame(step_columns(res.steps, getattr(res, "pools", None)))
+
+
+def _totals(steps: dict, replicas: int) -> StepTotals:
+    t = StepTotals.zeros(replicas)
+    if len(steps["replica"]):
+        t.add({c: np.asarray(steps[c], dtype=np.int64 if c == "replica" else float)
+               for c in ("replica", "duration_s", "kv_blocks_used", "flops", "bytes")})
+    return t
 
 
 def _stats(x: np.ndarray) -> dict[str, Optional[float]]:
@@ -139,27 +170,32 @@ def saturation(arrival: np.ndarray, completion: np.ndarray, rejected: np.ndarray
 def summarize(res: SimResult, *, devices_per_replica: int = 1, peak_flops: Optional[float] = None,
               hbm_bandwidth: Optional[float] = None, price_per_device_hour: Optional[float] = None,
               tdp_w: Optional[float] = None, idle_w: Optional[float] = None,
-              slo_ttft_s: Optional[float] = None, slo_tpot_s: Optional[float] = None,
-              requests: Optional[pd.DataFrame] = None) -> dict[str, Any]:
-    df = requests if requests is not None else requests_table(res)
-    rejected = df["rejected_reason"].to_numpy() != ""
-    done = np.isfinite(df["completion_s"].to_numpy()) & ~rejected
-    n = len(df)
+              slo_ttft_s: Optional[float] = None, slo_tpot_s: Optional[float] = None) -> dict[str, Any]:
+    """The run summary, from the result's arrays and step totals (no table is built)."""
+    reasons = np.asarray(res.rejected_reason, dtype=object)
+    rejected = reasons != ""
+    comp_all = res.completion_s
+    done = np.isfinite(comp_all) & ~rejected
+    n = len(res.ids)
     n_done = int(done.sum())
-    arr = df["arrival_s"].to_numpy()
+    arr = res.arrival_s
     start = float(arr.min()) if n else 0.0
     duration = max(res.end_s - start, 0.0)
-    d = df[done]
-    out_tok = int(d["output_tokens"].sum())
-    in_tok = int(d["prompt_tokens"].sum())
+    out_d = res.output_tokens[done]
+    out_tok = int(out_d.sum())
+    in_tok = int(res.prompt_tokens[done].sum())
 
     def rate(x):
         return x / duration if duration > 0 else None
 
-    ttft = d["ttft_s"].to_numpy()
-    tpot = d["tpot_s"].to_numpy()
-    e2e = d["e2e_s"].to_numpy()
-    n_itl = int((d["output_tokens"] - 1).sum())
+    arr_d = arr[done]
+    first_d = res.first_token_s[done]
+    comp_d = comp_all[done]
+    api = float(getattr(res, "api_overhead_s", 0.0) or 0.0)  # the server's front end (SimConfig.api_overhead_s)
+    ttft = first_d - arr_d + api
+    tpot = _tpot(first_d, comp_d, out_d)
+    e2e = comp_d - arr_d + api
+    n_itl = int((out_d - 1).sum())
     itl_mean = float((e2e - ttft).sum() / n_itl) if n_itl > 0 else None
 
     ok = np.ones(n_done, dtype=bool)
@@ -169,30 +205,27 @@ def summarize(res: SimResult, *, devices_per_replica: int = 1, peak_flops: Optio
         ok &= ~(tpot > slo_tpot_s)  # NaN TPOT (one output token) meets it
     good = int(ok.sum())
 
-    steps = res.steps
     R = res.num_replicas
+    tot = res.step_totals if res.step_totals is not None else _totals(res.steps, R)
     # every step row is weighed by the devices of its replica (pools may differ in size); flops/bytes are
     # per device of the step's replica
     rep_dev = list(getattr(res, "replica_devices", None) or [devices_per_replica] * R)
     devices = int(sum(rep_dev))
-    dur_arr = np.asarray(steps["duration_s"], dtype=float)
-    busy_s = float(dur_arr.sum())
-    rep = np.asarray(steps["replica"], dtype=np.int64)
-    w = np.asarray(rep_dev, dtype=float)[rep]
-    busy_dev_s = float((dur_arr * w).sum())
+    w = np.asarray(rep_dev, dtype=float)
+    busy_s = float(tot.busy_s.sum())
+    busy_dev_s = float((tot.busy_s * w).sum())
     busy_fraction = busy_dev_s / (devices * duration) if duration > 0 else None
-    have_breakdown = len(steps["flops"]) > 0 and np.isfinite(np.asarray(steps["flops"], dtype=float)).all()
-    flops = float(np.nansum(np.asarray(steps["flops"], dtype=float) * w))
-    byts = float(np.nansum(np.asarray(steps["bytes"], dtype=float) * w))
+    have_breakdown = tot.rows > 0 and tot.breakdown
+    flops = float((tot.flops * w).sum())
+    byts = float((tot.bytes * w).sum())
     mfu = flops / (devices * duration * peak_flops) if (peak_flops and duration > 0 and have_breakdown) else None
     mbu = byts / (devices * duration * hbm_bandwidth) if (hbm_bandwidth and duration > 0 and have_breakdown) else None
-    kv_used = np.asarray(steps["kv_blocks_used"], dtype=float)
     caps = list(getattr(res, "replica_kv_blocks", None) or [res.kv_num_blocks])
     kv_util = None
     if busy_s > 0 and len(set(caps)) == 1:
-        kv_util = float((kv_used * dur_arr).sum() / busy_s / caps[0])
+        kv_util = float(tot.kv_block_s.sum() / busy_s / caps[0])
     elif busy_s > 0:
-        kv_util = float((kv_used / np.asarray(caps, dtype=float)[rep] * dur_arr).sum() / busy_s)
+        kv_util = float((tot.kv_block_s / np.asarray(caps, dtype=float)).sum() / busy_s)
 
     cost = None
     if price_per_device_hour is not None and out_tok > 0:
@@ -205,14 +238,15 @@ def summarize(res: SimResult, *, devices_per_replica: int = 1, peak_flops: Optio
         energy_note = "the accelerator descriptor gives no idle_power: the power model idle + busy x (TDP - idle) needs it"
     elif duration > 0:
         energy_j = idle_w * devices * duration + (tdp_w - idle_w) * busy_dev_s
-    aborted = df["aborted_s"].to_numpy() if "aborted_s" in df.columns else None
-    sat = saturation(arr, df["completion_s"].to_numpy(), rejected, aborted)
+    aborted = getattr(res, "aborted_s", None)
+    sat = saturation(arr, comp_all, rejected, aborted)
     by_class = None
-    if "priority_class" in df.columns:  # fairness: latency per priority class
+    if _has_classes(res):  # fairness: latency per priority class
         by_class = {}
-        for k, g in d.groupby("priority_class"):
-            by_class[str(int(k))] = {"completed": int(len(g)), "ttft_s": _stats(g["ttft_s"].to_numpy()),
-                                     "tpot_s": _stats(g["tpot_s"].to_numpy())}
+        pri = res.priority[done]
+        for k in np.unique(pri).tolist():
+            g = pri == k
+            by_class[str(int(k))] = {"completed": int(g.sum()), "ttft_s": _stats(ttft[g]), "tpot_s": _stats(tpot[g])}
     prefix = None
     if getattr(res, "prefix_caching", False):
         q = int(res.prefix_query_tokens)
@@ -223,9 +257,9 @@ def summarize(res: SimResult, *, devices_per_replica: int = 1, peak_flops: Optio
         "num_requests": n,
         "completed": n_done,
         "rejected": int(rejected.sum()),
-        "rejected_reasons": _reason_counts(df.loc[rejected, "rejected_reason"]),
+        "rejected_reasons": _reason_counts(pd.Series(reasons[rejected], dtype=object)),
         **({"aborted": int(np.isfinite(aborted).sum())} if aborted is not None else {}),
-        "preemptions": int(df["preemptions"].sum()),
+        "preemptions": int(res.preemptions.sum()),
         "duration_s": duration,
         "replicas": R,
         "devices": devices,
@@ -237,7 +271,7 @@ def summarize(res: SimResult, *, devices_per_replica: int = 1, peak_flops: Optio
         "tpot_s": _stats(tpot),
         "itl_mean_s": itl_mean,
         "e2e_s": _stats(e2e),
-        "queueing_s": _stats(d["queueing_s"].to_numpy()),
+        "queueing_s": _stats(res.scheduled_s[done] - arr_d),
         "slo": {"ttft_s": slo_ttft_s, "tpot_s": slo_tpot_s},
         "goodput_requests_per_s": rate(good),
         "slo_attainment": good / n if n else None,

@@ -1,9 +1,15 @@
-"""What a simulation is configured with and what it returns: ``SimConfig``, ``SimResult``, step columns."""
+"""What a simulation is configured with and what it returns: ``SimConfig``, ``SimResult``, step records.
+
+Step records (:class:`StepLog`) are kept as column arrays in chunks of ``CHUNK_ROWS`` rows, not
+as a Python object per step: a full chunk is priced (its compute/memory/comm breakdown), added
+to the run's :class:`StepTotals` (what the summary needs) and either kept or handed to a sink
+(``simllm run --out`` streams it to disk), so a long run holds at most one chunk of step rows.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -11,6 +17,103 @@ NAN = float("nan")
 
 STEP_COLUMNS = ("replica", "start_s", "duration_s", "n_steps", "batch_size", "prefill_tokens", "decode_tokens",
                 "kv_blocks_used", "compute_s", "memory_s", "comm_s", "flops", "bytes")
+_RAW = STEP_COLUMNS[:8]  # recorded per step; the rest is the breakdown, priced per chunk
+_INT = ("replica", "n_steps", "batch_size", "prefill_tokens", "decode_tokens", "kv_blocks_used")
+_SHAPE = ("P", "W", "m", "n", "ctx")  # the BatchShape of the row (prefill tokens, work, seqs; decode seqs, ctx)
+
+CHUNK_ROWS = 1 << 16
+"""Step rows per chunk (priced, summed and written together)."""
+
+
+def empty_steps() -> dict:
+    """Step columns with no rows (the dtypes of a non-empty table)."""
+    return {c: np.zeros(0, dtype=np.int64 if c in _INT else np.float64) for c in STEP_COLUMNS}
+
+
+@dataclass
+class StepTotals:
+    """Per-replica sums over every step row: what the run summary needs of the step table."""
+
+    busy_s: np.ndarray  # sum of duration_s
+    kv_block_s: np.ndarray  # sum of kv_blocks_used x duration_s
+    flops: np.ndarray  # sum of flops (per device of the replica)
+    bytes: np.ndarray
+    rows: int = 0
+    breakdown: bool = True  # every row has a finite flops figure
+
+    @classmethod
+    def zeros(cls, replicas: int) -> "StepTotals":
+        return cls(*(np.zeros(replicas) for _ in range(4)))
+
+    def add(self, cols: dict) -> None:
+        rep = cols["replica"]
+        R = len(self.busy_s)
+        dur = cols["duration_s"]
+        self.busy_s += np.bincount(rep, weights=dur, minlength=R)
+        self.kv_block_s += np.bincount(rep, weights=cols["kv_blocks_used"] * dur, minlength=R)
+        fl = cols["flops"]
+        fin = np.isfinite(fl)
+        self.breakdown = self.breakdown and bool(fin.all())
+        self.flops += np.bincount(rep[fin], weights=fl[fin], minlength=R)
+        by = cols["bytes"]
+        fin = np.isfinite(by)
+        self.bytes += np.bincount(rep[fin], weights=by[fin], minlength=R)
+        self.rows += len(rep)
+
+
+class StepLog:
+    """The step rows of a run (see the module docstring).
+
+    ``append`` takes one row: the eight recorded columns of ``STEP_COLUMNS`` then the row's
+    ``BatchShape`` fields. ``price(chunk, shapes, first_row)`` fills the breakdown columns of a chunk
+    (``shapes``: the BatchShape fields as arrays ``P``, ``W``, ``m``, ``n``, ``ctx``);
+    ``sink(chunk)`` (optional) receives every priced chunk in order, which is then not kept."""
+
+    def __init__(self, replicas: int, price: Callable[[dict, int], None],
+                 sink: Optional[Callable[[dict], None]] = None, chunk_rows: Optional[int] = None):
+        self._buf: list = []
+        self.append = self._buf.append
+        self.chunk_rows = chunk_rows or CHUNK_ROWS  # read at construction (tests lower it)
+        self._price = price
+        self._sink = sink
+        self._chunks: list = []
+        self._sealed = 0
+        self.totals = StepTotals.zeros(replicas)
+
+    def __len__(self) -> int:
+        return self._sealed + len(self._buf)
+
+    def full(self) -> bool:
+        return len(self._buf) >= self.chunk_rows
+
+    def seal(self) -> None:
+        """Price, sum and hand on (or keep) the rows recorded since the last seal."""
+        buf = self._buf
+        if not buf:
+            return
+        T = list(zip(*buf))
+        cols = {c: np.array(T[i], dtype=np.int64 if c in _INT else np.float64) for i, c in enumerate(_RAW)}
+        shape = {c: np.array(T[8 + i], dtype=np.float64 if c in ("W", "ctx") else np.int64)
+                 for i, c in enumerate(_SHAPE)}
+        first = self._sealed
+        self._sealed += len(buf)
+        buf.clear()
+        self._price(cols, shape, first)
+        self.totals.add(cols)
+        if self._sink is not None:
+            self._sink(cols)
+        else:
+            self._chunks.append(cols)
+
+    def columns(self) -> dict:
+        """All kept rows as one array per column (no rows kept when a sink took them)."""
+        self.seal()
+        ch = self._chunks
+        if not ch:
+            return empty_steps()
+        if len(ch) == 1:
+            return ch[0]
+        return {c: np.concatenate([x[c] for x in ch]) for c in STEP_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -55,7 +158,7 @@ class SimResult:
     preemptions: np.ndarray
     replica: np.ndarray
     rejected_reason: list  # "" when served
-    steps: dict  # column -> list
+    steps: dict  # column -> array (no rows when the run streamed them to a sink)
     num_replicas: int
     kv_num_blocks: int
     block_size: int
@@ -74,3 +177,4 @@ class SimResult:
     kv_tiers: Optional[dict] = None  # per-tier prefix hits (simllm.sim.kv_tiers.tiers_summary)
     api_overhead_s: float = 0.0  # added to ttft_s and e2e_s (the client's view), see SimConfig
     aborted_s: Optional[np.ndarray] = None  # when the server aborted the request at its client's timeout (NaN: not)
+    step_totals: Optional[StepTotals] = None  # per-replica sums over all step rows (streamed ones included)

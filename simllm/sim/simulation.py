@@ -8,9 +8,10 @@ prefills to the decode pools (:meth:`Simulation.handoff`), whose replicas start 
 ``Simulation(requests, cost=..., num_blocks=..., batching=..., router=..., replicas=N)`` is one
 colocated pool.
 
-Per-step records: one row per prefill step and one row per decode segment; ``compute_s`` /
-``memory_s`` / ``comm_s`` / ``flops`` / ``bytes`` of a segment are those of its middle step times
-``n_steps``, taken from a memo on the rounded shape (see :meth:`Simulation._steps_columns`).
+Per-step records: one row per prefill step and one row per decode segment, kept in column chunks
+(``simllm.sim.records.StepLog``); ``compute_s`` / ``memory_s`` / ``comm_s`` / ``flops`` / ``bytes``
+of a segment are those of its middle step times ``n_steps``, taken from a memo on the rounded
+shape (see :meth:`Simulation._price_chunk`).
 """
 
 from __future__ import annotations
@@ -25,9 +26,26 @@ from ..cost.interface import BatchShape
 from ..policies.routing import make_router
 from .dp_ranks import DPReplica
 from .pools import REPLICA_CLASS, Pool, PositionView
-from .records import NAN, STEP_COLUMNS, SimConfig, SimResult
+from .records import NAN, STEP_COLUMNS, SimConfig, SimResult, StepLog
 from .kv_tiers import tiers_summary
 from .spec_decode import speculative_summary
+
+
+class _NoneList:
+    """``[None] * n`` without the list: no request has a session."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [None] * len(range(*i.indices(self.n)))
+        return None
 
 
 class Simulation:
@@ -37,13 +55,17 @@ class Simulation:
     batching policy per replica, ``changes`` periodic cost changes
     (``simllm.sim.replacement.PeriodicReplacement``). ``network`` carries KV between pools
     (``simllm.sim.transfer``). ``config`` gives ``jump`` and ``record_breakdown``, and the KV options
-    of pools without their own.
+    of pools without their own. ``steps_sink`` receives the step rows in priced chunks as the run
+    goes, as ``steps_sink(chunk, replica_pools)`` (``simllm.sim.records.StepLog``; ``replica_pools``
+    the pool name of each replica when there are several pools, else empty); the result then keeps
+    none of them, only their totals.
     """
 
     def __init__(self, requests: Any, *, cost=None, num_blocks: Optional[int] = None,
                  batching: Optional[Callable[[], Any]] = None, router=None, replicas: int = 1,
                  config: SimConfig = SimConfig(), seed: int = 0, changes: Any = None,
-                 pools: Optional[list] = None, network: Optional[Callable] = None):
+                 pools: Optional[list] = None, network: Optional[Callable] = None,
+                 steps_sink: Optional[Callable[[dict, list], None]] = None):
         if pools is None:
             pools = [Pool("colocated", "both", replicas, cost, num_blocks, batching, router, changes=changes)]
         entry = [p for p in pools if p.role != "decode"]
@@ -87,6 +109,17 @@ class Simulation:
             self.next_rid = 0
             self.priority = np.zeros(N, dtype=np.int64)
             self.pkeys = [()] * N
+        elif isinstance(getattr(requests, "arrival_s", None), np.ndarray):  # columns (workload.RequestTable)
+            N = len(requests.arrival_s)
+            self.N = N
+            self.ids = np.asarray(requests.ids, dtype=np.int64)
+            self.arrival = np.array(requests.arrival_s, dtype=np.float64)
+            self.prompt = np.array(requests.prompt_tokens, dtype=np.int64)
+            self.out = np.array(requests.output_tokens, dtype=np.int64)
+            self.priority = np.array(requests.priority, dtype=np.int64)
+            self.sids = requests.session_id if requests.session_id is not None else _NoneList(N)
+            blocks = requests.prefix_blocks
+            self.pkeys = ((list(blocks) if blocks is not None else [()] * N) if caching else None)
         else:
             N = len(requests)
             self.N = N
@@ -98,6 +131,7 @@ class Simulation:
             self.sids = [getattr(r, "session_id", None) for r in requests]
             self.pkeys = ([tuple(getattr(r, "prefix_blocks", ()) or ()) for r in requests]
                           if caching else None)
+        if self.sessions is None:
             if N and np.any(np.diff(self.arrival) < 0):
                 order = np.argsort(self.arrival, kind="stable")
                 self.priority = self.priority[order]
@@ -121,8 +155,15 @@ class Simulation:
         self.prefix_query_tokens = 0
         self.prefix_hit_tokens = 0
         self.env = simpy.Environment()
-        self._rows: list = []
+        # pool name of each replica (several pools only): the steps table's pool column
+        self.replica_pools = [p.name for p in pools for _ in range(p.replicas)] if len(pools) > 1 else []
+        sink = (lambda cols: steps_sink(cols, self.replica_pools)) if steps_sink is not None else None
+        self._rows = StepLog(sum(p.replicas for p in pools), self._price_chunk, sink)
         self._record_breakdown = config.record_breakdown
+        self._memo: dict = {}
+        self._slot_of: dict = {}
+        self._slot_cost: list = []
+        self._ci = 0  # cost changes applied to the rows priced so far
         self.caching = caching
         self.replicas = []
         self.ranks = []  # device ranks of each replica
@@ -142,6 +183,7 @@ class Simulation:
                 self.pool_of.append(pi)
                 rank += p.devices
         self._initial_costs = [r.cost for r in self.replicas]
+        self._costs = list(self._initial_costs)  # per replica, as of the next row to price
         self.entry = [r for r in self.replicas if r.role != "decode"]  # indices 0.. (the first pool)
         self.decode = [r for r in self.replicas if r.role == "decode"]
         self.classify = getattr(self.replicas[0].policy, "classify", None)
@@ -168,56 +210,79 @@ class Simulation:
 
     def record_step(self, replica, start, duration, n_steps, batch, prefill_tokens, prefill_seqs, decode_tokens,
                     kv_used, shape: tuple):
-        self._rows.append((replica, start, duration, n_steps, batch, prefill_tokens, decode_tokens, kv_used) + shape)
+        log = self._rows
+        log.append((replica, start, duration, n_steps, batch, prefill_tokens, decode_tokens, kv_used) + shape)
+        if log.full():
+            log.seal()
         if self.changes is not None:
             self.replicas[replica].tok_int += prefill_tokens + decode_tokens
 
-    def _steps_columns(self) -> dict:
-        """Step rows as columns; the compute/memory/comm breakdown is added here, memoized.
+    def _price_chunk(self, cols: dict, shape: dict, first: int) -> None:
+        """Add the compute/memory/comm breakdown to a chunk of step rows (rows ``first``.. of the run).
 
         ``step_cost`` is called once per distinct *rounded* shape (prefill tokens and the mean
-        decode context per sequence to multiples of 16, same sequence counts); its compute,
-        memory and comm seconds are scaled to the row's exact duration, its FLOPs and bytes taken
-        as they are. Durations themselves are exact.
+        decode context per sequence to multiples of 16, same sequence counts), memoized over the
+        whole run; its compute, memory and comm seconds are scaled to the row's exact duration, its
+        FLOPs and bytes taken as they are (x ``n_steps``). Durations themselves are exact. Each row
+        is priced by the cost model its replica had when the row ran (``cost_changes``).
         """
-        rows = self._rows
-        names = ("replica", "start_s", "duration_s", "n_steps", "batch_size", "prefill_tokens", "decode_tokens",
-                 "kv_blocks_used")
-        cols = {c: [] for c in STEP_COLUMNS}
-        if not rows:
-            return cols
-        T = list(zip(*rows))
-        for i, c in enumerate(names):
-            cols[c] = list(T[i])
-        nrow = len(rows)
+        nrow = len(cols["replica"])
         if not self._record_breakdown:
             for c in ("compute_s", "memory_s", "comm_s", "flops", "bytes"):
-                cols[c] = [NAN] * nrow
-            return cols
-        memo: dict = {}
-        comp, mem, comm, fl, by = [], [], [], [], []
-        changes = getattr(self, "cost_changes", [])
-        costs = [r.cost for r in self.replicas]
-        if changes:  # each row priced by the cost model in force when it ran
-            costs = list(self._initial_costs)
-        ci = 0
-        for ri, (rep, _st, dur, k, _b, _pt, _dt, _kv, P, W, m, n, ctx) in enumerate(rows):
-            while ci < len(changes) and changes[ci][0] <= ri:
-                costs[changes[ci][1]] = changes[ci][2]
-                ci += 1
-            cost = costs[rep]
-            key = (id(cost), P >> 4, m, n, int(ctx / n) >> 4 if n else 0)
+                cols[c] = np.full(nrow, NAN)
+            return
+        rep = cols["replica"]
+        P, W, m, n, ctx = (shape[c] for c in ("P", "W", "m", "n", "ctx"))
+        # cost model of each row: segments between the cost changes that fall in this chunk
+        slot = np.empty(nrow, dtype=np.int64)
+        changes = self.cost_changes
+        s = 0
+        while True:
+            pend = self._ci < len(changes) and changes[self._ci][0] < first + nrow
+            e = max(changes[self._ci][0] - first, s) if pend else nrow
+            if e > s:
+                of_rep = np.fromiter((self._slot(c) for c in self._costs), dtype=np.int64, count=len(self._costs))
+                slot[s:e] = of_rep[rep[s:e]]
+                s = e
+            if not pend:
+                break
+            _row, ri, cost = changes[self._ci]
+            self._costs[ri] = cost
+            self._ci += 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ck = np.where(n > 0, (ctx / np.maximum(n, 1)).astype(np.int64) >> 4, 0)
+        keys = np.ascontiguousarray(np.stack([slot, P >> 4, m, n, ck], axis=1))
+        _u, first_i, inv = np.unique(keys.view(np.dtype((np.void, keys.dtype.itemsize * 5))).ravel(),
+                                     return_index=True, return_inverse=True)
+        memo = self._memo
+        vals = np.empty((len(first_i), 6))
+        for j in np.argsort(first_i, kind="stable").tolist():  # in row order, as stepping through the rows would
+            i = int(first_i[j])
+            key = tuple(keys[i].tolist())
             c = memo.get(key)
             if c is None:
-                c = memo[key] = cost.step_cost(BatchShape(P, W, m, n, ctx))
-            f = (dur / k) / c.total_s * k if c.total_s > 0 else 0.0
-            comp.append(c.compute_s * f)
-            mem.append(c.memory_s * f)
-            comm.append(c.comm_s * f)
-            fl.append(c.flops * k)
-            by.append(c.bytes * k)
-        cols["compute_s"], cols["memory_s"], cols["comm_s"], cols["flops"], cols["bytes"] = comp, mem, comm, fl, by
-        return cols
+                c = memo[key] = self._slot_cost[key[0]].step_cost(
+                    BatchShape(int(P[i]), float(W[i]), int(m[i]), int(n[i]), float(ctx[i])))
+            vals[j] = (c.total_s, c.compute_s, c.memory_s, c.comm_s, c.flops, c.bytes)
+        v = vals[inv.ravel()]
+        dur = cols["duration_s"]
+        k = cols["n_steps"]
+        tot = v[:, 0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f = np.where(tot > 0, (dur / k) / tot * k, 0.0)
+        cols["compute_s"] = v[:, 1] * f
+        cols["memory_s"] = v[:, 2] * f
+        cols["comm_s"] = v[:, 3] * f
+        cols["flops"] = v[:, 4] * k
+        cols["bytes"] = v[:, 5] * k
+
+    def _slot(self, cost) -> int:
+        """A small integer per distinct cost model (the memo's key)."""
+        i = self._slot_of.get(id(cost))
+        if i is None:
+            i = self._slot_of[id(cost)] = len(self._slot_cost)
+            self._slot_cost.append(cost)  # kept: its id stays unique
+        return i
 
     def _arrivals(self):
         env = self.env
@@ -317,7 +382,7 @@ class Simulation:
             done = np.isfinite(self.completion)
             where = np.where(self.decode_of >= 0, np.asarray(self.pool_of)[np.maximum(self.decode_of, 0)],
                              self.pool_of[0])
-            multi = dict(pools=[names[i] for i in self.pool_of], replica_devices=[len(x) for x in self.ranks],
+            multi = dict(pools=list(self.replica_pools), replica_devices=[len(x) for x in self.ranks],
                          replica_kv_blocks=[r.kv.capacity for r in self.replicas],
                          request_columns={"decode_replica": self.decode_of,
                                           "pool": np.where(done, np.asarray(names, dtype=object)[where], ""),
@@ -326,13 +391,13 @@ class Simulation:
         return SimResult(ids=self.ids, arrival_s=self.arrival, prompt_tokens=self.prompt, output_tokens=self.out,
                          scheduled_s=self.scheduled, first_token_s=self.first_token, completion_s=self.completion,
                          generated_tokens=self.gen, preemptions=self.preemptions, replica=self.replica_of,
-                         rejected_reason=reasons, steps=self._steps_columns(), num_replicas=len(self.replicas),
+                         rejected_reason=reasons, steps=self._rows.columns(), num_replicas=len(self.replicas),
                          kv_num_blocks=self.num_blocks, block_size=self.replicas[0].cfg.block_size, end_s=end,
                          kv_peak_blocks=[r.kv_peak for r in self.replicas], priority=self.priority,
                          prefix_caching=self.caching, prefix_query_tokens=self.prefix_query_tokens,
                          prefix_hit_tokens=self.prefix_hit_tokens, speculative=self._speculative(), kv_tiers=self._kv_tiers(),
                          aborted_s=self.aborted_s if self.config.request_timeout_s is not None else None,
-                         api_overhead_s=self.config.api_overhead_s, **multi)
+                         api_overhead_s=self.config.api_overhead_s, step_totals=self._rows.totals, **multi)
 
     def _kv_tiers(self) -> Optional[dict]:
         tiers = [r.tiers for r in self.replicas if r.tiers is not None]

@@ -10,12 +10,13 @@
 """
 
 from .readers import FORMATS, Trace, detect_format, read_trace
-from .request import Request
+from .request import Request, RequestTable
 from .spec import Session, SessionTurn, SessionWorkload, WorkloadSpec, build_workload
 
 __all__ = [
     "FORMATS",
     "Request",
+    "RequestTable",
     "Session",
     "SessionTurn",
     "SessionWorkload",

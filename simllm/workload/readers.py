@@ -116,10 +116,17 @@ def load_bytes(path: str | Path) -> bytes:
         except ImportError:
             raise InputError("zstd-compressed trace: reading it needs the zstandard package "
                              "(pip install zstandard), or decompress it first (zstd -d)", file=p) from None
+        parts = []
         try:
-            data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
+            while data:  # frame by frame (zstd files may be concatenated frames)
+                d = zstandard.ZstdDecompressor().decompressobj()
+                parts.append(d.decompress(data))
+                if not d.eof:
+                    raise InputError("truncated zstd data: the last frame is incomplete", file=p)
+                data = d.unused_data
         except zstandard.ZstdError as e:
             raise InputError(f"corrupt zstd data: {e}", file=p) from None
+        data = b"".join(parts)
     if data.startswith(_BOM):
         data = data[len(_BOM):]
     return data
@@ -222,6 +229,39 @@ def _read_csv(path: Path, data: Optional[bytes] = None, on_error: OnError = "rai
     return df
 
 
+def _fast_columns(data: bytes, types: dict[str, str]) -> Optional[dict[str, np.ndarray]]:
+    """The named columns of a well-formed CSV, parsed in C by pyarrow (``types``: column -> ``float64`` or
+    ``timestamp``), as int64 nanoseconds / float64 arrays; None when anything is unusual (other columns
+    are not read). Callers then take the careful pandas path, which reports or skips the bad rows."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pcsv
+    except ImportError:
+        return None
+    at = {c: (pa.timestamp("ns") if t == "timestamp" else pa.float64()) for c, t in types.items()}
+    try:
+        tbl = pcsv.read_csv(io.BytesIO(data), convert_options=pcsv.ConvertOptions(
+            column_types=at, include_columns=list(types), strings_can_be_null=False),
+            memory_pool=pa.system_memory_pool())  # freed buffers go back to malloc, not kept by arrow's pool
+    except (pa.ArrowInvalid, pa.ArrowKeyError, pa.ArrowNotImplementedError, pa.ArrowTypeError, KeyError, ValueError):
+        return None
+    if tbl.num_rows == 0:
+        return None  # the careful path says what is wrong with an empty file
+    out = {}
+    for c, t in types.items():
+        col = tbl.column(c)
+        if col.null_count:
+            return None
+        a = col.to_numpy()
+        out[c] = a.astype("datetime64[ns]").astype(np.int64) if t == "timestamp" else a.astype(np.float64)
+    return out
+
+
+def _clean_counts(*cols: np.ndarray) -> bool:
+    """Every value a finite, whole, non-negative token count."""
+    return all(bool(np.isfinite(v).all() and (v >= 0).all() and (v == np.round(v)).all()) for v in cols)
+
+
 # --------------------------------------------------------------------------- readers
 
 
@@ -267,6 +307,12 @@ def read_burstgpt(path: Path, *, on_error: OnError = "raise", sort: bool = False
 def read_azure(path: Path, *, on_error: OnError = "raise", sort: bool = False, data: Optional[bytes] = None) -> Trace:
     """Azure LLM inference trace (2023/2024): wall-clock ``TIMESTAMP`` -> seconds from the first row."""
     dropped: dict[str, int] = {}
+    fast = _fast_columns(_bytes(path, data), {"TIMESTAMP": "timestamp", "ContextTokens": "float64",
+                                              "GeneratedTokens": "float64"})
+    if fast is not None and _clean_counts(fast["ContextTokens"], fast["GeneratedTokens"]):
+        t_ns = fast["TIMESTAMP"]
+        return _finish(path, "azure", (t_ns - t_ns[0]) / 1e9, fast["ContextTokens"], fast["GeneratedTokens"],
+                       np.zeros(len(t_ns), dtype=bool), dropped, sort=sort, lines=np.arange(len(t_ns)) + 2)
     df = _read_csv(path, data, on_error, dropped)
     _require_columns(df, _SIGNATURES["azure"], path, "azure")
     bad = np.zeros(len(df), dtype=bool)
@@ -295,6 +341,13 @@ def read_azure(path: Path, *, on_error: OnError = "raise", sort: bool = False, d
 def read_vidur(path: Path, *, on_error: OnError = "raise", sort: bool = False, data: Optional[bytes] = None) -> Trace:
     """Vidur-style CSV: ``arrived_at`` (s), ``num_prefill_tokens``, ``num_decode_tokens``."""
     dropped: dict[str, int] = {}
+    fast = _fast_columns(_bytes(path, data), {"arrived_at": "float64", "num_prefill_tokens": "float64",
+                                              "num_decode_tokens": "float64"})
+    if (fast is not None and np.isfinite(fast["arrived_at"]).all() and (fast["arrived_at"] >= 0).all()
+            and _clean_counts(fast["num_prefill_tokens"], fast["num_decode_tokens"])):
+        n = len(fast["arrived_at"])
+        return _finish(path, "vidur", fast["arrived_at"], fast["num_prefill_tokens"], fast["num_decode_tokens"],
+                       np.zeros(n, dtype=bool), dropped, sort=sort, lines=np.arange(n) + 2)
     df = _read_csv(path, data, on_error, dropped)
     _require_columns(df, _SIGNATURES["vidur"], path, "vidur")
     bad = np.zeros(len(df), dtype=bool)

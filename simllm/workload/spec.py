@@ -50,7 +50,7 @@ from ..errors import InputError
 from . import generators as gen
 from . import transforms as tf
 from .readers import BLOCK_TOKENS, Trace, read_trace
-from .request import Request
+from .request import Request, RequestTable
 
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 PosInt = Annotated[int, Field(gt=0)]
@@ -353,22 +353,17 @@ def load_trace(path: str | Path, *, base_dir: Optional[Path] = None, field: str 
     return t
 
 
-def to_requests(df: pd.DataFrame) -> list[Request]:
-    """Request objects (ids 0..n-1) from a table sorted by arrival."""
-    n = len(df)
-    arr = df["arrival_s"].to_numpy(dtype=float).tolist()
-    pr = df["prompt_tokens"].to_numpy(dtype=np.int64).tolist()
-    out = df["output_tokens"].to_numpy(dtype=np.int64).tolist()
-    def labels(col: str) -> list:
+def to_requests(df: pd.DataFrame) -> RequestTable:
+    """The requests (ids 0..n-1) of a table sorted by arrival, as columns (:class:`RequestTable`)."""
+    def labels(col: str) -> Optional[list]:
         if col not in df.columns:
-            return [None] * n
+            return None
         return [x if isinstance(x, str) else None for x in df[col].tolist()]  # NaN / NA -> None
 
-    sess = labels("session_id")
-    model = labels("model")
-    blocks = df["prefix_blocks"].tolist() if "prefix_blocks" in df.columns else [()] * n
-    return [Request(i, a, p, o, s, b, m) for i, (a, p, o, s, b, m) in
-            enumerate(zip(arr, pr, out, sess, blocks, model))]
+    blocks = [tuple(b) for b in df["prefix_blocks"].tolist()] if "prefix_blocks" in df.columns else None
+    return RequestTable(df["arrival_s"].to_numpy(dtype=float), df["prompt_tokens"].to_numpy(dtype=np.int64),
+                        df["output_tokens"].to_numpy(dtype=np.int64), session_id=labels("session_id"),
+                        prefix_blocks=blocks, model=labels("model"))
 
 
 def _generate(g: GeneratorSpec, rng: np.random.Generator, base_dir: Optional[Path]) -> pd.DataFrame:
@@ -418,8 +413,9 @@ def build_table(spec: WorkloadSpec, *, seed: int, base_dir: Optional[Path] = Non
 
 
 def build_workload(spec: WorkloadSpec | dict, *, seed: int, base_dir: Path | None = None
-                   ) -> list[Request] | SessionWorkload:
-    """Requests sorted by ``arrival_s`` with ids 0..n-1, or a :class:`SessionWorkload` for sessions.
+                   ) -> RequestTable | SessionWorkload:
+    """Requests sorted by ``arrival_s`` with ids 0..n-1 (a :class:`RequestTable`: a sequence of
+    :class:`Request` kept as columns), or a :class:`SessionWorkload` for sessions.
 
     ``base_dir``: folder that relative trace paths are resolved against first (the scenario's
     folder); then the data root (:func:`simllm.config.data_root`). Errors are
