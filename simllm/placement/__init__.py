@@ -8,8 +8,8 @@
   migration bytes).
 """
 
-from .placement import LayerInfo, Placement, migration_seconds, moe_device_loads, moved_replicas, replan
-from .registry import PlacementPolicy, build_policy, get_policy_class, policy_names, register
+from .placement import LayerInfo, Placement, migration_seconds, moe_device_loads, moved_replicas
+from .registry import PlacementPolicy, build_policy, get_policy_class, policy_names, register, replan
 from . import policies as _policies  # noqa: F401  (registers the heuristics)
 from . import ilp as _ilp  # noqa: F401  (registers the ILP)
 from . import affinity as _affinity  # noqa: F401  (registers ilp_affinity)

@@ -268,20 +268,3 @@ def migration_seconds(moved_bytes: float, link_bandwidth: float) -> float:
     if link_bandwidth <= 0:
         raise InputError(f"link bandwidth must be positive, got {link_bandwidth}", field="link_bandwidth")
     return moved_bytes / link_bandwidth
-
-
-def replan(previous: Placement, observed_loads: Any, policy: Any, *, expert_bytes: float = 0.0,
-           ) -> tuple[Placement, float]:
-    """Re-place from ``observed_loads`` (``[L, E]``) with ``policy``; return ``(placement, moved_bytes)``.
-
-    ``moved_bytes`` = ``expert_bytes`` (weight bytes of one expert) x replicas that land on a
-    device that did not hold that expert before. Migration-aware policies (``ilp`` with
-    ``migration_weight``) receive ``previous``. Time: :func:`migration_seconds`.
-    """
-    from .registry import build_policy
-
-    pol = build_policy(policy)
-    loads = as_layer_loads(observed_loads, name="observed_loads")
-    new = pol.place(loads, previous.devices, previous.nodes, previous.slots_per_device, previous=previous)
-    moved = moved_replicas(previous, new)
-    return new, float(expert_bytes) * float(moved.sum())

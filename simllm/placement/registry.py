@@ -8,15 +8,13 @@ constructs one and rejects unknown names and fields with the list of known ones.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..errors import InputError
 from ..policies.registry import Registry
-
-if TYPE_CHECKING:
-    from .placement import Placement
+from .placement import Placement, as_layer_loads, moved_replicas
 
 @runtime_checkable
 class PlacementPolicy(Protocol):
@@ -49,3 +47,19 @@ def build_policy(spec: Any, *, file: Optional[str] = None) -> PlacementPolicy:
         return placement.build(spec)
     except InputError as e:
         raise e.at(file=file) from None
+
+
+def replan(previous: Placement, observed_loads: Any, policy: Any, *, expert_bytes: float = 0.0,
+           ) -> tuple[Placement, float]:
+    """Re-place from ``observed_loads`` (``[L, E]``) with ``policy``; return ``(placement, moved_bytes)``.
+
+    ``moved_bytes`` = ``expert_bytes`` (weight bytes of one expert) x replicas that land on a
+    device that did not hold that expert before. Migration-aware policies (``ilp`` with
+    ``migration_weight``) receive ``previous``. Time: :func:`~simllm.placement.placement.migration_seconds`.
+    (Here, beside the policies it builds: the placement module stays below the registry.)
+    """
+    pol = build_policy(policy)
+    loads = as_layer_loads(observed_loads, name="observed_loads")
+    new = pol.place(loads, previous.devices, previous.nodes, previous.slots_per_device, previous=previous)
+    moved = moved_replicas(previous, new)
+    return new, float(expert_bytes) * float(moved.sum())
