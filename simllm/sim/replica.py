@@ -590,6 +590,10 @@ class Replica:
         nd = len(ids)
         self.done += nd
         sim.finished += nd
+        B = self.B
+        freed = 0  # the retired sequences' blocks (a few: plain ints; rb is exact at every caller)
+        for t in self.r_t[:n][done].tolist():
+            freed += -(-t // B)
         if self.pc is not None:
             kv = self.kv
             for rid in ids.tolist():
@@ -603,7 +607,7 @@ class Replica:
         self.r_t[:m] = self.r_t[:self.n][keep]
         self.r_rem[:m] = rem[keep]
         self.n = m
-        self._refresh_used()
+        self._refresh_used(self.rb - freed)
 
     def _refresh_used(self, running_blocks: Optional[int] = None) -> None:
         """Recount used blocks: the running sequences' plus what the KV cache holds besides (partial
