@@ -213,6 +213,9 @@ class DeploymentSpec(_Parallel):
     disaggregation: Optional[DisaggSpec] = None
     kv_link: Union[Literal["auto"], KVLinkSpec] = "auto"  # links that carry KV between pools (pools form)
     speculative: Optional[SpeculativeSpec] = None  # speculative decoding (simllm.speculative): MTP or a draft model
+    # KV moves layer by layer from the prefill to the decode pool (all layers but the last while the last prefill
+    # step runs; simllm.sim.simulation.start_transfer); needs prefill and decode pools
+    kv_layer_wise: bool = False
     # CUDA graphs (simllm.cost.cuda_graphs): steps priced at the captured size they replay; auto: vLLM V1's
     # default sizes for the batching's max_num_seqs, or a list of sizes; none: every step at its own size
     cuda_graphs: Union[Literal["none", "auto"], list[int]] = "none"
@@ -585,6 +588,7 @@ def _sim_config(scn: Scenario, kvs: KVSpec, max_len, tiers: tuple = ()) -> SimCo
                      record_breakdown=scn.sim.record_breakdown, prefix_caching=kvs.prefix_caching,
                      prefix_unit_tokens=kvs.prefix_unit_tokens, speculative=scn.deployment.speculative,
                      kv_tiers=tiers, request_timeout_s=scn.workload.request_timeout_s,
+                     kv_layer_wise=scn.deployment.kv_layer_wise,
                      api_overhead_s=scn.deployment.api_overhead_s)
 
 

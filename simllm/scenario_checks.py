@@ -48,3 +48,14 @@ def check_scenario(scn: Any, file: str | Path | None = None) -> None:
     """Every bounded-work check, in order; raises the first :class:`InputError`."""
     check_devices(scn, file)
     check_batching(scn, file)
+    check_layer_wise(scn, file)
+
+
+def check_layer_wise(scn: Any, file: str | Path | None = None) -> None:
+    """``kv_layer_wise`` streams KV from a prefill pool to a decode pool: refused without them."""
+    dep = scn.deployment
+    if getattr(dep, "kv_layer_wise", False):
+        roles = {getattr(sp, "role", None) for _n, _w, sp in dep.pool_specs()}
+        if not {"prefill", "decode"} <= roles:
+            raise InputError("layer-by-layer KV transfer needs a prefill and a decode pool (deployment.pools or "
+                             "deployment.disaggregation)", file=file, field="deployment.kv_layer_wise")

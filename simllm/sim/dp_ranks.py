@@ -107,7 +107,8 @@ class DPReplica:
         cfg = pool.config if pool.config is not None else sim.config
         for opt, on in (("workload.request_timeout_s", getattr(cfg, "request_timeout_s", None) is not None),
                         ("deployment.kv.tiers", bool(getattr(cfg, "kv_tiers", ()))),
-                        ("deployment.speculative", getattr(cfg, "speculative", None) is not None)):
+                        ("deployment.speculative", getattr(cfg, "speculative", None) is not None),
+                        ("deployment.kv_layer_wise", bool(getattr(cfg, "kv_layer_wise", False)) and pool.role == "prefill")):
             if on:
                 raise ValueError(f"pool {pool.name!r}: {opt} is not supported with data-parallel attention ranks yet")
         if pool.num_blocks < dp:

@@ -39,6 +39,7 @@ class AffineCost:
     e: float = 1e-10
     weight_bytes_per_device: float = 16e9
     kv_bytes_per_token_per_device: float = 131072.0
+    num_layers: int = 0  # the model's layers, for layer-wise KV transfer (0: unknown)
     flops_per_s: float = 1e15
     bytes_per_s: float = 3e12
 

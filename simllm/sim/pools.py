@@ -101,6 +101,18 @@ class PrefillReplica(Replica):
     def __init__(self, sim, index, pool, cost, policy):
         super().__init__(sim, index, pool, cost, policy)
         self.holding = 0  # requests whose KV waits here for (or is in) its transfer
+        self.layer_wise = bool(getattr(self.cfg, "kv_layer_wise", False))
+        self._finishing: list = []
+
+    def _announce(self, end: float) -> None:
+        """Layer-wise KV: a prefill that ends with this step (and has tokens left to decode) is handed to its
+        decode replica now, so its transfer can start while the step runs (``Simulation.start_transfer``)."""
+        sim = self.sim
+        now = self.env.now
+        for rid, L in self._finishing:
+            if int(sim.out[rid]) - int(sim.gen[rid]) - 1 > 0:
+                sim.announce(rid, L, self, now, end)
+        self._finishing = []
 
     def _continue(self, rid: int, L: int, rem: int, end: float) -> None:
         self.kv.outgoing += self.kv.blocks_for(L)

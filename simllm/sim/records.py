@@ -130,6 +130,9 @@ class SimConfig:
     prefix_caching: bool = False  # share full prompt units with equal prefix keys (simllm.sim.prefix_cache)
     prefix_unit_tokens: int = 512  # tokens per prefix key (Mooncake hash_ids: 512)
     speculative: Optional[object] = None  # a simllm.speculative.SpeculativeSpec (simllm.sim.spec_decode)
+    # KV moves layer by layer (simllm.sim.transfer): a prefill's KV streams to its decode replica while its last
+    # prefill step runs, all layers but the last before that step ends (disaggregated pools only)
+    kv_layer_wise: bool = False
     kv_tiers: tuple = ()  # simllm.sim.kv_tiers.TierLevel below HBM, first to last (needs prefix_caching)
     # the client's timeout (s from arrival): a request unfinished by then is aborted by the server (the client
     # disconnects; vLLM frees its KV and drops it from its queues); None: clients wait forever

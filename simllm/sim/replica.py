@@ -125,6 +125,7 @@ class Replica:
     """A replica of role ``both``: prefills and decodes its own requests (a colocated deployment)."""
 
     role = "both"
+    layer_wise = False  # a prefill replica that streams KV layer by layer announces its finishing prefills
     #: tests set this: every incremental block count is checked against a full recount
     check_blocks = False
     standalone = True  # runs its own iteration (False: a data-parallel rank, simllm.sim.dp_ranks)
@@ -659,6 +660,9 @@ class Replica:
             W += L * (L / 2.0)
         d = self._priced(P, W, m, 0, 0.0)
         end = now + d
+        if self.layer_wise:
+            self._finishing = list(zip(ids, lens))
+            self._announce(end)
         waiting = self.waiting
         for _ in range(m):
             waiting.popleft()
@@ -757,6 +761,9 @@ class Replica:
             W += c * (d0 + c / 2.0)
         self._refresh_used(self.rb)  # every change to the running set since the last recount kept rb
         ctx = float(int(_sum(self.r_t[:n])) + n) if n else 0.0
+        if self.layer_wise:
+            self._finishing = [(rid, int(sim.prompt[rid] + sim.gen[rid])) for rid, c in zip(ids, lens)
+                               if self.pdone[rid] + c >= int(sim.prompt[rid] + sim.gen[rid])]
         d, end = yield from self._step_wait(P, W, m, n, ctx, now)
         if n:
             self.r_t[:n] += 1
@@ -792,11 +799,16 @@ class Replica:
         hands the shape to its replica instead, which prices all ranks' shapes together.)"""
         d = self._priced(P, W, m, n, ctx)
         end = now + d
+        if self.layer_wise:
+            self._announce(end)
         fut = self.future
         if fut is None or (self.fptr < len(fut) and fut[self.fptr] <= end):
             yield self.env.timeout(max(end - self.env.now, 0.0))
         self.clock = end
         return d, end
+
+    def _announce(self, end: float) -> None:
+        """The prefills in ``_finishing`` end with the step that ends at ``end`` (layer-wise KV, pools)."""
 
     def _priced(self, P: int, W: float, m: int, n: int, ctx: float) -> float:
         """Seconds of one iteration of that shape, plus any swap-in time pending (then cleared); prefill-only

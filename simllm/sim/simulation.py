@@ -200,6 +200,21 @@ class Simulation:
             self.net, self.send = network(self.env, self.ranks)
             self.kv_transfer = np.full(N, NAN)
             self.decode_of = np.full(N, -1, dtype=np.int64)
+        self.prefill_end = None  # layer-wise KV: when each announced prefill ends (NaN: not announced)
+        if any(getattr(r, "layer_wise", False) for r in self.replicas) or (
+                getattr(self.config, "kv_layer_wise", False) and not decode):
+            if not decode:
+                raise ValueError("kv_layer_wise streams KV from a prefill pool to a decode pool: it needs both")
+            self.prefill_end = np.full(N, NAN)
+            self.kv_layers = {}
+            for r in self.replicas:
+                if r.role == "prefill":
+                    nl = int(getattr(r.cost, "num_layers", 0) or getattr(getattr(r.cost, "model", None), "num_layers", 0)
+                             or 0)
+                    if nl < 1:
+                        raise ValueError(f"kv_layer_wise needs the prefill pool's cost model to know the model's "
+                                         f"layers ({type(r.cost).__name__} does not)")
+                    self.kv_layers[r.index] = nl
         self.env.process(self._session_starts() if self.sessions is not None else self._arrivals())
 
     def session_key(self, rid: int):
@@ -407,13 +422,29 @@ class Simulation:
         decs = [r.spec for r in self.replicas if r.spec is not None]
         return speculative_summary(decs, decs[0].spec) if decs else None
 
+    def _send_at(self, src, dst, nbytes: float, t: float):
+        if t > self.env.now:
+            yield self.env.timeout(t - self.env.now)
+        yield self.send(src, dst, nbytes)
+
     # -- between pools -----------------------------------------------------------------------
     def decode_reject_reason(self, rid: int) -> str:
         """Why the decode pools can never serve ``rid`` (asked of the first decode replica)."""
         return self.decode[0]._reject_reason(rid)
 
     def handoff(self, rid: int, L: int, src, t: float) -> None:
-        """``rid`` was prefilled on ``src`` (``L`` tokens of KV): the decode router picks its decode replica."""
+        """``rid`` was prefilled on ``src`` (``L`` tokens of KV): the decode router picks its decode replica
+        (already done when the prefill was announced: layer-wise KV)."""
+        if self.prefill_end is not None and self.prefill_end[rid] == self.prefill_end[rid]:
+            return
+        dst = self.decode[self.decode_router.route(rid, self.decode_views)]
+        self.decode_of[rid] = dst.index
+        dst.receive(rid, L, src, t)
+
+    def announce(self, rid: int, L: int, src, t: float, end: float) -> None:
+        """Layer-wise KV: ``rid``'s prefill on ``src`` ends at ``end`` (its step started at ``t``); the decode
+        router picks its decode replica now and the replica may start the transfer before ``end``."""
+        self.prefill_end[rid] = end
         dst = self.decode[self.decode_router.route(rid, self.decode_views)]
         self.decode_of[rid] = dst.index
         dst.receive(rid, L, src, t)
@@ -429,8 +460,14 @@ class Simulation:
 
     def start_transfer(self, rid: int, L: int, src, dst, need: int, t: float) -> None:
         nbytes = src.kv_bytes_tok * len(self.ranks[src.index]) * L
-        ev = self.send(self._group(src, rid), self._group(dst, rid), nbytes)
         start = self.env.now
+        pe = self.prefill_end[rid] if self.prefill_end is not None else NAN
+        if pe == pe:  # layer-wise: all layers but the last stream now, the last once the prefill step has ended
+            a, b = self._group(src, rid), self._group(dst, rid)
+            last = nbytes / self.kv_layers[src.index]
+            ev = self.env.all_of([self.send(a, b, nbytes - last), self.env.process(self._send_at(a, b, last, pe))])
+        else:
+            ev = self.send(self._group(src, rid), self._group(dst, rid), nbytes)
 
         def done(_e):
             now = self.env.now
