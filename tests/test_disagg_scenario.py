@@ -138,14 +138,18 @@ def pools_base():
     "deployment.pools.1.kv={block_size: 256}",
     "deployment.kv.gpu_memory_utilization=0.5",
     "deployment.kv_link={bandwidth: 1 GB/s, latency: 1 ms}",
+    "deployment.cuda_graphs=auto",
+    "deployment.host_step_s=0.001",
+    "deployment.kv_layer_wise=true",
+    "deployment.api_overhead_s=0.05",
 ])
 def test_every_pool_option_changes_the_output(pools_base, override):
     # the output: request timestamps, and the pools' summary (KV options size the caches; with memory to
     # spare they need not change a timestamp)
     base, bs = pools_base
     req, s = _pools_run([override])
-    a = base[["first_token_s", "completion_s"]].to_numpy()
-    b = req[["first_token_s", "completion_s"]].to_numpy()
+    a = base[["first_token_s", "completion_s", "ttft_s"]].to_numpy()  # ttft_s: the client's view (API time)
+    b = req[["first_token_s", "completion_s", "ttft_s"]].to_numpy()
     assert a.shape != b.shape or not np.array_equal(a, b, equal_nan=True) or s["pools"] != bs["pools"], override
 
 
@@ -168,6 +172,10 @@ def test_ep_options_change_the_ep_pool(overrides):
     ("deployment.pools.1.dp_router={policy: round_robin}", "deployment.pools.1"),  # no DP ranks (ep <= tp)
     ("deployment.pools.1.kv={prefix_caching: maybe}", "deployment.pools.1.kv.prefix_caching"),
     ("deployment.pools.0.replicas=4", "deployment.pools"),  # 20 devices on a 16-GPU cluster
+    ("deployment.speculative={method: mtp, num_tokens: 1, acceptance: 0.8}", "deployment.speculative"),  # no MTP
+    ("workload.request_timeout_s=1.0", "workload.request_timeout_s"),  # aborts: colocated pools only
+    ("deployment.kv={prefix_caching: true, tiers: [{medium: host_dram, capacity: 10 GB}]}",
+     "deployment.pools.0.kv.tiers"),  # the node descriptor gives no host memory
 ])
 def test_bad_pool_options_are_rejected_with_file_and_field(override, field):
     with pytest.raises(InputError) as e:
