@@ -60,7 +60,7 @@ from ..errors import InputError
 from .ilp import _quiet_highs_banner, _rebalance, _to_slots
 from .placement import LayerInfo, Placement
 from .policies import check_shape, eplb_layer, replicate_experts
-from .registry import register
+from .registry import get_policy_class, register
 
 
 def as_routes(routes: Any, num_experts: Optional[int] = None) -> np.ndarray:
@@ -635,3 +635,33 @@ def _greedy_counts(wn: np.ndarray, cnt: np.ndarray, G: int, S: int) -> tuple[np.
         sh[g, fill[g]] = 1.0 / cnt[phy[i]]
         fill[g] += 1
     return ex, sh
+
+
+# --------------------------------------------------------------------------- ExFlow's published placement
+#: ExFlow's repository (the code of arXiv 2401.08383) ships its Mixtral-8x7B expert placement for one node of
+#: 4 GPUs, named solution_intra4_inter1_cost17.495..._cintra5.83..._cinter0: in every forward a token makes
+#: 5.83 cross-GPU hops on average (its README). Over Mixtral's 31 layer-to-layer transitions that is 0.188 of
+#: them (an assumption: the hops count layer transitions, not the first dispatch).
+EXFLOW_MIXTRAL = {"hops_per_forward": 5.83, "gpus": 4, "nodes": 1, "experts": 8, "layers": 32,
+                  "source": "ExFlow repository README (arXiv 2401.08383), Mixtral-8x7B solution "
+                            "solution_intra4_inter1_cost17.50_cintra5.83_cinter0.csv"}
+
+
+def exflow_mixtral_hops(follow: float, *, tokens: int = 8192, seed: int = 0, time_budget: float = 20.0) -> dict:
+    """Cross-GPU hops per token per forward of the affinity ILP's placement for routes of strength ``follow``
+    (:func:`affinity_routes`, top-1, uniform popularity) in ExFlow's published Mixtral-8x7B set-up
+    (:data:`EXFLOW_MIXTRAL`: 8 experts, 32 layers, 4 GPUs, 2 experts each), on routes it was not planned on;
+    with the EPLB greedy's for comparison. The ``follow`` that reproduces ExFlow's 5.83 is the affinity
+    strength ExFlow measured on Mixtral."""
+    L, E, G = EXFLOW_MIXTRAL["layers"], EXFLOW_MIXTRAL["experts"], EXFLOW_MIXTRAL["gpus"]
+    S = E // G
+    pop = np.full((L, E), 1.0 / E)
+    plan, test = affinity_routes(pop, 1, tokens, follow, seed=seed), affinity_routes(pop, 1, tokens, follow, seed=seed + 1)
+    C, Ct = transition_counts(plan, E), transition_counts(test, E)
+    w = np.stack([np.bincount(plan[l].ravel(), minlength=E) for l in range(L)]).astype(float)
+    af = AffinityILP(time_budget=time_budget, top_k=1).place(w, G, 1, S, counts=C)
+    gr = get_policy_class("greedy_replicated")().place(w, G, 1, S)
+    return {"follow": follow, "hops_per_forward": cross_device_fraction(af, Ct) * (L - 1),
+            "greedy_hops_per_forward": cross_device_fraction(gr, Ct) * (L - 1),
+            "top_successor_probability": top_successor_probability(Ct),
+            "published_hops_per_forward": EXFLOW_MIXTRAL["hops_per_forward"]}
