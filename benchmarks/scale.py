@@ -44,9 +44,10 @@ from simllm.hardware import load_accelerator  # noqa: E402
 from simllm.model import load_model  # noqa: E402
 from simllm.policies import make_batching, make_router  # noqa: E402
 from simllm.sim import SimConfig, Simulation, kv_capacity_blocks  # noqa: E402
-from simllm.workload import Request, read_trace  # noqa: E402
+from simllm.workload import Request  # noqa: E402
 
-TRACES = [REPO.parent / "shared" / "data" / "traces" / "azure2023_conv.csv", REPO / "traces" / "azure2023_conv_sample.csv"]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from sim_speed import workload  # noqa: E402  (the same resampled Azure conversation requests)
 
 SCENARIO = """\
 # written by benchmarks/scale.py
@@ -85,16 +86,7 @@ def capacity(policy: str, prompt: np.ndarray, output: np.ndarray) -> float:
 
 
 def write_trace(path: Path, n: int, replicas: int, load: float, policy: str, seed: int) -> dict:
-    src = next((p for p in TRACES if p.is_file()), None)
-    if src is None:
-        raise SystemExit("no Azure conversation trace found")
-    df = read_trace(src).df
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, len(df), n)
-    prompt = df["prompt_tokens"].to_numpy()[rows]
-    output = df["output_tokens"].to_numpy()[rows]
-    gaps = np.diff(df["arrival_s"].to_numpy())
-    g = gaps[rng.integers(0, len(gaps), n)]
+    src, prompt, output, g = workload(n, seed)  # the resampling of sim_speed.py
     cap = capacity(policy, prompt, output) * replicas
     rate = load * cap
     arrival = np.cumsum(g) * (len(g) / g.sum() / rate)
