@@ -297,6 +297,11 @@ def offload_cmd(
     weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="Expert weight dtype."),
     cpu_mem_bw: float = typer.Option(0.0, "--cpu-mem-bw", help="GB/s of host memory a CPU reads an expert at: a "
                                                                "miss runs on the CPU when that beats the copy (0: off)."),
+    micro_batches: int = typer.Option(1, "--micro-batches", help="Run each layer of a step as this many "
+                                                                 "micro-batches, one after another (<= --batch)."),
+    regroup: bool = typer.Option(False, "--regroup", help="Group a step's sequences by their routes before "
+                                                          "splitting them into micro-batches (ExpertFlow's token "
+                                                          "scheduler)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
 ) -> None:
     """Expert offloading: TPOT and hit rate of an HBM expert cache (experts in host memory)."""
@@ -312,6 +317,11 @@ def offload_cmd(
             raise InputError(f"unknown cache policy {pname!r}; known: {', '.join(POLICIES)}", field="--policy")
     if batch < 1 or steps < 1:
         raise InputError("must be >= 1", field="--batch/--steps")
+    if not 1 <= micro_batches <= batch:
+        raise InputError(f"must be in [1, --batch {batch}], got {micro_batches}", field="--micro-batches")
+    if regroup and micro_batches < 2:
+        raise InputError("--regroup groups sequences into micro-batches: it needs --micro-batches >= 2",
+                         field="--regroup")
     if not (math.isfinite(cpu_mem_bw) and cpu_mem_bw >= 0):
         raise InputError(f"must be a bandwidth >= 0 GB/s, got {cpu_mem_bw}", field="--cpu-mem-bw")
     spec = load_model(model)
@@ -328,7 +338,7 @@ def offload_cmd(
         check_cache_fits(c, spec.num_moe_layers, eb, acc.hbm_bytes)
     rows = offload_sweep(spec, acc, load_link(link).bw, cache_sizes=cache_experts, policies=tuple(policy),
                          accuracy=accuracy, batch=batch, steps=steps, locality=locality, weight_dtype=weight_dtype,
-                         cpu_bw=cpu_mem_bw * 1e9)
+                         cpu_bw=cpu_mem_bw * 1e9, micro_batches=micro_batches, regroup=regroup)
     if json_out:
         echo_json(rows)
         return

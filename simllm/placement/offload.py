@@ -13,6 +13,14 @@ probability ``locality``, else is drawn by popularity; a generator, not a model'
   compute (the stall is what the copy exceeds it by), unpredicted ones stall in full; LRU
   eviction.
 
+A step's batch may run each layer as ``micro_batches`` micro-batches one after another (each needs
+the union of its sequences' experts, with the cache evolving between them; a layer's compute is
+split evenly over them). ``regroup`` is ExpertFlow's token scheduler: before splitting, the
+sequences are ordered by their routes at that layer (their sorted expert ids), so sequences that
+choose the same experts share a micro-batch and each micro-batch activates fewer experts; without
+it the batch is split in its own order. (Routes here are the realised ones; ExpertFlow groups by
+its predictor's routes, an assumption: a perfect predictor for the grouping.)
+
 A miss may instead be computed on the host CPU (``cpu_bw`` > 0: the expert's weights are read
 from host memory at ``cpu_bw``, memory-bound as a decode batch is; an assumption): each
 unpredicted miss takes the cheaper of the copy and the CPU pass; a miss done on the CPU is not
@@ -78,8 +86,10 @@ class OffloadResult:
     stall_s_per_step: float
     bytes_per_step: float
     hbm_saved_bytes: float
-    active_experts: float  # mean distinct experts a layer needs per step
+    active_experts: float  # mean distinct experts a layer needs per step (per micro-batch when split)
     tpot_s: float
+    micro_batches: int = 1
+    regroup: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -106,9 +116,20 @@ def segment_locality(routes: np.ndarray, num_experts: int, segment: int, size: i
     return float((top / (segment * K)).mean())
 
 
+def _micro_batches(r: np.ndarray, n: int, regroup: bool) -> list:
+    """A layer's routes ``[B, K]`` as ``n`` micro-batches (``regroup``: sequences ordered by their routes)."""
+    if n <= 1:
+        return [r]
+    if regroup:
+        key = np.sort(r, axis=1)
+        r = r[np.lexsort(key.T[::-1])]
+    return [m for m in np.array_split(r, n) if len(m)]
+
+
 def simulate_cache(routes: np.ndarray, num_experts: int, cache_experts: int, *, policy: str = "lru",
                    accuracy: float = 0.0, expert_bytes: float, link_bw: float, layer_compute_s: float,
-                   resident_step_s: float, seed: int = 0, cpu_bw: float = 0.0) -> OffloadResult:
+                   resident_step_s: float, seed: int = 0, cpu_bw: float = 0.0, micro_batches: int = 1,
+                   regroup: bool = False) -> OffloadResult:
     """Run an expert cache of ``cache_experts`` per layer over ``routes`` ``[steps, L, B, K]``."""
     if policy not in POLICIES:
         raise InputError(f"unknown cache policy {policy!r}; known: {', '.join(POLICIES)}", field="policy")
@@ -121,6 +142,10 @@ def simulate_cache(routes: np.ndarray, num_experts: int, cache_experts: int, *, 
         raise InputError("link bandwidth and expert bytes must be positive", field="link")
     if not (np.isfinite(cpu_bw) and cpu_bw >= 0):
         raise InputError(f"must be >= 0 bytes/s, got {cpu_bw}", field="cpu_bw")
+    if isinstance(micro_batches, bool) or not isinstance(micro_batches, (int, np.integer)) or not \
+            1 <= micro_batches <= routes.shape[2]:
+        raise InputError(f"must be an integer in [1, {routes.shape[2]}] (the batch), got {micro_batches!r}",
+                         field="micro_batches")
     t_cpu = expert_bytes / cpu_bw if cpu_bw > 0 else np.inf
     cpu_done = 0
     T, L = routes.shape[:2]
@@ -135,41 +160,45 @@ def simulate_cache(routes: np.ndarray, num_experts: int, cache_experts: int, *, 
     hits = misses = 0
     stall = 0.0
     active = 0
-    for t in range(T):
-        for l in range(L):
-            need = np.unique(routes[t, l])
-            active += need.size
-            miss = need[~cached[l, need]]
-            hits += need.size - miss.size
-            misses += miss.size
-            if miss.size:
-                pred = rng.random(miss.size) < accuracy if policy == "prefetch" else np.zeros(miss.size, bool)
-                stall += max(0.0, pred.sum() * t_x - layer_compute_s) if pred.any() else 0.0
-                on_cpu = ~pred & (t_cpu < t_x)  # an unpredicted miss: copy it, or run it on the CPU
-                stall += (~pred & ~on_cpu).sum() * t_x
-                if on_cpu.any():
-                    stall += on_cpu.sum() * t_cpu
-                    cpu_done += int(on_cpu.sum())
-                    miss = miss[~on_cpu]
-                # evict for the misses: not needed now, least recently / frequently used
-                score = freq[l] if policy == "lfu" else last[l]
-                cand = np.nonzero(cached[l])[0]
-                cand = cand[~np.isin(cand, need)]
-                n_ev = max(0, int(cached[l].sum()) + miss.size - cache_experts)
-                if n_ev:
-                    ev = cand[np.argsort(score[cand], kind="stable")[:n_ev]]
-                    cached[l, ev] = False
-                cached[l, miss] = True
-                over = int(cached[l].sum()) - cache_experts
-                if over > 0:  # more experts needed at once than the cache holds: stream the rest
-                    cached[l, miss[:over]] = False
-            last[l, need] = t
-            freq[l, need] += 1
+    t_mb = layer_compute_s / micro_batches  # the compute a prefetch hides behind, per micro-batch
+    clock = 0
+    for t, l, mb in ((t, l, mb) for t in range(T) for l in range(L)
+                     for mb in _micro_batches(routes[t, l], int(micro_batches), regroup)):
+        need = np.unique(mb)
+        active += need.size
+        miss = need[~cached[l, need]]
+        hits += need.size - miss.size
+        misses += miss.size
+        if miss.size:
+            pred = rng.random(miss.size) < accuracy if policy == "prefetch" else np.zeros(miss.size, bool)
+            stall += max(0.0, pred.sum() * t_x - t_mb) if pred.any() else 0.0
+            on_cpu = ~pred & (t_cpu < t_x)  # an unpredicted miss: copy it, or run it on the CPU
+            stall += (~pred & ~on_cpu).sum() * t_x
+            if on_cpu.any():
+                stall += on_cpu.sum() * t_cpu
+                cpu_done += int(on_cpu.sum())
+                miss = miss[~on_cpu]
+            # evict for the misses: not needed now, least recently / frequently used
+            score = freq[l] if policy == "lfu" else last[l]
+            cand = np.nonzero(cached[l])[0]
+            cand = cand[~np.isin(cand, need)]
+            n_ev = max(0, int(cached[l].sum()) + miss.size - cache_experts)
+            if n_ev:
+                ev = cand[np.argsort(score[cand], kind="stable")[:n_ev]]
+                cached[l, ev] = False
+            cached[l, miss] = True
+            over = int(cached[l].sum()) - cache_experts
+            if over > 0:  # more experts needed at once than the cache holds: stream the rest
+                cached[l, miss[:over]] = False
+        clock += 1  # recency in micro-batches (ties within a step broken by order)
+        last[l, need] = clock
+        freq[l, need] += 1
     n = hits + misses
     return OffloadResult(policy=policy, cache_experts=int(cache_experts), hit_rate=hits / n if n else 1.0,
                          stall_s_per_step=stall / T, bytes_per_step=(misses - cpu_done) * expert_bytes / T,
-                         hbm_saved_bytes=(E - cache_experts) * L * expert_bytes, active_experts=active / (T * L),
-                         tpot_s=resident_step_s + stall / T)
+                         hbm_saved_bytes=(E - cache_experts) * L * expert_bytes,
+                         active_experts=active / (T * L * micro_batches), tpot_s=resident_step_s + stall / T,
+                         micro_batches=int(micro_batches), regroup=bool(regroup))
 
 
 def check_cache_fits(cache_experts: int, layers: int, expert_bytes: float, hbm_bytes: float, *,
@@ -185,13 +214,14 @@ def check_cache_fits(cache_experts: int, layers: int, expert_bytes: float, hbm_b
 def offload_sweep(model, accelerator, link_bw: float, *, cache_sizes, policies=("lru", "lfu", "prefetch"),
                   accuracy: float = 0.9, batch: int = 1, context: int = 1024, steps: int = 64, locality: float = 0.5,
                   alpha: float = 1.0, weight_dtype: str = "bf16", seed: int = 0, cpu_bw: float = 0.0,
-                  segment: int = 16) -> list[dict]:
+                  segment: int = 16, micro_batches: int = 1, regroup: bool = False) -> list[dict]:
     """TPOT, hit rate, stall and HBM saved for each cache size (experts per layer) and policy.
 
     The resident step time is the cost model's decode step of ``batch`` sequences at ``context``
     tokens with every expert in HBM (:func:`simllm.cost.step.make_step_cost`); a layer's compute,
     which a prefetch can hide behind, is that step over the layers. ``cpu_bw`` > 0 lets a miss run
-    on the host CPU (see the module doc). Rows also carry SRP and SCH (:func:`segment_locality`,
+    on the host CPU (see the module doc); ``micro_batches`` / ``regroup``: a step's batch split into
+    micro-batches, its sequences grouped by route first (ExpertFlow's token scheduler). Rows also carry SRP and SCH (:func:`segment_locality`,
     segments of ``segment`` decode steps) of the routes."""
     from ..cost.step import make_step_cost
     from .loads import zipf_popularity
@@ -215,7 +245,8 @@ def offload_sweep(model, accelerator, link_bw: float, *, cache_sizes, policies=(
         for pol in policies:
             r = simulate_cache(routes, E, int(c), policy=pol, accuracy=accuracy if pol == "prefetch" else 0.0,
                                expert_bytes=expert_bytes, link_bw=link_bw, layer_compute_s=resident / model.num_layers,
-                               resident_step_s=resident, seed=seed, cpu_bw=cpu_bw)
+                               resident_step_s=resident, seed=seed, cpu_bw=cpu_bw, micro_batches=micro_batches,
+                               regroup=regroup)
             rows.append({"model": model.name, "experts": E, "top_k": m.top_k, "layers": L, "batch": batch,
                          "locality": locality, "accuracy": accuracy if pol == "prefetch" else None,
                          "expert_bytes": expert_bytes, "resident_tpot_s": resident, "link_bw": link_bw,
