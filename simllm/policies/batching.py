@@ -199,13 +199,7 @@ class VLLMV1Batching:
                         break
         # prefills under way are V1 "running" requests: they continue before anything waiting is admitted
         for rid in started:
-            c = queue.prefill_len(rid)
-            if cap:
-                c = min(c, cap)
-            c = min(c, left)
-            b.prefill_ids.append(rid)
-            b.prefill_lens.append(c)
-            left -= c
+            left = _chunk(b, queue, rid, cap, left)
             if left <= 0:
                 return b
         for rid in queue:
@@ -216,16 +210,22 @@ class VLLMV1Batching:
                 break
             free -= need
             seqs += 1
-            c = queue.prefill_len(rid)
-            if cap:
-                c = min(c, cap)
-            c = min(c, left)
-            b.prefill_ids.append(rid)
-            b.prefill_lens.append(c)
-            left -= c
+            left = _chunk(b, queue, rid, cap, left)
             if left <= 0:
                 break
         return b
+
+
+def _chunk(b: Batch, queue, rid: int, cap: int, left: int) -> int:
+    """Schedule ``rid``'s next prefill chunk (at most ``cap`` tokens when set, and what is ``left`` of the
+    budget); the budget left after it."""
+    c = queue.prefill_len(rid)
+    if cap:
+        c = min(c, cap)
+    c = min(c, left)
+    b.prefill_ids.append(rid)
+    b.prefill_lens.append(c)
+    return left - c
 
 
 def vllm_server_defaults(device_memory_bytes: float, device_name: str) -> dict:

@@ -320,12 +320,16 @@ class Replica:
     def _continue(self, rid: int, L: int, rem: int, end: float) -> None:
         """``rid``'s prefill of ``L`` context tokens ended at ``end`` with ``rem`` tokens left to generate:
         it joins the running set (its blocks stay counted)."""
+        self._join(rid, L, rem)
+
+    def _join(self, rid: int, t: int, rem: int) -> None:
+        """Append ``rid`` (``t`` tokens in KV, ``rem`` to generate) to the running set, its blocks to ``rb``."""
         i = self.n
         self.r_idx[i] = rid
-        self.r_t[i] = L
+        self.r_t[i] = t
         self.r_rem[i] = rem
         self.n = i + 1
-        self.rb += -(-L // self.B)
+        self.rb += -(-t // self.B)
 
     def _run(self):
         env = self.env
@@ -883,12 +887,7 @@ class Replica:
             self.swapped.popleft()
             kv.used_blocks += kv.blocks_for(t)
             self.pending_swap_s += t * self.kv_bytes_tok / self.cfg.swap_bandwidth
-            i = self.n
-            self.r_idx[i] = rid
-            self.r_t[i] = t
-            self.r_rem[i] = rem
-            self.n = i + 1
-            self.rb += -(-t // self.B)
+            self._join(rid, t, rem)
             if self.pc is not None:  # recount only once the sequence is running, or its blocks look free
                 kv.share(self._keys(rid))
                 self._refresh_used()  # shared units count once: the next candidate sees the true free space
