@@ -198,6 +198,8 @@ def place_cmd(
             spec.update(jobs=jobs, time_limit=time_limit, solver=solver, time_budget=time_budget)
         if name == "ilp_affinity":  # the budget covers the whole command: what reading/generating left
             spec.update(time_budget=max(0.0, 0.75 * (time_budget - (time.perf_counter() - t_start)) - 3.0), top_k=K)
+            if cname:  # cross-node copies weighed by the cluster's links (--set inter_node_cost=R overrides)
+                spec["cluster"] = cname
         if name == "greedy_hierarchical" and shape["num_groups"] > 1:
             spec["num_groups"] = shape["num_groups"]
         if not compare or name == policy:
@@ -217,11 +219,14 @@ def place_cmd(
         s = p.summary()
         s["wall_s"] = wall
         if counts is not None and L > 1:
-            from ..placement.affinity import cross_device_fraction
+            from ..placement.affinity import cross_device_fraction, cross_node_fraction
 
             s["cross_device_fraction"] = cross_device_fraction(p, counts)
+            s["cross_node_fraction"] = cross_node_fraction(p, counts)
         if name == "ilp_affinity":
             s["affinity_gap"] = getattr(p, "affinity_gap", None)
+            s["affinity_cost_gap"] = getattr(p, "affinity_cost_gap", None)
+            s["inter_node_cost"] = getattr(p, "inter_node_cost", None)
         results.append(s)
         placements[name] = p
         if out is not None:
@@ -258,19 +263,25 @@ def place_cmd(
     typer.echo(f"{c['model'] or 'model'}: {L} layers x {E} experts (top-{K}) on {G} devices in {N} nodes, "
                f"{S} slots each ({c['redundant']} redundant); loads: {source}")
     print_table("placement: device load / mean (avg over layers, worst layer)",
-                ["name", "max/mean", "worst", "solve_s", "gap", "gap_max"] + (["cross-dev"] if counts is not None else []),
+                ["name", "max/mean", "worst", "solve_s", "gap", "gap_max"]
+                + (["cross-dev", "cross-node"] if counts is not None else []),
                 [[r["policy"], _f(r["max_mean_avg"], ".4f"), _f(r["max_mean_worst"], ".4f"),
                   _f(r["solve_s"], ".2f"),
                   _f(r.get("affinity_gap", r.get("gap_avg")), ".1e"), _f(r.get("gap_worst"), ".1e")]
-                 + ([_f(r.get("cross_device_fraction"), ".3f")] if counts is not None else [])
+                 + ([_f(r.get("cross_device_fraction"), ".3f"), _f(r.get("cross_node_fraction"), ".3f")]
+                    if counts is not None else [])
                  for r in results])
     if counts is not None:
         typer.echo(f"inter-layer affinity: mean P(top successor | expert) = "
-                   f"{report['config']['top_successor_probability']:.3f}; cross-device: fraction of next-layer "
-                   "token copies leaving their device (context-coherent EP)")
+                   f"{report['config']['top_successor_probability']:.3f}; cross-device / cross-node: fraction of "
+                   "next-layer token copies leaving their device / node (context-coherent EP)")
     if any(r["policy"] == "ilp_affinity" for r in results):
-        typer.echo("ilp_affinity gap: (bound - kept on-device flow) / bound, summed over layer pairs "
-                   "(each layer solved given the one before)")
+        typer.echo("ilp_affinity gap: (bound - kept flow) / bound, summed over layer pairs (each layer solved "
+                   "given the one before); kept flow = on-device + (inter-node cost - 1) x in-node")
+        for r in results:
+            if r["policy"] == "ilp_affinity" and r.get("inter_node_cost") is not None:
+                typer.echo(f"ilp_affinity: inter-node cost {r['inter_node_cost']:.2f}, gap on the traffic cost "
+                           f"(cost - bound) / cost {_f(r.get('affinity_cost_gap'), '.3f')}")
     if any("bound_avg" in r for r in results):
         typer.echo("gap: (max - LP-relaxation bound) / max; the bound is the mean device load (max/mean 1).")
     for r in results:

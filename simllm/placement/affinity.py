@@ -57,6 +57,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import InputError
+from ..hardware import load_cluster
 from .ilp import _quiet_highs_banner, _rebalance, _to_slots
 from .placement import LayerInfo, Placement
 from .policies import check_shape, eplb_layer, replicate_experts
@@ -181,19 +182,43 @@ def device_flow(placement: Placement, counts: np.ndarray, layer: int) -> np.ndar
     return sh.T @ counts[layer]
 
 
+def node_of(devices: int, nodes: int) -> np.ndarray:
+    """``[G]`` node index of each device (devices numbered node by node, ``G / nodes`` per node)."""
+    return np.arange(devices) // max(1, devices // max(1, nodes))
+
+
 def layer_traffic(placement: Placement, counts: np.ndarray, layer: int) -> np.ndarray:
     """``F[g, h]``: token copies sent from device ``g`` to device ``h`` for layer ``layer + 1``'s
-    experts under context-coherent EP (diagonal: copies that stay). A copy at ``g`` bound for
-    expert ``j`` stays on ``g`` when ``g`` holds a replica of ``j``, up to that replica's share of
-    ``j``'s load (``min(M[g, j], w_j s[j, g])``); the rest goes to ``j``'s other replicas in
-    proportion to their shares. Units: those of ``counts`` (token copies)."""
+    experts under context-coherent EP (diagonal: copies that stay). Each replica of expert ``j`` on
+    ``h`` serves its share of ``j``'s load, ``c = w_j s[j, h]``, filled nearest first: (1) a copy at
+    ``g`` bound for ``j`` stays on ``g`` when ``g`` holds a replica, up to its share
+    (``min(M[g, j], c)``); (2) what is left goes to ``j``'s replicas on other devices of ``g``'s node,
+    up to what their own devices left of their shares; (3) the rest crosses nodes, to the replicas
+    with share left. Within steps (2) and (3) senders and receivers pair in proportion. So the flow
+    of node ``n`` towards ``j`` that stays in ``n`` is exactly ``min(M_n[n, j], w_j sum_{g in n}
+    s[j, g])`` (``M_n``: ``M`` summed over the node's devices), the term the affinity ILP maximises.
+    Units: those of ``counts`` (token copies)."""
     M = device_flow(placement, counts, layer)  # [G, E]
     _, sh = _presence_shares(placement.expert[layer + 1], placement.share[layer + 1], placement.num_experts)
+    G = M.shape[0]
+    nd = node_of(G, placement.nodes)
+    N = int(nd.max()) + 1
     w = M.sum(axis=0)  # [E] next-layer load
-    local = np.minimum(M, (w[:, None] * sh).T)  # zero where g holds no replica (share 0)
-    rem = M - local
-    other = np.maximum(1.0 - sh.T, 1e-12)  # [G, E]: share of j held off g
-    F = np.divide(rem, other, out=np.zeros_like(rem), where=rem > 0) @ sh  # [G, G]
+    cap = (w[:, None] * sh).T  # [G, E] what each replica serves (0 where g holds none)
+    local = np.minimum(M, cap)
+    D, R = M - local, cap - local  # demand left at g, share left on h (never both > 0 at one g, j)
+    Dn, Rn = np.zeros((N, M.shape[1])), np.zeros((N, M.shape[1]))
+    np.add.at(Dn, nd, D)
+    np.add.at(Rn, nd, R)
+    served = np.minimum(Dn, Rn)  # [N, E] served inside the node, past the devices themselves
+    fd = np.divide(served, Dn, out=np.zeros_like(Dn), where=Dn > 0)
+    fr = np.divide(served, Rn, out=np.zeros_like(Rn), where=Rn > 0)
+    inv = np.divide(1.0, Rn, out=np.zeros_like(Rn), where=Rn > 0)
+    same = nd[:, None] == nd[None, :]
+    F = np.where(same, (D * fd[nd] * inv[nd]) @ R.T, 0.0)  # step (2)
+    Dl, Rl = D * (1.0 - fd[nd]), R * (1.0 - fr[nd])  # left after each node served its own
+    tot = Rl.sum(axis=0)
+    F += np.divide(Dl, tot, out=np.zeros_like(Dl), where=tot > 0) @ Rl.T  # step (3)
     np.fill_diagonal(F, 0.0)
     F[np.diag_indices_from(F)] = local.sum(axis=1)
     return F
@@ -233,9 +258,52 @@ def cross_node_fraction(placement: Placement, counts: np.ndarray) -> float:
     if placement.num_layers < 2:
         return 0.0
     F = device_traffic(placement, counts)
-    G = placement.devices
-    node = np.arange(G) // max(1, G // max(1, placement.nodes))
-    return float(F[node[:, None] != node[None, :]].sum())
+    nd = node_of(placement.devices, placement.nodes)
+    return float(F[nd[:, None] != nd[None, :]].sum())
+
+
+def inter_node_cost(hardware: Any) -> tuple[float, str]:
+    """Cost of one token copy across nodes relative to one between two devices of a node, from a
+    cluster's (or node's) descriptors: the per-device scale-up bandwidth over the per-device
+    scale-out bandwidth (each link's achievable bandwidth, peak times its measured ``efficiency``
+    where the descriptor has one). Returns (ratio, how it was derived); 1 (no cross-node term) for a
+    node without scale-out links. The affinity ILP's objective counts a cross-node copy this many
+    times an intra-node one (:class:`AffinityILP` ``inter_node_cost``)."""
+    node = getattr(hardware, "node", hardware)
+    up, out = node.scale_up_link, node.scale_out_link
+    if out is None or node.scale_out_bw <= 0:
+        return 1.0, f"{node.name}: no scale-out link, cross-node term off"
+
+    def eff(link):
+        return link.efficiency.value if link.efficiency is not None else 1.0
+
+    b_up = node.scale_up_bw * eff(up)
+    b_out = node.scale_out_bw * eff(out)
+    ratio = max(1.0, b_up / b_out)
+    return ratio, (f"{node.name}: {up.name} {b_up / 1e9:.0f} GB/s / {out.name} {b_out / 1e9:.0f} GB/s per device "
+                   f"(achievable: peak x measured efficiency) = {b_up / b_out:.2f}")
+
+
+def pair_value(M: np.ndarray, w: np.ndarray, X: np.ndarray, sh: np.ndarray, nd: Optional[np.ndarray] = None,
+               lam: float = 0.0) -> float:
+    """The affinity ILP's objective for one layer pair: flow kept on its device,
+    ``sum min(M[g, j], w_j s[j, g])``, plus ``lam`` times flow kept in its node,
+    ``sum min(M_n[n, j], w_j sum_{g in n} s[j, g])`` (:func:`layer_traffic`'s accounting;
+    ``lam = inter_node_cost - 1``). Maximising it minimises intra-node cross-device copies plus
+    ``inter_node_cost`` times cross-node copies (the pair's flow is a constant)."""
+    cap = w[:, None] * sh  # [E, G]
+    v = float(np.minimum(M.T * X, cap).sum())
+    if lam > 0 and nd is not None and nd.max() > 0:
+        Mn, Cn = _by_node(M.T, nd), _by_node(cap, nd)
+        v += lam * float(np.minimum(Mn, Cn).sum())
+    return v
+
+
+def _by_node(A: np.ndarray, nd: np.ndarray) -> np.ndarray:
+    """``[E, G]`` -> ``[E, N]``: summed over each node's devices."""
+    out = np.zeros((A.shape[0], int(nd.max()) + 1))
+    np.add.at(out.T, nd, A.T)
+    return out
 
 
 def _flow_bound(M: np.ndarray, S: int) -> float:
@@ -244,27 +312,39 @@ def _flow_bound(M: np.ndarray, S: int) -> float:
     return float(-np.sort(-M, axis=1)[:, :k].sum())
 
 
-def _assignment_bound(M: np.ndarray, S: int, budget: int, min_replicas: Optional[np.ndarray] = None
+def _assignment_bound(M: np.ndarray, S: int, budget: int, min_replicas: Optional[np.ndarray] = None,
+                      nd: Optional[np.ndarray] = None, lam: float = 0.0, time_limit: float = 0.0
                       ) -> tuple[float, np.ndarray]:
-    """Assignment bound of one layer pair and its plan: ``max sum M[g, j] x[j, g]`` over 0/1
-    ``x`` with every expert ``j`` on at least ``min_replicas[j]`` devices (default 1), at most
-    ``S`` per device and ``budget`` in all. Every placement meeting those constraints keeps at
-    most ``M[g, j]`` on a replica, so this bounds the pair's kept flow (shares relaxed). The
-    load cap enters through ``min_replicas``: an expert of load ``w_j`` needs at least
-    ``ceil(w_j / cap)`` replicas when no device may carry more than ``cap``. The constraint matrix
-    is a bipartite b-matching's (totally unimodular), so HiGHS's LP optimum is already 0/1:
-    the bound is exact for the relaxed problem, and at least as tight as :func:`_flow_bound`
-    (which also drops the one-replica-per-expert rows). Returns (bound, x [E, G] bool)."""
+    """Assignment bound of one layer pair and its plan: ``max sum M[g, j] x[j, g] + lam sum
+    M_n[n, j] u[j, n]`` over 0/1 ``x`` with every expert ``j`` on at least ``min_replicas[j]``
+    devices (default 1), at most ``S`` per device and ``budget`` in all, and ``u[j, n] <=
+    sum_{g in n} x[j, g]``, ``u <= 1`` (``j`` has a replica in node ``n``; ``nd`` gives each
+    device's node). Every placement meeting those constraints keeps at most ``M[g, j]`` on a
+    replica and at most ``M_n[n, j]`` in a node holding ``j``, so this bounds the pair's objective
+    (:func:`pair_value`; shares relaxed). The load cap enters through ``min_replicas``: an expert
+    of load ``w_j`` needs at least ``ceil(w_j / cap)`` replicas when no device may carry more than
+    ``cap``. Without the node term (``lam = 0`` or one node) the constraint matrix is a bipartite
+    b-matching's (totally unimodular), so HiGHS's LP optimum is already 0/1 and the bound is exact
+    for the relaxed problem, at least as tight as :func:`_flow_bound`. With it the LP relaxation
+    (fractional ``x``) is still a valid bound; ``time_limit > 0`` then branches on ``x`` for that
+    long and returns the MIP's dual bound (valid when stopped early, tighter than the LP). Returns
+    (bound, x [E, G] bool: the solution's ``x > 0.5``, a plan when the LP is integral)."""
     import highspy
 
     G, E = M.shape
     n = E * G  # column j * G + g
+    node_term = lam > 0 and nd is not None and int(nd.max()) > 0
+    N = int(nd.max()) + 1 if node_term else 0
+    nu = E * N  # columns n + j * N + k
     _quiet_highs_banner()
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("threads", 1)
-    h.addVars(n, np.zeros(n), np.ones(n))
-    h.changeColsCost(n, np.arange(n, dtype=np.int32), M.T.ravel().astype(np.float64))
+    h.addVars(n + nu, np.zeros(n + nu), np.ones(n + nu))
+    cost = M.T.ravel().astype(np.float64)
+    if node_term:
+        cost = np.concatenate([cost, lam * _by_node(M.T, nd).ravel()])
+    h.changeColsCost(n + nu, np.arange(n + nu, dtype=np.int32), cost)
     h.changeObjectiveSense(highspy.ObjSense.kMaximize)
     cols = np.arange(n).reshape(E, G)
     idx = np.concatenate([cols.ravel(), cols.T.ravel(), np.arange(n)]).astype(np.int32)
@@ -273,23 +353,69 @@ def _assignment_bound(M: np.ndarray, S: int, budget: int, min_replicas: Optional
     r = np.ones(E) if min_replicas is None else np.minimum(np.asarray(min_replicas, dtype=float), G)
     lo = np.concatenate([r, np.full(G + 1, -inf)])
     hi = np.concatenate([np.full(E, inf), np.full(G, float(S)), [float(budget)]])
-    h.addRows(E + G + 1, lo, hi, len(idx), starts, idx, np.ones(len(idx)))
+    val = np.ones(len(idx))
+    if node_term:  # u[j, k] - sum_{g in k} x[j, g] <= 0
+        ui, ux, us = [], [], []
+        for j in range(E):
+            for k in range(N):
+                us.append(len(idx) + len(ui))
+                devs = cols[j, nd == k]
+                ui.extend([n + j * N + k] + devs.tolist())
+                ux.extend([1.0] + [-1.0] * len(devs))
+        starts = np.concatenate([starts, np.array(us, dtype=np.int32)])
+        idx = np.concatenate([idx, np.array(ui, dtype=np.int32)])
+        val = np.concatenate([val, np.array(ux)])
+        lo = np.concatenate([lo, np.full(nu, -inf)])
+        hi = np.concatenate([hi, np.zeros(nu)])
+        if time_limit > 0:
+            h.changeColsIntegrality(n, np.arange(n, dtype=np.int32),
+                                    np.array([highspy.HighsVarType.kInteger] * n))
+            h.setOptionValue("time_limit", float(time_limit))
+            h.setOptionValue("mip_rel_gap", 1e-4)
+    h.addRows(len(lo), lo, hi, len(idx), starts, idx, val)
     h.run()
-    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-        return _flow_bound(M, S), np.zeros((E, G), dtype=bool)
-    x = np.asarray(h.getSolution().col_value).reshape(E, G)
+    st = h.getModelStatus()
+    if node_term and time_limit > 0 and st in (highspy.HighsModelStatus.kOptimal, highspy.HighsModelStatus.kTimeLimit):
+        bound = float(h.getInfo().mip_dual_bound)
+        if st == highspy.HighsModelStatus.kOptimal:  # within mip_rel_gap of the incumbent
+            bound = max(bound, float(h.getInfo().objective_function_value))
+        if np.isfinite(bound):
+            x = np.asarray(h.getSolution().col_value)[:n].reshape(E, G)
+            return bound, x > 0.5
+    if st != highspy.HighsModelStatus.kOptimal:
+        fb = _flow_bound(M, S) + (lam * float(_by_node(M.T, nd).sum()) if node_term else 0.0)
+        return fb, np.zeros((E, G), dtype=bool)
+    x = np.asarray(h.getSolution().col_value)[:n].reshape(E, G)
     return float(h.getInfo().objective_function_value), x > 0.5
 
 
-def _affinity_greedy(M: np.ndarray, w: np.ndarray, cnt: np.ndarray, S: int, cap: float) -> tuple[np.ndarray, np.ndarray]:
+def _node_gains(X: np.ndarray, Mn: Optional[np.ndarray], nd: Optional[np.ndarray], per: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Node term of a replica graph ``X`` [E, G] with even shares ``per`` [E] a replica, per
+    (expert, node) ``[E, N]``: what one more replica of ``j`` in node ``n`` adds to
+    ``min(M_n[n, j], per_j k[j, n])`` and what one fewer loses (``k``: replicas of ``j`` in ``n``)."""
+    if Mn is None:
+        return np.zeros((X.shape[0], 1)), np.zeros((X.shape[0], 1))
+    k = _by_node(X.astype(float), nd)
+    p = per[:, None]
+    f = np.minimum(Mn, p * k)
+    return np.minimum(Mn, p * (k + 1)) - f, np.where(k > 0, f - np.minimum(Mn, p * np.maximum(k - 1, 0)), 0.0)
+
+
+def _affinity_greedy(M: np.ndarray, w: np.ndarray, cnt: np.ndarray, S: int, cap: float,
+                     Mn: Optional[np.ndarray] = None, nd: Optional[np.ndarray] = None, lam: float = 0.0
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Warm start: replicas (``cnt`` per expert, even shares) heaviest first (as the EPLB greedy),
-    each to the device with most flow towards its expert among those with a free slot that stay
-    under ``cap``; when none stays under it, to the least-loaded device with room."""
+    each to the device with most flow towards its expert (plus ``lam`` times what the replica adds
+    to its node's kept flow, with ``Mn`` [E, N] the flow per node and ``nd`` each device's node)
+    among those with a free slot that stay under ``cap``; when none stays under it, to the
+    least-loaded device with room."""
     G, E = M.shape
     X = np.zeros((E, G), dtype=bool)
     load = np.zeros(G)
     fill = np.zeros(G, dtype=np.int64)
     per = w / np.maximum(cnt, 1)
+    kn = np.zeros(Mn.shape) if lam > 0 and Mn is not None else None
     for j in np.argsort(-per, kind="stable"):
         for _ in range(int(cnt[j])):
             room = (fill < S) & ~X[j]
@@ -297,29 +423,39 @@ def _affinity_greedy(M: np.ndarray, w: np.ndarray, cnt: np.ndarray, S: int, cap:
                 break
             ok = room & (load + per[j] <= cap)
             if ok.any():
-                key = np.where(ok, M[:, j] - 1e-9 * load, -np.inf)
+                key = M[:, j]
+                if kn is not None:
+                    kj = kn[j]
+                    add = np.minimum(Mn[j], per[j] * (kj + 1)) - np.minimum(Mn[j], per[j] * kj)
+                    key = key + lam * add[nd]
+                key = np.where(ok, key - 1e-9 * load, -np.inf)
                 g = int(np.argmax(key))
             else:
                 g = int(np.argmin(np.where(room, load, np.inf)))
             X[j, g] = True
             load[g] += per[j]
             fill[g] += 1
+            if kn is not None:
+                kn[j, nd[g]] += 1
     sh = X / np.maximum(X.sum(axis=1, keepdims=True), 1)
     return X, sh
 
 
-def _repair(X: np.ndarray, M: np.ndarray, w: np.ndarray, S: int, cap: float, max_iter: int = 400) -> np.ndarray:
+def _repair(X: np.ndarray, M: np.ndarray, w: np.ndarray, S: int, cap: float, max_iter: int = 400,
+            Mn: Optional[np.ndarray] = None, nd: Optional[np.ndarray] = None, lam: float = 0.0) -> np.ndarray:
     """Local search that brings a replica graph ``X`` [E, G] (even shares) under ``cap``: while a
     device is over it, move one of its replicas to a device with a free slot, or swap it with a
     lighter replica on another device, whichever lowers the busiest of the two below the
-    overloaded device's load and loses the least kept flow (``min(M[g, j], w_j / replicas)``
-    per replica). Keeps the replica count of every expert. Returns the new ``X`` (it may still
-    be over ``cap`` when no move helps)."""
+    overloaded device's load and loses the least objective (kept flow ``min(M[g, j], w_j /
+    replicas)`` per replica, plus ``lam`` times the node term, :func:`_node_gains`). Keeps the
+    replica count of every expert. Returns the new ``X`` (it may still be over ``cap`` when no
+    move helps)."""
     X = X.copy()
     E, G = X.shape
     cnt = np.maximum(X.sum(axis=1), 1)
     per = w / cnt
     kv = np.minimum(M.T, per[:, None])  # [E, G] kept flow of a replica of j on g
+    node = lam > 0 and Mn is not None
     for _ in range(max_iter):
         load = (X * per[:, None]).sum(axis=0)
         g = int(np.argmax(load))
@@ -327,12 +463,18 @@ def _repair(X: np.ndarray, M: np.ndarray, w: np.ndarray, S: int, cap: float, max
             break
         fill = X.sum(axis=0)
         js = np.nonzero(X[:, g])[0]
+        if node:
+            ga, lo = _node_gains(X, Mn, nd, per)
+            dn = np.where(nd[None, :] != nd[g], ga[js][:, nd] - lo[js, nd[g]][:, None], 0.0)  # [js, G]
         best, choice = -np.inf, None
         # moves: j from g to h (free slot, h not holding j), h stays below g's load
         ok = (~X[js]) & (fill < S)[None, :] & (load[None, :] + per[js, None] < load[g] - 1e-12)
         ok[:, g] = False
         if ok.any():
-            score = np.where(ok, kv[js] - kv[js, g][:, None] - 1e-6 * (load[None, :] + per[js, None]), -np.inf)
+            score = kv[js] - kv[js, g][:, None] - 1e-6 * (load[None, :] + per[js, None])
+            if node:
+                score = score + lam * dn
+            score = np.where(ok, score, -np.inf)
             a, h = np.unravel_index(int(np.argmax(score)), score.shape)
             best, choice = score[a, h], (js[a], h, None)
         # swaps: j (on g) with a lighter replica (i on h), i not on g and j not on h
@@ -343,6 +485,9 @@ def _repair(X: np.ndarray, M: np.ndarray, w: np.ndarray, S: int, cap: float, max
         ok = (d > 1e-12) & (load[rh][None, :] + d < load[g] - 1e-12) & ~X[js][:, rh] & ~X[ri, g][None, :]
         if ok.any():
             gain = kv[js][:, rh] + kv[ri, g][None, :] - kv[js, g][:, None] - kv[ri, rh][None, :]
+            if node:  # i moves from h to g
+                di = np.where(nd[rh] != nd[g], ga[ri, nd[g]] - lo[ri, nd[rh]], 0.0)
+                gain = gain + lam * (dn[:, rh] + di[None, :])
             score = np.where(ok, gain - 1e-6 * (load[rh][None, :] + d), -np.inf)
             a, b2 = np.unravel_index(int(np.argmax(score)), score.shape)
             if score[a, b2] > best:
@@ -356,21 +501,30 @@ def _repair(X: np.ndarray, M: np.ndarray, w: np.ndarray, S: int, cap: float, max
     return X
 
 
-def _improve(X: np.ndarray, M: np.ndarray, w: np.ndarray, S: int, cap: float, max_iter: int = 300) -> np.ndarray:
+def _improve(X: np.ndarray, M: np.ndarray, w: np.ndarray, S: int, cap: float, max_iter: int = 300,
+             Mn: Optional[np.ndarray] = None, nd: Optional[np.ndarray] = None, lam: float = 0.0) -> np.ndarray:
     """Best-improvement local search on a replica graph under ``cap`` (even shares, replica
     counts kept): each step applies the swap of two replicas on different devices (or the move
-    of one to a free slot) that adds the most kept flow and leaves both devices under ``cap``;
-    Stops when no step adds flow."""
+    of one to a free slot) that adds the most objective (kept flow, plus ``lam`` times the node
+    term, :func:`_node_gains`) and leaves both devices under ``cap``; several swaps at once when
+    they touch disjoint devices (and, with the node term, disjoint experts, so their gains add).
+    Stops when no step adds to the objective."""
     X = X.copy()
     E, G = X.shape
     cnt = np.maximum(X.sum(axis=1), 1)
     per = w / cnt
     kv = np.minimum(M.T, per[:, None])  # [E, G]
+    node = lam > 0 and Mn is not None
     for _ in range(max_iter):
         load = (X * per[:, None]).sum(axis=0)
         j, g = np.nonzero(X)  # replicas
         # swap replica a=(j[a], g[a]) with b=(j[b], g[b])
         gain = kv[j[:, None], g[None, :]] + kv[j[None, :], g[:, None]] - kv[j, g][:, None] - kv[j, g][None, :]
+        if node:
+            ga, lo = _node_gains(X, Mn, nd, per)
+            ng = nd[g]
+            ta = np.where(ng[:, None] != ng[None, :], ga[j][:, ng] - lo[j, ng][:, None], 0.0)  # a moves to g[b]
+            gain = gain + lam * (ta + ta.T)
         d = per[j][:, None] - per[j][None, :]  # what g[a] loses (and g[b] gains)
         ok = (g[:, None] != g[None, :]) & ~X[j[:, None], g[None, :]] & ~X[j[None, :], g[:, None]]
         ok &= (load[g][:, None] - d <= cap) & (load[g][None, :] + d <= cap)
@@ -379,7 +533,10 @@ def _improve(X: np.ndarray, M: np.ndarray, w: np.ndarray, S: int, cap: float, ma
         fill = X.sum(axis=0)
         mv = (fill < S)[None, :] & ~X[j] & (load[None, :] + per[j][:, None] <= cap)
         if mv.any():
-            mgain = np.where(mv, kv[j] - kv[j, g][:, None], -np.inf)
+            mgain = kv[j] - kv[j, g][:, None]
+            if node:
+                mgain = mgain + lam * np.where(nd[None, :] != nd[g][:, None], ga[j][:, nd] - lo[j, nd[g]][:, None], 0.0)
+            mgain = np.where(mv, mgain, -np.inf)
             ma, mh = np.unravel_index(int(np.argmax(mgain)), mgain.shape)
             if mgain[ma, mh] > max(gain.max(), 1e-12):
                 X[j[ma], g[ma]], X[j[ma], mh] = False, True
@@ -387,16 +544,18 @@ def _improve(X: np.ndarray, M: np.ndarray, w: np.ndarray, S: int, cap: float, ma
         # apply the best swaps that touch disjoint devices (each stays valid on its own)
         flat = np.argsort(-gain, axis=None)[:4 * G]
         used = np.zeros(G, dtype=bool)
+        used_e = np.zeros(E, dtype=bool)
         done = 0
         for f in flat:
             a, b = divmod(int(f), gain.shape[1])
             if not gain[a, b] > 1e-12:
                 break
-            if used[g[a]] or used[g[b]]:
+            if used[g[a]] or used[g[b]] or (node and (used_e[j[a]] or used_e[j[b]])):
                 continue
             X[j[a], g[a]], X[j[a], g[b]] = False, True
             X[j[b], g[b]], X[j[b], g[a]] = False, True
             used[g[a]] = used[g[b]] = True
+            used_e[j[a]] = used_e[j[b]] = True
             done += 1
         if not done:
             break
@@ -404,10 +563,13 @@ def _improve(X: np.ndarray, M: np.ndarray, w: np.ndarray, S: int, cap: float, ma
 
 
 def _solve_pair(M: np.ndarray, w: np.ndarray, X0: np.ndarray, s0: np.ndarray, S: int, budget: int, cap: float,
-                candidates: int, gap: float, time_limit: float, extra: Optional[np.ndarray] = None
-                ) -> tuple[np.ndarray, np.ndarray, str]:
+                candidates: int, gap: float, time_limit: float, extra: Optional[np.ndarray] = None,
+                nd: Optional[np.ndarray] = None, lam: float = 0.0) -> tuple[np.ndarray, np.ndarray, str]:
     """One layer given the previous one: (presence [E, G], shares [E, G], status). Binaries exist
-    for the warm start's pairs, each expert's ``candidates`` devices of most flow and ``extra``."""
+    for the warm start's pairs, each expert's ``candidates`` devices of most flow and ``extra``.
+    With ``lam > 0`` and several nodes (``nd``: each device's node) the objective adds ``lam``
+    times the flow kept in its node: a column ``z[j, n] <= M_n[n, j]`` per expert and node with a
+    candidate device, ``z[j, n] <= w_j sum_{g in n} s[j, g]`` (exact: :func:`pair_value`)."""
     import highspy
 
     E, G = X0.shape
@@ -427,9 +589,17 @@ def _solve_pair(M: np.ndarray, w: np.ndarray, X0: np.ndarray, s0: np.ndarray, S:
     h.setOptionValue("time_limit", float(max(time_limit, 0.05)))
     inf = highspy.kHighsInf
     # columns: x (n, binary), s (n), y (n)
-    cost = np.concatenate([np.zeros(2 * n), mflow])
-    h.addVars(3 * n, np.zeros(3 * n), np.ones(3 * n))
-    h.changeColsCost(3 * n, np.arange(3 * n, dtype=np.int32), cost)
+    node_term = lam > 0 and nd is not None and int(nd.max()) > 0
+    zj = zk = np.zeros(0, dtype=np.int64)
+    if node_term:
+        jn = np.unique(jj * (int(nd.max()) + 1) + nd[gg])
+        zj, zk = np.divmod(jn, int(nd.max()) + 1)
+    nz = len(zj)
+    Mn = _by_node(M.T, nd) if node_term else None
+    zub = Mn[zj, zk] if node_term else np.zeros(0)
+    cost = np.concatenate([np.zeros(2 * n), mflow, np.full(nz, float(lam))])
+    h.addVars(3 * n + nz, np.zeros(3 * n + nz), np.concatenate([np.ones(3 * n), zub]))
+    h.changeColsCost(3 * n + nz, np.arange(3 * n + nz, dtype=np.int32), cost)
     h.changeColsIntegrality(n, np.arange(n, dtype=np.int32), np.array([highspy.HighsVarType.kInteger] * n))
     h.changeObjectiveSense(highspy.ObjSense.kMaximize)
     rows_lo, rows_hi, starts, idx, val = [], [], [], [], []
@@ -455,6 +625,9 @@ def _solve_pair(M: np.ndarray, w: np.ndarray, X0: np.ndarray, s0: np.ndarray, S:
         row(-inf, float(S), k.tolist(), [1.0] * len(k))  # slots
         row(-inf, float(cap), (n + k).tolist(), w[jj[k]].astype(float).tolist())  # load
     row(-inf, float(budget), ar.tolist(), [1.0] * n)  # replica budget
+    for q in range(nz):  # node-kept flow: z <= w_j * (shares of j in the node)
+        k = ar[(jj == zj[q]) & (nd[gg] == zk[q])]
+        row(-inf, 0.0, [3 * n + q] + (n + k).tolist(), [1.0] + [-float(w[zj[q]])] * len(k))
     h.addRows(len(rows_lo), np.array(rows_lo), np.array(rows_hi), len(idx), np.array(starts, dtype=np.int32),
               np.array(idx, dtype=np.int32), np.array(val, dtype=np.float64))
     # warm start: the greedy placement, crediting what its shares allow
@@ -462,13 +635,16 @@ def _solve_pair(M: np.ndarray, w: np.ndarray, X0: np.ndarray, s0: np.ndarray, S:
     sv = s0[jj, gg]
     y0 = np.where(x0 > 0, np.minimum(1.0, np.divide(w[jj] * sv, mflow, out=np.ones(n), where=mflow > 0)), 0.0)
     sol = highspy.HighsSolution()
-    sol.col_value = np.concatenate([x0, sv, y0]).tolist()
+    z0 = np.zeros(nz)
+    if node_term:
+        z0 = np.minimum(zub, w[zj] * _by_node(np.where(X0, s0, 0.0), nd)[zj, zk])
+    sol.col_value = np.concatenate([x0, sv, y0, z0]).tolist()
     sol.value_valid = True
     h.setSolution(sol)
     h.run()
     status = h.getModelStatus().name
     v = np.asarray(h.getSolution().col_value)
-    if v.size != 3 * n or h.getInfo().primal_solution_status == 0:
+    if v.size != 3 * n + nz or h.getInfo().primal_solution_status == 0:
         return X0, s0, f"kept_greedy ({status})"
     X = np.zeros((E, G), dtype=bool)
     sh = np.zeros((E, G))
@@ -513,12 +689,28 @@ class AffinityILP:
     min_gain: float = 0.1  # leave the greedy only for >= 10 % more on-device flow in a layer pair
     min_lift: float = 0.1  # ... and only where the affinity lift (affinity_lift) is at least this
     top_k: int = 1  # experts per token (to read the lift)
+    # one cross-node copy costs this many intra-node cross-device copies (>= 1; 1: no node term);
+    # None: from ``cluster``'s link descriptors (inter_node_cost()), or 1 without a cluster
+    inter_node_cost: Optional[float] = None
+    cluster: Optional[str] = None  # cluster descriptor the inter-node cost is derived from
+    bound_time: float = 0.0  # seconds per pair to branch on the bound's MIP (node term only; 0: its LP)
 
     def __post_init__(self):
         if not self.balance_tolerance >= 0:
             raise ValueError(f"balance_tolerance must be >= 0, got {self.balance_tolerance}")
-        if self.candidates < 0 or not self.gap >= 0 or not self.time_budget >= 0:
-            raise ValueError("candidates, gap and time_budget must be >= 0")
+        if self.candidates < 0 or not self.gap >= 0 or not self.time_budget >= 0 or not self.bound_time >= 0:
+            raise ValueError("candidates, gap, time_budget and bound_time must be >= 0")
+        if self.inter_node_cost is not None and not (np.isfinite(self.inter_node_cost) and self.inter_node_cost >= 1):
+            raise ValueError(f"inter_node_cost must be >= 1 (a cross-node copy also crosses devices), "
+                             f"got {self.inter_node_cost}")
+
+    def node_cost(self) -> tuple[float, str]:
+        """(inter-node cost used, where it came from)."""
+        if self.inter_node_cost is not None:
+            return float(self.inter_node_cost), "given"
+        if self.cluster:
+            return inter_node_cost(load_cluster(self.cluster))
+        return 1.0, "no cluster given: cross-node term off"
 
     def place(self, loads, devices, nodes, slots_per_device, *, previous=None, counts: Optional[np.ndarray] = None,
               progress=None) -> Placement:
@@ -533,7 +725,13 @@ class AffinityILP:
         if counts is not None and counts.shape != (L - 1, E, E):
             raise InputError(f"transition counts of shape {counts.shape} do not match {L} layers x {E} experts",
                              field="routes")
-        kept_sum = bound_sum = 0.0
+        kept_sum = bound_sum = flow_sum = 0.0
+        cost, how = self.node_cost()
+        nd = node_of(G, nodes)
+        lam = cost - 1.0 if nodes > 1 else 0.0
+        if counts is not None and nodes > 1:
+            msgs.append(f"inter-node cost {cost:.2f} ({how}): objective = cross-device copies + "
+                        f"{lam:.2f} x cross-node copies")
         for l in range(L):
             t1 = time.perf_counter()
             tot = float(w[l].sum())
@@ -556,32 +754,35 @@ class AffinityILP:
                 Ml = Ml / max(Ml.sum(), 1e-300) * G  # same units as wn (mean device load 1)
                 T_g = float((wn[:, None] * s0).sum(axis=0).max())
                 cap = (1 + self.balance_tolerance) * T_g
-                Xh, shh = _pair_heuristic(Ml, wn, np.maximum(X0.sum(axis=1), 1), S, T_g, cap, X0, s0)
+                Xh, shh = _pair_heuristic(Ml, wn, np.maximum(X0.sum(axis=1), 1), S, T_g, cap, X0, s0, nd, lam)
                 need = np.maximum(1.0, np.ceil(wn / cap - 1e-9))  # replicas each expert needs under cap
-                bnd, Xbm = _assignment_bound(Ml, S, budget, need if need.sum() <= budget else None)
+                bnd, Xbm = _assignment_bound(Ml, S, budget, need if need.sum() <= budget else None, nd, lam,
+                                             self.bound_time)
                 # the solver gets this layer's share of what is left, less what the heuristic took
                 left = self.time_budget - (time.perf_counter() - t0)
                 lim = 0.9 * left / (L - l) - (time.perf_counter() - t1)
-                kept_h = float(np.minimum(Ml.T * Xh, wn[:, None] * shh).sum())
+                kept_h = pair_value(Ml, wn, Xh, shh, nd, lam)
                 if bnd - kept_h <= self.gap * bnd:
                     X, sh, st = Xh, shh, "heuristic_within_gap"
                 elif lim > 0.05:
                     X, sh, st = _solve_pair(Ml, wn, Xh, shh, S, budget, cap, self.candidates, self.gap, lim,
-                                            extra=Xbm)
+                                            extra=Xbm, nd=nd, lam=lam)
                 else:
                     X, sh, st = Xh, shh, "heuristic (time budget spent)"
-                kept = float(np.minimum(Ml.T * X, wn[:, None] * sh).sum())
+                kept = pair_value(Ml, wn, X, sh, nd, lam)
                 if kept < kept_h:
                     X, sh, kept, st = Xh, shh, kept_h, "heuristic"
-                kept0 = float(np.minimum(Ml.T * X0, wn[:, None] * s0).sum())
+                kept0 = pair_value(Ml, wn, X0, s0, nd, lam)
                 if kept < kept0 * (1 + self.min_gain):  # no affinity worth the imbalance: the greedy
                     X, sh, kept, st = X0, s0, kept0, "greedy (no gain)"
                 kept_sum += kept
                 bound_sum += bnd
-                # objective: on-device flow kept (fraction of the pair's flow); its bound is in the
-                # message (not a makespan bound, so not in ``bound``, which summaries read as one)
+                flow_sum += G * (1.0 + lam)  # the pair's flow (normalised to G), counted once per term
+                # objective: flow kept on-device (+ lam x kept in-node), per unit of the pair's flow; its
+                # bound is in the message (not a makespan bound, so not in ``bound``, which summaries read as one)
                 info = LayerInfo(status=st, objective=kept / G, gap=(bnd - kept) / bnd if bnd > 0 else 0.0,
-                                 message=f"kept on-device flow {kept / G:.4f}, bound {bnd / G:.4f} (heuristic {kept_h / G:.4f}, greedy {kept0 / G:.4f})")
+                                 message=f"kept flow (on-device + {lam:.2f} x in-node) {kept / G:.4f}, bound "
+                                         f"{bnd / G:.4f} (heuristic {kept_h / G:.4f}, greedy {kept0 / G:.4f})")
                 X0, s0 = X, sh
             expert[l], share[l] = _to_slots(X0, s0, S)
             info.solve_s = time.perf_counter() - t1
@@ -593,27 +794,36 @@ class AffinityILP:
         p = Placement(expert, share, w, nodes=nodes, policy="ilp_affinity", layer_info=infos, messages=msgs,
                       solve_s=time.perf_counter() - t0)
         p.affinity_gap = (bound_sum - kept_sum) / bound_sum if bound_sum > 0 else 0.0  # type: ignore[attr-defined]
+        # the same gap on the traffic cost minimised (flow - kept): (cost - lower bound) / cost
+        c_sum = flow_sum - kept_sum
+        p.affinity_cost_gap = (bound_sum - kept_sum) / c_sum if c_sum > 0 else 0.0  # type: ignore[attr-defined]
+        p.inter_node_cost = cost if nodes > 1 else 1.0  # type: ignore[attr-defined]
         return p
 
 
 def _pair_heuristic(M: np.ndarray, w: np.ndarray, cnt: np.ndarray, S: int, T_g: float, cap: float,
-                    X0: np.ndarray, s0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    X0: np.ndarray, s0: np.ndarray, nd: Optional[np.ndarray] = None, lam: float = 0.0
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """A layer's plan without the solver: the affinity greedy (:func:`_affinity_greedy`, the EPLB
     replica counts ``cnt``), brought under ``cap`` by :func:`_repair`, then :func:`_improve`;
     even shares (re-split by :func:`_rebalance` when that alone meets ``cap``). Falls back to
-    the greedy plan ``(X0, s0)`` when nothing meets ``cap``."""
+    the greedy plan ``(X0, s0)`` when nothing meets ``cap``. Every step scores the pair's
+    objective (:func:`pair_value`: ``lam`` times the node term when ``nd`` has several nodes)."""
     def over(sh):
         return (w[:, None] * sh).sum(axis=0).max() > cap * (1 + 1e-9)
 
-    X, sh = _affinity_greedy(M, w, cnt, S, cap)
+    kw: dict = {}
+    if lam > 0 and nd is not None and int(nd.max()) > 0:
+        kw = dict(Mn=_by_node(M.T, nd), nd=nd, lam=lam)
+    X, sh = _affinity_greedy(M, w, cnt, S, cap, **kw)
     if over(sh):
-        X = _repair(X, M, w, S, cap)
+        X = _repair(X, M, w, S, cap, **kw)
         sh = X / np.maximum(X.sum(axis=1, keepdims=True), 1)
     if over(sh):
         sh = _rebalance(w, X)[1]
         if over(sh):
             return X0, s0
-    Xi = _improve(X, M, w, S, cap)
+    Xi = _improve(X, M, w, S, cap, **kw)
     shi = Xi / np.maximum(Xi.sum(axis=1, keepdims=True), 1)
     if not over(shi):
         return Xi, shi
