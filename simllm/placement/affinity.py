@@ -18,34 +18,48 @@ expert, so the next layer's dispatch is the only all-to-all, and a copy whose ne
 a replica on that device does not cross the network. :func:`cross_device_fraction` is the
 fraction of next-layer copies that do cross, for a :class:`~simllm.placement.Placement`: the
 token flow at device ``g`` is ``M[g, j] = sum_i C[i, j] share[i, g]`` and a copy is local when
-``j`` has a replica on ``g`` (its tokens are served there first).
+``j`` has a replica on ``g`` (its tokens are served there first). A copy that cannot stay goes
+first to ``j``'s replicas elsewhere in its node, then across nodes (:func:`layer_traffic`), so
+the flow of node ``n`` that stays in ``n`` is ``min(M_n[n, j], w_j sum_{g in n} s[j, g])``;
+:func:`cross_node_fraction` is the fraction that leaves its node.
 
 **The affinity ILP** (:class:`AffinityILP`, policy ``ilp_affinity``): layer 0 is placed by the
 EPLB greedy; then each layer ``l + 1`` is solved given layer ``l`` (a rolling window of one
 layer pair, in order). Model of a pair: binaries ``x[j, g]`` (replica of ``j`` on ``g``),
 shares ``s[j, g]`` and credited local flow ``y[j, g] <= x[j, g]`` with
 ``M[g, j] y[j, g] <= w_j s[j, g]`` (a replica serves at least the tokens credited to it);
-slots ``sum_j x <= S``, replica budget ``sum x <= E + R``, load balance
-``sum_j w_j s[j, g] <= cap = (1 + balance_tolerance) T_greedy`` (the EPLB greedy's makespan of
-that layer); objective ``max sum M[g, j] y[j, g]``: the token traffic kept on-device
-(equivalently, cross-device traffic minimised).
+node-kept flow ``z[j, n] <= M_n[n, j]`` with ``z[j, n] <= w_j sum_{g in n} s[j, g]`` (devices
+grouped into the ``nodes`` of the placement, ``G / nodes`` each); slots ``sum_j x <= S``,
+replica budget ``sum x <= E + R``, load balance ``sum_j w_j s[j, g] <= cap = (1 +
+balance_tolerance) T_greedy`` (the EPLB greedy's makespan of that layer); objective
+``max sum M[g, j] y[j, g] + lam sum z[j, n]`` with ``lam = inter_node_cost - 1``
+(:func:`pair_value`). The pair's flow is fixed, so this minimises intra-node cross-device copies
+plus ``inter_node_cost`` times cross-node copies: ``inter_node_cost`` is what one copy over the
+nodes' NICs costs against one over the scale-up links, by default the ratio of their achievable
+per-device bandwidths in the cluster's descriptors (:func:`inter_node_cost`: 8.83 for DGX H100,
+3.63 for HGX H800), 1 (no node term, cross-device traffic only) without a cluster or with one node.
 
 Solving a pair: (1) a heuristic that always meets ``cap`` (:func:`_pair_heuristic`: the
-affinity greedy, moves/swaps until under ``cap``, then best-improvement swaps that add kept
-flow); (2) the *assignment bound* (:func:`_assignment_bound`): the same objective over 0/1
-``x`` with every expert on at least ``ceil(w_j / cap)`` devices (a device carries at most
-``cap``), ``S`` per device and the replica budget, shares relaxed: a bipartite b-matching
-whose LP is integral (totally unimodular), solved exactly by HiGHS in a fraction of a second,
-and tighter than the per-device top-``S`` bound (which drops the coverage rows); (3) the MIP
-(HiGHS through highspy) over the heuristic's pairs, the assignment plan's pairs and each
-expert's ``candidates`` devices of most flow, warm-started by the heuristic, stopping at
-``gap`` or at the pair's share of what is left of ``time_budget``. The better of (1) and (3)
-is kept; a pair that does not gain ``min_gain`` over the greedy keeps the greedy.
+affinity greedy, moves/swaps until under ``cap``, then best-improvement swaps that add to the
+objective, each scoring the node term exactly for even shares); (2) the *assignment bound*
+(:func:`_assignment_bound`): the same objective over 0/1 ``x`` with every expert on at least
+``ceil(w_j / cap)`` devices (a device carries at most ``cap``), ``S`` per device and the replica
+budget, shares relaxed, node-kept flow ``M_n[n, j] u[j, n]`` with ``u[j, n] <= sum_{g in n}
+x[j, g]``: without the node term a bipartite b-matching whose LP is integral (totally
+unimodular), solved exactly by HiGHS in a fraction of a second, and tighter than the per-device
+top-``S`` bound (which drops the coverage rows); with it its LP relaxation, still a valid bound
+(``bound_time > 0`` branches on it and takes the MIP's dual bound); (3) the MIP (HiGHS through
+highspy) over the heuristic's pairs, the assignment plan's pairs and each expert's ``candidates``
+devices of most flow, warm-started by the heuristic, stopping at ``gap`` or at the pair's share
+of what is left of ``time_budget``. The better of (1) and (3) is kept; a pair that does not
+gain ``min_gain`` over the greedy keeps the greedy.
 
-Gap: ``(sum of the pairs' assignment bounds - sum of kept flow) / sum of bounds`` over the
-``L - 1`` pairs (``affinity_gap``). Each bound is valid for its pair's whole problem (no
-candidate restriction) given the previous layer as placed; it is not a bound of the joint
-``L``-layer problem (which would let layer ``l`` move for layer ``l + 1``'s sake).
+Gap: ``(sum of the pairs' assignment bounds - sum of objectives) / sum of bounds`` over the
+``L - 1`` pairs (``affinity_gap``), and the same slack over the weighted cross traffic that is
+left (``affinity_cost_gap``: (cost - lower bound) / cost, larger since the cost is the smaller
+number). Each bound is valid for its pair's whole problem (no candidate restriction) given the
+previous layer as placed; it is not a bound of the joint ``L``-layer problem (which would let
+layer ``l`` move for layer ``l + 1``'s sake).
 """
 
 from __future__ import annotations
@@ -675,7 +689,8 @@ def _presence_shares(expert: np.ndarray, share: np.ndarray, E: int) -> tuple[np.
 @register("ilp_affinity")
 @dataclass(frozen=True)
 class AffinityILP:
-    """ExFlow-style placement: per layer pair, keep the most token traffic on-device (see module doc).
+    """ExFlow-style placement: per layer pair, keep the most token traffic on-device and in-node,
+    a cross-node copy weighed ``inter_node_cost`` intra-node ones (see module doc).
 
     Needs transition counts (:meth:`with_counts` or ``counts`` in :meth:`place`); without them
     (or with no layer pairs) it is the EPLB greedy.
