@@ -315,9 +315,7 @@ def pair_value(M: np.ndarray, w: np.ndarray, X: np.ndarray, sh: np.ndarray, nd: 
 
 def _by_node(A: np.ndarray, nd: np.ndarray) -> np.ndarray:
     """``[E, G]`` -> ``[E, N]``: summed over each node's devices."""
-    out = np.zeros((A.shape[0], int(nd.max()) + 1))
-    np.add.at(out.T, nd, A.T)
-    return out
+    return A @ (nd[:, None] == np.arange(int(nd.max()) + 1)[None, :])
 
 
 def _flow_bound(M: np.ndarray, S: int) -> float:
