@@ -114,7 +114,8 @@ def place_cmd(
     experts: Optional[int] = typer.Option(None, "--experts", help="Routed experts per layer (overrides the model)."),
     layers: Optional[int] = typer.Option(None, "--layers", help="MoE layers (overrides the model)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Experts per token (overrides the model; default 8)."),
-    cluster: Optional[str] = typer.Option(None, "--cluster", help="Cluster descriptor: devices and nodes."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Cluster descriptor: devices and nodes (and, for "
+                                                                  "ilp_affinity, the inter-node cost from its links)."),
     devices: Optional[int] = typer.Option(None, "--devices", help="Expert-parallel devices (overrides the cluster)."),
     nodes: Optional[int] = typer.Option(None, "--nodes", help="Nodes the devices are in (default 1)."),
     redundant: int = typer.Option(0, "--redundant", help="Redundant expert slots in all (rounded up to fill every device)."),
