@@ -182,6 +182,11 @@ def main() -> None:
         cmd += ["--set", "always_solve=true"]
     out = {"benchmark": "placement"} if a.skip_balance else balance_part(a, cmd)
     print(f"affinity: follow={FOLLOW} ({FOLLOW_SOURCE}); ExFlow's own figures: {EXFLOW_FIGURES}")
+    from simllm.hardware import load_cluster
+    from simllm.placement.affinity import inter_node_cost
+
+    print(f"inter-node cost of the affinity cases: {inter_node_cost(load_cluster(CLUSTER))[1]}; DeepSeek-V3's: "
+          f"{inter_node_cost(load_cluster(DEEPSEEK_CLUSTER))[1]}")
     from simllm.placement.affinity import exflow_mixtral_hops
 
     exm = exflow_mixtral_hops(FOLLOW)
