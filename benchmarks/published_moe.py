@@ -47,6 +47,15 @@ from simllm.speculative import SpeculativeSpec, expected_tokens_per_step  # noqa
 #: rate is 85-90%; the midpoint is used wherever MTP is on (one draft token).
 MTP_ACCEPT = 0.875
 DS_TPOT = 1.0 / 21.0  # DeepSeek day 6: users see 20-22 output tokens/s -> 47.6 ms
+#: Zipf exponent of the expert popularity served with EPLB. Pinned by SGLang's EPLB ablation (LMSYS blog
+#: 2025-05-05, "Ablation Study: EPLB": EPLB speeds prefill up 1.49x and decode 2.54x): with this model,
+#: prefill EP32 (16,384 tokens per GPU, 4K prompts) gains 1.51x from greedy_replicated + 32 redundant over
+#: contiguous placement at 0.55; decode (256 per GPU, 2K context) then gains 2.07x at EP64 / 2.31x at EP72
+#: (:func:`eplb_ablation` prints both). ASSUMPTION: the ablation ran at the blog's deployment sizes.
+EPLB_ALPHA = 0.55
+EPLB_LOADS = {"alpha": EPLB_ALPHA, "seed": 0}
+#: SGLang's EPLB ablation (blog figure "eplb-throughput"): throughput with EPLB over without.
+EPLB_PUBLISHED = {"prefill": 1.49, "decode": 2.54}
 
 
 @dataclass
@@ -60,6 +69,7 @@ class Deployment:
     dtype: str  # weights and activations (GEMM path)
     per: str  # "node" (8 GPUs) or "NPU"
     notes: list = field(default_factory=list)
+    kernel: str = "normal"  # DeepEP kernel family the deployment ran (moe.dispatch_kernel)
 
 
 DEPLOY = {
@@ -68,22 +78,33 @@ DEPLOY = {
                              ["DeepSeek profile-data: EP32, TP1, 4K prompts, 16K tokens per GPU, two micro-batches, "
                               "'absolutely balanced MoE routing' -> uniform expert loads"]),
     "sgl-prefill": Deployment("SGLang prefill, 4x 8 H100, EP32", "h100-sxm", "h100-sglang12", 32, 32,
-                              {"alpha": 1.0, "seed": 0}, "fp8", "node",
-                              ["ASSUMPTION: 16,384 tokens per GPU per step (DeepSeek's profile batch; the blog's "
-                               "per-device batch not found)",
-                               "EPLB with 32 redundant experts on real traffic -> Zipf(1.0) loads placed by "
+                              EPLB_LOADS, "fp8", "node",
+                              ["16,384 tokens per GPU per step (the blog's profile table: batch 16,384 per device)",
+                               "the 1K/2K/4K rows are with the blog's default EPLB (statistics of its own "
+                               "input/output data, not published); its simulated perfect EPLB is a row of its own",
+                               "EPLB with 32 redundant experts on real traffic -> Zipf(0.55) loads placed by "
                                "greedy_replicated (the blog's expert statistics are not published as numbers)"]),
     "ds-decode": Deployment("DeepSeek-V3 decode, 18x HGX H800, EP144", "h800-sxm", "h800-pd22", 144, 32,
-                            {"alpha": 1.0, "seed": 0}, "fp8", "node",
+                            EPLB_LOADS, "fp8", "node",
                             ["batch: 14,800 tok/s/node x 47.6 ms / 8 GPUs = 88 sequences per GPU",
                              "ASSUMPTION: 4K context per sequence (the decode profile's prompt length)",
                              f"MTP: one draft token, acceptance {MTP_ACCEPT} (V3 report: 85-90%)",
-                             "EPLB loads: Zipf(1.0), greedy_replicated, 32 redundant (DeepSeek day 6)"]),
+                             "EPLB loads: Zipf(0.55), greedy_replicated, 32 redundant (DeepSeek day 6)",
+                             "DeepEP low-latency kernels for every decode call (DeepSeek profile-data README: decode "
+                             "all-to-all over the low-latency kernels, not occupying SMs)"], kernel="low_latency"),
+    "sgl-prefill-perfect": Deployment("SGLang prefill, 4x 8 H100, EP32, simulated perfect EPLB", "h100-sxm",
+                                      "h100-sglang12", 32, 32, {"alpha": 0.0}, "fp8", "node",
+                                      ["blog's profile table: 16,384 tokens per device, 4,096-token inputs, 'simulated "
+                                       "perfect EPLB (random expert selection following group-limited routing)' -> "
+                                       "uniform expert loads"]),
     "sgl-decode": Deployment("SGLang decode, 9x 8 H100, EP72", "h100-sxm", "h100-sglang12", 72, 32,
-                             {"alpha": 1.0, "seed": 0}, "fp8", "node",
+                             EPLB_LOADS, "fp8", "node",
                              ["256 sequences per GPU, 2,000-token inputs (blog)",
                               "ASSUMPTION: context 2,000 tokens at every step (outputs short next to the input)",
-                              "ASSUMPTION: no MTP (the blog's decode figure is without speculative decoding)"]),
+                              "no MTP (the blog's default decode row; its simulated-MTP row is another set-up)",
+                              "DeepEP low-latency kernels for every call (sglang issue 6017, the blog's decode "
+                              "command: --deepep-mode low_latency --cuda-graph-bs 256 --enable-two-batch-overlap)"],
+                             kernel="low_latency"),
     "cm-prefill": Deployment("CloudMatrix-Infer prefill, 16 Ascend 910C (32 dies), EP32", "ascend-910c",
                              "cloudmatrix384", 16, 32, {"alpha": 0.0}, "int8", "NPU",
                              ["a device is one 910C package (two dies); EP32 over dies = EP16 over packages",
@@ -91,13 +112,15 @@ DEPLOY = {
                               "ASSUMPTION: the 6,688 figure is with perfect EPLB -> uniform expert loads",
                               "W8A8 INT8 GEMMs at the sourced 1,504 TOPS INT8 peak; attention bf16"]),
     "cm-decode": Deployment("CloudMatrix-Infer decode, 160 Ascend 910C (320 dies), EP320", "ascend-910c",
-                            "cloudmatrix384", 160, 64, {"alpha": 1.0, "seed": 0}, "int8", "NPU",
+                            "cloudmatrix384", 160, 64, EPLB_LOADS, "int8", "NPU",
                             ["EP320 over dies = EP160 over packages; 256 routed + 64 slots (the paper's 32 "
                              "redundant and 32 shared-expert dies) = one expert per die",
-                             "ASSUMPTION: 4K context per sequence; EPLB loads as for the GPUs: Zipf(1.0), greedy_replicated",
+                             "ASSUMPTION: 4K context per sequence; EPLB loads as for the GPUs: Zipf(0.55), greedy_replicated",
                              f"MTP: one draft token, acceptance {MTP_ACCEPT} (DeepSeek's figure; the paper's own "
                              "acceptance not found)",
-                             "batch per NPU = published throughput x TPOT bound (1,943 x 50 ms = 97; 538 x 15 ms = 8)"]),
+                             "batch per NPU = published throughput x TPOT bound (1,943 x 50 ms = 97; 538 x 15 ms = 8)",
+                             "DeepEP-style low-latency dispatch/combine for every decode call (an assumption: the "
+                             "paper's AIV-direct UB dispatch is a low-latency design)"], kernel="low_latency"),
 }
 
 # (key, deployment, metric label, published, kind, params)
@@ -109,6 +132,9 @@ METRICS = [
     ("sgl_prefill_2k", "sgl-prefill", "SGLang H100 prefill EP32 2K: input tok/s per node", 54543.0, "prefill",
      {"tokens_per_device": 16384, "prompt": 2048}),
     ("sgl_prefill_4k", "sgl-prefill", "SGLang H100 prefill EP32 4K: input tok/s per node", 50302.0, "prefill",
+     {"tokens_per_device": 16384, "prompt": 4096}),
+    ("sgl_prefill_4k_perfect", "sgl-prefill-perfect",
+     "SGLang H100 prefill EP32 4K, perfect EPLB: input tok/s per node", 59337.0, "prefill",
      {"tokens_per_device": 16384, "prompt": 4096}),
     ("cm_prefill", "cm-prefill", "CloudMatrix 910C prefill 4K: input tok/s per NPU", 6688.0, "prefill",
      {"tokens_per_device": 32768, "prompt": 4096}),
@@ -128,7 +154,10 @@ APPROXIMATIONS = [
     "one step at the published batch stands for the deployment (no queueing, no batch fluctuation); the "
     "scenarios in workloads/scenarios/ replay full request streams with the same cost model",
     "DP attention: a step's tokens spread evenly over the EP ranks (no attention imbalance between ranks)",
-    "expert loads are a statistical model (uniform or Zipf 1.0), not recorded EPLB statistics",
+    "expert loads are a statistical model (uniform, or Zipf(0.55) pinned by SGLang's EPLB ablation), not "
+    "recorded EPLB statistics; a batch's routes are independent draws (beyond 8,192 tokens the imbalance of "
+    "8,192 draws): the per-batch imbalance EPLB cannot remove (SGLang: default EPLB 18% below its simulated "
+    "perfect EPLB at 4K prompts) is not modelled",
     "MTP through simllm.speculative / simllm.cost.spec_step (issue 14b): one draft token, expected tokens "
     "per step 1 + acceptance; the MTP module priced as 1/61 of a one-token step",
     "DeepSeek's published decode figures are production daily averages (not a fixed-batch benchmark)",
@@ -160,7 +189,8 @@ def cost_for(key: str):
         acc = load_accelerator(d.accelerator)
         _COSTS[key] = make_ep_step_cost(m, acc, ep=d.ep, **_topo(d.topology),
                                         placement={"policy": "greedy_replicated", "redundant": d.redundant},
-                                        expert_loads=d.loads, moe={"overlap": True}, weight_dtype=d.dtype,
+                                        expert_loads=d.loads, moe={"overlap": True, "dispatch_kernel": d.kernel},
+                                        weight_dtype=d.dtype,
                                         act_dtype=d.dtype)
     return _COSTS[key]
 
@@ -203,7 +233,25 @@ def evaluate(only: str | None = None) -> list[dict]:
 
 #: published two-micro-batch gains: SGLang blog (TBO): prefill +27-35%; DeepSeek publishes the
 #: schedule (profile-data) but no on/off figure.
-TBO_PUBLISHED = {"sgl_prefill_4k": (1.27, 1.35), "sgl_prefill_1k": (1.27, 1.35)}
+TBO_PUBLISHED = {"sgl_prefill_4k": (1.27, 1.35), "sgl_prefill_1k": (1.27, 1.35),
+                 "sgl_decode": (1.255, 1.255)}  # blog ablation: decode +25.5% at 256 tokens per device
+
+
+def eplb_ablation() -> dict:
+    """Throughput with EPLB (greedy_replicated, 32 redundant) over without (contiguous, none) at the
+    SGLang deployments' sizes under :data:`EPLB_LOADS`, against the blog's 1.49x / 2.54x."""
+    m, acc = load_model("deepseek-v3"), load_accelerator("h100-sxm")
+    topo = _topo("h100-sglang12")
+    out = {}
+    for phase, ep, kernel in (("prefill", 32, "normal"), ("decode", 72, "low_latency")):
+        t = []
+        for pol, red in (("greedy_replicated", 32), ("contiguous", 0)):
+            c = make_ep_step_cost(m, acc, ep=ep, **topo, placement={"policy": pol, "redundant": red},
+                                  expert_loads=EPLB_LOADS, moe={"overlap": True, "dispatch_kernel": kernel},
+                                  weight_dtype="fp8", act_dtype="fp8")
+            t.append(prefill(c, 16384, 4096)["step_s"] if phase == "prefill" else decode(c, 256, 2000, None)["step_s"])
+        out[phase] = {"simulated": t[1] / t[0], "published": EPLB_PUBLISHED[phase], "ep": ep}
+    return out
 
 
 def overlap_gains(rows) -> list[dict]:
@@ -241,6 +289,10 @@ def main(argv=None) -> dict:
     for g in gains:
         pub = f"{g['published'][0]:.2f}-{g['published'][1]:.2f}" if g["published"] else "-"
         print(f"  {g['metric']:<16} x{g['gain']:.2f}   published {pub}")
+    abl = eplb_ablation()
+    print(f"\nEPLB ablation at Zipf({EPLB_ALPHA}) loads, throughput with / without EPLB (SGLang blog):")
+    for ph, a in abl.items():
+        print(f"  {ph:<8} EP{a['ep']:<4} x{a['simulated']:.2f}   published x{a['published']:.2f}")
     print("\nSettings per deployment:")
     for k in sorted({r["deployment"] for r in rows}):
         d = DEPLOY[k]
@@ -251,7 +303,7 @@ def main(argv=None) -> dict:
     print("\nApproximations:")
     for a in APPROXIMATIONS:
         print(f"  - {a}")
-    out = {"rows": rows, "overlap_gains": gains, "within_15pct": within, "n": len(rows), "wall_s": time.perf_counter() - t0}
+    out = {"rows": rows, "overlap_gains": gains, "eplb_ablation": abl, "within_15pct": within, "n": len(rows), "wall_s": time.perf_counter() - t0}
     print(json.dumps(out))
     return out
 

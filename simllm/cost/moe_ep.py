@@ -115,6 +115,13 @@ LL_MAX_TOKENS = 128
 #: micro-batch overlap uses) issue RDMA writes and free every SM while the data flies (DeepSeek
 #: profile-data README: decode all-to-all "does not occupy GPU SMs"): 0 while overlapped.
 NORMAL_COMM_SMS = 20.0
+#: Share of a low-latency dispatch/combine during which its kernels hold the SMs (packing and sending,
+#: receiving and unpacking); only the rest (data in flight, SMs free in hook mode) hides compute.
+#: SGLang large-scale EP blog (LMSYS, 2025-05-05), decode kernel breakdown on 9 x 8 H100, EP72: dispatch
+#: takes ~0.17 ms a layer, of which DeepEP's unit tests put ~0.06 ms on the SMs ("decode communication
+#: kernels either fully utilize SMs (during send/receive) or none (during inflight waiting)"):
+#: 0.06 / 0.17. Combine is taken to split alike (an assumption: the blog gives dispatch's only).
+LL_SM_BUSY = 0.06 / 0.17
 #: stream hand-offs per MoE layer of the two-micro-batch schedule: each micro-batch waits on its
 #: dispatch and on its combine (an event wait and a kernel launch each), four per layer; each costs
 #: one kernel launch of the calibration's GEMM path (the launch a dependent kernel pays after a wait).
@@ -306,6 +313,8 @@ class EPStepCost:
         self._t_exp = t_max / draws
         self._n_max = n_max / draws
         self._u_max = u_max / draws
+        # realized busiest device's token-slots over the mean, per grid point (the low-latency kernels' skew)
+        self._n_skew = np.maximum(self._n_max / (grid * self.k / G), 1.0)
 
     def routed_time(self, T: float) -> float:
         """Expected seconds of one MoE layer's routed experts (slowest device) for ``T`` tokens."""
@@ -372,20 +381,32 @@ class EPStepCost:
             return tokens_per_rank <= self.ll_max_tokens and self.remote_fraction is None and self.traffic is None
         return self.dispatch_kernel == "low_latency"
 
+    def ll_skew(self, tokens_per_rank: float) -> float:
+        """The busiest device's (token, expert) copies over the mean in one low-latency call of
+        ``tokens_per_rank`` tokens per rank: the mean over the sampled routes of the realized
+        maximum (the placement's skew and the call's own routing fluctuation: a call ends when its
+        busiest receiver holds all its copies, and combine sends as many back). Between grid points
+        interpolated, beyond ``grid_max`` tokens the last point's. Context-coherent traffic keeps the
+        expected skew."""
+        if self.traffic is not None or self.remote_fraction is not None:
+            return self._skew
+        return float(np.interp(float(tokens_per_rank) * self.ep, self.grid, self._n_skew))
+
     def ll_comm_time(self, tokens_per_rank: float) -> float:
         """Seconds of one MoE layer's low-latency dispatch + combine (every (token, expert) copy
         straight to its rank; :func:`simllm.cost.collectives.deepep_ll_time`, calibration section
-        ``deepep_ll``); the traffic part scaled by the busiest device's share of the loads."""
+        ``deepep_ll``); the traffic part scaled by :meth:`ll_skew`, the busiest receiver's share."""
         if tokens_per_rank <= 0 or self.ep <= 1:
             return 0.0
         node, p = self.topo.node, self._ll_p
         g = min(self.topo.devices_per_node, self.ep)
+        skew = self.ll_skew(tokens_per_rank)
         t = 0.0
         for op in ("dispatch", "combine"):
             launch = p.dispatch_launch_s if op == "dispatch" else p.combine_launch_s
             ll = float(C.deepep_ll_time(op, tokens_per_rank, self.H, self.k, self.ep, g, node.scale_up_bw,
                                         node.scale_out_bw, p))
-            t += launch + (ll - launch) * self._skew
+            t += launch + (ll - launch) * skew
         return t
 
     def normal_comm_time(self, tokens_per_rank: float) -> float:
@@ -470,7 +491,7 @@ class EPStepCost:
                 v = v + self.n_dense * (self._memo_vec("attn", g, self.ops.attention_block)
                                         + self._memo_vec("dense", g, self.ops.dense_ffn_block))
             ch, rh, mh = self._moe_parts(T / 2.0, None if t_g is None else t_g / 2.0)
-            r = 1.0 if self.uses_low_latency(math.ceil(T / 2.0 / self.ep)) else self._ov_rate
+            r = 1.0 - LL_SM_BUSY if self.uses_low_latency(math.ceil(T / 2.0 / self.ep)) else self._ov_rate
             launch = float(self.ops.k.gemm(1.0, float(self.H), float(self.H))[0])
             hit = (float(v[0]), float(ch[0] + rh), float(mh), r, OVERLAP_HANDOFFS * launch)
             if len(self._ov) < 200_000:
