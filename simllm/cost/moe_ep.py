@@ -128,12 +128,25 @@ LL_SM_BUSY = 0.06 / 0.17
 OVERLAP_HANDOFFS = 4
 
 
+#: Compute lost beside the normal dispatch/combine kernels beyond the SMs they hold, as a share of the
+#: device's compute units: the computation slows down next to running communication (SGLang large-scale
+#: EP blog, TBO breakdown: "the no-TBO 8k case outperforms the TBO 16k case in per-kernel speed ...
+#: reduced SMs with TBO, potential noisy neighbor effects"; memory, L2 and power shared with the copy
+#: kernels). Pinned by the same blog's prefill ablation: TBO +27-35% over the vanilla schedule at the
+#: same tokens per device, +40.5% at 16K against vanilla's largest 8K; with 20 SMs held alone this model
+#: gives +52%; with 26 of 132 more it gives +35% at 8,192 tokens per H100 (4K prompts), +31% at 4,096
+#: and +37% 16K against 8K (``python benchmarks/published_moe.py`` prints the gains).
+NORMAL_OVERLAP_CONTENTION = 26.0 / 132.0
+
+
 def default_comm_sms(acc) -> float:
-    """Compute units the normal dispatch/combine kernels take from the GEMMs while overlapped.
-    GPUs: :data:`NORMAL_COMM_SMS`. Ascend NPUs run their dispatch on the AI vector cores and
-    the SDMA/UB engines, apart from the AI (cube) cores the GEMMs use (CloudMatrix384 paper,
-    arXiv 2506.12708: AIV-driven dispatch/combine): 0, an assumption written down."""
-    return 0.0 if str(getattr(acc, "kind", "gpu")) == "npu" else NORMAL_COMM_SMS
+    """Compute units the normal dispatch/combine kernels take from the GEMMs while overlapped: the
+    SMs they hold (GPUs: :data:`NORMAL_COMM_SMS`; Ascend NPUs run their dispatch on the AI vector cores
+    and the SDMA/UB engines, apart from the AI (cube) cores the GEMMs use (CloudMatrix384 paper, arXiv
+    2506.12708: AIV-driven dispatch/combine): 0, an assumption written down) plus the contention share
+    :data:`NORMAL_OVERLAP_CONTENTION` of the device's compute units (on either kind)."""
+    held = 0.0 if str(getattr(acc, "kind", "gpu")) == "npu" else NORMAL_COMM_SMS
+    return held + NORMAL_OVERLAP_CONTENTION * float(acc.compute_units.value)
 
 
 def _vec(ops) -> np.ndarray:
