@@ -50,9 +50,9 @@ DS_TPOT = 1.0 / 21.0  # DeepSeek day 6: users see 20-22 output tokens/s -> 47.6 
 #: Zipf exponent of the expert popularity served with EPLB. Pinned by SGLang's EPLB ablation (LMSYS blog
 #: 2025-05-05, "Ablation Study: EPLB": EPLB speeds prefill up 1.49x and decode 2.54x): with this model,
 #: prefill EP32 (16,384 tokens per GPU, 4K prompts) gains 1.51x from greedy_replicated + 32 redundant over
-#: contiguous placement at 0.55; decode (256 per GPU, 2K context) then gains 2.07x at EP64 / 2.31x at EP72
-#: (:func:`eplb_ablation` prints both). ASSUMPTION: the ablation ran at the blog's deployment sizes.
-EPLB_ALPHA = 0.55
+#: contiguous placement at 0.5; decode (256 per GPU, 2K context, EP72) then gains 2.02x (:func:`eplb_ablation`
+#: prints both). ASSUMPTION: the ablation ran at the blog's deployment sizes.
+EPLB_ALPHA = 0.5
 EPLB_LOADS = {"alpha": EPLB_ALPHA, "seed": 0}
 #: SGLang's EPLB ablation (blog figure "eplb-throughput"): throughput with EPLB over without.
 EPLB_PUBLISHED = {"prefill": 1.49, "decode": 2.54}
@@ -82,14 +82,14 @@ DEPLOY = {
                               ["16,384 tokens per GPU per step (the blog's profile table: batch 16,384 per device)",
                                "the 1K/2K/4K rows are with the blog's default EPLB (statistics of its own "
                                "input/output data, not published); its simulated perfect EPLB is a row of its own",
-                               "EPLB with 32 redundant experts on real traffic -> Zipf(0.55) loads placed by "
+                               "EPLB with 32 redundant experts on real traffic -> Zipf(0.5) loads placed by "
                                "greedy_replicated (the blog's expert statistics are not published as numbers)"]),
     "ds-decode": Deployment("DeepSeek-V3 decode, 18x HGX H800, EP144", "h800-sxm", "h800-pd22", 144, 32,
                             EPLB_LOADS, "fp8", "node",
                             ["batch: 14,800 tok/s/node x 47.6 ms / 8 GPUs = 88 sequences per GPU",
                              "ASSUMPTION: 4K context per sequence (the decode profile's prompt length)",
                              f"MTP: one draft token, acceptance {MTP_ACCEPT} (V3 report: 85-90%)",
-                             "EPLB loads: Zipf(0.55), greedy_replicated, 32 redundant (DeepSeek day 6)",
+                             "EPLB loads: Zipf(0.5), greedy_replicated, 32 redundant (DeepSeek day 6)",
                              "DeepEP low-latency kernels for every decode call (DeepSeek profile-data README: decode "
                              "all-to-all over the low-latency kernels, not occupying SMs)"], kernel="low_latency"),
     "sgl-prefill-perfect": Deployment("SGLang prefill, 4x 8 H100, EP32, simulated perfect EPLB", "h100-sxm",
@@ -115,7 +115,7 @@ DEPLOY = {
                             "cloudmatrix384", 160, 64, EPLB_LOADS, "int8", "NPU",
                             ["EP320 over dies = EP160 over packages; 256 routed + 64 slots (the paper's 32 "
                              "redundant and 32 shared-expert dies) = one expert per die",
-                             "ASSUMPTION: 4K context per sequence; EPLB loads as for the GPUs: Zipf(0.55), greedy_replicated",
+                             "ASSUMPTION: 4K context per sequence; EPLB loads as for the GPUs: Zipf(0.5), greedy_replicated",
                              f"MTP: one draft token, acceptance {MTP_ACCEPT} (DeepSeek's figure; the paper's own "
                              "acceptance not found)",
                              "batch per NPU = published throughput x TPOT bound (1,943 x 50 ms = 97; 538 x 15 ms = 8)",
@@ -154,7 +154,7 @@ APPROXIMATIONS = [
     "one step at the published batch stands for the deployment (no queueing, no batch fluctuation); the "
     "scenarios in workloads/scenarios/ replay full request streams with the same cost model",
     "DP attention: a step's tokens spread evenly over the EP ranks (no attention imbalance between ranks)",
-    "expert loads are a statistical model (uniform, or Zipf(0.55) pinned by SGLang's EPLB ablation), not "
+    "expert loads are a statistical model (uniform, or Zipf(0.5) pinned by SGLang's EPLB ablation), not "
     "recorded EPLB statistics; a batch's routes are independent draws (beyond 8,192 tokens the imbalance of "
     "8,192 draws): the per-batch imbalance EPLB cannot remove (SGLang: default EPLB 18% below its simulated "
     "perfect EPLB at 4K prompts) is not modelled",
