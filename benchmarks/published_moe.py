@@ -46,6 +46,9 @@ from simllm.speculative import SpeculativeSpec, expected_tokens_per_step  # noqa
 #: DeepSeek-V3 technical report (arXiv 2412.19437, sec. 5.4.3): the second token's MTP acceptance
 #: rate is 85-90%; the midpoint is used wherever MTP is on (one draft token).
 MTP_ACCEPT = 0.875
+#: CloudMatrix-Infer's MTP: one speculative token at a 70% acceptance rate, 1.7 tokens a step (arXiv
+#: 2506.12708, evaluation set-up and MTP ablation)
+CM_MTP_ACCEPT = 0.7
 DS_TPOT = 1.0 / 21.0  # DeepSeek day 6: users see 20-22 output tokens/s -> 47.6 ms
 #: Zipf exponent of the expert popularity served with EPLB. Pinned by SGLang's EPLB ablation (LMSYS blog
 #: 2025-05-05, "Ablation Study: EPLB": EPLB speeds prefill up 1.49x and decode 2.54x): with this model,
@@ -108,17 +111,23 @@ DEPLOY = {
     "cm-prefill": Deployment("CloudMatrix-Infer prefill, 16 Ascend 910C (32 dies), EP32", "ascend-910c",
                              "cloudmatrix384", 16, 32, {"alpha": 0.0}, "int8", "NPU",
                              ["a device is one 910C package (two dies); EP32 over dies = EP16 over packages",
-                              "ASSUMPTION: 16K tokens per die (32K per package) of 4K prompts, as DeepSeek's profile",
-                              "ASSUMPTION: the 6,688 figure is with perfect EPLB -> uniform expert loads",
+                              "16,384 tokens per NPU of 4,096-token prompts (the paper's prefill table: batch "
+                              "16,384, input 4,096, in the per-device format of SGLang's table; ASSUMPTION: per "
+                              "NPU package, not per die)",
+                              "6,688 is the paper's 'Perfect EPLB' row (its default EPLB: 5,655) -> uniform loads",
                               "W8A8 INT8 GEMMs at the sourced 1,504 TOPS INT8 peak; attention bf16"]),
+    "cm-prefill-default": Deployment("CloudMatrix-Infer prefill, EP32, default EPLB", "ascend-910c", "cloudmatrix384",
+                                     16, 32, EPLB_LOADS, "int8", "NPU",
+                                     ["the paper's default-EPLB prefill row; loads Zipf(0.5) placed by greedy_replicated"]),
     "cm-decode": Deployment("CloudMatrix-Infer decode, 160 Ascend 910C (320 dies), EP320", "ascend-910c",
                             "cloudmatrix384", 160, 64, EPLB_LOADS, "int8", "NPU",
                             ["EP320 over dies = EP160 over packages; 256 routed + 64 slots (the paper's 32 "
                              "redundant and 32 shared-expert dies) = one expert per die",
-                             "ASSUMPTION: 4K context per sequence; EPLB loads as for the GPUs: Zipf(0.5), greedy_replicated",
-                             f"MTP: one draft token, acceptance {MTP_ACCEPT} (DeepSeek's figure; the paper's own "
-                             "acceptance not found)",
-                             "batch per NPU = published throughput x TPOT bound (1,943 x 50 ms = 97; 538 x 15 ms = 8)",
+                             "EPLB loads as for the GPUs: Zipf(0.5), greedy_replicated",
+                             f"MTP: one draft token, acceptance {CM_MTP_ACCEPT} (the paper: 70%, 1.7 tokens a step)",
+                             "batch per NPU and lengths from the paper's decode table: 96 at 4,096 in / 256 out "
+                             "(TPOT 49.4 ms), 8 (14.9 ms), 24 (24.6 ms), 112 at 2K/256, 128 at 1K/1K; "
+                             "ASSUMPTION: context = prompt + half the output (sequences spread over their decode)",
                              "DeepEP-style low-latency dispatch/combine for every decode call (an assumption: the "
                              "paper's AIV-direct UB dispatch is a low-latency design)"], kernel="low_latency"),
 }
@@ -136,8 +145,10 @@ METRICS = [
     ("sgl_prefill_4k_perfect", "sgl-prefill-perfect",
      "SGLang H100 prefill EP32 4K, perfect EPLB: input tok/s per node", 59337.0, "prefill",
      {"tokens_per_device": 16384, "prompt": 4096}),
-    ("cm_prefill", "cm-prefill", "CloudMatrix 910C prefill 4K: input tok/s per NPU", 6688.0, "prefill",
-     {"tokens_per_device": 32768, "prompt": 4096}),
+    ("cm_prefill", "cm-prefill", "CloudMatrix 910C prefill 4K, perfect EPLB: input tok/s per NPU", 6688.0,
+     "prefill", {"tokens_per_device": 16384, "prompt": 4096}),
+    ("cm_prefill_default", "cm-prefill-default", "CloudMatrix 910C prefill 4K, default EPLB: input tok/s per NPU",
+     5655.0, "prefill", {"tokens_per_device": 16384, "prompt": 4096}),
     ("ds_decode_tput", "ds-decode", "DeepSeek-V3 H800 decode EP144: output tok/s per node", 14800.0, "decode",
      {"seqs": 88, "ctx": 4096, "mtp": MTP_ACCEPT, "out": "throughput"}),
     ("ds_decode_tpot", "ds-decode", "DeepSeek-V3 H800 decode EP144: TPOT ms", 1e3 * DS_TPOT, "decode",
@@ -145,10 +156,20 @@ METRICS = [
     ("sgl_decode", "sgl-decode", "SGLang H100 decode EP72 256 seq/GPU: output tok/s per node", 22282.0, "decode",
      {"seqs": 256, "ctx": 2000, "mtp": None, "out": "throughput"}),
     ("cm_decode_50ms", "cm-decode", "CloudMatrix 910C decode, TPOT < 50 ms: output tok/s per NPU", 1943.0,
-     "decode", {"seqs": 97, "ctx": 4096, "mtp": MTP_ACCEPT, "out": "throughput"}),
+     "decode", {"seqs": 96, "ctx": 4096 + 128, "mtp": CM_MTP_ACCEPT, "out": "throughput"}),
     ("cm_decode_15ms", "cm-decode", "CloudMatrix 910C decode, TPOT 15 ms: output tok/s per NPU", 538.0,
-     "decode", {"seqs": 8, "ctx": 4096, "mtp": MTP_ACCEPT, "out": "throughput"}),
+     "decode", {"seqs": 8, "ctx": 4096 + 128, "mtp": CM_MTP_ACCEPT, "out": "throughput"}),
+    ("cm_decode_30ms", "cm-decode", "CloudMatrix 910C decode, TPOT 30 ms (batch 24): tok/s per NPU", 974.0,
+     "decode", {"seqs": 24, "ctx": 4096 + 128, "mtp": CM_MTP_ACCEPT, "out": "throughput"}),
+    ("cm_decode_2k", "cm-decode", "CloudMatrix 910C decode 2K/256 (batch 112): tok/s per NPU", 2360.0,
+     "decode", {"seqs": 112, "ctx": 2048 + 128, "mtp": CM_MTP_ACCEPT, "out": "throughput"}),
+    ("cm_decode_1k", "cm-decode", "CloudMatrix 910C decode 1K/1K (batch 128): tok/s per NPU", 2733.0,
+     "decode", {"seqs": 128, "ctx": 1024 + 512, "mtp": CM_MTP_ACCEPT, "out": "throughput"}),
 ]
+
+#: the metrics of issue 14's table (the rest are further published rows of the same sources)
+ISSUE_METRICS = ("ds_prefill_4k", "sgl_prefill_1k", "sgl_prefill_2k", "sgl_prefill_4k", "cm_prefill", "ds_decode_tput",
+                 "ds_decode_tpot", "sgl_decode", "cm_decode_50ms", "cm_decode_15ms")
 
 APPROXIMATIONS = [
     "one step at the published batch stands for the deployment (no queueing, no batch fluctuation); the "
@@ -227,7 +248,7 @@ def evaluate(only: str | None = None) -> list[dict]:
             r = decode(c, p["seqs"], p["ctx"], p["mtp"])
             sim = 1e3 * r["tpot_s"] if p["out"] == "tpot" else r["per_device"] * per
         rows.append({"metric": key, "label": label, "published": pub, "simulated": sim, "ratio": sim / pub,
-                     "step_s": r["step_s"], "deployment": dep})
+                     "step_s": r["step_s"], "deployment": dep, "issue": key in ISSUE_METRICS})
     return rows
 
 
@@ -295,11 +316,14 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     rows = evaluate(args.only)
-    print(f"{'metric':<62} {'published':>10} {'simulated':>10} {'ratio':>6}")
+    print(f"{'metric (* = issue 14 table)':<66} {'published':>10} {'simulated':>10} {'ratio':>6}")
     for r in rows:
-        print(f"{r['label']:<62} {r['published']:>10.1f} {r['simulated']:>10.1f} {r['ratio']:>6.2f}")
+        star = "*" if r["issue"] else " "
+        print(f"{star} {r['label']:<64} {r['published']:>10.1f} {r['simulated']:>10.1f} {r['ratio']:>6.2f}")
     within = sum(0.85 <= r["ratio"] <= 1.15 for r in rows)
-    print(f"\n{within}/{len(rows)} within 15%")
+    iss = [r for r in rows if r["issue"]]
+    within_issue = sum(0.85 <= r["ratio"] <= 1.15 for r in iss)
+    print(f"\n{within_issue}/{len(iss)} of the issue's metrics and {within}/{len(rows)} of all within 15%")
     gains = overlap_gains(rows)
     print("\nTwo-micro-batch overlap, step time off / on (published range where there is one):")
     for g in gains:
@@ -324,7 +348,8 @@ def main(argv=None) -> dict:
     print("\nApproximations:")
     for a in APPROXIMATIONS:
         print(f"  - {a}")
-    out = {"rows": rows, "overlap_gains": gains, "tbo_ablation": tbo, "eplb_ablation": abl, "within_15pct": within, "n": len(rows), "wall_s": time.perf_counter() - t0}
+    out = {"rows": rows, "overlap_gains": gains, "tbo_ablation": tbo, "eplb_ablation": abl, "within_15pct": within, "n": len(rows),
+           "issue_within_15pct": within_issue, "issue_n": len(iss), "wall_s": time.perf_counter() - t0}
     print(json.dumps(out))
     return out
 

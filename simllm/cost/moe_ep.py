@@ -237,6 +237,9 @@ class EPStepCost:
         self.comm_sms = float(sms)
         # compute rate left while the normal kernels run beside it (their copy loops occupy SMs)
         self._ov_rate = (cus - self.comm_sms) / cus
+        # low-latency calls: the share of their time they hold the compute units (GPUs: LL_SM_BUSY; Ascend's
+        # AIV-direct dispatch runs on the vector cores beside the cube cores: 0, as for the normal kernels)
+        self._ll_busy = 0.0 if str(getattr(accelerator, "kind", "gpu")) == "npu" else LL_SM_BUSY
         if node is None and self.tp > 1:
             node = default_node_for(accelerator)
         self.node = node
@@ -520,7 +523,7 @@ class EPStepCost:
                 v = v + self.n_dense * (self._memo_vec("attn", g, self.ops.attention_block)
                                         + self._memo_vec("dense", g, self.ops.dense_ffn_block))
             ch, rh, mh = self._moe_parts(T / 2.0, None if t_g is None else t_g / 2.0)
-            r = 1.0 - LL_SM_BUSY if self.uses_low_latency(math.ceil(T / 2.0 / self.ep)) else self._ov_rate
+            r = 1.0 - self._ll_busy if self.uses_low_latency(math.ceil(T / 2.0 / self.ep)) else self._ov_rate
             launch = float(self.ops.k.gemm(1.0, float(self.H), float(self.H))[0])
             hit = (float(v[0]), float(ch[0] + rh), float(mh), r, OVERLAP_HANDOFFS * launch)
             if len(self._ov) < 200_000:
