@@ -222,3 +222,15 @@ def test_large_scale_scenarios_validate(name):
     pools = {p.role: p for p in scn.deployment.pools}
     assert pools["prefill"].moe["overlap"] and pools["decode"].moe["overlap"]
     assert scn.deployment.act_dtype == scn.deployment.weight_dtype  # FP8 / INT8 GEMMs with quantized activations
+
+
+@pytest.mark.parametrize("name", ["deepseek-v3-sglang-h100-pd", "deepseek-r1-cloudmatrix384-pd"])
+def test_large_scale_scenarios_serve_their_requests(name):
+    """The scenarios' batching limits (replica-wide, divided over the DP ranks) admit their prompts: a
+    short replay completes every request (it rejected all of them when the limits were per rank)."""
+    from simllm.scenario import load_scenario, prepare, simulate
+
+    path = ROOT / "workloads" / "scenarios" / f"{name}.yaml"
+    scn, _ = load_scenario(path, ["workload.generator.num_requests=60"])
+    req, _, summary = simulate(prepare(scn, file=path))
+    assert summary["rejected"] == 0 and summary["completed"] == 60, set(req["rejected_reason"])
