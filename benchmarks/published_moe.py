@@ -15,6 +15,11 @@ Metrics and how they are priced:
 * prefill, input tokens/s: one step of ``tokens_per_device * ep`` prompt tokens in prompts of the
   published length (full causal attention each), two micro-batches (``overlap``), DeepEP normal
   kernels; tokens / step seconds, per node (8 GPUs) or per NPU.
+* rows marked ``*`` are issue 14's table; the others are further published rows of the same sources
+  (SGLang's simulated perfect EPLB, CloudMatrix's default EPLB and other decode batches).
+* ablations: SGLang's two-batch overlap (:func:`tbo_ablation`) and EPLB (:func:`eplb_ablation`)
+  gains against the model's; the overlap's contention share and the Zipf exponent of the EPLB-served
+  loads are pinned on them (one number each, used for every row).
 * decode: one step of ``seqs_per_device * ep`` sequences at the context given; with MTP
   (``deployment.speculative: {method: mtp, num_tokens: 1, acceptance}``) the step is
   :class:`simllm.cost.spec_step.SpeculativeStepCost` over the EP step cost (verification of
@@ -186,10 +191,20 @@ APPROXIMATIONS = [
     "profile's prefill figure)",
     "Ascend 910C priced with H100's fitted fractions of peak (no measured 910C tables), through the 910C's "
     "own peaks, HBM bandwidth and cores; DeepEP-style dispatch over the Unified Bus with the low-latency/"
-    "normal kernel models of the GPUs",
-    "Pangu Pro MoE on Ascend not priced: the paper (arXiv 2505.21411) gives 1,148 tok/s per card on 800I A2 "
-    "(1,528 with speculative decoding) but not the batch, sequence lengths, parallel layout per card and "
-    "quantization of that figure",
+    "normal kernel models of the GPUs; the NPU's dispatch holds no cube cores (AIV/SDMA), the contention "
+    "share pinned on SGLang's H100 ablation applies to it too. Check against the paper's operator figures: "
+    "INT8 GEMM here 0.72-0.74 of peak (paper 77.4-82.7%), MLA decode with two queries 0.56 of the BF16 peak "
+    "(paper 65.4%): not optimistic",
+    "CloudMatrix-Infer's prefill attention runs SP-TP-SP over the instance's 32 dies (all-gather of every "
+    "token's latents, all-to-all back): not modelled (DP attention here); estimated 11-14 ms per layer over "
+    "196 GB/s UB at 16K tokens per NPU. Its decode two-stream core partition is not modelled either",
+    "CloudMatrix figures (batches, lengths, MTP acceptance 70%, default/perfect EPLB rows, operator "
+    "utilizations) read from public summaries of arXiv 2506.12708's tables; the paper's text was not "
+    "reachable from here",
+    "Pangu Pro MoE on Ascend not priced: the paper (arXiv 2505.21411) gives 1,148 tok/s per card decode and "
+    "4,828 input tok/s per card on 800I A2 (W8A8; 1,528 with speculative decoding; 321 on 300I Duo) but "
+    "not the batch, prompt and output lengths, card count and H2P layout (attention DP/TP, expert EP per "
+    "card; only shared experts TP8 stated) of those figures",
 ]
 
 

@@ -30,8 +30,9 @@ mean stands for every MoE layer), and the mean over draws of the max-device time
 A grid point's draws are the first ``T`` tokens of one draw of ``grid_max`` tokens (cheap
 prefix counts; common random numbers across grid points and, through a module cache, across
 placements of the same loads: comparisons between placements see the same routes). Between grid
-points the table is interpolated linearly; beyond ``grid_max`` it is extrapolated in proportion
-to ``T`` (at large ``T`` the max load is proportional to ``T``). The whole token-dependent part
+points the table is interpolated linearly; beyond ``grid_max`` the busiest device's token-slots
+are taken in proportion to ``T`` (the last point's max over mean, an upper bound) and priced at the
+GEMM rows they make, joined continuously to the table (weights are read once however large T is). The whole token-dependent part
 is memoized per integer ``T``, so a scalar ``step_time`` is a dict lookup and a few float ops.
 
 **Dispatch and combine.** Two DeepEP kernel families. *Normal* kernels (prefill):
@@ -41,8 +42,9 @@ receives, and sends back, more); linear in tokens per rank, evaluated at two tok
 sampled layer and the fitted ``a + b * tokens`` (averaged over layers) is used, plus the
 calibrated launch overhead per call. *Low-latency* kernels (decode):
 :func:`simllm.cost.collectives.deepep_ll_time` (every (token, expert) copy straight to its rank;
-calibration section ``deepep_ll``), its traffic part scaled by the busiest device's share of the
-loads. ``dispatch_kernel: auto`` (default) runs a call of at most ``ll_max_tokens`` tokens per
+calibration section ``deepep_ll``), its traffic part scaled by :meth:`EPStepCost.ll_skew`: the
+realized busiest receiver of the call's own sampled routes over the mean (placement skew and
+routing fluctuation; a call ends when its busiest receiver holds all its copies). ``dispatch_kernel: auto`` (default) runs a call of at most ``ll_max_tokens`` tokens per
 rank (128, SGLang's low-latency buffer) on the low-latency kernels, larger ones on the normal
 kernels; ``normal`` / ``low_latency`` force one family.
 
@@ -52,9 +54,12 @@ Per MoE layer a half computes ``x = c + a`` (``c``: attention block, local MoE a
 of half the tokens, re-reading the weights; ``a``: its context attention) while the other half's
 dispatch + combine take ``m``. The communication is not free: the normal kernels keep
 ``comm_sms`` SMs (20 of an H800's 132, DeepSeek-V3 report) copying, so the compute beside them
-runs at ``r = (SMs - comm_sms) / SMs`` and a half costs ``max(m, x + m (1 - r))``; the
-low-latency kernels in hook mode hold no SM while data flies (``r = 1``; DeepSeek's profile
-README). Each layer adds four stream hand-offs (each micro-batch waits on its dispatch and its
+runs at ``r = (SMs - comm_sms) / SMs`` and a half costs ``max(m, x + m (1 - r))``; ``comm_sms``
+defaults to those 20 plus :data:`NORMAL_OVERLAP_CONTENTION` of the device (compute slowed by the
+copies beside it, pinned on SGLang's TBO ablation). The low-latency kernels in hook mode hold no SM
+while data flies (DeepSeek's profile README) but do while sending and receiving: ``r = 1 -``
+:data:`LL_SM_BUSY` (SGLang's decode breakdown; 0 held on Ascend, whose dispatch runs on the vector
+cores). Each layer adds four stream hand-offs (each micro-batch waits on its dispatch and its
 combine), one kernel launch each; once per step the first dispatch (or last compute) has nothing
 to hide behind (``+ min(x, m)``). Dense layers run unsplit. Two half batches re-read the weights,
 so at small batches the split costs more than it hides: per step the cheaper of the two
