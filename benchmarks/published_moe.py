@@ -216,6 +216,8 @@ def _topo(name):
 
 
 _COSTS: dict = {}
+#: the calibration's framework whose measured kernels price GEMMs and attention (--framework)
+FRAMEWORK = {"name": "vllm"}
 
 
 def cost_for(key: str):
@@ -226,8 +228,7 @@ def cost_for(key: str):
         _COSTS[key] = make_ep_step_cost(m, acc, ep=d.ep, **_topo(d.topology),
                                         placement={"policy": "greedy_replicated", "redundant": d.redundant},
                                         expert_loads=d.loads, moe={"overlap": True, "dispatch_kernel": d.kernel},
-                                        weight_dtype=d.dtype,
-                                        act_dtype=d.dtype)
+                                        weight_dtype=d.dtype, act_dtype=d.dtype, framework=FRAMEWORK["name"])
     return _COSTS[key]
 
 
@@ -286,7 +287,7 @@ def eplb_ablation() -> dict:
         for pol, red in (("greedy_replicated", 32), ("contiguous", 0)):
             c = make_ep_step_cost(m, acc, ep=ep, **topo, placement={"policy": pol, "redundant": red},
                                   expert_loads=EPLB_LOADS, moe={"overlap": True, "dispatch_kernel": kernel},
-                                  weight_dtype="fp8", act_dtype="fp8")
+                                  weight_dtype="fp8", act_dtype="fp8", framework=FRAMEWORK["name"])
             t.append(prefill(c, 16384, 4096)["step_s"] if phase == "prefill" else decode(c, 256, 2000, None)["step_s"])
         out[phase] = {"simulated": t[1] / t[0], "published": EPLB_PUBLISHED[phase], "ep": ep}
     return out
@@ -331,7 +332,11 @@ def overlap_gains(rows) -> list[dict]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default=None, help="metrics whose key contains this")
+    ap.add_argument("--framework", default="vllm", choices=("vllm", "sglang", "trtllm"),
+                    help="whose measured kernel fits price GEMMs and attention (default vllm)")
     args = ap.parse_args(argv)
+    FRAMEWORK["name"] = args.framework
+    _COSTS.clear()
     t0 = time.perf_counter()
     rows = evaluate(args.only)
     print(f"{'metric (* = issue 14 table)':<66} {'published':>10} {'simulated':>10} {'ratio':>6}")

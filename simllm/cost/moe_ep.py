@@ -198,7 +198,8 @@ class EPStepCost:
                  samples: int = 4, sample_layers: int = 4, grid_max: int = 8192, grid_points: int = 48,
                  seed: int = 0, remote_fraction: Optional[float] = None, policy_spec: Optional[dict] = None,
                  dispatch_kernel: str = "auto", overlap_min_tokens: int = 0, comm_sms: Optional[float] = None,
-                 ll_max_tokens: int = LL_MAX_TOKENS, traffic: Optional[np.ndarray] = None):
+                 ll_max_tokens: int = LL_MAX_TOKENS, traffic: Optional[np.ndarray] = None,
+                 framework: str = "vllm"):
         if model.moe is None or model.num_moe_layers == 0:
             raise InputError(f"{model.name} has no MoE layers; expert parallelism needs an MoE model", field="ep")
         self.model, self.acc, self.ep, self.tp = model, accelerator, int(ep), int(tp)
@@ -215,7 +216,7 @@ class EPStepCost:
                         grid_points=grid_points, seed=seed, remote_fraction=remote_fraction,
                         policy_spec=policy_spec, dispatch_kernel=dispatch_kernel,
                         overlap_min_tokens=overlap_min_tokens, comm_sms=comm_sms, ll_max_tokens=ll_max_tokens,
-                        traffic=traffic)
+                        traffic=traffic, framework=framework)
         self.policy_spec = policy_spec  # the placement policy block periodic re-placement re-plans with
         if dispatch_kernel not in DISPATCH_KERNELS:
             raise InputError(f"must be one of {', '.join(DISPATCH_KERNELS)}, got {dispatch_kernel!r}",
@@ -249,7 +250,8 @@ class EPStepCost:
             node = default_node_for(accelerator)
         self.node = node
         links = C.CommLinks.from_node(node, self.cal.comm) if node is not None else None
-        kw = dict(cal=self.cal, weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype)
+        # the framework whose measured kernels price GEMMs and attention (the calibration's per-framework fits)
+        kw = dict(cal=self.cal, weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype, framework=framework)
         self.ops = LayerOps(model, accelerator, tp=self.tp, links=links, **kw)  # attention, dense, head
         self.eops = LayerOps(model, accelerator, tp=1, links=None, **kw)  # experts: whole, one device each
         self.n_moe = int(model.num_moe_layers)
@@ -835,7 +837,7 @@ _MOE_KEYS = {*_COST_KEYS, "layers"}
 def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cluster=None,
                       placement: Any = None, expert_loads: Optional[dict] = None, moe: Optional[dict] = None,
                       weight_dtype: str = "bf16", kv_dtype: str = "bf16", act_dtype: str = "bf16",
-                      calibration=None, base_dir=None) -> EPStepCost:
+                      calibration=None, base_dir=None, framework: str = "vllm") -> EPStepCost:
     """Build the placement (``simllm.placement``) and the expert-parallel step cost of one replica.
 
     ``placement``: ``{policy: ilp|greedy_replicated|contiguous|..., redundant: N, **params}``
@@ -889,7 +891,7 @@ def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cl
     kw = {k: moe[k] for k in _COST_KEYS if k in moe}
     cost = EPStepCost(model, accelerator, ep=ep, placement=pl, popularity=pop, topology=topo, tp=tp, node=node,
                       weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype, calibration=calibration,
-                      policy_spec=dict(spec), **kw)
+                      policy_spec=dict(spec), framework=framework, **kw)
     return cost
 
 
