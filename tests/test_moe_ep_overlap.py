@@ -234,3 +234,17 @@ def test_large_scale_scenarios_serve_their_requests(name):
     scn, _ = load_scenario(path, ["workload.generator.num_requests=60"])
     req, _, summary = simulate(prepare(scn, file=path))
     assert summary["rejected"] == 0 and summary["completed"] == 60, set(req["rejected_reason"])
+
+
+def test_ep_cost_prices_kernels_with_the_framework_given(env):
+    """The calibration's per-framework kernel fits reach the EP step (attention, GEMMs); an unknown
+    framework is refused."""
+    m, cl = env
+    kw = dict(ep=16, node=cl.node, cluster=cl, placement={"policy": "greedy_replicated", "redundant": 16},
+              expert_loads={"alpha": 0.0}, moe=SMALL, weight_dtype="fp8", act_dtype="fp8")
+    a = make_ep_step_cost(m, cl.accelerator, **kw)
+    b = make_ep_step_cost(m, cl.accelerator, framework="sglang", **kw)
+    T, W = 16 * 4096, 4 * 4096 * 4097 / 2.0
+    assert a.step_time(T, W, 4, 0, 0.0) != b.step_time(T, W, 4, 0, 0.0)
+    with pytest.raises(InputError):
+        make_ep_step_cost(m, cl.accelerator, framework="tensorflow", **kw)
