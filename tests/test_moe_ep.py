@@ -62,9 +62,12 @@ def test_placement_orders_routed_expert_time(costs):
     assert r["ilp"] <= 1.05 * r["greedy_replicated"]
     # dispatch/combine: a skewed placement overloads the hot devices' ports
     assert costs["contiguous"].comm_time(T / 16) > costs["greedy_replicated"].comm_time(T / 16)
-    for c in costs.values():  # expectation table is non-decreasing in tokens and extrapolates linearly
+    for c in costs.values():  # expectation table is non-decreasing in tokens; beyond it, continuous and at most
+        # linear (the busiest device's slots scale with T, its weights are read once: larger GEMM rows pay less)
         assert np.all(np.diff(c._t_exp) >= -1e-12)
-        assert c.routed_time(2 * c.grid[-1]) == pytest.approx(2 * c.routed_time(c.grid[-1]))
+        g = int(c.grid[-1])
+        assert c.routed_time(g + 1) == pytest.approx(c.routed_time(g), rel=1e-3)
+        assert c.routed_time(g) < c.routed_time(2 * g) <= 2 * c.routed_time(g) * (1 + 1e-9)
 
 
 def test_redundant_experts_take_memory(costs):

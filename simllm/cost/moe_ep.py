@@ -30,8 +30,9 @@ mean stands for every MoE layer), and the mean over draws of the max-device time
 A grid point's draws are the first ``T`` tokens of one draw of ``grid_max`` tokens (cheap
 prefix counts; common random numbers across grid points and, through a module cache, across
 placements of the same loads: comparisons between placements see the same routes). Between grid
-points the table is interpolated linearly; beyond ``grid_max`` it is extrapolated in proportion
-to ``T`` (at large ``T`` the max load is proportional to ``T``). The whole token-dependent part
+points the table is interpolated linearly; beyond ``grid_max`` the busiest device's token-slots
+are taken in proportion to ``T`` (the last point's max over mean, an upper bound) and priced at the
+GEMM rows they make, joined continuously to the table (weights are read once however large T is). The whole token-dependent part
 is memoized per integer ``T``, so a scalar ``step_time`` is a dict lookup and a few float ops.
 
 **Dispatch and combine.** Two DeepEP kernel families. *Normal* kernels (prefill):
@@ -41,8 +42,9 @@ receives, and sends back, more); linear in tokens per rank, evaluated at two tok
 sampled layer and the fitted ``a + b * tokens`` (averaged over layers) is used, plus the
 calibrated launch overhead per call. *Low-latency* kernels (decode):
 :func:`simllm.cost.collectives.deepep_ll_time` (every (token, expert) copy straight to its rank;
-calibration section ``deepep_ll``), its traffic part scaled by the busiest device's share of the
-loads. ``dispatch_kernel: auto`` (default) runs a call of at most ``ll_max_tokens`` tokens per
+calibration section ``deepep_ll``), its traffic part scaled by :meth:`EPStepCost.ll_skew`: the
+realized busiest receiver of the call's own sampled routes over the mean (placement skew and
+routing fluctuation; a call ends when its busiest receiver holds all its copies). ``dispatch_kernel: auto`` (default) runs a call of at most ``ll_max_tokens`` tokens per
 rank (128, SGLang's low-latency buffer) on the low-latency kernels, larger ones on the normal
 kernels; ``normal`` / ``low_latency`` force one family.
 
@@ -52,9 +54,12 @@ Per MoE layer a half computes ``x = c + a`` (``c``: attention block, local MoE a
 of half the tokens, re-reading the weights; ``a``: its context attention) while the other half's
 dispatch + combine take ``m``. The communication is not free: the normal kernels keep
 ``comm_sms`` SMs (20 of an H800's 132, DeepSeek-V3 report) copying, so the compute beside them
-runs at ``r = (SMs - comm_sms) / SMs`` and a half costs ``max(m, x + m (1 - r))``; the
-low-latency kernels in hook mode hold no SM while data flies (``r = 1``; DeepSeek's profile
-README). Each layer adds four stream hand-offs (each micro-batch waits on its dispatch and its
+runs at ``r = (SMs - comm_sms) / SMs`` and a half costs ``max(m, x + m (1 - r))``; ``comm_sms``
+defaults to those 20 plus :data:`NORMAL_OVERLAP_CONTENTION` of the device (compute slowed by the
+copies beside it, pinned on SGLang's TBO ablation). The low-latency kernels in hook mode hold no SM
+while data flies (DeepSeek's profile README) but do while sending and receiving: ``r = 1 -``
+:data:`LL_SM_BUSY` (SGLang's decode breakdown; 0 held on Ascend, whose dispatch runs on the vector
+cores). Each layer adds four stream hand-offs (each micro-batch waits on its dispatch and its
 combine), one kernel launch each; once per step the first dispatch (or last compute) has nothing
 to hide behind (``+ min(x, m)``). Dense layers run unsplit. Two half batches re-read the weights,
 so at small batches the split costs more than it hides: per step the cheaper of the two
@@ -115,18 +120,39 @@ LL_MAX_TOKENS = 128
 #: micro-batch overlap uses) issue RDMA writes and free every SM while the data flies (DeepSeek
 #: profile-data README: decode all-to-all "does not occupy GPU SMs"): 0 while overlapped.
 NORMAL_COMM_SMS = 20.0
+#: Share of a low-latency dispatch/combine during which its kernels hold the SMs (packing and sending,
+#: receiving and unpacking); only the rest (data in flight, SMs free in hook mode) hides compute.
+#: SGLang large-scale EP blog (LMSYS, 2025-05-05), decode kernel breakdown on 9 x 8 H100, EP72: dispatch
+#: takes ~0.17 ms a layer, of which DeepEP's unit tests put ~0.06 ms on the SMs ("decode communication
+#: kernels either fully utilize SMs (during send/receive) or none (during inflight waiting)"):
+#: 0.06 / 0.17. Combine is taken to split alike (an assumption: the blog gives dispatch's only).
+LL_SM_BUSY = 0.06 / 0.17
 #: stream hand-offs per MoE layer of the two-micro-batch schedule: each micro-batch waits on its
 #: dispatch and on its combine (an event wait and a kernel launch each), four per layer; each costs
 #: one kernel launch of the calibration's GEMM path (the launch a dependent kernel pays after a wait).
 OVERLAP_HANDOFFS = 4
 
 
+#: Compute lost beside the normal dispatch/combine kernels beyond the SMs they hold, as a share of the
+#: device's compute units: the computation slows down next to running communication (SGLang large-scale
+#: EP blog, TBO breakdown: "the no-TBO 8k case outperforms the TBO 16k case in per-kernel speed ...
+#: reduced SMs with TBO, potential noisy neighbor effects"; memory, L2 and power shared with the copy
+#: kernels). Pinned by the same blog's prefill ablation: TBO +27-35% over the vanilla schedule at the
+#: same tokens per device, +40.5% at 16K against vanilla's largest 8K; with 20 SMs held alone this model
+#: gives +50%; 31 of 132 more is the least that brings the same-token gain into the published range
+#: (+35% at 8,192 tokens per H100, 4K prompts; 16K against 8K +38%; ``python benchmarks/published_moe.py``
+#: prints both).
+NORMAL_OVERLAP_CONTENTION = 31.0 / 132.0
+
+
 def default_comm_sms(acc) -> float:
-    """Compute units the normal dispatch/combine kernels take from the GEMMs while overlapped.
-    GPUs: :data:`NORMAL_COMM_SMS`. Ascend NPUs run their dispatch on the AI vector cores and
-    the SDMA/UB engines, apart from the AI (cube) cores the GEMMs use (CloudMatrix384 paper,
-    arXiv 2506.12708: AIV-driven dispatch/combine): 0, an assumption written down."""
-    return 0.0 if str(getattr(acc, "kind", "gpu")) == "npu" else NORMAL_COMM_SMS
+    """Compute units the normal dispatch/combine kernels take from the GEMMs while overlapped: the
+    SMs they hold (GPUs: :data:`NORMAL_COMM_SMS`; Ascend NPUs run their dispatch on the AI vector cores
+    and the SDMA/UB engines, apart from the AI (cube) cores the GEMMs use (CloudMatrix384 paper, arXiv
+    2506.12708: AIV-driven dispatch/combine): 0, an assumption written down) plus the contention share
+    :data:`NORMAL_OVERLAP_CONTENTION` of the device's compute units (on either kind)."""
+    held = 0.0 if str(getattr(acc, "kind", "gpu")) == "npu" else NORMAL_COMM_SMS
+    return held + NORMAL_OVERLAP_CONTENTION * float(acc.compute_units.value)
 
 
 def _vec(ops) -> np.ndarray:
@@ -172,7 +198,8 @@ class EPStepCost:
                  samples: int = 4, sample_layers: int = 4, grid_max: int = 8192, grid_points: int = 48,
                  seed: int = 0, remote_fraction: Optional[float] = None, policy_spec: Optional[dict] = None,
                  dispatch_kernel: str = "auto", overlap_min_tokens: int = 0, comm_sms: Optional[float] = None,
-                 ll_max_tokens: int = LL_MAX_TOKENS, traffic: Optional[np.ndarray] = None):
+                 ll_max_tokens: int = LL_MAX_TOKENS, traffic: Optional[np.ndarray] = None,
+                 framework: str = "vllm"):
         if model.moe is None or model.num_moe_layers == 0:
             raise InputError(f"{model.name} has no MoE layers; expert parallelism needs an MoE model", field="ep")
         self.model, self.acc, self.ep, self.tp = model, accelerator, int(ep), int(tp)
@@ -189,7 +216,7 @@ class EPStepCost:
                         grid_points=grid_points, seed=seed, remote_fraction=remote_fraction,
                         policy_spec=policy_spec, dispatch_kernel=dispatch_kernel,
                         overlap_min_tokens=overlap_min_tokens, comm_sms=comm_sms, ll_max_tokens=ll_max_tokens,
-                        traffic=traffic)
+                        traffic=traffic, framework=framework)
         self.policy_spec = policy_spec  # the placement policy block periodic re-placement re-plans with
         if dispatch_kernel not in DISPATCH_KERNELS:
             raise InputError(f"must be one of {', '.join(DISPATCH_KERNELS)}, got {dispatch_kernel!r}",
@@ -216,11 +243,15 @@ class EPStepCost:
         self.comm_sms = float(sms)
         # compute rate left while the normal kernels run beside it (their copy loops occupy SMs)
         self._ov_rate = (cus - self.comm_sms) / cus
+        # low-latency calls: the share of their time they hold the compute units (GPUs: LL_SM_BUSY; Ascend's
+        # AIV-direct dispatch runs on the vector cores beside the cube cores: 0, as for the normal kernels)
+        self._ll_busy = 0.0 if str(getattr(accelerator, "kind", "gpu")) == "npu" else LL_SM_BUSY
         if node is None and self.tp > 1:
             node = default_node_for(accelerator)
         self.node = node
         links = C.CommLinks.from_node(node, self.cal.comm) if node is not None else None
-        kw = dict(cal=self.cal, weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype)
+        # the framework whose measured kernels price GEMMs and attention (the calibration's per-framework fits)
+        kw = dict(cal=self.cal, weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype, framework=framework)
         self.ops = LayerOps(model, accelerator, tp=self.tp, links=links, **kw)  # attention, dense, head
         self.eops = LayerOps(model, accelerator, tp=1, links=None, **kw)  # experts: whole, one device each
         self.n_moe = int(model.num_moe_layers)
@@ -306,6 +337,13 @@ class EPStepCost:
         self._t_exp = t_max / draws
         self._n_max = n_max / draws
         self._u_max = u_max / draws
+        # realized busiest device's token-slots over the mean, per grid point (the low-latency kernels' skew)
+        self._n_skew = np.maximum(self._n_max / (grid * self.k / G), 1.0)
+        # the last point's E[max device time] over the time of its mean max-device slots: joins the tabulated
+        # expectation to the extrapolation above it continuously
+        last = float(self._device_expert_time(np.array([self._n_max[-1]]), np.array([self._u_max[-1]]))[0])
+        self._big_scale = float(self._t_exp[-1] / last) if last > 0 else 1.0
+        self._big: dict = {}
 
     def routed_time(self, T: float) -> float:
         """Expected seconds of one MoE layer's routed experts (slowest device) for ``T`` tokens."""
@@ -314,8 +352,18 @@ class EPStepCost:
         g = self.grid
         if T <= g[0]:
             return float(self._t_exp[0] * T / g[0]) if T < g[0] else float(self._t_exp[0])
-        if T >= g[-1]:
-            return float(self._t_exp[-1] * T / g[-1])
+        if T > g[-1]:
+            # beyond the table: the busiest device's token-slots grow in proportion to T (its share of the
+            # last grid point's draws, an upper bound: fluctuation shrinks with T), priced at the GEMM shapes
+            # they make (larger rows per replica are more efficient than the table's last point)
+            hit = self._big.get(T)
+            if hit is None:
+                n = np.array([self._n_max[-1] * T / g[-1]])
+                u = np.array([self._u_max[-1]])
+                hit = float(self._device_expert_time(n, u)[0]) * self._big_scale
+                if len(self._big) < 200_000:
+                    self._big[T] = hit
+            return hit
         return float(np.interp(T, g, self._t_exp))
 
     def expert_table(self) -> dict[str, Any]:
@@ -372,20 +420,32 @@ class EPStepCost:
             return tokens_per_rank <= self.ll_max_tokens and self.remote_fraction is None and self.traffic is None
         return self.dispatch_kernel == "low_latency"
 
+    def ll_skew(self, tokens_per_rank: float) -> float:
+        """The busiest device's (token, expert) copies over the mean in one low-latency call of
+        ``tokens_per_rank`` tokens per rank: the mean over the sampled routes of the realized
+        maximum (the placement's skew and the call's own routing fluctuation: a call ends when its
+        busiest receiver holds all its copies, and combine sends as many back). Between grid points
+        interpolated, beyond ``grid_max`` tokens the last point's. Context-coherent traffic keeps the
+        expected skew."""
+        if self.traffic is not None or self.remote_fraction is not None:
+            return self._skew
+        return float(np.interp(float(tokens_per_rank) * self.ep, self.grid, self._n_skew))
+
     def ll_comm_time(self, tokens_per_rank: float) -> float:
         """Seconds of one MoE layer's low-latency dispatch + combine (every (token, expert) copy
         straight to its rank; :func:`simllm.cost.collectives.deepep_ll_time`, calibration section
-        ``deepep_ll``); the traffic part scaled by the busiest device's share of the loads."""
+        ``deepep_ll``); the traffic part scaled by :meth:`ll_skew`, the busiest receiver's share."""
         if tokens_per_rank <= 0 or self.ep <= 1:
             return 0.0
         node, p = self.topo.node, self._ll_p
         g = min(self.topo.devices_per_node, self.ep)
+        skew = self.ll_skew(tokens_per_rank)
         t = 0.0
         for op in ("dispatch", "combine"):
             launch = p.dispatch_launch_s if op == "dispatch" else p.combine_launch_s
             ll = float(C.deepep_ll_time(op, tokens_per_rank, self.H, self.k, self.ep, g, node.scale_up_bw,
                                         node.scale_out_bw, p))
-            t += launch + (ll - launch) * self._skew
+            t += launch + (ll - launch) * skew
         return t
 
     def normal_comm_time(self, tokens_per_rank: float) -> float:
@@ -470,7 +530,7 @@ class EPStepCost:
                 v = v + self.n_dense * (self._memo_vec("attn", g, self.ops.attention_block)
                                         + self._memo_vec("dense", g, self.ops.dense_ffn_block))
             ch, rh, mh = self._moe_parts(T / 2.0, None if t_g is None else t_g / 2.0)
-            r = 1.0 if self.uses_low_latency(math.ceil(T / 2.0 / self.ep)) else self._ov_rate
+            r = 1.0 - self._ll_busy if self.uses_low_latency(math.ceil(T / 2.0 / self.ep)) else self._ov_rate
             launch = float(self.ops.k.gemm(1.0, float(self.H), float(self.H))[0])
             hit = (float(v[0]), float(ch[0] + rh), float(mh), r, OVERLAP_HANDOFFS * launch)
             if len(self._ov) < 200_000:
@@ -777,7 +837,7 @@ _MOE_KEYS = {*_COST_KEYS, "layers"}
 def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cluster=None,
                       placement: Any = None, expert_loads: Optional[dict] = None, moe: Optional[dict] = None,
                       weight_dtype: str = "bf16", kv_dtype: str = "bf16", act_dtype: str = "bf16",
-                      calibration=None, base_dir=None) -> EPStepCost:
+                      calibration=None, base_dir=None, framework: str = "vllm") -> EPStepCost:
     """Build the placement (``simllm.placement``) and the expert-parallel step cost of one replica.
 
     ``placement``: ``{policy: ilp|greedy_replicated|contiguous|..., redundant: N, **params}``
@@ -831,7 +891,7 @@ def make_ep_step_cost(model, accelerator, *, ep: int, tp: int = 1, node=None, cl
     kw = {k: moe[k] for k in _COST_KEYS if k in moe}
     cost = EPStepCost(model, accelerator, ep=ep, placement=pl, popularity=pop, topology=topo, tp=tp, node=node,
                       weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype, calibration=calibration,
-                      policy_spec=dict(spec), **kw)
+                      policy_spec=dict(spec), framework=framework, **kw)
     return cost
 
 
