@@ -196,7 +196,8 @@ class ReplicaStepCost:
         return float(np.sum(self.stage_times(shape)))
 
     def step_cost(self, shape: BatchShape) -> StepCost:
-        """Breakdown of the slowest stage; ``total_s`` equals :meth:`step_time`."""
+        """Breakdown of the slowest stage; ``total_s`` equals :meth:`step_time` of equal decode lengths
+        (``BatchShape`` has no longest context: a mixed-length step's duration can exceed it)."""
         total_s = float(self.step_time(shape.prefill_tokens, shape.prefill_attn_work, shape.prefill_seqs,
                                        shape.decode_seqs, float(shape.decode_ctx_tokens)))
         i = int(np.argmax(self.stage_times(shape))) if self.pp > 1 else 0
