@@ -128,3 +128,10 @@ def test_engine_passes_the_longest_context():
         assert np.all(M * 2 >= C) and np.all(np.diff(M) == 1)
         # the longer prompt: 400 + generated tokens + the one being produced; the shorter 300 behind
         assert np.allclose(2 * M - C, 300.0)
+
+
+def test_mla_decode_is_not_paced_by_lengths():
+    """FlashMLA splits the batch's whole KV evenly over the SMs: the longest context changes nothing."""
+    c = make_step_cost(load_model("deepseek-v3"), load_accelerator("h100-sxm"), tp=8)
+    b, ctx = 64, 2000.0
+    assert c.step_time(0, 0.0, 0, b, b * ctx, 4000.0) == c.step_time(0, 0.0, 0, b, b * ctx)

@@ -281,14 +281,14 @@ class LayerKernels:
         ``ctx`` context tokens in all, the longest ``ctx_max`` (at least ``ctx / seqs``), costs as
         (``kernel_models.decode_tail_share``): ``ctx + share x (seqs x ctx_max - ctx)``. ``ctx`` and
         ``ctx_max`` floats or arrays of one shape (the simulator's hot path: a dict lookup and three
-        operations)."""
+        operations). MLA decode is not paced so: FlashMLA's scheduler metadata splits the batch's whole
+        KV evenly over the SMs, whatever the lengths (share 0)."""
         f = self._tail.get(seqs)
         if f is None:
             b = int(seqs)
             if b <= 0:
                 return ctx
-            tiles = b * _ceil(self.heads / 64.0) if self.mla else b * self.kvh_dec
-            f = self._tail[seqs] = float(decode_tail_share(tiles, self.cus))
+            f = self._tail[seqs] = 0.0 if self.mla else float(decode_tail_share(b * self.kvh_dec, self.cus))
         return ctx + f * (seqs * ctx_max - ctx)
 
     def decode_time(self, seqs: float, ctx):
