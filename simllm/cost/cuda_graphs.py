@@ -61,14 +61,26 @@ class GraphPadded:
             return tokens
         return self.sizes[bisect.bisect_left(self.sizes, tokens)]
 
-    def step_time(self, prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens):
+    def step_time(self, prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens,
+                  decode_ctx_max=None):
         T = int(prefill_tokens) + int(decode_seqs)
         p = self.pad(T)
+        if decode_ctx_max is None:
+            if p != T:
+                if prefill_tokens == 0:
+                    return self.base.step_time(0, 0.0, 0, p, decode_ctx_tokens)
+                prefill_tokens = int(prefill_tokens) + (p - T)
+            return self.base.step_time(prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs,
+                                       decode_ctx_tokens)
         if p != T:
             if prefill_tokens == 0:
-                return self.base.step_time(0, 0.0, 0, p, decode_ctx_tokens)
+                # the padding slots hold no context: the longest is scaled so that the padded batch's
+                # excess over its mean (p x max' - ctx) is the real batch's (n x max - ctx)
+                n = int(decode_seqs)
+                return self.base.step_time(0, 0.0, 0, p, decode_ctx_tokens, decode_ctx_max * (n / p) if n else None)
             prefill_tokens = int(prefill_tokens) + (p - T)
-        return self.base.step_time(prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens)
+        return self.base.step_time(prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens,
+                                   decode_ctx_max)
 
     def step_cost(self, shape: BatchShape) -> StepCost:
         T = shape.prefill_tokens + shape.decode_seqs

@@ -31,8 +31,13 @@ class HostOverhead:
             return 0.0
         return self.per_step_s + self.per_seq_s * (int(prefill_seqs) + int(decode_seqs))
 
-    def step_time(self, prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens):
-        t = self.base.step_time(prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens)
+    def step_time(self, prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens,
+                  decode_ctx_max=None):
+        if decode_ctx_max is None:
+            t = self.base.step_time(prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens)
+        else:
+            t = self.base.step_time(prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens,
+                                    decode_ctx_max)
         return t + self._extra(prefill_tokens, prefill_seqs, decode_seqs)
 
     def step_cost(self, shape: BatchShape) -> StepCost:

@@ -53,7 +53,9 @@ class StepCostModel(Protocol):
 
     def step_time(self, prefill_tokens: int, prefill_attn_work: float, prefill_seqs: int,
                   decode_seqs: int, decode_ctx_tokens: ArrayLike) -> ArrayLike:
-        """Seconds for one iteration; vectorised over ``decode_ctx_tokens``."""
+        """Seconds for one iteration; vectorised over ``decode_ctx_tokens``. A model whose
+        ``takes_ctx_max`` attribute is true also takes a sixth argument, the longest decode context of
+        the batch (of ``decode_ctx_tokens``' shape), and the simulator then passes it."""
         ...
 
     def step_cost(self, shape: BatchShape) -> StepCost:

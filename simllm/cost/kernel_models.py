@@ -55,6 +55,7 @@ model (groups = heads).
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Optional
 
 import numpy as np
@@ -361,6 +362,32 @@ def decode_kv_heads(h, kvh, framework: str):
     return np.where(np.asarray(h, float) > g * np.asarray(kvh, float), h, kvh)
 
 
+def decode_tail_share(tiles, cus: float):
+    """Share of a decode batch's length spread that paces its attention kernel (0..1).
+
+    The tables time batches of equal contexts; a serving batch mixes contexts. The decode kernel runs
+    ``tiles`` (sequence x KV-head) work items over ``cus`` SMs without splitting the KV when there are
+    enough of them (FA3: at least 0.8 x SMs), about ``w = tiles / cus`` items per SM; an SM's time is the
+    sum of its items' lengths and the kernel ends with the slowest SM. With ``w`` items of independent
+    lengths of mean ``mu`` and spread ``sigma`` per SM, the slowest of ``cus`` SMs carries about
+    ``w mu + z sqrt(w) sigma`` (``z`` the expected maximum of ``cus`` standard normal draws, Blom's
+    ``inv_cdf((cus - 0.375) / (cus + 0.25))``: 2.59 for 132 SMs),
+    and never more than ``w`` times the longest. Assumption (the engine gives the batch's mean and
+    longest context, not its distribution): lengths spread uniformly up to the longest, so
+    ``sigma = (max - mu) / sqrt(3)``; the excess over the equal-length kernel is then
+    ``min(1, z / sqrt(3 w))`` of ``(max - mu) / mu``: all of it with a few items per SM (few KV heads
+    per rank), a vanishing part with many (multi-head attention at large batch). With fewer items than
+    SMs the KV is split evenly per sequence and the longest sequence's splits still set the pace (1).
+    No fitted parameter. Evidence: vLLM v0.15.1 on H100 (../shared/data/e2e), Llama-2-70B TP4 and
+    CodeLlama-34B TP2 (2 and 4 KV heads per rank) decode 128 sequences of 1,083-2,531 tokens in
+    29.6 / 27.0 ms per step (inter-token p75) where equal-length pricing gives 26.0 / 23.6 ms, while the
+    same servers at 575-823 tokens, and Llama-2-7B (32 KV heads) at either, match it within 5%."""
+    w = np.maximum(np.asarray(tiles, dtype=float), 1e-9) / max(float(cus), 1.0)
+    m = max(float(cus), 2.0)
+    z = statistics.NormalDist().inv_cdf((m - 0.375) / (m + 0.25))
+    return np.minimum(1.0, z / np.sqrt(3.0 * w))
+
+
 def _attn_shapes(df, kind, framework: str = ""):
     b, isl, step = _col(df, "batch_size"), _col(df, "isl"), _col(df, "step")
     h, kvh, hd = _col(df, "num_heads"), _col(df, "num_key_value_heads"), _col(df, "head_dim", 128)
@@ -565,4 +592,4 @@ for _k in ("context_attention", "generation_attention", "context_mla", "generati
 register("mla_bmm", price_mla_bmm, fit_mla_bmm)
 
 __all__ = ["strict_peak", "gemm_launch_and_body", "attention_launch_and_body", "price_gemm", "price_mla_bmm",
-           "GEMM_DTYPES", "ATTN_DTYPES", "KV_BYTES"]
+           "GEMM_DTYPES", "ATTN_DTYPES", "KV_BYTES", "decode_tail_share"]

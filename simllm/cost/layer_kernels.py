@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import InputError
 from .kernel_models import (ATTN_DTYPES, GEMM_DTYPES, ROOF_DEFAULT, UNCALIBRATED, _gemm_params, _l2, _sec,
-                            decode_kv_heads, quant_rows, strict_peak)
+                            decode_kv_heads, decode_tail_share, quant_rows, strict_peak)
 from .kernels import gemm_time
 
 FRAMEWORKS = ("vllm", "trtllm", "sglang")
@@ -116,6 +116,7 @@ class LayerKernels:
         self._gemm_cache: dict = {}
         self._gemm_tabs: dict = {}  # (dtype, K, N) -> seconds per integer row count (see gemm)
         self._pre_memo: dict = {}  # batch size -> decode seconds on the context grid
+        self._tail: dict[int, float] = {}  # batch size -> decode_tail_share of its decode kernel
         self.pre = {**ROOF_DEFAULT, **_sec(self.cal, pre_kind, key)[0]}
         self.dec = {**ROOF_DEFAULT, **_sec(self.cal, dec_kind, key)[0]}
         if getattr(acc, "kind", "") == "tpu":
@@ -274,6 +275,21 @@ class LayerKernels:
         tq = c * s.get("cta_s", 0.0)
         p = s["p"]
         return s["launch_s"], (tc ** p + tm ** p + tq ** p) ** (1.0 / p)
+
+    def decode_ctx_eff(self, seqs: float, ctx, ctx_max):
+        """The equal-length context total that decode attention over a batch of ``seqs`` sequences with
+        ``ctx`` context tokens in all, the longest ``ctx_max`` (at least ``ctx / seqs``), costs as
+        (``kernel_models.decode_tail_share``): ``ctx + share x (seqs x ctx_max - ctx)``. ``ctx`` and
+        ``ctx_max`` floats or arrays of one shape (the simulator's hot path: a dict lookup and three
+        operations). MLA decode is not paced so: FlashMLA's scheduler metadata splits the batch's whole
+        KV evenly over the SMs, whatever the lengths (share 0)."""
+        f = self._tail.get(seqs)
+        if f is None:
+            b = int(seqs)
+            if b <= 0:
+                return ctx
+            f = self._tail[seqs] = 0.0 if self.mla else float(decode_tail_share(b * self.kvh_dec, self.cus))
+        return ctx + f * (seqs * ctx_max - ctx)
 
     def decode_time(self, seqs: float, ctx):
         """Seconds (launch + body) of one layer's decode attention, memoized: per batch size, a

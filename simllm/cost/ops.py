@@ -192,10 +192,14 @@ class LayerOps:
         return Op("attn_prefill", "attention", fl, by, lo + bo, compute_s=bo if comp else 0.0,
                   memory_s=0.0 if comp else bo, overhead_s=lo)
 
-    def decode_attention_time(self, decode_seqs: float, ctx):
-        """Seconds of one layer's decode attention; ``ctx`` (total context tokens) may be an array."""
+    def decode_attention_time(self, decode_seqs: float, ctx, ctx_max=None):
+        """Seconds of one layer's decode attention; ``ctx`` (total context tokens) may be an array;
+        ``ctx_max``: the batch's longest context (of ``ctx``'s shape), which paces a mixed-length batch
+        (``LayerKernels.decode_ctx_eff``); None prices equal lengths."""
         if decode_seqs <= 0:
             return np.zeros(np.shape(ctx)) if isinstance(ctx, np.ndarray) else 0.0
+        if ctx_max is not None:
+            ctx = self.k.decode_ctx_eff(decode_seqs, ctx, ctx_max)
         return self.k.decode_time(decode_seqs, ctx)
 
     def decode_attention_slope(self) -> float:

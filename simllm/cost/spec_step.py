@@ -48,6 +48,8 @@ class SpeculativeStepCost:
     """A target step cost with ``spec``'s drafting and verification; ``draft`` is the draft model's
     step cost (method ``draft``), ``num_layers`` the target's layers (method ``mtp``)."""
 
+    takes_ctx_max = False  # its step_time has the five-argument form, whatever the target's
+
     def __init__(self, target: Any, spec: SpeculativeSpec, *, draft: Any = None, num_layers: Optional[int] = None):
         self.target = target
         self.spec = spec

@@ -135,21 +135,25 @@ class ReplicaStepCost:
                 self._head[S] = v
         return v
 
-    def _attn(self, prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens):
+    def _attn(self, prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens, ctx_max=None):
         """Per-layer attention seconds (prefill + decode); an array when ``decode_ctx_tokens`` is one."""
         o = self.ops
         a = o.prefill_attention_time(prefill_tokens, prefill_attn_work, prefill_seqs) \
             if (prefill_tokens > 0 or prefill_attn_work > 0) else 0.0
         if decode_seqs > 0:
-            return a + o.decode_attention_time(decode_seqs, decode_ctx_tokens)
+            return a + o.decode_attention_time(decode_seqs, decode_ctx_tokens, ctx_max)
         if isinstance(decode_ctx_tokens, np.ndarray):
             return np.full(decode_ctx_tokens.shape, a)
         return a
 
     # ------------------------------------------------------------------ StepCostModel
+    takes_ctx_max = True  # step_time accepts the batch's longest decode context (see step_time)
+
     def step_time(self, prefill_tokens: int, prefill_attn_work: float, prefill_seqs: int, decode_seqs: int,
-                  decode_ctx_tokens):
-        """Seconds of one iteration (slowest pipeline stage); vectorised over ``decode_ctx_tokens``."""
+                  decode_ctx_tokens, decode_ctx_max=None):
+        """Seconds of one iteration (slowest pipeline stage); vectorised over ``decode_ctx_tokens``.
+        ``decode_ctx_max``: the longest decode context (of ``decode_ctx_tokens``' shape), whose excess over
+        the mean paces decode attention (``kernel_models.decode_tail_share``); None: equal lengths."""
         T = int(prefill_tokens) + int(decode_seqs)
         S = int(prefill_seqs) + int(decode_seqs)
         if T <= 0 and prefill_attn_work <= 0:  # an empty step costs nothing
@@ -162,7 +166,7 @@ class ReplicaStepCost:
         head = self._head.get(S)
         if head is None:
             head = self._head_part(S)
-        a = self._attn(prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens)
+        a = self._attn(prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens, decode_ctx_max)
         if self.pp == 1:
             v = tok[0, 0] + head[0] + self._n_list[0] * a
             return v if isinstance(v, np.ndarray) else float(v)
@@ -192,7 +196,8 @@ class ReplicaStepCost:
         return float(np.sum(self.stage_times(shape)))
 
     def step_cost(self, shape: BatchShape) -> StepCost:
-        """Breakdown of the slowest stage; ``total_s`` equals :meth:`step_time`."""
+        """Breakdown of the slowest stage; ``total_s`` equals :meth:`step_time` of equal decode lengths
+        (``BatchShape`` has no longest context: a mixed-length step's duration can exceed it)."""
         total_s = float(self.step_time(shape.prefill_tokens, shape.prefill_attn_work, shape.prefill_seqs,
                                        shape.decode_seqs, float(shape.decode_ctx_tokens)))
         i = int(np.argmax(self.stage_times(shape))) if self.pp > 1 else 0

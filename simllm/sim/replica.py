@@ -66,6 +66,7 @@ from .spec_decode import SpecDecode
 # the reductions of ndarray.sum / .min without their Python wrappers (hot path; same results)
 _sum = np.add.reduce
 _min = np.minimum.reduce
+_max = np.maximum.reduce
 
 class _Waiting(deque):
     """FCFS waiting queue of request ids; ``prefill_len`` includes tokens to recompute.
@@ -171,6 +172,7 @@ class Replica:
         self.pending_swap_s = 0.0
         self.kv_peak = 0
         self.kv_bytes_tok = float(cost.kv_bytes_per_token_per_device)
+        self.ctx_max_ok = bool(getattr(cost, "takes_ctx_max", False))  # price the longest context too
         self.max_prompt = policy.max_prompt_tokens()
         self._arange = np.arange(4096, dtype=np.float64)
         self._pmemo: dict = {}
@@ -394,7 +396,10 @@ class Replica:
                     self._arange = np.arange(2 * k, dtype=np.float64)
                 ctx = self._arange[:k] * n
                 ctx += T0 + n
-            d = self.cost.step_time(0, 0.0, 0, n, ctx)
+            if self.ctx_max_ok and self.spec is None:  # every sequence grows by one token per step
+                d = self.cost.step_time(0, 0.0, 0, n, ctx, self._arange[:k] + float(_max(t) + 1))
+            else:
+                d = self.cost.step_time(0, 0.0, 0, n, ctx)
             if k == 1:  # the same float additions as the cumsum below
                 end = now + (float(d[0]) + self.pending_swap_s)
                 self.pending_swap_s = 0.0
@@ -574,6 +579,7 @@ class Replica:
         cost, pause = chg.apply(self.index, self.cost, i, start, self.tok_int)
         if cost is not self.cost:
             self.cost = cost
+            self.ctx_max_ok = bool(getattr(cost, "takes_ctx_max", False))
             self._pmemo.clear()
             self.sim.cost_changes.append((len(self.sim._rows), self.index, cost))
         self.tok_int = 0
@@ -818,7 +824,10 @@ class Replica:
         """Seconds of one iteration of that shape, plus any swap-in time pending (then cleared); prefill-only
         shapes memoized on their exact key (prompt lengths repeat in real traces)."""
         if n:
-            d = float(self.cost.step_time(P, W, m, n, ctx))
+            if self.ctx_max_ok:  # the running set before this step's token, as ctx counts it
+                d = float(self.cost.step_time(P, W, m, n, ctx, float(_max(self.r_t[:n]) + 1)))
+            else:
+                d = float(self.cost.step_time(P, W, m, n, ctx))
         else:
             key = (P, W, m)
             d = self._pmemo.get(key)
