@@ -163,6 +163,14 @@ class Replica:
         self.r_rem = np.zeros(cap, dtype=np.int64)  # tokens still to generate
         self.n = 0
         self.rb = 0  # blocks of the running sequences, sum of ceil(r_t / B) (see _refresh_used)
+        # aggregates of the running set kept incrementally (checked against the arrays with check_blocks):
+        # tsum = sum(r_t); mrem = min(r_rem) (-1: to recompute); every running sequence decodes each step, so
+        # with G the steps decoded so far, hist[c] counts the sequences with (r_t - G) % B == c: a sequence
+        # starts a new block at the step that finds r_t % B == 0 (see _growth)
+        self.tsum = 0
+        self.mrem = -1
+        self.G = 0
+        self.hist = [0] * cfg.block_size
         self.assigned = 0
         self.done = 0
         self.clock = 0.0  # exact logical time of the last step boundary
@@ -330,6 +338,10 @@ class Replica:
         self.r_rem[i] = rem
         self.n = i + 1
         self.rb += -(-t // self.B)
+        self.tsum += t
+        self.hist[(t - self.G) % self.B] += 1
+        if self.mrem > rem or i == 0:
+            self.mrem = rem
 
     def _run(self):
         env = self.env
@@ -383,9 +395,9 @@ class Replica:
             n = self.n
             t = self.r_t[:n]
             # after a preemption the victim waits at the queue's head: re-decide after one step
-            mrem = int(_min(self.r_rem[:n]))
+            mrem = self._min_rem()
             kmax = mrem if jump and not preempted and not swap_drained else 1
-            T0 = int(_sum(t))
+            T0 = self.tsum
             if self.spec is not None:  # speculative: tokens per step drawn per sequence (spec_decode)
                 k, ctx, cum = self._spec_plan(n, kmax)
             else:
@@ -460,14 +472,52 @@ class Replica:
         self.interruptible = False
         return k, end
 
+    def _growth(self, k: int) -> int:
+        """Blocks the running sequences add in ``k`` more decode steps (from ``hist``, without the arrays)."""
+        B = self.B
+        h = self.hist
+        q, r = divmod(k, B)
+        g = q * self.n
+        G = self.G
+        for j in range(1, r + 1):
+            g += h[(1 - j - G) % B]
+        return g
+
+    def _decoded(self, k: int) -> None:
+        """Every running sequence decoded ``k`` tokens: the aggregates follow (the arrays are the caller's)."""
+        self.G += k
+        self.tsum += self.n * k
+        self.mrem -= k
+
+    def _min_rem(self) -> int:
+        if self.mrem < 0:
+            self.mrem = int(_min(self.r_rem[:self.n]))
+        return self.mrem
+
+    def _resync(self) -> None:
+        """Recompute the aggregates from the arrays (after a change that is not one token each)."""
+        n = self.n
+        t = self.r_t[:n]
+        self.tsum = int(_sum(t))
+        self.mrem = -1
+        self.hist = np.bincount((t - self.G) % self.B, minlength=self.B).tolist()
+
+    def _check_aggregates(self) -> None:
+        n = self.n
+        t = self.r_t[:n]
+        B = self.B
+        assert self.tsum == int(t.sum()), f"replica {self.index}: tsum {self.tsum} != {int(t.sum())}"
+        assert self.mrem < 0 or self.mrem == int(self.r_rem[:n].min()), f"replica {self.index}: mrem {self.mrem}"
+        assert self.hist == np.bincount((t - self.G) % B, minlength=B).tolist(), f"replica {self.index}: hist"
+
     def _make_room(self) -> bool:
         """Make room for one more token per running sequence, preempting the newest; True if it preempted."""
         kv = self.kv
         B = self.B
         preempted = False
         while True:
-            t = self.r_t[:self.n]
-            grow = int(np.count_nonzero(t % B == 0)) if self.spec is None else self.spec.grow(t, self.r_rem[:self.n])
+            grow = self.hist[-self.G % B] if self.spec is None else self.spec.grow(self.r_t[:self.n],
+                                                                                  self.r_rem[:self.n])
             if kv.used_blocks + grow <= kv.growable_blocks or (self.n == 1 and not self.pdone):
                 return preempted
             if self.n == 1:
@@ -482,7 +532,9 @@ class Replica:
         self.r_t[:n] += k
         rem = self.r_rem[:n]
         rem -= k
-        self._refresh_used()
+        grow = self._growth(k)
+        self._decoded(k)
+        self._refresh_used(self.rb + grow)
         used = self.kv.used_blocks
         if k == mrem:  # someone finished
             self._finish(n, end)
@@ -502,6 +554,7 @@ class Replica:
         rem = self.r_rem[:n]
         rem -= e
         self.spec.count(k, cum)
+        self._resync()
         self._refresh_used()
         self.sim.record_step(self.index, now, end - now, k, n, 0, 0, int(e.sum()), self.kv.used_blocks,
                              (0, 0.0, 0, n, float(ctx[:k].mean())))
@@ -547,12 +600,16 @@ class Replica:
             if len(hit):
                 i = int(hit[0])
                 n = self.n
-                kv.used_blocks -= -(-int(self.r_t[i]) // self.B)
+                t = int(self.r_t[i])
+                kv.used_blocks -= -(-t // self.B)
                 if self.pc is not None:
                     kv.unshare(self._keys(rid))
                 for a in (self.r_idx, self.r_t, self.r_rem):
                     a[i:n - 1] = a[i + 1:n]
                 self.n = n - 1
+                self.tsum -= t
+                self.hist[(t - self.G) % self.B] -= 1
+                self.mrem = -1
             else:
                 try:
                     self.waiting.remove(rid)
@@ -586,32 +643,55 @@ class Replica:
         """Retire the first ``n`` running sequences that have no token left to generate."""
         sim = self.sim
         rem = self.r_rem[:n]
-        done = rem == 0
-        ids = self.r_idx[:n][done]
-        sim.completion[ids] = end
-        sim.gen[ids] = sim.out[ids]
-        if sim.sessions is not None:
-            sim.on_complete(ids.tolist(), end)
-        nd = len(ids)
+        pos = np.flatnonzero(rem == 0)
+        nd = len(pos)
+        B = self.B
+        G = self.G
+        h = self.hist
+        m = self.n - nd
+        if nd == 1:  # the usual case: one sequence, plain ints, the arrays shifted over it
+            i = int(pos[0])
+            rid = int(self.r_idx[i])
+            t = int(self.r_t[i])
+            sim.completion[rid] = end
+            sim.gen[rid] = sim.out[rid]
+            if sim.sessions is not None:
+                sim.on_complete([rid], end)
+            freed = -(-t // B)
+            self.tsum -= t
+            h[(t - G) % B] -= 1
+            if self.pc is not None:
+                self.kv.unshare(self._keys(rid))
+            if i < m:
+                for a in (self.r_idx, self.r_t, self.r_rem):
+                    a[i:m] = a[i + 1:m + 1]
+        else:
+            done = rem == 0
+            ids = self.r_idx[:n][done]
+            sim.completion[ids] = end
+            sim.gen[ids] = sim.out[ids]
+            if sim.sessions is not None:
+                sim.on_complete(ids.tolist(), end)
+            freed = 0  # the retired sequences' blocks (a few: plain ints; rb is exact at every caller)
+            for t in self.r_t[:n][done].tolist():
+                freed += -(-t // B)
+                self.tsum -= t
+                h[(t - G) % B] -= 1
+            if self.pc is not None:
+                kv = self.kv
+                for rid in ids.tolist():
+                    kv.unshare(self._keys(rid))
+            keep = ~done
+            if m > n - nd:  # sequences after the first n (joined this step) keep their places
+                keep = np.concatenate([keep, np.ones(self.n - n, dtype=bool)])
+                rem = self.r_rem[:self.n]
+            self.r_idx[:m] = self.r_idx[:self.n][keep]
+            self.r_t[:m] = self.r_t[:self.n][keep]
+            self.r_rem[:m] = rem[keep]
         self.done += nd
         sim.finished += nd
-        B = self.B
-        freed = 0  # the retired sequences' blocks (a few: plain ints; rb is exact at every caller)
-        for t in self.r_t[:n][done].tolist():
-            freed += -(-t // B)
-        if self.pc is not None:
-            kv = self.kv
-            for rid in ids.tolist():
-                kv.unshare(self._keys(rid))
-        keep = ~done
-        m = self.n - nd
-        if m > n - nd:  # sequences after the first n (joined this step) keep their places
-            keep = np.concatenate([keep, np.ones(self.n - n, dtype=bool)])
-            rem = self.r_rem[:self.n]
-        self.r_idx[:m] = self.r_idx[:self.n][keep]
-        self.r_t[:m] = self.r_t[:self.n][keep]
-        self.r_rem[:m] = rem[keep]
         self.n = m
+        self.mrem = -1
         self._refresh_used(self.rb - freed)
 
     def _refresh_used(self, running_blocks: Optional[int] = None) -> None:
@@ -628,6 +708,7 @@ class Replica:
             B = self.B
             full = int(_sum((self.r_t[:self.n] + (B - 1)) // B))
             assert running_blocks == full, f"replica {self.index}: incremental {running_blocks} != {full} blocks"
+            self._check_aggregates()
         self.rb = running_blocks
         used = self.kv.recount(running_blocks)
         if used > self.kv_peak:
@@ -722,7 +803,7 @@ class Replica:
         grow = 0  # running sequences that start a new block with this step's token
         if batch.decode and self.n:  # room for one more token per running sequence
             while True:
-                grow = int(np.count_nonzero(self.r_t[:self.n] % B == 0))
+                grow = self.hist[-self.G % B]
                 if kv.used_blocks + grow <= kv.growable_blocks or (self.n == 1 and not self.pdone):
                     break
                 if self.n == 1:  # the last sequence must grow: give up the newest prefill under way
@@ -764,7 +845,7 @@ class Replica:
             P += c
             W += c * (d0 + c / 2.0)
         self._refresh_used(self.rb)  # every change to the running set since the last recount kept rb
-        ctx = float(int(_sum(self.r_t[:n])) + n) if n else 0.0
+        ctx = float(self.tsum + n) if n else 0.0
         if self.layer_wise:
             self._finishing = [(rid, int(sim.prompt[rid] + sim.gen[rid])) for rid, c in zip(ids, lens)
                                if self.pdone[rid] + c >= int(sim.prompt[rid] + sim.gen[rid])]
@@ -772,10 +853,11 @@ class Replica:
         if n:
             self.r_t[:n] += 1
             self.r_rem[:n] -= 1
+            self._decoded(1)
             self._refresh_used(self.rb + grow)  # rb: recounted before the step, same running set
         used_rec = kv.used_blocks
         self._record(now, d, 1, m + n, P, m, n, used_rec, (P, W, m, n, ctx))
-        if n and int(_min(self.r_rem[:n])) == 0:
+        if n and self._min_rem() == 0:
             self._finish(n, end)
         for rid, c in zip(ids, lens):
             d1 = self.pdone[rid] + c
@@ -865,6 +947,9 @@ class Replica:
         self.n = i
         self.kv.used_blocks -= -(-t // self.B)
         self.rb -= -(-t // self.B)
+        self.tsum -= t
+        self.hist[(t - self.G) % self.B] -= 1
+        self.mrem = -1
         if self.pc is not None:
             self.kv.unshare(self._keys(rid))
             self._refresh_used()
