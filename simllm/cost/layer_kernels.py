@@ -113,6 +113,7 @@ class LayerKernels:
         self.qo_bytes = 1.0 if base == "fp8" else 2.0
         self.kvb = float(kv_bytes)
         self._tabs: dict[int, np.ndarray] = {}
+        self._tab_lists: dict[int, list] = {}  # the same tables as lists (decode_times)
         self._gemm_cache: dict = {}
         self._gemm_tabs: dict = {}  # (dtype, K, N) -> seconds per integer row count (see gemm)
         self._pre_memo: dict = {}  # batch size -> decode seconds on the context grid
@@ -297,6 +298,26 @@ class LayerKernels:
         i = int(x)
         lo = float(tab[i])
         return lo + (x - i) * (float(tab[i + 1]) - lo)  # the array form's arithmetic, bit for bit
+
+    def decode_times(self, seqs: int, ctxs: list) -> list:
+        """:meth:`decode_time` of an array of context totals, as a list of plain floats (for a few contexts: no
+        numpy call per step), bit for bit: the same table, grown at the same point, and the same arithmetic."""
+        b = int(seqs)
+        s = 1.0 / (b * DECODE_GRID)
+        xs = [c * s for c in ctxs]
+        hi = max(xs)
+        tab = self._tabs.get(b)
+        if tab is None or hi + 2 >= len(tab):
+            tab = self._grow(b, hi)
+        tl = self._tab_lists.get(b)
+        if tl is None or len(tl) != len(tab):
+            tl = self._tab_lists[b] = tab.tolist()
+        out = []
+        for x in xs:
+            i = int(x)
+            lo = tl[i]
+            out.append(lo + (x - i) * (tl[i + 1] - lo))
+        return out
 
     def _grow(self, b: int, hi: float) -> np.ndarray:
         old = self._tabs.get(b)

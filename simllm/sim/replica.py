@@ -50,6 +50,7 @@ iterations, ``duration_s`` their exact sum).
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import deque
 from typing import Optional
 
@@ -66,6 +67,7 @@ from .spec_decode import SpecDecode
 # the reductions of ndarray.sum / .min without their Python wrappers (hot path; same results)
 _sum = np.add.reduce
 _min = np.minimum.reduce
+_SHORT = 16  # decode segments of at most this many steps are priced in plain floats (Replica._decode_ends)
 
 class _Waiting(deque):
     """FCFS waiting queue of request ids; ``prefill_len`` includes tokens to recompute.
@@ -182,6 +184,8 @@ class Replica:
         self.max_prompt = policy.max_prompt_tokens()
         self._arange = np.arange(4096, dtype=np.float64)
         self._pmemo: dict = {}
+        self._dcost = None  # the cost model _dsteps belongs to
+        self._dsteps = None
         self.future: Optional[list] = None  # arrival times of requests routed here (when the router plans)
         self.fptr = 0
         # chunked prefill, policy-driven preemption, prefix caching (the general step, _mixed)
@@ -398,44 +402,43 @@ class Replica:
             mrem = self._min_rem()
             kmax = mrem if jump and not preempted and not swap_drained else 1
             T0 = self.tsum
+            k = 1
             if self.spec is not None:  # speculative: tokens per step drawn per sequence (spec_decode)
                 k, ctx, cum = self._spec_plan(n, kmax)
-            else:
-                k = self._fit_steps(t, kmax) if kmax > 1 else 1
-                if k > len(self._arange):
-                    self._arange = np.arange(2 * k, dtype=np.float64)
-                ctx = self._arange[:k] * n
-                ctx += T0 + n
-            d = self.cost.step_time(0, 0.0, 0, n, ctx)
-            if k == 1:  # the same float additions as the cumsum below
-                end = now + (float(d[0]) + self.pending_swap_s)
+            elif kmax > 1:
+                k = self._fit_steps(t, kmax)
+            ends = self._decode_ends(n, T0, k, now) if self.spec is None and k <= _SHORT else None
+            if ends is None:
+                if self.spec is None:
+                    if k > len(self._arange):
+                        self._arange = np.arange(2 * k, dtype=np.float64)
+                    ctx = self._arange[:k] * n
+                    ctx += T0 + n
+                d = self.cost.step_time(0, 0.0, 0, n, ctx)
+                if k == 1:  # the same float additions as the cumsum below
+                    ends = [now + (float(d[0]) + self.pending_swap_s)]
+                else:
+                    buf = np.empty(k + 1)
+                    buf[0] = now
+                    buf[1:] = d
+                    if self.pending_swap_s:
+                        buf[1] += self.pending_swap_s
+                    ends = buf.cumsum()[1:]
                 self.pending_swap_s = 0.0
-            else:
-                buf = np.empty(k + 1)
-                buf[0] = now
-                buf[1:] = d
-                if self.pending_swap_s:
-                    buf[1] += self.pending_swap_s
-                    self.pending_swap_s = 0.0
-                ends = buf.cumsum()[1:]
-                end = float(ends[-1])
-            if k > 1 and self.future is not None and (
-                    not self.fcfs or (not self.waiting and n < self.max_seqs and not self.swapped)):
-                # end the jump at the step boundary where the next arrival routed here is seen
-                if self.fptr < len(self.future):
-                    a = self.future[self.fptr]
-                    if a < end:
-                        j = int(np.searchsorted(ends, a, side="left"))
-                        k = j + 1
-                        end = float(ends[j])
-            if k > 1 and self.next_chg < end:  # end the jump at the first step boundary at or after the change
-                j = int(np.searchsorted(ends, self.next_chg, side="left"))
-                k = j + 1
-                end = float(ends[j])
-            if k > 1 and self.next_dl < end and self._deadline_before(end):  # an abort at the next boundary
-                j = int(np.searchsorted(ends, self.next_dl, side="left"))
-                k = j + 1
-                end = float(ends[j])
+            end = float(ends[-1])
+            if k > 1:
+                fut = self.future
+                if fut is not None and self.fptr < len(fut) and fut[self.fptr] < end and (
+                        not self.fcfs or (not self.waiting and n < self.max_seqs and not self.swapped)):
+                    # end the jump at the step boundary where the next arrival routed here is seen
+                    k = bisect_left(ends, fut[self.fptr]) + 1
+                    end = float(ends[k - 1])
+                if k > 1 and self.next_chg < end:  # end the jump at the first step boundary at or after the change
+                    k = bisect_left(ends, self.next_chg) + 1
+                    end = float(ends[k - 1])
+                if k > 1 and self.next_dl < end and self._deadline_before(end):  # an abort at the next boundary
+                    k = bisect_left(ends, self.next_dl) + 1
+                    end = float(ends[k - 1])
             if self.future is not None and not (self.fptr < len(self.future) and self.future[self.fptr] <= end):
                 pass  # planned routing and no arrival here before `end`: nothing can change, no event needed
             elif k > 1:
@@ -456,7 +459,31 @@ class Replica:
             sim.record_step(self.index, now, end - now, k, n, 0, 0, n * k, used,
                             (0, 0.0, 0, n, T0 + n * (k + 1) / 2.0))
 
-    def _sleep_jump(self, ends: np.ndarray, k: int, end: float):
+    def _decode_ends(self, n: int, T0: int, k: int, now: float) -> Optional[list]:
+        """End times of ``k`` decode steps of the ``n`` running sequences (``T0`` tokens in KV) from ``now``, in plain
+        floats when the cost model prices a few steps that way (``decode_step_times``), else None. The same
+        numbers as the array form: contexts ``T0 + n (j + 1)``, the pending swap-in time added to the first step,
+        the ends summed in order as ``cumsum`` does."""
+        cost = self.cost
+        if cost is not self._dcost:
+            self._dcost = cost
+            f = getattr(type(cost), "decode_step_times", None)  # the class's own: not a wrapper's delegation
+            self._dsteps = f.__get__(cost) if f is not None else None
+        if self._dsteps is None:
+            return None
+        c = T0 + n
+        ds = self._dsteps(n, [float(c + j * n) for j in range(k)])
+        if ds is None:
+            return None
+        e = now + (ds[0] + self.pending_swap_s)
+        self.pending_swap_s = 0.0
+        ends = [e]
+        for d in ds[1:]:
+            e += d
+            ends.append(e)
+        return ends
+
+    def _sleep_jump(self, ends, k: int, end: float):
         """Sleep until ``end``, the last of ``k`` step ends; a poke (:meth:`_poke`) at ``t`` cuts the jump at the
         first step end at or after ``t``. Returns the steps done and their end."""
         env = self.env
@@ -464,7 +491,7 @@ class Replica:
         try:
             yield env.timeout(max(end - env.now, 0.0))
         except simpy.Interrupt as intr:
-            j = int(np.searchsorted(ends, intr.cause, side="left"))
+            j = bisect_left(ends, intr.cause)
             if j < k - 1:
                 k = j + 1
                 end = float(ends[j])
