@@ -18,6 +18,7 @@ from simllm.cost import make_step_cost
 from simllm.hardware import load_accelerator, load_node
 from simllm.model import load_model
 from simllm.policies import make_batching, make_router
+from simllm.policies.batching import batching as batching_registry
 from simllm.sim import SimConfig, Simulation
 from simllm.workload import Request
 
@@ -77,3 +78,57 @@ def test_short_segments_in_floats_same_run(policy, monkeypatch):
     assert a.preemptions.sum() > 0  # the small KV cache preempts: segments cut short, recomputed prefills
     for c in a.steps:
         assert np.array_equal(a.steps[c], b.steps[c], equal_nan=True), c
+
+
+class _Queue(list):
+    pass
+
+
+class _Running:
+    def __init__(self, n):
+        self.n = n
+        self.n_prefilling = 0
+        self.clock = 0.0
+
+    def running(self):
+        return [(i, 100 + i) for i in range(self.n)]
+
+
+class _KV:
+    block_size = 16
+    num_blocks = 1000
+    free_blocks = 500
+    watermark_blocks = 10
+
+    def blocks_for(self, t):
+        return -(-t // 16)
+
+    def freed_blocks(self, rid, t):
+        return self.blocks_for(t)
+
+
+@pytest.mark.parametrize("name", sorted(batching_registry.names()))
+@pytest.mark.parametrize("n", [1, 7])
+def test_shipped_policies_decode_only_when_nothing_waits(name, n):
+    """The replica skips the policy when the waiting queue is empty (Replica._run: ``plain``): every policy of
+    simllm.policies.batching must then choose exactly a decode-only batch of the running set."""
+    pol = make_batching({"policy": name})
+    assert type(pol).__module__ == "simllm.policies.batching"
+    b = pol.next_batch(_Queue(), _Running(n), _KV())
+    assert b.decode and not b.prefill_ids and not b.prefill_lens and not b.preempt and b.wait_until is None
+
+
+def test_admission_mask_matches_reject_reason():
+    rng = np.random.default_rng(0)
+    n = 300
+    reqs = [Request(i, float(i) * 0.01, int(rng.integers(1, 9000)), int(rng.integers(1, 9000))) for i in range(n)]
+    sim = Simulation(reqs, cost=_cost("8b"), num_blocks=500,
+                     batching=lambda: make_batching({"policy": "vllm-v0", "max_num_batched_tokens": 4096}),
+                     router=make_router("round_robin"), replicas=2, config=SimConfig(max_model_len=10000))
+    res = sim.run()
+    rep = sim.replicas[0]
+    ok = rep._admissible_mask()
+    assert 0 < sum(ok) < n
+    for rid in range(n):
+        assert ok[rid] == (rep._reject_reason(rid) == "")
+        assert bool(res.rejected_reason[rid]) == (not ok[rid])

@@ -67,6 +67,7 @@ from .spec_decode import SpecDecode
 # the reductions of ndarray.sum / .min without their Python wrappers (hot path; same results)
 _sum = np.add.reduce
 _min = np.minimum.reduce
+_DECODE = Batch(decode=True)  # read only
 _SHORT = 16  # decode segments of at most this many steps are priced in plain floats (Replica._decode_ends)
 
 class _Waiting(deque):
@@ -186,6 +187,7 @@ class Replica:
         self._pmemo: dict = {}
         self._dcost = None  # the cost model _dsteps belongs to
         self._dsteps = None
+        self._admissible = None  # see submit
         self.future: Optional[list] = None  # arrival times of requests routed here (when the router plans)
         self.fptr = 0
         # chunked prefill, policy-driven preemption, prefix caching (the general step, _mixed)
@@ -268,7 +270,11 @@ class Replica:
         sim = self.sim
         if foreseen:
             self.fptr += 1
-        reason = self._reject_reason(rid)
+        ok = self._admissible
+        if ok is None and self.role == "both" and sim.sessions is None and type(self)._reject_reason is \
+                Replica._reject_reason:
+            ok = self._admissible = self._admissible_mask()
+        reason = "" if ok is not None and ok[rid] else self._reject_reason(rid)
         sim.replica_of[rid] = self.index
         if reason:
             sim.rejected[rid] = reason
@@ -291,6 +297,26 @@ class Replica:
         elif cut and self.interruptible:
             self.interruptible = False
             self.proc.interrupt(t)
+
+    def _admissible_mask(self) -> list:
+        """Per request of the simulation: True where :meth:`_reject_reason` (role ``both``) finds nothing, the same
+        tests over the arrays at once (the messages come from the method, for the others)."""
+        sim = self.sim
+        mp = self.max_prompt
+        key = (self.B, self.kv.capacity - self.kv.watermark_blocks, mp, self.cfg.preemption, self.cfg.max_model_len)
+        ok = sim.admissible.get(key)  # identical replicas share one
+        if ok is None:
+            p = sim.prompt
+            po = p + sim.out
+            bad = -(-po // self.B) > key[1]
+            if mp is not None:
+                bad |= p > mp
+                if self.cfg.preemption == "recompute":
+                    bad |= po - 1 > mp
+            if self.cfg.max_model_len is not None:
+                bad |= po > self.cfg.max_model_len
+            ok = sim.admissible[key] = (~bad).tolist()
+        return ok
 
     def _reject_reason(self, rid: int) -> str:
         """Why ``rid`` can never be served here ("" if it can); one rule for every role: a replica that
@@ -353,6 +379,8 @@ class Replica:
         policy = self.policy
         kv = self.kv
         jump = self.cfg.jump
+        # the policies of simllm.policies.batching choose a decode-only batch when nothing waits (a test checks)
+        plain = type(policy).__module__ == Batch.__module__
         while True:
             self._on_boundary()
             if self.clock >= self.next_chg:
@@ -371,6 +399,8 @@ class Replica:
                 self._swap_in()
                 batch = Batch(decode=self.n > 0)
                 swap_drained = not self.swapped  # the policy decides again from the next boundary
+            elif plain and not self.waiting:  # a shipped policy decodes the running set (n > 0 here), nothing else
+                batch = _DECODE
             else:
                 batch = policy.next_batch(self.waiting, self, self.kv_view)
             if batch.prefill_ids or batch.preempt:
