@@ -49,6 +49,7 @@ iterations, ``duration_s`` their exact sum).
 
 from __future__ import annotations
 
+import heapq
 import math
 from bisect import bisect_left
 from collections import deque
@@ -161,15 +162,18 @@ class Replica:
         self.swapped: deque = deque()  # (rid, kv_tokens, remaining)
         cap = int(policy.max_num_seqs)
         self.max_seqs = cap
-        self.r_idx = np.zeros(cap, dtype=np.int64)
-        self.r_t = np.zeros(cap, dtype=np.int64)  # KV tokens stored
-        self.r_rem = np.zeros(cap, dtype=np.int64)  # tokens still to generate
+        # the running set: every running sequence decodes one token per step, so with G the steps decoded so
+        # far a sequence is stored as run[rid] = (t - G, G + rem, j): its KV tokens t and tokens left rem move
+        # with G alone, j orders the set (joins; the newest last). A heap of (G + rem, j, rid) gives the next to
+        # finish (entries of sequences gone are skipped). Aggregates kept with it (checked under check_blocks):
+        # n sequences, rb = sum ceil(t / B) blocks, tsum = sum t, mrem = min rem (-1: to recompute), and
+        # hist[c] = sequences with (t - G) % B == c (a sequence starts a block at the step that finds
+        # t % B == 0, see _growth).
+        self.run: dict = {}
+        self._heap: list = []
+        self._jn = 0
         self.n = 0
-        self.rb = 0  # blocks of the running sequences, sum of ceil(r_t / B) (see _refresh_used)
-        # aggregates of the running set kept incrementally (checked against the arrays with check_blocks):
-        # tsum = sum(r_t); mrem = min(r_rem) (-1: to recompute); every running sequence decodes each step, so
-        # with G the steps decoded so far, hist[c] counts the sequences with (r_t - G) % B == c: a sequence
-        # starts a new block at the step that finds r_t % B == 0 (see _growth)
+        self.rb = 0
         self.tsum = 0
         self.mrem = -1
         self.G = 0
@@ -225,7 +229,18 @@ class Replica:
         return len(self.pdone)
 
     def running(self) -> list:
-        return list(zip(self.r_idx[:self.n].tolist(), self.r_t[:self.n].tolist()))
+        G = self.G
+        return [(rid, e[0] + G) for rid, e in self.run.items()]
+
+    def _arrays(self):
+        """(request ids, KV tokens, tokens left) of the running sequences, oldest first, as arrays."""
+        n = self.n
+        run = self.run
+        G = self.G
+        rids = np.fromiter(run, dtype=np.int64, count=n)
+        t = np.fromiter((e[0] for e in run.values()), dtype=np.int64, count=n) + G
+        rem = np.fromiter((e[1] for e in run.values()), dtype=np.int64, count=n) - G
+        return rids, t, rem
 
     def _sync(self) -> int:
         """Used KV blocks now (``env.now``), inside a decode jump too: the steps finished by now grow the
@@ -239,7 +254,10 @@ class Replica:
             return self.kv.used_blocks
         B = self.B
         g = j if self.seg_cum is None else self.seg_cum[j - 1]
-        return self.kv.evict_over(int(_sum((self.r_t[:n] + g + (B - 1)) // B)) + self.kv.held)
+        if self.seg_cum is None:
+            return self.kv.evict_over(self.rb + self._growth(j) + self.kv.held)
+        t = self._arrays()[1]
+        return self.kv.evict_over(int(_sum((t + g + (B - 1)) // B)) + self.kv.held)
 
     @property
     def kv_free_fraction(self) -> float:
@@ -363,16 +381,33 @@ class Replica:
     def _join(self, rid: int, t: int, rem: int) -> None:
         """Append ``rid`` (``t`` tokens in KV, ``rem`` to generate) to the running set, its blocks to ``rb``."""
         i = self.n
-        self.r_idx[i] = rid
-        self.r_t[i] = t
-        self.r_rem[i] = rem
+        G = self.G
+        j = self._jn
+        self._jn = j + 1
+        F = G + rem
+        self.run[rid] = (t - G, F, j)
+        heapq.heappush(self._heap, (F, j, rid))
         self.n = i + 1
         self.rb += -(-t // self.B)
         self.tsum += t
-        self.hist[(t - self.G) % self.B] += 1
+        self.hist[(t - G) % self.B] += 1
         if self.mrem > rem or i == 0:
             self.mrem = rem
 
+    def _leave(self, rid: int) -> tuple:
+        """Take ``rid`` out of the running set (not finished: preempted or aborted); its (t, rem). Its blocks
+        leave ``rb``; the caller frees them in the KV cache."""
+        tt, F, _j = self.run.pop(rid)
+        G = self.G
+        t = tt + G
+        rem = F - G
+        self.n -= 1
+        self.rb -= -(-t // self.B)
+        self.tsum -= t
+        self.hist[tt % self.B] -= 1
+        if rem <= self.mrem:
+            self.mrem = -1
+        return t, rem
     def _run(self):
         env = self.env
         sim = self.sim
@@ -427,7 +462,6 @@ class Replica:
             # -- decode segment -----------------------------------------------------------
             preempted = self._make_room() if kv.growable_blocks - kv.used_blocks < self.n * self.grow_max else False
             n = self.n
-            t = self.r_t[:n]
             # after a preemption the victim waits at the queue's head: re-decide after one step
             mrem = self._min_rem()
             kmax = mrem if jump and not preempted and not swap_drained else 1
@@ -436,7 +470,7 @@ class Replica:
             if self.spec is not None:  # speculative: tokens per step drawn per sequence (spec_decode)
                 k, ctx, cum = self._spec_plan(n, kmax)
             elif kmax > 1:
-                k = self._fit_steps(t, kmax)
+                k = self._fit_steps(kmax)
             ends = self._decode_ends(n, T0, k, now) if self.spec is None and k <= _SHORT else None
             if ends is None:
                 if self.spec is None:
@@ -548,24 +582,46 @@ class Replica:
 
     def _min_rem(self) -> int:
         if self.mrem < 0:
-            self.mrem = int(_min(self.r_rem[:self.n]))
+            h = self._heap
+            run = self.run
+            while True:  # entries of sequences no longer running (or running since a later join) are stale
+                F, j, rid = h[0]
+                e = run.get(rid)
+                if e is not None and e[2] == j:
+                    break
+                heapq.heappop(h)
+            self.mrem = F - self.G
         return self.mrem
 
     def _resync(self) -> None:
-        """Recompute the aggregates from the arrays (after a change that is not one token each)."""
-        n = self.n
-        t = self.r_t[:n]
-        self.tsum = int(_sum(t))
+        """Rebuild the heap and aggregates from ``run`` (after a change that is not one token each)."""
+        run = self.run
+        G = self.G
+        B = self.B
+        self._heap = [(e[1], e[2], rid) for rid, e in run.items()]
+        heapq.heapify(self._heap)
+        self.tsum = sum(e[0] for e in run.values()) + self.n * G
+        self.rb = self._blocks_full()
         self.mrem = -1
-        self.hist = np.bincount((t - self.G) % self.B, minlength=self.B).tolist()
+        h = [0] * B
+        for e in run.values():
+            h[e[0] % B] += 1
+        self.hist = h
+
+    def _blocks_full(self) -> int:
+        G = self.G
+        B = self.B
+        return sum(-(-(e[0] + G) // B) for e in self.run.values())
 
     def _check_aggregates(self) -> None:
-        n = self.n
-        t = self.r_t[:n]
+        rids, t, rem = self._arrays()
         B = self.B
+        assert self.n == len(self.run)
         assert self.tsum == int(t.sum()), f"replica {self.index}: tsum {self.tsum} != {int(t.sum())}"
-        assert self.mrem < 0 or self.mrem == int(self.r_rem[:n].min()), f"replica {self.index}: mrem {self.mrem}"
+        assert self.mrem < 0 or self.mrem == int(rem.min()), f"replica {self.index}: mrem {self.mrem}"
         assert self.hist == np.bincount((t - self.G) % B, minlength=B).tolist(), f"replica {self.index}: hist"
+        live = {(e[1], e[2], rid) for rid, e in self.run.items()}
+        assert live <= set(self._heap), f"replica {self.index}: heap misses running sequences"
 
     def _make_room(self) -> bool:
         """Make room for one more token per running sequence, preempting the newest; True if it preempted."""
@@ -573,8 +629,11 @@ class Replica:
         B = self.B
         preempted = False
         while True:
-            grow = self.hist[-self.G % B] if self.spec is None else self.spec.grow(self.r_t[:self.n],
-                                                                                  self.r_rem[:self.n])
+            if self.spec is None:
+                grow = self.hist[-self.G % B]
+            else:
+                _rids, t, rem = self._arrays()
+                grow = self.spec.grow(t, rem)
             if kv.used_blocks + grow <= kv.growable_blocks or (self.n == 1 and not self.pdone):
                 return preempted
             if self.n == 1:
@@ -586,9 +645,8 @@ class Replica:
     def _advance(self, n: int, k: int, mrem: int, end: float) -> int:
         """The first ``n`` running sequences decoded ``k`` tokens by ``end`` (``mrem``: the fewest tokens any
         had left): grow them, retire the finished; returns the used blocks before retiring."""
-        self.r_t[:n] += k
-        rem = self.r_rem[:n]
-        rem -= k
+        if self.check_blocks:
+            assert n == self.n
         grow = self._growth(k)
         self._decoded(k)
         self._refresh_used(self.rb + grow)
@@ -600,19 +658,19 @@ class Replica:
     def _spec_plan(self, n: int, kmax: int):
         """A speculative decode segment of up to ``kmax`` steps (``simllm.sim.spec_decode``)."""
         kv = self.kv
-        rids = self.r_idx[:n]
-        rem = self.r_rem[:n]
-        return self.spec.plan(rids, self.sim.out[rids] - rem, self.r_t[:n], rem, kmax, kv.growable_blocks - kv.held)
+        rids, t, rem = self._arrays()
+        return self.spec.plan(rids, self.sim.out[rids] - rem, t, rem, kmax, kv.growable_blocks - kv.held)
 
     def _spec_apply(self, n: int, k: int, cum, ctx, now: float, end: float) -> None:
         """Apply the first ``k`` steps of a speculative segment: each sequence keeps the tokens it emitted."""
         e = cum[k - 1]
-        self.r_t[:n] += e
-        rem = self.r_rem[:n]
-        rem -= e
+        run = self.run
+        for (rid, (tt, F, j)), x in zip(list(run.items()), e.tolist()):
+            run[rid] = (tt + x, F - x, j)
         self.spec.count(k, cum)
         self._resync()
         self._refresh_used()
+        rem = self._arrays()[2]
         self.sim.record_step(self.index, now, end - now, k, n, 0, 0, int(e.sum()), self.kv.used_blocks,
                              (0, 0.0, 0, n, float(ctx[:k].mean())))
         if int(rem.min()) == 0:
@@ -653,20 +711,11 @@ class Replica:
                 kv.partial -= pb
                 if self.pc is not None:
                     self.pc.release(self._keys(rid)[:h])
-            hit = np.flatnonzero(self.r_idx[:self.n] == rid)
-            if len(hit):
-                i = int(hit[0])
-                n = self.n
-                t = int(self.r_t[i])
+            if rid in self.run:
+                t, _rem = self._leave(rid)
                 kv.used_blocks -= -(-t // self.B)
                 if self.pc is not None:
                     kv.unshare(self._keys(rid))
-                for a in (self.r_idx, self.r_t, self.r_rem):
-                    a[i:n - 1] = a[i + 1:n]
-                self.n = n - 1
-                self.tsum -= t
-                self.hist[(t - self.G) % self.B] -= 1
-                self.mrem = -1
             else:
                 try:
                     self.waiting.remove(rid)
@@ -697,57 +746,41 @@ class Replica:
             yield self.env.timeout(max(self.clock - self.env.now, 0.0))
 
     def _finish(self, n: int, end: float) -> None:
-        """Retire the first ``n`` running sequences that have no token left to generate."""
+        """Retire the running sequences that have no token left to generate (``n``: the running set's size
+        when the step started; sequences joined since have tokens left)."""
         sim = self.sim
-        rem = self.r_rem[:n]
-        pos = np.flatnonzero(rem == 0)
-        nd = len(pos)
         B = self.B
         G = self.G
         h = self.hist
-        m = self.n - nd
-        if nd == 1:  # the usual case: one sequence, plain ints, the arrays shifted over it
-            i = int(pos[0])
-            rid = int(self.r_idx[i])
-            t = int(self.r_t[i])
+        heap = self._heap
+        run = self.run
+        pop = heapq.heappop
+        ids = []
+        freed = 0
+        while heap and heap[0][0] <= G:
+            F, j, rid = pop(heap)
+            e = run.get(rid)
+            if e is None or e[2] != j:  # stale: the sequence left (or left and joined again)
+                continue
+            del run[rid]
+            ids.append(rid)
+            t = e[0] + G
+            freed += -(-t // B)
+            self.tsum -= t
+            h[e[0] % B] -= 1
+        for rid in ids:
             sim.completion[rid] = end
             sim.gen[rid] = sim.out[rid]
-            if sim.sessions is not None:
-                sim.on_complete([rid], end)
-            freed = -(-t // B)
-            self.tsum -= t
-            h[(t - G) % B] -= 1
-            if self.pc is not None:
-                self.kv.unshare(self._keys(rid))
-            if i < m:
-                for a in (self.r_idx, self.r_t, self.r_rem):
-                    a[i:m] = a[i + 1:m + 1]
-        else:
-            done = rem == 0
-            ids = self.r_idx[:n][done]
-            sim.completion[ids] = end
-            sim.gen[ids] = sim.out[ids]
-            if sim.sessions is not None:
-                sim.on_complete(ids.tolist(), end)
-            freed = 0  # the retired sequences' blocks (a few: plain ints; rb is exact at every caller)
-            for t in self.r_t[:n][done].tolist():
-                freed += -(-t // B)
-                self.tsum -= t
-                h[(t - G) % B] -= 1
-            if self.pc is not None:
-                kv = self.kv
-                for rid in ids.tolist():
-                    kv.unshare(self._keys(rid))
-            keep = ~done
-            if m > n - nd:  # sequences after the first n (joined this step) keep their places
-                keep = np.concatenate([keep, np.ones(self.n - n, dtype=bool)])
-                rem = self.r_rem[:self.n]
-            self.r_idx[:m] = self.r_idx[:self.n][keep]
-            self.r_t[:m] = self.r_t[:self.n][keep]
-            self.r_rem[:m] = rem[keep]
+        if sim.sessions is not None:
+            sim.on_complete(ids, end)
+        if self.pc is not None:
+            kv = self.kv
+            for rid in ids:
+                kv.unshare(self._keys(rid))
+        nd = len(ids)
         self.done += nd
         sim.finished += nd
-        self.n = m
+        self.n -= nd
         self.mrem = -1
         self._refresh_used(self.rb - freed)
 
@@ -759,11 +792,9 @@ class Replica:
         incrementally: ``rb`` after a full recount, plus what joined or grew since); None recounts them
         from the token counts."""
         if running_blocks is None:
-            B = self.B
-            running_blocks = int(_sum((self.r_t[:self.n] + (B - 1)) // B))
-        elif self.check_blocks:
-            B = self.B
-            full = int(_sum((self.r_t[:self.n] + (B - 1)) // B))
+            running_blocks = self.rb
+        if self.check_blocks:
+            full = self._blocks_full()
             assert running_blocks == full, f"replica {self.index}: incremental {running_blocks} != {full} blocks"
             self._check_aggregates()
         self.rb = running_blocks
@@ -771,11 +802,11 @@ class Replica:
         if used > self.kv_peak:
             self.kv_peak = used
 
-    def _fit_steps(self, t: np.ndarray, kmax: int) -> int:
-        """Largest k <= kmax such that k more tokens per sequence fit in the KV cache."""
+    def _fit_steps(self, kmax: int) -> int:
+        """Largest k <= kmax such that k more tokens per running sequence fit in the KV cache."""
         kv = self.kv
         B = self.B
-        n = len(t)
+        n = self.n
         cap = kv.growable_blocks
         if kv.used_blocks + n * (-(-kmax // B)) <= cap:
             return kmax
@@ -783,7 +814,7 @@ class Replica:
         lo, hi = 1, kmax  # f(lo) fits (ensured by preemption)
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if int(_sum((t + (mid + B - 1)) // B)) <= cap:
+            if self.rb + self._growth(mid) <= cap:
                 lo = mid
             else:
                 hi = mid - 1
@@ -908,8 +939,6 @@ class Replica:
                                if self.pdone[rid] + c >= int(sim.prompt[rid] + sim.gen[rid])]
         d, end = yield from self._step_wait(P, W, m, n, ctx, now)
         if n:
-            self.r_t[:n] += 1
-            self.r_rem[:n] -= 1
             self._decoded(1)
             self._refresh_used(self.rb + grow)  # rb: recounted before the step, same running set
         used_rec = kv.used_blocks
@@ -973,14 +1002,7 @@ class Replica:
 
     def _preempt_rid(self, rid: int) -> None:
         """Preempt running request ``rid`` (chosen by the policy) as the newest would be."""
-        n = self.n
-        i = int(np.flatnonzero(self.r_idx[:n] == rid)[0])
-        if i != n - 1:
-            for a in (self.r_idx, self.r_t, self.r_rem):
-                v = a[i]
-                a[i:n - 1] = a[i + 1:n]
-                a[n - 1] = v
-        self._preempt_newest()
+        self._preempt(rid)
 
     def _preempt_partial(self) -> int:
         """Give up the newest prefill under way (its KV blocks are freed; it is recomputed later)."""
@@ -996,17 +1018,12 @@ class Replica:
         return rid
 
     def _preempt_newest(self) -> None:
+        self._preempt(next(reversed(self.run)))
+
+    def _preempt(self, rid: int) -> None:
         sim = self.sim
-        i = self.n - 1
-        rid = int(self.r_idx[i])
-        t = int(self.r_t[i])
-        rem = int(self.r_rem[i])
-        self.n = i
+        t, rem = self._leave(rid)
         self.kv.used_blocks -= -(-t // self.B)
-        self.rb -= -(-t // self.B)
-        self.tsum -= t
-        self.hist[(t - self.G) % self.B] -= 1
-        self.mrem = -1
         if self.pc is not None:
             self.kv.unshare(self._keys(rid))
             self._refresh_used()
