@@ -6,12 +6,16 @@ prefix tokens), policy preemptions and whether the running set decodes a token; 
 the cost model for the time of exactly that batch, described by aggregates
 (``StepCostModel.step_time``), and sleeps for it.
 
-Speed (DESIGN.md): per-request state lives in numpy arrays; a replica yields at most one SimPy
-event per step and, with ``jump=True`` (the default), one per *segment*: between two changes of
-batch membership the decode steps differ only by growing context, so the replica prices the k
-steps up to the next change (first completion, or KV blocks running out) in one vectorised
-``step_time`` call, sums them with a sequential ``cumsum`` (the same float additions as
-stepping), and sleeps until the end. Anything that could change the batch (an arrival, a KV
+Speed (DESIGN.md): per-request state lives in the simulation's numpy arrays; the running set is a
+dict in join order whose entries do not move while it decodes (tokens and tokens left are kept
+relative to the replica's count of decode steps ``G``), with a heap of finishing steps and its
+aggregates (blocks, context sum, fewest tokens left, block residues) kept incrementally, so a
+decode step touches no per-sequence state. A replica yields at most one SimPy event per step and,
+with ``jump=True`` (the default), one per *segment*: between two changes of batch membership the
+decode steps differ only by growing context, so the replica prices the k steps up to the next
+change (first completion, or KV blocks running out) at once (a few steps in plain floats through
+the cost model's ``decode_step_times`` where it has one, else one vectorised ``step_time`` call),
+sums them in order (the same float additions as stepping), and sleeps until the end. Anything that could change the batch (an arrival, a KV
 transfer landing) pokes the replica (:meth:`Replica._poke`): the segment is then cut at the first
 step boundary at or after it, which is where a step-by-step replica would have seen it.
 Timestamps are therefore identical to stepping one iteration at a time (``jump=False``), which
