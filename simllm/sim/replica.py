@@ -844,10 +844,12 @@ class Replica:
         for _ in range(m):
             waiting.popleft()
         blocks = 0
+        B = self.B
+        sched = sim.scheduled
         for rid, L in zip(ids, lens):
-            blocks += kv.blocks_for(L)
-            if sim.scheduled[rid] != sim.scheduled[rid]:  # NaN: first time scheduled
-                sim.scheduled[rid] = now
+            blocks += -(-L // B)
+            if sched[rid] != sched[rid]:  # NaN: first time scheduled
+                sched[rid] = now
         kv.used_blocks += blocks
         used_peak = kv.used_blocks
         if used_peak > self.kv_peak:
@@ -857,7 +859,6 @@ class Replica:
             yield self.env.timeout(max(end - self.env.now, 0.0))
         self.clock = end
         sim.record_step(self.index, now, d, 1, m, P, m, 0, used_peak, (P, W, m, 0, 0.0))
-        B = self.B
         for rid, L in zip(ids, lens):
             if not self._prefilled(rid, L, end):
                 kv.used_blocks -= -(-L // B)
