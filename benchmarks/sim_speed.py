@@ -14,7 +14,13 @@ counts the simulation itself (``Simulation`` construction and ``run``), not read
 or the capacity probe. Uses ``simllm.cost.make_step_cost`` when it is available, otherwise a
 small built-in roofline (said in the JSON as ``cost_model``).
 
-Recorded 2026-12-02 on this project's 2-core machine, idle, back to back: ``vllm`` (vLLM's V1 scheduler:
+Recorded 2026-12-02 (later) on the same machine, nearly idle (load 1.7), back to back: ``vllm`` 11,576-11,702
+requests / wall s (median of 3: 11,604), ``--policy vllm-v0`` 16,851; that session's starting commit 5fcbd19 ran
+6,599-6,736 (median 6,627) and 8,545 there, so 1.75x / 1.97x, with byte-identical outputs (the running set a dict
+whose entries do not move while it decodes, with a heap of finishing steps and its aggregates kept incrementally;
+short decode segments priced in plain floats through ``decode_step_times``; no policy call when nothing waits).
+
+Earlier the same day, idle, back to back: ``vllm`` (vLLM's V1 scheduler:
 every iteration with a prefill is a mixed chunked-prefill step) 5,690-5,930 requests / wall s (median of 3: 5,815),
 ``--policy vllm-v0`` 7,720; the session's starting commit ab2710e ran 4,130-4,240 (V1) there, so 1.43x, with
 bit-identical outputs (GEMM and TP all-reduce seconds as tables over the step's token count, filled by the

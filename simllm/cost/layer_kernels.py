@@ -113,6 +113,7 @@ class LayerKernels:
         self.qo_bytes = 1.0 if base == "fp8" else 2.0
         self.kvb = float(kv_bytes)
         self._tabs: dict[int, np.ndarray] = {}
+        self._tab_lists: dict[int, list] = {}  # the same tables as lists (decode_times)
         self._gemm_cache: dict = {}
         self._gemm_tabs: dict = {}  # (dtype, K, N) -> seconds per integer row count (see gemm)
         self._pre_memo: dict = {}  # batch size -> decode seconds on the context grid
@@ -285,11 +286,19 @@ class LayerKernels:
         KV evenly over the SMs, whatever the lengths (share 0)."""
         f = self._tail.get(seqs)
         if f is None:
-            b = int(seqs)
-            if b <= 0:
+            if int(seqs) <= 0:
                 return ctx
-            f = self._tail[seqs] = 0.0 if self.mla else float(decode_tail_share(b * self.kvh_dec, self.cus))
+            f = self.decode_tail(seqs)
         return ctx + f * (seqs * ctx_max - ctx)
+
+    def decode_tail(self, seqs) -> float:
+        """The share of the longest context's excess that paces decode attention over ``seqs`` sequences
+        (``decode_ctx_eff``), memoized per batch size."""
+        f = self._tail.get(seqs)
+        if f is None:
+            b = int(seqs)
+            f = self._tail[seqs] = 0.0 if self.mla else float(decode_tail_share(b * self.kvh_dec, self.cus))
+        return f
 
     def decode_time(self, seqs: float, ctx):
         """Seconds (launch + body) of one layer's decode attention, memoized: per batch size, a
@@ -313,6 +322,26 @@ class LayerKernels:
         i = int(x)
         lo = float(tab[i])
         return lo + (x - i) * (float(tab[i + 1]) - lo)  # the array form's arithmetic, bit for bit
+
+    def decode_times(self, seqs: int, ctxs: list) -> list:
+        """:meth:`decode_time` of an array of context totals, as a list of plain floats (for a few contexts: no
+        numpy call per step), bit for bit: the same table, grown at the same point, and the same arithmetic."""
+        b = int(seqs)
+        s = 1.0 / (b * DECODE_GRID)
+        xs = [c * s for c in ctxs]
+        hi = max(xs)
+        tab = self._tabs.get(b)
+        if tab is None or hi + 2 >= len(tab):
+            tab = self._grow(b, hi)
+        tl = self._tab_lists.get(b)
+        if tl is None or len(tl) != len(tab):
+            tl = self._tab_lists[b] = tab.tolist()
+        out = []
+        for x in xs:
+            i = int(x)
+            lo = tl[i]
+            out.append(lo + (x - i) * (tl[i + 1] - lo))
+        return out
 
     def _grow(self, b: int, hi: float) -> np.ndarray:
         old = self._tabs.get(b)

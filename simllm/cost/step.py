@@ -180,6 +180,28 @@ class ReplicaStepCost:
         v[self._last] += head[0]
         return np.max(v, axis=0).reshape(a.shape)
 
+    def decode_step_times(self, decode_seqs: int, ctxs: list, ctx_maxs: Optional[list] = None) -> Optional[list]:
+        """:meth:`step_time` of decode-only steps of ``decode_seqs`` sequences, one per context total in ``ctxs``
+        (and longest context in ``ctx_maxs``, if given), as plain floats equal bit for bit to
+        ``step_time(0, 0.0, 0, decode_seqs, np.array(ctxs), np.array(ctx_maxs))`` (a simulator pricing a few
+        steps at a time skips numpy's per-call overhead); None where that form is not offered (pipeline stages)."""
+        n = int(decode_seqs)
+        if self.pp != 1 or n <= 0:
+            return None
+        tok = self._tok.get(n)
+        if tok is None:
+            tok = self._token_part(n)
+        head = self._head.get(n)
+        if head is None:
+            head = self._head_part(n)
+        c = float(tok[0, 0] + head[0])
+        nl = self._n_list[0]
+        k = self.ops.k
+        if ctx_maxs is not None:
+            f = k.decode_tail(n)
+            ctxs = [x + f * (n * m - x) for x, m in zip(ctxs, ctx_maxs)]
+        return [c + nl * a for a in k.decode_times(n, ctxs)]
+
     def stage_times(self, shape: BatchShape) -> np.ndarray:
         """Seconds of each pipeline stage for one batch."""
         T = shape.prefill_tokens + shape.decode_seqs

@@ -307,12 +307,12 @@ class DPReplica:
                 preempted |= rk._make_room()
         R = len(dec)
         ns = np.fromiter((rk.n for rk in dec), dtype=np.int64, count=R)
-        mrems = [int(rk.r_rem[:rk.n].min()) for rk in dec]
-        T0 = np.fromiter((int(rk.r_t[:rk.n].sum()) for rk in dec), dtype=np.int64, count=R)
+        mrems = [rk._min_rem() for rk in dec]
+        T0 = np.fromiter((rk.tsum for rk in dec), dtype=np.int64, count=R)
         k = min(mrems) if jump and not preempted and not swap_drained else 1
         if k > 1:
             for rk in dec:
-                k = rk._fit_steps(rk.r_t[:rk.n], k)
+                k = rk._fit_steps(k)
                 if k == 1:
                     break
         if k > len(self._arange):

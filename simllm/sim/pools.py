@@ -42,6 +42,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import numpy as np
+
 from .records import SimConfig
 from .replica import Replica
 
@@ -163,7 +165,7 @@ class DecodeReplica(Replica):
         B = self.B
         m = 0
         if self.n:
-            ids = self.r_idx[:self.n]
+            ids = np.fromiter(self.run, dtype=np.int64, count=self.n)
             m = int((-(-(sim.prompt[ids] + sim.out[ids]) // B)).max())
         if self.members:
             m = max(m, max(self.members.values()))

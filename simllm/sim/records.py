@@ -9,6 +9,7 @@ to the run's :class:`StepTotals` (what the summary needs) and either kept or han
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Callable, Optional
 
 import numpy as np
@@ -20,6 +21,7 @@ STEP_COLUMNS = ("replica", "start_s", "duration_s", "n_steps", "batch_size", "pr
 _RAW = STEP_COLUMNS[:8]  # recorded per step; the rest is the breakdown, priced per chunk
 _INT = ("replica", "n_steps", "batch_size", "prefill_tokens", "decode_tokens", "kv_blocks_used")
 _SHAPE = ("P", "W", "m", "n", "ctx")  # the BatchShape of the row (prefill tokens, work, seqs; decode seqs, ctx)
+_WIDTH = len(_RAW) + len(_SHAPE)
 
 CHUNK_ROWS = 1 << 16
 """Step rows per chunk (priced, summed and written together)."""
@@ -91,9 +93,10 @@ class StepLog:
         buf = self._buf
         if not buf:
             return
-        T = list(zip(*buf))
-        cols = {c: np.array(T[i], dtype=np.int64 if c in _INT else np.float64) for i, c in enumerate(_RAW)}
-        shape = {c: np.array(T[8 + i], dtype=np.float64 if c in ("W", "ctx") else np.int64)
+        # one float array of all rows (every integer field is far below 2**53: exact), then its columns
+        A = np.fromiter(chain.from_iterable(buf), dtype=np.float64, count=len(buf) * _WIDTH).reshape(-1, _WIDTH)
+        cols = {c: A[:, i].astype(np.int64) if c in _INT else A[:, i].copy() for i, c in enumerate(_RAW)}
+        shape = {c: A[:, 8 + i].copy() if c in ("W", "ctx") else A[:, 8 + i].astype(np.int64)
                  for i, c in enumerate(_SHAPE)}
         first = self._sealed
         self._sealed += len(buf)

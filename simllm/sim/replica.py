@@ -6,12 +6,16 @@ prefix tokens), policy preemptions and whether the running set decodes a token; 
 the cost model for the time of exactly that batch, described by aggregates
 (``StepCostModel.step_time``), and sleeps for it.
 
-Speed (DESIGN.md): per-request state lives in numpy arrays; a replica yields at most one SimPy
-event per step and, with ``jump=True`` (the default), one per *segment*: between two changes of
-batch membership the decode steps differ only by growing context, so the replica prices the k
-steps up to the next change (first completion, or KV blocks running out) in one vectorised
-``step_time`` call, sums them with a sequential ``cumsum`` (the same float additions as
-stepping), and sleeps until the end. Anything that could change the batch (an arrival, a KV
+Speed (DESIGN.md): per-request state lives in the simulation's numpy arrays; the running set is a
+dict in join order whose entries do not move while it decodes (tokens and tokens left are kept
+relative to the replica's count of decode steps ``G``), with a heap of finishing steps and its
+aggregates (blocks, context sum, fewest tokens left, block residues) kept incrementally, so a
+decode step touches no per-sequence state. A replica yields at most one SimPy event per step and,
+with ``jump=True`` (the default), one per *segment*: between two changes of batch membership the
+decode steps differ only by growing context, so the replica prices the k steps up to the next
+change (first completion, or KV blocks running out) at once (a few steps in plain floats through
+the cost model's ``decode_step_times`` where it has one, else one vectorised ``step_time`` call),
+sums them in order (the same float additions as stepping), and sleeps until the end. Anything that could change the batch (an arrival, a KV
 transfer landing) pokes the replica (:meth:`Replica._poke`): the segment is then cut at the first
 step boundary at or after it, which is where a step-by-step replica would have seen it.
 Timestamps are therefore identical to stepping one iteration at a time (``jump=False``), which
@@ -49,7 +53,9 @@ iterations, ``duration_s`` their exact sum).
 
 from __future__ import annotations
 
+import heapq
 import math
+from bisect import bisect_left
 from collections import deque
 from typing import Optional
 
@@ -66,7 +72,8 @@ from .spec_decode import SpecDecode
 # the reductions of ndarray.sum / .min without their Python wrappers (hot path; same results)
 _sum = np.add.reduce
 _min = np.minimum.reduce
-_max = np.maximum.reduce
+_DECODE = Batch(decode=True)  # read only
+_SHORT = 16  # decode segments of at most this many steps are priced in plain floats (Replica._decode_ends)
 
 class _Waiting(deque):
     """FCFS waiting queue of request ids; ``prefill_len`` includes tokens to recompute.
@@ -159,11 +166,23 @@ class Replica:
         self.swapped: deque = deque()  # (rid, kv_tokens, remaining)
         cap = int(policy.max_num_seqs)
         self.max_seqs = cap
-        self.r_idx = np.zeros(cap, dtype=np.int64)
-        self.r_t = np.zeros(cap, dtype=np.int64)  # KV tokens stored
-        self.r_rem = np.zeros(cap, dtype=np.int64)  # tokens still to generate
+        # the running set: every running sequence decodes one token per step, so with G the steps decoded so
+        # far a sequence is stored as run[rid] = (t - G, G + rem, j): its KV tokens t and tokens left rem move
+        # with G alone, j orders the set (joins; the newest last). A heap of (G + rem, j, rid) gives the next to
+        # finish (entries of sequences gone are skipped). Aggregates kept with it (checked under check_blocks):
+        # n sequences, rb = sum ceil(t / B) blocks, tsum = sum t, mrem = min rem (-1: to recompute), and
+        # hist[c] = sequences with (t - G) % B == c (a sequence starts a block at the step that finds
+        # t % B == 0, see _growth).
+        self.run: dict = {}
+        self._heap: list = []
+        self._jn = 0
         self.n = 0
-        self.rb = 0  # blocks of the running sequences, sum of ceil(r_t / B) (see _refresh_used)
+        self.rb = 0
+        self.tsum = 0
+        self.mrem = -1
+        self.tmx = None  # max of t - G over the running set (None: to recompute, _tmax)
+        self.G = 0
+        self.hist = [0] * cfg.block_size
         self.assigned = 0
         self.done = 0
         self.clock = 0.0  # exact logical time of the last step boundary
@@ -176,6 +195,9 @@ class Replica:
         self.max_prompt = policy.max_prompt_tokens()
         self._arange = np.arange(4096, dtype=np.float64)
         self._pmemo: dict = {}
+        self._dcost = None  # the cost model _dsteps belongs to
+        self._dsteps = None
+        self._admissible = None  # see submit
         self.future: Optional[list] = None  # arrival times of requests routed here (when the router plans)
         self.fptr = 0
         # chunked prefill, policy-driven preemption, prefix caching (the general step, _mixed)
@@ -213,7 +235,18 @@ class Replica:
         return len(self.pdone)
 
     def running(self) -> list:
-        return list(zip(self.r_idx[:self.n].tolist(), self.r_t[:self.n].tolist()))
+        G = self.G
+        return [(rid, e[0] + G) for rid, e in self.run.items()]
+
+    def _arrays(self):
+        """(request ids, KV tokens, tokens left) of the running sequences, oldest first, as arrays."""
+        n = self.n
+        run = self.run
+        G = self.G
+        rids = np.fromiter(run, dtype=np.int64, count=n)
+        t = np.fromiter((e[0] for e in run.values()), dtype=np.int64, count=n) + G
+        rem = np.fromiter((e[1] for e in run.values()), dtype=np.int64, count=n) - G
+        return rids, t, rem
 
     def _sync(self) -> int:
         """Used KV blocks now (``env.now``), inside a decode jump too: the steps finished by now grow the
@@ -227,7 +260,10 @@ class Replica:
             return self.kv.used_blocks
         B = self.B
         g = j if self.seg_cum is None else self.seg_cum[j - 1]
-        return self.kv.evict_over(int(_sum((self.r_t[:n] + g + (B - 1)) // B)) + self.kv.held)
+        if self.seg_cum is None:
+            return self.kv.evict_over(self.rb + self._growth(j) + self.kv.held)
+        t = self._arrays()[1]
+        return self.kv.evict_over(int(_sum((t + g + (B - 1)) // B)) + self.kv.held)
 
     @property
     def kv_free_fraction(self) -> float:
@@ -258,7 +294,11 @@ class Replica:
         sim = self.sim
         if foreseen:
             self.fptr += 1
-        reason = self._reject_reason(rid)
+        ok = self._admissible
+        if ok is None and self.role == "both" and sim.sessions is None and type(self)._reject_reason is \
+                Replica._reject_reason:
+            ok = self._admissible = self._admissible_mask()
+        reason = "" if ok is not None and ok[rid] else self._reject_reason(rid)
         sim.replica_of[rid] = self.index
         if reason:
             sim.rejected[rid] = reason
@@ -281,6 +321,26 @@ class Replica:
         elif cut and self.interruptible:
             self.interruptible = False
             self.proc.interrupt(t)
+
+    def _admissible_mask(self) -> list:
+        """Per request of the simulation: True where :meth:`_reject_reason` (role ``both``) finds nothing, the same
+        tests over the arrays at once (the messages come from the method, for the others)."""
+        sim = self.sim
+        mp = self.max_prompt
+        key = (self.B, self.kv.capacity - self.kv.watermark_blocks, mp, self.cfg.preemption, self.cfg.max_model_len)
+        ok = sim.admissible.get(key)  # identical replicas share one
+        if ok is None:
+            p = sim.prompt
+            po = p + sim.out
+            bad = -(-po // self.B) > key[1]
+            if mp is not None:
+                bad |= p > mp
+                if self.cfg.preemption == "recompute":
+                    bad |= po - 1 > mp
+            if self.cfg.max_model_len is not None:
+                bad |= po > self.cfg.max_model_len
+            ok = sim.admissible[key] = (~bad).tolist()
+        return ok
 
     def _reject_reason(self, rid: int) -> str:
         """Why ``rid`` can never be served here ("" if it can); one rule for every role: a replica that
@@ -327,18 +387,48 @@ class Replica:
     def _join(self, rid: int, t: int, rem: int) -> None:
         """Append ``rid`` (``t`` tokens in KV, ``rem`` to generate) to the running set, its blocks to ``rb``."""
         i = self.n
-        self.r_idx[i] = rid
-        self.r_t[i] = t
-        self.r_rem[i] = rem
+        G = self.G
+        j = self._jn
+        self._jn = j + 1
+        F = G + rem
+        self.run[rid] = (t - G, F, j)
+        heapq.heappush(self._heap, (F, j, rid))
         self.n = i + 1
         self.rb += -(-t // self.B)
+        self.tsum += t
+        self.hist[(t - G) % self.B] += 1
+        x = self.tmx
+        if i == 0:
+            self.tmx = t - G
+        elif x is not None and t - G > x:
+            self.tmx = t - G
+        if self.mrem > rem or i == 0:
+            self.mrem = rem
 
+    def _leave(self, rid: int) -> tuple:
+        """Take ``rid`` out of the running set (not finished: preempted or aborted); its (t, rem). Its blocks
+        leave ``rb``; the caller frees them in the KV cache."""
+        tt, F, _j = self.run.pop(rid)
+        G = self.G
+        t = tt + G
+        rem = F - G
+        self.n -= 1
+        self.rb -= -(-t // self.B)
+        self.tsum -= t
+        self.hist[tt % self.B] -= 1
+        if rem <= self.mrem:
+            self.mrem = -1
+        if tt == self.tmx:
+            self.tmx = None
+        return t, rem
     def _run(self):
         env = self.env
         sim = self.sim
         policy = self.policy
         kv = self.kv
         jump = self.cfg.jump
+        # the policies of simllm.policies.batching choose a decode-only batch when nothing waits (a test checks)
+        plain = type(policy).__module__ == Batch.__module__
         while True:
             self._on_boundary()
             if self.clock >= self.next_chg:
@@ -357,6 +447,8 @@ class Replica:
                 self._swap_in()
                 batch = Batch(decode=self.n > 0)
                 swap_drained = not self.swapped  # the policy decides again from the next boundary
+            elif plain and not self.waiting:  # a shipped policy decodes the running set (n > 0 here), nothing else
+                batch = _DECODE
             else:
                 batch = policy.next_batch(self.waiting, self, self.kv_view)
             if batch.prefill_ids or batch.preempt:
@@ -383,52 +475,53 @@ class Replica:
             # -- decode segment -----------------------------------------------------------
             preempted = self._make_room() if kv.growable_blocks - kv.used_blocks < self.n * self.grow_max else False
             n = self.n
-            t = self.r_t[:n]
             # after a preemption the victim waits at the queue's head: re-decide after one step
-            mrem = int(_min(self.r_rem[:n]))
+            mrem = self._min_rem()
             kmax = mrem if jump and not preempted and not swap_drained else 1
-            T0 = int(_sum(t))
+            T0 = self.tsum
+            k = 1
             if self.spec is not None:  # speculative: tokens per step drawn per sequence (spec_decode)
                 k, ctx, cum = self._spec_plan(n, kmax)
-            else:
-                k = self._fit_steps(t, kmax) if kmax > 1 else 1
-                if k > len(self._arange):
-                    self._arange = np.arange(2 * k, dtype=np.float64)
-                ctx = self._arange[:k] * n
-                ctx += T0 + n
-            if self.ctx_max_ok and self.spec is None:  # every sequence grows by one token per step
-                d = self.cost.step_time(0, 0.0, 0, n, ctx, self._arange[:k] + float(_max(t) + 1))
-            else:
-                d = self.cost.step_time(0, 0.0, 0, n, ctx)
-            if k == 1:  # the same float additions as the cumsum below
-                end = now + (float(d[0]) + self.pending_swap_s)
+            elif kmax > 1:
+                k = self._fit_steps(kmax)
+            # the longest context of the first step, when the cost model prices it (every sequence grows by one
+            # token per step)
+            cm = self._tmax() + 1 if self.ctx_max_ok and self.spec is None else None
+            ends = self._decode_ends(n, T0, k, now, cm) if self.spec is None and k <= _SHORT else None
+            if ends is None:
+                if self.spec is None:
+                    if k > len(self._arange):
+                        self._arange = np.arange(2 * k, dtype=np.float64)
+                    ctx = self._arange[:k] * n
+                    ctx += T0 + n
+                if cm is not None:
+                    d = self.cost.step_time(0, 0.0, 0, n, ctx, self._arange[:k] + float(cm))
+                else:
+                    d = self.cost.step_time(0, 0.0, 0, n, ctx)
+                if k == 1:  # the same float additions as the cumsum below
+                    ends = [now + (float(d[0]) + self.pending_swap_s)]
+                else:
+                    buf = np.empty(k + 1)
+                    buf[0] = now
+                    buf[1:] = d
+                    if self.pending_swap_s:
+                        buf[1] += self.pending_swap_s
+                    ends = buf.cumsum()[1:]
                 self.pending_swap_s = 0.0
-            else:
-                buf = np.empty(k + 1)
-                buf[0] = now
-                buf[1:] = d
-                if self.pending_swap_s:
-                    buf[1] += self.pending_swap_s
-                    self.pending_swap_s = 0.0
-                ends = buf.cumsum()[1:]
-                end = float(ends[-1])
-            if k > 1 and self.future is not None and (
-                    not self.fcfs or (not self.waiting and n < self.max_seqs and not self.swapped)):
-                # end the jump at the step boundary where the next arrival routed here is seen
-                if self.fptr < len(self.future):
-                    a = self.future[self.fptr]
-                    if a < end:
-                        j = int(np.searchsorted(ends, a, side="left"))
-                        k = j + 1
-                        end = float(ends[j])
-            if k > 1 and self.next_chg < end:  # end the jump at the first step boundary at or after the change
-                j = int(np.searchsorted(ends, self.next_chg, side="left"))
-                k = j + 1
-                end = float(ends[j])
-            if k > 1 and self.next_dl < end and self._deadline_before(end):  # an abort at the next boundary
-                j = int(np.searchsorted(ends, self.next_dl, side="left"))
-                k = j + 1
-                end = float(ends[j])
+            end = float(ends[-1])
+            if k > 1:
+                fut = self.future
+                if fut is not None and self.fptr < len(fut) and fut[self.fptr] < end and (
+                        not self.fcfs or (not self.waiting and n < self.max_seqs and not self.swapped)):
+                    # end the jump at the step boundary where the next arrival routed here is seen
+                    k = bisect_left(ends, fut[self.fptr]) + 1
+                    end = float(ends[k - 1])
+                if k > 1 and self.next_chg < end:  # end the jump at the first step boundary at or after the change
+                    k = bisect_left(ends, self.next_chg) + 1
+                    end = float(ends[k - 1])
+                if k > 1 and self.next_dl < end and self._deadline_before(end):  # an abort at the next boundary
+                    k = bisect_left(ends, self.next_dl) + 1
+                    end = float(ends[k - 1])
             if self.future is not None and not (self.fptr < len(self.future) and self.future[self.fptr] <= end):
                 pass  # planned routing and no arrival here before `end`: nothing can change, no event needed
             elif k > 1:
@@ -449,7 +542,33 @@ class Replica:
             sim.record_step(self.index, now, end - now, k, n, 0, 0, n * k, used,
                             (0, 0.0, 0, n, T0 + n * (k + 1) / 2.0))
 
-    def _sleep_jump(self, ends: np.ndarray, k: int, end: float):
+    def _decode_ends(self, n: int, T0: int, k: int, now: float, cm: Optional[int] = None) -> Optional[list]:
+        """End times of ``k`` decode steps of the ``n`` running sequences (``T0`` tokens in KV) from ``now``, in plain
+        floats when the cost model prices a few steps that way (``decode_step_times``), else None. The same
+        numbers as the array form: contexts ``T0 + n (j + 1)``, the pending swap-in time added to the first step,
+        the ends summed in order as ``cumsum`` does; ``cm``: the longest context of the first step (``cm + j`` at
+        step ``j``) where the cost model prices it."""
+        cost = self.cost
+        if cost is not self._dcost:
+            self._dcost = cost
+            f = getattr(type(cost), "decode_step_times", None)  # the class's own: not a wrapper's delegation
+            self._dsteps = f.__get__(cost) if f is not None else None
+        if self._dsteps is None:
+            return None
+        c = T0 + n
+        ctxs = [float(c + j * n) for j in range(k)]
+        ds = self._dsteps(n, ctxs) if cm is None else self._dsteps(n, ctxs, [float(cm + j) for j in range(k)])
+        if ds is None:
+            return None
+        e = now + (ds[0] + self.pending_swap_s)
+        self.pending_swap_s = 0.0
+        ends = [e]
+        for d in ds[1:]:
+            e += d
+            ends.append(e)
+        return ends
+
+    def _sleep_jump(self, ends, k: int, end: float):
         """Sleep until ``end``, the last of ``k`` step ends; a poke (:meth:`_poke`) at ``t`` cuts the jump at the
         first step end at or after ``t``. Returns the steps done and their end."""
         env = self.env
@@ -457,7 +576,7 @@ class Replica:
         try:
             yield env.timeout(max(end - env.now, 0.0))
         except simpy.Interrupt as intr:
-            j = int(np.searchsorted(ends, intr.cause, side="left"))
+            j = bisect_left(ends, intr.cause)
             if j < k - 1:
                 k = j + 1
                 end = float(ends[j])
@@ -465,14 +584,86 @@ class Replica:
         self.interruptible = False
         return k, end
 
+    def _growth(self, k: int) -> int:
+        """Blocks the running sequences add in ``k`` more decode steps (from ``hist``, without the arrays)."""
+        B = self.B
+        h = self.hist
+        q, r = divmod(k, B)
+        g = q * self.n
+        G = self.G
+        for j in range(1, r + 1):
+            g += h[(1 - j - G) % B]
+        return g
+
+    def _decoded(self, k: int) -> None:
+        """Every running sequence decoded ``k`` tokens: the aggregates follow (the arrays are the caller's)."""
+        self.G += k
+        self.tsum += self.n * k
+        self.mrem -= k
+
+    def _min_rem(self) -> int:
+        if self.mrem < 0:
+            h = self._heap
+            run = self.run
+            while True:  # entries of sequences no longer running (or running since a later join) are stale
+                F, j, rid = h[0]
+                e = run.get(rid)
+                if e is not None and e[2] == j:
+                    break
+                heapq.heappop(h)
+            self.mrem = F - self.G
+        return self.mrem
+
+    def _tmax(self) -> int:
+        """KV tokens of the longest running sequence (0 when none)."""
+        x = self.tmx
+        if x is None:
+            x = self.tmx = max((e[0] for e in self.run.values()), default=-self.G)
+        return x + self.G
+
+    def _resync(self) -> None:
+        """Rebuild the heap and aggregates from ``run`` (after a change that is not one token each)."""
+        run = self.run
+        G = self.G
+        B = self.B
+        self.tmx = None
+        self._heap = [(e[1], e[2], rid) for rid, e in run.items()]
+        heapq.heapify(self._heap)
+        self.tsum = sum(e[0] for e in run.values()) + self.n * G
+        self.rb = self._blocks_full()
+        self.mrem = -1
+        h = [0] * B
+        for e in run.values():
+            h[e[0] % B] += 1
+        self.hist = h
+
+    def _blocks_full(self) -> int:
+        G = self.G
+        B = self.B
+        return sum(-(-(e[0] + G) // B) for e in self.run.values())
+
+    def _check_aggregates(self) -> None:
+        rids, t, rem = self._arrays()
+        B = self.B
+        assert self.n == len(self.run)
+        assert self.tsum == int(t.sum()), f"replica {self.index}: tsum {self.tsum} != {int(t.sum())}"
+        assert self.mrem < 0 or self.mrem == int(rem.min()), f"replica {self.index}: mrem {self.mrem}"
+        assert self.tmx is None or self.n == 0 or self.tmx + self.G == int(t.max()), f"replica {self.index}: tmx {self.tmx}"
+        assert self.hist == np.bincount((t - self.G) % B, minlength=B).tolist(), f"replica {self.index}: hist"
+        live = {(e[1], e[2], rid) for rid, e in self.run.items()}
+        assert live <= set(self._heap), f"replica {self.index}: heap misses running sequences"
+
     def _make_room(self) -> bool:
         """Make room for one more token per running sequence, preempting the newest; True if it preempted."""
         kv = self.kv
         B = self.B
         preempted = False
         while True:
-            t = self.r_t[:self.n]
-            grow = int(np.count_nonzero(t % B == 0)) if self.spec is None else self.spec.grow(t, self.r_rem[:self.n])
+            if self.spec is None:
+                grow = self.hist[-self.G % B]
+            else:
+                _rids, t, rem = self._arrays()
+                grow = self.spec.grow(t, rem)
             if kv.used_blocks + grow <= kv.growable_blocks or (self.n == 1 and not self.pdone):
                 return preempted
             if self.n == 1:
@@ -484,10 +675,11 @@ class Replica:
     def _advance(self, n: int, k: int, mrem: int, end: float) -> int:
         """The first ``n`` running sequences decoded ``k`` tokens by ``end`` (``mrem``: the fewest tokens any
         had left): grow them, retire the finished; returns the used blocks before retiring."""
-        self.r_t[:n] += k
-        rem = self.r_rem[:n]
-        rem -= k
-        self._refresh_used()
+        if self.check_blocks:
+            assert n == self.n
+        grow = self._growth(k)
+        self._decoded(k)
+        self._refresh_used(self.rb + grow)
         used = self.kv.used_blocks
         if k == mrem:  # someone finished
             self._finish(n, end)
@@ -496,18 +688,19 @@ class Replica:
     def _spec_plan(self, n: int, kmax: int):
         """A speculative decode segment of up to ``kmax`` steps (``simllm.sim.spec_decode``)."""
         kv = self.kv
-        rids = self.r_idx[:n]
-        rem = self.r_rem[:n]
-        return self.spec.plan(rids, self.sim.out[rids] - rem, self.r_t[:n], rem, kmax, kv.growable_blocks - kv.held)
+        rids, t, rem = self._arrays()
+        return self.spec.plan(rids, self.sim.out[rids] - rem, t, rem, kmax, kv.growable_blocks - kv.held)
 
     def _spec_apply(self, n: int, k: int, cum, ctx, now: float, end: float) -> None:
         """Apply the first ``k`` steps of a speculative segment: each sequence keeps the tokens it emitted."""
         e = cum[k - 1]
-        self.r_t[:n] += e
-        rem = self.r_rem[:n]
-        rem -= e
+        run = self.run
+        for (rid, (tt, F, j)), x in zip(list(run.items()), e.tolist()):
+            run[rid] = (tt + x, F - x, j)
         self.spec.count(k, cum)
+        self._resync()
         self._refresh_used()
+        rem = self._arrays()[2]
         self.sim.record_step(self.index, now, end - now, k, n, 0, 0, int(e.sum()), self.kv.used_blocks,
                              (0, 0.0, 0, n, float(ctx[:k].mean())))
         if int(rem.min()) == 0:
@@ -548,16 +741,11 @@ class Replica:
                 kv.partial -= pb
                 if self.pc is not None:
                     self.pc.release(self._keys(rid)[:h])
-            hit = np.flatnonzero(self.r_idx[:self.n] == rid)
-            if len(hit):
-                i = int(hit[0])
-                n = self.n
-                kv.used_blocks -= -(-int(self.r_t[i]) // self.B)
+            if rid in self.run:
+                t, _rem = self._leave(rid)
+                kv.used_blocks -= -(-t // self.B)
                 if self.pc is not None:
                     kv.unshare(self._keys(rid))
-                for a in (self.r_idx, self.r_t, self.r_rem):
-                    a[i:n - 1] = a[i + 1:n]
-                self.n = n - 1
             else:
                 try:
                     self.waiting.remove(rid)
@@ -589,35 +777,44 @@ class Replica:
             yield self.env.timeout(max(self.clock - self.env.now, 0.0))
 
     def _finish(self, n: int, end: float) -> None:
-        """Retire the first ``n`` running sequences that have no token left to generate."""
+        """Retire the running sequences that have no token left to generate (``n``: the running set's size
+        when the step started; sequences joined since have tokens left)."""
         sim = self.sim
-        rem = self.r_rem[:n]
-        done = rem == 0
-        ids = self.r_idx[:n][done]
-        sim.completion[ids] = end
-        sim.gen[ids] = sim.out[ids]
+        B = self.B
+        G = self.G
+        h = self.hist
+        heap = self._heap
+        run = self.run
+        pop = heapq.heappop
+        ids = []
+        freed = 0
+        while heap and heap[0][0] <= G:
+            F, j, rid = pop(heap)
+            e = run.get(rid)
+            if e is None or e[2] != j:  # stale: the sequence left (or left and joined again)
+                continue
+            del run[rid]
+            ids.append(rid)
+            t = e[0] + G
+            freed += -(-t // B)
+            self.tsum -= t
+            h[e[0] % B] -= 1
+            if e[0] == self.tmx:
+                self.tmx = None
+        for rid in ids:
+            sim.completion[rid] = end
+            sim.gen[rid] = sim.out[rid]
         if sim.sessions is not None:
-            sim.on_complete(ids.tolist(), end)
+            sim.on_complete(ids, end)
+        if self.pc is not None:
+            kv = self.kv
+            for rid in ids:
+                kv.unshare(self._keys(rid))
         nd = len(ids)
         self.done += nd
         sim.finished += nd
-        B = self.B
-        freed = 0  # the retired sequences' blocks (a few: plain ints; rb is exact at every caller)
-        for t in self.r_t[:n][done].tolist():
-            freed += -(-t // B)
-        if self.pc is not None:
-            kv = self.kv
-            for rid in ids.tolist():
-                kv.unshare(self._keys(rid))
-        keep = ~done
-        m = self.n - nd
-        if m > n - nd:  # sequences after the first n (joined this step) keep their places
-            keep = np.concatenate([keep, np.ones(self.n - n, dtype=bool)])
-            rem = self.r_rem[:self.n]
-        self.r_idx[:m] = self.r_idx[:self.n][keep]
-        self.r_t[:m] = self.r_t[:self.n][keep]
-        self.r_rem[:m] = rem[keep]
-        self.n = m
+        self.n -= nd
+        self.mrem = -1
         self._refresh_used(self.rb - freed)
 
     def _refresh_used(self, running_blocks: Optional[int] = None) -> None:
@@ -628,22 +825,21 @@ class Replica:
         incrementally: ``rb`` after a full recount, plus what joined or grew since); None recounts them
         from the token counts."""
         if running_blocks is None:
-            B = self.B
-            running_blocks = int(_sum((self.r_t[:self.n] + (B - 1)) // B))
-        elif self.check_blocks:
-            B = self.B
-            full = int(_sum((self.r_t[:self.n] + (B - 1)) // B))
+            running_blocks = self.rb
+        if self.check_blocks:
+            full = self._blocks_full()
             assert running_blocks == full, f"replica {self.index}: incremental {running_blocks} != {full} blocks"
+            self._check_aggregates()
         self.rb = running_blocks
         used = self.kv.recount(running_blocks)
         if used > self.kv_peak:
             self.kv_peak = used
 
-    def _fit_steps(self, t: np.ndarray, kmax: int) -> int:
-        """Largest k <= kmax such that k more tokens per sequence fit in the KV cache."""
+    def _fit_steps(self, kmax: int) -> int:
+        """Largest k <= kmax such that k more tokens per running sequence fit in the KV cache."""
         kv = self.kv
         B = self.B
-        n = len(t)
+        n = self.n
         cap = kv.growable_blocks
         if kv.used_blocks + n * (-(-kmax // B)) <= cap:
             return kmax
@@ -651,7 +847,7 @@ class Replica:
         lo, hi = 1, kmax  # f(lo) fits (ensured by preemption)
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if int(_sum((t + (mid + B - 1)) // B)) <= cap:
+            if self.rb + self._growth(mid) <= cap:
                 lo = mid
             else:
                 hi = mid - 1
@@ -677,10 +873,12 @@ class Replica:
         for _ in range(m):
             waiting.popleft()
         blocks = 0
+        B = self.B
+        sched = sim.scheduled
         for rid, L in zip(ids, lens):
-            blocks += kv.blocks_for(L)
-            if sim.scheduled[rid] != sim.scheduled[rid]:  # NaN: first time scheduled
-                sim.scheduled[rid] = now
+            blocks += -(-L // B)
+            if sched[rid] != sched[rid]:  # NaN: first time scheduled
+                sched[rid] = now
         kv.used_blocks += blocks
         used_peak = kv.used_blocks
         if used_peak > self.kv_peak:
@@ -690,7 +888,6 @@ class Replica:
             yield self.env.timeout(max(end - self.env.now, 0.0))
         self.clock = end
         sim.record_step(self.index, now, d, 1, m, P, m, 0, used_peak, (P, W, m, 0, 0.0))
-        B = self.B
         for rid, L in zip(ids, lens):
             if not self._prefilled(rid, L, end):
                 kv.used_blocks -= -(-L // B)
@@ -728,7 +925,7 @@ class Replica:
         grow = 0  # running sequences that start a new block with this step's token
         if batch.decode and self.n:  # room for one more token per running sequence
             while True:
-                grow = int(np.count_nonzero(self.r_t[:self.n] % B == 0))
+                grow = self.hist[-self.G % B]
                 if kv.used_blocks + grow <= kv.growable_blocks or (self.n == 1 and not self.pdone):
                     break
                 if self.n == 1:  # the last sequence must grow: give up the newest prefill under way
@@ -770,18 +967,17 @@ class Replica:
             P += c
             W += c * (d0 + c / 2.0)
         self._refresh_used(self.rb)  # every change to the running set since the last recount kept rb
-        ctx = float(int(_sum(self.r_t[:n])) + n) if n else 0.0
+        ctx = float(self.tsum + n) if n else 0.0
         if self.layer_wise:
             self._finishing = [(rid, int(sim.prompt[rid] + sim.gen[rid])) for rid, c in zip(ids, lens)
                                if self.pdone[rid] + c >= int(sim.prompt[rid] + sim.gen[rid])]
         d, end = yield from self._step_wait(P, W, m, n, ctx, now)
         if n:
-            self.r_t[:n] += 1
-            self.r_rem[:n] -= 1
+            self._decoded(1)
             self._refresh_used(self.rb + grow)  # rb: recounted before the step, same running set
         used_rec = kv.used_blocks
         self._record(now, d, 1, m + n, P, m, n, used_rec, (P, W, m, n, ctx))
-        if n and int(_min(self.r_rem[:n])) == 0:
+        if n and self._min_rem() == 0:
             self._finish(n, end)
         for rid, c in zip(ids, lens):
             d1 = self.pdone[rid] + c
@@ -825,7 +1021,7 @@ class Replica:
         shapes memoized on their exact key (prompt lengths repeat in real traces)."""
         if n:
             if self.ctx_max_ok:  # the running set before this step's token, as ctx counts it
-                d = float(self.cost.step_time(P, W, m, n, ctx, float(_max(self.r_t[:n]) + 1)))
+                d = float(self.cost.step_time(P, W, m, n, ctx, float(self._tmax() + 1)))
             else:
                 d = float(self.cost.step_time(P, W, m, n, ctx))
         else:
@@ -843,14 +1039,7 @@ class Replica:
 
     def _preempt_rid(self, rid: int) -> None:
         """Preempt running request ``rid`` (chosen by the policy) as the newest would be."""
-        n = self.n
-        i = int(np.flatnonzero(self.r_idx[:n] == rid)[0])
-        if i != n - 1:
-            for a in (self.r_idx, self.r_t, self.r_rem):
-                v = a[i]
-                a[i:n - 1] = a[i + 1:n]
-                a[n - 1] = v
-        self._preempt_newest()
+        self._preempt(rid)
 
     def _preempt_partial(self) -> int:
         """Give up the newest prefill under way (its KV blocks are freed; it is recomputed later)."""
@@ -866,14 +1055,12 @@ class Replica:
         return rid
 
     def _preempt_newest(self) -> None:
+        self._preempt(next(reversed(self.run)))
+
+    def _preempt(self, rid: int) -> None:
         sim = self.sim
-        i = self.n - 1
-        rid = int(self.r_idx[i])
-        t = int(self.r_t[i])
-        rem = int(self.r_rem[i])
-        self.n = i
+        t, rem = self._leave(rid)
         self.kv.used_blocks -= -(-t // self.B)
-        self.rb -= -(-t // self.B)
         if self.pc is not None:
             self.kv.unshare(self._keys(rid))
             self._refresh_used()

@@ -150,6 +150,7 @@ class Simulation:
         self.preemptions = np.zeros(N, dtype=np.int64)
         self.replica_of = np.full(N, -1, dtype=np.int64)
         self.rejected: dict[int, str] = {}
+        self.admissible: dict = {}  # replica admission limits -> per request: never rejected (Replica.submit)
         self.finished = 0
         self.n_preemptions = 0
         self.prefix_query_tokens = 0
