@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from simllm.cost.calibration import Calibration, calibration_for, load_calibration
 from simllm.cost.fit import constant_efficiency_baseline, error_stats, gemm_rows, predict_gemm
@@ -117,3 +118,21 @@ def test_roundtrip(tmp_path):
     back = load_calibration(tmp_path / "x.yaml")
     assert back.gemm.tiles == cal.gemm.tiles
     assert back.comm == cal.comm
+
+
+@settings(max_examples=60, deadline=None)
+@given(f0=st.floats(0.0, 1.0), kf=st.floats(1.0, 20000.0), ko=st.floats(1e-7, 1e-4),
+       k1=st.floats(0.0, 70000.0), k2=st.floats(0.0, 70000.0))
+def test_gemm_floor_grows_with_k_to_the_whole_floor(f0, kf, ko, k1, k2):
+    """The GEMM floor's pipeline-fill part: f0 of the floor at K -> 0, linear in K, the whole floor
+    from floor_k on; scalar and vector calls agree; the default (floor_k 0) is the old constant."""
+    from simllm.cost.calibration import GemmParams
+    from simllm.cost.kernels import gemm_floor
+
+    gp = GemmParams(kernel_overhead_s=ko, floor_k0=f0, floor_k=kf)
+    lo, hi = sorted((k1, k2))
+    assert gemm_floor(lo, gp) <= gemm_floor(hi, gp) + 1e-18
+    assert gemm_floor(0.0, gp) == pytest.approx(f0 * ko)
+    assert gemm_floor(kf * 1.5, gp) == pytest.approx(ko)
+    assert np.allclose(gemm_floor(np.array([k1, k2]), gp), [gemm_floor(k1, gp), gemm_floor(k2, gp)])
+    assert gemm_floor(k1, GemmParams(kernel_overhead_s=ko)) == ko

@@ -183,10 +183,11 @@ def test_fit_cli_on_layout(shared_data, tmp_path, capsys):
     assert code == 0 and d["median_abs_rel_error"] < 0.15  # fitted on these very rows
 
 
-# the issue's target is 8%: A100 (8.3% on this sample) and L40S (11.5%) miss it, see README
-@pytest.mark.parametrize("gpu,hw,limit", [("h100_sxm", "h100-sxm", 0.08), ("a100_sxm", "a100-sxm-80gb", 0.09),
-                                          ("l40s", "l40s", 0.13)])
-def test_shipped_calibration_gemm_bf16(shared_data, gpu, hw, limit):
+# the issue's target is 8% / 25%: met on A100 and H100 since the K-dependent floor (A100 was 8.3% / 27%);
+# L40S misses it (its cuBLAS heuristics switch split-K on and off between neighbouring shapes), see README
+@pytest.mark.parametrize("gpu,hw,limit,p90", [("h100_sxm", "h100-sxm", 0.08, 0.25),
+                                              ("a100_sxm", "a100-sxm-80gb", 0.08, 0.25), ("l40s", "l40s", 0.13, 0.40)])
+def test_shipped_calibration_gemm_bf16(shared_data, gpu, hw, limit, p90):
     """The shipped calibration on a sample of each GPU's measured vLLM bf16 GEMMs (fitted on them)."""
     p = _aic(shared_data) / gpu / "gemm" / "vllm"
     acc = load_accelerator(hw)
@@ -197,6 +198,7 @@ def test_shipped_calibration_gemm_bf16(shared_data, gpu, hw, limit):
     df = df[df["dtype"] == "bfloat16"].iloc[::7]
     r = pricing.check(df, acc, cal)
     assert r["per_op"]["gemm/bfloat16"]["median"] < limit, r["per_op"]
+    assert r["per_op"]["gemm/bfloat16"]["p90"] < p90, r["per_op"]
 
 
 def test_l40s_descriptor_matches_aiconfigurator_system_file(shared_data):

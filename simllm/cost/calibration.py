@@ -14,6 +14,8 @@ transfers to another by principle:
     ``overlap_exponent``    p of the soft roofline ``(t_c^p + t_m^p)^(1/p)`` (p -> inf: max)
     ``memory_efficiency``   fraction of HBM bandwidth a streaming GEMM reaches
     ``kernel_overhead_s``   fixed time per GEMM kernel (launch, ramp-up, tail), seconds
+    ``floor_k0``/``floor_k`` the ramp-up part of that floor grows with K up to ``floor_k`` elements:
+                            a GEMM with K -> 0 pays ``floor_k0`` of it (see kernels.gemm_floor)
 ``elementwise``  ``memory_efficiency``, ``kernel_overhead_s`` of norms, activations, adds
 ``attention``    ``compute_efficiency`` (fraction of peak FlashAttention reaches),
                  ``memory_efficiency`` (fraction of HBM bandwidth of decode attention),
@@ -62,6 +64,10 @@ class GemmParams:
     overlap_exponent: float = 2.8
     memory_efficiency: float = 0.83
     kernel_overhead_s: float = 3.8e-6
+    # the floor's pipeline-fill part: a GEMM of K < floor_k pays floor_k0 + (1 - floor_k0) K / floor_k of
+    # kernel_overhead_s (simllm.cost.kernels.gemm_floor); floor_k 0 = the whole floor at every K
+    floor_k0: float = 1.0
+    floor_k: float = 0.0
 
     def vector(self) -> list[float]:
         return [self.memory_efficiency, self.kernel_overhead_s * 1e6, self.tile_k_overhead / 100.0,

@@ -176,7 +176,8 @@ def fit_nccl(groups: Sequence[tuple], start: NcclParams | None = None, iters: in
 
 
 def _custom_ok(x) -> bool:
-    return 0 <= x[0] < 100 and 0 <= x[1] < 1000 and 0 <= x[2] < 200 and 0.01 < x[3] <= 1.0 and 0.05 < x[4] <= 1.0
+    return (0 <= x[0] < 100 and 0 <= x[1] < 1000 and 0 <= x[2] < 200 and 0.01 < x[3] <= 1.0 and 0.05 < x[4] <= 1.0
+            and 0.01 < x[5] <= 1.0 and 0 <= x[6] <= 4 and 0 <= x[7] < 100)
 
 
 def fit_custom(groups: Sequence[tuple], start: CustomARParams | None = None, iters: int = 800) -> CustomARParams:
@@ -186,14 +187,23 @@ def fit_custom(groups: Sequence[tuple], start: CustomARParams | None = None, ite
     if not groups:
         raise InputError("no custom all-reduce rows to fit")
     t = np.concatenate([d["latency_s"].to_numpy() for d, _, _ in groups])
+    x0 = np.array((start or CustomARParams()).vector(), float)
+    # the PCIe host-crossing terms: no row of a switched (NVLink) system can tell them
+    free = [i for i in range(len(x0)) if i < 5 or not all(l.switched for _, l, _ in groups)]
 
-    def f(x):
+    def full(y):
+        x = x0.copy()
+        x[free] = y
+        return x
+
+    def f(y):
+        x = full(y)
         if not _custom_ok(x):
             return np.inf
         c = CustomARParams.from_vector(x)
         return _loss(np.concatenate([price(d, l, p, c) for d, l, p in groups]), t)
 
-    return CustomARParams.from_vector(_nm(f, (start or CustomARParams()).vector(), iters))
+    return CustomARParams.from_vector(full(_nm(f, x0[free], iters)))
 
 
 # --------------------------------------------------------------------------- errors

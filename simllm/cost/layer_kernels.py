@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import InputError
 from .kernel_models import (ATTN_DTYPES, GEMM_DTYPES, ROOF_DEFAULT, UNCALIBRATED, _gemm_params, _l2, _sec,
                             decode_kv_heads, decode_tail_share, quant_rows, strict_peak)
-from .kernels import gemm_time
+from .kernels import gemm_floor, gemm_time
 
 FRAMEWORKS = ("vllm", "trtllm", "sglang")
 DECODE_GRID = 4.0  # tokens of mean context per sequence between memoized decode-attention points
@@ -149,7 +149,7 @@ class LayerKernels:
         if c is None:
             c = self._gemm_cache[dt] = self._gemm_setup(dt)
         gp, peak, ab, wb, ob, l2, l2s, quant, q, qe, row = c
-        lo = gp.kernel_overhead_s
+        lo = gp.kernel_overhead_s if gp.floor_k <= 0 else gemm_floor(K, gp)
         if scalar and groups == 1.0 and M == int(M):
             # one GEMM of an integer row count (the serving step's tokens): a table over M per (dtype, K, N),
             # filled by the vectorised gemm_time (the same numbers as a scalar call, bit for bit)
