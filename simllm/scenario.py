@@ -503,7 +503,9 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
         pools.append(PoolPrep(name, role, sp, where, c, nb, kvs, changes, tiers))
     s = scn.seed if seed is None else seed
     wl = _located(lambda: build_workload(scn.workload, seed=s, base_dir=base_dir), file, "workload")
-    return Prepared(scn, model, acc, node, pools[0].cost, pools[0].num_blocks, wl, pools, cl)
+    prep = Prepared(scn, model, acc, node, pools[0].cost, pools[0].num_blocks, wl, pools, cl)
+    async_scheduling(prep.scenario, prep, file)  # refused where it cannot be honoured, with the file
+    return prep
 
 
 def kv_tier_levels(kvs: KVSpec, node, devices: int, where: str, file=None) -> tuple:

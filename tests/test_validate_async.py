@@ -85,8 +85,9 @@ def test_run_gives_the_client_view_one_iteration_later():
 def test_refused_with_pools():
     scn, path = load_scenario(REPO / "workloads" / "scenarios" / "llama3-70b-dgx-h100-disagg.yaml",
                               ["workload.limit=20", "deployment.async_scheduling=true"])
-    with pytest.raises(InputError, match="async_scheduling"):
-        simulate(prepare(scn, file=path))
+    with pytest.raises(InputError, match="async_scheduling") as e:
+        prepare(scn, file=path)
+    assert str(e.value).startswith(str(path))  # FILE: FIELD: message
     scn, path = load_scenario(REPO / "workloads" / "scenarios" / "llama3-70b-dgx-h100-disagg.yaml",
                               ["workload.limit=20"])
     assert async_scheduling(scn, prepare(scn, file=path)) is False  # vllm-v0 pools: off by default
