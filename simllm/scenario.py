@@ -222,6 +222,13 @@ class DeploymentSpec(_Parallel):
     # the server front end's time per request outside the engine's steps (HTTP, tokenization, streaming), s:
     # added to every request's TTFT and E2E (simllm validate fits one: simllm.validate.replay.API_OVERHEAD_S)
     api_overhead_s: float = Field(default=0.0, ge=0)
+    # vLLM V1's async scheduling (simllm.sim.records.SimConfig.async_scheduling): the scheduler plans iteration k+1
+    # while k runs, so every token reaches the client one engine iteration later (the one that emitted the request's
+    # first token), in TTFT and E2E. None: on for batching policy vllm (assumption: vLLM V1's online server runs it
+    # by default since late 2025, v0.11-0.15, per vLLM's change history; the v0.15.1 servers of ../shared/data/e2e
+    # match with it), off for every other policy (vllm-v0: V0 schedules synchronously); one colocated pool only,
+    # without data-parallel attention ranks (true elsewhere is an error)
+    async_scheduling: Optional[bool] = None
     # host time per engine step not hidden by the GPU's (simllm.cost.host_overhead): per step and per sequence, s
     host_step_s: float = Field(default=0.0, ge=0)
     host_per_seq_s: float = Field(default=0.0, ge=0)
@@ -496,7 +503,9 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
         pools.append(PoolPrep(name, role, sp, where, c, nb, kvs, changes, tiers))
     s = scn.seed if seed is None else seed
     wl = _located(lambda: build_workload(scn.workload, seed=s, base_dir=base_dir), file, "workload")
-    return Prepared(scn, model, acc, node, pools[0].cost, pools[0].num_blocks, wl, pools, cl)
+    prep = Prepared(scn, model, acc, node, pools[0].cost, pools[0].num_blocks, wl, pools, cl)
+    async_scheduling(prep.scenario, prep, file)  # refused where it cannot be honoured, with the file
+    return prep
 
 
 def kv_tier_levels(kvs: KVSpec, node, devices: int, where: str, file=None) -> tuple:
@@ -582,14 +591,30 @@ def power_and_price(scn: Scenario, acc) -> tuple[Optional[float], Optional[float
     return price, (acc.tdp.value if acc.tdp is not None else None), idle
 
 
-def _sim_config(scn: Scenario, kvs: KVSpec, max_len, tiers: tuple = ()) -> SimConfig:
+def async_scheduling(scn: Scenario, prep: Prepared, file=None) -> bool:
+    """Whether the engine runs async scheduling (``deployment.async_scheduling``, its default resolved): only one
+    colocated pool without data-parallel attention ranks can honour it."""
+    v = scn.deployment.async_scheduling
+    pools = prep.pools
+    sp = pools[0].spec
+    dp = sp.ep > 1 and sp.tp < sp.devices_per_replica
+    honoured = len(pools) == 1 and pools[0].role == "both" and scn.deployment.pools is None and not dp
+    if v is None:
+        return honoured and sp.batching.get("policy") == "vllm"
+    if v and not honoured:
+        raise InputError("async scheduling is simulated for one colocated pool without data-parallel attention "
+                         "ranks only", file=file, field="deployment.async_scheduling")
+    return bool(v)
+
+
+def _sim_config(scn: Scenario, kvs: KVSpec, max_len, tiers: tuple = (), asy: bool = False) -> SimConfig:
     return SimConfig(jump=scn.sim.jump, preemption=kvs.preemption, block_size=kvs.block_size,
                      watermark=kvs.watermark, max_model_len=max_len, swap_bandwidth=kvs.swap_bandwidth,
                      record_breakdown=scn.sim.record_breakdown, prefix_caching=kvs.prefix_caching,
                      prefix_unit_tokens=kvs.prefix_unit_tokens, speculative=scn.deployment.speculative,
                      kv_tiers=tiers, request_timeout_s=scn.workload.request_timeout_s,
                      kv_layer_wise=scn.deployment.kv_layer_wise,
-                     api_overhead_s=scn.deployment.api_overhead_s)
+                     api_overhead_s=scn.deployment.api_overhead_s, async_scheduling=asy)
 
 
 def _network(scn: Scenario, prep: Prepared, file=None):
@@ -629,7 +654,8 @@ def simulate_result(prep: Prepared, *, seed: Optional[int] = None,
     max_len = dep.max_model_len
     if max_len is None:
         max_len = getattr(prep.model, "max_position_embeddings", None)
-    cfg = _sim_config(scn, dep.kv, max_len)
+    asy = async_scheduling(scn, prep)
+    cfg = _sim_config(scn, dep.kv, max_len, asy=asy)
     multi = len(prep.pools) > 1 or dep.pools is not None
     if scn.workload.request_timeout_s is not None and any(pp.role != "both" for pp in prep.pools):
         raise InputError("client timeouts (server aborts) are simulated for colocated pools only",
@@ -641,7 +667,7 @@ def simulate_result(prep: Prepared, *, seed: Optional[int] = None,
         router = sp.router if pp.role != "decode" else (sp.router or {"policy": "least_outstanding"})
         pools.append(Pool(pp.name, pp.role, sp.replicas, pp.cost, pp.num_blocks, lambda b=b: make_batching(b),
                           make_router(router or {"policy": "round_robin"}), devices=sp.devices_per_replica,
-                          config=_sim_config(scn, pp.kv, max_len, pp.tiers), changes=pp.changes,
+                          config=_sim_config(scn, pp.kv, max_len, pp.tiers, asy), changes=pp.changes,
                           attn_group=sp.tp if sp.ep > 1 else None,
                           dp_router=make_router(sp.dp_router) if sp.dp_router is not None else None))
     s = scn.seed if seed is None else seed

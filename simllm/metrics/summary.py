@@ -10,7 +10,9 @@ Definitions follow ``vllm bench serve`` (benchmarks/serve.py in vLLM):
 - **E2EL** (``e2e_s``): completion - arrival.
 - ``api_overhead_s`` of the deployment (the server's front end: HTTP, tokenization, streaming) is
   added to TTFT and E2EL: ``first_token_s`` / ``completion_s`` are when the engine emitted the
-  token, ``ttft_s`` / ``e2e_s`` what the client measures.
+  token, ``ttft_s`` / ``e2e_s`` what the client measures. With async scheduling
+  (``deployment.async_scheduling``) the client also gets every token one engine iteration later, the
+  iteration that emitted the request's first token (``SimResult.async_lag_s``): added to both as well.
 - ``queueing_s``: first scheduled - arrival; ``scheduled_s`` is the start of the request's first
   prefill step.
 - Throughput: completed requests (and their prompt / output tokens) divided by the duration
@@ -63,6 +65,7 @@ def request_columns(res: SimResult, lo: int = 0, hi: Optional[int] = None) -> di
     comp = res.completion_s[sl]
     sched = res.scheduled_s[sl]
     api = float(getattr(res, "api_overhead_s", 0.0) or 0.0)  # the client sees every token this much later
+    lag = _lag(res, sl)
     cols: dict[str, Any] = {
         "id": res.ids[sl],
         "arrival_s": arr,
@@ -72,9 +75,9 @@ def request_columns(res: SimResult, lo: int = 0, hi: Optional[int] = None) -> di
         "scheduled_s": sched,
         "first_token_s": first,
         "completion_s": comp,
-        "ttft_s": first - arr + api,
+        "ttft_s": first - arr + api + lag,
         "tpot_s": _tpot(first, comp, out),
-        "e2e_s": comp - arr + api,
+        "e2e_s": comp - arr + api + lag,
         "queueing_s": sched - arr,
         "preemptions": res.preemptions[sl],
         "replica": res.replica[sl],
@@ -88,6 +91,16 @@ def request_columns(res: SimResult, lo: int = 0, hi: Optional[int] = None) -> di
     for c, v in getattr(res, "request_columns", {}).items():  # disaggregation: decode_replica, pool, kv_transfer_s
         cols[c] = v[sl]
     return cols
+
+
+def _lag(res: SimResult, sel) -> Any:
+    """Async scheduling's per-request delay of the client's tokens (``SimResult.async_lag_s``) for ``sel``; 0 when off
+    or for a request without a first token."""
+    lag = getattr(res, "async_lag_s", None)
+    if lag is None:
+        return 0.0
+    lag = lag[sel]
+    return np.where(np.isnan(lag), 0.0, lag)
 
 
 def _has_classes(res: SimResult) -> bool:
@@ -192,9 +205,10 @@ def summarize(res: SimResult, *, devices_per_replica: int = 1, peak_flops: Optio
     first_d = res.first_token_s[done]
     comp_d = comp_all[done]
     api = float(getattr(res, "api_overhead_s", 0.0) or 0.0)  # the server's front end (SimConfig.api_overhead_s)
-    ttft = first_d - arr_d + api
+    lag = _lag(res, done)
+    ttft = first_d - arr_d + api + lag
     tpot = _tpot(first_d, comp_d, out_d)
-    e2e = comp_d - arr_d + api
+    e2e = comp_d - arr_d + api + lag
     n_itl = int((out_d - 1).sum())
     itl_mean = float((e2e - ttft).sum() / n_itl) if n_itl > 0 else None
 

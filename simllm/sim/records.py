@@ -143,6 +143,10 @@ class SimConfig:
     # per-request time of the server's front end outside the engine's steps (HTTP, tokenization, hand-off to the
     # engine, streaming back): the client sees every token this much later than the engine emits it
     api_overhead_s: float = 0.0
+    # vLLM V1's async scheduling (simllm.scenario.DeploymentSpec.async_scheduling): the scheduler plans step k+1
+    # while step k runs, so every token of a request reaches the client one engine step later (the iteration that
+    # emitted its first token); the engine's timeline is unchanged (colocated pools, no DP ranks)
+    async_scheduling: bool = False
 
 
 @dataclass
@@ -182,5 +186,8 @@ class SimResult:
     speculative: Optional[dict] = None  # speculative decoding counters (simllm.sim.spec_decode.speculative_summary)
     kv_tiers: Optional[dict] = None  # per-tier prefix hits (simllm.sim.kv_tiers.tiers_summary)
     api_overhead_s: float = 0.0  # added to ttft_s and e2e_s (the client's view), see SimConfig
+    # async scheduling (SimConfig.async_scheduling): per request, the length of the engine iteration that emitted its
+    # first token (NaN: none), also added to ttft_s and e2e_s; None when off
+    async_lag_s: Optional[np.ndarray] = None
     aborted_s: Optional[np.ndarray] = None  # when the server aborted the request at its client's timeout (NaN: not)
     step_totals: Optional[StepTotals] = None  # per-replica sums over all step rows (streamed ones included)

@@ -889,17 +889,19 @@ class Replica:
         self.clock = end
         sim.record_step(self.index, now, d, 1, m, P, m, 0, used_peak, (P, W, m, 0, 0.0))
         for rid, L in zip(ids, lens):
-            if not self._prefilled(rid, L, end):
+            if not self._prefilled(rid, L, end, d):
                 kv.used_blocks -= -(-L // B)
 
-    def _prefilled(self, rid: int, L: int, end: float) -> bool:
-        """``rid``'s prefill of ``L`` context tokens ended at ``end`` and emitted a token: record it, then
-        either complete the request (False) or append it to the running set to decode (True)."""
+    def _prefilled(self, rid: int, L: int, end: float, d: float) -> bool:
+        """``rid``'s prefill of ``L`` context tokens ended at ``end`` (an iteration of ``d`` s) and emitted a
+        token: record it, then either complete the request (False) or append it to the running set to decode (True)."""
         sim = self.sim
         g = int(sim.gen[rid]) + 1
         sim.gen[rid] = g
         if sim.first_token[rid] != sim.first_token[rid]:
             sim.first_token[rid] = end
+            if sim.async_lag is not None:  # async scheduling: the client gets every token one iteration later
+                sim.async_lag[rid] = d
         rem = int(sim.out[rid]) - g
         if rem <= 0:
             sim.completion[rid] = end
@@ -992,7 +994,7 @@ class Replica:
             if pc is not None:
                 keys = self._keys(rid)
                 pc.acquire(keys[h:])
-            kept = self._prefilled(rid, L, end)
+            kept = self._prefilled(rid, L, end, d)
             if pc is not None:
                 if kept:
                     kv.shared_units += len(keys)

@@ -78,6 +78,10 @@ class Simulation:
             raise ValueError("pools that move KV caches need a network (simllm.sim.transfer)")
         if any((p.config or config).request_timeout_s is not None for p in pools) and decode:
             raise ValueError("request_timeout_s (aborts at the client's timeout) is supported for colocated pools only")
+        asy = any((p.config or config).async_scheduling for p in pools)
+        if asy and (len(pools) > 1 or any(p.dp > 1 for p in pools)):
+            raise ValueError("async_scheduling (tokens one engine step later) is supported for one colocated pool "
+                             "without data-parallel attention ranks only")
         pools = entry + decode  # ranks and replica indices: the arrivals' pool first
         self.pools = pools
         self.config = config
@@ -147,6 +151,8 @@ class Simulation:
         self.first_token = np.full(N, NAN)
         self.completion = np.full(N, NAN)
         self.aborted_s = np.full(N, NAN)  # set by a replica that aborts a request at its client's timeout
+        # async scheduling: the length of the iteration that emitted each request's first token (Replica._prefilled)
+        self.async_lag = np.full(N, NAN) if asy else None
         self.preemptions = np.zeros(N, dtype=np.int64)
         self.replica_of = np.full(N, -1, dtype=np.int64)
         self.rejected: dict[int, str] = {}
@@ -382,6 +388,8 @@ class Simulation:
                          "preemptions", "replica_of", "priority") + (("kv_transfer", "decode_of") if self.decode
                                                                      else ()):
                 setattr(self, name, getattr(self, name)[:n])
+            if self.async_lag is not None:
+                self.async_lag = self.async_lag[:n]
             self.N = n
         pending = np.isnan(self.completion) & np.isnan(self.aborted_s)
         if self.rejected:
@@ -413,7 +421,8 @@ class Simulation:
                          prefix_caching=self.caching, prefix_query_tokens=self.prefix_query_tokens,
                          prefix_hit_tokens=self.prefix_hit_tokens, speculative=self._speculative(), kv_tiers=self._kv_tiers(),
                          aborted_s=self.aborted_s if self.config.request_timeout_s is not None else None,
-                         api_overhead_s=self.config.api_overhead_s, step_totals=self._rows.totals, **multi)
+                         api_overhead_s=self.config.api_overhead_s, async_lag_s=self.async_lag,
+                         step_totals=self._rows.totals, **multi)
 
     def _kv_tiers(self) -> Optional[dict]:
         tiers = [r.tiers for r in self.replicas if r.tiers is not None]

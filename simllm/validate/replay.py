@@ -53,13 +53,14 @@ An assumption that it does not grow with the prompt: the sustained runs' residua
 
 
 ASYNC_SCHEDULING = True
-"""vLLM V1's async scheduling (on by default in the v0.15 servers of ../shared/data/e2e, an assumption from
-vLLM's change history: it became the default late in 2025): the scheduler decides step k+1 while step k runs,
-so a request that arrives (or a slot that frees) during step k is seen for step k+2, one step later than a
-synchronous scheduler. Every token of a request then comes one engine step later: the client view adds the
-length of the engine step at the request's first token to its TTFT and E2E (TPOT and ITL unchanged). The
-engine's own timeline is kept (assumption: one step of admission delay, 10-30 ms against seconds of
-residency, does not change the batches; a request already queued is admitted at a later step anyway)."""
+"""vLLM V1's async scheduling, which the v0.15 servers of ../shared/data/e2e ran (the assumption is stated where the
+option is defined, ``simllm.scenario.DeploymentSpec.async_scheduling``): the scheduler decides step k+1 while step k
+runs, so a request that arrives (or a slot that frees) during step k is seen for step k+2, one step later than a
+synchronous scheduler. The engine applies it (``deployment.async_scheduling``): every token of a request comes one
+engine iteration later, the one that emitted its first token, in TTFT and E2E (TPOT and ITL unchanged); the
+engine's own timeline is kept (assumption: one step of admission delay, 10-30 ms against seconds of residency,
+does not change the batches; a request already queued is admitted at a later step anyway). ``validate`` sets the
+option, so ``simllm run`` of the scenario it builds gives the same client view."""
 
 
 HOST_STEP_S = 0.0
@@ -132,27 +133,11 @@ def _stats(x: np.ndarray) -> dict:
     return {"mean": float(x.mean()), "p50": float(p[0]), "p90": float(p[1]), "p99": float(p[2])}
 
 
-def _async_lag(req, steps, api_overhead_s: float) -> np.ndarray:
-    """Seconds each request's tokens come later under vLLM V1's async scheduling (``ASYNC_SCHEDULING``):
-    the length of one engine step at the request's first token (the step it would have joined runs
-    without it). One replica (what ``validate`` builds)."""
-    n = len(req)
-    if not len(steps):
-        return np.zeros(n)
-    st = steps["start_s"].to_numpy()
-    per = steps["duration_s"].to_numpy() / np.maximum(steps["n_steps"].to_numpy(), 1)
-    o = np.argsort(st, kind="stable")
-    st, per = st[o], per[o]
-    first = req["arrival_s"].to_numpy() + req["ttft_s"].to_numpy() - api_overhead_s  # the engine's first token
-    ok = np.isfinite(first)
-    i = np.clip(np.searchsorted(st, np.where(ok, first, 0.0), side="left") - 1, 0, len(st) - 1)
-    return np.where(ok, per[i], 0.0)
-
-
-def _client_view(req, stage: np.ndarray, timeout: float, k: int, n_stages: int, lag=0.0) -> list[dict]:
+def _client_view(req, stage: np.ndarray, timeout: float, k: int, n_stages: int) -> list[dict]:
     arr = req["arrival_s"].to_numpy()
-    ft = arr + req["ttft_s"].to_numpy() + lag  # the client's times: the engine's plus the front end's (api_overhead_s)
-    done = arr + req["e2e_s"].to_numpy() + lag
+    # the client's times: the engine's plus the front end's (api_overhead_s) and async scheduling's iteration
+    ft = arr + req["ttft_s"].to_numpy()
+    done = arr + req["e2e_s"].to_numpy()
     n = req["output_tokens"].to_numpy().astype(float)
     e2e = done - arr
     ok = np.isfinite(e2e) & (e2e <= timeout)  # aborted requests (server side, at the timeout) have no completion
@@ -208,7 +193,7 @@ def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str]
             "name": run.name, "model": mref, "hardware": {"accelerator": hw},
             "deployment": {"tp": run.tp, "batching": batching, "max_model_len": run.server.get("max_model_len"),
                            "cuda_graphs": "auto",  # vLLM's default: graphs of its default capture sizes
-                           "api_overhead_s": api_overhead_s,
+                           "api_overhead_s": api_overhead_s, "async_scheduling": ASYNC_SCHEDULING,
                            "host_step_s": host_step_s, "host_per_seq_s": host_per_seq_s,
                            "kv": {"gpu_memory_utilization": 0.9, "watermark": 0.0, "prefix_caching": True,
                                   "block_size": VLLM_BLOCK_TOKENS, "prefix_unit_tokens": VLLM_BLOCK_TOKENS}},
@@ -223,8 +208,7 @@ def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str]
         durations = [s.duration_s for s in run.load.stages]
     else:
         durations = [float(np.nanmax(req["completion_s"].to_numpy()))]
-    lag = _async_lag(req, steps, api_overhead_s) if ASYNC_SCHEDULING else 0.0
-    sims = _client_view(req, stage, timeout, k, len(durations), lag)
+    sims = _client_view(req, stage, timeout, k, len(durations))
     meas = run.stages + [run.summary] if run.stages else [run.summary]
     if not run.stages:
         sims = sims[-1:]
