@@ -177,3 +177,29 @@ def test_trtllm_decode_above_the_xqa_group_runs_per_query_head(h100):
         assert lo + body == pytest.approx(float(tlo[0] + tbody[0]), rel=1e-9)
         out[fw] = (k.kvh_dec, lo + body)
     assert out["trtllm"][0] == 64 and out["vllm"][0] == 1
+
+
+@pytest.mark.parametrize("hd", [64, 256])
+def test_decode_head_dim_floor_in_the_serving_step_as_in_the_table_pricer(h100, hd):
+    """The head-dim share of decode attention's floors (``hd_floor``) reaches the serving step: its
+    decode equals the table pricer's at head dims 64 and 256, and with the shipped H100 vLLM fit a
+    1-sequence, 2-token decode costs more at head dim 256 than at 64 (measured 13-16 us vs 10 us)."""
+    import pandas as pd
+
+    from simllm.cost.calibration import calibration_for
+    from simllm.cost.kernel_models import attention_launch_and_body, decode_floor_scale
+
+    assert decode_floor_scale(128, 0.3) == pytest.approx(1.0)
+    cal = calibration_for(h100).for_framework("vllm")
+    assert cal.kernels["generation_attention/bfloat16"].get("hd_floor", 0.0) > 0
+    m = load_model("llama-3-70b")
+    mm = m.model_copy(update={"attention": m.attention.model_copy(update={"head_dim": hd})})
+    row = pd.DataFrame({"kind": ["generation_attention"], "dtype": ["bfloat16"], "kv_cache_dtype": ["bfloat16"],
+                        "batch_size": [1], "isl": [2], "step": [0], "num_heads": [64],
+                        "num_key_value_heads": [8], "head_dim": [hd], "window_size": [0]})
+    k = LayerKernels(mm, h100, cal, tp=1, weight_dtype="bf16", act_dtype="bf16", kv_dtype="bf16", kv_bytes=2.0)
+    lo, body = k.decode(1.0, 2.0)
+    tlo, tbody = attention_launch_and_body(row, "generation_attention", h100, cal)
+    assert lo + body == pytest.approx(float(tlo[0] + tbody[0]), rel=1e-9)
+    g = decode_floor_scale(hd, cal.kernels["generation_attention/bfloat16"]["hd_floor"])
+    assert (g > 1.0) == (hd > 128)

@@ -340,12 +340,36 @@ def _gemm_valid_wide(x, ntiles):
 # equivalents: FLOPs are priced as 4 (hd + hd0) per pair. Evidence: H100 FA3 prefill at head_dim 64
 # runs ~12% slower per matmul FLOP than at 128 (the exp unit, not the tensor cores, limits small hd).
 ROOF_DEFAULT = {"ce": 0.5, "me": 0.7, "launch_s": 8e-6, "p": 3.0, "a": 0.5, "split": 512.0, "occ": 2.0, "hd0": 8.0,
-                "cta_s": 1e-6}
+                "cta_s": 1e-6, "hd_floor": 0.0}
 # cta_s: the least time one CTA (one sequence x KV head x split in decode, one query tile in prefill)
 # takes (page-table walk, Q load, softmax merge); with many short sequences the kernel is bound
 # by CTAs / (SMs x occ) x cta_s. Evidence: H100 FA3 decode at batch 512-2048 with 1-token contexts
 # measures 2-3x the bandwidth roofline.
-_ROOF_KEYS = ("ce", "me", "launch_s", "p", "a", "split", "occ", "hd0", "cta_s")
+# hd_floor (decode attention only): the share of the launch and per-CTA floors that grows with the head
+# dim at head dim 128 (floors x (1 - hd_floor + hd_floor x hd / 128), see decode_floor_scale).
+_ROOF_KEYS = ("ce", "me", "launch_s", "p", "a", "split", "occ", "hd0", "cta_s", "hd_floor")
+HD_REF = 128.0
+
+
+def decode_floor_scale(hd, hd_floor: float):
+    """Factor on decode attention's launch and per-CTA floors at head dim ``hd``: ``1 - hd_floor +
+    hd_floor x hd / 128`` (1 at head dim 128, and everywhere with ``hd_floor`` 0).
+
+    A decode CTA loads its query heads' ``hd``-wide Q rows, runs ``hd``-wide dot products and
+    rescales and writes ``hd``-wide outputs whatever the context, so the part of the floor spent on
+    them grows with ``hd``, the rest (launch, page-table walk, split merge) does not. Evidence: vLLM
+    FA3 decode on H100 at batch 1 and 2-token contexts measures 10 us at head dim 64, 11.5 us at 128
+    and 13-16 us at 256 (one head-dim-independent floor priced them 12 / 12 / 12-13 us: head dim 64
+    +14-20%, 256 -6..-16% at short contexts, -21..-28% at batch >= 256)."""
+    return 1.0 - hd_floor + hd_floor * np.asarray(hd, dtype=float) / HD_REF
+
+
+def _hd_scaled(s: dict, hd, kind: str) -> dict:
+    f = s.get("hd_floor", 0.0)
+    if kind != "generation_attention" or not f:
+        return s
+    g = decode_floor_scale(hd, f)
+    return {**s, "launch_s": s["launch_s"] * g, "cta_s": s.get("cta_s", 0.0) * g}
 
 
 def _waves(tiles, cus, a):
@@ -365,7 +389,7 @@ def _roof(flops, nbytes, tiles, ctas, acc, peak, s):
     tq = np.maximum(ctas, 1.0) / (cus * max(s["occ"], 1e-3)) * s.get("cta_s", 0.0)
     p = s["p"]
     body = (tc ** p + tm ** p + tq ** p) ** (1.0 / p)
-    return np.full(np.shape(body), s["launch_s"]), body
+    return np.zeros(np.shape(body)) + s["launch_s"], body
 
 
 #: the largest query-head group per KV head a framework's decode kernel shares one KV read over
@@ -482,6 +506,7 @@ def attention_launch_and_body(df, kind, acc, cal):
             continue
         s = {**ROOF_DEFAULT, **_sec(cal, kind, d, src)[0]}
         peak = strict_peak(acc, ATTN_DTYPES[_base_dtype(d)])
+        s = _hd_scaled(s, _col(df[sel], "head_dim", HD_REF), kind)
         lo, bo = _roof_predict(_shapes(df[sel], kind, getattr(cal, "framework", "")), acc, peak, s)
         launch[sel], body[sel] = lo, bo
     return launch, body
@@ -496,7 +521,7 @@ def _price_attn(kind):
 
 _BOUNDS = {"ce": (0.02, 1.0), "me": (0.05, 1.2), "launch_s": (0.0, 5e-3), "p": (1.0, 20.0), "a": (0.0, 1.0),
            "split": (16.0, 65536.0), "occ": (0.05, 64.0), "hd0": (0.0, 512.0),
-           "cta_s": (0.0, 1e-3)}
+           "cta_s": (0.0, 1e-3), "hd_floor": (0.0, 1.0)}
 _SCALE = {"launch_s": 1e-6, "cta_s": 1e-6}
 
 
@@ -506,7 +531,8 @@ def _fit_roof(kind):
 
         out = {}
         dt = _dtype_key(df)
-        keys = [k for k in _ROOF_KEYS if not (k == "split" and kind in ("context_attention", "context_mla"))]
+        keys = [k for k in _ROOF_KEYS if not (k == "split" and kind in ("context_attention", "context_mla"))
+                and not (k == "hd_floor" and kind != "generation_attention")]
         jobs = [(d, "", dt == d) for d in sorted(pd.unique(dt))]
         jobs += [(d, src, m) for d, src, m in _groups(df) if src and m.sum() >= MIN_GROUP and
                  (dt == d).sum() > m.sum()]
@@ -517,9 +543,12 @@ def _fit_roof(kind):
             sub = sub.iloc[_subsample(len(sub), max_rows)]
             t = sub["latency_s"].to_numpy(float)
             shp = _shapes(sub, kind, getattr(cal, "framework", ""))
+            hd = _col(sub, "head_dim", HD_REF)
             peak = strict_peak(acc, ATTN_DTYPES[_base_dtype(d)])
             s0 = {**ROOF_DEFAULT, **_sec(cal, kind, d, src)[0]}
             s0["launch_s"] = max(s0["launch_s"], float(np.percentile(t, 2)) * 0.5)
+            if "hd_floor" in keys and not s0["hd_floor"] and len(np.unique(_col(sub, "head_dim", HD_REF))) > 1:
+                s0["hd_floor"] = 0.2  # a start off the bound (the simplex steps relative to it)
             x0 = [s0[k] / _SCALE.get(k, 1.0) for k in keys]
 
             def f(x):
@@ -530,7 +559,7 @@ def _fit_roof(kind):
                     if not lo <= v <= hi:
                         return np.inf
                     s[k] = v
-                lo_, bo = _roof_predict(shp, acc, peak, s)
+                lo_, bo = _roof_predict(shp, acc, peak, _hd_scaled(s, hd, kind))
                 return _loss(lo_ + bo, t)
 
             best, bx = np.inf, x0
@@ -615,4 +644,5 @@ for _k in ("context_attention", "generation_attention", "context_mla", "generati
 register("mla_bmm", price_mla_bmm, fit_mla_bmm)
 
 __all__ = ["strict_peak", "gemm_launch_and_body", "attention_launch_and_body", "price_gemm", "price_mla_bmm",
-           "GEMM_DTYPES", "ATTN_DTYPES", "KV_BYTES", "decode_tail_share"]
+           "GEMM_DTYPES", "ATTN_DTYPES", "KV_BYTES", "decode_tail_share",
+           "decode_floor_scale"]

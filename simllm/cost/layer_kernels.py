@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import InputError
 from .kernel_models import (ATTN_DTYPES, GEMM_DTYPES, ROOF_DEFAULT, UNCALIBRATED, _gemm_params, _l2, _sec,
-                            decode_kv_heads, decode_tail_share, quant_rows, strict_peak)
+                            decode_floor_scale, decode_kv_heads, decode_tail_share, quant_rows, strict_peak)
 from .kernels import gemm_floor, gemm_time
 
 FRAMEWORKS = ("vllm", "trtllm", "sglang")
@@ -135,6 +135,10 @@ class LayerKernels:
             self.hd = float(a.head_dim)
             # decode runs as more KV heads above the framework's largest GQA group (kernel_models)
             self.kvh_dec = float(decode_kv_heads(self.heads, self.kvh, getattr(self.cal, "framework", "")))
+            # the head-dim share of decode attention's launch and per-CTA floors (kernel_models)
+            g = float(decode_floor_scale(self.hd, self.dec.get("hd_floor", 0.0)))
+            self.dec["launch_s"] *= g
+            self.dec["cta_s"] = self.dec.get("cta_s", 0.0) * g
 
     # ------------------------------------------------------------------ GEMM
     def gemm(self, M, K, N, groups=1.0, dtype=None):
