@@ -311,7 +311,7 @@ class Scenario(Frozen):
     cost: Optional[CostModeSpec] = None  # {mode: table, tables: PATH}: measured-table mode (simllm.cost.table_mode)
     price_per_device_hour: Optional[float] = Field(default=None, ge=0)  # USD; default: the accelerator's
     idle_power_w: Optional[float] = Field(default=None, ge=0)  # default: the accelerator's
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)  # numpy seeds are non-negative
 
 
 # --------------------------------------------------------------------------- loading

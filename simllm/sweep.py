@@ -194,8 +194,8 @@ def load_sweep(path: str | Path) -> Sweep:
     reps = data.get("replications", 1)
     if not isinstance(reps, int) or isinstance(reps, bool) or reps < 1 or reps > 10000:
         raise InputError("expected an integer in [1, 10000]", file=path, field="replications")
-    if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool):
-        raise InputError("expected an integer", file=path, field="seed")
+    if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool) or data.get("seed", 0) < 0:
+        raise InputError("expected an integer >= 0", file=path, field="seed")
     fmr = data.get("find_max_rate")
     if fmr is not None:
         if not isinstance(fmr, dict):

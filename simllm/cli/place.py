@@ -129,7 +129,7 @@ def place_cmd(
     time_limit: float = typer.Option(10.0, "--time-limit", help="ILP: solver seconds per layer (at most)."),
     time_budget: float = typer.Option(30.0, "--time-budget", help="ILP: solver seconds for all layers together."),
     solver: str = typer.Option("auto", "--solver", help="ILP: auto, cbc or highs."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic loads."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the synthetic loads."),
     routing_trace: Optional[Path] = typer.Option(None, "--routing-trace",
                                                  help="Routing trace (token,layer,rank,expert CSV/Parquet): loads and "
                                                       "inter-layer affinity from it."),

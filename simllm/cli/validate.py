@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for validation.json"),
         hw: str = typer.Option("h100-sxm", "--hw", help="accelerator the runs used (the run folders do not name it)"),
         model: Optional[str] = typer.Option(None, "--model", help="model descriptor name or a config.json"),
-        seed: int = typer.Option(0, "--seed", help="seed of the generated load"),
+        seed: int = typer.Option(0, "--seed", min=0, help="seed of the generated load"),
     ) -> None:
         """Simulate measured runs from their own files and print the error per stage and overall."""
         from ..validate import summarize_runs, validate_run
