@@ -404,6 +404,11 @@ def pool_cost(model, acc, dep: DeploymentSpec, spec, *, node, cluster, base_dir,
     if spec.ep > 1 and dep.framework != "vllm":
         raise InputError("the expert-parallel step cost prices kernels with the vllm calibration only",
                          field="framework")
+    redundant = (spec.placement or {}).get("redundant", 0)
+    if spec.ep > 1 and model.moe is not None and isinstance(redundant, int) and \
+            redundant > model.moe.num_experts * (spec.ep - 1):
+        raise InputError(f"{redundant} redundant slots exceed {model.moe.num_experts} experts x ({spec.ep} - 1) "
+                         f"devices: no device holds an expert twice", field="placement.redundant")
     if spec.ep > 1:
         return make_ep_step_cost(model, acc, ep=spec.ep, tp=spec.tp, node=node, cluster=cluster,
                                  placement=spec.placement, expert_loads=spec.expert_loads, moe=spec.moe,

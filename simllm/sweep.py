@@ -361,7 +361,7 @@ def _run_items_locked(items: list[dict], fn: RunFn, out_dir: Path, *, jobs: int,
             for it in todo:
                 _record(_run_one(fn, it))
         else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
+            with ProcessPoolExecutor(max_workers=min(jobs, len(todo))) as pool:  # more would only idle
                 pending = {pool.submit(_run_one, fn, it) for it in todo}
                 while pending:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)

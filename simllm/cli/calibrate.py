@@ -83,6 +83,7 @@ def fit_cmd(files: List[Path] = typer.Argument(..., help="measured tables: AICon
             iters: int = typer.Option(3000, "--iters", help="simplex iterations for the Vidur GEMM fit"),
             json_out: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
     """Fit every kernel class found in measured tables and write a calibration file."""
+    from ..atomic import check_output_file
     from ..config import data_root
     from ..cost.calibration import CALIB_DIR, calibration_for
     from ..cost.fit import fit_files
@@ -91,6 +92,8 @@ def fit_cmd(files: List[Path] = typer.Argument(..., help="measured tables: AICon
     acc = _device(hw)
     if iters < 1:
         raise InputError("must be >= 1", field="--iters")
+    dest = out or (data_root() / CALIB_DIR / (acc.calibration or f"{acc.name}.yaml"))
+    check_output_file(dest)  # before the fit, which can take a while
     start = calibration_for(acc)
     csvs = [p for p in files if Path(p).suffix == ".csv"]
     rest = [p for p in files if Path(p).suffix != ".csv"]
@@ -102,7 +105,6 @@ def fit_cmd(files: List[Path] = typer.Argument(..., help="measured tables: AICon
         cal = fit_files(csvs, acc, node=_node(node), start=start, iters=iters)
     if rest:
         cal = fit_frameworks(_frame(rest, framework), acc, cal, sources=[str(p) for p in rest])
-    dest = out or (data_root() / CALIB_DIR / (acc.calibration or f"{acc.name}.yaml"))
     cal.dump(dest)
     if json_out:
         echo_json({"out": str(dest), **cal.to_dict()})
