@@ -196,6 +196,14 @@ class DisaggSpec(Frozen):
 
     _check_link = field_validator("kv_link", mode="before")(classmethod(lambda cls, v: _kv_link(v)))
 
+    @model_validator(mode="after")
+    def _roles(self):
+        for side in ("prefill", "decode"):
+            role = getattr(self, side).role
+            if role is not None and role != side:
+                raise ValueError(f"{side}.role: the {side} pool has role {side}, got {role!r} (or leave role out)")
+        return self
+
 
 _POOL_LEVEL = ("replicas", "tp", "pp", "ep", "placement", "expert_loads", "moe", "dp_router", "batching", "router")
 
