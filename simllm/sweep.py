@@ -117,6 +117,11 @@ def _lhs(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     return u
 
 
+MAX_POINTS = 10_000
+"""Most points (grid x zip x sample x replications) one sweep holds: every point is resolved and validated
+before any runs, about a millisecond each, so this keeps that check near 10 s. An assumption about time."""
+
+
 def load_sweep(path: str | Path) -> Sweep:
     path = Path(path)
     data = load_yaml(path)
@@ -147,6 +152,10 @@ def load_sweep(path: str | Path) -> Sweep:
     grid, zp = _lists("grid"), _lists("zip")
     if zp and len({len(v) for v in zp.values()}) != 1:
         raise InputError("all zip lists must have the same length", file=path, field="zip")
+    n_grid = math.prod(len(v) for v in grid.values()) if grid else 1
+    if n_grid > MAX_POINTS:
+        raise InputError(f"the grid has {n_grid:,} points, more than the {MAX_POINTS:,} a sweep validates and runs; "
+                         f"split it into several sweeps", file=path, field="grid")
     grid_pts = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] if grid else [{}]
     zip_pts = [dict(zip(zp, vals)) for vals in zip(*zp.values())] if zp else [{}]
     points = [{**g, **z} for g in grid_pts for z in zip_pts]
@@ -204,6 +213,9 @@ def load_sweep(path: str | Path) -> Sweep:
         if extra:
             raise InputError("unknown field (known: attainment, field, hi, lo)", file=path,
                              field=f"find_max_rate.{sorted(extra)[0]}")
+    if len(points) * reps > MAX_POINTS:
+        raise InputError(f"{len(points):,} points x {reps} replications exceed the {MAX_POINTS:,} a sweep validates and "
+                         f"runs; split it into several sweeps", file=path, field="replications" if reps > 1 else "points")
     return Sweep(base=base_cfg, points=points, replications=reps, base_dir=base_dir, file=str(path),
                  find_max_rate=fmr)
 

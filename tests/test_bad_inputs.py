@@ -172,6 +172,9 @@ SWEEPS = {
     "fmr_extra": "base: BASE\nfind_max_rate: {colour: red}\n",
     "fmr_scalar": "base: BASE\nfind_max_rate: 3\n",
     "fmr_field": "base: BASE\nfind_max_rate: {field: 'workload..rate'}\n",
+    "grid_huge": "base: BASE\ngrid: {seed: [%s], workload.limit: [%s]}\n" % (",".join(map(str, range(200))),
+                                                                          ",".join(map(str, range(1, 201)))),
+    "dupkey": "base: BASE\ngrid: {seed: [1]}\ngrid: {seed: [2]}\n",
 }
 
 TRACES = {
@@ -335,6 +338,8 @@ def _cases() -> list[tuple[str, list[str]]]:
         ("place-seed-neg", ["place", "--model", "mixtral-8x7b", "--devices", "4", "--seed", "-1"]),
         ("offload-steps-huge", ["offload", "--model", "mixtral-8x7b", "--cache-experts", "4", "--steps", "1000000000"]),
         ("offload-batch-huge", ["offload", "--model", "mixtral-8x7b", "--cache-experts", "4", "--batch", "100000000"]),
+        ("place-out-file", ["place", "--model", "mixtral-8x7b", "--devices", "4", "--out", "{d}/afile"]),
+        ("validate-out-file", ["validate", "{d}/folder", "--out", "{d}/afile"]),
         ("calibrate-fit-out-dir", ["calibrate", "fit", "{d}/table_trunc.csv", "--hw", "a100-sxm-80gb", "--out",
                                    "{d}/folder"]),
         ("validate-seed-neg", ["validate", "{d}/folder", "--seed", "-1"]),

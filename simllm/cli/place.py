@@ -156,6 +156,10 @@ def place_cmd(
     from ..placement.loads import expected_loads, read_loads_csv, zipf_popularity
 
     t_start = time.perf_counter()
+    if out is not None:
+        from ..atomic import check_output_dir
+
+        check_output_dir(out)  # before the solve, which can take its whole time budget
     if not (math.isfinite(time_budget) and time_budget >= 0):
         raise InputError(f"must be a number of seconds >= 0, got {time_budget}", field="--time-budget")
     if not (math.isfinite(time_limit) and time_limit >= 0):

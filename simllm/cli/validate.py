@@ -32,11 +32,15 @@ def register(app: typer.Typer) -> None:
         """Simulate measured runs from their own files and print the error per stage and overall."""
         from ..validate import summarize_runs, validate_run
 
+        from ..atomic import check_output_dir, write_text
+
+        if out is not None:
+            check_output_dir(out)  # before the replays, which take a while
         recs = [validate_run(r, hw=hw, model=model, seed=seed) for r in runs]
         res = summarize_runs(recs)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "validation.json").write_text(json.dumps(_clean(res), indent=2) + "\n")
+            write_text(out / "validation.json", json.dumps(_clean(res), indent=2) + "\n")
         if json_:
             echo_json(res)
             return
