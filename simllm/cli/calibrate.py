@@ -16,6 +16,7 @@ from typing import List, Optional
 
 import typer
 
+from ..atomic import check_output_file
 from ..errors import InputError
 from ._common import echo_json, print_table
 
@@ -83,7 +84,6 @@ def fit_cmd(files: List[Path] = typer.Argument(..., help="measured tables: AICon
             iters: int = typer.Option(3000, "--iters", help="simplex iterations for the Vidur GEMM fit"),
             json_out: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
     """Fit every kernel class found in measured tables and write a calibration file."""
-    from ..atomic import check_output_file
     from ..config import data_root
     from ..cost.calibration import CALIB_DIR, calibration_for
     from ..cost.fit import fit_files
@@ -94,6 +94,9 @@ def fit_cmd(files: List[Path] = typer.Argument(..., help="measured tables: AICon
         raise InputError("must be >= 1", field="--iters")
     dest = out or (data_root() / CALIB_DIR / (acc.calibration or f"{acc.name}.yaml"))
     check_output_file(dest)  # before the fit, which can take a while
+    nd = _node(node)
+    if nd is not None and nd.accelerator.name != acc.name:
+        raise InputError(f"the {nd.name} node holds {nd.accelerator.name}, not {acc.name}", field="--node")
     start = calibration_for(acc)
     csvs = [p for p in files if Path(p).suffix == ".csv"]
     rest = [p for p in files if Path(p).suffix != ".csv"]
@@ -102,7 +105,7 @@ def fit_cmd(files: List[Path] = typer.Argument(..., help="measured tables: AICon
         if framework:
             raise InputError("a Vidur table has no framework; --framework cannot be honoured", file=csvs[0],
                              field="--framework")
-        cal = fit_files(csvs, acc, node=_node(node), start=start, iters=iters)
+        cal = fit_files(csvs, acc, node=nd, start=start, iters=iters)
     if rest:
         cal = fit_frameworks(_frame(rest, framework), acc, cal, sources=[str(p) for p in rest])
     cal.dump(dest)

@@ -19,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
+from ..atomic import check_output_dir
 from ..errors import InputError
 from ._common import echo_json, print_table
 
@@ -157,8 +158,6 @@ def place_cmd(
 
     t_start = time.perf_counter()
     if out is not None:
-        from ..atomic import check_output_dir
-
         check_output_dir(out)  # before the solve, which can take its whole time budget
     if not (math.isfinite(time_budget) and time_budget >= 0):
         raise InputError(f"must be a number of seconds >= 0, got {time_budget}", field="--time-budget")

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from ..atomic import check_output_dir, write_text
 from ._common import _clean, echo_json, print_table
 
 
@@ -31,8 +32,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Simulate measured runs from their own files and print the error per stage and overall."""
         from ..validate import summarize_runs, validate_run
-
-        from ..atomic import check_output_dir, write_text
 
         if out is not None:
             check_output_dir(out)  # before the replays, which take a while
