@@ -340,6 +340,8 @@ def _cases() -> list[tuple[str, list[str]]]:
         ("offload-batch-huge", ["offload", "--model", "mixtral-8x7b", "--cache-experts", "4", "--batch", "100000000"]),
         ("calibrate-fit-node-mismatch", ["calibrate", "fit", "{d}/table_trunc.csv", "--hw", "a100-sxm-80gb", "--node",
                                          "dgx-h100", "--out", "{d}/c2.yaml"]),
+        ("calibrate-fit-out-proc", ["calibrate", "fit", "{d}/table_trunc.csv", "--hw", "h100-sxm", "--out",
+                                    "/proc/simllm-cal.yaml"]),
         ("place-out-file", ["place", "--model", "mixtral-8x7b", "--devices", "4", "--out", "{d}/afile"]),
         ("validate-out-file", ["validate", "{d}/folder", "--out", "{d}/afile"]),
         ("calibrate-fit-out-dir", ["calibrate", "fit", "{d}/table_trunc.csv", "--hw", "a100-sxm-80gb", "--out",
