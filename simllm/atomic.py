@@ -16,6 +16,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import tempfile
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -32,6 +33,10 @@ def _writable_dir(folder: Path) -> None:
         raise InputError(f"cannot create the folder: {e.strerror or e}", file=folder) from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError("folder is not writable", file=folder)
+    try:  # os.access says yes to root everywhere; a file system may still refuse (/proc, read-only mounts)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise InputError(f"folder is not writable: {e.strerror or e}", file=folder) from None
 
 
 def check_output_file(path: str | Path) -> Path:

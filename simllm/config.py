@@ -12,12 +12,14 @@ is read by :func:`sourced` into a :class:`Sourced` (SI float + source text).
 from __future__ import annotations
 
 import os
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from .errors import InputError, NotFoundError
 from .units import parse_quantity
@@ -50,10 +52,36 @@ def data_root() -> Path:
     return data_roots()[0]
 
 
-class Frozen(BaseModel):
-    """Base of every validated configuration object: immutable, no unknown fields."""
+BOOL_NUMBER = "bool_number"
+"""Error type of a YAML boolean given for a number (:class:`Frozen`); :func:`validate` puts its field in the path."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+
+def _plain_number_type(annotation: Any) -> type | None:
+    """``int`` or ``float`` when a field holds a plain number (also inside ``Optional``), else None."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Union else (annotation,)
+    kinds = {typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a
+             for a in args if a is not type(None)}
+    return kinds.pop() if len(kinds) == 1 and kinds <= {int, float} else None
+
+
+class Frozen(BaseModel):
+    """Base of every validated configuration object: immutable, no unknown fields, no NaN or
+    infinity in a float field, and no YAML ``true``/``false`` taken for the number 1/0."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, v in data.items():
+                f = cls.model_fields.get(name) if isinstance(name, str) else None
+                kind = _plain_number_type(f.annotation) if f is not None and isinstance(v, bool) else None
+                if kind is not None:
+                    raise PydanticCustomError(BOOL_NUMBER, "expected {kind}, got {value}",
+                                              {"field": name, "kind": "an integer" if kind is int else "a number",
+                                               "value": str(v).lower()})
+        return data
 
 
 class Sourced(Frozen):
@@ -132,14 +160,46 @@ def set_dotted(cfg: dict, key: str, value: Any, *, file: str | Path | None = Non
         cur = nxt
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping (PyYAML keeps the last
+    silently, so a repeated ``deployment:`` block would drop the first without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _v in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader's own error follows
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {first.start_mark.line + 1})",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str | Any) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys; raises ``yaml.YAMLError`` for any text it cannot read
+    (also integers too long to convert and nesting too deep to construct)."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except (ValueError, RecursionError) as e:
+        kind = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+        raise yaml.YAMLError(kind) from None
+
+
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping from ``path`` with one-line errors for missing files and bad syntax."""
     p = Path(path)
     if not p.is_file():
         raise InputError("file not found", file=p)
     try:
-        with p.open() as f:
-            data = yaml.safe_load(f)
+        with p.open(encoding="utf-8") as f:
+            data = parse_yaml(f)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -164,6 +224,8 @@ def validate(model: type[M], data: dict, *, file: str | Path | None = None, pref
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
+        if err["type"] == BOOL_NUMBER:
+            loc = f"{loc}.{err['ctx']['field']}" if loc else err["ctx"]["field"]
         if prefix:
             loc = f"{prefix}.{loc}" if loc else prefix
         msg = err["msg"]

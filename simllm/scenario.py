@@ -196,6 +196,14 @@ class DisaggSpec(Frozen):
 
     _check_link = field_validator("kv_link", mode="before")(classmethod(lambda cls, v: _kv_link(v)))
 
+    @model_validator(mode="after")
+    def _roles(self):
+        for side in ("prefill", "decode"):
+            role = getattr(self, side).role
+            if role is not None and role != side:
+                raise ValueError(f"{side}.role: the {side} pool has role {side}, got {role!r} (or leave role out)")
+        return self
+
 
 _POOL_LEVEL = ("replicas", "tp", "pp", "ep", "placement", "expert_loads", "moe", "dp_router", "batching", "router")
 
@@ -318,7 +326,7 @@ class Scenario(Frozen):
     cost: Optional[CostModeSpec] = None  # {mode: table, tables: PATH}: measured-table mode (simllm.cost.table_mode)
     price_per_device_hour: Optional[float] = Field(default=None, ge=0)  # USD; default: the accelerator's
     idle_power_w: Optional[float] = Field(default=None, ge=0)  # default: the accelerator's
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)  # numpy seeds are non-negative
 
 
 # --------------------------------------------------------------------------- loading
@@ -411,6 +419,11 @@ def pool_cost(model, acc, dep: DeploymentSpec, spec, *, node, cluster, base_dir,
     if spec.ep > 1 and dep.framework != "vllm":
         raise InputError("the expert-parallel step cost prices kernels with the vllm calibration only",
                          field="framework")
+    redundant = (spec.placement or {}).get("redundant", 0)
+    if spec.ep > 1 and model.moe is not None and isinstance(redundant, int) and \
+            redundant > model.moe.num_experts * (spec.ep - 1):
+        raise InputError(f"{redundant} redundant slots exceed {model.moe.num_experts} experts x ({spec.ep} - 1) "
+                         f"devices: no device holds an expert twice", field="placement.redundant")
     if spec.ep > 1:
         return make_ep_step_cost(model, acc, ep=spec.ep, tp=spec.tp, node=node, cluster=cluster,
                                  placement=spec.placement, expert_loads=spec.expert_loads, moe=spec.moe,

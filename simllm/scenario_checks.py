@@ -18,6 +18,12 @@ largest single serving deployments described publicly and keeps the per-replica 
 (a few kB each) well under 1 GB. A cluster descriptor's own device count replaces it."""
 
 
+MAX_ENGINE_SLOTS = 1 << 25
+"""Most sequence slots (replicas x max_num_seqs, every pool together) one run allocates: the engine keeps
+a few int64 arrays of max_num_seqs entries per replica, so this bounds that state near 1 GB. An
+assumption, not a measured figure: it is ~500 times the largest max_num_seqs of a shipped scenario."""
+
+
 def check_devices(scn: Any, file: str | Path | None = None) -> None:
     """Every pool's replicas x devices per replica together (one pool when colocated)."""
     dep = scn.deployment
@@ -44,10 +50,34 @@ def check_batching(scn: Any, file: str | Path | None = None) -> None:
                              f"max_num_seqs", file=file, field=f"{where}.batching.max_num_batched_tokens")
 
 
+def check_engine_slots(scn: Any, file: str | Path | None = None) -> None:
+    """replicas x max_num_seqs over every pool within :data:`MAX_ENGINE_SLOTS`, and CUDA-graph sizes no
+    larger than the token budget of a step (a larger captured size never replays)."""
+    total, worst = 0, None
+    for _name, where, sp in scn.deployment.pool_specs():
+        b = sp.batching or {}
+        seqs = b.get("max_num_seqs")
+        if isinstance(seqs, int) and not isinstance(seqs, bool):
+            total += sp.replicas * seqs
+            worst = worst if worst is not None and worst[1] >= seqs else (where, seqs)
+        budget = b.get("max_num_batched_tokens", b.get("token_budget"))
+        graphs = scn.deployment.cuda_graphs
+        if isinstance(graphs, list) and isinstance(budget, int):
+            big = [g for g in graphs if isinstance(g, int) and g > budget]
+            if big:
+                raise InputError(f"captured size {big[0]} exceeds the step token budget {budget} of {where}: "
+                                 f"it could never replay", file=file, field="deployment.cuda_graphs")
+    if total > MAX_ENGINE_SLOTS:
+        raise InputError(f"{total} sequence slots (replicas x max_num_seqs) exceed the {MAX_ENGINE_SLOTS:,} one run "
+                         f"holds; lower max_num_seqs (vLLM's default is 256)", file=file,
+                         field=f"{worst[0]}.batching.max_num_seqs")
+
+
 def check_scenario(scn: Any, file: str | Path | None = None) -> None:
     """Every bounded-work check, in order; raises the first :class:`InputError`."""
     check_devices(scn, file)
     check_batching(scn, file)
+    check_engine_slots(scn, file)
     check_layer_wise(scn, file)
 
 

@@ -117,6 +117,11 @@ def _lhs(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     return u
 
 
+MAX_POINTS = 10_000
+"""Most points (grid x zip x sample x replications) one sweep holds: every point is resolved and validated
+before any runs, about a millisecond each, so this keeps that check near 10 s. An assumption about time."""
+
+
 def load_sweep(path: str | Path) -> Sweep:
     path = Path(path)
     data = load_yaml(path)
@@ -147,6 +152,10 @@ def load_sweep(path: str | Path) -> Sweep:
     grid, zp = _lists("grid"), _lists("zip")
     if zp and len({len(v) for v in zp.values()}) != 1:
         raise InputError("all zip lists must have the same length", file=path, field="zip")
+    n_grid = math.prod(len(v) for v in grid.values()) if grid else 1
+    if n_grid > MAX_POINTS:
+        raise InputError(f"the grid has {n_grid:,} points, more than the {MAX_POINTS:,} a sweep validates and runs; "
+                         f"split it into several sweeps", file=path, field="grid")
     grid_pts = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] if grid else [{}]
     zip_pts = [dict(zip(zp, vals)) for vals in zip(*zp.values())] if zp else [{}]
     points = [{**g, **z} for g in grid_pts for z in zip_pts]
@@ -194,8 +203,8 @@ def load_sweep(path: str | Path) -> Sweep:
     reps = data.get("replications", 1)
     if not isinstance(reps, int) or isinstance(reps, bool) or reps < 1 or reps > 10000:
         raise InputError("expected an integer in [1, 10000]", file=path, field="replications")
-    if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool):
-        raise InputError("expected an integer", file=path, field="seed")
+    if not isinstance(data.get("seed", 0), int) or isinstance(data.get("seed", 0), bool) or data.get("seed", 0) < 0:
+        raise InputError("expected an integer >= 0", file=path, field="seed")
     fmr = data.get("find_max_rate")
     if fmr is not None:
         if not isinstance(fmr, dict):
@@ -204,6 +213,9 @@ def load_sweep(path: str | Path) -> Sweep:
         if extra:
             raise InputError("unknown field (known: attainment, field, hi, lo)", file=path,
                              field=f"find_max_rate.{sorted(extra)[0]}")
+    if len(points) * reps > MAX_POINTS:
+        raise InputError(f"{len(points):,} points x {reps} replications exceed the {MAX_POINTS:,} a sweep validates and "
+                         f"runs; split it into several sweeps", file=path, field="replications" if reps > 1 else "points")
     return Sweep(base=base_cfg, points=points, replications=reps, base_dir=base_dir, file=str(path),
                  find_max_rate=fmr)
 
@@ -361,7 +373,7 @@ def _run_items_locked(items: list[dict], fn: RunFn, out_dir: Path, *, jobs: int,
             for it in todo:
                 _record(_run_one(fn, it))
         else:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
+            with ProcessPoolExecutor(max_workers=min(jobs, len(todo))) as pool:  # more would only idle
                 pending = {pool.submit(_run_one, fn, it) for it in todo}
                 while pending:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)

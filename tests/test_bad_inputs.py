@@ -47,6 +47,9 @@ def d(tmp_path_factory) -> Path:
     (d / "scalar.yaml").write_text("42\n")
     (d / "folder").mkdir()
     (d / "afile").write_text("x")
+    (d / "dupkey.yaml").write_text("model: llama-3-8b\nhardware: {accelerator: h100-sxm}\nhardware: {node: dgx-h100}\n")
+    (d / "bigint.yaml").write_text("seed: 1" + "0" * 5000 + "\n")
+    (d / "deep.yaml").write_text("a: " + "[" * 3000 + "]" * 3000 + "\n")
     base = yaml.safe_load(BASE.read_text())
     base["workload"] = {"trace": str(AZURE), "limit": 50}
     (d / "good.yaml").write_text(yaml.safe_dump(base))
@@ -111,6 +114,30 @@ SCENARIO_MUTATIONS = [
     ("slo_neg", "slo.ttft_s", -1), ("slo_str", "slo.tpot_s", "fast"), ("seed_str", "seed", "zero"),
     ("price_neg", "price_per_device_hour", -3), ("idle_neg", "idle_power_w", -1), ("top_extra", "colour", "red"),
     ("sim_extra", "sim.colour", 1), ("top_list", None, [1, 2]), ("name_list", "name", [1]),
+    # found by a hostile battery run outside the repo (issue 15): NaN/inf, true-for-a-number, bounds
+    ("seed_neg", "seed", -1), ("seed_bool", "seed", True), ("rep_bool", "deployment.replicas", True),
+    ("limit_bool", "workload.limit", True), ("block_bool", "deployment.kv.block_size", True),
+    ("gmu_bool", "deployment.kv.gpu_memory_utilization", True), ("slo_inf", "slo.ttft_s", float("inf")),
+    ("price_inf", "price_per_device_hour", float("inf")), ("idle_inf", "idle_power_w", float("inf")),
+    ("api_inf", "deployment.api_overhead_s", float("inf")), ("host_step_inf", "deployment.host_step_s", float("inf")),
+    ("host_seq_inf", "deployment.host_per_seq_s", float("inf")),
+    ("reserve_nan", "deployment.kv.activation_reserve", float("nan")),
+    ("phase_nan", "workload.retime", {"rate": 1, "phase": float("nan")}),
+    ("cv_tiny", "workload.retime", {"process": "gamma", "rate": 5, "cv": 1e-300}),
+    ("cv_huge", "workload.retime", {"process": "gamma", "rate": 5, "cv": 1e300}),
+    ("graphs_huge", "deployment.cuda_graphs", [10 ** 12]),
+    ("seqs_huge", "deployment.batching", {"policy": "vllm-v0", "max_num_seqs": 10 ** 12,
+                                          "max_num_batched_tokens": 10 ** 12}),
+    ("mnbt_nan", "deployment.batching", {"policy": "vllm-v0", "max_num_batched_tokens": float("nan")}),
+    ("mnbt_frac", "deployment.batching", {"policy": "vllm-v0", "max_num_batched_tokens": 1.5}),
+    ("seqs_bool", "deployment.batching", {"policy": "vllm-v0", "max_num_seqs": True}),
+    ("fixed_huge", "workload", {"generator": {"arrivals": {"rate": 1}, "num_requests": 5,
+                                              "lengths": {"kind": "fixed", "prompt_tokens": 10 ** 12}}}),
+    ("sigma_inf", "workload", {"generator": {"arrivals": {"rate": 1}, "num_requests": 5,
+                                             "lengths": {"kind": "lognormal", "prompt_sigma": float("inf")}}}),
+    ("num_bool", "workload", {"generator": {"arrivals": {"rate": 1}, "num_requests": True}}),
+    ("disagg_role", "deployment", {"disaggregation": {"prefill": {"tp": 1}, "decode": {"tp": 1, "role": "prefill"},
+                                                      "kv_link": {"bandwidth": "100 GB/s"}}}),
 ]
 
 SWEEPS = {
@@ -145,6 +172,9 @@ SWEEPS = {
     "fmr_extra": "base: BASE\nfind_max_rate: {colour: red}\n",
     "fmr_scalar": "base: BASE\nfind_max_rate: 3\n",
     "fmr_field": "base: BASE\nfind_max_rate: {field: 'workload..rate'}\n",
+    "grid_huge": "base: BASE\ngrid: {seed: [%s], workload.limit: [%s]}\n" % (",".join(map(str, range(200))),
+                                                                          ",".join(map(str, range(1, 201)))),
+    "dupkey": "base: BASE\ngrid: {seed: [1]}\ngrid: {seed: [2]}\n",
 }
 
 TRACES = {
@@ -166,13 +196,16 @@ TRACES = {
     "vllm_bench.json": b'{"backend": "vllm", "num_prompts": 2, "input_lens": [1, 2], "output_lens": [3, 4], '
                        b'"ttfts": [0.1, 0.2]}\n',
     "zeros.bin": b"\x00" * 64,
+    "tz.csv": lambda h: ("\n".join(h[:5]) + "\n2023-11-16 18:20:00.0000000+05:00,5,10\n").encode(),
+    "huge_tokens.csv": lambda h: ("\n".join(h[:5]) + "\n2023-11-16 18:20:00.0000000,1" + "0" * 30 + ",10\n").encode(),
+    "huge.jsonl": b'{"timestamp": 0, "input_length": 1' + b"0" * 30 + b', "output_length": 3}\n',
 }
 
 
 def _cases() -> list[tuple[str, list[str]]]:
     c: list[tuple[str, list[str]]] = []
     for f in ("nope.yaml", "empty.yaml", "latin1.yaml", "binary.yaml", "corrupt.yaml", "list.yaml", "scalar.yaml",
-              "folder"):
+              "folder", "dupkey.yaml", "bigint.yaml", "deep.yaml"):
         c += [(f"run-{f}", ["run", "{d}/" + f]), (f"sweep-{f}", ["sweep", "{d}/" + f, "--no-progress"])]
         c += [(f"model-show-{f}", ["model", "show", "{d}/" + f]), (f"hw-show-{f}", ["hw", "show", "{d}/" + f])]
     c += [(f"run-scn-{n}", ["run", "{d}/scn_" + n + ".yaml"]) for n, _, _ in SCENARIO_MUTATIONS]
@@ -276,6 +309,54 @@ def _cases() -> list[tuple[str, list[str]]]:
         ("calibrate-fit-nohw", ["calibrate", "fit", "{d}/table_trunc.csv"]),
         ("hw-show-empty", ["hw", "show", "{d}/empty.yaml", "--json"]),
         ("unknown-verb", ["frobnicate"]),
+        # found by a hostile battery run outside the repo (issue 15)
+        ("run-seed-neg", ["run", "{d}/good.yaml", "--seed", "-1"]),
+        ("trace-generate-seed-neg", ["trace", "generate", "--out", "{d}/g.csv", "--seed", "-1"]),
+        ("trace-generate-mix-nan", ["trace", "generate", "--out", "{d}/g.csv", "--model", "A:nan"]),
+        ("trace-generate-period-alone", ["trace", "generate", "--out", "{d}/g.csv", "--period", "0"]),
+        ("trace-generate-format-nofit", ["trace", "generate", "--out", "{d}/g.csv", "--format", "azure"]),
+        ("trace-generate-append-notbg", ["trace", "generate", "--out", "{d}/notresults.csv", "--num", "3",
+                                         "--append"]),
+        ("sweep-rate-lo-alone", ["sweep", "{d}/sweep_grid_tp3.yaml", "--rate-lo", "5"]),
+        ("comm-bytes-nan", ["comm", "all_reduce", "--cluster", "dgx-h100", "--devices", "8", "--bytes", "nan"]),
+        ("comm-dtype-with-bytes", ["comm", "all_reduce", "--cluster", "dgx-h100", "--devices", "8", "--bytes",
+                                   "1MiB", "--dtype", "fp3"]),
+        ("comm-src-on-ar", ["comm", "all_reduce", "--cluster", "dgx-h100", "--devices", "8", "--bytes", "1MiB",
+                            "--src", "1"]),
+        ("comm-dispatch-hidden0", ["comm", "dispatch", "--cluster", "h100-4node", "--devices", "32", "--tokens", "8",
+                                   "--hidden", "0", "--topk", "8"]),
+        ("comm-dispatch-tokens-huge", ["comm", "dispatch", "--cluster", "h100-4node", "--devices", "32", "--tokens",
+                                       "1000000000000", "--hidden", "7168", "--topk", "8"]),
+        ("comm-dispatch-algo", ["comm", "dispatch", "--cluster", "h100-4node", "--devices", "32", "--tokens", "8",
+                                "--hidden", "7168", "--topk", "8", "--algorithm", "ring"]),
+        ("plan-top0", ["plan", "llama-3-8b", "--cluster", "dgx-h100", "--top", "0"]),
+        ("place-topk0", ["place", "--model", "mixtral-8x7b", "--devices", "4", "--top-k", "0"]),
+        ("place-nodes0", ["place", "--model", "mixtral-8x7b", "--devices", "4", "--nodes", "0"]),
+        ("place-devices-huge", ["place", "--model", "mixtral-8x7b", "--devices", "100000"]),
+        ("place-layers-huge", ["place", "--model", "mixtral-8x7b", "--devices", "4", "--layers", "100000"]),
+        ("place-redundant-huge", ["place", "--model", "mixtral-8x7b", "--devices", "4", "--redundant", "1000000000"]),
+        ("place-seed-neg", ["place", "--model", "mixtral-8x7b", "--devices", "4", "--seed", "-1"]),
+        ("offload-steps-huge", ["offload", "--model", "mixtral-8x7b", "--cache-experts", "4", "--steps", "1000000000"]),
+        ("offload-batch-huge", ["offload", "--model", "mixtral-8x7b", "--cache-experts", "4", "--batch", "100000000"]),
+        ("calibrate-fit-node-mismatch", ["calibrate", "fit", "{d}/table_trunc.csv", "--hw", "a100-sxm-80gb", "--node",
+                                         "dgx-h100", "--out", "{d}/c2.yaml"]),
+        ("calibrate-fit-out-proc", ["calibrate", "fit", "{d}/table_trunc.csv", "--hw", "h100-sxm", "--out",
+                                    "/proc/simllm-cal.yaml"]),
+        ("place-out-file", ["place", "--model", "mixtral-8x7b", "--devices", "4", "--out", "{d}/afile"]),
+        ("validate-out-file", ["validate", "{d}/folder", "--out", "{d}/afile"]),
+        ("calibrate-fit-out-dir", ["calibrate", "fit", "{d}/table_trunc.csv", "--hw", "a100-sxm-80gb", "--out",
+                                   "{d}/folder"]),
+        ("validate-seed-neg", ["validate", "{d}/folder", "--seed", "-1"]),
+        ("model-explain-ep0", ["model", "explain", "llama-3-8b", "--hw", "h100-sxm", "--batch", "8", "--context",
+                               "512", "--ep", "0"]),
+        ("model-explain-cluster-noep", ["model", "explain", "llama-3-8b", "--hw", "h100-sxm", "--batch", "8",
+                                        "--context", "512", "--cluster", "h100-4node"]),
+        ("model-explain-ctx-huge", ["model", "explain", "llama-3-8b", "--hw", "h100-sxm", "--batch", "8",
+                                    "--context", "1000000000000"]),
+        ("model-explain-node-acc", ["model", "explain", "llama-3-8b", "--hw", "h100-sxm", "--batch", "8",
+                                    "--context", "512", "--node", "dgx-a100"]),
+        ("model-explain-tp-node", ["model", "explain", "llama-3-8b", "--hw", "h100-sxm", "--batch", "8",
+                                   "--context", "512", "--tp", "16", "--node", "dgx-h100"]),
         ("unknown-top-opt", ["--frobnicate"]),
     ]
     for t in TRACES:

@@ -16,6 +16,7 @@ from typing import List, Optional
 
 import typer
 
+from ..atomic import check_output_file
 from ..errors import InputError
 from ._common import echo_json, print_table
 
@@ -91,6 +92,11 @@ def fit_cmd(files: List[Path] = typer.Argument(..., help="measured tables: AICon
     acc = _device(hw)
     if iters < 1:
         raise InputError("must be >= 1", field="--iters")
+    dest = out or (data_root() / CALIB_DIR / (acc.calibration or f"{acc.name}.yaml"))
+    check_output_file(dest)  # before the fit, which can take a while
+    nd = _node(node)
+    if nd is not None and nd.accelerator.name != acc.name:
+        raise InputError(f"the {nd.name} node holds {nd.accelerator.name}, not {acc.name}", field="--node")
     start = calibration_for(acc)
     csvs = [p for p in files if Path(p).suffix == ".csv"]
     rest = [p for p in files if Path(p).suffix != ".csv"]
@@ -99,10 +105,9 @@ def fit_cmd(files: List[Path] = typer.Argument(..., help="measured tables: AICon
         if framework:
             raise InputError("a Vidur table has no framework; --framework cannot be honoured", file=csvs[0],
                              field="--framework")
-        cal = fit_files(csvs, acc, node=_node(node), start=start, iters=iters)
+        cal = fit_files(csvs, acc, node=nd, start=start, iters=iters)
     if rest:
         cal = fit_frameworks(_frame(rest, framework), acc, cal, sources=[str(p) for p in rest])
-    dest = out or (data_root() / CALIB_DIR / (acc.calibration or f"{acc.name}.yaml"))
     cal.dump(dest)
     if json_out:
         echo_json({"out": str(dest), **cal.to_dict()})

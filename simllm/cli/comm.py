@@ -13,6 +13,7 @@ normal kernels (prefill) and the low-latency kernels (decode; JSON key ``low_lat
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import typer
@@ -20,6 +21,9 @@ import typer
 from ..errors import InputError
 from ..units import parse_quantity
 from ._common import echo_json, print_table
+
+MAX_ROUTE_ENTRIES = 1 << 28
+"""Most tokens x experts a dispatch/combine estimate routes (its routing table is one float32 each: 1 GiB)."""
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv", "all_to_all", "dispatch", "combine")
 
@@ -36,7 +40,22 @@ def predict(op: str, cluster: str, devices: int, *, nbytes: float | None = None,
     topo = build_topology(cluster)
     if devices < 1 or devices > topo.num_devices:
         raise InputError(f"--devices {devices}: {cluster} has 1..{topo.num_devices} devices", field="devices")
+    if nbytes is not None and not (math.isfinite(nbytes) and nbytes >= 0):
+        raise InputError(f"expected a finite size >= 0, got {nbytes}", field="--bytes")
+    if op != "send_recv" and (src is not None or dst is not None):
+        raise InputError(f"--src/--dst pick the ranks of send_recv, not of {op}", field="--src")
+    if op in ("dispatch", "combine", "send_recv") and algorithm != "auto":
+        raise InputError(f"{op} has one algorithm; --algorithm applies to the collectives", field="--algorithm")
+    if op not in ("dispatch", "combine") and topk_groups is not None:
+        raise InputError(f"--topk-groups applies to dispatch/combine, not {op}", field="--topk-groups")
+    if op not in ("dispatch", "combine") and dtype is not None and nbytes is not None:
+        raise InputError("--dtype sizes --tokens x --hidden; with --bytes it has nothing to do", field="--dtype")
     if op in ("dispatch", "combine"):
+        if topk is not None and topk > experts:
+            raise InputError(f"--topk {topk} exceeds --experts {experts}", field="--topk")
+        if tokens is not None and tokens * experts > MAX_ROUTE_ENTRIES:
+            raise InputError(f"{tokens} tokens x {experts} experts exceed the {MAX_ROUTE_ENTRIES:,} routing entries "
+                             f"one estimate holds", field="--tokens")
         missing = [n for n, v in (("--tokens", tokens), ("--hidden", hidden), ("--topk", topk)) if v is None]
         if missing:
             raise InputError(f"{op} needs {', '.join(missing)}", field="tokens")
@@ -66,15 +85,15 @@ def comm(
     cluster: str = typer.Option(..., "--cluster", "-c", help="node or cluster descriptor (name or path)"),
     devices: int = typer.Option(..., "--devices", "-n", help="devices taking part (first N, nodes filled in order)"),
     nbytes: Optional[str] = typer.Option(None, "--bytes", "-b", help="message size, e.g. 64MiB or 1e9"),
-    tokens: Optional[int] = typer.Option(None, "--tokens", help="tokens per rank (dispatch/combine)"),
-    hidden: Optional[int] = typer.Option(None, "--hidden", help="hidden size"),
-    topk: Optional[int] = typer.Option(None, "--topk", help="experts per token"),
+    tokens: Optional[int] = typer.Option(None, "--tokens", min=1, help="tokens per rank (dispatch/combine)"),
+    hidden: Optional[int] = typer.Option(None, "--hidden", min=1, help="hidden size"),
+    topk: Optional[int] = typer.Option(None, "--topk", min=1, help="experts per token"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp8 | bf16 | ... (dispatch default fp8, combine bf16)"),
-    experts: int = typer.Option(256, "--experts", help="routed experts (dispatch/combine)"),
-    topk_groups: Optional[int] = typer.Option(None, "--topk-groups", help="nodes a token may reach (default min(nodes, 4))"),
+    experts: int = typer.Option(256, "--experts", min=1, help="routed experts (dispatch/combine)"),
+    topk_groups: Optional[int] = typer.Option(None, "--topk-groups", min=1, help="nodes a token may reach (default min(nodes, 4))"),
     algorithm: str = typer.Option("auto", "--algorithm", help="auto | ring | tree | direct | hierarchical"),
-    src: Optional[int] = typer.Option(None, "--src", help="send_recv source rank (default 0)"),
-    dst: Optional[int] = typer.Option(None, "--dst", help="send_recv destination rank (default the last device)"),
+    src: Optional[int] = typer.Option(None, "--src", min=0, help="send_recv source rank (default 0)"),
+    dst: Optional[int] = typer.Option(None, "--dst", min=0, help="send_recv destination rank (default the last device)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Predicted time and achieved bandwidth of one collective over the cluster's topology."""

@@ -27,6 +27,8 @@ from ..cost.ops import total
 from ..errors import InputError
 from ..hardware import load_accelerator, load_cluster, load_node
 from ..model import load_model
+from ..scenario_checks import MAX_ENGINE_SLOTS
+from ..workload.generators import MAX_TOKENS
 from ._common import console, echo_json, print_table
 
 
@@ -43,6 +45,15 @@ def explain(model_name: str, hw: str, *, batch: int, context: int, prefill_token
         raise InputError("--batch, --context and --prefill-tokens must be >= 0", field="--batch")
     if batch == 0 and prefill_tokens == 0:
         raise InputError("nothing to explain: give --batch > 0 or --prefill-tokens > 0", field="--batch")
+    if max(context, prefill_tokens) > MAX_TOKENS or batch > MAX_ENGINE_SLOTS:
+        raise InputError(f"at most {MAX_TOKENS:,} tokens of --context / --prefill-tokens and {MAX_ENGINE_SLOTS:,} "
+                         f"sequences of --batch", field="--batch" if batch > MAX_ENGINE_SLOTS else "--context")
+    if ep < 1 or redundant < 0:
+        raise InputError(f"expected --ep >= 1 and --redundant >= 0, got {ep} and {redundant}",
+                         field="--ep" if ep < 1 else "--redundant")
+    if ep == 1 and (cluster or redundant or placement != "contiguous"):
+        raise InputError("--cluster, --placement and --redundant apply to an expert-parallel replica (--ep > 1)",
+                         field="--cluster" if cluster else "--placement" if placement != "contiguous" else "--redundant")
     model = load_model(model_name)
     if tp < 1 or pp < 1:
         raise InputError(f"expected positive parallel degrees, got tp={tp}, pp={pp}", field="--tp" if tp < 1 else "--pp")
@@ -52,6 +63,10 @@ def explain(model_name: str, hw: str, *, batch: int, context: int, prefill_token
         raise InputError(err, field="--tp")
     acc = load_accelerator(hw)
     nd = load_node(node) if node else None
+    if nd is not None and nd.accelerator.name != acc.name:
+        raise InputError(f"the {nd.name} node holds {nd.accelerator.name}, not {acc.name}", field="--node")
+    if nd is not None and ep == 1 and tp * pp > nd.devices:
+        raise InputError(f"tp x pp = {tp * pp} devices, the {nd.name} node has {nd.devices}", field="--tp")
     if ep > 1:
         return _explain_ep(model, acc, batch=batch, context=context, prefill_tokens=prefill_tokens, tp=tp, ep=ep,
                            node=nd, cluster=load_cluster(cluster) if cluster else None, placement=placement,

@@ -19,8 +19,20 @@ from typing import Any, Optional
 import numpy as np
 import typer
 
+from ..atomic import check_output_dir
 from ..errors import InputError
 from ._common import echo_json, print_table
+
+MAX_DEVICE_LAYERS = 1 << 16
+"""Most layers x devices one ``simllm place`` solves: its greedy policies take ~0.1 ms per (layer, device) on
+this project's 2-core machine (mixtral-8x7b, 32 layers x 16,384 devices ran past 60 s), so this bounds a run
+near 10 s. An assumption about time, not a limit of the method; DeepSeek-V3 on 1,024 devices fits."""
+
+MAX_ROUTE_CHOICES = 1 << 20
+"""Most expert choices (steps x batch x MoE layers x top-k) one ``simllm offload`` run draws and replays: the
+routes are held as int64 arrays and replayed choice by choice (4,096 steps x 16 x 32 layers x top-2 took 29 s
+on this 2-core machine), so this bounds memory (8 MB) and time near 10 s. An
+assumption, not a limit of the method."""
 
 COMPARE_ORDER = ("contiguous", "round_robin", "greedy_hierarchical", "greedy_replicated", "ilp")
 
@@ -37,9 +49,9 @@ def _shape(model: Optional[str], experts: Optional[int], layers: Optional[int], 
             raise InputError(f"model {spec.name} has no MoE layers; nothing to place", field="--model")
         m = spec.moe
         out["model"] = spec.name
-        out["experts"] = experts or m.num_experts
-        out["layers"] = layers or spec.num_moe_layers
-        out["top_k"] = top_k or m.top_k
+        out["experts"] = m.num_experts if experts is None else experts
+        out["layers"] = spec.num_moe_layers if layers is None else layers
+        out["top_k"] = m.top_k if top_k is None else top_k
         out["num_groups"] = m.num_groups
         out["expert_bytes"] = (3 if spec.ffn.gated else 2) * spec.hidden_size * m.expert_intermediate_size \
             * spec.dtype_bytes
@@ -50,7 +62,7 @@ def _shape(model: Optional[str], experts: Optional[int], layers: Optional[int], 
             raise InputError(f"give --model or {flag}", field=flag)
         if out[k] < 1:
             raise InputError(f"must be >= 1, got {out[k]}", field=flag)
-    out["top_k"] = out["top_k"] or 8
+    out["top_k"] = 8 if out["top_k"] is None else out["top_k"]
     if not 1 <= out["top_k"] <= out["experts"]:
         raise InputError(f"must be in [1, {out['experts']}], got {out['top_k']}", field="--top-k")
     return out
@@ -63,11 +75,11 @@ def _devices(cluster: Optional[str], devices: Optional[int], nodes: Optional[int
 
         c = load_cluster(cluster)
         name = c.name
-        nodes = nodes or c.num_nodes
-        devices = devices or c.num_nodes * c.node.devices
+        nodes = c.num_nodes if nodes is None else nodes
+        devices = c.num_nodes * c.node.devices if devices is None else devices
     if devices is None:
         raise InputError("give --cluster or --devices", field="--devices")
-    nodes = nodes or 1
+    nodes = 1 if nodes is None else nodes
     if devices < 1 or nodes < 1 or devices % nodes:
         raise InputError(f"{devices} devices do not split into {nodes} equal nodes", field="--nodes")
     return devices, nodes, name
@@ -129,7 +141,7 @@ def place_cmd(
     time_limit: float = typer.Option(10.0, "--time-limit", help="ILP: solver seconds per layer (at most)."),
     time_budget: float = typer.Option(30.0, "--time-budget", help="ILP: solver seconds for all layers together."),
     solver: str = typer.Option("auto", "--solver", help="ILP: auto, cbc or highs."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic loads."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the synthetic loads."),
     routing_trace: Optional[Path] = typer.Option(None, "--routing-trace",
                                                  help="Routing trace (token,layer,rank,expert CSV/Parquet): loads and "
                                                       "inter-layer affinity from it."),
@@ -145,6 +157,8 @@ def place_cmd(
     from ..placement.loads import expected_loads, read_loads_csv, zipf_popularity
 
     t_start = time.perf_counter()
+    if out is not None:
+        check_output_dir(out)  # before the solve, which can take its whole time budget
     if not (math.isfinite(time_budget) and time_budget >= 0):
         raise InputError(f"must be a number of seconds >= 0, got {time_budget}", field="--time-budget")
     if not (math.isfinite(time_limit) and time_limit >= 0):
@@ -154,6 +168,12 @@ def place_cmd(
     E, L, K = shape["experts"], shape["layers"], shape["top_k"]
     if redundant < 0:
         raise InputError(f"must be >= 0, got {redundant}", field="--redundant")
+    if redundant > E * (G - 1):
+        raise InputError(f"{redundant} redundant slots exceed {E} experts x ({G} - 1) devices: no device holds an "
+                         f"expert twice", field="--redundant")
+    if L * G > MAX_DEVICE_LAYERS:
+        raise InputError(f"{L} layers x {G} devices exceed the {MAX_DEVICE_LAYERS:,} device-layers one placement "
+                         f"solves", field="--devices" if G > L else "--layers")
     S = max(1, math.ceil((E + redundant) / G))
     counts = None
     if routing_trace is not None and affinity is not None:
@@ -339,6 +359,11 @@ def offload_cmd(
     spec = load_model(model)
     if spec.moe is None:
         raise InputError(f"model {spec.name} has no MoE layers; nothing to offload", field="--model")
+    choices = steps * batch * spec.num_moe_layers * spec.moe.top_k
+    if choices > MAX_ROUTE_CHOICES:
+        raise InputError(f"--steps {steps} x --batch {batch} x {spec.num_moe_layers} layers x top-{spec.moe.top_k} = "
+                         f"{choices:,} expert choices exceed the {MAX_ROUTE_CHOICES:,} one run routes",
+                         field="--steps" if steps >= batch else "--batch")
     acc = load_accelerator(accelerator)
     wb = {"bf16": 2, "fp16": 2, "fp8": 1, "fp4": 0.5}.get(weight_dtype)
     if wb is None:

@@ -104,7 +104,7 @@ def plan(
     prompt: int = typer.Option(2048, "--prompt", help="prompt length of the reference prefill sequences"),
     decode_seqs: int = typer.Option(64, "--decode-seqs", help="reference decode batch (sequences)"),
     ctx: int = typer.Option(4096, "--ctx", help="context tokens of each decoding sequence"),
-    top: int = typer.Option(20, "--top", help="rows to print (table only)"),
+    top: int = typer.Option(20, "--top", min=1, help="rows to print (table only)"),
     show_invalid: bool = typer.Option(False, "--all", help="also list invalid plans with their reasons"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:

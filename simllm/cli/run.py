@@ -151,7 +151,7 @@ def register(app: typer.Typer) -> None:
     def run(
         scenario: Path = typer.Argument(..., help="scenario YAML, or the name of a shipped one (workloads/scenarios/)"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for requests.csv, steps.csv, summary.json"),
-        seed: Optional[int] = typer.Option(None, "--seed", help="override the scenario's seed"),
+        seed: Optional[int] = typer.Option(None, "--seed", min=0, help="override the scenario's seed"),
         set_: List[str] = typer.Option([], "--set", help="override a field: deployment.tp=4 (value parsed as YAML)"),
         json_: bool = typer.Option(False, "--json", help="print the summary as JSON instead of a table"),
         progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",

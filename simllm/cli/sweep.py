@@ -35,7 +35,11 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"unknown backend {backend!r} (local, ray)", field="--backend")
         if address is not None and backend != "ray":
             raise InputError("--address applies only to --backend ray", field="--address")
+        ignored = [f for f, v, d in (("--rate-field", rate_field, "workload.retime.rate"), ("--rate-lo", rate_lo, 0.5),
+                                     ("--rate-hi", rate_hi, 64.0), ("--attainment", attainment, 0.9)) if v != d]
         sw = load_sweep(sweep_file)
+        if ignored and not (find_max_rate or sw.find_max_rate):
+            raise InputError(f"{ignored[0]} applies to the rate search: add --find-max-rate", field=ignored[0])
         out_dir = out or Path("runs") / sweep_file.stem
         fn = scenario_runner(sw.base_dir)
         items = sw.expand()

@@ -68,7 +68,7 @@ def _parse_mix(text: str) -> tuple[list[str], np.ndarray]:
             raise InputError(f"expected NAME[:WEIGHT],... got {text!r}", field="--model") from None
         names.append(name.strip())
     wa = np.asarray(weights, dtype=float)
-    if (wa < 0).any() or wa.sum() <= 0 or not all(names):
+    if not np.isfinite(wa).all() or (wa < 0).any() or wa.sum() <= 0 or not all(names):
         raise InputError(f"expected NAME[:WEIGHT],... with positive weights, got {text!r}", field="--model")
     return names, wa / wa.sum()
 
@@ -81,7 +81,8 @@ def generate(
     rate: Optional[float] = typer.Option(None, "--rate", help="Mean requests per second (default 1, or fitted)."),
     cv: Optional[float] = typer.Option(None, "--cv", help="Inter-arrival coefficient of variation (1 = Poisson; >1 bursty)."),
     amplitude: float = typer.Option(0.0, "--amplitude", help="Relative amplitude of a sinusoidal rate cycle, in [0, 1)."),
-    period: float = typer.Option(86400.0, "--period", help="Period of the rate cycle in seconds."),
+    period: Optional[float] = typer.Option(None, "--period", help="Period of the rate cycle in seconds (with "
+                                                                     "--amplitude; default 86400)."),
     lengths: str = typer.Option("lognormal", "--lengths", help="lognormal | zipf | empirical (with --fit)."),
     prompt_median: float = typer.Option(512, "--prompt-median", help="lognormal: median prompt tokens."),
     prompt_sigma: float = typer.Option(1.0, "--prompt-sigma", help="lognormal: sigma of log prompt tokens."),
@@ -98,7 +99,7 @@ def generate(
     log_type: str = typer.Option("Conversation log", "--log-type", help="Log Type label ('Conversation log' | 'API log')."),
     fail_fraction: float = typer.Option(0.0, "--fail-fraction", help="Fraction of rows written as failed (Response tokens 0)."),
     append: bool = typer.Option(False, "--append", help="Merge with the rows already in --out (sorted by Timestamp)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed."),
 ) -> None:
     """Write a synthetic trace in BurstGPT CSV format from a generator (or one fitted to a trace)."""
     from ..config import validate
@@ -123,8 +124,12 @@ def generate(
         g["arrivals"]["rate"] = rate
     if cv is not None:
         g["arrivals"]["cv"] = cv
+    if period is not None and not amplitude:
+        raise InputError("--period sets the period of the rate cycle: give --amplitude too", field="--period")
+    if fit_format is not None and fit is None:
+        raise InputError("--format is the format of the --fit trace: give --fit too", field="--format")
     if amplitude:
-        g["arrivals"].update(amplitude=amplitude, period_s=period)
+        g["arrivals"].update(amplitude=amplitude, period_s=86400.0 if period is None else period)
 
     def rng_of(text: str, name: str) -> tuple[int, int]:
         try:
@@ -160,7 +165,15 @@ def generate(
         failed = rng.random(len(df)) < fail_fraction
         df.loc[failed, "output_tokens"] = 0
     if append and out.is_file():
-        old = pd.read_csv(out)
+        try:
+            old = pd.read_csv(out)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise InputError(f"--append merges with a BurstGPT CSV; cannot read this one: {' '.join(str(e).split())}",
+                             file=out, field="--append") from None
+        missing = [c for c in ("Timestamp", "Request tokens", "Response tokens", "Model", "Log Type") if c not in old]
+        if missing:
+            raise InputError(f"--append merges with a BurstGPT CSV; this file has no column {missing[0]!r}",
+                             file=out, field="--append")
         prev = pd.DataFrame({"arrival_s": old["Timestamp"], "prompt_tokens": old["Request tokens"],
                              "output_tokens": old["Response tokens"], "model": old["Model"],
                              "log_type": old["Log Type"]})

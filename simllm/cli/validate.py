@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from ..atomic import check_output_dir, write_text
 from ._common import _clean, echo_json, print_table
 
 
@@ -27,16 +28,18 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for validation.json"),
         hw: str = typer.Option("h100-sxm", "--hw", help="accelerator the runs used (the run folders do not name it)"),
         model: Optional[str] = typer.Option(None, "--model", help="model descriptor name or a config.json"),
-        seed: int = typer.Option(0, "--seed", help="seed of the generated load"),
+        seed: int = typer.Option(0, "--seed", min=0, help="seed of the generated load"),
     ) -> None:
         """Simulate measured runs from their own files and print the error per stage and overall."""
         from ..validate import summarize_runs, validate_run
 
+        if out is not None:
+            check_output_dir(out)  # before the replays, which take a while
         recs = [validate_run(r, hw=hw, model=model, seed=seed) for r in runs]
         res = summarize_runs(recs)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "validation.json").write_text(json.dumps(_clean(res), indent=2) + "\n")
+            write_text(out / "validation.json", json.dumps(_clean(res), indent=2) + "\n")
         if json_:
             echo_json(res)
             return

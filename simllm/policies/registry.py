@@ -8,11 +8,34 @@ what is known.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Generic, TypeVar
 
 from ..errors import InputError
 
 T = TypeVar("T")
+
+
+def _type_error(annotation: Any, v: Any) -> str | None:
+    """What a policy field of a plain type (``int``, ``float``, ``bool``, ``str``, optionally ``| None``)
+    expects when ``v`` is not that, else None (fields of other types are the class's to check)."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    kinds = {t.strip() for t in text.replace("Optional[", "").rstrip("]").split("|")}
+    if v is None and "None" in kinds:
+        return None
+    kinds.discard("None")
+    if len(kinds) != 1:
+        return None
+    kind = kinds.pop()
+    if kind == "int" and (isinstance(v, bool) or not isinstance(v, int)):
+        return "expected an integer"
+    if kind == "float" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+        return "expected a finite number"
+    if kind == "bool" and not isinstance(v, bool):
+        return "expected true or false"
+    if kind == "str" and not isinstance(v, str):
+        return "expected a string"
+    return None
 
 
 class Registry(Generic[T]):
@@ -57,6 +80,10 @@ class Registry(Generic[T]):
         if unknown:
             raise InputError(f"unknown field {unknown[0]!r} for {self.kind} policy {name!r}; "
                              f"known: {', '.join(sorted(fields)) or '(none)'}", field=f"{self.kind}.{unknown[0]}")
+        for k, v in params.items():
+            bad = _type_error(fields[k].type, v)
+            if bad:
+                raise InputError(f"{bad}, got {v!r}", field=f"{self.kind}.{k}")
         try:
             return cls(**params)
         except (TypeError, ValueError) as e:
@@ -73,5 +100,6 @@ class Registry(Generic[T]):
         try:
             self.build(block)
         except InputError as e:
-            raise ValueError(e.message) from None
+            sub = (e.field or "").split(".", 1)[1:]  # the field inside the block (pydantic gives the block's path)
+            raise ValueError(f"{sub[0]}: {e.message}" if sub and sub[0] != "policy" else e.message) from None
         return block

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from .generators import MAX_TOKENS
 
 OnError = Literal["raise", "skip"]
 
@@ -161,8 +162,8 @@ def _numeric(df: pd.DataFrame, col: str, *, path: Path, on_error: OnError, bad: 
     invalid = ~np.isfinite(vals)
     if not allow_negative:
         invalid |= vals < 0
-    if "integer" in what:  # token counts must be whole numbers
-        invalid |= np.isfinite(vals) & (vals != np.round(vals))
+    if "integer" in what:  # token counts must be whole numbers, within what a request can hold
+        invalid |= np.isfinite(vals) & ((vals != np.round(vals)) | (vals > MAX_TOKENS))
     if invalid.any():
         if on_error == "raise":
             i = int(np.flatnonzero(invalid)[0])
@@ -196,6 +197,11 @@ def _finish(path: Path, fmt: str, arrival: np.ndarray, prompt: np.ndarray, outpu
         order = np.argsort(arrival, kind="stable")
         arrival, prompt, output = arrival[order], prompt[order], output[order]
         extra = {k: v[order] for k, v in extra.items()}
+    huge = ~((prompt <= MAX_TOKENS) & (output <= MAX_TOKENS))  # also NaN from a reader that let it through
+    if huge.any():
+        i = int(np.flatnonzero(huge)[0])
+        raise InputError(f"line {int(lines[i])}: token counts {prompt[i]:.6g} / {output[i]:.6g} exceed the "
+                         f"{MAX_TOKENS:,} tokens a request may hold", file=path)
     zeros = (prompt < 1) | (output < 1)
     _count(dropped, "zero_tokens_clipped", int(zeros.sum()))
     df = pd.DataFrame({
@@ -258,8 +264,9 @@ def _fast_columns(data: bytes, types: dict[str, str]) -> Optional[dict[str, np.n
 
 
 def _clean_counts(*cols: np.ndarray) -> bool:
-    """Every value a finite, whole, non-negative token count."""
-    return all(bool(np.isfinite(v).all() and (v >= 0).all() and (v == np.round(v)).all()) for v in cols)
+    """Every value a finite, whole, non-negative token count of at most ``MAX_TOKENS``."""
+    return all(bool(np.isfinite(v).all() and (v >= 0).all() and (v <= MAX_TOKENS).all() and (v == np.round(v)).all())
+               for v in cols)
 
 
 # --------------------------------------------------------------------------- readers
@@ -319,7 +326,7 @@ def read_azure(path: Path, *, on_error: OnError = "raise", sort: bool = False, d
     raw = df["TIMESTAMP"].astype(str).str.strip()
     ts = pd.to_datetime(raw, format="%Y-%m-%d %H:%M:%S.%f", errors="coerce")
     if ts.isna().any():  # whole seconds, or ISO 'T' forms
-        alt = pd.to_datetime(raw[ts.isna()], format="ISO8601", errors="coerce")
+        alt = pd.to_datetime(raw[ts.isna()], format="ISO8601", errors="coerce", utc=True).dt.tz_localize(None)
         ts = ts.copy()
         ts[ts.isna()] = alt
     inv = ts.isna().to_numpy()

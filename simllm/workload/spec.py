@@ -76,6 +76,12 @@ class ArrivalSpec(Frozen):
     def _check(self):
         if self.process == "poisson" and self.cv != 1.0:
             raise ValueError("cv applies only to process: gamma (poisson has cv = 1)")
+        cv2 = self.cv * self.cv  # gamma gaps: shape 1/cv^2, scale cv^2/rate (mean 1/rate)
+        shape = 1.0 / cv2 if cv2 > 0 else math.inf
+        scale = cv2 / self.rate if self.rate is not None else 1.0
+        if not (math.isfinite(shape) and shape > 0 and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"cv {self.cv:g} with rate {self.rate} gives gamma gaps of shape {shape:g}, scale "
+                             f"{scale:g}: not a finite positive gamma distribution")
         return self
 
     def times(self, rng: np.random.Generator, n: int, rate: Optional[float] = None) -> np.ndarray:
@@ -188,7 +194,7 @@ class GeneratorSpec(Frozen):
             raise ValueError(f"{n:.4g} requests exceed the {MAX_REQUESTS:,} a generator makes; "
                              f"lower num_requests or rate x duration_s")
         L = self.lengths
-        for name in ("prompt_median", "output_median", "prompt_max", "output_max"):
+        for name in ("prompt_median", "output_median", "prompt_max", "output_max", "prompt_tokens", "output_tokens"):
             v = getattr(L, name, None)
             if v is not None and v > MAX_TOKENS:
                 raise ValueError(f"lengths.{name} {v:.4g} exceeds {MAX_TOKENS:,} tokens")
