@@ -99,6 +99,7 @@ class ReplicaStepCost:
         self._n_layers = np.array([s.n_layers for s in self.stages], dtype=float)
         self._n_list = self._n_layers.tolist()
         self._tok: dict[int, np.ndarray] = {}  # T -> (pp, 7) token-dependent breakdown
+        self._dconst: dict = {}  # decode_step_times: batch size -> its constants
         self._head: dict[int, np.ndarray] = {}
         self._last = self.pp - 1
 
@@ -186,21 +187,21 @@ class ReplicaStepCost:
         ``step_time(0, 0.0, 0, decode_seqs, np.array(ctxs), np.array(ctx_maxs))`` (a simulator pricing a few
         steps at a time skips numpy's per-call overhead); None where that form is not offered (pipeline stages)."""
         n = int(decode_seqs)
-        if self.pp != 1 or n <= 0:
-            return None
-        tok = self._tok.get(n)
-        if tok is None:
-            tok = self._token_part(n)
-        head = self._head.get(n)
-        if head is None:
-            head = self._head_part(n)
-        c = float(tok[0, 0] + head[0])
-        nl = self._n_list[0]
-        k = self.ops.k
+        dc = self._dconst.get(n)
+        if dc is None:  # per batch size: the token and head parts, the layers, the tail share (plain floats)
+            if self.pp != 1 or n <= 0:
+                return None
+            tok = self._tok.get(n)
+            if tok is None:
+                tok = self._token_part(n)
+            head = self._head.get(n)
+            if head is None:
+                head = self._head_part(n)
+            dc = self._dconst[n] = (float(tok[0, 0] + head[0]), self._n_list[0], self.ops.k.decode_tail(n))
+        c, nl, f = dc
         if ctx_maxs is not None:
-            f = k.decode_tail(n)
             ctxs = [x + f * (n * m - x) for x, m in zip(ctxs, ctx_maxs)]
-        return [c + nl * a for a in k.decode_times(n, ctxs)]
+        return [c + nl * a for a in self.ops.k.decode_times(n, ctxs)]
 
     def stage_times(self, shape: BatchShape) -> np.ndarray:
         """Seconds of each pipeline stage for one batch."""
