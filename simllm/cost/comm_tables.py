@@ -160,6 +160,16 @@ def fit_nccl(groups: Sequence[tuple], start: NcclParams | None = None, iters: in
         fixed.add(9)
     free = [i for i in range(len(x0)) if i not in fixed]
 
+    def loss(x):
+        p = NcclParams.from_vector(x)
+        return _loss(np.concatenate([price(d, l, p) for d, l in groups]), t)
+
+    return NcclParams.from_vector(_fit_free(x0, free, _nccl_ok, loss, iters))
+
+
+def _fit_free(x0: np.ndarray, free: list, ok, loss, iters: int) -> np.ndarray:
+    """Nelder-Mead over the ``free`` entries of ``x0`` (the others held), ``loss`` of the full vector where
+    ``ok``; the full vector at the end."""
     def full(y):
         x = x0.copy()
         x[free] = y
@@ -167,12 +177,9 @@ def fit_nccl(groups: Sequence[tuple], start: NcclParams | None = None, iters: in
 
     def f(y):
         x = full(y)
-        if not _nccl_ok(x):
-            return np.inf
-        p = NcclParams.from_vector(x)
-        return _loss(np.concatenate([price(d, l, p) for d, l in groups]), t)
+        return loss(x) if ok(x) else np.inf
 
-    return NcclParams.from_vector(full(_nm(f, x0[free], iters)))
+    return full(_nm(f, x0[free], iters))
 
 
 def _custom_ok(x) -> bool:
@@ -191,19 +198,11 @@ def fit_custom(groups: Sequence[tuple], start: CustomARParams | None = None, ite
     # the PCIe host-crossing terms: no row of a switched (NVLink) system can tell them
     free = [i for i in range(len(x0)) if i < 5 or not all(l.switched for _, l, _ in groups)]
 
-    def full(y):
-        x = x0.copy()
-        x[free] = y
-        return x
-
-    def f(y):
-        x = full(y)
-        if not _custom_ok(x):
-            return np.inf
+    def loss(x):
         c = CustomARParams.from_vector(x)
         return _loss(np.concatenate([price(d, l, p, c) for d, l, p in groups]), t)
 
-    return CustomARParams.from_vector(full(_nm(f, x0[free], iters)))
+    return CustomARParams.from_vector(_fit_free(x0, free, _custom_ok, loss, iters))
 
 
 # --------------------------------------------------------------------------- errors
