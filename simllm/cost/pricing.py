@@ -35,7 +35,7 @@ FITTERS: dict[str, Fitter] = {}
 
 #: modules that register pricers/fitters when imported (no import cycle: they import this module)
 _PLUGINS = ["simllm.cost.kernel_models", "simllm.cost.vidur_comm", "simllm.cost.comm_tables", "simllm.cost.moe_layer",
-            "simllm.cost.deepep"]
+            "simllm.cost.deepep", "simllm.cost.deepep_normal"]
 _loaded = False
 
 
