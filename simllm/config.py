@@ -11,6 +11,7 @@ is read by :func:`sourced` into a :class:`Sourced` (SI float + source text).
 
 from __future__ import annotations
 
+import re
 import os
 import typing
 from importlib import resources
@@ -249,10 +250,12 @@ def resolve(kind_dir: str, name_or_path: str | Path, *, what: str) -> Path:
             raise InputError(f"{what} file not found", file=p)
         return p
     key = str(name_or_path).lower()
+    norm = re.sub(r"[\s_]+", "-", key.strip())  # AIConfigurator's folder names: h100_sxm -> h100-sxm
     for d in data_roots():
-        for cand in (d / kind_dir / f"{key}.yaml", d / kind_dir / f"{key}.yml"):
-            if cand.is_file():
-                return cand
+        for k in dict.fromkeys((key, norm)):
+            for cand in (d / kind_dir / f"{k}.yaml", d / kind_dir / f"{k}.yml"):
+                if cand.is_file():
+                    return cand
     names = list_names(kind_dir)
     # also match the 'name:' or 'aliases:' inside the files
     for f in [f for d in data_roots() for f in sorted((d / kind_dir).glob("*.y*ml"))]:
@@ -261,7 +264,7 @@ def resolve(kind_dir: str, name_or_path: str | Path, *, what: str) -> Path:
         except yaml.YAMLError:
             continue
         aliases = [str(a).lower() for a in ([data.get("name")] + list(data.get("aliases") or [])) if a]
-        if key in aliases:
+        if key in aliases or norm in aliases:
             return f
     raise NotFoundError(f"unknown {what} {str(name_or_path)!r}; known: {', '.join(names) or '(none)'}")
 

@@ -186,6 +186,9 @@ def test_specific_shapes():
 @pytest.mark.parametrize("alias,name", [
     ("h100", "h100-sxm"), ("b200-sxm", "b200"), ("910b", "ascend-910b"), ("910c", "ascend-910c"),
     ("h800", "h800-sxm"), ("mi300", "mi300x"), ("v5p", "tpu-v5p"),
+    # AIConfigurator's system folder names (underscores) resolve to the same descriptors
+    ("h100_sxm", "h100-sxm"), ("a100_sxm", "a100-sxm-80gb"), ("b200_sxm", "b200"), ("h200_sxm", "h200-sxm"),
+    ("gb200_sxm", "gb200"), ("h20_sxm", "h20"), ("H800_SXM", "h800-sxm"),
 ])
 def test_aliases(alias, name):
     assert load_accelerator(alias).name == name
