@@ -192,10 +192,14 @@ APPROXIMATIONS = [
     "one step at the published batch stands for the deployment (no queueing, no batch fluctuation); the "
     "scenarios in workloads/scenarios/ replay full request streams with the same cost model",
     "DP attention: a step's tokens spread evenly over the EP ranks (no attention imbalance between ranks)",
-    "expert loads are a statistical model (uniform, or Zipf(0.5) pinned by SGLang's EPLB ablation), not "
-    "recorded EPLB statistics; a batch's routes are independent draws (beyond 8,192 tokens the imbalance of "
-    "8,192 draws): the per-batch imbalance EPLB cannot remove (SGLang: default EPLB 18% below its simulated "
-    "perfect EPLB at 4K prompts) is not modelled",
+    "expert loads are a statistical model (uniform, or Zipf(0.6)), not recorded EPLB statistics; real-traffic "
+    "prefill routes are drawn prompt by prompt (PROMPT_DRAWS = 1 independent top-8 draw per prompt, "
+    "moe.prompt_draws: the per-batch imbalance EPLB cannot remove), synthetic 'perfect' routing token by token; "
+    "EPLB_ALPHA and PROMPT_DRAWS are pinned together on SGLang's prefill EPLB ablation (1.49x) and its "
+    "default/perfect EPLB gap at 4K (1.18x), not measured (no per-prompt routing statistics in ../shared/data); "
+    "the decode EPLB ablation (2.54x), SGLang's 1K/2K rows and CloudMatrix's default/perfect gap are checks; "
+    "SGLang's prefill benchmark command not found: bench_one_batch_server's random prompts (one ShareGPT prompt "
+    "repeated to the input length) assumed",
     "MTP through simllm.speculative / simllm.cost.spec_step (issue 14b): one draft token, expected tokens "
     "per step 1 + acceptance; the MTP module priced as 1/61 of a one-token step",
     "DeepSeek's published decode figures are production daily averages (not a fixed-batch benchmark)",
