@@ -164,3 +164,51 @@ def test_stale_placement_and_replan(env, costs):
     assert mig["moved_replicas"] > 0 and mig["moved_bytes"] >= mig["max_device_bytes"] > 0
     assert mig["migration_s"] == pytest.approx(mig["max_device_bytes"] / cl.node.scale_out_bw)
     assert fresh.migration(fresh.placement)["moved_bytes"] == 0.0
+
+
+# ---------------------------------------------------------------------- prompt-correlated routing (issue 14)
+@pytest.fixture(scope="module")
+def corr_pair(env):
+    m, cl = env
+    kw = dict(ep=16, node=cl.node, cluster=cl, placement={"policy": "greedy_replicated", "redundant": 16},
+              expert_loads={"alpha": 0.6, "seed": 0}, weight_dtype="fp8")
+    return (make_ep_step_cost(m, cl.accelerator, moe={**SMALL, "overlap": True}, **kw),
+            make_ep_step_cost(m, cl.accelerator, moe={**SMALL, "overlap": True, "prompt_draws": 1}, **kw))
+
+
+def test_prompt_draws_effective_draws_is_the_variance_formula(corr_pair):
+    _, c = corr_pair
+    # 8 prompts of 4,096 tokens, one draw each: T^2 / (P c / u) = 32768^2 / (32768 * 4096) = 8
+    assert c.effective_draws(8 * 4096, 8, 0) == 8
+    # decode tokens are independent draws: 1,000 decode + 2 prompts of 500 -> 2000^2 / (1000 + 1000 * 500)
+    assert c.effective_draws(1000, 2, 1000) == round(2000 ** 2 / (1000 + 1000 * 500))
+    # chunks no longer than prompt_draws, pure decode, or no prompt_draws: independent (None)
+    assert c.effective_draws(0, 0, 512) is None and corr_pair[0].effective_draws(8 * 4096, 8, 0) is None
+
+
+def test_prompt_draws_slow_long_prompts_more_and_leave_decode_alone(corr_pair):
+    """Same tokens per step: the fewer (longer) the prompts, the fewer independent draws and the busier the
+    hottest device (routed experts and its dispatch); decode steps and the default (independent) are
+    unchanged."""
+    ind, cor = corr_pair
+    T = 16 * 8192
+    r = []
+    for L in (1024, 4096, 16384):
+        S = T // L
+        w = S * L * (L + 1) / 2.0
+        a, b = ind.step_time(T, w, S, 0, 0.0), cor.step_time(T, w, S, 0, 0.0)
+        assert b > a
+        r.append(b / a)
+    assert r[0] < r[1] < r[2]
+    assert cor.step_time(0, 0.0, 0, 2048, 2048 * 4096.0) == ind.step_time(0, 0.0, 0, 2048, 2048 * 4096.0)
+    fr, fc = cor.correlated_factors(float(T), 8.0)
+    assert fr > 1.0 and fc > 1.0 and cor.correlated_factors(float(T), None) == (1.0, 1.0)
+
+
+def test_prompt_draws_bad_value_names_the_field(env):
+    m, cl = env
+    for bad in (0, -1.0, "one", True):
+        with pytest.raises(InputError) as e:
+            make_ep_step_cost(m, cl.accelerator, ep=16, node=cl.node, cluster=cl, placement={"policy": "contiguous"},
+                              moe={**SMALL, "prompt_draws": bad})
+        assert e.value.field == "moe.prompt_draws"

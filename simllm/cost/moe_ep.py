@@ -199,7 +199,7 @@ class EPStepCost:
                  seed: int = 0, remote_fraction: Optional[float] = None, policy_spec: Optional[dict] = None,
                  dispatch_kernel: str = "auto", overlap_min_tokens: int = 0, comm_sms: Optional[float] = None,
                  ll_max_tokens: int = LL_MAX_TOKENS, traffic: Optional[np.ndarray] = None,
-                 framework: str = "vllm"):
+                 framework: str = "vllm", prompt_draws: Optional[int] = None):
         if model.moe is None or model.num_moe_layers == 0:
             raise InputError(f"{model.name} has no MoE layers; expert parallelism needs an MoE model", field="ep")
         self.model, self.acc, self.ep, self.tp = model, accelerator, int(ep), int(tp)
@@ -216,7 +216,7 @@ class EPStepCost:
                         grid_points=grid_points, seed=seed, remote_fraction=remote_fraction,
                         policy_spec=policy_spec, dispatch_kernel=dispatch_kernel,
                         overlap_min_tokens=overlap_min_tokens, comm_sms=comm_sms, ll_max_tokens=ll_max_tokens,
-                        traffic=traffic, framework=framework)
+                        traffic=traffic, framework=framework, prompt_draws=prompt_draws)
         self.policy_spec = policy_spec  # the placement policy block periodic re-placement re-plans with
         if dispatch_kernel not in DISPATCH_KERNELS:
             raise InputError(f"must be one of {', '.join(DISPATCH_KERNELS)}, got {dispatch_kernel!r}",
@@ -225,6 +225,14 @@ class EPStepCost:
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise InputError(f"must be an integer >= 0, got {v!r}", field=f)
         self.dispatch_kernel = dispatch_kernel
+        if prompt_draws is not None and (isinstance(prompt_draws, bool) or not isinstance(prompt_draws, (int, float))
+                                         or not 0 < prompt_draws < math.inf):
+            raise InputError(f"must be a positive number (independent routing draws per prompt), got {prompt_draws!r}",
+                             field="moe.prompt_draws")
+        # a prefill chunk of c tokens routes as min(c, prompt_draws) independent draws, each repeated
+        # c / min(c, prompt_draws) times (None: every token an independent draw); see effective_draws
+        self.prompt_draws = None if prompt_draws is None else float(prompt_draws)
+        self._corr: dict = {}
         self.overlap_min_tokens, self.ll_max_tokens = int(overlap_min_tokens), int(ll_max_tokens)
         # context-coherent EP (ExFlow; simllm.placement.affinity): one all-to-all a layer, carrying
         # only the token copies whose next expert is on another device (this fraction)
@@ -366,6 +374,64 @@ class EPStepCost:
             return hit
         return float(np.interp(T, g, self._t_exp))
 
+    # ------------------------------------------------------------------ prompt-correlated routing
+    def effective_draws(self, prefill_tokens: int, prefill_seqs: int, decode_seqs: int) -> Optional[int]:
+        """Independent routing draws a step's ``T`` tokens amount to when a prompt's tokens share routes
+        (``prompt_draws``), or None where every token is an independent draw (the tabulated case).
+
+        A prefill chunk of ``c`` tokens is taken as ``u = min(c, prompt_draws)`` independent draws, each
+        repeated ``c / u`` times (a benchmark prompt built by repeating a short prompt to length, as
+        SGLang's ``random`` dataset does; real prompts whose tokens share routing preferences alike);
+        decode tokens (one per sequence) are independent. A per-expert count of ``T`` tokens then has the
+        variance of ``T_eff = T^2 / (D + P c / u)`` independent draws scaled by ``T / T_eff`` (``D``
+        decode tokens, ``P`` prefill tokens in chunks of mean length ``c``). Rounded to three significant
+        digits (a memo key)."""
+        u = self.prompt_draws
+        if u is None or prefill_tokens <= 0 or prefill_seqs <= 0:
+            return None
+        c = prefill_tokens / prefill_seqs
+        if c <= u:
+            return None
+        T = prefill_tokens + decode_seqs
+        t_eff = T * T / (decode_seqs + prefill_tokens * c / u)
+        e = max(0, int(math.floor(math.log10(t_eff))) - 2)
+        return max(1, int(round(t_eff / 10 ** e)) * 10 ** e)
+
+    def _nmax_at(self, T: float) -> float:
+        """Expected busiest device's token-slots for ``T`` independent draws (the table; beyond it in
+        proportion to ``T``, as :meth:`routed_time`)."""
+        g = self.grid
+        if T > g[-1]:
+            return float(self._n_max[-1] * T / g[-1])
+        if T < g[0]:
+            return float(self._n_max[0] * T / g[0])
+        return float(np.interp(T, g, self._n_max))
+
+    def _u_at(self, T: float) -> float:
+        return float(np.interp(min(float(T), float(self.grid[-1])), self.grid, self._u_max))
+
+    def correlated_factors(self, T: float, t_eff: Optional[float]) -> tuple[float, float]:
+        """``(routed, traffic)``: factors on the routed-expert seconds and on the normal kernels'
+        token-proportional dispatch/combine seconds of a layer of ``T`` tokens that route as ``t_eff``
+        independent draws (:meth:`effective_draws`), against ``T`` independent draws: the busiest
+        device holds ``nmax(t_eff) T / t_eff`` token-slots instead of ``nmax(T)`` (same mean, the
+        fluctuation of ``t_eff`` draws); it computes them (priced at the GEMM shapes they make) and
+        receives them (and sends them back). 1 where ``t_eff`` is None or >= T."""
+        if t_eff is None or t_eff >= T or T <= 0:
+            return 1.0, 1.0
+        key = (float(T), float(t_eff))
+        hit = self._corr.get(key)
+        if hit is None:
+            n0 = self._nmax_at(T)
+            n1 = self._nmax_at(t_eff) * T / t_eff
+            u = np.array([self._u_at(T)])
+            t0 = float(self._device_expert_time(np.array([n0]), u)[0])
+            t1 = float(self._device_expert_time(np.array([n1]), u)[0])
+            hit = (t1 / t0 if t0 > 0 else 1.0, max(1.0, n1 / n0) if n0 > 0 else 1.0)
+            if len(self._corr) < 200_000:
+                self._corr[key] = hit
+        return hit
+
     def expert_table(self) -> dict[str, Any]:
         """The tabulated expectation: tokens, seconds, max-device token-slots, mean token-slots."""
         return {"tokens": self.grid.tolist(), "routed_s": self._t_exp.tolist(),
@@ -477,13 +543,21 @@ class EPStepCost:
             ops += o.mlp("shared_", t_r, inter, self.gated)
         return _vec(ops)
 
-    def _moe_parts(self, T: float, t_g: Optional[float] = None) -> tuple[np.ndarray, float, float]:
+    def _moe_parts(self, T: float, t_g: Optional[float] = None,
+                   t_eff: Optional[float] = None) -> tuple[np.ndarray, float, float]:
         """(compute breakdown of attention block + local MoE, routed seconds, comm seconds) for T tokens
-        (``t_g``: tokens of the busiest attention group; default T spread evenly)."""
+        (``t_g``: tokens of the busiest attention group; default T spread evenly; ``t_eff``: independent
+        routing draws they amount to, :meth:`effective_draws`; default T)."""
         t_g = math.ceil(T / self.dp) if t_g is None else t_g
         t_r = math.ceil(T / self.ep)
         comp = self._memo_vec("attn", t_g, self.ops.attention_block) + self._memo_vec("local", t_r, self._local_moe)
-        return comp, self.routed_time(T), self.comm_time(t_r)
+        routed, comm = self.routed_time(T), self.comm_time(t_r)
+        if t_eff is not None and t_eff < T:
+            fr, fc = self.correlated_factors(T, t_eff)
+            routed *= fr
+            if not self.uses_low_latency(t_r) and comm > 0:
+                comm += (fc - 1.0) * self._comm[1] * t_r
+        return comp, routed, comm
 
     def _memo_vec(self, kind: str, x: float, f) -> np.ndarray:
         """``f(x)`` as a breakdown vector, memoized (token counts of a part repeat across step shapes)."""
@@ -496,7 +570,7 @@ class EPStepCost:
                 self._vmemo[key] = v
         return v
 
-    def _token_vec(self, T: int, t_g: Optional[int] = None) -> np.ndarray:
+    def _token_vec(self, T: int, t_g: Optional[int] = None, t_eff: Optional[int] = None) -> np.ndarray:
         """Breakdown (7) of everything that depends on T alone (and ``t_g``, the busiest attention group's
         tokens; default ``ceil(T / dp)``), summed over layers (one batch, no micro-batch overlap: :meth:`step_time` takes the
         overlapped schedule where it pays)."""
@@ -505,12 +579,13 @@ class EPStepCost:
         if self.n_dense:
             v = v + self.n_dense * (self._memo_vec("attn", g, self.ops.attention_block)
                                     + self._memo_vec("dense", g, self.ops.dense_ffn_block))
-        comp, routed, comm = self._moe_parts(T, g)
+        comp, routed, comm = self._moe_parts(T, g, t_eff)
         flops_r = 2.0 * T * self.k * (3 if self.gated else 2) * self.H * self.I / self.ep
         moe = comp + np.array([routed, 0.0, routed, 0.0, 0.0, flops_r, 0.0]) + np.array([comm, 0, 0, comm, 0, 0, 0])
         return v + self.n_moe * moe
 
-    def overlap_parts(self, T: int, t_g: Optional[int] = None) -> Optional[tuple[float, float, float, float, float]]:
+    def overlap_parts(self, T: int, t_g: Optional[int] = None,
+                      t_eff: Optional[int] = None) -> Optional[tuple[float, float, float, float, float]]:
         """The two-micro-batch schedule's token-dependent terms for a step of ``T`` tokens, or
         None where it is off (``overlap`` false, ``T`` below ``overlap_min_tokens`` or 2):
         ``(rest, c, m, r, bubble)``: seconds outside the MoE layers (embedding, dense layers at
@@ -518,10 +593,11 @@ class EPStepCost:
         experts, context attention excluded), one half-batch's dispatch + combine, the compute
         rate left while that communication runs (normal kernels take ``comm_sms``; the
         low-latency kernels none), and the per-layer hand-off bubbles. ``t_g``: tokens of the busiest
-        attention rank (default ``ceil(T / dp)``, an even spread)."""
+        attention rank (default ``ceil(T / dp)``, an even spread); ``t_eff``: the independent routing
+        draws of the step (:meth:`effective_draws`; a half holds half of them)."""
         if not self.overlap or T < 2 or T < self.overlap_min_tokens:
             return None
-        key = T if t_g is None else (T, t_g)
+        key = T if t_g is None and t_eff is None else (T, t_g, t_eff)
         hit = self._ov.get(key)
         if hit is None:
             g = math.ceil(T / self.dp) if t_g is None else t_g
@@ -529,7 +605,8 @@ class EPStepCost:
             if self.n_dense:
                 v = v + self.n_dense * (self._memo_vec("attn", g, self.ops.attention_block)
                                         + self._memo_vec("dense", g, self.ops.dense_ffn_block))
-            ch, rh, mh = self._moe_parts(T / 2.0, None if t_g is None else t_g / 2.0)
+            ch, rh, mh = self._moe_parts(T / 2.0, None if t_g is None else t_g / 2.0,
+                                         None if t_eff is None else t_eff / 2.0)
             r = 1.0 - self._ll_busy if self.uses_low_latency(math.ceil(T / 2.0 / self.ep)) else self._ov_rate
             launch = float(self.ops.k.gemm(1.0, float(self.H), float(self.H))[0])
             hit = (float(v[0]), float(ch[0] + rh), float(mh), r, OVERLAP_HANDOFFS * launch)
@@ -543,6 +620,15 @@ class EPStepCost:
             v = float(self._token_vec(T)[0])
             if len(self._tok) < 200_000:
                 self._tok[T] = v
+        return v
+
+    def _token_time_corr(self, T: int, t_eff: int) -> float:
+        key = (T, None, t_eff)
+        v = self._tok.get(key)
+        if v is None:
+            v = float(self._token_vec(T, None, t_eff)[0])
+            if len(self._tok) < 200_000:
+                self._tok[key] = v
         return v
 
     def _head_time(self, S: int) -> float:
@@ -561,9 +647,13 @@ class EPStepCost:
         is_arr = isinstance(decode_ctx_tokens, np.ndarray)
         if T <= 0 and prefill_attn_work <= 0:
             return np.zeros(decode_ctx_tokens.shape) if is_arr else 0.0
-        tok = self._tok.get(T)
-        if tok is None:
-            tok = self._token_time(T)
+        t_eff = self.effective_draws(prefill_tokens, prefill_seqs, decode_seqs) if self.prompt_draws else None
+        if t_eff is None:
+            tok = self._tok.get(T)
+            if tok is None:
+                tok = self._token_time(T)
+        else:
+            tok = self._token_time_corr(T, t_eff)
         head = self._head.get(S)
         if head is None:
             head = self._head_time(S)
@@ -575,7 +665,7 @@ class EPStepCost:
             single = base + self._slope * decode_ctx_tokens
         else:
             single = np.full(decode_ctx_tokens.shape, base) if is_arr else base
-        ov = self.overlap_parts(T) if self.overlap else None
+        ov = self.overlap_parts(T, None, t_eff) if self.overlap else None
         if ov is not None:
             two = self._overlapped(ov, head, prefill_tokens, prefill_attn_work, decode_seqs, decode_ctx_tokens)
             single = np.minimum(single, two) if is_arr else min(single, two)  # split only where it pays
@@ -653,10 +743,12 @@ class EPStepCost:
         if T <= 0:
             return np.zeros(np.shape(decode_ctx_tokens)[:-1]) if np.ndim(decode_ctx_tokens) == 2 else 0.0
         tg = int(t.max())
-        key = (T, tg)
+        t_eff = self.effective_draws(int(P.sum()), int(np.asarray(prefill_seqs).sum()), int(n.sum())) \
+            if self.prompt_draws else None
+        key = (T, tg) if t_eff is None else (T, tg, t_eff)
         tok = self._tok.get(key)
         if tok is None:
-            tok = float(self._token_vec(T, tg)[0])
+            tok = float(self._token_vec(T, tg, t_eff)[0])
             if len(self._tok) < 200_000:
                 self._tok[key] = tok
         S = int((np.asarray(prefill_seqs) + n).max())
@@ -671,7 +763,7 @@ class EPStepCost:
             base[i] += L * o.prefill_attention_time(float(P[i]), float(prefill_attn_work[i]))
         a = (base + (L * o.decode_attention_slope()) * np.asarray(decode_ctx_tokens, dtype=float)).max(axis=-1)
         single = tok + head + a
-        ov = self.overlap_parts(T, tg) if self.overlap else None
+        ov = self.overlap_parts(T, tg, t_eff) if self.overlap else None
         if ov is None:
             return single
         # two micro-batches: each half of the slowest rank's batch attends half of its attention (an assumption:
@@ -684,7 +776,9 @@ class EPStepCost:
                                        shape.decode_seqs, float(shape.decode_ctx_tokens)))
         T = shape.prefill_tokens + shape.decode_seqs
         S = shape.prefill_seqs + shape.decode_seqs
-        v = self._token_vec(T) if T > 0 else np.zeros(7)
+        t_eff = self.effective_draws(shape.prefill_tokens, shape.prefill_seqs, shape.decode_seqs) \
+            if self.prompt_draws else None
+        v = self._token_vec(T, None, t_eff) if T > 0 else np.zeros(7)
         if S > 0:
             v = v + _vec(self.ops.lm_head(math.ceil(S / self.dp)))
         dp = self.dp
@@ -830,7 +924,7 @@ def _located_loads(model, spec, layers, base_dir) -> np.ndarray:
 
 
 _COST_KEYS = ("overlap", "samples", "sample_layers", "grid_max", "grid_points", "dispatch_dtype", "combine_dtype",
-              "seed", "dispatch_kernel", "overlap_min_tokens", "comm_sms", "ll_max_tokens")
+              "seed", "dispatch_kernel", "overlap_min_tokens", "comm_sms", "ll_max_tokens", "prompt_draws")
 _MOE_KEYS = {*_COST_KEYS, "layers"}
 
 
