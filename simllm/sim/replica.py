@@ -754,6 +754,8 @@ class Replica:
             sim.aborted_s[rid] = now
             sim.finished += 1
             self.done += 1
+            if sim.paced is not None:
+                sim.on_failed(rid, now)
         self._refresh_used()
         self._deadline_before(math.inf)
 

@@ -99,8 +99,11 @@ class Simulation:
         if caching and len({c.prefix_unit_tokens for c in cfgs if c.prefix_caching}) > 1:
             raise ValueError("pools with prefix caching need the same prefix_unit_tokens (the workload's unit)")
         self.sessions = None
+        self.paced = None  # sessions whose next turn's time and content depend on how each turn ended
         if hasattr(requests, "sessions") and hasattr(requests, "think_time"):  # a closed-loop SessionWorkload
             self.sessions = requests
+            if hasattr(requests, "turn_done") and hasattr(requests, "turn"):
+                self.paced = requests
             self.think_rng = np.random.default_rng(seed)
             N = requests.num_requests
             self.N = N
@@ -331,7 +334,8 @@ class Simulation:
     def _send_turn(self, si: int, ti: int, t: float) -> None:
         rid = self.next_rid
         self.next_rid += 1
-        turn = self.sessions.sessions[si].turns[ti]
+        paced = self.paced
+        turn = paced.turn(si, ti) if paced is not None else self.sessions.sessions[si].turns[ti]
         self.arrival[rid] = t
         self.prompt[rid] = turn.prompt_tokens
         self.out[rid] = turn.output_tokens
@@ -342,7 +346,9 @@ class Simulation:
         if self.classify is not None:
             self.priority[rid] = int(self.classify(self.prompt[rid:rid + 1], self.priority[rid:rid + 1])[0])
         reps = self.entry
-        reps[self.router.route(rid, reps)].submit(rid, t)  # a rejected turn ends its session
+        reps[self.router.route(rid, reps)].submit(rid, t)  # a rejected turn ends its session (paced: not)
+        if paced is not None and rid in self.rejected:
+            self._paced_next(rid, t, False)
 
     def _session_starts(self):
         env = self.env
@@ -358,6 +364,10 @@ class Simulation:
         """Completed turns send their session's next turn a think time later."""
         if self.sessions is None:
             return
+        if self.paced is not None:
+            for rid in rids:
+                self._paced_next(rid, t, True)
+            return
         for rid in rids:
             si = int(self.session_of[rid])
             ti = int(self.turn_of[rid]) + 1
@@ -365,6 +375,27 @@ class Simulation:
                 a = t + self.sessions.think_time(self.think_rng)
                 ev = self.env.timeout(max(a - self.env.now, 0.0))
                 ev.callbacks.append(lambda _e, si=si, ti=ti, a=a: self._send_turn(si, ti, a))
+
+    def on_failed(self, rid: int, t: float) -> None:
+        """A turn aborted at its client's timeout at ``t``: a paced session goes on (a closed-loop one ends)."""
+        if self.paced is not None:
+            self._paced_next(rid, t, False)
+
+    def _paced_next(self, rid: int, t: float, ok: bool) -> None:
+        """Paced sessions (``turn_done``): the turn of ``rid`` ended at ``t`` (``ok``: completed); its session's
+        next turn is sent when the session says (not before ``t``), None: the session has no more turns."""
+        si = int(self.session_of[rid])
+        ti = int(self.turn_of[rid])
+        # the client learns of the end when it sees it: the front end's overhead and async scheduling's iteration
+        t += self.config.api_overhead_s
+        if ok and self.async_lag is not None and self.async_lag[rid] == self.async_lag[rid]:
+            t += float(self.async_lag[rid])
+        a = self.paced.turn_done(si, ti, t, ok)
+        if a is None:
+            return
+        a = max(float(a), t)
+        ev = self.env.timeout(max(a - self.env.now, 0.0))
+        ev.callbacks.append(lambda _e, si=si, ti=ti + 1, a=a: self._send_turn(si, ti, a))
 
     def run(self, progress: Optional[Callable[[float, int], None]] = None, chunk_s: Optional[float] = None) -> SimResult:
         env = self.env
