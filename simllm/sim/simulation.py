@@ -12,6 +12,12 @@ Per-step records: one row per prefill step and one row per decode segment, kept 
 (``simllm.sim.records.StepLog``); ``compute_s`` / ``memory_s`` / ``comm_s`` / ``flops`` / ``bytes``
 of a segment are those of its middle step times ``n_steps``, taken from a memo on the rounded
 shape (see :meth:`Simulation._price_chunk`).
+
+Sessions: a closed-loop ``SessionWorkload`` sends a session's next turn a think time after a turn
+completes (a refused or aborted turn ends the session). A *paced* one (it has ``turn(si, ti)`` and
+``turn_done(si, ti, t, ok)``, e.g. inference-perf's multi-turn users,
+``simllm.workload.inference_perf.ChatSessions``) makes each turn when it is sent and says when the
+next is sent, after a completed, aborted or refused turn alike (``t``: when the client sees the end).
 """
 
 from __future__ import annotations
