@@ -308,3 +308,49 @@ def test_bad_per_request_file_exit_2(tmp_path):
     with pytest.raises(InputError) as e:
         replay_per_request(read_config(cfg))
     assert "start_time" in str(e.value) and "per_request_lifecycle_metrics.json" in str(e.value)
+
+
+# -- the client's slots: worker_max_concurrency x num_workers, a concurrent stage's concurrency_level --------
+def _in_flight_max(arr, end) -> int:
+    """Most requests in flight at once (an end and a send at the same instant, to 1 ns: the end first)."""
+    ev = sorted([(round(a, 9), 1) for a in arr] + [(round(e, 9), -1) for e in end], key=lambda x: (x[0], x[1]))
+    n = m = 0
+    for _, d in ev:
+        n += d
+        m = max(m, n)
+    return m
+
+
+@needs_data
+@pytest.mark.parametrize("edit, slots", [
+    (lambda c: c["load"].update(type="concurrent", stages=[{"num_requests": 120, "concurrency_level": 6}]), 6),
+    (lambda c: c["load"].update(stages=[{"rate": 20.0, "duration": 10}], num_workers=2, worker_max_concurrency=2),
+     4),
+])
+def test_client_slots_bound_requests_in_flight(tmp_path, edit, slots):
+    d = _run_folder(tmp_path, edit)
+    ld = read_config(d / "results" / "config.yaml")
+    assert ld.max_in_flight == slots
+    sim = simulate_run(read_run(d))
+    req, pool = sim["requests"], sim["workload"]
+    arr = req["arrival_s"].to_numpy()
+    end = arr + req["e2e_s"].to_numpy()
+    assert len(req) == len(pool.requests) and np.isfinite(end).all()
+    assert _in_flight_max(arr, end) == slots  # the slots are full (the server is slower than the offered load)
+    sched = np.array([pool.requests[k].arrival_s for k in pool.sent])
+    assert (arr >= sched - 1e-12).all() and sorted(pool.sent) == list(range(len(pool.requests)))
+    # request k (k >= slots) is sent when the first slot frees after it was due: the slots take them in order
+    assert (np.diff(np.array(pool.sent)) > 0).all()
+    ends = np.sort(end)
+    for i in range(slots, len(arr)):
+        assert arr[i] == pytest.approx(max(sched[i], ends[i - slots]), abs=1e-9)
+    if ld.load_type == "concurrent":
+        rec = __import__("simllm.validate", fromlist=["validate_run"]).validate_run(d)
+        assert rec["stages"][-1]["simulated"]["requests_per_s"] > 0
+
+
+def test_concurrent_stages_of_different_levels_exit_2(tmp_path):
+    with pytest.raises(InputError) as e:
+        read_config(_cfg(tmp_path, lambda c: c["load"].update(type="concurrent", stages=[
+            {"num_requests": 10, "concurrency_level": 2}, {"num_requests": 10, "concurrency_level": 4}])))
+    assert "load.stages" in str(e.value)

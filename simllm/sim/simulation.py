@@ -388,19 +388,26 @@ class Simulation:
             self._paced_next(rid, t, False)
 
     def _paced_next(self, rid: int, t: float, ok: bool) -> None:
-        """Paced sessions (``turn_done``): the turn of ``rid`` ended at ``t`` (``ok``: completed); its session's
-        next turn is sent when the session says (not before ``t``), None: the session has no more turns."""
+        """Paced sessions (``turn_done``): the turn of ``rid`` ended at ``t`` (``ok``: completed). When the client
+        sees the end (the front end's overhead and async scheduling's iteration later) the session is told, in
+        that order across sessions, and says when its next turn is sent (None: it has no more)."""
         si = int(self.session_of[rid])
         ti = int(self.turn_of[rid])
-        # the client learns of the end when it sees it: the front end's overhead and async scheduling's iteration
         t += self.config.api_overhead_s
         if ok and self.async_lag is not None and self.async_lag[rid] == self.async_lag[rid]:
             t += float(self.async_lag[rid])
+        ev = self.env.timeout(max(t - self.env.now, 0.0))
+        ev.callbacks.append(lambda _e, si=si, ti=ti, t=t, ok=ok: self._paced_seen(si, ti, t, ok))
+
+    def _paced_seen(self, si: int, ti: int, t: float, ok: bool) -> None:
         a = self.paced.turn_done(si, ti, t, ok)
         if a is None:
             return
         a = max(float(a), t)
-        ev = self.env.timeout(max(a - self.env.now, 0.0))
+        if a <= self.env.now:
+            self._send_turn(si, ti + 1, a)
+            return
+        ev = self.env.timeout(a - self.env.now)
         ev.callbacks.append(lambda _e, si=si, ti=ti + 1, a=a: self._send_turn(si, ti, a))
 
     def run(self, progress: Optional[Callable[[float, int], None]] = None, chunk_s: Optional[float] = None) -> SimResult:

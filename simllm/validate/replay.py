@@ -31,7 +31,7 @@ from ..hf_import import import_hf_config
 from ..policies.batching import vllm_server_defaults
 from ..scenario import prepare, scenario_from_dict, simulate
 from ..workload.inference_perf import (build_requests, chat_prompt_scale, chat_sessions, configured_output_mean,
-                                       configured_prompt_mean, replay_per_request)
+                                       SlotPool, configured_prompt_mean, replay_per_request)
 from ..workload.request import Request
 from .measured import METRICS, Measured, MeasuredRun, read_run
 
@@ -106,10 +106,11 @@ def _requests(run: MeasuredRun, seed: int):
     requests to the run's sequence)."""
     if run.kind == "inference-perf":
         load = run.load
-        rates = [s.rate for s in load.stages]
+        # offered rate of each stage (a concurrent stage has none: its load is its concurrency)
+        rates = [None if s.concurrency else s.rate for s in load.stages]
         mml = run.server.get("max_model_len")
         if load.data_type not in ("shared_prefix", "random", "synthetic"):  # dataset-backed: measured requests
-            reqs, stage = replay_per_request(load)
+            reqs, stage = replay_per_request(load)  # sent as measured: the client's cap is in the send times
             return reqs, stage, load.timeout_s, max(1, round(float(np.mean([r.output_tokens for r in reqs])))), rates
         pm, om = run.summary.prompt_len_mean, run.summary.output_len_mean
         constant_out = load.output_dist is None
@@ -133,6 +134,8 @@ def _requests(run: MeasuredRun, seed: int):
             n_out = reqs[0].output_tokens if reqs else 1
         else:
             n_out = max(1, round(om)) if om else max(1, round(float(np.mean([r.output_tokens for r in reqs]))))
+        if load.max_in_flight is not None and load.max_in_flight < len(reqs):  # the client's slots bind
+            reqs = SlotPool(reqs, load.max_in_flight)
         return reqs, stage, load.timeout_s, n_out, rates
     d = run.load
     n = d["num_prompts"]

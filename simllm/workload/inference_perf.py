@@ -73,6 +73,7 @@ _DIST_DEFAULTS = {"min": 10, "max": 1024, "mean": 512.0, "std_dev": 200.0}
 class Stage:
     rate: float
     duration_s: float
+    concurrency: Optional[int] = None  # a ``concurrent`` stage's concurrency_level
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ class InferencePerfLoad:
     total_count: Optional[int] = None  # random / synthetic: how many lengths are drawn
     run_dir: Optional[Path] = None
     config_file: Optional[Path] = None
+    max_in_flight: Optional[int] = None  # the client's cap on requests it holds (None: none known)
 
     def dist(self, which: str) -> LengthDist:
         d = getattr(self, f"{which}_dist")
@@ -274,13 +276,30 @@ def read_config(path: str | Path) -> InferencePerfLoad:
                          f"supported: {', '.join(GENERATED_TYPES)}", file=p, field="data.type")
     load = _get(c, "load", p, "")
     lt = _get(load, "type", p, "load")
-    if lt not in ("constant", "poisson"):
-        raise InputError(f"unsupported load type {lt!r}; supported: constant, poisson", file=p, field="load.type")
+    if lt not in ("constant", "poisson", "concurrent"):
+        raise InputError(f"unsupported load type {lt!r}; supported: constant, poisson, concurrent", file=p,
+                         field="load.type")
     stages = load.get("stages")
     if not isinstance(stages, list) or not stages:
-        raise InputError("expected a list of {rate, duration}", file=p, field="load.stages")
-    st = tuple(Stage(float(_get(s, "rate", p, f"load.stages.{i}", (int, float))),
-                     float(_get(s, "duration", p, f"load.stages.{i}", (int, float)))) for i, s in enumerate(stages))
+        raise InputError("expected a list of {rate, duration}" if lt != "concurrent" else
+                         "expected a list of {num_requests, concurrency_level}", file=p, field="load.stages")
+    cap = None
+    if lt == "concurrent":
+        # main.py: every request of a stage is scheduled within one second (rate = num_requests, duration 1),
+        # and the workers hold at most concurrency_level of them
+        st = tuple(Stage(float(_get(s, "num_requests", p, f"load.stages.{i}", int)), 1.0,
+                         int(_get(s, "concurrency_level", p, f"load.stages.{i}", int))) for i, s in enumerate(stages))
+        if len({s.concurrency for s in st}) > 1:
+            raise InputError("concurrent stages of different concurrency_level are not supported (one level for "
+                             "all stages)", file=p, field="load.stages")
+        cap = st[0].concurrency
+    else:
+        st = tuple(Stage(float(_get(s, "rate", p, f"load.stages.{i}", (int, float))),
+                         float(_get(s, "duration", p, f"load.stages.{i}", (int, float))))
+                   for i, s in enumerate(stages))
+        nw, wc = load.get("num_workers"), load.get("worker_max_concurrency")
+        if isinstance(nw, int) and isinstance(wc, int) and nw > 0 and wc > 0:
+            cap = nw * wc  # each worker takes at most worker_max_concurrency requests off the queue
     if load.get("sweep"):
         raise InputError("sweeps are not supported (give the stages that ran)", file=p, field="load.sweep")
     to = load.get("request_timeout")
@@ -290,7 +309,7 @@ def read_config(path: str | Path) -> InferencePerfLoad:
     server = c.get("server") or {}
     common = dict(load_type=lt, stages=st, timeout_s=float(to) if to else DEFAULT_TIMEOUT_S,
                   ignore_eos=bool(server.get("ignore_eos", False)), streaming=bool(api.get("streaming", False)),
-                  data_type=typ, run_dir=run_dir, config_file=p)
+                  data_type=typ, run_dir=run_dir, config_file=p, max_in_flight=cap)
     if typ == "shared_prefix":
         sp = _get(data, "shared_prefix", p, "data")
         if not isinstance(sp, dict):
@@ -344,7 +363,7 @@ def arrivals(load: InferencePerfLoad, rng: np.random.Generator) -> tuple[np.ndar
     for i, s in enumerate(load.stages):
         n = int(s.rate * s.duration_s)
         if n:
-            if load.load_type == "constant":
+            if load.load_type in ("constant", "concurrent"):
                 gaps = rng.exponential(1.0 / s.rate, n)
                 gaps *= s.duration_s / gaps.sum()
                 a = t0 + np.cumsum(gaps)
@@ -651,3 +670,42 @@ def replay_per_request(load: InferencePerfLoad) -> tuple[list[Request], np.ndarr
         else:
             stage.append(min(int(np.searchsorted(ends, t - t0, side="right")), len(load.stages) - 1))
     return reqs, np.asarray(stage, dtype=int)
+
+
+# -- the client's cap on requests in flight ----------------------------------------------------------------
+class SlotPool:
+    """Requests sent through ``slots`` client slots (paced sessions, one per slot): inference-perf's workers take
+    a request off the queue only with a free slot (``worker_max_concurrency`` each; ``concurrency_level`` in all
+    for a ``concurrent`` stage) and hold it until the request ends, so request k is sent at max(its scheduled
+    time, the first time a slot is free), the slots taking the requests in order. ``sent`` lists, in the
+    simulator's request order, the index of each request in ``requests``."""
+
+    def __init__(self, requests: list[Request], slots: int):
+        self.requests = requests
+        k = min(int(slots), len(requests))
+        self.sessions = tuple(Session(f"slot_{i}", float(requests[i].arrival_s), (SessionTurn(1, 1),))
+                              for i in range(k))
+        self.pending = list(range(k))
+        self.next = k
+        self.sent: list[int] = []
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.requests)
+
+    def think_time(self, rng) -> float:
+        return 0.0
+
+    def turn(self, si: int, ti: int) -> SessionTurn:
+        k = self.pending[si]
+        r = self.requests[k]
+        self.sent.append(k)
+        return SessionTurn(r.prompt_tokens, r.output_tokens, tuple(r.prefix_blocks))
+
+    def turn_done(self, si: int, ti: int, t: float, ok: bool) -> Optional[float]:
+        if self.next >= len(self.requests):
+            return None
+        k = self.next
+        self.next += 1
+        self.pending[si] = k
+        return max(float(self.requests[k].arrival_s), t)
