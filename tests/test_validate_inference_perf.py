@@ -354,3 +354,17 @@ def test_concurrent_stages_of_different_levels_exit_2(tmp_path):
         read_config(_cfg(tmp_path, lambda c: c["load"].update(type="concurrent", stages=[
             {"num_requests": 10, "concurrency_level": 2}, {"num_requests": 10, "concurrency_level": 4}])))
     assert "load.stages" in str(e.value)
+
+
+@needs_data
+def test_dataset_run_validates_from_per_request_file(tmp_path):
+    d = _run_folder(tmp_path, lambda c: (c["data"].update(type="shareGPT", path="/data/sg.json"),
+                                         c["load"].update(stages=[{"rate": 1.0, "duration": 20}])))
+    recs = [{"start_time": 50.0 + 0.7 * i, "end_time": 60.0, "request": "{}", "response": "",
+             "info": {"input_tokens": 200 + 10 * i, "output_tokens": 64, "output_token_times": []}, "error": None}
+            for i in range(25)]
+    (d / "results" / "per_request_lifecycle_metrics.json").write_text(json.dumps(recs))
+    sim = simulate_run(read_run(d))
+    req = sim["requests"]
+    assert len(req) == 25 and (req["prompt_tokens"].to_numpy() == 200 + 10 * np.arange(25)).all()
+    assert req["arrival_s"].to_numpy() == pytest.approx(0.7 * np.arange(25))

@@ -38,8 +38,16 @@ system prompt are the group's, the rest the prompt's (the user's context, for mu
 ``constant`` stages: ``int(rate * duration)`` arrivals with exponential gaps scaled to sum to the
 duration (inference-perf's ConstantLoadTimer); ``poisson``: as its PoissonLoadTimer, a Poisson count
 of arrivals in every second, spread over that second as a constant stage of one second. Stages run one
-after another. ``request_timeout`` of None: aiohttp's default ``ClientTimeout(total=300)``, which
-inference-perf's client session keeps when it is given no timeout.
+after another. ``concurrent``: a stage's ``num_requests`` scheduled within one second (its main.py) through
+``concurrency_level`` client slots. The client holds at most ``num_workers`` x ``worker_max_concurrency``
+requests (a worker takes one off the queue only with a free slot, and keeps the slot until the request ends):
+when that binds (:class:`SlotPool`), a request is sent at max(its scheduled time, the first free slot).
+``request_timeout`` of None: aiohttp's default ``ClientTimeout(total=300)``, which inference-perf's client
+session keeps when it is given no timeout.
+
+Not modelled: inference-perf starts a stage once every request of the previous one has ended (+ ``interval``
++ 1 s); here stages follow each other at their durations. Multi-turn rounds waiting for their session lock
+hold a client slot in inference-perf; here the slots are not applied to multi-turn runs.
 """
 
 from __future__ import annotations
