@@ -368,3 +368,18 @@ def test_dataset_run_validates_from_per_request_file(tmp_path):
     req = sim["requests"]
     assert len(req) == 25 and (req["prompt_tokens"].to_numpy() == 200 + 10 * np.arange(25)).all()
     assert req["arrival_s"].to_numpy() == pytest.approx(0.7 * np.arange(25))
+
+
+@needs_data
+def test_round_hits_the_cached_previous_prompt_and_answer(tmp_path):
+    # one user, rounds far apart: round r finds its whole context (system + earlier questions and answers) cached
+    # in full 16-token blocks, the previous answer included (vLLM V1 caches generated blocks), round 0 nothing
+    d = _run_folder(tmp_path, lambda c: (c["data"]["shared_prefix"].update(
+        num_groups=1, num_prompts_per_group=1, enable_multi_turn_chat=True, system_prompt_len=100, question_len=100,
+        output_len=50), c["load"].update(stages=[{"rate": 0.2, "duration": 50}])))
+    sim = simulate_run(read_run(d))
+    us = sim["workload"].users[0]
+    assert len(us.rounds) == 10 and us.answer == 50
+    pc = sim["summary"]["prefix_cache"]
+    assert pc["query_tokens"] == sum(us.sys_tokens + r * (us.question + 50) + us.question for r in range(10))
+    assert pc["hit_tokens"] == sum((us.sys_tokens + r * (us.question + 50)) // 16 * 16 for r in range(1, 10))

@@ -106,6 +106,8 @@ class Simulation:
             raise ValueError("pools with prefix caching need the same prefix_unit_tokens (the workload's unit)")
         self.sessions = None
         self.paced = None  # sessions whose next turn's time and content depend on how each turn ended
+        # prefix keys beyond a prompt's units name the units its output fills: cache them when it completes
+        self.cache_output = bool(getattr(requests, "cache_output_units", False))
         if hasattr(requests, "sessions") and hasattr(requests, "think_time"):  # a closed-loop SessionWorkload
             self.sessions = requests
             if hasattr(requests, "turn_done") and hasattr(requests, "turn"):

@@ -552,6 +552,8 @@ class ChatSessions:
     question, the context growing by question + answer after a completed round only. ``sent`` lists, in the
     simulator's request order, the index of each request in the run's request sequence (its stage)."""
 
+    cache_output_units = True  # the simulator caches the units an answer fills (vLLM V1 caches generated blocks)
+
     def __init__(self, users: list[_User], unit_tokens: int, max_model_len: Optional[int]):
         self.users = users
         self.unit = unit_tokens
@@ -578,7 +580,8 @@ class ChatSessions:
         if self.max_model_len is not None and prompt + us.max_tokens > self.max_model_len:
             out = us.max_tokens  # the server refuses prompt + max_tokens above max_model_len
         shared = us.sys_tokens // self.unit
-        keys = _keys(us.group, ("user", uid), prompt // self.unit, shared)
+        # the prompt's units and those its answer fills (the next round's context), cached as vLLM does
+        keys = _keys(us.group, ("user", uid), (prompt + out) // self.unit, shared)
         self.sent.append(us.rounds[ti][1])
         self.prompts.append(prompt)
         return SessionTurn(prompt, out, keys)
