@@ -33,7 +33,9 @@ run folder has it (each request's start time and input / output token counts), r
 Token counts of generated random text are scaled by ``prompt_scale`` (the server re-tokenises decoded random
 tokens: the measured ``prompt_len`` of the run over the configured length); a multi-turn answer is counted
 unscaled (model text re-tokenises to itself). Prefix keys: one per ``unit_tokens`` of prompt; units inside the
-system prompt are the group's, the rest the prompt's (the user's context, for multi-turn).
+system prompt are the group's, the rest the prompt's (the user's context, for multi-turn, whose keys go on over
+the units the answer fills: the simulator caches them when the round completes, as vLLM V1 caches generated
+blocks, so round r hits on round r-1's prompt and answer).
 
 ``constant`` stages: ``int(rate * duration)`` arrivals with exponential gaps scaled to sum to the
 duration (inference-perf's ConstantLoadTimer); ``poisson``: as its PoissonLoadTimer, a Poisson count
