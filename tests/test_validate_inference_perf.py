@@ -383,3 +383,14 @@ def test_round_hits_the_cached_previous_prompt_and_answer(tmp_path):
     pc = sim["summary"]["prefix_cache"]
     assert pc["query_tokens"] == sum(us.sys_tokens + r * (us.question + 50) + us.question for r in range(10))
     assert pc["hit_tokens"] == sum((us.sys_tokens + r * (us.question + 50)) // 16 * 16 for r in range(1, 10))
+
+
+@needs_data
+def test_stage_without_requests_has_no_figures(tmp_path):
+    # int(rate x duration) = 0 requests in stage 0 (inference-perf's ConstantLoadTimer sends none)
+    d = _run_folder(tmp_path, lambda c: c["load"].update(stages=[{"rate": 0.5, "duration": 1},
+                                                                 {"rate": 2.0, "duration": 30}]))
+    from simllm.validate import validate_run
+    rec = validate_run(d)
+    st = {s["stage"]: s for s in rec["stages"]}
+    assert st[0]["simulated"]["ttft"]["mean"] is None and st[1]["simulated"]["ttft"]["mean"] > 0

@@ -178,7 +178,8 @@ def _client_view(req, stage: np.ndarray, timeout: float, k: int, n_stages: int) 
         sel = ok if s is None else ok & (stage == s)
         tot = len(arr) if s is None else int((stage == s).sum())
         # inference-perf's throughput: successes over first send to last success (of the stage)
-        first = arr.min() if s is None else arr[stage == s].min()
+        pool = arr if s is None else arr[stage == s]
+        first = pool.min() if len(pool) else 0.0  # a stage of no request (rate x duration < 1) has no figures
         span = float(done[sel].max() - first) if sel.any() else None
         itl = float(((done - ft)[sel]).sum() / gaps[sel].sum()) if sel.any() else None
         d = {"count": tot, "failed": tot - int(sel.sum()),
