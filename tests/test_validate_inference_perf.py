@@ -394,3 +394,20 @@ def test_stage_without_requests_has_no_figures(tmp_path):
     rec = validate_run(d)
     st = {s["stage"]: s for s in rec["stages"]}
     assert st[0]["simulated"]["ttft"]["mean"] is None and st[1]["simulated"]["ttft"]["mean"] > 0
+
+
+@needs_data
+def test_stage_drain_starts_a_stage_after_the_previous_ended(tmp_path):
+    d = _run_folder(tmp_path, lambda c: c["load"].update(stages=[{"rate": 8.0, "duration": 15},
+                                                                 {"rate": 4.0, "duration": 15}], interval=2.0))
+    run = read_run(d)
+    plain, drained = simulate_run(run), simulate_run(run, stage_drain=True)
+    a0, s0 = plain["requests"]["arrival_s"].to_numpy(), plain["stage"]
+    req = drained["requests"]
+    a1 = req["arrival_s"].to_numpy()
+    end = a1 + req["e2e_s"].to_numpy()
+    last0 = float(end[s0 == 0].max())
+    # stage 1 scheduled from last end + interval (2 s) + 1 s, its own timing otherwise as before
+    assert (a1[s0 == 0] == a0[s0 == 0]).all()
+    assert a1[s0 == 1] - 15.0 == pytest.approx(a0[s0 == 1] - 15.0 + (last0 + 3.0 - 15.0))
+    assert a1[s0 == 1].min() > last0 + 3.0

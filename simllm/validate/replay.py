@@ -209,10 +209,15 @@ def _ape(sim, meas) -> Optional[float]:
 
 def simulate_run(run: MeasuredRun, *, hw: str = "h100-sxm", model: Optional[str] = None, seed: int = 0,
                  api_overhead_s: float = API_OVERHEAD_S, host_step_s: float = HOST_STEP_S,
-                 host_per_seq_s: float = HOST_PER_SEQ_S) -> dict:
+                 host_per_seq_s: float = HOST_PER_SEQ_S, stage_drain: bool = False) -> dict:
     """Simulate a measured run's load on its server: the engine's requests / steps tables and summary, the
     workload, the stage of every simulated request (the tables' order), the client timeout, the output tokens
-    per request and offered rate of each stage."""
+    per request and offered rate of each stage.
+
+    ``stage_drain`` (off by default; the figures of README are without it): start each stage as inference-perf's
+    multi-process load generator does, once every request of the previous stage has ended, ``load.interval``
+    + 1 s later (its ``run_stage`` waits for them, then schedules from one second on); the stages are simulated
+    one after another, each with those before it, to find when the previous one ended. Request lists only."""
     reqs, stage, timeout, n_out, rates = _requests(run, seed)
     with tempfile.TemporaryDirectory() as tmp:
         mref = _model_ref(run, model, Path(tmp))
@@ -233,6 +238,8 @@ def simulate_run(run: MeasuredRun, *, hw: str = "h100-sxm", model: Optional[str]
                          "request_timeout_s": timeout if math.isfinite(timeout) else None},
             "sim": {"record_breakdown": False}, "seed": seed}, file=run.path)
         prep = prepare(scn, file=run.path)
+        if stage_drain and run.kind == "inference-perf" and isinstance(reqs, list) and len(run.load.stages) > 1:
+            reqs = _drained(prep, reqs, np.asarray(stage), run.load, timeout)
         prep.workload = reqs
         req, steps, summary = simulate(prep)
     if hasattr(reqs, "sent"):  # multi-turn: the simulator numbers requests in the order it sent them
@@ -241,13 +248,39 @@ def simulate_run(run: MeasuredRun, *, hw: str = "h100-sxm", model: Optional[str]
             "timeout": timeout, "n_out": n_out, "rates": rates}
 
 
+def _drained(prep, reqs: list, stage: np.ndarray, load, timeout: float) -> list:
+    """``reqs`` with each stage after the first moved to start ``load.interval_s`` + 1 s after the client saw the
+    last request of the previous stage end (completed, aborted at the timeout, or refused)."""
+    import dataclasses
+
+    starts = np.concatenate([[0.0], np.cumsum([s.duration_s for s in load.stages])])
+    for k in range(len(load.stages) - 1):
+        upto = [r for r, s in zip(reqs, stage) if s <= k]
+        if not upto or not (stage == k).any():
+            continue
+        prep.workload = upto
+        req, _steps, _summary = simulate(prep)
+        arr = req["arrival_s"].to_numpy()
+        end = arr + req["e2e_s"].to_numpy()
+        end = np.where(np.isfinite(end), end, np.where(np.isfinite(req["aborted_s"].to_numpy()),
+                                                       arr + timeout, arr))
+        sel = stage[:len(upto)] == k
+        new_start = float(end[sel].max()) + load.interval_s + 1.0
+        shift = new_start - starts[k + 1]
+        if shift > 0:
+            reqs = [dataclasses.replace(r, arrival_s=r.arrival_s + shift) if s > k else r
+                    for r, s in zip(reqs, stage)]
+            starts[k + 1:] += shift
+    return reqs
+
+
 def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str] = None, seed: int = 0,
                  api_overhead_s: float = API_OVERHEAD_S, host_step_s: float = HOST_STEP_S,
-                 host_per_seq_s: float = HOST_PER_SEQ_S) -> dict:
+                 host_per_seq_s: float = HOST_PER_SEQ_S, stage_drain: bool = False) -> dict:
     """Replay one measured run; the per-run record of ``simllm validate --json``."""
     run = read_run(path)
     sim = simulate_run(run, hw=hw, model=model, seed=seed, api_overhead_s=api_overhead_s, host_step_s=host_step_s,
-                       host_per_seq_s=host_per_seq_s)
+                       host_per_seq_s=host_per_seq_s, stage_drain=stage_drain)
     req, steps, summary, stage = sim["requests"], sim["steps"], sim["summary"], sim["stage"]
     timeout, n_out, rates = sim["timeout"], sim["n_out"], sim["rates"]
     k = _timestamps_per_token(run.summary, n_out)

@@ -47,8 +47,9 @@ when that binds (:class:`SlotPool`), a request is sent at max(its scheduled time
 ``request_timeout`` of None: aiohttp's default ``ClientTimeout(total=300)``, which inference-perf's client
 session keeps when it is given no timeout.
 
-Not modelled: inference-perf starts a stage once every request of the previous one has ended (+ ``interval``
-+ 1 s); here stages follow each other at their durations. Multi-turn rounds waiting for their session lock
+Not modelled here: inference-perf starts a stage once every request of the previous one has ended (+
+``interval`` + 1 s); here stages follow each other at their durations (``simllm.validate.replay.simulate_run``
+with ``stage_drain`` moves them, simulating stage by stage). Multi-turn rounds waiting for their session lock
 hold a client slot in inference-perf; here the slots are not applied to multi-turn runs.
 """
 
@@ -164,6 +165,7 @@ class InferencePerfLoad:
     run_dir: Optional[Path] = None
     config_file: Optional[Path] = None
     max_in_flight: Optional[int] = None  # the client's cap on requests it holds (None: none known)
+    interval_s: float = 1.0  # load.interval: the pause between stages
 
     def dist(self, which: str) -> LengthDist:
         d = getattr(self, f"{which}_dist")
@@ -319,7 +321,9 @@ def read_config(path: str | Path) -> InferencePerfLoad:
     server = c.get("server") or {}
     common = dict(load_type=lt, stages=st, timeout_s=float(to) if to else DEFAULT_TIMEOUT_S,
                   ignore_eos=bool(server.get("ignore_eos", False)), streaming=bool(api.get("streaming", False)),
-                  data_type=typ, run_dir=run_dir, config_file=p, max_in_flight=cap)
+                  data_type=typ, run_dir=run_dir, config_file=p, max_in_flight=cap,
+                  # LoadConfig.interval defaults to 1 s; None or 0: no pause
+                  interval_s=_num(load.get("interval", 1.0) or 0.0, p, "load.interval"))
     if typ == "shared_prefix":
         sp = _get(data, "shared_prefix", p, "data")
         if not isinstance(sp, dict):
