@@ -411,3 +411,17 @@ def test_stage_drain_starts_a_stage_after_the_previous_ended(tmp_path):
     assert (a1[s0 == 0] == a0[s0 == 0]).all()
     assert a1[s0 == 1] - 15.0 == pytest.approx(a0[s0 == 1] - 15.0 + (last0 + 3.0 - 15.0))
     assert a1[s0 == 1].min() > last0 + 3.0
+
+
+def test_chat_prompt_scale_inverts_the_measured_mean(tmp_path):
+    # the measured mean prompt of a multi-turn run whose generated text re-tokenises 1.05x (answers 1:1)
+    from simllm.workload.inference_perf import chat_prompt_scale
+    ld = read_config(_cfg(tmp_path, lambda c: _multi(c, rate=2.0, duration=50, question_len=200, output_len=100,
+                                                     system_prompt_len=300)))
+    ses, _ = chat_sessions(ld, seed=0, prompt_scale=1.05)
+    m = []
+    for us in ses.users:
+        for r in range(len(us.rounds)):
+            m.append(us.context + r * (us.question + us.answer) + us.question)
+    assert len(m) == 100 and max(m) + 100 <= 4096
+    assert chat_prompt_scale(ld, float(np.mean(m)), max_model_len=4096) == pytest.approx(1.05, abs=0.003)
