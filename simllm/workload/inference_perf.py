@@ -72,8 +72,6 @@ DEFAULT_TIMEOUT_S = 300.0  # aiohttp's default total timeout, which inference-pe
 
 DIST_TYPES = ("normal", "skew_normal", "lognormal", "uniform", "poisson", "fixed")
 GENERATED_TYPES = ("shared_prefix", "random", "synthetic")
-DATASET_TYPES = ("shareGPT", "cnn_dailymail", "infinity_instruct", "billsum_conversations", "otel_trace_replay",
-                 "conversation_replay", "agentic_synthetic", "agentic_csv")
 PER_REQUEST_FILE = "per_request_lifecycle_metrics.json"
 
 # inference-perf's Distribution defaults (config.py), for keys a hand-written config leaves out
@@ -107,12 +105,6 @@ class LengthDist:
     @staticmethod
     def fixed(n: int) -> "LengthDist":
         return LengthDist("fixed", float(n), 0.0, int(n), int(n))
-
-    @property
-    def constant(self) -> bool:
-        return self.kind == "fixed" or (self.kind in ("normal", "skew_normal", "lognormal") and self.std == 0
-                                        and self.lo <= self.mean <= self.hi and float(self.mean).is_integer()) \
-            or self.lo == self.hi
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         if self.kind == "fixed":
@@ -162,7 +154,6 @@ class InferencePerfLoad:
     question_dist: Optional[LengthDist] = None
     output_dist: Optional[LengthDist] = None
     total_count: Optional[int] = None  # random / synthetic: how many lengths are drawn
-    run_dir: Optional[Path] = None
     config_file: Optional[Path] = None
     max_in_flight: Optional[int] = None  # the client's cap on requests it holds (None: none known)
     interval_s: float = 1.0  # load.interval: the pause between stages
@@ -173,10 +164,6 @@ class InferencePerfLoad:
             return d
         return LengthDist.fixed({"system": self.system_prompt_len, "question": self.question_len,
                                  "output": self.output_len}[which])
-
-    @property
-    def constant_lengths(self) -> bool:
-        return all(self.dist(w).constant for w in ("system", "question", "output"))
 
 
 def _get(d, key, file, where, kind=None):
@@ -276,7 +263,6 @@ def read_config(path: str | Path) -> InferencePerfLoad:
     c = load_yaml(p)
     data = _get(c, "data", p, "")
     typ = _get(data, "type", p, "data")
-    run_dir = p.parent.parent if p.parent.name == "results" else p.parent
     per_request = p.parent / PER_REQUEST_FILE
     if typ not in GENERATED_TYPES and typ != "mock" and not per_request.is_file():
         what = f"its dataset {data.get('path')!r} (data.path)" if data.get("path") else "its dataset"
@@ -321,7 +307,7 @@ def read_config(path: str | Path) -> InferencePerfLoad:
     server = c.get("server") or {}
     common = dict(load_type=lt, stages=st, timeout_s=float(to) if to else DEFAULT_TIMEOUT_S,
                   ignore_eos=bool(server.get("ignore_eos", False)), streaming=bool(api.get("streaming", False)),
-                  data_type=typ, run_dir=run_dir, config_file=p, max_in_flight=cap,
+                  data_type=typ, config_file=p, max_in_flight=cap,
                   # LoadConfig.interval defaults to 1 s; None or 0: no pause
                   interval_s=_num(load.get("interval", 1.0) or 0.0, p, "load.interval"))
     if typ == "shared_prefix":
@@ -446,7 +432,7 @@ def build_requests(load: InferencePerfLoad, *, seed: int = 0, prompt_scale: floa
     n_prompts = load.num_groups * load.prompts_per_group
     order = rng.permutation(n_prompts)
     arr, stage = arrivals(load, rng)
-    if load.constant_lengths and load.system_dist is None and load.question_dist is None and load.output_dist is None:
+    if load.system_dist is None and load.question_dist is None and load.output_dist is None:  # constant lengths
         sys_len = max(1, round(load.system_prompt_len * prompt_scale))
         plen = max(1, round((load.system_prompt_len + load.question_len) * prompt_scale))
         out = output_len or load.output_len
