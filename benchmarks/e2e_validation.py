@@ -1,6 +1,9 @@
 """Run ``simllm validate`` on every run under ../shared/data/e2e/ and print a table and the medians.
 
-    PYTHONPATH=$PWD python3 benchmarks/e2e_validation.py [--json] [--fit-overhead] [--measured-step]
+    PYTHONPATH=$PWD python3 benchmarks/e2e_validation.py [--json] [--fit-overhead] [--measured-step] [--stage-drain]
+
+``--stage-drain`` starts each stage once the previous stage's requests have all ended (+ interval + 1 s), as
+inference-perf's multi-process load generator does (``simllm.validate.replay.simulate_run``); off by default.
 
 ``--fit-overhead`` replays the runs with no front-end overhead and prints the least-squares fit of
 the relative TTFT error over the sustained runs, the value behind ``simllm.validate.replay.API_OVERHEAD_S``,
@@ -72,10 +75,12 @@ def main() -> None:
     if not runs:
         sys.exit(f"no runs under {ROOT}")
     fit = "--fit-overhead" in sys.argv
+    drain = "--stage-drain" in sys.argv
     recs = []
     for r in runs:
         t0 = time.perf_counter()
-        rec = validate_run(r, api_overhead_s=0.0, host_step_s=0.0, host_per_seq_s=0.0) if fit else validate_run(r)
+        rec = validate_run(r, api_overhead_s=0.0, host_step_s=0.0, host_per_seq_s=0.0) if fit else \
+            validate_run(r, stage_drain=drain)
         rec["wall_s"] = time.perf_counter() - t0
         recs.append(rec)
     res = summarize_runs(recs)

@@ -29,13 +29,16 @@ def register(app: typer.Typer) -> None:
         hw: str = typer.Option("h100-sxm", "--hw", help="accelerator the runs used (the run folders do not name it)"),
         model: Optional[str] = typer.Option(None, "--model", help="model descriptor name or a config.json"),
         seed: int = typer.Option(0, "--seed", min=0, help="seed of the generated load"),
+        stage_drain: bool = typer.Option(False, "--stage-drain",
+                                         help="start each inference-perf stage once the previous one's requests "
+                                              "have all ended (+ interval + 1 s), as its load generator does"),
     ) -> None:
         """Simulate measured runs from their own files and print the error per stage and overall."""
         from ..validate import summarize_runs, validate_run
 
         if out is not None:
             check_output_dir(out)  # before the replays, which take a while
-        recs = [validate_run(r, hw=hw, model=model, seed=seed) for r in runs]
+        recs = [validate_run(r, hw=hw, model=model, seed=seed, stage_drain=stage_drain) for r in runs]
         res = summarize_runs(recs)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)

@@ -754,6 +754,8 @@ class Replica:
             sim.aborted_s[rid] = now
             sim.finished += 1
             self.done += 1
+            if sim.paced is not None:
+                sim.on_failed(rid, now)
         self._refresh_used()
         self._deadline_before(math.inf)
 
@@ -808,8 +810,20 @@ class Replica:
             sim.on_complete(ids, end)
         if self.pc is not None:
             kv = self.kv
-            for rid in ids:
-                kv.unshare(self._keys(rid))
+            if sim.cache_output:  # the workload names the units its outputs fill (a chat's next round)
+                u = self.unit_tokens
+                for rid in ids:
+                    keys = sim.pkeys[rid]
+                    p = int(sim.prompt[rid]) // u
+                    ex = keys[p:(int(sim.prompt[rid]) + int(sim.out[rid])) // u]
+                    if ex:  # vLLM caches generated full blocks too: they stay, evictable, tail first
+                        kv.share(ex)
+                        kv.unshare(tuple(keys[:p]) + tuple(ex))
+                    else:
+                        kv.unshare(keys[:p])
+            else:
+                for rid in ids:
+                    kv.unshare(self._keys(rid))
         nd = len(ids)
         self.done += nd
         sim.finished += nd

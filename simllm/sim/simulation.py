@@ -12,6 +12,12 @@ Per-step records: one row per prefill step and one row per decode segment, kept 
 (``simllm.sim.records.StepLog``); ``compute_s`` / ``memory_s`` / ``comm_s`` / ``flops`` / ``bytes``
 of a segment are those of its middle step times ``n_steps``, taken from a memo on the rounded
 shape (see :meth:`Simulation._price_chunk`).
+
+Sessions: a closed-loop ``SessionWorkload`` sends a session's next turn a think time after a turn
+completes (a refused or aborted turn ends the session). A *paced* one (it has ``turn(si, ti)`` and
+``turn_done(si, ti, t, ok)``, e.g. inference-perf's multi-turn users,
+``simllm.workload.inference_perf.ChatSessions``) makes each turn when it is sent and says when the
+next is sent, after a completed, aborted or refused turn alike (``t``: when the client sees the end).
 """
 
 from __future__ import annotations
@@ -99,8 +105,13 @@ class Simulation:
         if caching and len({c.prefix_unit_tokens for c in cfgs if c.prefix_caching}) > 1:
             raise ValueError("pools with prefix caching need the same prefix_unit_tokens (the workload's unit)")
         self.sessions = None
+        self.paced = None  # sessions whose next turn's time and content depend on how each turn ended
+        # prefix keys beyond a prompt's units name the units its output fills: cache them when it completes
+        self.cache_output = bool(getattr(requests, "cache_output_units", False))
         if hasattr(requests, "sessions") and hasattr(requests, "think_time"):  # a closed-loop SessionWorkload
             self.sessions = requests
+            if hasattr(requests, "turn_done") and hasattr(requests, "turn"):
+                self.paced = requests
             self.think_rng = np.random.default_rng(seed)
             N = requests.num_requests
             self.N = N
@@ -331,7 +342,8 @@ class Simulation:
     def _send_turn(self, si: int, ti: int, t: float) -> None:
         rid = self.next_rid
         self.next_rid += 1
-        turn = self.sessions.sessions[si].turns[ti]
+        paced = self.paced
+        turn = paced.turn(si, ti) if paced is not None else self.sessions.sessions[si].turns[ti]
         self.arrival[rid] = t
         self.prompt[rid] = turn.prompt_tokens
         self.out[rid] = turn.output_tokens
@@ -342,7 +354,9 @@ class Simulation:
         if self.classify is not None:
             self.priority[rid] = int(self.classify(self.prompt[rid:rid + 1], self.priority[rid:rid + 1])[0])
         reps = self.entry
-        reps[self.router.route(rid, reps)].submit(rid, t)  # a rejected turn ends its session
+        reps[self.router.route(rid, reps)].submit(rid, t)  # a rejected turn ends its session (paced: not)
+        if paced is not None and rid in self.rejected:
+            self._paced_next(rid, t, False)
 
     def _session_starts(self):
         env = self.env
@@ -358,6 +372,10 @@ class Simulation:
         """Completed turns send their session's next turn a think time later."""
         if self.sessions is None:
             return
+        if self.paced is not None:
+            for rid in rids:
+                self._paced_next(rid, t, True)
+            return
         for rid in rids:
             si = int(self.session_of[rid])
             ti = int(self.turn_of[rid]) + 1
@@ -365,6 +383,34 @@ class Simulation:
                 a = t + self.sessions.think_time(self.think_rng)
                 ev = self.env.timeout(max(a - self.env.now, 0.0))
                 ev.callbacks.append(lambda _e, si=si, ti=ti, a=a: self._send_turn(si, ti, a))
+
+    def on_failed(self, rid: int, t: float) -> None:
+        """A turn aborted at its client's timeout at ``t``: a paced session goes on (a closed-loop one ends)."""
+        if self.paced is not None:
+            self._paced_next(rid, t, False)
+
+    def _paced_next(self, rid: int, t: float, ok: bool) -> None:
+        """Paced sessions (``turn_done``): the turn of ``rid`` ended at ``t`` (``ok``: completed). When the client
+        sees the end (the front end's overhead and async scheduling's iteration later) the session is told, in
+        that order across sessions, and says when its next turn is sent (None: it has no more)."""
+        si = int(self.session_of[rid])
+        ti = int(self.turn_of[rid])
+        t += self.config.api_overhead_s
+        if ok and self.async_lag is not None and self.async_lag[rid] == self.async_lag[rid]:
+            t += float(self.async_lag[rid])
+        ev = self.env.timeout(max(t - self.env.now, 0.0))
+        ev.callbacks.append(lambda _e, si=si, ti=ti, t=t, ok=ok: self._paced_seen(si, ti, t, ok))
+
+    def _paced_seen(self, si: int, ti: int, t: float, ok: bool) -> None:
+        a = self.paced.turn_done(si, ti, t, ok)
+        if a is None:
+            return
+        a = max(float(a), t)
+        if a <= self.env.now:
+            self._send_turn(si, ti + 1, a)
+            return
+        ev = self.env.timeout(a - self.env.now)
+        ev.callbacks.append(lambda _e, si=si, ti=ti + 1, a=a: self._send_turn(si, ti, a))
 
     def run(self, progress: Optional[Callable[[float, int], None]] = None, chunk_s: Optional[float] = None) -> SimResult:
         env = self.env

@@ -5,6 +5,6 @@
 """
 
 from .measured import MeasuredRun, read_run
-from .replay import validate_run, summarize_runs
+from .replay import simulate_run, validate_run, summarize_runs
 
-__all__ = ["MeasuredRun", "read_run", "validate_run", "summarize_runs"]
+__all__ = ["MeasuredRun", "read_run", "simulate_run", "validate_run", "summarize_runs"]

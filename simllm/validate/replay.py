@@ -30,7 +30,8 @@ from ..hardware import load_accelerator
 from ..hf_import import import_hf_config
 from ..policies.batching import vllm_server_defaults
 from ..scenario import prepare, scenario_from_dict, simulate
-from ..workload.inference_perf import build_requests
+from ..workload.inference_perf import (build_requests, chat_prompt_scale, chat_sessions, configured_output_mean,
+                                       SlotPool, configured_prompt_mean, replay_per_request)
 from ..workload.request import Request
 from .measured import METRICS, Measured, MeasuredRun, read_run
 
@@ -99,14 +100,43 @@ def _timestamps_per_token(m: Measured, n_out: int) -> int:
 
 
 def _requests(run: MeasuredRun, seed: int):
+    """(workload, stage of each request of the run's sequence, client timeout, output tokens per request for
+    the timestamps-per-token test, offered rate of each stage). The workload is a request list or, for
+    multi-turn chat, :class:`~simllm.workload.inference_perf.ChatSessions` (its ``sent`` maps the simulator's
+    requests to the run's sequence)."""
     if run.kind == "inference-perf":
         load = run.load
-        cfg_prompt = load.system_prompt_len + load.question_len
-        scale = (run.summary.prompt_len_mean / cfg_prompt) if run.summary.prompt_len_mean else 1.0
-        out = None if load.ignore_eos else max(1, round(run.summary.output_len_mean or load.output_len))
-        reqs, stage = build_requests(load, seed=seed, prompt_scale=scale, output_len=out, unit_tokens=VLLM_BLOCK_TOKENS)
-        n_out = reqs[0].output_tokens if reqs else 1
-        return reqs, stage, load.timeout_s, n_out, [s.rate for s in load.stages]
+        # offered rate of each stage (a concurrent stage has none: its load is its concurrency)
+        rates = [None if s.concurrency else s.rate for s in load.stages]
+        mml = run.server.get("max_model_len")
+        if load.data_type not in ("shared_prefix", "random", "synthetic"):  # dataset-backed: measured requests
+            reqs, stage = replay_per_request(load)  # sent as measured: the client's cap is in the send times
+            return reqs, stage, load.timeout_s, max(1, round(float(np.mean([r.output_tokens for r in reqs])))), rates
+        pm, om = run.summary.prompt_len_mean, run.summary.output_len_mean
+        constant_out = load.output_dist is None
+        out = scale_out = None
+        if not load.ignore_eos:
+            if constant_out:
+                out = max(1, round(om or load.output_len))
+            elif om:
+                scale_out = om / configured_output_mean(load, seed=seed)
+        if load.multi_turn:
+            scale = chat_prompt_scale(load, pm, seed=seed, output_len=out, output_scale=scale_out,
+                                      max_model_len=mml) if pm else 1.0
+            ses, stage = chat_sessions(load, seed=seed, prompt_scale=scale, output_len=out, output_scale=scale_out,
+                                       unit_tokens=VLLM_BLOCK_TOKENS, max_model_len=mml)
+            n_out = max(1, round(om)) if om else max(1, load.output_len)
+            return ses, stage, load.timeout_s, n_out, rates
+        scale = (pm / configured_prompt_mean(load, seed=seed)) if pm else 1.0
+        reqs, stage = build_requests(load, seed=seed, prompt_scale=scale, output_len=out, output_scale=scale_out,
+                                     unit_tokens=VLLM_BLOCK_TOKENS, max_model_len=mml)
+        if constant_out:
+            n_out = reqs[0].output_tokens if reqs else 1
+        else:
+            n_out = max(1, round(om)) if om else max(1, round(float(np.mean([r.output_tokens for r in reqs]))))
+        if load.max_in_flight is not None and load.max_in_flight < len(reqs):  # the client's slots bind
+            reqs = SlotPool(reqs, load.max_in_flight)
+        return reqs, stage, load.timeout_s, n_out, rates
     d = run.load
     n = d["num_prompts"]
     rng = np.random.default_rng(seed)
@@ -148,7 +178,8 @@ def _client_view(req, stage: np.ndarray, timeout: float, k: int, n_stages: int) 
         sel = ok if s is None else ok & (stage == s)
         tot = len(arr) if s is None else int((stage == s).sum())
         # inference-perf's throughput: successes over first send to last success (of the stage)
-        first = arr.min() if s is None else arr[stage == s].min()
+        pool = arr if s is None else arr[stage == s]
+        first = pool.min() if len(pool) else 0.0  # a stage of no request (rate x duration < 1) has no figures
         span = float(done[sel].max() - first) if sel.any() else None
         itl = float(((done - ft)[sel]).sum() / gaps[sel].sum()) if sel.any() else None
         d = {"count": tot, "failed": tot - int(sel.sum()),
@@ -176,11 +207,17 @@ def _ape(sim, meas) -> Optional[float]:
     return abs(sim - meas) / meas
 
 
-def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str] = None, seed: int = 0,
+def simulate_run(run: MeasuredRun, *, hw: str = "h100-sxm", model: Optional[str] = None, seed: int = 0,
                  api_overhead_s: float = API_OVERHEAD_S, host_step_s: float = HOST_STEP_S,
-                 host_per_seq_s: float = HOST_PER_SEQ_S) -> dict:
-    """Replay one measured run; the per-run record of ``simllm validate --json``."""
-    run = read_run(path)
+                 host_per_seq_s: float = HOST_PER_SEQ_S, stage_drain: bool = False) -> dict:
+    """Simulate a measured run's load on its server: the engine's requests / steps tables and summary, the
+    workload, the stage of every simulated request (the tables' order), the client timeout, the output tokens
+    per request and offered rate of each stage.
+
+    ``stage_drain`` (off by default; the figures of README are without it): start each stage as inference-perf's
+    multi-process load generator does, once every request of the previous stage has ended, ``load.interval``
+    + 1 s later (its ``run_stage`` waits for them, then schedules from one second on); the stages are simulated
+    one after another, each with those before it, to find when the previous one ended. Request lists only."""
     reqs, stage, timeout, n_out, rates = _requests(run, seed)
     with tempfile.TemporaryDirectory() as tmp:
         mref = _model_ref(run, model, Path(tmp))
@@ -201,8 +238,51 @@ def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str]
                          "request_timeout_s": timeout if math.isfinite(timeout) else None},
             "sim": {"record_breakdown": False}, "seed": seed}, file=run.path)
         prep = prepare(scn, file=run.path)
+        if stage_drain and run.kind == "inference-perf" and isinstance(reqs, list) and len(run.load.stages) > 1:
+            reqs = _drained(prep, reqs, np.asarray(stage), run.load, timeout)
         prep.workload = reqs
         req, steps, summary = simulate(prep)
+    if hasattr(reqs, "sent"):  # multi-turn: the simulator numbers requests in the order it sent them
+        stage = np.asarray(stage)[np.asarray(reqs.sent, dtype=int)] if len(reqs.sent) else np.zeros(0, dtype=int)
+    return {"requests": req, "steps": steps, "summary": summary, "workload": reqs, "stage": stage,
+            "timeout": timeout, "n_out": n_out, "rates": rates}
+
+
+def _drained(prep, reqs: list, stage: np.ndarray, load, timeout: float) -> list:
+    """``reqs`` with each stage after the first moved to start ``load.interval_s`` + 1 s after the client saw the
+    last request of the previous stage end (completed, aborted at the timeout, or refused)."""
+    import dataclasses
+
+    starts = np.concatenate([[0.0], np.cumsum([s.duration_s for s in load.stages])])
+    for k in range(len(load.stages) - 1):
+        upto = [r for r, s in zip(reqs, stage) if s <= k]
+        if not upto or not (stage == k).any():
+            continue
+        prep.workload = upto
+        req, _steps, _summary = simulate(prep)
+        arr = req["arrival_s"].to_numpy()
+        end = arr + req["e2e_s"].to_numpy()
+        end = np.where(np.isfinite(end), end, np.where(np.isfinite(req["aborted_s"].to_numpy()),
+                                                       arr + timeout, arr))
+        sel = stage[:len(upto)] == k
+        new_start = float(end[sel].max()) + load.interval_s + 1.0
+        shift = new_start - starts[k + 1]
+        if shift > 0:
+            reqs = [dataclasses.replace(r, arrival_s=r.arrival_s + shift) if s > k else r
+                    for r, s in zip(reqs, stage)]
+            starts[k + 1:] += shift
+    return reqs
+
+
+def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str] = None, seed: int = 0,
+                 api_overhead_s: float = API_OVERHEAD_S, host_step_s: float = HOST_STEP_S,
+                 host_per_seq_s: float = HOST_PER_SEQ_S, stage_drain: bool = False) -> dict:
+    """Replay one measured run; the per-run record of ``simllm validate --json``."""
+    run = read_run(path)
+    sim = simulate_run(run, hw=hw, model=model, seed=seed, api_overhead_s=api_overhead_s, host_step_s=host_step_s,
+                       host_per_seq_s=host_per_seq_s, stage_drain=stage_drain)
+    req, steps, summary, stage = sim["requests"], sim["steps"], sim["summary"], sim["stage"]
+    timeout, n_out, rates = sim["timeout"], sim["n_out"], sim["rates"]
     k = _timestamps_per_token(run.summary, n_out)
     if run.kind == "inference-perf":
         durations = [s.duration_s for s in run.load.stages]
