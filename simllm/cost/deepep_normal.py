@@ -38,7 +38,11 @@ from math import comb
 
 import numpy as np
 
+from ..config import data_roots
 from ..errors import InputError
+from .calibration import CALIB_DIR, load_calibration
+from .fit import default_node_for, nelder_mead
+from .pricing import register, section
 
 GPUS_PER_NODE = 8  # the tables' systems (DGX/HGX: 8 GPUs a node)
 OPS = ("dispatch", "combine")
@@ -76,13 +80,8 @@ def params(cal, op: str, start: bool = False) -> DeepEPNormalParams:
     """``op``'s parameters from ``cal``'s ``deepep_normal`` section, else from the H100 calibration (the one
     fitted on measured DeepEP tables: transferred as the module docstring says); ``start``: the search's
     starting point where neither has one."""
-    from .pricing import section
-
     d = section(cal, "deepep_normal").get(op) or {}
     if not d:
-        from .calibration import CALIB_DIR, load_calibration
-        from ..config import data_roots
-
         for root in (r / CALIB_DIR for r in data_roots()):
             if (root / REFERENCE).is_file():
                 d = section(load_calibration(root / REFERENCE), "deepep_normal").get(op) or {}
@@ -133,8 +132,6 @@ def normal_time(op: str, tokens, hidden, topk, experts, ranks, sms, link_bw: flo
 
 
 def _link_bw(acc) -> float:
-    from .fit import default_node_for
-
     return float(default_node_for(acc).scale_up_bw)
 
 
@@ -173,8 +170,6 @@ def price(df, acc, cal, given: dict | None = None) -> np.ndarray:
 
 def fit(df, acc, cal, iters: int = 3000) -> dict:
     """Fit each op present in ``df`` (log-error Nelder-Mead from the section, or the defaults), keep the other."""
-    from .fit import nelder_mead
-
     _check(df)
     out = {op: asdict(params(cal, op, start=True)) for op in OPS}
     kinds = df["kind"].astype(str).to_numpy()
@@ -199,8 +194,6 @@ def fit(df, acc, cal, iters: int = 3000) -> dict:
 
 
 def _register() -> None:
-    from .pricing import register
-
     for op in OPS:
         register(f"deepep_normal_{op}", price, fit)
 
