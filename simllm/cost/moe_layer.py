@@ -9,7 +9,8 @@ per-expert token counts ``c_e`` of rank 0 follow the table's distribution, gener
 published collectors do (:func:`rank_counts`): ``balanced`` spreads ``ceil(T / ep)`` tokens over
 the local experts with a fixed stride; ``power_law_<a>`` draws per-expert loads from a power law
 of exponent ``a`` over all ``E`` experts (``x_min = 1``, ``x_max = 0.8 T``), scales them to
-``T k`` token-slots, and puts the busiest group of ``E_loc`` experts on rank 0 (so skew raises
+``T k`` token-slots (rounded, then corrected to exactly ``T k`` as the collectors do: see
+:func:`_fix_sum`), and puts the busiest group of ``E_loc`` experts on rank 0 (so skew raises
 rank 0's load as EP grows). Expected over a few seeded draws; memoized.
 
 **Time.** ::
@@ -31,6 +32,13 @@ rank 0's load as EP grows). Expected over a few seeded draws; memoized.
 * weights: every touched expert's gate/up and down weights stream once, at ``memory_efficiency``
   of HBM bandwidth (decode is weight-bound: one token on 128 experts of Qwen3-235B moves 302 MB,
   113 us at 80% of 3.35 TB/s; measured 124 us).
+
+**Gated or not.** The expert MLP is gated (SwiGLU: one gate+up GEMM of width ``2 I / tp``, three
+weight matrices) unless the table's ``kernel_source`` names a non-gated kernel (TensorRT-LLM's
+``moe_torch_flow_nongated``: Nemotron-H's relu^2 experts, up of width ``I / tp``, two matrices).
+Evidence: priced as gated, those rows were +23% median signed on H100 bf16 (8,100 rows, 30%
+median) while the gated rows of the same table sat at -2%; priced as two matrices, 12% before
+any refit. The serving path reads the same fact from the model's ``ffn.gated``.
 
 Weight-only types (``int4_wo``, ``w4a16_mxfp4``) compute at the bf16 peak and stream 0.5-byte
 weights; ``fp8`` / ``fp8_block`` compute at the fp8 peak. Parameters are per (framework, dtype)
@@ -83,6 +91,29 @@ def _alpha(dist: str) -> float | None:
     return float(m.group(1))
 
 
+def _fix_sum(n: np.ndarray, target: int) -> None:
+    """The collectors' correction of the rounded per-expert counts to exactly ``target`` slots:
+    a shortfall goes one slot at a time to the largest experts (in order, cycling), an excess is
+    taken from the smallest (an empty one passes it to the largest). At small batches
+    (``T k <= E``) almost every rounded count is 0, so this is what routes the tokens at all: the
+    ``T k`` slots land one each on the largest draws (without it rank 0 got no token and the layer
+    was priced as its fixed cost alone: L40S power-law rows at 1-8 tokens 30-200x too fast)."""
+    delta = int(target - n.sum())
+    if delta == 0:
+        return
+    order = np.argsort(-n, kind="stable")
+    if delta > 0:
+        n += delta // n.size
+        n[order[: delta % n.size]] += 1
+        return
+    for i in range(-delta):
+        j = order[-(i % n.size) - 1]
+        if n[j] > 0:
+            n[j] -= 1
+        else:
+            n[int(np.argmax(n))] -= 1
+
+
 @lru_cache(maxsize=65536)
 def rank_counts(T: int, E: int, k: int, ep: int, dist: str) -> tuple:
     """Rank 0's sorted per-local-expert token counts (expected over seeded draws), as a tuple."""
@@ -101,21 +132,28 @@ def rank_counts(T: int, E: int, k: int, ep: int, dist: str) -> tuple:
         return tuple(sorted(counts[counts > 0].tolist(), reverse=True))
     rng = np.random.default_rng(1009 * T + 7 * E + ep)
     acc = np.zeros(e_loc)
+    target = T * k
     for _ in range(DRAWS):
         lo, hi = (1.0, T * 0.8) if T * k > E else (0.01, 2.0)
         hi = max(hi, lo * 1.0001)
         u = rng.random(E)
         x = ((hi ** (1 - a) - lo ** (1 - a)) * u + lo ** (1 - a)) ** (1 / (1 - a))
-        n = np.round(x / x.sum() * T * k)
+        n = np.round(x / x.sum() * target)
+        _fix_sum(n, target)
         groups = n.reshape(ep, e_loc)
-        g = groups[int(np.argmax(groups.sum(axis=1)))]
+        g = groups[int(np.argmax(groups.sum(axis=1)))].copy()
+        # rank 0's token count made a multiple of k_loc (extra slots on its first experts)
+        extra = int((k_loc - g.sum() % k_loc) % k_loc)
+        g[np.arange(extra) % e_loc] += 1
         acc += np.sort(g)[::-1]
     acc /= DRAWS
     return tuple(v for v in acc.tolist() if v > 0)
 
 
-def moe_time(T, H, I, k, E, tp, ep, dist, dtype, *, acc, gp, p: MoEParams) -> float:
-    """Seconds of one rank's MoE layer (see the module docstring)."""
+def moe_time(T, H, I, k, E, tp, ep, dist, dtype, *, acc, gp, p: MoEParams, gated: bool = True) -> float:
+    """Seconds of one rank's MoE layer (see the module docstring); ``gated``: a gated (SwiGLU)
+    expert MLP (gate+up GEMM of width ``2 I``, three weight matrices), else a plain up/down MLP
+    (width ``I``, two matrices: Nemotron-H's relu^2 experts, TensorRT-LLM's ``nongated`` kernel)."""
     if dtype not in MOE_DTYPES:
         raise InputError(f"unknown moe_dtype {dtype!r} (expected one of {', '.join(MOE_DTYPES)})",
                          field="moe_dtype")
@@ -131,7 +169,8 @@ def moe_time(T, H, I, k, E, tp, ep, dist, dtype, *, acc, gp, p: MoEParams) -> fl
     u = c.size
     per_cu = peak / cus
     t_c = 0.0
-    for K, N in ((H, 2 * i_loc), (i_loc, H)):
+    up_n = (2 if gated else 1) * i_loc
+    for K, N in ((H, up_n), (i_loc, H)):
         acc_q = 0.0
         for (tm, tn), e in zip(gp.tiles, gp.tile_efficiency):
             tiles = float(np.sum(np.ceil(np.maximum(c, 1.0) / tm))) * math.ceil(N / tn)
@@ -142,8 +181,8 @@ def moe_time(T, H, I, k, E, tp, ep, dist, dtype, *, acc, gp, p: MoEParams) -> fl
             tc_us = waves * 2e6 * tm * tn * (K + gp.tile_k_overhead) / (per_cu * min(e * p.compute_scale, 1.0))
             acc_q += tc_us ** (-gp.tile_softmin_q)
         t_c += acc_q ** (-1.0 / gp.tile_softmin_q) * 1e-6
-    w_bytes = u * 3 * H * i_loc * wb
-    a_bytes = slots * (H + 3 * i_loc + H) * ab
+    w_bytes = u * (up_n + i_loc) * H * wb
+    a_bytes = slots * (H + up_n + i_loc + H) * ab
     t_m = (w_bytes + a_bytes) / (bw * p.memory_efficiency)
     q = gp.overlap_exponent
     body = (t_c ** q + t_m ** q) ** (1.0 / q)
@@ -172,21 +211,26 @@ def _rows(df):
             raise InputError(f"missing column {c!r}", file=src, field=c)
     dist = df["distribution"].astype(str).to_numpy() if "distribution" in df.columns else \
         np.full(len(df), "balanced", dtype=object)
-    return [tuple(int(v) for v in r) for r in df[list(_COLS)].to_numpy()], dist, df["dtype"].astype(str).to_numpy()
+    # the table's kernel_source names a non-gated expert MLP (TensorRT-LLM ``moe_torch_flow_nongated``:
+    # Nemotron-H's relu^2 experts); every other kernel runs the gated (SwiGLU) MLP
+    ks = df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else np.full(len(df), "")
+    gated = np.array(["nongated" not in v for v in ks], dtype=bool)
+    return ([tuple(int(v) for v in r) for r in df[list(_COLS)].to_numpy()], dist, df["dtype"].astype(str).to_numpy(),
+            gated)
 
 
 def price_frame(df, acc, cal, params: dict | None = None) -> np.ndarray:
-    rows, dist, dts = _rows(df)
+    rows, dist, dts, gated = _rows(df)
     out = np.empty(len(rows))
     cache = {}
-    for i, ((T, H, I, k, E, tp, ep), d, dt) in enumerate(zip(rows, dist, dts)):
+    for i, ((T, H, I, k, E, tp, ep), d, dt, g) in enumerate(zip(rows, dist, dts, gated)):
         p = (params or {}).get(dt)
         if p is None:
             p = cache.get(dt) or cache.setdefault(dt, moe_params(cal, dt))
         if dt not in MOE_DTYPES:
             out[i] = np.nan
             continue
-        out[i] = moe_time(T, H, I, k, E, tp, ep, d, dt, acc=acc, gp=cal.gemm, p=p)
+        out[i] = moe_time(T, H, I, k, E, tp, ep, d, dt, acc=acc, gp=cal.gemm, p=p, gated=bool(g))
     return out
 
 
