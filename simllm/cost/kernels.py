@@ -53,13 +53,16 @@ def gemm_floor(K, gp: GemmParams):
 
 def gemm_time(M, K, N, *, peak: float, bw: float, cus: int, gp: GemmParams, groups=1.0,
               a_bytes: float = 2.0, w_bytes: float = 2.0, o_bytes: float = 2.0, with_parts: bool = False,
-              l2_bytes: float = 0.0, l2_speedup: float = 1.0):
+              l2_bytes: float = 0.0, l2_speedup: float = 1.0, l2_copies=1.0):
     """Seconds for ``groups`` GEMMs of [M, K] x [K, N] (vectorised over M, K, N, groups).
 
     ``a_bytes``/``w_bytes``/``o_bytes``: bytes per element of activations, weights, output.
     ``l2_bytes``/``l2_speedup``: a working set that fits in ``l2_bytes`` of on-chip cache streams at
     ``l2_speedup`` x the HBM figure (back-to-back calls of one GEMM keep its operands resident; the
-    default 0 / 1 leaves the model unchanged). With ``with_parts`` returns (time, compute_time, memory_time)."""
+    default 0 / 1 leaves the model unchanged). ``l2_copies``: distinct copies of the weights the caller
+    cycles through (a benchmark that rotates weight buffers to defeat the cache): the working set that
+    must fit is ``l2_copies`` x weight bytes + activations + output. With ``with_parts`` returns
+    (time, compute_time, memory_time)."""
     M = np.asarray(M, dtype=float)
     K = np.asarray(K, dtype=float)
     N = np.asarray(N, dtype=float)
@@ -82,7 +85,9 @@ def gemm_time(M, K, N, *, peak: float, bw: float, cus: int, gp: GemmParams, grou
     nbytes = g * (Mp * K * a_bytes + K * N * w_bytes + Mp * N * o_bytes)
     tm_ = nbytes / (bw * gp.memory_efficiency)
     if l2_bytes > 0 and l2_speedup != 1.0:
-        tm_ = np.where(nbytes <= l2_bytes, tm_ / l2_speedup, tm_)
+        ws = nbytes if np.all(np.asarray(l2_copies) == 1.0) else \
+            g * (Mp * K * a_bytes + np.asarray(l2_copies, dtype=float) * K * N * w_bytes + Mp * N * o_bytes)
+        tm_ = np.where(ws <= l2_bytes, tm_ / l2_speedup, tm_)
     p = gp.overlap_exponent
     t = (tc ** p + tm_ ** p) ** (1.0 / p) + gemm_floor(K, gp)
     t = np.where(zero, 0.0, t)
