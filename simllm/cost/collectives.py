@@ -358,7 +358,22 @@ class CustomARParams:
     single power law of ``n`` has (NCCL's host share fitted 4 -> 8 overpredicts 8 GPUs by 50% and
     underpredicts 4 by 28%). The barrier's flags to ranks beyond the switch cost ``cross_alpha``
     times a flag under it (CUDA graph, 128 bytes: 5.4 / 13.3 / 25.0 us on 2 / 4 / 8 GPUs, not the
-    1 : 3 : 7 of equal flags)."""
+    1 : 3 : 7 of equal flags).
+
+    Eager calls: ``max(launch_eager_s, graph time + input copy)``. The tables time eager calls back to
+    back, so the host's issue time (Python, the framework's dispatch, the launch) overlaps the previous
+    call's kernel, and a call costs the slower of the two. Evidence (L40S, vLLM 0.22 eager rows): 2 GPUs
+    stay at 43 us from 16 Ki to 256 Ki elements while the graph rows grow 7 -> 32 us, then follow the graph
+    rows plus the copy (512 Ki: 66 vs 60 us, 1 Mi: 124 vs 117 us); 4 GPUs 57 us up to 32 Ki elements, then
+    64 vs 60 us at 64 Ki. The earlier sum ``graph + launch_eager_s + copy`` priced the 2-GPU 256 Ki row at
+    79 us (1.84x) and 64 Ki on 4 GPUs at 109 us (1.71x). The serving step prices eager all-reduces as
+    the graph kernel plus the copy (:func:`_kernel_all_reduce_many`): in a forward pass the host runs
+    ahead of the GPU, so the issue time is hidden there. Over PCIe, an eager call over ranks beyond one
+    switch issues in ``cross_eager`` x ``launch_eager_s`` (the host-side synchronisation of the eager path
+    crosses the root complex, as the barrier's flags do): L40S eager floors 43 / 57 / 60 us on 2 / 4 / 8
+    GPUs for vLLM 0.22 and 40 / 85 / 90 us for SGLang 0.5.14, a break between 2 and 4 ranks, not a growth
+    with the rank count (one floor priced SGLang's 2-GPU eager rows 2.0-2.1x). Fitted per framework on
+    PCIe tables only (1 elsewhere: no NVLink row can tell it)."""
 
     launch_graph_s: float = 3.0e-6
     launch_eager_s: float = 2.0e-5
@@ -368,15 +383,16 @@ class CustomARParams:
     cross_eff: float = 0.5
     cross_exp: float = 1.0
     cross_alpha: float = 3.0
+    cross_eager: float = 1.0
 
     def vector(self) -> list:
         return [self.launch_graph_s * 1e6, self.launch_eager_s * 1e6, self.barrier_alpha, self.eff, self.copy_eff,
-                self.cross_eff, self.cross_exp, self.cross_alpha]
+                self.cross_eff, self.cross_exp, self.cross_alpha, self.cross_eager]
 
     @classmethod
     def from_vector(cls, x) -> "CustomARParams":
         x = [float(v) for v in x]
-        return cls(x[0] * 1e-6, x[1] * 1e-6, x[2], x[3], x[4], *x[5:8])
+        return cls(x[0] * 1e-6, x[1] * 1e-6, x[2], x[3], x[4], *x[5:9])
 
 
 #: GPUs under one PCIe switch in a PCIe-only server (assumption: the common 8-GPU PCIe layout of
@@ -441,7 +457,11 @@ def custom_allreduce_time(nbytes, n, link: IntraLink, p: CustomARParams, nccl: N
     # over PCIe the tables time the custom kernel itself at every size (L40S, 4 GPUs, 512 MiB:
     # 431 ms against NCCL's 312 ms): no NCCL fallback
     t = t + p.launch_graph_s
-    t = t + np.where(g, 0.0, p.launch_eager_s + 2 * S / (link.hbm_bw * p.copy_eff))
+    # eager: the input copy into the registered buffer joins the kernel, and back-to-back eager calls
+    # are paced by the slower of the host's issue time and the device's work (the host issues the next
+    # call while the GPU runs this one): max, not sum (see CustomARParams)
+    issue = p.launch_eager_s * (np.where(n > PCIE_SWITCH_GPUS, p.cross_eager, 1.0) if not link.switched else 1.0)
+    t = np.where(g, t, np.maximum(issue, t + 2 * S / (link.hbm_bw * p.copy_eff)))
     return np.where((n <= 1) | (S <= 0), 0.0, t)
 
 

@@ -184,7 +184,7 @@ def _fit_free(x0: np.ndarray, free: list, ok, loss, iters: int) -> np.ndarray:
 
 def _custom_ok(x) -> bool:
     return (0 <= x[0] < 100 and 0 <= x[1] < 1000 and 0 <= x[2] < 200 and 0.01 < x[3] <= 1.0 and 0.05 < x[4] <= 1.0
-            and 0.01 < x[5] <= 1.0 and 0 <= x[6] <= 4 and 0 <= x[7] < 100)
+            and 0.01 < x[5] <= 1.0 and 0 <= x[6] <= 4 and 0 <= x[7] < 100 and 0.2 <= x[8] <= 10)
 
 
 def fit_custom(groups: Sequence[tuple], start: CustomARParams | None = None, iters: int = 800) -> CustomARParams:
