@@ -32,14 +32,18 @@ class Q(list):
 
 
 class R:
-    def __init__(self, run=(), n_prefilling=0, clock=0.0, prio=None):
+    def __init__(self, run=(), n_prefilling=0, clock=0.0, prio=None, rem=()):
         self._run = list(run)
+        self._rem = list(rem)
         self.n = len(self._run)
         self.n_prefilling = n_prefilling
         self.clock = clock
 
     def running(self):
         return self._run
+
+    def reserved_blocks(self, ratio):  # (rid, KV tokens, tokens left) entries; blocks of 16
+        return sum(-(-int(t + ratio * rem) // 16) - (-(-t // 16)) for _r, t, rem in self._rem) if self._rem else 0
 
 
 class KV:
@@ -123,3 +127,33 @@ def test_bad_fields_are_rejected():
         make_batching({"policy": "priority", "rule": "nope"})
     with pytest.raises(InputError, match="unknown field"):
         make_batching({"policy": "static", "max_num_seqs": 4})
+
+
+def test_sglang_prefill_first_chunks_and_reserves_kv_for_running_requests():
+    p = make_batching({"policy": "sglang", "chunked_prefill_size": 1000, "max_prefill_tokens": 16384})
+    assert (p.chunked_prefill_size, p.max_prefill_tokens, p.max_running_requests, p.new_token_ratio) == \
+        (1000, 16384, 4096, 0.1)
+    # a waiting request that fits: a prefill-only iteration (the running sequence does not decode)
+    b = p.next_batch(Q([(7, 600), (8, 700)]), R(run=[(1, 100)], rem=[(1, 100, 50)]), KV(free=1000))
+    assert b.prefill_ids == [7, 8] and b.prefill_lens == [600, 400] and not b.decode  # 8 cut at the chunk
+    # the chunk under way continues first, alone when it fills the chunk
+    b = p.next_batch(Q([(8, 1500, True), (9, 10)]), R(n_prefilling=1), KV())
+    assert b.prefill_ids == [8] and b.prefill_lens == [1000]
+    b = p.next_batch(Q([(8, 300, True), (9, 10)]), R(n_prefilling=1), KV())
+    assert b.prefill_ids == [8, 9] and b.prefill_lens == [300, 10]
+    # KV reserve: 10 running sequences of 16 tokens, 1600 tokens left each: at ratio 0.1 160 tokens = 10 blocks
+    # each, 100 in all; 140 free blocks leave 40: a 48-block prompt waits, the batch decodes
+    run = [(i, 16) for i in range(10)]
+    rem = [(i, 16, 1600) for i in range(10)]
+    b = p.next_batch(Q([(7, 48 * 16)]), R(run=run, rem=rem), KV(free=140))
+    assert not b.prefill_ids and b.decode
+    b = p.next_batch(Q([(7, 40 * 16)]), R(run=run, rem=rem), KV(free=140))
+    assert b.prefill_ids == [7]
+    q = make_batching({"policy": "sglang", "new_token_ratio": 0.0})
+    assert q.next_batch(Q([(7, 48 * 16)]), R(run=run, rem=rem), KV(free=140)).prefill_ids == [7]
+    # sequence cap: running + prefilling
+    c = make_batching({"policy": "sglang", "max_running_requests": 2})
+    assert c.next_batch(Q([(5, 10), (6, 10)]), R(run=[(1, 10)], rem=[(1, 10, 5)]), KV()).prefill_ids == [5]
+    for bad in ({"new_token_ratio": 1.5}, {"chunked_prefill_size": 0}, {"max_running_requests": 0}):
+        with pytest.raises((InputError, ValueError)):
+            make_batching({"policy": "sglang", **bad})

@@ -25,7 +25,8 @@ def cases(draw):
     reqs = [Request(i, float(arr[i]), prompts[i], outputs[i], priority=prios[i],
                     prefix_blocks=tuple((groups[i], j) for j in range(-(-prompts[i] // UNIT))))
             for i in range(n)]
-    policy = draw(st.sampled_from(["orca", "sarathi", "static", "priority", "priority_len", "vllm", "vllm_v1"]))
+    policy = draw(st.sampled_from(["orca", "sarathi", "static", "priority", "priority_len", "vllm", "vllm_v1",
+                                   "sglang"]))
     max_seqs = draw(st.integers(1, 8))
     budget = draw(st.sampled_from([64, 256, 4096]))
     if policy == "orca":
@@ -39,6 +40,10 @@ def cases(draw):
     elif policy == "vllm_v1":
         block = {"policy": "vllm", "max_num_seqs": max_seqs, "max_num_batched_tokens": budget,
                  "long_prefill_token_threshold": draw(st.sampled_from([0, 16, 100]))}
+    elif policy == "sglang":
+        block = {"policy": "sglang", "max_running_requests": max_seqs,
+                 "chunked_prefill_size": draw(st.sampled_from([8, 64, 512])), "max_prefill_tokens": budget,
+                 "new_token_ratio": draw(st.sampled_from([0.0, 0.1, 0.7, 1.0]))}
     else:
         block = {"policy": "priority", "max_num_seqs": max_seqs, "max_num_batched_tokens": budget,
                  "rule": "prompt_length" if policy == "priority_len" else "trace", "short_prompt_tokens": 100}

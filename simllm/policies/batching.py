@@ -15,7 +15,8 @@ property tests check every registered policy).
 Policies: ``vllm`` (vLLM's V1 scheduler: running requests first, then waiting ones, one token budget,
 chunked prefill always on), ``vllm-v0`` (vLLM's V0 default: prefill-only or decode-only iterations), ``orca`` (decode and whole prefills
 in one iteration), ``sarathi`` (decode first, prefill chunks fill a token budget), ``static``
-(fixed batches run to completion), ``priority`` (classes, preemption of lower classes). All keep
+(fixed batches run to completion), ``priority`` (classes, preemption of lower classes), ``sglang``
+(SGLang's scheduler: prefill-first chunked batches, a KV reserve for running requests). All keep
 the property above and are checked by ``tests/test_policies_properties.py`` (jump == step).
 """
 
@@ -74,6 +75,11 @@ class RunningSet(Protocol):
 
     def running(self) -> list[tuple[int, int]]:
         """(request id, KV tokens) of the decoding sequences, oldest first."""
+        ...
+
+    def reserved_blocks(self, ratio: float) -> int:
+        """KV blocks the decoding sequences would still take if each generated ``ratio`` of its remaining
+        output (the ``sglang`` policy's admission reserve)."""
         ...
 
 
@@ -213,6 +219,99 @@ class VLLMV1Batching:
             left = _chunk(b, queue, rid, cap, left)
             if left <= 0:
                 break
+        return b
+
+
+@batching.register("sglang")
+@dataclass(frozen=True)
+class SGLangBatching:
+    """SGLang's scheduler (``python/sglang/srt/managers/scheduler.py`` ``get_next_batch_to_run`` and
+    ``schedule_policy.py`` ``PrefillAdder``), FCFS (its default ``--schedule-policy fcfs``), no mixed chunks
+    (``--enable-mixed-chunk`` is off by default).
+
+    Prefill first: whenever a waiting request can be admitted, the iteration is a prefill-only batch and
+    the running sequences wait (decode ITL stalls behind prefills, as in SGLang); otherwise every running
+    sequence decodes one token. A prefill under way (SGLang's one ``chunked_req``) continues first. A batch
+    holds at most ``chunked_prefill_size`` prompt tokens (the request that does not fit whole is cut there
+    and continues next iteration) and ``max_prefill_tokens`` in all, and admits requests while the
+    running ones (decoding and being prefilled) stay within ``max_running_requests``.
+
+    KV admission: a request is admitted only if its prompt's blocks fit in the free blocks left after the
+    running sequences' reserve, the blocks they would still take if each generated ``new_token_ratio`` of
+    its remaining output (SGLang's ``rem_total_tokens``: ``(max_new_tokens - generated) x new_token_ratio``
+    per running request; here the remaining tokens are the request's own output length, as in a benchmark
+    that sets ``max_tokens``). SGLang starts the ratio at 0.7 and decays it by 0.001 a decode step to 0.1,
+    raising it again after a retraction; ASSUMPTION: one constant ratio, default its floor 0.1 (what a
+    server that runs for more than ~600 decode steps without retraction uses; a constant keeps a blocked
+    queue blocked while the batch decodes, the property the engine's decode jumps rely on). The admitted
+    request's own output reserve is not counted (the queue does not tell it). Running out of blocks while
+    decoding preempts by the replica's ``kv.preemption`` (SGLang retracts by recompute). SGLang's KV pool
+    is token-granular (page size 1): ``kv.block_size: 1`` matches it.
+
+    Defaults are SGLang's on an 80 GB GPU (``server_args.py`` ``_handle_gpu_memory_settings``:
+    ``chunked_prefill_size`` 2048 below 35 GB, 4096 below 60 GB, 8192 below 160 GB (H100, A100 80 GB, H200),
+    16384 above (B200, MI300X); ``max_prefill_tokens`` 16384); ``max_running_requests`` 4096, SGLang's cap
+    (``model_runner``: ``min(max(KV tokens / context length x 512, 2048), 4096)``, 4096 unless the context
+    is long against the KV pool). Under DP attention SGLang divides ``max_running_requests`` and
+    ``chunked_prefill_size`` by the DP size (the engine's per-rank policy does the same,
+    ``simllm.sim.dp_ranks``) and scales its ratios by 0.3 (``schedule_conservativeness``): set
+    ``new_token_ratio: 0.03`` there.
+    """
+
+    chunked_prefill_size: int = 8192
+    max_prefill_tokens: int = 16384
+    max_running_requests: int = 4096
+    new_token_ratio: float = 0.1
+    general: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if self.chunked_prefill_size < 1 or self.max_prefill_tokens < 1:
+            raise ValueError("chunked_prefill_size and max_prefill_tokens must be >= 1")
+        if self.max_running_requests < 1:
+            raise ValueError("max_running_requests must be >= 1")
+        if not 0.0 <= self.new_token_ratio <= 1.0:
+            raise ValueError("new_token_ratio must be in [0, 1]")
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.max_running_requests
+
+    def max_prompt_tokens(self) -> int | None:
+        return None
+
+    def next_batch(self, queue, running, kv) -> Batch:
+        b = Batch()
+        if len(queue):
+            reserve = running.reserved_blocks(self.new_token_ratio) if running.n else 0
+            free = kv.free_blocks - reserve
+            left = min(self.chunked_prefill_size, self.max_prefill_tokens)
+            seqs = running.n + running.n_prefilling
+            k = running.n_prefilling
+            for rid in queue:  # the prefill under way continues first (it holds its blocks)
+                if not k or left <= 0:
+                    break
+                if queue.started(rid):
+                    k -= 1
+                    c = queue.prefill_len(rid)
+                    b.prefill_ids.append(rid)
+                    b.prefill_lens.append(min(c, left))
+                    left -= c
+            for rid in queue:
+                if left <= 0:
+                    break
+                if queue.started(rid):
+                    continue
+                need = queue.new_blocks(rid)
+                if seqs + 1 > self.max_running_requests or free - need < kv.watermark_blocks:
+                    break
+                free -= need
+                seqs += 1
+                c = queue.prefill_len(rid)
+                b.prefill_ids.append(rid)
+                b.prefill_lens.append(min(c, left))
+                left -= c
+        if not b.prefill_ids:
+            b.decode = running.n > 0
         return b
 
 

@@ -46,7 +46,9 @@ from .pools import REPLICA_CLASS, PositionView
 from .replica import Replica
 
 # per-rank shares of a batching policy's replica-wide limits
-_DIVIDED = ("max_num_seqs", "max_num_batched_tokens", "token_budget", "batch_size")
+# (SGLang divides its max_running_requests and chunked_prefill_size by the DP size under DP attention)
+_DIVIDED = ("max_num_seqs", "max_num_batched_tokens", "token_budget", "batch_size", "max_running_requests",
+            "chunked_prefill_size")
 
 
 def rank_policy(policy: Any, dp: int) -> Any:

@@ -238,6 +238,19 @@ class Replica:
         G = self.G
         return [(rid, e[0] + G) for rid, e in self.run.items()]
 
+    def reserved_blocks(self, ratio: float) -> int:
+        """KV blocks the running sequences would still take if each generated ``ratio`` of its remaining
+        output tokens (SGLang's admission reserve, :class:`~simllm.policies.batching.SGLangBatching`).
+        Free blocks less this reserve never grow while the batch decodes: each step adds a token and
+        removes one from the remainder, so ``tokens + ratio x remaining`` rises by ``1 - ratio`` and the
+        blocks it needs in all (held + reserved) can only rise."""
+        if self.n == 0 or ratio <= 0.0:
+            return 0
+        _rids, t, rem = self._arrays()
+        bs = int(self.kv.block_size)
+        fut = np.ceil((t + ratio * np.maximum(rem, 0)) / bs - 1e-9).astype(np.int64)
+        return int(np.maximum(fut - (-(-t // bs)), 0).sum())
+
     def _arrays(self):
         """(request ids, KV tokens, tokens left) of the running sequences, oldest first, as arrays."""
         n = self.n
