@@ -255,3 +255,26 @@ def test_l40s_nccl_all_reduce_has_the_ll_to_simple_knee():
     # one protocol below the knee, a faster-streaming one above it (the fit names it LL128 or Simple)
     assert alg[0] == alg[1] == "ll" and alg[2] == alg[3] != "ll"
     assert getattr(p, f"{alg[3]}_eff") > 1.3 * p.ll_eff
+
+
+@need_data
+def test_deepep_ll_few_experts_are_bound_by_their_warp_groups():
+    """DeepEP low-latency kernels run one warp group per expert: with 8 or 16 experts few SMs run them
+    and dispatch is 4-7x slower than the NVLink line (H100 SGLang table, one node); the shipped fit
+    prices those dispatch rows within 15% at >= 256 tokens (they were 0.13-0.39x) while 128+ experts stay
+    on the link line."""
+    from simllm.cost import deepep as D
+    from simllm.cost.tables import read_tables
+
+    acc = load_accelerator("h100-sxm")
+    cal = calibration_for(acc).for_framework("sglang")
+    df = read_tables(DATA / "h100_sxm" / "comm" / "sglang" / "0.5.12" / "wideep_deepep_ll_perf.parquet")
+    r = D.price_ll(df, acc, cal) / df["latency_s"].to_numpy() - 1
+    few = (df["num_experts"].to_numpy() <= 16) & (df["num_token"].to_numpy() >= 256)
+    many = (df["num_experts"].to_numpy() >= 128) & (df["num_token"].to_numpy() >= 256)
+    disp = (df["kind"] == "deepep_ll_dispatch").to_numpy()
+    assert (few & disp).sum() >= 9 and np.all(np.abs(r[few & disp]) < 0.15), r[few & disp]
+    assert np.all(np.abs(r[few & ~disp]) < 0.25), r[few & ~disp]  # combine: the link line 13-29% fast before
+    assert np.median(np.abs(r[many])) < 0.06
+    assert list(C.ll_warp_groups(np.array([8, 128, 160, 288, 512]), 132)) == [8, 128, 160, 288, 512]
+    assert C.ll_warp_groups(133, 132) == 134  # 2 a SM, 67 SMs

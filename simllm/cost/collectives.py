@@ -566,22 +566,45 @@ def tp_all_reduce_tokens(tokens: int, hidden: float, act_bytes: float, n: int, l
 @dataclass(frozen=True)
 class DeepEPLLParams:
     """Seconds of one call (``*_launch_s``: kernel, flag polling) and fractions of the NVLink /
-    NIC per-direction bandwidth the low-latency kernels reach, per op."""
+    NIC per-direction bandwidth the low-latency kernels reach, per op; and the warp groups' own pace
+    (``*_token_s``: seconds one warp group spends per token of its share, ``*_wg_bw``: bytes per second
+    it moves per (token, expert) copy).
+
+    Warp groups: DeepEP's low-latency kernels run one warp group per expert (``num_warp_groups =
+    ceil(E / SMs)`` per SM, ``ceil(E / num_warp_groups)`` SMs), and those warp groups also cast and
+    send the rank's tokens; with few experts few SMs run the kernel and it is bound by them, not by
+    the links. Evidence (H100 SGLang ``wideep_deepep_ll_perf``, one node): dispatch of 1,024 tokens
+    takes 321 us with 8 experts (top-2, hidden 4096: 27 GB/s a rank) and 154 us with 16 (top-1, hidden
+    5120) where the link model gives 42 and 31 us (ratios 0.13-0.25); 128+ experts run at 150-270 GB/s,
+    on the NVLink line. Combine: 8-16 experts 0.71-0.87 of the measured time."""
 
     dispatch_launch_s: float = 1.3e-5
     combine_launch_s: float = 1.3e-5
     dispatch_nvl_eff: float = 0.6
     combine_nvl_eff: float = 0.55
     rdma_eff: float = 0.7
+    dispatch_token_s: float = 0.0
+    dispatch_wg_bw: float = 1.0e12
+    combine_token_s: float = 0.0
+    combine_wg_bw: float = 1.0e12
 
     def vector(self):
         return [self.dispatch_launch_s * 1e6, self.combine_launch_s * 1e6, self.dispatch_nvl_eff,
-                self.combine_nvl_eff, self.rdma_eff]
+                self.combine_nvl_eff, self.rdma_eff, self.dispatch_token_s * 1e6, self.dispatch_wg_bw / 1e9,
+                self.combine_token_s * 1e6, self.combine_wg_bw / 1e9]
 
     @classmethod
     def from_vector(cls, x):
         x = [float(v) for v in x]
-        return cls(x[0] * 1e-6, x[1] * 1e-6, x[2], x[3], x[4])
+        return cls(x[0] * 1e-6, x[1] * 1e-6, x[2], x[3], x[4], x[5] * 1e-6, x[6] * 1e9, x[7] * 1e-6, x[8] * 1e9)
+
+
+def ll_warp_groups(num_experts, sms: float):
+    """Warp groups a DeepEP low-latency kernel runs: ``ceil(E / ceil(E / SMs)) x ceil(E / SMs)`` (one per
+    expert, packed ``ceil(E / SMs)`` to an SM; DeepEP ``internode_ll.cu``)."""
+    E = np.maximum(np.asarray(num_experts, float), 1.0)
+    wg = np.ceil(E / max(float(sms), 1.0))
+    return np.ceil(E / wg) * wg
 
 
 def ll_token_bytes(hidden, op: str) -> float:
@@ -589,9 +612,12 @@ def ll_token_bytes(hidden, op: str) -> float:
     return np.asarray(hidden, float) * ((1.0 + 4.0 / 128.0) if op == "dispatch" else 2.0)
 
 
-def deepep_ll_time(op: str, tokens, hidden, topk, n, g, up_bw: float, nic_bw: float, p: DeepEPLLParams):
+def deepep_ll_time(op: str, tokens, hidden, topk, n, g, up_bw: float, nic_bw: float, p: DeepEPLLParams,
+                   num_experts=None, sms: float | None = None):
     """Seconds of one DeepEP low-latency ``op`` (dispatch / combine) with ``tokens`` per rank over
-    ``n`` ranks, ``g`` per node (vectorised)."""
+    ``n`` ranks, ``g`` per node (vectorised): the slowest of the NVLink share, the RDMA share and, given
+    ``num_experts`` (expert slots over the EP group) and the device's ``sms``, the warp groups' pace
+    (:class:`DeepEPLLParams`)."""
     if op not in ("dispatch", "combine"):
         raise InputError(f"op must be dispatch or combine, got {op!r}", field="op")
     T = np.asarray(tokens, float)
@@ -604,4 +630,10 @@ def deepep_ll_time(op: str, tokens, hidden, topk, n, g, up_bw: float, nic_bw: fl
     with np.errstate(divide="ignore", invalid="ignore"):
         t_rdma = np.where(n > g, pairs * (n - g) / n * tb / (max(nic_bw, 1e-30) * p.rdma_eff), 0.0)
     launch = p.dispatch_launch_s if op == "dispatch" else p.combine_launch_s
-    return np.where(T > 0, launch + np.maximum(t_nvl, t_rdma), 0.0)
+    t = np.maximum(t_nvl, t_rdma)
+    if num_experts is not None and sms:
+        tok_s, wg_bw = (p.dispatch_token_s, p.dispatch_wg_bw) if op == "dispatch" else (p.combine_token_s,
+                                                                                       p.combine_wg_bw)
+        per_wg = T / ll_warp_groups(num_experts, sms)
+        t = np.maximum(t, per_wg * (tok_s + np.asarray(topk, float) * tb / max(wg_bw, 1.0)))
+    return np.where(T > 0, launch + t, 0.0)

@@ -57,7 +57,8 @@ def price_ll(df, acc, cal, p: DeepEPLLParams | None = None, node=None) -> np.nda
         if m.any():
             out[m] = deepep_ll_time(op, df["num_token"].to_numpy(float)[m], df["hidden_size"].to_numpy(float)[m],
                                     df["num_topk"].to_numpy(float)[m], n[m], GPUS_PER_NODE, node.scale_up_bw,
-                                    node.scale_out_bw, p)
+                                    node.scale_out_bw, p, num_experts=df["num_experts"].to_numpy(float)[m],
+                                    sms=float(acc.compute_units.value))
     return out
 
 
@@ -68,13 +69,31 @@ def fit_ll(df, acc, cal, iters: int = 600) -> dict:
     t = df["latency_s"].to_numpy(float)
 
     def f(x):
-        if not (0 <= x[0] < 500 and 0 <= x[1] < 500 and all(0.01 < e <= 1.2 for e in x[2:])):
+        if not (0 <= x[0] < 500 and 0 <= x[1] < 500 and all(0.01 < e <= 1.2 for e in x[2:5])
+                and 0 <= x[5] < 100 and 0.1 < x[6] < 1e4 and 0 <= x[7] < 100 and 0.1 < x[8] < 1e4):
             return np.inf
         v = np.mean(np.abs(np.log(price_ll(df, acc, cal, DeepEPLLParams.from_vector(x), node) / t)))
         return v if np.isfinite(v) else np.inf
 
-    x, _ = nelder_mead(f, ll_params(cal).vector(), iters=iters, step=0.2)
-    return {"deepep_ll": asdict(DeepEPLLParams.from_vector(x))}
+    x0 = list(ll_params(cal).vector())
+    if x0[6] >= 1e3:  # the warp-group terms off (a section of before them): start them where they can bind
+        x0[5:9] = [1.0, 20.0, 1.0, 20.0]
+    # what no row can tell stays as given: the RDMA fraction without a row spanning nodes
+    one_node = "node_num" not in df.columns or bool((df["node_num"].fillna(1) <= 1).all())
+    # and an op's own parameters without its rows (the registry fits each kind on its own rows)
+    kinds = set(df["kind"].astype(str)) if "kind" in df.columns else {"deepep_ll_dispatch", "deepep_ll_combine"}
+    own = {"deepep_ll_dispatch": {0, 2, 5, 6}, "deepep_ll_combine": {1, 3, 7, 8}}
+    free = sorted(set().union(*(own.get(k, set()) for k in kinds)) | (set() if one_node else {4}))
+
+    def g(y):
+        x = list(x0)
+        for i, v in zip(free, y):
+            x[i] = v
+        return x
+
+    y, _ = nelder_mead(lambda y: f(g(y)), [x0[i] for i in free], iters=iters, step=0.2)
+    y, _ = nelder_mead(lambda y: f(g(y)), y, iters=iters, step=0.1)
+    return {"deepep_ll": asdict(DeepEPLLParams.from_vector(g(y)))}
 
 
 def _fit_either(df, acc, cal):

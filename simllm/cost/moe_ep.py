@@ -510,7 +510,8 @@ class EPStepCost:
         for op in ("dispatch", "combine"):
             launch = p.dispatch_launch_s if op == "dispatch" else p.combine_launch_s
             ll = float(C.deepep_ll_time(op, tokens_per_rank, self.H, self.k, self.ep, g, node.scale_up_bw,
-                                        node.scale_out_bw, p))
+                                        node.scale_out_bw, p, num_experts=self.ep * self.slots_used,
+                                        sms=float(self.acc.compute_units.value)))
             t += launch + (ll - launch) * skew
         return t
 
