@@ -504,6 +504,44 @@ def decode_kv_heads(h, kvh, framework: str):
     return np.where(np.asarray(h, float) > g * np.asarray(kvh, float), h, kvh)
 
 
+def decode_family(h, kvh, framework: str):
+    """The decode kernel family (a section source) a framework runs for ``h`` query heads over ``kvh``
+    KV heads, or ``None`` where one family serves every head ratio.
+
+    TensorRT-LLM dispatches decode to its XQA kernel when the query heads share KV heads in groups of
+    2-32 (GQA/MQA), and to the generic masked multi-head attention kernel (``mmha``) otherwise (MHA,
+    and groups above :data:`DECODE_GROUP_MAX`, run as one KV head per query head). The two are
+    different code paths with different per-CTA costs, so each gets its own fitted section
+    (``generation_attention/<dtype>/xqa``, ``.../mmha``). Evidence (AIConfigurator, TRT-LLM 1.3.0rc20,
+    batch 1024, 2-token contexts, head dim 128, bf16 cache): H100 MHA 8 / 8 heads 81 us, 32 / 32
+    354 us (10-11 ns per sequence x head); XQA 16 / 8 293 us, 128 / 8 336 us, 2 / 1 43 us (36 ns per
+    sequence x KV head, 3.5x MHA's per head, almost independent of the query heads); L40S alike
+    (1 / 1 11 us, 2 / 1 30 us). One section for both priced MHA rows 20-45% slow and XQA rows 50-70%
+    fast at short contexts (H100 TRT-LLM decode 15.5% / 48% median / p90 over the table)."""
+    if (framework or "") != "trtllm":
+        return None
+    h = np.asarray(h, float)
+    kvh = np.maximum(np.asarray(kvh, float), 1.0)
+    g = h / kvh
+    return np.where((g > 1.0) & (g <= DECODE_GROUP_MAX["trtllm"]), "xqa", "mmha")
+
+
+def _attn_groups(df, kind, framework: str = ""):
+    """:func:`_groups` with the decode kernel family (:func:`decode_family`) as the source where the
+    framework has several: (dtype, source, mask)."""
+    fam = decode_family(_col(df, "num_heads"), _col(df, "num_key_value_heads"), framework) \
+        if kind == "generation_attention" else None
+    if fam is None:
+        yield from _groups(df)
+        return
+    dt = _dtype_key(df)
+    for d in pd.unique(dt):
+        for f in pd.unique(fam):
+            m = (dt == d) & (fam == f)
+            if m.any():
+                yield str(d), str(f), m
+
+
 def decode_tail_share(tiles, cus: float):
     """Share of a decode batch's length spread that paces its attention kernel (0..1).
 
@@ -596,7 +634,7 @@ def attention_launch_and_body(df, kind, acc, cal):
     """(launch, body) seconds of attention / MLA rows (contract columns) on ``acc``."""
     launch = np.full(len(df), np.nan)
     body = np.full(len(df), np.nan)
-    for d, src, sel in _groups(df):
+    for d, src, sel in _attn_groups(df, kind, getattr(cal, "framework", "")):
         if _base_dtype(d) not in ATTN_DTYPES:
             continue
         s = {**ROOF_DEFAULT, **_sec(cal, kind, d, src)[0]}
@@ -629,8 +667,8 @@ def _fit_roof(kind):
         keys = [k for k in _ROOF_KEYS if not (k == "split" and kind in ("context_attention", "context_mla"))
                 and not (k == "hd_floor" and kind != "generation_attention")]
         jobs = [(d, "", dt == d) for d in sorted(pd.unique(dt))]
-        jobs += [(d, src, m) for d, src, m in _groups(df) if src and m.sum() >= MIN_GROUP and
-                 (dt == d).sum() > m.sum()]
+        jobs += [(d, src, m) for d, src, m in _attn_groups(df, kind, getattr(cal, "framework", ""))
+                 if src and m.sum() >= MIN_GROUP and (dt == d).sum() > m.sum()]
         for d, src, m in jobs:
             if _base_dtype(d) not in ATTN_DTYPES:
                 continue
@@ -740,4 +778,4 @@ register("mla_bmm", price_mla_bmm, fit_mla_bmm)
 
 __all__ = ["strict_peak", "gemm_launch_and_body", "attention_launch_and_body", "price_gemm", "price_mla_bmm",
            "GEMM_DTYPES", "ATTN_DTYPES", "KV_BYTES", "decode_tail_share",
-           "decode_floor_scale"]
+           "decode_floor_scale", "decode_family"]

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import InputError
 from .kernel_models import (ATTN_DTYPES, GEMM_DTYPES, ROOF_DEFAULT, UNCALIBRATED, _gemm_params, _l2, _sec,
-                            decode_floor_scale, decode_kv_heads, decode_tail_share, quant_rows, strict_peak)
+                            decode_family, decode_floor_scale, decode_kv_heads, decode_tail_share, quant_rows, strict_peak)
 from .kernels import gemm_floor, gemm_time
 
 FRAMEWORKS = ("vllm", "trtllm", "sglang")
@@ -119,7 +119,9 @@ class LayerKernels:
         self._pre_memo: dict = {}  # batch size -> decode seconds on the context grid
         self._tail: dict[int, float] = {}  # batch size -> decode_tail_share of its decode kernel
         self.pre = {**ROOF_DEFAULT, **_sec(self.cal, pre_kind, key)[0]}
-        self.dec = {**ROOF_DEFAULT, **_sec(self.cal, dec_kind, key)[0]}
+        fam = None if self.mla else decode_family(math.ceil(a.num_heads / tp), math.ceil(a.num_kv_heads / tp),
+                                                    getattr(self.cal, "framework", ""))
+        self.dec = {**ROOF_DEFAULT, **_sec(self.cal, dec_kind, key, str(fam) if fam is not None else "")[0]}
         if getattr(acc, "kind", "") == "tpu":
             # assumption: a TPU TensorCore runs one program over the whole batch, no thread blocks
             # scheduled over SMs, so the per-CTA floor of GPU kernels does not transfer (with one
