@@ -435,14 +435,16 @@ def _gemm_valid_wide(x, ntiles):
 # equivalents: FLOPs are priced as 4 (hd + hd0) per pair. Evidence: H100 FA3 prefill at head_dim 64
 # runs ~12% slower per matmul FLOP than at 128 (the exp unit, not the tensor cores, limits small hd).
 ROOF_DEFAULT = {"ce": 0.5, "me": 0.7, "launch_s": 8e-6, "p": 3.0, "a": 0.5, "split": 512.0, "occ": 2.0, "hd0": 8.0,
-                "cta_s": 1e-6, "hd_floor": 0.0}
+                "cta_s": 1e-6, "hd_floor": 0.0, "l2": 1.0}
 # cta_s: the least time one CTA (one sequence x KV head x split in decode, one query tile in prefill)
 # takes (page-table walk, Q load, softmax merge); with many short sequences the kernel is bound
 # by CTAs / (SMs x occ) x cta_s. Evidence: H100 FA3 decode at batch 512-2048 with 1-token contexts
 # measures 2-3x the bandwidth roofline.
 # hd_floor (decode attention only): the share of the launch and per-CTA floors that grows with the head
 # dim at head dim 128 (floors x (1 - hd_floor + hd_floor x hd / 128), see decode_floor_scale).
-_ROOF_KEYS = ("ce", "me", "launch_s", "p", "a", "split", "occ", "hd0", "cta_s", "hd_floor")
+# l2 (the table pricer only): a kernel whose whole working set (Q, O and the K/V it reads) fits in the
+# device's L2 streams it at l2 x the HBM figure, see bench_l2_resident.
+_ROOF_KEYS = ("ce", "me", "launch_s", "p", "a", "split", "occ", "hd0", "cta_s", "hd_floor", "l2")
 HD_REF = 128.0
 
 
@@ -474,13 +476,44 @@ def _waves(tiles, cus, a):
     return np.maximum(full + np.where(rem > 0, a + (1 - a) * rem, 0.0), 1e-9) / w
 
 
-def _roof(flops, nbytes, tiles, ctas, acc, peak, s):
+def bench_l2_resident(nbytes, acc):
+    """Whether a benchmarked attention kernel's working set of ``nbytes`` (Q, O and every K/V byte
+    it reads) stays in the device's L2 between the timed calls (the whole L2, ``L2_USABLE``).
+
+    The AIConfigurator collectors build one KV cache per shape and time the same call back to back
+    (vLLM: 3 warm-up and 6 timed runs over one paged cache, ``collector/vllm/collect_attn.py``), so a
+    cache that fits in L2 is read from it, not from DRAM; the kernel then streams at a fitted
+    ``l2`` x the HBM figure (the section's ``l2``, 1 where unfitted). Not applied in the serving step:
+    between two decode steps every other layer's weights and KV pass through the L2, so one layer's
+    KV is never resident there (:class:`~simllm.cost.layer_kernels.LayerKernels` prices DRAM).
+    Evidence (L40S, 96 MiB L2, 864 GB/s GDDR6; decode, 32 / 8 heads, head dim 128, bf16 cache, 4 KiB
+    of K/V per token): vLLM FA2 at batch 1 reads 16,384 tokens (67 MB) in 38 us (1.8 TB/s, twice the
+    DRAM peak) and 32,768 (134 MB) in 222 us (0.60 TB/s); the same step at every batch (b x context
+    = 16,384 -> 32,768 tokens: 36 -> 219 us at batch 16) and in TRT-LLM (28 -> 232 us) and FlashInfer
+    with an fp8 cache (32,768 -> 65,536 tokens, 67 -> 134 MB: 35 -> 212 us). One DRAM roofline priced
+    the L2-resident rows up to 2.5-3.7x slow (L40S vLLM decode p90 87%). H100 (50 MiB L2 against
+    3.35 TB/s HBM3) and A100 show no such step: their fits keep ``l2`` near 1."""
+    sram = getattr(acc, "sram", None)
+    l2 = L2_USABLE * float(sram.value) if sram is not None else 0.0
+    return np.asarray(nbytes, float) <= l2
+
+
+def _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench: bool = False):
     """(launch, body) of a roofline kernel: compute stretched by wave quantization of ``tiles``,
-    memory by the fraction of SMs that ``ctas`` keep busy."""
+    memory by the fraction of SMs that ``ctas`` keep busy; ``bench``: a benchmark's back-to-back
+    calls, whose working set stays in L2 when it fits (:func:`bench_l2_resident`)."""
     cus = float(acc.compute_units.value)
     tc = flops / (peak * s["ce"]) * _waves(tiles, cus, s["a"])
     par = np.minimum(1.0, np.maximum(ctas, 1.0) / (cus * max(s["occ"], 1e-3)))
     tm = nbytes / (acc.hbm_bw * s["me"]) / par
+    if bench and s.get("l2", 1.0) != 1.0:
+        # an L2-resident working set streams device-wide at l2 x the DRAM figure; the per-CTA rate
+        # of too few CTAs (par < 1) does not change (L40S vLLM FA2 MHA decode 8 / 8 heads, 16,384
+        # tokens: 306 us at batch 1, 67 MB in L2, and 313 us at batch 2, 134 MB from DRAM)
+        # (tm = max(device-wide stream, per-CTA stream), the second one nbytes / (bw me) x SMs occ / CTAs)
+        per_cta = nbytes / (acc.hbm_bw * s["me"]) * (cus * max(s["occ"], 1e-3)) / np.maximum(ctas, 1.0)
+        tm = np.where(bench_l2_resident(nbytes, acc),
+                      np.maximum(nbytes / (acc.hbm_bw * s["me"] * s["l2"]), per_cta), tm)
     tq = np.maximum(ctas, 1.0) / (cus * max(s["occ"], 1e-3)) * s.get("cta_s", 0.0)
     p = s["p"]
     body = (tc ** p + tm ** p + tq ** p) ** (1.0 / p)
@@ -496,15 +529,33 @@ def _roof(flops, nbytes, tiles, ctas, acc, peak, s):
 DECODE_GROUP_MAX = {"trtllm": 32}
 
 
-def decode_kv_heads(h, kvh, framework: str):
-    """KV heads the decode kernel runs as (``kvh``, or ``h`` above the framework's largest group)."""
+#: kernel sources of FlashAttention 2 decode (vLLM on sm80 / sm89), whose GQA packing
+#: (``seqlenq_ngroups_swapped``) requires no sliding window: with one, every query head runs as its own
+#: KV head. Evidence (L40S, vLLM 0.24 FA2, batch 1024, 2-token contexts, head dim 128): window 128
+#: takes 224 us at 8 / 1 .. 8 / 8 heads and 1.70 ms at 64 / 1 .. 64 / 8 (proportional to the query
+#: heads, the KV heads do not matter) against 37 / 220 us and 45 / 255 us without a window; FA3
+#: (H100) and FlashInfer (L40S, fp8 cache) time windowed rows as unwindowed ones (211 / 211 us at 8 / 8).
+FA2_SOURCES = ("vllm_flash_attn_fa2", "vllm_flash_attn")
+
+
+def _fa2_windowed(window, source):
+    src = np.asarray(source, dtype=object) if np.ndim(source) else source
+    fa2 = np.isin(src, FA2_SOURCES) if np.ndim(src) else (src in FA2_SOURCES)
+    return np.asarray(fa2) & (np.asarray(window, float) > 0)
+
+
+def decode_kv_heads(h, kvh, framework: str, window=0.0, source=""):
+    """KV heads the decode kernel runs as (``kvh``, or ``h`` above the framework's largest group, and
+    for FlashAttention 2 with a sliding ``window``; ``source``: the table's kernel source; the serving
+    step passes neither, :data:`FA2_SOURCES`)."""
     g = DECODE_GROUP_MAX.get(framework or "")
-    if g is None:
-        return kvh
-    return np.where(np.asarray(h, float) > g * np.asarray(kvh, float), h, kvh)
+    out = kvh if g is None else np.where(np.asarray(h, float) > g * np.asarray(kvh, float), h, kvh)
+    if np.any(_fa2_windowed(window, source)):
+        out = np.where(_fa2_windowed(window, source), h, out)
+    return out
 
 
-def decode_family(h, kvh, framework: str):
+def decode_family(h, kvh, framework: str, window=0.0, source=""):
     """The decode kernel family (a section source) a framework runs for ``h`` query heads over ``kvh``
     KV heads, or ``None`` where one family serves every head ratio.
 
@@ -517,20 +568,33 @@ def decode_family(h, kvh, framework: str):
     354 us (10-11 ns per sequence x head); XQA 16 / 8 293 us, 128 / 8 336 us, 2 / 1 43 us (36 ns per
     sequence x KV head, 3.5x MHA's per head, almost independent of the query heads); L40S alike
     (1 / 1 11 us, 2 / 1 30 us). One section for both priced MHA rows 20-45% slow and XQA rows 50-70%
-    fast at short contexts (H100 TRT-LLM decode 15.5% / 48% median / p90 over the table)."""
-    if (framework or "") != "trtllm":
+    fast at short contexts (H100 TRT-LLM decode 15.5% / 48% median / p90 over the table).
+
+    vLLM's FlashAttention decode packs a KV head's query-head group into the query tile when the
+    group exceeds 1 (``seqlenq_ngroups_swapped``), and only that path splits the KV (split-KV); MHA
+    (group 1) runs the varlen kernel, one CTA per (sequence, head) streaming its whole context, so the
+    two get their own sections too (``.../gqa``, ``.../mha``; the fitted ``split`` tells them apart).
+    Evidence (L40S, vLLM 0.24 FA2, head dim 128, bf16 cache): MHA at batch 1-2 and 1-64 heads takes
+    305 us at 16,384 tokens and 2.4 ms at 131,072 whatever the heads (one CTA per head at 27 GB/s,
+    no split), GQA 2 / 1 47 us at 131,072; one section priced MHA at batch 1 and long contexts 70-82%
+    fast and MHA at batch 16-128, short contexts 60-130% slow."""
+    fw = framework or ""
+    if fw not in ("trtllm", "vllm"):
         return None
     h = np.asarray(h, float)
     kvh = np.maximum(np.asarray(kvh, float), 1.0)
     g = h / kvh
+    if fw == "vllm":
+        return np.where((g > 1.0) & ~_fa2_windowed(window, source), "gqa", "mha")
     return np.where((g > 1.0) & (g <= DECODE_GROUP_MAX["trtllm"]), "xqa", "mmha")
 
 
 def _attn_groups(df, kind, framework: str = ""):
     """:func:`_groups` with the decode kernel family (:func:`decode_family`) as the source where the
     framework has several: (dtype, source, mask)."""
-    fam = decode_family(_col(df, "num_heads"), _col(df, "num_key_value_heads"), framework) \
-        if kind == "generation_attention" else None
+    src = df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else ""
+    fam = decode_family(_col(df, "num_heads"), _col(df, "num_key_value_heads"), framework, _col(df, "window_size"),
+                        src) if kind == "generation_attention" else None
     if fam is None:
         yield from _groups(df)
         return
@@ -571,9 +635,10 @@ def decode_tail_share(tiles, cus: float):
 def _attn_shapes(df, kind, framework: str = ""):
     b, isl, step = _col(df, "batch_size"), _col(df, "isl"), _col(df, "step")
     h, kvh, hd = _col(df, "num_heads"), _col(df, "num_key_value_heads"), _col(df, "head_dim", 128)
-    if kind == "generation_attention":
-        kvh = decode_kv_heads(h, kvh, framework)
     w = _col(df, "window_size")
+    if kind == "generation_attention":
+        kvh = decode_kv_heads(h, kvh, framework, w,
+                              df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else "")
     kvb = np.array([KV_BYTES.get(str(v), 2.0) for v in df["kv_cache_dtype"].astype(str)]) \
         if "kv_cache_dtype" in df.columns else np.full(len(df), 2.0)
     ab = np.array([2.0 if ATTN_DTYPES.get(str(v), "bf16") != "fp8" else 1.0 for v in df["dtype"].astype(str)])
@@ -622,16 +687,19 @@ def _shapes(df, kind, framework: str = ""):
     return _mla_shapes(df, kind) if "mla" in kind else _attn_shapes(df, kind, framework)
 
 
-def _roof_predict(shapes, acc, peak, s):
+def _roof_predict(shapes, acc, peak, s, bench: bool = True):
     flops, nbytes, tiles, ctas, kv, b, kvh, pairs_h = shapes
     flops = flops + pairs_h * s.get("hd0", 0.0)
     if ctas is None:
         ctas = b * kvh * np.ceil(np.maximum(kv, 1.0) / max(s["split"], 1.0))
-    return _roof(flops, nbytes, tiles, ctas, acc, peak, s)
+    return _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench=bench)
 
 
-def attention_launch_and_body(df, kind, acc, cal):
-    """(launch, body) seconds of attention / MLA rows (contract columns) on ``acc``."""
+def attention_launch_and_body(df, kind, acc, cal, bench: bool = True):
+    """(launch, body) seconds of attention / MLA rows (contract columns) on ``acc``; ``bench``: as
+    the tables measured them, back-to-back calls whose working set may stay in L2
+    (:func:`bench_l2_resident`); False: the serving step's semantics (what
+    :class:`~simllm.cost.layer_kernels.LayerKernels` prices)."""
     launch = np.full(len(df), np.nan)
     body = np.full(len(df), np.nan)
     for d, src, sel in _attn_groups(df, kind, getattr(cal, "framework", "")):
@@ -640,7 +708,7 @@ def attention_launch_and_body(df, kind, acc, cal):
         s = {**ROOF_DEFAULT, **_sec(cal, kind, d, src)[0]}
         peak = strict_peak(acc, ATTN_DTYPES[_base_dtype(d)])
         s = _hd_scaled(s, _col(df[sel], "head_dim", HD_REF), kind)
-        lo, bo = _roof_predict(_shapes(df[sel], kind, getattr(cal, "framework", "")), acc, peak, s)
+        lo, bo = _roof_predict(_shapes(df[sel], kind, getattr(cal, "framework", "")), acc, peak, s, bench=bench)
         launch[sel], body[sel] = lo, bo
     return launch, body
 
@@ -654,7 +722,7 @@ def _price_attn(kind):
 
 _BOUNDS = {"ce": (0.02, 1.0), "me": (0.05, 1.2), "launch_s": (0.0, 5e-3), "p": (1.0, 20.0), "a": (0.0, 1.0),
            "split": (16.0, 65536.0), "occ": (0.05, 64.0), "hd0": (0.0, 512.0),
-           "cta_s": (0.0, 1e-3), "hd_floor": (0.0, 1.0)}
+           "cta_s": (0.0, 1e-3), "hd_floor": (0.0, 1.0), "l2": (1.0, 8.0)}
 _SCALE = {"launch_s": 1e-6, "cta_s": 1e-6}
 
 
@@ -682,6 +750,8 @@ def _fit_roof(kind):
             s0["launch_s"] = max(s0["launch_s"], float(np.percentile(t, 2)) * 0.5)
             if "hd_floor" in keys and not s0["hd_floor"] and len(np.unique(_col(sub, "head_dim", HD_REF))) > 1:
                 s0["hd_floor"] = 0.2  # a start off the bound (the simplex steps relative to it)
+            if s0.get("l2", 1.0) == 1.0:
+                s0["l2"] = 1.5  # off the bound too
             x0 = [s0[k] / _SCALE.get(k, 1.0) for k in keys]
 
             def f(x):
