@@ -45,6 +45,12 @@ latency-bound, the floors); FLOPs scale with the query/KV head ratio (GQA), whic
 high ratios at large batch compute-bound. Above a framework's largest query-head group per KV head
 (TensorRT-LLM XQA: 32, :data:`DECODE_GROUP_MAX`) every query head runs as its own KV head.
 
+Decode kernel families (:func:`decode_family`): TensorRT-LLM's XQA (query-head groups 2-32) and
+masked MHA, vLLM's GQA-packed and MHA paths, each with its own section; FlashAttention 2 with a
+sliding window runs unpacked (:data:`FA2_SOURCES`). The tables time one kernel back to back, so a
+working set within the L2 streams from it (:func:`bench_l2_resident`, fitted ``l2``), which the
+table pricer models and the serving step, whose per-layer KV never stays in L2, does not.
+
 MLA (``context_mla``/``generation_mla``): DeepSeek-style MLA with local heads ``num_heads``.
 Prefill runs un-absorbed: per head qk 192 (128 nope + 64 rope), v 128; decode runs absorbed over
 the compressed cache (kv_lora 512 + rope 64 per token, one latent shared by all heads):
