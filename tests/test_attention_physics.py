@@ -91,7 +91,7 @@ def test_l40s_decode_l2_step_in_the_table_pricer_not_in_the_serving_step(shared_
     cal = calibration_for(acc).for_framework("vllm")
     kv_bytes = (sel.isl + sel.step).to_numpy() * 8 * 128 * 2 * 2.0
     assert bench_l2_resident(kv_bytes, acc).tolist() == [True, False]
-    assert cal.kernels["generation_attention/bfloat16"]["l2"] > 1.5
+    assert cal.kernels["generation_attention/bfloat16"]["l2_bpf"] * 362.05e12 > 1.5 * 864e9
     pred = pricing.price(sel, acc, cal)
     err = pred / sel["latency_s"].to_numpy() - 1
     assert np.all(np.abs(err) < 0.25), err

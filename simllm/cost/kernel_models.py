@@ -48,7 +48,7 @@ high ratios at large batch compute-bound. Above a framework's largest query-head
 Decode kernel families (:func:`decode_family`): TensorRT-LLM's XQA (query-head groups 2-32) and
 masked MHA, vLLM's GQA-packed and MHA paths, each with its own section; FlashAttention 2 with a
 sliding window runs unpacked (:data:`FA2_SOURCES`). The tables time one kernel back to back, so a
-working set within the L2 streams from it (:func:`bench_l2_resident`, fitted ``l2``), which the
+working set within the L2 streams from it (:func:`bench_l2_resident`, fitted ``l2_bpf``), which the
 table pricer models and the serving step, whose per-layer KV never stays in L2, does not.
 
 MLA (``context_mla``/``generation_mla``): DeepSeek-style MLA with local heads ``num_heads``.
@@ -441,16 +441,17 @@ def _gemm_valid_wide(x, ntiles):
 # equivalents: FLOPs are priced as 4 (hd + hd0) per pair. Evidence: H100 FA3 prefill at head_dim 64
 # runs ~12% slower per matmul FLOP than at 128 (the exp unit, not the tensor cores, limits small hd).
 ROOF_DEFAULT = {"ce": 0.5, "me": 0.7, "launch_s": 8e-6, "p": 3.0, "a": 0.5, "split": 512.0, "occ": 2.0, "hd0": 8.0,
-                "cta_s": 1e-6, "hd_floor": 0.0, "l2": 1.0}
+                "cta_s": 1e-6, "hd_floor": 0.0, "l2_bpf": 0.0}
 # cta_s: the least time one CTA (one sequence x KV head x split in decode, one query tile in prefill)
 # takes (page-table walk, Q load, softmax merge); with many short sequences the kernel is bound
 # by CTAs / (SMs x occ) x cta_s. Evidence: H100 FA3 decode at batch 512-2048 with 1-token contexts
 # measures 2-3x the bandwidth roofline.
 # hd_floor (decode attention only): the share of the launch and per-CTA floors that grows with the head
 # dim at head dim 128 (floors x (1 - hd_floor + hd_floor x hd / 128), see decode_floor_scale).
-# l2 (the table pricer only): a kernel whose whole working set (Q, O and the K/V it reads) fits in the
-# device's L2 streams it at l2 x the HBM figure, see bench_l2_resident.
-_ROOF_KEYS = ("ce", "me", "launch_s", "p", "a", "split", "occ", "hd0", "cta_s", "hd_floor", "l2")
+# l2_bpf (the table pricer only): a kernel whose whole working set (Q, O and the K/V it reads) fits in
+# the device's L2 streams it at l2_bpf bytes per FLOP of the device's bf16 tensor peak (at least the
+# HBM figure), see bench_l2_resident.
+_ROOF_KEYS = ("ce", "me", "launch_s", "p", "a", "split", "occ", "hd0", "cta_s", "hd_floor", "l2_bpf")
 HD_REF = 128.0
 
 
@@ -488,8 +489,13 @@ def bench_l2_resident(nbytes, acc):
 
     The AIConfigurator collectors build one KV cache per shape and time the same call back to back
     (vLLM: 3 warm-up and 6 timed runs over one paged cache, ``collector/vllm/collect_attn.py``), so a
-    cache that fits in L2 is read from it, not from DRAM; the kernel then streams at a fitted
-    ``l2`` x the HBM figure (the section's ``l2``, 1 where unfitted). Not applied in the serving step:
+    cache that fits in L2 is read from it, not from DRAM; the kernel then streams at the L2 bandwidth,
+    ``l2_bpf`` bytes per FLOP of the device's bf16 tensor peak (the section's ``l2_bpf``, 0 where unfitted:
+    no effect), or the HBM figure where that is faster. ASSUMPTION (no L2 bandwidth in the descriptors,
+    none on the datasheets): an SM's L2 bytes per clock keep the ratio to its tensor FLOPs per clock
+    across NVIDIA generations, so the L2 bandwidth scales with SMs x clock as the bf16 peak does, and a
+    fraction of HBM bandwidth would not transfer (GDDR6 L40S: L2 2-5x its DRAM; HBM3 H100: 1.3-1.5x;
+    HBM2e A100: none measurable). Not applied in the serving step:
     between two decode steps every other layer's weights and KV pass through the L2, so one layer's
     KV is never resident there (:class:`~simllm.cost.layer_kernels.LayerKernels` prices DRAM).
     Evidence (L40S, 96 MiB L2, 864 GB/s GDDR6; decode, 32 / 8 heads, head dim 128, bf16 cache, 4 KiB
@@ -498,10 +504,17 @@ def bench_l2_resident(nbytes, acc):
     = 16,384 -> 32,768 tokens: 36 -> 219 us at batch 16) and in TRT-LLM (28 -> 232 us) and FlashInfer
     with an fp8 cache (32,768 -> 65,536 tokens, 67 -> 134 MB: 35 -> 212 us). One DRAM roofline priced
     the L2-resident rows up to 2.5-3.7x slow (L40S vLLM decode p90 87%). H100 (50 MiB L2 against
-    3.35 TB/s HBM3) and A100 show no such step: their fits keep ``l2`` near 1."""
+    3.35 TB/s HBM3) and A100 show no such step."""
     sram = getattr(acc, "sram", None)
     l2 = L2_USABLE * float(sram.value) if sram is not None else 0.0
     return np.asarray(nbytes, float) <= l2
+
+
+def _bf16_peak(acc) -> float:
+    try:
+        return strict_peak(acc, "bf16")
+    except InputError:
+        return 0.0  # no tensor peak to scale the L2 bandwidth from: DRAM only
 
 
 def _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench: bool = False):
@@ -512,14 +525,14 @@ def _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench: bool = False):
     tc = flops / (peak * s["ce"]) * _waves(tiles, cus, s["a"])
     par = np.minimum(1.0, np.maximum(ctas, 1.0) / (cus * max(s["occ"], 1e-3)))
     tm = nbytes / (acc.hbm_bw * s["me"]) / par
-    if bench and s.get("l2", 1.0) != 1.0:
-        # an L2-resident working set streams device-wide at l2 x the DRAM figure; the per-CTA rate
+    if bench and s.get("l2_bpf", 0.0) > 0.0:
+        # an L2-resident working set streams device-wide at the L2 bandwidth; the per-CTA rate
         # of too few CTAs (par < 1) does not change (L40S vLLM FA2 MHA decode 8 / 8 heads, 16,384
         # tokens: 306 us at batch 1, 67 MB in L2, and 313 us at batch 2, 134 MB from DRAM)
         # (tm = max(device-wide stream, per-CTA stream), the second one nbytes / (bw me) x SMs occ / CTAs)
         per_cta = nbytes / (acc.hbm_bw * s["me"]) * (cus * max(s["occ"], 1e-3)) / np.maximum(ctas, 1.0)
         tm = np.where(bench_l2_resident(nbytes, acc),
-                      np.maximum(nbytes / (acc.hbm_bw * s["me"] * s["l2"]), per_cta), tm)
+                      np.maximum(nbytes / max(acc.hbm_bw * s["me"], s["l2_bpf"] * _bf16_peak(acc)), per_cta), tm)
     tq = np.maximum(ctas, 1.0) / (cus * max(s["occ"], 1e-3)) * s.get("cta_s", 0.0)
     p = s["p"]
     body = (tc ** p + tm ** p + tq ** p) ** (1.0 / p)
@@ -728,7 +741,7 @@ def _price_attn(kind):
 
 _BOUNDS = {"ce": (0.02, 1.0), "me": (0.05, 1.2), "launch_s": (0.0, 5e-3), "p": (1.0, 20.0), "a": (0.0, 1.0),
            "split": (16.0, 65536.0), "occ": (0.05, 64.0), "hd0": (0.0, 512.0),
-           "cta_s": (0.0, 1e-3), "hd_floor": (0.0, 1.0), "l2": (1.0, 8.0)}
+           "cta_s": (0.0, 1e-3), "hd_floor": (0.0, 1.0), "l2_bpf": (0.0, 0.1)}
 _SCALE = {"launch_s": 1e-6, "cta_s": 1e-6}
 
 
@@ -756,8 +769,8 @@ def _fit_roof(kind):
             s0["launch_s"] = max(s0["launch_s"], float(np.percentile(t, 2)) * 0.5)
             if "hd_floor" in keys and not s0["hd_floor"] and len(np.unique(_col(sub, "head_dim", HD_REF))) > 1:
                 s0["hd_floor"] = 0.2  # a start off the bound (the simplex steps relative to it)
-            if s0.get("l2", 1.0) == 1.0:
-                s0["l2"] = 1.5  # off the bound too
+            if not s0.get("l2_bpf", 0.0):
+                s0["l2_bpf"] = 0.005  # off the bound too (H100: 1.4 x 3.35 TB/s over 989 TFLOP/s)
             x0 = [s0[k] / _SCALE.get(k, 1.0) for k in keys]
 
             def f(x):
