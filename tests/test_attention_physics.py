@@ -129,3 +129,28 @@ def test_l40s_fa2_windowed_decode_rows(shared_data):
     pred = pricing.price(sel, acc, calibration_for(acc).for_framework("vllm"))
     err = pred / sel["latency_s"].to_numpy() - 1
     assert np.all(np.abs(err) < 0.25), err
+
+
+def test_decode_splits_occupancy_cap():
+    from simllm.cost.kernel_models import decode_splits
+
+    s = {"split": 512.0, "split_waves": 0.0}
+    assert decode_splits(np.array([1.0, 512.0, 513.0, 4096.0]), 8.0, 132.0, s).tolist() == [1, 1, 2, 8]
+    s = {"split": 512.0, "split_waves": 2.0}  # at most ceil(2 x 132 / rows) splits
+    assert decode_splits(4096.0, 64.0, 132.0, s) == 5.0 and decode_splits(4096.0, 512.0, 132.0, s) == 1.0
+    assert decode_splits(1000.0, 1.0, 132.0, s) == 2.0  # the token split still caps it
+
+
+def test_h100_xqa_bandwidth_grows_with_kv_heads(shared_data):
+    """H100 TRT-LLM XQA at batch 64, 4,096-token contexts, 8 query heads per KV head, head dim 128, bf16
+    cache: 1 KV head 70 us (1.9 TB/s), 8 KV heads 369 us (2.9 TB/s); both within 15% (a split per
+    fixed token count priced them -9% and +22%)."""
+    df = _rows(shared_data, "h100_sxm", "trtllm", "generation_attention")
+    sel = df[(df.batch_size == 64) & (df.isl + df.step == 4096) & (df.head_dim == 128) & (df.window_size == 0)
+             & (df.kv_cache_dtype == "bfloat16") & (df.num_heads == 8 * df.num_key_value_heads)
+             & df.num_key_value_heads.isin([1, 8])]
+    assert len(sel) == 2
+    acc = load_accelerator("h100-sxm")
+    pred = pricing.price(sel, acc, calibration_for(acc).for_framework("trtllm"))
+    err = pred / sel["latency_s"].to_numpy() - 1
+    assert np.all(np.abs(err) < 0.15), err

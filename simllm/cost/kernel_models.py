@@ -441,7 +441,7 @@ def _gemm_valid_wide(x, ntiles):
 # equivalents: FLOPs are priced as 4 (hd + hd0) per pair. Evidence: H100 FA3 prefill at head_dim 64
 # runs ~12% slower per matmul FLOP than at 128 (the exp unit, not the tensor cores, limits small hd).
 ROOF_DEFAULT = {"ce": 0.5, "me": 0.7, "launch_s": 8e-6, "p": 3.0, "a": 0.5, "split": 512.0, "occ": 2.0, "hd0": 8.0,
-                "cta_s": 1e-6, "hd_floor": 0.0, "l2_bpf": 0.0}
+                "cta_s": 1e-6, "hd_floor": 0.0, "l2_bpf": 0.0, "split_waves": 0.0}
 # cta_s: the least time one CTA (one sequence x KV head x split in decode, one query tile in prefill)
 # takes (page-table walk, Q load, softmax merge); with many short sequences the kernel is bound
 # by CTAs / (SMs x occ) x cta_s. Evidence: H100 FA3 decode at batch 512-2048 with 1-token contexts
@@ -451,7 +451,8 @@ ROOF_DEFAULT = {"ce": 0.5, "me": 0.7, "launch_s": 8e-6, "p": 3.0, "a": 0.5, "spl
 # l2_bpf (the table pricer only): a kernel whose whole working set (Q, O and the K/V it reads) fits in
 # the device's L2 streams it at l2_bpf bytes per FLOP of the device's bf16 tensor peak (at least the
 # HBM figure), see bench_l2_resident.
-_ROOF_KEYS = ("ce", "me", "launch_s", "p", "a", "split", "occ", "hd0", "cta_s", "hd_floor", "l2_bpf")
+# split_waves (decode only): the occupancy cap on the KV splits, see decode_splits (0: no cap)
+_ROOF_KEYS = ("ce", "me", "launch_s", "p", "a", "split", "occ", "hd0", "cta_s", "hd_floor", "l2_bpf", "split_waves")
 HD_REF = 128.0
 
 
@@ -706,11 +707,28 @@ def _shapes(df, kind, framework: str = ""):
     return _mla_shapes(df, kind) if "mla" in kind else _attn_shapes(df, kind, framework)
 
 
+def decode_splits(kv, rows, cus: float, s: dict):
+    """KV splits per (sequence, KV head) of a decode kernel: ``ceil(kv / split)`` (a split per ``split``
+    tokens), and for a section with ``split_waves`` > 0 at most ``ceil(split_waves x SMs / rows)``, rows =
+    sequences x KV heads (an occupancy-driven split count: the kernel splits a sequence's KV only as far
+    as it takes to fill the SMs, as TensorRT-LLM's XQA multi-block mode and FlashAttention's
+    ``num_splits`` heuristic do). Evidence (H100 TRT-LLM XQA, batch 64, 4,096-token contexts, bf16 cache):
+    the achieved KV bandwidth grows with the KV heads, 1.27 / 2.00 / 2.57 / 2.80 TB/s at 1 / 2 / 4 / 8 KV
+    heads (head dim 64), 1.9 / 2.5 / 2.8 / 2.95 TB/s (head dim 128), as 64 x KV heads work items split
+    to about one wave run on too few CTAs per SM; a split per ``split`` tokens (6 per sequence here)
+    fills the SMs at every KV-head count and priced 1 KV head 14-30% fast, 8 KV heads 15-32% slow."""
+    n = np.ceil(np.maximum(kv, 1.0) / max(s["split"], 1.0))
+    w = s.get("split_waves", 0.0)
+    if w > 0:
+        n = np.minimum(n, np.maximum(1.0, np.ceil(w * cus / np.maximum(rows, 1.0))))
+    return n
+
+
 def _roof_predict(shapes, acc, peak, s, bench: bool = True):
     flops, nbytes, tiles, ctas, kv, b, kvh, pairs_h = shapes
     flops = flops + pairs_h * s.get("hd0", 0.0)
     if ctas is None:
-        ctas = b * kvh * np.ceil(np.maximum(kv, 1.0) / max(s["split"], 1.0))
+        ctas = b * kvh * decode_splits(kv, b * kvh, float(acc.compute_units.value), s)
     return _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench=bench)
 
 
@@ -741,7 +759,7 @@ def _price_attn(kind):
 
 _BOUNDS = {"ce": (0.02, 1.0), "me": (0.05, 1.2), "launch_s": (0.0, 5e-3), "p": (1.0, 20.0), "a": (0.0, 1.0),
            "split": (16.0, 65536.0), "occ": (0.05, 64.0), "hd0": (0.0, 512.0),
-           "cta_s": (0.0, 1e-3), "hd_floor": (0.0, 1.0), "l2_bpf": (0.0, 0.1)}
+           "cta_s": (0.0, 1e-3), "hd_floor": (0.0, 1.0), "l2_bpf": (0.0, 0.1), "split_waves": (0.0, 64.0)}
 _SCALE = {"launch_s": 1e-6, "cta_s": 1e-6}
 
 
@@ -751,8 +769,8 @@ def _fit_roof(kind):
 
         out = {}
         dt = _dtype_key(df)
-        keys = [k for k in _ROOF_KEYS if not (k == "split" and kind in ("context_attention", "context_mla"))
-                and not (k == "hd_floor" and kind != "generation_attention")]
+        keys = [k for k in _ROOF_KEYS if not (k in ("split", "split_waves") and kind in ("context_attention", "context_mla"))
+                and not (k in ("hd_floor", "split_waves") and kind != "generation_attention")]
         jobs = [(d, "", dt == d) for d in sorted(pd.unique(dt))]
         jobs += [(d, src, m) for d, src, m in _attn_groups(df, kind, getattr(cal, "framework", ""))
                  if src and m.sum() >= MIN_GROUP and (dt == d).sum() > m.sum()]
@@ -769,6 +787,8 @@ def _fit_roof(kind):
             s0["launch_s"] = max(s0["launch_s"], float(np.percentile(t, 2)) * 0.5)
             if "hd_floor" in keys and not s0["hd_floor"] and len(np.unique(_col(sub, "head_dim", HD_REF))) > 1:
                 s0["hd_floor"] = 0.2  # a start off the bound (the simplex steps relative to it)
+            if "split_waves" in keys and not s0.get("split_waves", 0.0):
+                s0["split_waves"] = 8.0  # a start off the bound (8 waves: the uncapped split in most rows)
             if not s0.get("l2_bpf", 0.0):
                 s0["l2_bpf"] = 0.005  # off the bound too (H100: 1.4 x 3.35 TB/s over 989 TFLOP/s)
             x0 = [s0[k] / _SCALE.get(k, 1.0) for k in keys]
@@ -867,4 +887,4 @@ register("mla_bmm", price_mla_bmm, fit_mla_bmm)
 
 __all__ = ["strict_peak", "gemm_launch_and_body", "attention_launch_and_body", "price_gemm", "price_mla_bmm",
            "GEMM_DTYPES", "ATTN_DTYPES", "KV_BYTES", "decode_tail_share",
-           "decode_floor_scale", "decode_family"]
+           "decode_floor_scale", "decode_family", "decode_splits"]
