@@ -504,8 +504,13 @@ def bench_l2_resident(nbytes, acc):
     DRAM peak) and 32,768 (134 MB) in 222 us (0.60 TB/s); the same step at every batch (b x context
     = 16,384 -> 32,768 tokens: 36 -> 219 us at batch 16) and in TRT-LLM (28 -> 232 us) and FlashInfer
     with an fp8 cache (32,768 -> 65,536 tokens, 67 -> 134 MB: 35 -> 212 us). One DRAM roofline priced
-    the L2-resident rows up to 2.5-3.7x slow (L40S vLLM decode p90 87%). H100 (50 MiB L2 against
-    3.35 TB/s HBM3) and A100 show no such step."""
+    the L2-resident rows up to 2.5-3.7x slow (L40S vLLM FA2 decode p90 87%). H100 (50 MiB L2 against
+    3.35 TB/s HBM3) and A100 show no step in the raw times; fitted, ``l2_bpf`` comes out 0.003-0.0046
+    B/FLOP on H100 decode (L2 1.0-1.5x its HBM figure), 0.006-0.011 on L40S (2.5-5.5x), and below the
+    HBM figure on A100 (no effect). With it (and the decode families), L40S decode went 15.4/75.7% ->
+    8.6/28.0% (vLLM), 16.2/85.0% -> 8.5/32.0% (TRT-LLM), 14.8/107.6% -> 6.8/32.6% (SGLang), L40S
+    TRT-LLM prefill 12.5/44.8% -> 7.6/27.1% (median / p90); leave-one-GPU-out on L40S vLLM decode 52%
+    -> 38% median once it was a bytes-per-FLOP figure (an HBM multiple did not transfer: 47%)."""
     sram = getattr(acc, "sram", None)
     l2 = L2_USABLE * float(sram.value) if sram is not None else 0.0
     return np.asarray(nbytes, float) <= l2
