@@ -173,7 +173,7 @@ def test_trtllm_decode_above_the_xqa_group_runs_per_query_head(h100):
         cal = calibration_for(h100).for_framework(fw)
         k = LayerKernels(mqa, h100, cal, tp=1, weight_dtype="bf16", act_dtype="bf16", kv_dtype="bf16", kv_bytes=2.0)
         lo, body = k.decode(64.0, 64.0 * 1000)
-        tlo, tbody = attention_launch_and_body(row, "generation_attention", h100, cal)
+        tlo, tbody = attention_launch_and_body(row, "generation_attention", h100, cal, bench=False)
         assert lo + body == pytest.approx(float(tlo[0] + tbody[0]), rel=1e-9)
         out[fw] = (k.kvh_dec, lo + body)
     assert out["trtllm"][0] == 64 and out["vllm"][0] == 1
@@ -199,7 +199,7 @@ def test_decode_head_dim_floor_in_the_serving_step_as_in_the_table_pricer(h100, 
                         "num_key_value_heads": [8], "head_dim": [hd], "window_size": [0]})
     k = LayerKernels(mm, h100, cal, tp=1, weight_dtype="bf16", act_dtype="bf16", kv_dtype="bf16", kv_bytes=2.0)
     lo, body = k.decode(1.0, 2.0)
-    tlo, tbody = attention_launch_and_body(row, "generation_attention", h100, cal)
+    tlo, tbody = attention_launch_and_body(row, "generation_attention", h100, cal, bench=False)
     assert lo + body == pytest.approx(float(tlo[0] + tbody[0]), rel=1e-9)
     g = decode_floor_scale(hd, cal.kernels["generation_attention/bfloat16"]["hd_floor"])
     assert (g > 1.0) == (hd > 128)

@@ -45,6 +45,12 @@ latency-bound, the floors); FLOPs scale with the query/KV head ratio (GQA), whic
 high ratios at large batch compute-bound. Above a framework's largest query-head group per KV head
 (TensorRT-LLM XQA: 32, :data:`DECODE_GROUP_MAX`) every query head runs as its own KV head.
 
+Decode kernel families (:func:`decode_family`): TensorRT-LLM's XQA (query-head groups 2-32) and
+masked MHA, vLLM's GQA-packed and MHA paths, each with its own section; FlashAttention 2 with a
+sliding window runs unpacked (:data:`FA2_SOURCES`). The tables time one kernel back to back, so a
+working set within the L2 streams from it (:func:`bench_l2_resident`, fitted ``l2_bpf``), which the
+table pricer models and the serving step, whose per-layer KV never stays in L2, does not.
+
 MLA (``context_mla``/``generation_mla``): DeepSeek-style MLA with local heads ``num_heads``.
 Prefill runs un-absorbed: per head qk 192 (128 nope + 64 rope), v 128; decode runs absorbed over
 the compressed cache (kv_lora 512 + rope 64 per token, one latent shared by all heads):
@@ -435,14 +441,18 @@ def _gemm_valid_wide(x, ntiles):
 # equivalents: FLOPs are priced as 4 (hd + hd0) per pair. Evidence: H100 FA3 prefill at head_dim 64
 # runs ~12% slower per matmul FLOP than at 128 (the exp unit, not the tensor cores, limits small hd).
 ROOF_DEFAULT = {"ce": 0.5, "me": 0.7, "launch_s": 8e-6, "p": 3.0, "a": 0.5, "split": 512.0, "occ": 2.0, "hd0": 8.0,
-                "cta_s": 1e-6, "hd_floor": 0.0}
+                "cta_s": 1e-6, "hd_floor": 0.0, "l2_bpf": 0.0, "split_waves": 0.0}
 # cta_s: the least time one CTA (one sequence x KV head x split in decode, one query tile in prefill)
 # takes (page-table walk, Q load, softmax merge); with many short sequences the kernel is bound
 # by CTAs / (SMs x occ) x cta_s. Evidence: H100 FA3 decode at batch 512-2048 with 1-token contexts
 # measures 2-3x the bandwidth roofline.
 # hd_floor (decode attention only): the share of the launch and per-CTA floors that grows with the head
 # dim at head dim 128 (floors x (1 - hd_floor + hd_floor x hd / 128), see decode_floor_scale).
-_ROOF_KEYS = ("ce", "me", "launch_s", "p", "a", "split", "occ", "hd0", "cta_s", "hd_floor")
+# l2_bpf (the table pricer only): a kernel whose whole working set (Q, O and the K/V it reads) fits in
+# the device's L2 streams it at l2_bpf bytes per FLOP of the device's bf16 tensor peak (at least the
+# HBM figure), see bench_l2_resident.
+# split_waves (decode only): the occupancy cap on the KV splits, see decode_splits (0: no cap)
+_ROOF_KEYS = ("ce", "me", "launch_s", "p", "a", "split", "occ", "hd0", "cta_s", "hd_floor", "l2_bpf", "split_waves")
 HD_REF = 128.0
 
 
@@ -474,13 +484,61 @@ def _waves(tiles, cus, a):
     return np.maximum(full + np.where(rem > 0, a + (1 - a) * rem, 0.0), 1e-9) / w
 
 
-def _roof(flops, nbytes, tiles, ctas, acc, peak, s):
+def bench_l2_resident(nbytes, acc):
+    """Whether a benchmarked attention kernel's working set of ``nbytes`` (Q, O and every K/V byte
+    it reads) stays in the device's L2 between the timed calls (the whole L2, ``L2_USABLE``).
+
+    The AIConfigurator collectors build one KV cache per shape and time the same call back to back
+    (vLLM: 3 warm-up and 6 timed runs over one paged cache, ``collector/vllm/collect_attn.py``), so a
+    cache that fits in L2 is read from it, not from DRAM; the kernel then streams at the L2 bandwidth,
+    ``l2_bpf`` bytes per FLOP of the device's bf16 tensor peak (the section's ``l2_bpf``, 0 where unfitted:
+    no effect), or the HBM figure where that is faster. ASSUMPTION (no L2 bandwidth in the descriptors,
+    none on the datasheets): an SM's L2 bytes per clock keep the ratio to its tensor FLOPs per clock
+    across NVIDIA generations, so the L2 bandwidth scales with SMs x clock as the bf16 peak does, and a
+    fraction of HBM bandwidth would not transfer (GDDR6 L40S: L2 2-5x its DRAM; HBM3 H100: 1.3-1.5x;
+    HBM2e A100: none measurable). Not applied in the serving step:
+    between two decode steps every other layer's weights and KV pass through the L2, so one layer's
+    KV is never resident there (:class:`~simllm.cost.layer_kernels.LayerKernels` prices DRAM).
+    Evidence (L40S, 96 MiB L2, 864 GB/s GDDR6; decode, 32 / 8 heads, head dim 128, bf16 cache, 4 KiB
+    of K/V per token): vLLM FA2 at batch 1 reads 16,384 tokens (67 MB) in 38 us (1.8 TB/s, twice the
+    DRAM peak) and 32,768 (134 MB) in 222 us (0.60 TB/s); the same step at every batch (b x context
+    = 16,384 -> 32,768 tokens: 36 -> 219 us at batch 16) and in TRT-LLM (28 -> 232 us) and FlashInfer
+    with an fp8 cache (32,768 -> 65,536 tokens, 67 -> 134 MB: 35 -> 212 us). One DRAM roofline priced
+    the L2-resident rows up to 2.5-3.7x slow (L40S vLLM FA2 decode p90 87%). H100 (50 MiB L2 against
+    3.35 TB/s HBM3) and A100 show no step in the raw times; fitted, ``l2_bpf`` comes out 0.003-0.0046
+    B/FLOP on H100 decode (L2 1.0-1.5x its HBM figure), 0.006-0.011 on L40S (2.5-5.5x), and below the
+    HBM figure on A100 (no effect). With it (and the decode families), L40S decode went 15.4/75.7% ->
+    8.6/28.0% (vLLM), 16.2/85.0% -> 8.5/32.0% (TRT-LLM), 14.8/107.6% -> 6.8/32.6% (SGLang), L40S
+    TRT-LLM prefill 12.5/44.8% -> 7.6/27.1% (median / p90); leave-one-GPU-out on L40S vLLM decode 52%
+    -> 38% median once it was a bytes-per-FLOP figure (an HBM multiple did not transfer: 47%)."""
+    sram = getattr(acc, "sram", None)
+    l2 = L2_USABLE * float(sram.value) if sram is not None else 0.0
+    return np.asarray(nbytes, float) <= l2
+
+
+def _bf16_peak(acc) -> float:
+    try:
+        return strict_peak(acc, "bf16")
+    except InputError:
+        return 0.0  # no tensor peak to scale the L2 bandwidth from: DRAM only
+
+
+def _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench: bool = False):
     """(launch, body) of a roofline kernel: compute stretched by wave quantization of ``tiles``,
-    memory by the fraction of SMs that ``ctas`` keep busy."""
+    memory by the fraction of SMs that ``ctas`` keep busy; ``bench``: a benchmark's back-to-back
+    calls, whose working set stays in L2 when it fits (:func:`bench_l2_resident`)."""
     cus = float(acc.compute_units.value)
     tc = flops / (peak * s["ce"]) * _waves(tiles, cus, s["a"])
     par = np.minimum(1.0, np.maximum(ctas, 1.0) / (cus * max(s["occ"], 1e-3)))
     tm = nbytes / (acc.hbm_bw * s["me"]) / par
+    if bench and s.get("l2_bpf", 0.0) > 0.0:
+        # an L2-resident working set streams device-wide at the L2 bandwidth; the per-CTA rate
+        # of too few CTAs (par < 1) does not change (L40S vLLM FA2 MHA decode 8 / 8 heads, 16,384
+        # tokens: 306 us at batch 1, 67 MB in L2, and 313 us at batch 2, 134 MB from DRAM)
+        # (tm = max(device-wide stream, per-CTA stream), the second one nbytes / (bw me) x SMs occ / CTAs)
+        per_cta = nbytes / (acc.hbm_bw * s["me"]) * (cus * max(s["occ"], 1e-3)) / np.maximum(ctas, 1.0)
+        tm = np.where(bench_l2_resident(nbytes, acc),
+                      np.maximum(nbytes / max(acc.hbm_bw * s["me"], s["l2_bpf"] * _bf16_peak(acc)), per_cta), tm)
     tq = np.maximum(ctas, 1.0) / (cus * max(s["occ"], 1e-3)) * s.get("cta_s", 0.0)
     p = s["p"]
     body = (tc ** p + tm ** p + tq ** p) ** (1.0 / p)
@@ -496,12 +554,81 @@ def _roof(flops, nbytes, tiles, ctas, acc, peak, s):
 DECODE_GROUP_MAX = {"trtllm": 32}
 
 
-def decode_kv_heads(h, kvh, framework: str):
-    """KV heads the decode kernel runs as (``kvh``, or ``h`` above the framework's largest group)."""
+#: kernel sources of FlashAttention 2 decode (vLLM on sm80 / sm89), whose GQA packing
+#: (``seqlenq_ngroups_swapped``) requires no sliding window: with one, every query head runs as its own
+#: KV head. Evidence (L40S, vLLM 0.24 FA2, batch 1024, 2-token contexts, head dim 128): window 128
+#: takes 224 us at 8 / 1 .. 8 / 8 heads and 1.70 ms at 64 / 1 .. 64 / 8 (proportional to the query
+#: heads, the KV heads do not matter) against 37 / 220 us and 45 / 255 us without a window; FA3
+#: (H100) and FlashInfer (L40S, fp8 cache) time windowed rows as unwindowed ones (211 / 211 us at 8 / 8).
+FA2_SOURCES = ("vllm_flash_attn_fa2", "vllm_flash_attn")
+
+
+def _fa2_windowed(window, source):
+    src = np.asarray(source, dtype=object) if np.ndim(source) else source
+    fa2 = np.isin(src, FA2_SOURCES) if np.ndim(src) else (src in FA2_SOURCES)
+    return np.asarray(fa2) & (np.asarray(window, float) > 0)
+
+
+def decode_kv_heads(h, kvh, framework: str, window=0.0, source=""):
+    """KV heads the decode kernel runs as (``kvh``, or ``h`` above the framework's largest group, and
+    for FlashAttention 2 with a sliding ``window``; ``source``: the table's kernel source; the serving
+    step passes neither, :data:`FA2_SOURCES`)."""
     g = DECODE_GROUP_MAX.get(framework or "")
-    if g is None:
-        return kvh
-    return np.where(np.asarray(h, float) > g * np.asarray(kvh, float), h, kvh)
+    out = kvh if g is None else np.where(np.asarray(h, float) > g * np.asarray(kvh, float), h, kvh)
+    if np.any(_fa2_windowed(window, source)):
+        out = np.where(_fa2_windowed(window, source), h, out)
+    return out
+
+
+def decode_family(h, kvh, framework: str, window=0.0, source=""):
+    """The decode kernel family (a section source) a framework runs for ``h`` query heads over ``kvh``
+    KV heads, or ``None`` where one family serves every head ratio.
+
+    TensorRT-LLM dispatches decode to its XQA kernel when the query heads share KV heads in groups of
+    2-32 (GQA/MQA), and to the generic masked multi-head attention kernel (``mmha``) otherwise (MHA,
+    and groups above :data:`DECODE_GROUP_MAX`, run as one KV head per query head). The two are
+    different code paths with different per-CTA costs, so each gets its own fitted section
+    (``generation_attention/<dtype>/xqa``, ``.../mmha``). Evidence (AIConfigurator, TRT-LLM 1.3.0rc20,
+    batch 1024, 2-token contexts, head dim 128, bf16 cache): H100 MHA 8 / 8 heads 81 us, 32 / 32
+    354 us (10-11 ns per sequence x head); XQA 16 / 8 293 us, 128 / 8 336 us, 2 / 1 43 us (36 ns per
+    sequence x KV head, 3.5x MHA's per head, almost independent of the query heads); L40S alike
+    (1 / 1 11 us, 2 / 1 30 us). One section for both priced MHA rows 20-45% slow and XQA rows 50-70%
+    fast at short contexts (H100 TRT-LLM decode 15.5% / 48% median / p90 over the table).
+
+    vLLM's FlashAttention decode packs a KV head's query-head group into the query tile when the
+    group exceeds 1 (``seqlenq_ngroups_swapped``), and only that path splits the KV (split-KV); MHA
+    (group 1) runs the varlen kernel, one CTA per (sequence, head) streaming its whole context, so the
+    two get their own sections too (``.../gqa``, ``.../mha``; the fitted ``split`` tells them apart).
+    Evidence (L40S, vLLM 0.24 FA2, head dim 128, bf16 cache): MHA at batch 1-2 and 1-64 heads takes
+    305 us at 16,384 tokens and 2.4 ms at 131,072 whatever the heads (one CTA per head at 27 GB/s,
+    no split), GQA 2 / 1 47 us at 131,072; one section priced MHA at batch 1 and long contexts 70-82%
+    fast and MHA at batch 16-128, short contexts 60-130% slow."""
+    fw = framework or ""
+    if fw not in ("trtllm", "vllm"):
+        return None
+    h = np.asarray(h, float)
+    kvh = np.maximum(np.asarray(kvh, float), 1.0)
+    g = h / kvh
+    if fw == "vllm":
+        return np.where((g > 1.0) & ~_fa2_windowed(window, source), "gqa", "mha")
+    return np.where((g > 1.0) & (g <= DECODE_GROUP_MAX["trtllm"]), "xqa", "mmha")
+
+
+def _attn_groups(df, kind, framework: str = ""):
+    """:func:`_groups` with the decode kernel family (:func:`decode_family`) as the source where the
+    framework has several: (dtype, source, mask)."""
+    src = df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else ""
+    fam = decode_family(_col(df, "num_heads"), _col(df, "num_key_value_heads"), framework, _col(df, "window_size"),
+                        src) if kind == "generation_attention" else None
+    if fam is None:
+        yield from _groups(df)
+        return
+    dt = _dtype_key(df)
+    for d in pd.unique(dt):
+        for f in pd.unique(fam):
+            m = (dt == d) & (fam == f)
+            if m.any():
+                yield str(d), str(f), m
 
 
 def decode_tail_share(tiles, cus: float):
@@ -533,9 +660,10 @@ def decode_tail_share(tiles, cus: float):
 def _attn_shapes(df, kind, framework: str = ""):
     b, isl, step = _col(df, "batch_size"), _col(df, "isl"), _col(df, "step")
     h, kvh, hd = _col(df, "num_heads"), _col(df, "num_key_value_heads"), _col(df, "head_dim", 128)
-    if kind == "generation_attention":
-        kvh = decode_kv_heads(h, kvh, framework)
     w = _col(df, "window_size")
+    if kind == "generation_attention":
+        kvh = decode_kv_heads(h, kvh, framework, w,
+                              df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else "")
     kvb = np.array([KV_BYTES.get(str(v), 2.0) for v in df["kv_cache_dtype"].astype(str)]) \
         if "kv_cache_dtype" in df.columns else np.full(len(df), 2.0)
     ab = np.array([2.0 if ATTN_DTYPES.get(str(v), "bf16") != "fp8" else 1.0 for v in df["dtype"].astype(str)])
@@ -584,25 +712,45 @@ def _shapes(df, kind, framework: str = ""):
     return _mla_shapes(df, kind) if "mla" in kind else _attn_shapes(df, kind, framework)
 
 
-def _roof_predict(shapes, acc, peak, s):
+def decode_splits(kv, rows, cus: float, s: dict):
+    """KV splits per (sequence, KV head) of a decode kernel: ``ceil(kv / split)`` (a split per ``split``
+    tokens), and for a section with ``split_waves`` > 0 at most ``ceil(split_waves x SMs / rows)``, rows =
+    sequences x KV heads (an occupancy-driven split count: the kernel splits a sequence's KV only as far
+    as it takes to fill the SMs, as TensorRT-LLM's XQA multi-block mode and FlashAttention's
+    ``num_splits`` heuristic do). Evidence (H100 TRT-LLM XQA, batch 64, 4,096-token contexts, bf16 cache):
+    the achieved KV bandwidth grows with the KV heads, 1.27 / 2.00 / 2.57 / 2.80 TB/s at 1 / 2 / 4 / 8 KV
+    heads (head dim 64), 1.9 / 2.5 / 2.8 / 2.95 TB/s (head dim 128), as 64 x KV heads work items split
+    to about one wave run on too few CTAs per SM; a split per ``split`` tokens (6 per sequence here)
+    fills the SMs at every KV-head count and priced 1 KV head 14-30% fast, 8 KV heads 15-32% slow."""
+    n = np.ceil(np.maximum(kv, 1.0) / max(s["split"], 1.0))
+    w = s.get("split_waves", 0.0)
+    if w > 0:
+        n = np.minimum(n, np.maximum(1.0, np.ceil(w * cus / np.maximum(rows, 1.0))))
+    return n
+
+
+def _roof_predict(shapes, acc, peak, s, bench: bool = True):
     flops, nbytes, tiles, ctas, kv, b, kvh, pairs_h = shapes
     flops = flops + pairs_h * s.get("hd0", 0.0)
     if ctas is None:
-        ctas = b * kvh * np.ceil(np.maximum(kv, 1.0) / max(s["split"], 1.0))
-    return _roof(flops, nbytes, tiles, ctas, acc, peak, s)
+        ctas = b * kvh * decode_splits(kv, b * kvh, float(acc.compute_units.value), s)
+    return _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench=bench)
 
 
-def attention_launch_and_body(df, kind, acc, cal):
-    """(launch, body) seconds of attention / MLA rows (contract columns) on ``acc``."""
+def attention_launch_and_body(df, kind, acc, cal, bench: bool = True):
+    """(launch, body) seconds of attention / MLA rows (contract columns) on ``acc``; ``bench``: as
+    the tables measured them, back-to-back calls whose working set may stay in L2
+    (:func:`bench_l2_resident`); False: the serving step's semantics (what
+    :class:`~simllm.cost.layer_kernels.LayerKernels` prices)."""
     launch = np.full(len(df), np.nan)
     body = np.full(len(df), np.nan)
-    for d, src, sel in _groups(df):
+    for d, src, sel in _attn_groups(df, kind, getattr(cal, "framework", "")):
         if _base_dtype(d) not in ATTN_DTYPES:
             continue
         s = {**ROOF_DEFAULT, **_sec(cal, kind, d, src)[0]}
         peak = strict_peak(acc, ATTN_DTYPES[_base_dtype(d)])
         s = _hd_scaled(s, _col(df[sel], "head_dim", HD_REF), kind)
-        lo, bo = _roof_predict(_shapes(df[sel], kind, getattr(cal, "framework", "")), acc, peak, s)
+        lo, bo = _roof_predict(_shapes(df[sel], kind, getattr(cal, "framework", "")), acc, peak, s, bench=bench)
         launch[sel], body[sel] = lo, bo
     return launch, body
 
@@ -616,7 +764,7 @@ def _price_attn(kind):
 
 _BOUNDS = {"ce": (0.02, 1.0), "me": (0.05, 1.2), "launch_s": (0.0, 5e-3), "p": (1.0, 20.0), "a": (0.0, 1.0),
            "split": (16.0, 65536.0), "occ": (0.05, 64.0), "hd0": (0.0, 512.0),
-           "cta_s": (0.0, 1e-3), "hd_floor": (0.0, 1.0)}
+           "cta_s": (0.0, 1e-3), "hd_floor": (0.0, 1.0), "l2_bpf": (0.0, 0.1), "split_waves": (0.0, 64.0)}
 _SCALE = {"launch_s": 1e-6, "cta_s": 1e-6}
 
 
@@ -626,11 +774,11 @@ def _fit_roof(kind):
 
         out = {}
         dt = _dtype_key(df)
-        keys = [k for k in _ROOF_KEYS if not (k == "split" and kind in ("context_attention", "context_mla"))
-                and not (k == "hd_floor" and kind != "generation_attention")]
+        keys = [k for k in _ROOF_KEYS if not (k in ("split", "split_waves") and kind in ("context_attention", "context_mla"))
+                and not (k in ("hd_floor", "split_waves") and kind != "generation_attention")]
         jobs = [(d, "", dt == d) for d in sorted(pd.unique(dt))]
-        jobs += [(d, src, m) for d, src, m in _groups(df) if src and m.sum() >= MIN_GROUP and
-                 (dt == d).sum() > m.sum()]
+        jobs += [(d, src, m) for d, src, m in _attn_groups(df, kind, getattr(cal, "framework", ""))
+                 if src and m.sum() >= MIN_GROUP and (dt == d).sum() > m.sum()]
         for d, src, m in jobs:
             if _base_dtype(d) not in ATTN_DTYPES:
                 continue
@@ -644,6 +792,10 @@ def _fit_roof(kind):
             s0["launch_s"] = max(s0["launch_s"], float(np.percentile(t, 2)) * 0.5)
             if "hd_floor" in keys and not s0["hd_floor"] and len(np.unique(_col(sub, "head_dim", HD_REF))) > 1:
                 s0["hd_floor"] = 0.2  # a start off the bound (the simplex steps relative to it)
+            if "split_waves" in keys and not s0.get("split_waves", 0.0):
+                s0["split_waves"] = 8.0  # a start off the bound (8 waves: the uncapped split in most rows)
+            if not s0.get("l2_bpf", 0.0):
+                s0["l2_bpf"] = 0.005  # off the bound too (H100: 1.4 x 3.35 TB/s over 989 TFLOP/s)
             x0 = [s0[k] / _SCALE.get(k, 1.0) for k in keys]
 
             def f(x):
@@ -740,4 +892,4 @@ register("mla_bmm", price_mla_bmm, fit_mla_bmm)
 
 __all__ = ["strict_peak", "gemm_launch_and_body", "attention_launch_and_body", "price_gemm", "price_mla_bmm",
            "GEMM_DTYPES", "ATTN_DTYPES", "KV_BYTES", "decode_tail_share",
-           "decode_floor_scale"]
+           "decode_floor_scale", "decode_family", "decode_splits"]

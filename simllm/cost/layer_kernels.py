@@ -15,7 +15,7 @@ Aggregates -> kernel shapes (assumptions, written down): the prefill chunks of a
 varlen kernel over ``seqs`` sequences of the mean chunk length ``T / seqs`` (query tiles per head
 ``seqs * ceil(T / seqs / 128)``); the K/V positions it reads are estimated from the attention work
 ``W = sum chunk * (cached + chunk / 2)`` as ``seqs * W / T + T / 2`` (exact for one sequence); decode
-runs ``seqs x kv_heads x ceil(mean context / split)`` CTAs (split-KV at the mean context).
+runs ``seqs x kv_heads x splits`` CTAs (split-KV at the mean context, ``kernel_models.decode_splits``).
 
 A calibration without kernel sections (a file fitted on Vidur's tables only, or the built-in
 defaults) is priced with its legacy ``gemm`` and ``attention`` parameters, mapped onto the same
@@ -32,7 +32,8 @@ import numpy as np
 
 from ..errors import InputError
 from .kernel_models import (ATTN_DTYPES, GEMM_DTYPES, ROOF_DEFAULT, UNCALIBRATED, _gemm_params, _l2, _sec,
-                            decode_floor_scale, decode_kv_heads, decode_tail_share, quant_rows, strict_peak)
+                            decode_family, decode_floor_scale, decode_kv_heads, decode_splits, decode_tail_share,
+                            quant_rows, strict_peak)
 from .kernels import gemm_floor, gemm_time
 
 FRAMEWORKS = ("vllm", "trtllm", "sglang")
@@ -119,7 +120,9 @@ class LayerKernels:
         self._pre_memo: dict = {}  # batch size -> decode seconds on the context grid
         self._tail: dict[int, float] = {}  # batch size -> decode_tail_share of its decode kernel
         self.pre = {**ROOF_DEFAULT, **_sec(self.cal, pre_kind, key)[0]}
-        self.dec = {**ROOF_DEFAULT, **_sec(self.cal, dec_kind, key)[0]}
+        fam = None if self.mla else decode_family(math.ceil(a.num_heads / tp), math.ceil(a.num_kv_heads / tp),
+                                                    getattr(self.cal, "framework", ""))
+        self.dec = {**ROOF_DEFAULT, **_sec(self.cal, dec_kind, key, str(fam) if fam is not None else "")[0]}
         if getattr(acc, "kind", "") == "tpu":
             # assumption: a TPU TensorCore runs one program over the whole batch, no thread blocks
             # scheduled over SMs, so the per-CTA floor of GPU kernels does not transfer (with one
@@ -264,7 +267,7 @@ class LayerKernels:
         f_tok, by_tok, by_seq, tiles, cta_rows = self._decode_terms(b, s)
         if not isinstance(ctx, np.ndarray):
             C = float(ctx)
-            ctas = cta_rows * _ceil(max(C / b, 1.0) / max(s["split"], 1.0))
+            ctas = cta_rows * float(decode_splits(C / b, cta_rows, self.cus, s))
             return s["launch_s"], self._body(f_tok * C, by_tok * C + by_seq, tiles, ctas, s)
         C = np.asarray(ctx, dtype=float)
         cus = self.cus
@@ -272,7 +275,7 @@ class LayerKernels:
         full = math.floor(w)
         rem = w - full
         wf = max(full + ((s["a"] + (1 - s["a"]) * rem) if rem > 0 else 0.0), 1e-9) / w
-        ctas = cta_rows * np.ceil(np.maximum(C / b, 1.0) / max(s["split"], 1.0))
+        ctas = cta_rows * decode_splits(C / b, cta_rows, cus, s)
         occ = cus * max(s["occ"], 1e-3)
         c = np.maximum(ctas, 1.0) / occ
         tc = (f_tok * C) / (self.attn_peak * s["ce"]) * wf

@@ -1,0 +1,156 @@
+"""Attention kernel physics against measured AIConfigurator rows (issue 11): kernel families,
+and the engine pricing the same family as the table pricer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simllm.cost import pricing, tables as T
+from simllm.cost.calibration import calibration_for
+from simllm.cost.kernel_models import decode_family
+from simllm.hardware import load_accelerator
+
+
+def test_decode_family_split_by_head_ratio():
+    h = np.array([8, 16, 64, 64, 96, 128])
+    kvh = np.array([8, 8, 2, 1, 2, 4])
+    fam = decode_family(h, kvh, "trtllm")
+    # MHA and groups above 32 run the generic masked MHA kernel; groups 2..32 run XQA
+    assert fam.tolist() == ["mmha", "xqa", "xqa", "mmha", "mmha", "xqa"]
+    assert decode_family(h, kvh, "vllm").tolist() == ["mha", "gqa", "gqa", "gqa", "gqa", "gqa"]
+    assert decode_family(h, kvh, "sglang") is None and decode_family(h, kvh, "") is None
+
+
+def _rows(shared_data, gpu, fw, kind):
+    p = shared_data / "calibration" / "aiconfigurator" / gpu / "attention"
+    if not p.is_dir():
+        pytest.skip(f"no AIConfigurator attention tables under {p}")
+    df = T.read_tables(p, fw)
+    return df[df["kind"] == kind]
+
+
+def test_trtllm_xqa_and_mha_short_context_rows(shared_data):
+    """H100 TRT-LLM decode at batch 1024, 2-token contexts, head dim 128, bf16 cache: MHA 8/8 (81 us)
+    and XQA 16/8 (293 us, 3.6x for the same KV heads) both within 25% (one shared section priced
+    them +25% and -65%)."""
+    df = _rows(shared_data, "h100_sxm", "trtllm", "generation_attention")
+    sel = df[(df.batch_size == 1024) & (df.isl + df.step == 2) & (df.head_dim == 128) & (df.window_size == 0)
+             & (df.kv_cache_dtype == "bfloat16") & (df.num_key_value_heads == 8) & df.num_heads.isin([8, 16])]
+    assert len(sel) == 2
+    acc = load_accelerator("h100-sxm")
+    pred = pricing.price(sel, acc, calibration_for(acc).for_framework("trtllm"))
+    err = pred / sel["latency_s"].to_numpy() - 1
+    assert np.all(np.abs(err) < 0.25), err
+
+
+@pytest.mark.parametrize("kvh", [8, 64])
+def test_serving_step_prices_the_trtllm_decode_family_of_the_table_pricer(kvh):
+    """Llama-3-70B's 64 query heads over 8 KV heads run XQA, over 64 (MHA) the masked MHA kernel: the
+    serving step's decode attention equals the table pricer's for that family's section."""
+    import pandas as pd
+
+    from simllm.cost.kernel_models import attention_launch_and_body
+    from simllm.cost.layer_kernels import LayerKernels
+    from simllm.model import load_model
+
+    h100 = load_accelerator("h100-sxm")
+    m = load_model("llama-3-70b")
+    m = m.model_copy(update={"attention": m.attention.model_copy(update={"num_kv_heads": kvh})})
+    cal = calibration_for(h100).for_framework("trtllm")
+    fam = "xqa" if kvh == 8 else "mmha"
+    assert f"generation_attention/bfloat16/{fam}" in cal.kernels
+    row = pd.DataFrame({"kind": ["generation_attention"], "dtype": ["bfloat16"], "kv_cache_dtype": ["bfloat16"],
+                        "batch_size": [32], "isl": [700], "step": [0], "num_heads": [64],
+                        "num_key_value_heads": [kvh], "head_dim": [128], "window_size": [0]})
+    k = LayerKernels(m, h100, cal, tp=1, weight_dtype="bf16", act_dtype="bf16", kv_dtype="bf16", kv_bytes=2.0)
+    lo, body = k.decode(32.0, 32.0 * 700)
+    tlo, tbody = attention_launch_and_body(row, "generation_attention", h100, cal, bench=False)
+    assert lo + body == pytest.approx(float(tlo[0] + tbody[0]), rel=1e-9)
+    assert lo == pytest.approx(cal.kernels[f"generation_attention/bfloat16/{fam}"]["launch_s"], rel=1e-12)
+
+
+def test_l40s_decode_l2_step_in_the_table_pricer_not_in_the_serving_step(shared_data):
+    """L40S (96 MiB L2): vLLM FA2 decode at batch 1, 32 / 8 heads, head dim 128, bf16 cache reads 67 MB
+    of K/V at 16,384 tokens in 38 us (L2-resident between the benchmark's calls) and 134 MB at 32,768
+    in 222 us (DRAM). The table pricer prices both within 25% (a DRAM-only roofline had the first
+    +176% slow); the serving step, whose KV never stays in L2 between steps, prices the first at the
+    DRAM figure, as the table pricer does with ``bench=False``."""
+    import pandas as pd
+
+    from simllm.cost.kernel_models import attention_launch_and_body, bench_l2_resident
+    from simllm.cost.layer_kernels import LayerKernels
+    from simllm.model import load_model
+
+    df = _rows(shared_data, "l40s", "vllm", "generation_attention")
+    sel = df[(df.batch_size == 1) & (df.num_heads == 32) & (df.num_key_value_heads == 8) & (df.head_dim == 128)
+             & (df.window_size == 0) & (df.kv_cache_dtype == "bfloat16") & (df.isl + df.step).isin([16384, 32768])]
+    sel = sel.sort_values("step")
+    assert len(sel) == 2
+    acc = load_accelerator("l40s")
+    cal = calibration_for(acc).for_framework("vllm")
+    kv_bytes = (sel.isl + sel.step).to_numpy() * 8 * 128 * 2 * 2.0
+    assert bench_l2_resident(kv_bytes, acc).tolist() == [True, False]
+    assert cal.kernels["generation_attention/bfloat16"]["l2_bpf"] * 362.05e12 > 1.5 * 864e9
+    pred = pricing.price(sel, acc, cal)
+    err = pred / sel["latency_s"].to_numpy() - 1
+    assert np.all(np.abs(err) < 0.25), err
+    m = load_model("llama-3-8b")
+    assert (m.attention.num_heads, m.attention.num_kv_heads, m.attention.head_dim) == (32, 8, 128)
+    k = LayerKernels(m, acc, cal, tp=1, weight_dtype="bf16", act_dtype="bf16", kv_dtype="bf16", kv_bytes=2.0)
+    lo, body = k.decode(1.0, 16384.0)
+    serve = attention_launch_and_body(sel.iloc[:1], "generation_attention", acc, cal, bench=False)
+    assert lo + body == pytest.approx(float(serve[0][0] + serve[1][0]), rel=1e-9)
+    assert lo + body > 2.0 * pred[0]
+
+
+def test_fa2_window_unpacks_gqa_in_the_table_pricer():
+    """FlashAttention 2 with a sliding window runs every query head as its own KV head (no GQA
+    packing), FA3 and FlashInfer keep the shared read; the serving step (no source) keeps it too."""
+    from simllm.cost.kernel_models import decode_kv_heads
+
+    h, kvh = np.array([32.0, 32.0, 32.0, 32.0]), np.array([8.0, 8.0, 8.0, 8.0])
+    w = np.array([128.0, 0.0, 128.0, 128.0])
+    src = np.array(["vllm_flash_attn_fa2", "vllm_flash_attn_fa2", "vllm_flash_attn_fa3", "vllm_flashinfer_fidecode"])
+    assert decode_kv_heads(h, kvh, "vllm", w, src).tolist() == [32, 8, 8, 8]
+    assert decode_family(h, kvh, "vllm", w, src).tolist() == ["mha", "gqa", "gqa", "gqa"]
+    assert float(decode_kv_heads(32.0, 8.0, "vllm")) == 8.0
+
+
+def test_l40s_fa2_windowed_decode_rows(shared_data):
+    """L40S vLLM FA2 decode with window 128 at batch 1024, 2-token contexts: 224 us at 8 / 1 and 1.70 ms
+    at 64 / 8 heads (as 8 and 64 KV heads), both within 25%."""
+    df = _rows(shared_data, "l40s", "vllm", "generation_attention")
+    sel = df[(df.batch_size == 1024) & (df.isl + df.step == 2) & (df.head_dim == 128) & (df.window_size == 128)
+             & (df.kernel_source == "vllm_flash_attn_fa2")
+             & (((df.num_heads == 8) & (df.num_key_value_heads == 1)) | ((df.num_heads == 64) & (df.num_key_value_heads == 8)))]
+    assert len(sel) == 2
+    acc = load_accelerator("l40s")
+    pred = pricing.price(sel, acc, calibration_for(acc).for_framework("vllm"))
+    err = pred / sel["latency_s"].to_numpy() - 1
+    assert np.all(np.abs(err) < 0.25), err
+
+
+def test_decode_splits_occupancy_cap():
+    from simllm.cost.kernel_models import decode_splits
+
+    s = {"split": 512.0, "split_waves": 0.0}
+    assert decode_splits(np.array([1.0, 512.0, 513.0, 4096.0]), 8.0, 132.0, s).tolist() == [1, 1, 2, 8]
+    s = {"split": 512.0, "split_waves": 2.0}  # at most ceil(2 x 132 / rows) splits
+    assert decode_splits(4096.0, 64.0, 132.0, s) == 5.0 and decode_splits(4096.0, 512.0, 132.0, s) == 1.0
+    assert decode_splits(1000.0, 1.0, 132.0, s) == 2.0  # the token split still caps it
+
+
+def test_h100_xqa_bandwidth_grows_with_kv_heads(shared_data):
+    """H100 TRT-LLM XQA at batch 64, 4,096-token contexts, 8 query heads per KV head, head dim 128, bf16
+    cache: 1 KV head 70 us (1.9 TB/s), 8 KV heads 369 us (2.9 TB/s); both within 15% (a split per
+    fixed token count priced them -9% and +22%)."""
+    df = _rows(shared_data, "h100_sxm", "trtllm", "generation_attention")
+    sel = df[(df.batch_size == 64) & (df.isl + df.step == 4096) & (df.head_dim == 128) & (df.window_size == 0)
+             & (df.kv_cache_dtype == "bfloat16") & (df.num_heads == 8 * df.num_key_value_heads)
+             & df.num_key_value_heads.isin([1, 8])]
+    assert len(sel) == 2
+    acc = load_accelerator("h100-sxm")
+    pred = pricing.price(sel, acc, calibration_for(acc).for_framework("trtllm"))
+    err = pred / sel["latency_s"].to_numpy() - 1
+    assert np.all(np.abs(err) < 0.15), err
