@@ -3,15 +3,18 @@ GEMM, activation, down grouped GEMM, weighted sum), as AIConfigurator's ``moe_pe
 measure it (``moe_dtype``, ``num_tokens``, ``hidden_size``, ``inter_size``, ``topk``,
 ``num_experts``, ``moe_tp_size``, ``moe_ep_size``, ``distribution``).
 
-**What one rank runs.** ``E_loc = E / ep`` local experts, intermediate ``I / tp`` each; every
-token picks ``k_loc = min(k, E_loc)`` of them (the collectors route to local experts only). The
+**What one rank runs.** ``E_loc = E / ep`` local experts, intermediate ``I / tp`` each. The
 per-expert token counts ``c_e`` of rank 0 follow the table's distribution, generated the way the
-published collectors do (:func:`rank_counts`): ``balanced`` spreads ``ceil(T / ep)`` tokens over
-the local experts with a fixed stride; ``power_law_<a>`` draws per-expert loads from a power law
-of exponent ``a`` over all ``E`` experts (``x_min = 1``, ``x_max = 0.8 T``), scales them to
-``T k`` token-slots (rounded, then corrected to exactly ``T k`` as the collectors do: see
-:func:`_fix_sum`), and puts the busiest group of ``E_loc`` experts on rank 0 (so skew raises
-rank 0's load as EP grows). Expected over a few seeded draws; memoized.
+published collectors do (:func:`rank_counts`, ai-dynamo/aiconfigurator ``collector/helper.py``):
+``balanced`` routes all ``T`` tokens with the global fixed stride ``ceil(E / k)``
+(``balanced_logits``) and rank 0 keeps the slots that land on its experts (about ``T k / ep``;
+one token at EP 64 touches one local expert, not ``min(k, E_loc)``: the old local-stride model
+priced such L40S rows at 4 experts' weights, 5-11x the measured 30-60 us); ``power_law_<a>``
+draws per-expert loads from a power law of exponent ``a`` over all ``E`` experts (``x_min = 1``,
+``x_max = 0.8 T``), scales them to ``T k`` token-slots, clamps each expert at ``T`` and corrects
+the sum round-robin over the ranks as the collectors do (:func:`_clamp_round_robin`), and puts
+the busiest group of ``E_loc`` experts on rank 0 (so skew raises rank 0's load as EP grows).
+Expected over a few seeded draws; memoized.
 
 **Time.** ::
 
@@ -23,15 +26,26 @@ rank 0's load as EP grows). Expected over a few seeded draws; memoized.
   layer does not shrink with ``1 / ep`` (the old model's 52-75% error at EP 128-256).
 * ``t_slot`` as bytes: each of rank 0's token-slots is gathered, written and reduced back
   (``slot_passes`` passes of the hidden vector through HBM); and ``full_passes`` passes over
-  *all* ``T`` tokens' ``k`` routed copies, which every rank pays whatever ``ep`` (the
-  measured layer keeps a term linear in ``T`` at EP 128: 887 us for 8,192 tokens on H100 where
-  its one local expert's GEMMs on ``T / ep`` tokens take under 100 us).
+  *all* ``T k`` routed copies' intermediate caches, which every rank pays whatever ``ep``: the
+  Triton fused MoE of vLLM/SGLang launches blocks for every expert's slots and writes zeros for
+  the remote ones (gate/up output ``2 I / tp`` written and read by the activation, its output
+  ``I / tp`` written, the down output ``H`` written and read by the final sum: ``2 H + 2 up + I``
+  elements per slot). Evidence: H100 vLLM bf16 balanced rows at EP >= 64 and >= 2,048 tokens
+  (210 rows, one local expert doing little) regress on ``T k H`` and ``T k I / tp`` bytes with
+  2.8 and 6.8 passes at 3.35 TB/s (2 and 5 expected at ~73% of the bandwidth), 6.8% median
+  residual; ``T k H`` alone (the previous form) leaves 15.7%; L40S vLLM the same (3.9 / 8.2,
+  6.4% vs 19.1%). TensorRT-LLM permutes only its local slots: its fitted ``full_passes`` ~0.
 * compute: grouped-GEMM tiles counted per expert, ``sum_e ceil(c_e / tm) ceil(N / tn)`` over the
   calibrated GEMM tile shapes and waves of :mod:`simllm.cost.kernels` (its tile efficiencies
   scaled by ``compute_scale``), at the dtype's peak: skewed counts pay their partial tiles.
 * weights: every touched expert's gate/up and down weights stream once, at ``memory_efficiency``
   of HBM bandwidth (decode is weight-bound: one token on 128 experts of Qwen3-235B moves 302 MB,
-  113 us at 80% of 3.35 TB/s; measured 124 us).
+  113 us at 80% of 3.35 TB/s; measured 124 us). The benchmark replays one layer, so a weight set
+  that fits in the device's L2 (``sram``) stays resident and streams ``l2_speedup`` times faster
+  (:func:`l2_resident_fraction`; the serving step, ``warm_l2=False``, never sees it: each layer's
+  weights are evicted by the next layers'). Evidence: L40S TRT-LLM bf16 (96 MiB L2) p90 1.01 ->
+  0.35 with it (median 9.0% -> 7.8%), the p90 rows being 1-128-token layers of 20-90 MB priced
+  at HBM speed 3-5x too slow.
 
 **Gated or not.** The expert MLP is gated (SwiGLU: one gate+up GEMM of width ``2 I / tp``, three
 weight matrices) unless the table's ``kernel_source`` names a non-gated kernel (TensorRT-LLM's
@@ -40,10 +54,17 @@ Evidence: priced as gated, those rows were +23% median signed on H100 bf16 (8,10
 median) while the gated rows of the same table sat at -2%; priced as two matrices, 12% before
 any refit. The serving path reads the same fact from the model's ``ffn.gated``.
 
+vLLM's and SGLang's tables do not label non-gated rows: the four Nemotron-H shapes TensorRT-LLM
+labels non-gated (:data:`NONGATED_SHAPES`) are priced non-gated in every table (H100 vLLM bf16
+topk-6 rows +25% signed gated, -6% non-gated).
+
 Weight-only types (``int4_wo``, ``w4a16_mxfp4``) compute at the bf16 peak and stream 0.5-byte
-weights; ``fp8`` / ``fp8_block`` compute at the fp8 peak. Parameters are per (framework, dtype)
-section ``moe/<dtype>`` (dimensionless scales and seconds), so they transfer to devices through
-those devices' own peaks, HBM bandwidth and SM counts.
+weights; ``fp8`` / ``fp8_block`` compute at the fp8 peak (the device's own datasheet peak,
+:func:`simllm.cost.kernel_models.strict_peak`: no silent bf16 price); ``nvfp4``, ``w4afp8`` and
+``w4a8_mxfp4_mxfp8`` are UNCALIBRATED (see :data:`MOE_DTYPES`). Parameters are per (framework,
+dtype, kernel family) section ``moe/<dtype>/<kernel_source>`` falling back to ``moe/<dtype>``
+(dimensionless scales and seconds), so they transfer to devices through those devices' own peaks,
+HBM bandwidth, L2 size and SM counts.
 """
 
 from __future__ import annotations
