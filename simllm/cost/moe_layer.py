@@ -43,9 +43,10 @@ Expected over a few seeded draws; memoized.
   113 us at 80% of 3.35 TB/s; measured 124 us). The benchmark replays one layer, so a weight set
   that fits in the device's L2 (``sram``) stays resident and streams ``l2_speedup`` times faster
   (:func:`l2_resident_fraction`; the serving step, ``warm_l2=False``, never sees it: each layer's
-  weights are evicted by the next layers'). Evidence: L40S TRT-LLM bf16 (96 MiB L2) p90 1.01 ->
-  0.35 with it (median 9.0% -> 7.8%), the p90 rows being 1-128-token layers of 20-90 MB priced
-  at HBM speed 3-5x too slow.
+  weights are evicted by the next layers'). Evidence: L40S TRT-LLM bf16 (96 MiB L2) refitted with and
+  without it (same code otherwise, a 4,000-row sample): p90 1.01 -> 0.35, median 9.0% -> 7.8%, the
+  p90 rows being 1-128-token layers of 20-90 MB priced at HBM speed 3-5x too slow (`calibrate
+  check` after the refit: 10.1% / 111% on main -> 8.1% / 33%).
 
 **Gated or not.** The expert MLP is gated (SwiGLU: one gate+up GEMM of width ``2 I / tp``, three
 weight matrices) unless the table's ``kernel_source`` names a non-gated kernel (TensorRT-LLM's
