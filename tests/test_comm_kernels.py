@@ -215,6 +215,26 @@ def test_bad_comm_table_is_one_line_exit_2(tmp_path, cols, field):
     assert e.value.field == "op_name"
 
 
+def test_moe_legacy_collector_convention():
+    """Tables of the older collector runs (A100 vLLM 0.14.0) follow the largest-first power-law
+    correction without the per-expert clamp and benchmarked the Nemotron-H shapes gated; a section
+    with ``legacy_collector`` 1 prices them so, the default the current collectors' way."""
+    new = M.rank_counts(2, 128, 8, 1, "power_law_1.2")
+    old = M.rank_counts(2, 128, 8, 1, "power_law_1.2", True)
+    assert sum(new) == sum(old) == 16 and max(new) <= 2
+    acc = load_accelerator("h100-sxm")
+    cal = calibration_for(acc)
+    row = pd.DataFrame({"num_tokens": [256], "hidden_size": [2688], "inter_size": [1856], "topk": [6],
+                        "num_experts": [128], "moe_tp_size": [1], "moe_ep_size": [1], "distribution": ["balanced"],
+                        "dtype": ["bfloat16"], "kernel_source": ["vllm_fused_moe"]})
+    p0 = M.MoEParams()
+    p1 = M.MoEParams(legacy_collector=1.0)
+    t0 = M.price_frame(row, acc, cal, {"bfloat16": p0})[0]
+    t1 = M.price_frame(row, acc, cal, {"bfloat16": p1})[0]
+    gated = M.moe_time(256, 2688, 1856, 6, 128, 1, 1, "balanced", "bfloat16", acc=acc, gp=cal.gemm, p=p1)
+    assert t0 < t1 and t1 == pytest.approx(gated)
+
+
 def test_moe_uncalibrated_dtypes_priced_from_the_nearest_measured_section():
     """nvfp4 / w4afp8 / w4a8_mxfp4_mxfp8 have no table in ../shared/data: priced with the nearest
     measured dtype's section at the device's own fp4 / fp8 peak; finite, never above the fp8 layer

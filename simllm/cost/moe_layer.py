@@ -152,8 +152,6 @@ def _fix_sum(n: np.ndarray, target: int) -> None:
             n[int(np.argmax(n))] -= 1
 
 
-CLAMP = True
-FULL_CACHES = True
 
 
 def _clamp_round_robin(n: np.ndarray, T: int, ep: int, e_loc: int, target: int) -> np.ndarray:
@@ -217,7 +215,7 @@ def rank_counts(T: int, E: int, k: int, ep: int, dist: str, legacy: bool = False
         u = rng.random(E)
         x = ((hi ** (1 - a) - lo ** (1 - a)) * u + lo ** (1 - a)) ** (1 / (1 - a))
         n = np.round(x / x.sum() * target)
-        if CLAMP and not legacy:
+        if not legacy:
             g = _clamp_round_robin(n, T, ep, e_loc, target)
         else:
             _fix_sum(n, target)
@@ -285,7 +283,7 @@ def moe_time(T, H, I, k, E, tp, ep, dist, dtype, *, acc, gp, p: MoEParams, gated
     q = gp.overlap_exponent
     body = (t_c ** q + t_m ** q) ** (1.0 / q)
     # every token's k routed copies pass through the intermediate caches whatever ep (see docstring)
-    full = T * k * ((2 * H + 2 * up_n + i_loc) if FULL_CACHES else H) * ab
+    full = T * k * (2 * H + 2 * up_n + i_loc) * ab
     return p.fixed_s + (p.slot_passes * slots * H * ab + p.full_passes * full) / bw + body
 
 
