@@ -151,8 +151,14 @@ def test_comm_cli_prints_both_deepep_kernels(capsys):
 
 def test_moe_rank_counts_follow_the_collectors():
     c = M.rank_counts(1024, 256, 8, 8, "balanced")
-    assert sum(c) == 128 * 8 and len(c) == 32  # ceil(T / ep) tokens x min(k, E / ep) local choices
-    assert sum(M.rank_counts(1024, 256, 8, 256, "balanced")) == 4  # one local expert: k_loc = 1
+    assert sum(c) == 1024 * 8 / 8 and len(c) == 32  # the global stride routing: T k / ep slots on E / ep experts
+    assert M.rank_counts(1024, 256, 8, 256, "balanced") == (32.0,)  # one local expert keeps its T k / E slots
+    # one token at EP 64: the stride-32 choices 0, 32, 64, ... leave rank 0 (experts 0-3) one expert
+    assert M.rank_counts(1, 256, 8, 64, "balanced") == (1.0,)
+    # power law, T k <= E: every rounded count is 0 and the shortfall goes one slot per rank in turn
+    assert M.rank_counts(1, 160, 8, 8, "power_law_1.2") == (1.0,)
+    assert M.rank_counts(1, 160, 8, 1, "power_law_1.2") == (1.0,) * 8  # a token picks an expert once
+    assert max(M.rank_counts(64, 8, 2, 1, "power_law_1.01")) <= 64  # no expert above T
     bal = sum(M.rank_counts(4096, 256, 8, 32, "balanced"))
     skew = sum(M.rank_counts(4096, 256, 8, 32, "power_law_1.2"))
     assert skew > 1.5 * bal  # the busiest expert group sits on rank 0
@@ -278,3 +284,58 @@ def test_deepep_ll_few_experts_are_bound_by_their_warp_groups():
     assert np.median(np.abs(r[many])) < 0.06
     assert list(C.ll_warp_groups(np.array([8, 128, 160, 288, 512]), 132)) == [8, 128, 160, 288, 512]
     assert C.ll_warp_groups(133, 132) == 134  # 2 a SM, 67 SMs
+
+def test_moe_legacy_collector_convention():
+    """Tables of the older collector runs (A100 vLLM 0.14.0) follow the largest-first power-law
+    correction without the per-expert clamp and benchmarked the Nemotron-H shapes gated; a section
+    with ``legacy_collector`` 1 prices them so, the default the current collectors' way."""
+    new = M.rank_counts(2, 128, 8, 1, "power_law_1.2")
+    old = M.rank_counts(2, 128, 8, 1, "power_law_1.2", True)
+    assert sum(new) == sum(old) == 16 and max(new) <= 2
+    acc = load_accelerator("h100-sxm")
+    cal = calibration_for(acc)
+    row = pd.DataFrame({"num_tokens": [256], "hidden_size": [2688], "inter_size": [1856], "topk": [6],
+                        "num_experts": [128], "moe_tp_size": [1], "moe_ep_size": [1], "distribution": ["balanced"],
+                        "dtype": ["bfloat16"], "kernel_source": ["vllm_fused_moe"]})
+    p0 = M.MoEParams()
+    p1 = M.MoEParams(legacy_collector=1.0)
+    t0 = M.price_frame(row, acc, cal, {"bfloat16": p0})[0]
+    t1 = M.price_frame(row, acc, cal, {"bfloat16": p1})[0]
+    gated = M.moe_time(256, 2688, 1856, 6, 128, 1, 1, "balanced", "bfloat16", acc=acc, gp=cal.gemm, p=p1)
+    assert t0 < t1 and t1 == pytest.approx(gated)
+
+
+def test_moe_uncalibrated_dtypes_priced_from_the_nearest_measured_section():
+    """nvfp4 / w4afp8 / w4a8_mxfp4_mxfp8 have no table in ../shared/data: priced with the nearest
+    measured dtype's section at the device's own fp4 / fp8 peak; finite, never above the fp8 layer
+    they shrink (fewer weight bytes, same or faster peak), and a device without fp4 is refused."""
+    acc = load_accelerator("b200")
+    cal = calibration_for(acc)
+    shape = (7168, 2048, 8, 256, 1, 8, "balanced")
+    for T in (1, 128, 8192):
+        t = {dt: M.moe_time(T, *shape, dt, acc=acc, gp=cal.gemm, p=M.moe_params(cal, dt))
+             for dt in ("fp8", "fp8_block", "nvfp4", "w4afp8", "w4a8_mxfp4_mxfp8")}
+        assert all(np.isfinite(v) and v > 0 for v in t.values()), t
+        assert t["nvfp4"] <= t["fp8_block"] and t["w4a8_mxfp4_mxfp8"] <= t["fp8_block"] * 1.001
+        assert t["w4afp8"] <= t["fp8"]
+    assert M.moe_params(cal, "nvfp4") == M.moe_params(cal, "fp8_block")
+    h100 = load_accelerator("h100-sxm")
+    with pytest.raises(InputError, match="fp4"):
+        M.moe_time(16, *shape, "nvfp4", acc=h100, gp=cal.gemm, p=M.moe_params(cal, "nvfp4"))
+    row = pd.DataFrame({"num_tokens": [64], "hidden_size": [7168], "inter_size": [2048], "topk": [8],
+                        "num_experts": [256], "moe_tp_size": [1], "moe_ep_size": [8], "distribution": ["balanced"],
+                        "dtype": ["nvfp4"], "kernel_source": ["sglang_flashinfer_cutedsl_moe"]})
+    assert np.isfinite(M.price_frame(row, acc, cal)).all()
+
+
+def test_moe_benchmark_l2_residency_only_for_small_weight_sets():
+    """The collectors replay one layer's weights: a set that fits in L2 streams faster (l2_speedup);
+    the serving path (warm_l2=False) and sets far above L2 are unaffected."""
+    acc = load_accelerator("l40s")
+    cal = calibration_for(acc)
+    p = M.MoEParams(l2_speedup=4.0)
+    small = (1, 2048, 768, 8, 128, 1, 1, "balanced", "bfloat16")  # 8 experts x 9.4 MB: in the 96 MiB L2
+    big = (1, 6144, 16384, 2, 8, 1, 1, "balanced", "bfloat16")  # 2 experts x 604 MB
+    r = [M.moe_time(*a, acc=acc, gp=cal.gemm, p=p) / M.moe_time(*a, acc=acc, gp=cal.gemm, p=p, warm_l2=False)
+         for a in (small, big)]
+    assert r[0] < 0.7 and 0.99 < r[1] <= 1.0
