@@ -356,6 +356,9 @@ class StaticBatching:
     batch_size: int = 32
     timeout_s: float = 1.0
     general: ClassVar[bool] = True
+    # an arrival can complete a waiting batch (admission depends on the queue's length, not only on its
+    # head): every arrival re-decides, inside a decode jump too (DP ranks jump together while one waits)
+    fcfs: ClassVar[bool] = False
 
     def __post_init__(self):
         if self.batch_size < 1:
