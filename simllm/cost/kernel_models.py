@@ -575,9 +575,8 @@ def decode_kv_heads(h, kvh, framework: str, window=0.0, source=""):
     step passes neither, :data:`FA2_SOURCES`)."""
     g = DECODE_GROUP_MAX.get(framework or "")
     out = kvh if g is None else np.where(np.asarray(h, float) > g * np.asarray(kvh, float), h, kvh)
-    if np.any(_fa2_windowed(window, source)):
-        out = np.where(_fa2_windowed(window, source), h, out)
-    return out
+    fa2 = _fa2_windowed(window, source)
+    return np.where(fa2, h, out) if np.any(fa2) else out
 
 
 def decode_family(h, kvh, framework: str, window=0.0, source=""):
@@ -722,8 +721,11 @@ def decode_splits(kv, rows, cus: float, s: dict):
     heads (head dim 64), 1.9 / 2.5 / 2.8 / 2.95 TB/s (head dim 128), as 64 x KV heads work items split
     to about one wave run on too few CTAs per SM; a split per ``split`` tokens (6 per sequence here)
     fills the SMs at every KV-head count and priced 1 KV head 14-30% fast, 8 KV heads 15-32% slow."""
-    n = np.ceil(np.maximum(kv, 1.0) / max(s["split"], 1.0))
     w = s.get("split_waves", 0.0)
+    if np.ndim(kv) == 0 and np.ndim(rows) == 0:  # the serving step's scalar decode: plain floats
+        n = float(math.ceil(max(float(kv), 1.0) / max(s["split"], 1.0)))
+        return min(n, max(1.0, float(math.ceil(w * cus / max(float(rows), 1.0))))) if w > 0 else n
+    n = np.ceil(np.maximum(kv, 1.0) / max(s["split"], 1.0))
     if w > 0:
         n = np.minimum(n, np.maximum(1.0, np.ceil(w * cus / np.maximum(rows, 1.0))))
     return n

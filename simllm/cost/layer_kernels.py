@@ -267,7 +267,7 @@ class LayerKernels:
         f_tok, by_tok, by_seq, tiles, cta_rows = self._decode_terms(b, s)
         if not isinstance(ctx, np.ndarray):
             C = float(ctx)
-            ctas = cta_rows * float(decode_splits(C / b, cta_rows, self.cus, s))
+            ctas = cta_rows * decode_splits(C / b, cta_rows, self.cus, s)
             return s["launch_s"], self._body(f_tok * C, by_tok * C + by_seq, tiles, ctas, s)
         C = np.asarray(ctx, dtype=float)
         cus = self.cus

@@ -441,6 +441,7 @@ class EPStepCost:
     # ------------------------------------------------------------------ dispatch / combine
     def _build_comm_model(self) -> None:
         self._ll_p = ll_params(self.cal)
+        self._ll_experts = self.ep * self.slots_used  # expert slots over the EP group: DeepEP LL's warp groups
         if self.ep <= 1:
             self._comm = (0.0, 0.0)
             self._skew = 1.0
@@ -510,7 +511,7 @@ class EPStepCost:
         for op in ("dispatch", "combine"):
             launch = p.dispatch_launch_s if op == "dispatch" else p.combine_launch_s
             ll = float(C.deepep_ll_time(op, tokens_per_rank, self.H, self.k, self.ep, g, node.scale_up_bw,
-                                        node.scale_out_bw, p, num_experts=self.ep * self.slots_used,
+                                        node.scale_out_bw, p, num_experts=self._ll_experts,
                                         sms=float(self.acc.compute_units.value)))
             t += launch + (ll - launch) * skew
         return t

@@ -42,7 +42,8 @@ Expected over a few seeded draws; memoized.
   of HBM bandwidth (decode is weight-bound: one token on 128 experts of Qwen3-235B moves 302 MB,
   113 us at 80% of 3.35 TB/s; measured 124 us). The benchmark replays one layer, so a weight set
   that fits in the device's L2 (``sram``) stays resident and streams ``l2_speedup`` times faster
-  (:func:`l2_resident_fraction`; the serving step, ``warm_l2=False``, never sees it: each layer's
+  (:func:`l2_resident_fraction`; ``warm_l2=False`` prices the layer without it, and the serving step,
+  which prices its MoE layers from grouped GEMMs in :mod:`simllm.cost.ops`, never sees it: each layer's
   weights are evicted by the next layers'). Evidence: L40S TRT-LLM bf16 (96 MiB L2) refitted with and
   without it (same code otherwise, a 4,000-row sample): p90 1.01 -> 0.35, median 9.0% -> 7.8%, the
   p90 rows being 1-128-token layers of 20-90 MB priced at HBM speed 3-5x too slow (`calibrate
@@ -150,8 +151,6 @@ def _fix_sum(n: np.ndarray, target: int) -> None:
             n[j] -= 1
         else:
             n[int(np.argmax(n))] -= 1
-
-
 
 
 def _clamp_round_robin(n: np.ndarray, T: int, ep: int, e_loc: int, target: int) -> np.ndarray:
