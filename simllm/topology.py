@@ -36,7 +36,7 @@ from __future__ import annotations
 import math as _math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import networkx as nx
 import numpy as _np
@@ -842,11 +842,13 @@ def ep_dispatch(topo: Topology, tokens: int, hidden: int, topk: int, n: int, *, 
 
 
 def ep_dispatch_ll(topo: Topology, tokens: int, hidden: int, topk: int, n: int, *, op: str = "dispatch",
-                   calibration=None) -> CommEstimate:
+                   calibration=None, experts: Optional[int] = None) -> CommEstimate:
     """DeepEP's low-latency dispatch (or combine) of ``tokens`` per rank over ``n`` ranks (the
     kernels decode uses): every (token, expert) copy straight to its rank, NVLink inside a node,
     RDMA across (:func:`simllm.cost.collectives.deepep_ll_time`, calibration section
-    ``deepep_ll``). ``extra``: DeepEP's own test figure, bytes of all copies / time."""
+    ``deepep_ll``); given ``experts`` (expert slots over the group), also the pace of the kernel's
+    warp groups (one per local expert, on the device's SMs), as the expert-parallel step cost
+    prices it. ``extra``: DeepEP's own test figure, bytes of all copies / time."""
     if op not in ("dispatch", "combine"):
         raise InputError(f"op must be dispatch or combine, got {op!r}", field="op")
     if tokens < 1 or topk < 1 or hidden < 1:
@@ -860,7 +862,11 @@ def ep_dispatch_ll(topo: Topology, tokens: int, hidden: int, topk: int, n: int, 
     d = dict((cal.kernels or {}).get("deepep_ll") or {})
     p = C.DeepEPLLParams(**{k: float(v) for k, v in d.items()})
     node = topo.node
-    t = float(C.deepep_ll_time(op, tokens, hidden, topk, len(rs), g, node.scale_up_bw, node.scale_out_bw, p))
+    if experts is not None and experts < 1:
+        raise InputError(f"experts must be >= 1, got {experts}", field="experts")
+    t = float(C.deepep_ll_time(op, tokens, hidden, topk, len(rs), g, node.scale_up_bw, node.scale_out_bw, p,
+                               num_experts=experts,
+                               sms=float(topo.cluster.accelerator.compute_units.value) if experts else None))
     nbytes = tokens * topk * float(C.ll_token_bytes(hidden, op))
     what = f"{node.scale_out_link.name} RDMA" if G.k > 1 and node.scale_out_link is not None else \
         f"{node.scale_up_link.name}"

@@ -339,3 +339,33 @@ def test_moe_benchmark_l2_residency_only_for_small_weight_sets():
     r = [M.moe_time(*a, acc=acc, gp=cal.gemm, p=p) / M.moe_time(*a, acc=acc, gp=cal.gemm, p=p, warm_l2=False)
          for a in (small, big)]
     assert r[0] < 0.7 and 0.99 < r[1] <= 1.0
+
+
+def test_comm_cli_low_latency_prices_what_the_ep_step_cost_prices():
+    """`simllm comm` prints the low-latency kernel time the expert-parallel step cost uses: with few
+    experts (Mixtral's 8 over 8 GPUs) the kernel's warp groups, one per local expert, pace it, and
+    the command must not drop that term (it did: 28 us where the step cost priced 82 us)."""
+    import json
+
+    from simllm.cli.comm import comm
+    from simllm.cost import collectives as C
+    from simllm.cost.calibration import calibration_for
+    from simllm.topology import build_topology, ep_dispatch_ll
+
+    topo = build_topology("h800-pd22")
+    acc = topo.cluster.accelerator
+    p = C.DeepEPLLParams(**{k: float(v) for k, v in calibration_for(acc).kernels["deepep_ll"].items()})
+    node = topo.node
+    want = float(C.deepep_ll_time("dispatch", 256, 4096, 2, 8, 8, node.scale_up_bw, node.scale_out_bw, p,
+                                  num_experts=8, sms=float(acc.compute_units.value)))
+    bare = float(C.deepep_ll_time("dispatch", 256, 4096, 2, 8, 8, node.scale_up_bw, node.scale_out_bw, p))
+    assert want > 1.5 * bare  # the warp-group pace binds here
+    assert ep_dispatch_ll(topo, 256, 4096, 2, 8, op="dispatch", experts=8).time_s == pytest.approx(want)
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        comm("dispatch", cluster="h800-pd22", devices=8, nbytes=None, tokens=256, hidden=4096, topk=2, dtype=None,
+             experts=8, topk_groups=None, algorithm="auto", src=None, dst=None, as_json=True)
+    assert json.loads(buf.getvalue())["low_latency"]["time_s"] == pytest.approx(want)

@@ -111,7 +111,7 @@ def comm(
     if op in ("dispatch", "combine"):  # DeepEP's low-latency kernels (decode) beside the normal ones (prefill)
         from ..topology import build_topology, ep_dispatch_ll
 
-        ll = ep_dispatch_ll(build_topology(cluster), tokens, hidden, topk, devices, op=op)
+        ll = ep_dispatch_ll(build_topology(cluster), tokens, hidden, topk, devices, op=op, experts=experts)
         d["low_latency"] = {"time_s": ll.time_s, "deepep_bw": ll.extra["deepep_bw"], "bottleneck": ll.bottleneck}
     if as_json:
         echo_json(d)
