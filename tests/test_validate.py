@@ -121,3 +121,55 @@ def test_poisson_stage_as_inference_perf_timer():
     np.testing.assert_allclose(a[last], sec[last] + 1.0)
     counts = np.bincount(sec, minlength=200)
     assert 0.5 < counts.var() / counts.mean() < 1.6  # Poisson: variance = mean
+
+
+def _bench_json(tmp_path, **kw):
+    n = kw.pop("n", 60)
+    d = {"backend": "vllm", "model_id": "meta-llama/Meta-Llama-3-8B", "num_prompts": n, "completed": n,
+         "request_rate": "inf", "burstiness": 1.0, "max_concurrency": 4, "mean_ttft_ms": 50.0,
+         "median_ttft_ms": 45.0, "p99_ttft_ms": 90.0, "mean_tpot_ms": 8.0, "mean_itl_ms": 8.0,
+         "mean_e2el_ms": 1500.0, "total_input_tokens": 512 * n, "total_output_tokens": 200 * n,
+         "input_lens": [512] * n, "output_lens": [200] * n}
+    d.update(kw)
+    p = tmp_path / "bench.json"
+    p.write_text(json.dumps(d))
+    return p
+
+
+def test_vllm_bench_max_concurrency_is_a_closed_loop(tmp_path):
+    """vllm bench --max-concurrency N: N slots, each request sent once one is free. With every request
+    queued at t=0 the slots never idle, so Little's law holds: throughput x mean latency = N."""
+    from simllm.validate import validate_run
+    from simllm.validate.replay import simulate_run
+    from simllm.validate.measured import with_server
+
+    p = _bench_json(tmp_path)
+    run = with_server(read_run(p), tp=1)
+    sim = simulate_run(run, model="llama-3-8b")
+    req = sim["requests"]
+    e2e = req["e2e_s"].to_numpy()
+    arr = req["arrival_s"].to_numpy()
+    done = arr + e2e
+    assert len(req) == 60 and np.isfinite(e2e).all()
+    # at most 4 in flight at any time: at each send, fewer than 4 earlier requests are still running
+    for a in arr:
+        assert ((arr < a) & (done > a + 1e-9)).sum() <= 3
+    thr = len(req) / done.max()
+    assert thr * e2e.mean() == pytest.approx(4, rel=0.08)
+    rec = validate_run(p, model="llama-3-8b")
+    assert any("tensor parallelism" in a for a in rec["assumptions"]) and rec["tp"] == 1
+
+
+def test_vllm_bench_server_options(tmp_path):
+    from simllm.validate import validate_run
+
+    p = _bench_json(tmp_path, n=20, max_concurrency=None, request_rate=5.0, tensor_parallel_size=2)
+    with pytest.raises(InputError, match="contradicts"):
+        validate_run(p, model="llama-3-8b", server={"tp": 4})
+    rec = validate_run(p, model="llama-3-8b", server={"tp": 2, "max_num_seqs": 8})
+    assert rec["tp"] == 2 and not any("tensor" in a for a in rec["assumptions"])
+    assert any("max_num_batched_tokens" in a for a in rec["assumptions"])
+    assert rec["mean_batch"] <= 8
+    bad = _bench_json(tmp_path, max_concurrency=0)
+    with pytest.raises(InputError, match="max_concurrency"):
+        read_run(bad)

@@ -32,13 +32,28 @@ def register(app: typer.Typer) -> None:
         stage_drain: bool = typer.Option(False, "--stage-drain",
                                          help="start each inference-perf stage once the previous one's requests "
                                               "have all ended (+ interval + 1 s), as its load generator does"),
+        tp: Optional[int] = typer.Option(None, "--tp", min=1,
+                                         help="the server's tensor parallelism where the run does not record it "
+                                              "(vllm bench results; default 1)"),
+        max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", min=1,
+                                                   help="the server's max_num_seqs where the run does not record it"),
+        max_num_batched_tokens: Optional[int] = typer.Option(
+            None, "--max-num-batched-tokens", min=1, help="the server's max_num_batched_tokens where the run does "
+                                                          "not record it"),
+        max_model_len: Optional[int] = typer.Option(None, "--max-model-len", min=1,
+                                                    help="the server's max_model_len where the run does not record it"),
     ) -> None:
         """Simulate measured runs from their own files and print the error per stage and overall."""
         from ..validate import summarize_runs, validate_run
 
         if out is not None:
             check_output_dir(out)  # before the replays, which take a while
-        recs = [validate_run(r, hw=hw, model=model, seed=seed, stage_drain=stage_drain) for r in runs]
+        server = {"tp": tp, "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
+                  "max_model_len": max_model_len}
+        recs = [validate_run(r, hw=hw, model=model, seed=seed, stage_drain=stage_drain, server=server) for r in runs]
+        for r in recs:
+            for a in r.get("assumptions", ()):
+                typer.echo(f"{r['run']}: assumption: {a}", err=True)
         res = summarize_runs(recs)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ class MeasuredRun:
     path: Path
     kind: str  # "inference-perf" | "vllm-bench"
     model: str
-    tp: int
+    tp: Optional[int]  # None: the run's files do not record it (vllm bench): --tp, else 1 with a note
     server: dict  # max_model_len, max_num_batched_tokens, max_num_seqs (None: vLLM's default)
     load: Any  # InferencePerfLoad or a dict for vllm bench
     summary: Measured
@@ -131,9 +131,47 @@ def read_vllm_bench(path: Path) -> MeasuredRun:
             "max_concurrency": d.get("max_concurrency"), "input_lens": d.get("input_lens"),
             "output_lens": d.get("output_lens")}
     model = str(d.get("model_id") or "")
-    return MeasuredRun(path.stem, path, "vllm-bench", model, int(d.get("tensor_parallel_size", 1) or 1),
+    tp = d.get("tensor_parallel_size")  # not written by vllm bench itself; some wrappers add it
+    if tp is not None and (isinstance(tp, bool) or not isinstance(tp, int) or tp < 1):
+        raise InputError(f"expected a positive integer, got {tp!r}", file=path, field="tensor_parallel_size")
+    mc = d.get("max_concurrency")
+    if mc is not None and (isinstance(mc, bool) or not isinstance(mc, int) or mc < 1):
+        raise InputError(f"expected a positive integer or null, got {mc!r}", file=path, field="max_concurrency")
+    return MeasuredRun(path.stem, path, "vllm-bench", model, tp,
                        {"max_model_len": None, "max_num_batched_tokens": None, "max_num_seqs": None}, load, m, [],
                        _model_config(path.parent, model) if model else None)
+
+
+#: server settings a run's files may lack (vllm bench records none of them): option name -> MeasuredRun field
+SERVER_OPTIONS = {"tp": "--tp", "max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--max-num-batched-tokens",
+                  "max_model_len": "--max-model-len"}
+
+
+def with_server(run: MeasuredRun, **given) -> MeasuredRun:
+    """``run`` with the server settings ``given`` (``tp``, ``max_num_seqs``, ``max_num_batched_tokens``,
+    ``max_model_len``; None: not given) filled in where its files do not record them. A setting the files
+    do record and that ``given`` contradicts is an error naming the file and field, never overridden."""
+    import dataclasses
+
+    server = dict(run.server)
+    tp = run.tp
+    for key, v in given.items():
+        if key not in SERVER_OPTIONS:
+            raise ValueError(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InputError(f"expected a positive integer, got {v!r}", field=SERVER_OPTIONS[key])
+        have = tp if key == "tp" else server.get(key)
+        if have is not None and have != v:
+            field = "tensor_parallelism" if key == "tp" else key
+            raise InputError(f"the run states {field} {have}; {SERVER_OPTIONS[key]} {v} contradicts it",
+                             file=run.path, field=field)
+        if key == "tp":
+            tp = v
+        else:
+            server[key] = v
+    return dataclasses.replace(run, tp=tp, server=server)
 
 
 def read_run(path: str | Path) -> MeasuredRun:

@@ -33,7 +33,7 @@ from ..scenario import prepare, scenario_from_dict, simulate
 from ..workload.inference_perf import (build_requests, chat_prompt_scale, chat_sessions, configured_output_mean,
                                        SlotPool, configured_prompt_mean, replay_per_request)
 from ..workload.request import Request
-from .measured import METRICS, Measured, MeasuredRun, read_run
+from .measured import METRICS, SERVER_OPTIONS, Measured, MeasuredRun, read_run, with_server
 
 VLLM_BLOCK_TOKENS = 16
 """vLLM's default KV block size (``--block-size`` 16 on CUDA); its prefix cache hashes every full block."""
@@ -140,8 +140,6 @@ def _requests(run: MeasuredRun, seed: int):
     d = run.load
     n = d["num_prompts"]
     rng = np.random.default_rng(seed)
-    if d["max_concurrency"]:
-        raise InputError("max_concurrency runs (closed loop) are not supported", file=run.path, field="max_concurrency")
     rate = d["request_rate"]
     if rate == "inf":
         arr = np.zeros(n)
@@ -152,6 +150,10 @@ def _requests(run: MeasuredRun, seed: int):
     pm = max(1, round(run.summary.prompt_len_mean or 1))
     om = max(1, round(run.summary.output_len_mean or 1))
     reqs = [Request(i, float(arr[i]), int(il[i]) if il else pm, max(1, int(ol[i])) if ol else om) for i in range(n)]
+    if d["max_concurrency"] and d["max_concurrency"] < n:
+        # vllm bench's --max-concurrency: a semaphore of that many slots; a request scheduled at its
+        # (Poisson / gamma, or all-at-once) time is sent once a slot is free, as inference-perf's workers do
+        reqs = SlotPool(reqs, int(d["max_concurrency"]))
     return reqs, np.zeros(n, dtype=int), float("inf"), om, [None if rate == "inf" else float(rate)]
 
 
@@ -228,7 +230,7 @@ def simulate_run(run: MeasuredRun, *, hw: str = "h100-sxm", model: Optional[str]
                     "max_num_seqs": run.server.get("max_num_seqs") or defaults["max_num_seqs"]}
         scn = scenario_from_dict({
             "name": run.name, "model": mref, "hardware": {"accelerator": hw},
-            "deployment": {"tp": run.tp, "batching": batching, "max_model_len": run.server.get("max_model_len"),
+            "deployment": {"tp": run.tp or 1, "batching": batching, "max_model_len": run.server.get("max_model_len"),
                            "cuda_graphs": "auto",  # vLLM's default: graphs of its default capture sizes
                            "api_overhead_s": api_overhead_s, "async_scheduling": ASYNC_SCHEDULING,
                            "host_step_s": host_step_s, "host_per_seq_s": host_per_seq_s,
@@ -276,9 +278,20 @@ def _drained(prep, reqs: list, stage: np.ndarray, load, timeout: float) -> list:
 
 def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str] = None, seed: int = 0,
                  api_overhead_s: float = API_OVERHEAD_S, host_step_s: float = HOST_STEP_S,
-                 host_per_seq_s: float = HOST_PER_SEQ_S, stage_drain: bool = False) -> dict:
-    """Replay one measured run; the per-run record of ``simllm validate --json``."""
-    run = read_run(path)
+                 host_per_seq_s: float = HOST_PER_SEQ_S, stage_drain: bool = False,
+                 server: Optional[dict] = None) -> dict:
+    """Replay one measured run; the per-run record of ``simllm validate --json``. ``server``: settings the
+    run's files may not record (``tp``, ``max_num_seqs``, ``max_num_batched_tokens``, ``max_model_len``;
+    :func:`~simllm.validate.measured.with_server`); ``assumptions`` lists what was assumed instead."""
+    run = with_server(read_run(path), **(server or {}))
+    assumptions = []
+    if run.tp is None:
+        assumptions.append("tensor parallelism not recorded in the run's files: 1 (give --tp)")
+    if run.kind == "vllm-bench":
+        for key, opt in SERVER_OPTIONS.items():
+            if key != "tp" and run.server.get(key) is None:
+                assumptions.append(f"{key} not recorded in the run's files: vLLM's online-server default "
+                                   f"(give {opt})")
     sim = simulate_run(run, hw=hw, model=model, seed=seed, api_overhead_s=api_overhead_s, host_step_s=host_step_s,
                        host_per_seq_s=host_per_seq_s, stage_drain=stage_drain)
     req, steps, summary, stage = sim["requests"], sim["steps"], sim["summary"], sim["stage"]
@@ -296,7 +309,7 @@ def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str]
     offered = sum(r * d for r, d in zip(rates, durations) if r) / sum(durations) if rates[0] else None
     sustained = _kept_up(m.failed, m.count, m.requests_per_s, offered)
     ssum = sims[-1]
-    rec = {"run": run.name, "kind": run.kind, "model": run.model, "tp": run.tp, "hw": hw,
+    rec = {"run": run.name, "kind": run.kind, "model": run.model, "tp": run.tp or 1, "hw": hw,
            "sustained": bool(sustained),
            # the same test on the simulated client view, or the engine's own saturation test
            "saturated": bool(summary.get("saturated"))
@@ -305,7 +318,7 @@ def validate_run(path: str | Path, *, hw: str = "h100-sxm", model: Optional[str]
            "failed_measured": m.failed / m.count if m.count else 0.0,
            "failed_simulated": ssum["failed"] / ssum["count"] if ssum["count"] else 0.0,
            "timestamps_per_token": k, "api_overhead_s": api_overhead_s,
-           "mean_batch": _mean_batch(steps)}
+           "mean_batch": _mean_batch(steps), "assumptions": assumptions}
     for met in METRICS:
         mm = (m.latency.get(met) or {}).get("mean")
         rec[f"{met}_ape"] = _ape(ssum[met]["mean"], mm)
