@@ -145,3 +145,24 @@ def test_priority_preemption_never_credits_prefix_blocks_the_newcomer_reuses():
         res = _run(c, jump)
         assert max(res.kv_peak_blocks) <= 29 and max(res.steps["kv_blocks_used"]) <= 29
         assert np.isfinite(res.completion_s).all() and res.preemptions[0] >= 1
+
+
+def test_jump_equals_step_when_a_swapped_sequence_waits_on_prefix_cache_evictions():
+    """Found by the property above: a sequence swapped out under static batching waits for blocks; the
+    one left decoding grows into the full cache, its growth evicts a cached prefix unit of several blocks
+    and the swapped sequence fits again. Stepping brings it back at the next boundary; a decode jump
+    over that step must not keep it out until the jump ends (it did: 1 ms late)."""
+    from simllm.workload.request import Request
+
+    def r(i, p, o, pb):
+        return Request(id=i, arrival_s=0.0, prompt_tokens=p, output_tokens=o, prefix_blocks=pb)
+
+    reqs = [r(i, 1, 1, ((0, 0),)) for i in range(8)] + [r(8, 128, 2, ((0, 0), (0, 1))), r(9, 99, 24, ((1, 0), (1, 1))),
+                                                        r(10, 20, 2, ((0, 0),))] + \
+        [r(i, 1, 1, ((0, 0),)) for i in (11, 12, 13)]
+    c = {"reqs": reqs, "block": {"policy": "static", "batch_size": 4, "timeout_s": 0.0}, "block_size": 4,
+         "num_blocks": 62, "replicas": 1, "preemption": "swap", "router": "round_robin", "prefix_caching": True}
+    a, b = _run(c, jump=True), _run(c, jump=False)
+    assert sum(a.preemptions) > 0  # the case: a sequence was swapped out
+    for k in ("scheduled_s", "first_token_s", "completion_s"):
+        assert np.array_equal(getattr(a, k), getattr(b, k), equal_nan=True), k

@@ -490,7 +490,11 @@ class Replica:
             n = self.n
             # after a preemption the victim waits at the queue's head: re-decide after one step
             mrem = self._min_rem()
-            kmax = mrem if jump and not preempted and not swap_drained else 1
+            # a swapped-out sequence waits for blocks: with prefix caching, a step's growth may evict a cached
+            # unit of several blocks and make room for it mid-segment, which stepping sees at the next
+            # boundary; step one at a time until it is back (a hypothesis example: static batching, swap)
+            held_out = bool(self.swapped) and self.pc is not None
+            kmax = mrem if jump and not preempted and not swap_drained and not held_out else 1
             T0 = self.tsum
             k = 1
             if self.spec is not None:  # speculative: tokens per step drawn per sequence (spec_decode)
