@@ -250,12 +250,30 @@ def moe_time(T, H, I, k, E, tp, ep, dist, dtype, *, acc, gp, p: MoEParams, gated
                          field="moe_dtype")
     if T <= 0:
         return 0.0
-    cdt, wb, ab = MOE_DTYPES[dtype]
-    peak, bw, cus = strict_peak(acc, cdt), acc.hbm_bw, int(acc.compute_units.value)
     c = np.asarray(rank_counts(int(T), int(E), int(k), int(ep), str(dist), bool(p.legacy_collector >= 0.5)),
                    dtype=float)
+    return moe_time_counts(c, T, H, I, k, tp, dtype, acc=acc, gp=gp, p=p, gated=gated, warm_l2=warm_l2)[0]
+
+
+def moe_time_counts(c, T, H, I, k, tp, dtype, *, acc, gp, p: MoEParams, gated: bool = True,
+                    warm_l2: bool = True, experts: float | None = None) -> tuple[float, float, float, float, float]:
+    """:func:`moe_time` for rank 0's per-local-expert token counts ``c`` (of the step's ``T`` tokens routed
+    top-``k``): (seconds, FLOPs, bytes, compute seconds, memory seconds of the grouped GEMMs' body). The
+    serving step (:meth:`simllm.cost.ops.LayerOps.moe_ffn_block`) prices its fused MoE with it from its own
+    routing (expected uniform counts, or a placement's), without the benchmark's hot L2 (``warm_l2``);
+    ``experts``: the (expected, possibly fractional) number of experts whose weights stream, where ``c``
+    spreads the slots over a whole number of them."""
+    if dtype not in MOE_DTYPES:
+        raise InputError(f"unknown moe_dtype {dtype!r} (expected one of {', '.join(MOE_DTYPES)})",
+                         field="moe_dtype")
+    c = np.asarray(c, dtype=float)
+    c = c[c > 0]
+    if T <= 0:
+        return 0.0, 0.0, 0.0, 0.0, 0.0
     if c.size == 0:
-        return p.fixed_s
+        return p.fixed_s, 0.0, 0.0, 0.0, 0.0
+    cdt, wb, ab = MOE_DTYPES[dtype]
+    peak, bw, cus = strict_peak(acc, cdt), acc.hbm_bw, int(acc.compute_units.value)
     i_loc = math.ceil(I / tp)
     slots = float(c.sum())
     u = c.size
@@ -273,7 +291,7 @@ def moe_time(T, H, I, k, E, tp, ep, dist, dtype, *, acc, gp, p: MoEParams, gated
             tc_us = waves * 2e6 * tm * tn * (K + gp.tile_k_overhead) / (per_cu * min(e * p.compute_scale, 1.0))
             acc_q += tc_us ** (-gp.tile_softmin_q)
         t_c += acc_q ** (-1.0 / gp.tile_softmin_q) * 1e-6
-    w_bytes = u * (up_n + i_loc) * H * wb
+    w_bytes = (u if experts is None else float(experts)) * (up_n + i_loc) * H * wb
     a_bytes = slots * (H + up_n + i_loc + H) * ab
     if warm_l2 and p.l2_speedup > 1.0:  # the benchmark's hot-L2 weights (see l2_resident_fraction)
         sram = float(getattr(getattr(acc, "sram", None), "value", 0.0) or 0.0)
@@ -283,7 +301,10 @@ def moe_time(T, H, I, k, E, tp, ep, dist, dtype, *, acc, gp, p: MoEParams, gated
     body = (t_c ** q + t_m ** q) ** (1.0 / q)
     # every token's k routed copies pass through the intermediate caches whatever ep (see docstring)
     full = T * k * (2 * H + 2 * up_n + i_loc) * ab
-    return p.fixed_s + (p.slot_passes * slots * H * ab + p.full_passes * full) / bw + body
+    traffic = (p.slot_passes * slots * H * ab + p.full_passes * full) / bw
+    flops = 2.0 * slots * H * (up_n + i_loc)
+    return (p.fixed_s + traffic + body, flops, w_bytes + a_bytes, body if t_c >= t_m else 0.0,
+            traffic + (0.0 if t_c >= t_m else body))
 
 
 # --------------------------------------------------------------------------- registry
@@ -421,6 +442,21 @@ def _register() -> None:
 
 
 _register()
+
+
+#: the serving step's GEMM kernel path (:func:`simllm.cost.layer_kernels.gemm_table_dtype`) -> the MoE table dtype
+SERVING_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "fp8": "fp8", "int4_wo": "int4_wo",
+                  "int8_wo": "int8_wo", "nvfp4": "nvfp4"}
+
+
+def serving_params(cal, gemm_dtype: str):
+    """(MoE table dtype, :class:`MoEParams`) the serving step prices its fused MoE with, or None where the
+    calibration has no fitted ``moe`` section for that kernel path (the step then prices grouped GEMMs)."""
+    dt = SERVING_DTYPES.get(gemm_dtype)
+    k = getattr(cal, "kernels", None) or {}
+    if dt is None or not any(k.get(f"moe/{d}") for d in (dt,) + NEAREST.get(dt, ())):
+        return None
+    return dt, moe_params(cal, dt)
 
 
 def serving_fixed_s(cal, act_dtype: str) -> float:

@@ -36,7 +36,7 @@ from .calibration import Calibration
 from .kernels import attention_time, elementwise_time, gemm_flops_bytes, gemm_time
 from .kernel_models import GEMM_DTYPES
 from .layer_kernels import LayerKernels, check_framework
-from .moe_layer import serving_fixed_s as moe_fixed_s
+from .moe_layer import moe_time_counts, serving_fixed_s as moe_fixed_s, serving_params as moe_serving_params
 from .table_mode import make_layer_kernels
 
 WIDE = {"bf16", "fp16", "fp32", "tf32"}
@@ -118,8 +118,11 @@ class LayerOps:
         # GEMM and attention kernels: simllm.cost.kernel_models physics, the framework's calibration
         self.framework = check_framework(framework)
         self._ar_tab = None  # TP all-reduce seconds per step token count (None: not built, False: no table)
-        self.k = make_layer_kernels(model, acc, cal.for_framework(self.framework), tp=tp, weight_dtype=weight_dtype,
+        self._fcal = cal.for_framework(self.framework)
+        self.k = make_layer_kernels(model, acc, self._fcal, tp=tp, weight_dtype=weight_dtype,
                                     act_dtype=act_dtype, kv_dtype=kv_dtype, kv_bytes=self.kvb)
+        # the routed experts' fused MoE kernel model (None: no fitted moe section, grouped GEMMs instead)
+        self._moe_params = moe_serving_params(self._fcal, self.k.gemm_dtype) if model.moe is not None else None
 
     # ------------------------------------------------------------------ primitives
     def gemm(self, name, M, K, N, groups=1.0, w_bytes=None) -> Op:
@@ -274,7 +277,25 @@ class LayerOps:
         ops = [self.ew("post_attn_norm", 2 * T * H * ab + H * self.wb),
                self.gemm("router", T, H, E, w_bytes=self.ab),
                self.ew("topk_softmax", T * E * 4.0 * 2)]
-        if T > 0:
+        mp = self._moe_params
+        if T > 0 and mp is not None:
+            # the fused MoE as the measured tables time it (simllm.cost.moe_layer, the framework's fitted
+            # section): routing bookkeeping, gather / scatter passes, grouped GEMM tiles per expert, weights
+            if expert_tokens is None:  # uniform routing: the expected experts touched, the slots spread evenly
+                touched = expected_experts_touched(E, k, T)
+                n = max(1, int(round(touched)))
+                cnt = np.full(n, T * k / n)
+            else:
+                cnt = np.asarray(expert_tokens, dtype=float)
+                touched = None
+            mdt, p = mp
+            t, fl, by, tc, tm = moe_time_counts(cnt, T, H, e.expert_intermediate_size, k, self.tp, mdt, acc=self.acc,
+                                                gp=self._fcal.gemm, p=p, gated=self.m.ffn.gated, warm_l2=False,
+                                                experts=touched)
+            ops[-1:] = []  # the fused kernel's routing bookkeeping includes the top-k (fixed_s)
+            ops.append(Op("experts", "gemm", fl, by, t, compute_s=tc, memory_s=tm, overhead_s=p.fixed_s,
+                          shape=f"{len(cnt[cnt > 0])} experts, {_fmt(float(np.sum(cnt)))} token-slots"))
+        elif T > 0:
             if expert_tokens is None:
                 touched = expected_experts_touched(E, k, T)
                 ops += self.mlp("experts_", T, e.expert_intermediate_size, self.m.ffn.gated, groups=touched,
@@ -284,7 +305,7 @@ class LayerOps:
                 cnt = cnt[cnt > 0]
                 ops += self.mlp_varlen("experts_", cnt, e.expert_intermediate_size, self.m.ffn.gated)
             ops.append(self.ew("permute_unpermute", 2 * 2 * T * k * H * ab))
-            fx = moe_fixed_s(self.cal, self.act_dtype)
+            fx = moe_fixed_s(self._fcal, self.act_dtype)
             if fx > 0:  # per-rank routing bookkeeping and launches of the fused MoE (simllm.cost.moe_layer)
                 ops.append(Op("moe_fixed", "elementwise", 0.0, 0.0, fx, overhead_s=fx))
         if e.num_shared_experts:
