@@ -18,12 +18,19 @@ Expected over a few seeded draws; memoized.
 
 **Time.** ::
 
-    t = t_fixed + t_slot * sum(c_e) + soft_roofline(t_compute, t_weights)    (up + down GEMMs)
+    t = t_fixed + 2 t_expert * (touched local experts) + t_slot * sum(c_e) + soft_roofline(t_compute, t_weights)
 
 * ``t_fixed`` (s): the layer's kernel launches and its routing bookkeeping (top-k alignment,
   sorting): paid by every rank whatever ``ep``; the measured EP 64-256 floors (40-50 us on H100
   for a single local expert whose weights stream in ~14 us) are this term, and it is why the
   layer does not shrink with ``1 / ep`` (the old model's 52-75% error at EP 128-256).
+* ``t_expert`` (s, ``expert_s``): each touched local expert costs each of the two grouped GEMMs a fixed
+  amount beside its tiles (the kernel's per-group work: a problem visit of the tile scheduler, its
+  pointer / TMA-descriptor setup, its own prologue and epilogue). Evidence: H100 vLLM 0.24 fp8 (FlashInfer
+  CUTLASS), hidden 2048, expert 768, 128 experts top-8 at TP 32 (weights of 0.15 MB an expert): 44 / 141 /
+  246 / 249 us at 1 / 8 / 48 / 96 tokens, i.e. with the 8 / 64 / 128 / 128 experts touched (1.6-1.7 us
+  per added expert), not with the tokens or the bytes; without the term the fit had bent the bandwidth to 18% of HBM and left that table at
+  10.0% / 40% (median / p90).
 * ``t_slot`` as bytes: each of rank 0's token-slots is gathered, written and reduced back
   (``slot_passes`` passes of the hidden vector through HBM); and ``full_passes`` passes over
   *all* ``T k`` routed copies' intermediate caches, which every rank pays whatever ``ep``: the
@@ -109,15 +116,19 @@ class MoEParams:
     #: 1 = the table was written by the earlier collectors (see :func:`rank_counts` and NONGATED_SHAPES);
     #: chosen by the fit (the better of the two conventions), never continuous
     legacy_collector: float = 0.0
+    #: seconds per touched local expert in each of the two grouped GEMMs (the kernel's per-group work; see
+    #: moe_time_counts)
+    expert_s: float = 0.0
 
     def vector(self):
         return [self.fixed_s * 1e6, self.slot_passes, self.compute_scale, self.memory_efficiency, self.full_passes,
-                self.l2_speedup, self.legacy_collector]
+                self.l2_speedup, self.legacy_collector, self.expert_s * 1e6]
 
     @classmethod
     def from_vector(cls, x):
         return cls(float(x[0]) * 1e-6, float(x[1]), float(x[2]), float(x[3]), float(x[4]),
-                   float(x[5]) if len(x) > 5 else 1.0, float(x[6]) if len(x) > 6 else 0.0)
+                   float(x[5]) if len(x) > 5 else 1.0, float(x[6]) if len(x) > 6 else 0.0,
+                   float(x[7]) * 1e-6 if len(x) > 7 else 0.0)
 
 
 def _alpha(dist: str) -> float | None:
@@ -303,7 +314,7 @@ def moe_time_counts(c, T, H, I, k, tp, dtype, *, acc, gp, p: MoEParams, gated: b
     full = T * k * (2 * H + 2 * up_n + i_loc) * ab
     traffic = (p.slot_passes * slots * H * ab + p.full_passes * full) / bw
     flops = 2.0 * slots * H * (up_n + i_loc)
-    return (p.fixed_s + traffic + body, flops, w_bytes + a_bytes, body if t_c >= t_m else 0.0,
+    return (p.fixed_s + 2.0 * p.expert_s * c.size + traffic + body, flops, w_bytes + a_bytes, body if t_c >= t_m else 0.0,
             traffic + (0.0 if t_c >= t_m else body))
 
 
@@ -384,7 +395,8 @@ def price_frame(df, acc, cal, params: dict | None = None) -> np.ndarray:
 
 
 def fit_frame(df, acc, cal, max_rows: int = 500, iters: int = 200) -> dict:
-    """Fit :class:`MoEParams` per (dtype, kernel family) on a seeded subsample of ``max_rows`` rows:
+    """Fit :class:`MoEParams` (all but ``legacy_collector``, which is tried both ways) per (dtype, kernel
+    family) on a seeded subsample of ``max_rows`` rows:
     ``moe/<dtype>/<source>`` for every family of at least :data:`MIN_SOURCE_ROWS` rows, and
     ``moe/<dtype>`` = the fit of the dtype's largest family (the section the serving path and
     unknown kernel families read). Families differ in their kernels (SGLang's H100 bf16 table holds
@@ -411,22 +423,26 @@ def fit_frame(df, acc, cal, max_rows: int = 500, iters: int = 200) -> dict:
 
             def f(x, sub=sub, t=t):
                 if not (0 <= x[0] < 500 and 0 <= x[1] < 50 and 0.05 < x[2] <= 2.0 and 0.05 < x[3] <= 1.2
-                        and 0 <= x[4] < 50 and 1.0 <= x[5] <= 20.0):
+                        and 0 <= x[4] < 50 and 1.0 <= x[5] <= 20.0 and 0 <= x[7] < 20):
                     return np.inf
                 pr = price_frame(sub, acc, cal, {dt: MoEParams.from_vector(x)})
                 v = np.mean(np.abs(np.log(pr / t)))
                 return v if np.isfinite(v) else np.inf
 
+            def with_legacy(v, leg):  # the optimised vector: x[0:6] and expert_s (x[7]); legacy fixed
+                return list(v[:6]) + [leg, v[6]]
+
             x0 = moe_params(cal, dt, src).vector()
             x0[5] = max(x0[5], 1.5)  # start inside the L2 term's range (1 = off)
+            x0[7] = max(x0[7], 0.5)  # and off the per-expert term's bound (0 us)
             legacy = 1.0 if x0[6] >= 0.5 else 0.0
-            x, fx = nelder_mead(lambda v: f(list(v) + [legacy]), x0[:6], iters=iters, step=0.2)
-            best = (list(x) + [legacy], fx)
+            x, fx = nelder_mead(lambda v: f(with_legacy(v, legacy)), x0[:6] + [x0[7]], iters=iters, step=0.2)
+            best = (with_legacy(x, legacy), fx)
             other = 1.0 - legacy  # the other collector convention: refit only where it is close or better there
-            if f(list(x) + [other]) < 1.1 * fx:
-                x2, fx2 = nelder_mead(lambda v: f(list(v) + [other]), list(x), iters=iters, step=0.2)
+            if f(with_legacy(x, other)) < 1.1 * fx:
+                x2, fx2 = nelder_mead(lambda v: f(with_legacy(v, other)), list(x), iters=iters, step=0.2)
                 if fx2 < fx:
-                    best = (list(x2) + [other], fx2)
+                    best = (with_legacy(x2, other), fx2)
             fitted = asdict(MoEParams.from_vector(best[0]))
             if j == 0:
                 out[f"moe/{dt}"] = fitted
