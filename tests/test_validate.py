@@ -173,3 +173,18 @@ def test_vllm_bench_server_options(tmp_path):
     bad = _bench_json(tmp_path, max_concurrency=0)
     with pytest.raises(InputError, match="max_concurrency"):
         read_run(bad)
+
+
+def test_vllm_bench_infinite_rate_spellings(tmp_path):
+    """vllm bench writes "inf"; a result re-dumped by Python's json writes Infinity: both are the
+    all-at-once load (no offered rate), a zero or negative rate is an error naming the field."""
+    p = tmp_path / "b.json"
+    base = {"num_prompts": 4, "completed": 4, "burstiness": 1.0, "max_concurrency": None, "mean_ttft_ms": 50.0,
+            "mean_tpot_ms": 10.0, "mean_itl_ms": 10.0, "total_input_tokens": 400, "total_output_tokens": 40}
+    for rate in ("inf", float("inf")):
+        p.write_text(json.dumps({**base, "request_rate": rate}))
+        r = read_run(p)
+        assert r.load["request_rate"] == "inf" and r.summary.offered_rate is None
+    p.write_text(json.dumps({**base, "request_rate": 0}))
+    with pytest.raises(InputError, match="request_rate|request rate"):
+        read_run(p)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -121,13 +122,27 @@ def read_vllm_bench(path: Path) -> MeasuredRun:
                       for q, src in (("mean", "mean"), ("p50", "median"), ("p90", "p90"), ("p99", "p99"))}
         else:
             lat[k] = None
+    rate = d["request_rate"]
+    if isinstance(rate, str) and rate.strip().lower() in ("inf", "infinity"):
+        rate = "inf"
+    else:
+        try:
+            rate = float(rate)
+        except (TypeError, ValueError):
+            raise InputError(f"expected a request rate (a number or \"inf\"), got {rate!r}", file=path,
+                             field="request_rate") from None
+        if math.isinf(rate) and rate > 0:  # Python's json writes float("inf") as Infinity
+            rate = "inf"
+        elif not (math.isfinite(rate) and rate > 0):
+            raise InputError(f"expected a positive request rate or \"inf\", got {rate!r}", file=path,
+                             field="request_rate")
     n = int(d["num_prompts"])
     done = int(d["completed"])
     m = Measured(count=n, failed=n - done, latency=lat, requests_per_s=d.get("request_throughput"),
-                 offered_rate=None if d["request_rate"] == "inf" else float(d["request_rate"]),
+                 offered_rate=None if rate == "inf" else rate,
                  prompt_len_mean=d.get("total_input_tokens", 0) / max(done, 1),
                  output_len_mean=d.get("total_output_tokens", 0) / max(done, 1))
-    load = {"num_prompts": n, "request_rate": d["request_rate"], "burstiness": float(d.get("burstiness") or 1.0),
+    load = {"num_prompts": n, "request_rate": rate, "burstiness": float(d.get("burstiness") or 1.0),
             "max_concurrency": d.get("max_concurrency"), "input_lens": d.get("input_lens"),
             "output_lens": d.get("output_lens")}
     model = str(d.get("model_id") or "")
