@@ -224,7 +224,7 @@ def test_moe_per_expert_term_on_h100_vllm_fp8():
     """FlashInfer's CUTLASS fp8 MoE (H100, vLLM 0.24) costs a fixed amount per touched expert: at TP 32
     (0.15 MB of weights an expert) 44 / 141 / 246 us with 8 / 64 / 128 experts touched. Without the
     per-expert term (``expert_s``) the fitted section bent the HBM bandwidth to 18% and priced the table at
-    10.0% / 40% median / p90; with it 7.9% / 26%. The touched-expert proportionality is checked on the
+    10.0% / 40% median / p90; with it (and the latent-MoE shape priced non-gated) 7.3% / 21%. The touched-expert proportionality is checked on the
     measured rows, the fit on a seeded sample."""
     from simllm.cost.tables import read_tables
 
@@ -243,7 +243,7 @@ def test_moe_per_expert_term_on_h100_vllm_fp8():
     assert 0.5 < per[0] / per[1] < 2.0  # the same cost per added expert, whatever the tokens
     s = df.sample(3000, random_state=11)
     r = np.abs(M.price_frame(s, acc, cal) / s["latency_s"].to_numpy() - 1)
-    assert np.median(r) < 0.085 and np.quantile(r, 0.9) < 0.30
+    assert np.median(r) < 0.08 and np.quantile(r, 0.9) < 0.25
 
 
 def _table(tmp_path, **cols):
