@@ -1,0 +1,162 @@
+"""Refit the attention / MLA kernel sections of one shipped calibration and framework, from their shipped values.
+
+    python benchmarks/attention_refit.py GPU DEVICE FRAMEWORK KIND [--restarts N] [--rows N] [--write]
+    python benchmarks/attention_refit.py h100_sxm h100-sxm sglang generation_mla --write
+
+KIND: context_attention, generation_attention, context_mla or generation_mla. For every (dtype, kernel family)
+group of the framework's newest table of that kind in ``../shared/data`` (families as
+:func:`simllm.cost.kernel_models._attn_groups` makes them), minimises the mean |log(pred / measured)| of a seeded
+subsample of ``--rows`` rows over the section's roofline parameters with Nelder-Mead in a logistic transform of
+their bounds (a parameter on a bound no longer freezes the simplex), from the shipped values and from
+``--restarts`` perturbed starts. A dtype served by one family keeps its generic section (the one the serving step
+reads). A refitted section is kept only where it lowers the mean |log error| over all of its rows. Prints the
+``calibrate check`` figures before and after; ``--write`` puts the kept sections in ``frameworks.<F>.kernels`` (and
+the top-level ``kernels`` for vLLM), the new figures in ``frameworks.<F>.fit.per_op`` and a note in
+``fit.<KIND>_<F>_refit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from simllm.cost import kernel_models as km, pricing, tables  # noqa: E402
+from simllm.cost.calibration import calibration_for  # noqa: E402
+from simllm.cost.fit import nelder_mead  # noqa: E402
+from simllm.hardware import load_accelerator  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "calibration" / "aiconfigurator"
+KINDS = ("context_attention", "generation_attention", "context_mla", "generation_mla")
+
+
+def _keys(kind: str) -> list[str]:
+    return [k for k in km._ROOF_KEYS if not (k in ("split", "split_waves") and kind in ("context_attention", "context_mla"))
+            and not (k in ("hd_floor", "split_waves") and kind != "generation_attention")]
+
+
+def _figures(df, pred, kind) -> dict:
+    r = pred / df["latency_s"].to_numpy(float) - 1
+    out = {}
+    for d in sorted(pd.unique(df["dtype"].astype(str))):
+        m = (df["dtype"].astype(str) == d).to_numpy() & np.isfinite(r)
+        e = np.abs(r[m])
+        out[f"{kind}/{d}"] = {"n": int(m.sum()), "median": round(float(np.median(e)), 4),
+                              "p90": round(float(np.quantile(e, 0.9)), 4), "median_signed": round(float(np.median(r[m])), 4)}
+    return out
+
+
+def _r6(x):
+    return float(f"{x:.6g}") if isinstance(x, float) else x
+
+
+def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0):
+    acc = load_accelerator(device)
+    cal = calibration_for(acc).for_framework(fw)
+    df = tables.read_tables(DATA / gpu / ("mla" if "mla" in kind else "attention") / fw, fw)
+    df = df[df["kind"] == kind]
+    t_all = df["latency_s"].to_numpy(float)
+    before = pricing.price(df, acc, cal)
+    keys = _keys(kind)
+    lo = np.array([km._BOUNDS[k][0] for k in keys])
+    hi = np.array([km._BOUNDS[k][1] for k in keys])
+    rng = np.random.default_rng(seed)
+    kern = dict(cal.kernels)
+    kept = {}
+    dts = km._dtype_key(df)
+    for d, src, m in km._attn_groups(df, kind, fw):
+        if km._base_dtype(d) not in km.ATTN_DTYPES:
+            continue
+        shipped, _ = km._sec(replace(cal, kernels=kern), kind, d, src)
+        target = f"{kind}/{d}/{src}" if (src and m.sum() >= km.MIN_GROUP and (dts == d).sum() > m.sum()) else f"{kind}/{d}"
+        sub = df[m].iloc[km._subsample(int(m.sum()), rows, seed)]
+        t = sub["latency_s"].to_numpy(float)
+        shp = km._shapes(sub, kind, fw)
+        hd = km._col(sub, "head_dim", km.HD_REF)
+        peak = km.strict_peak(acc, km.ATTN_DTYPES[km._base_dtype(d)])
+        s0 = {**km.ROOF_DEFAULT, **shipped}
+
+        def to_z(s):
+            u = np.clip((np.array([s[k] for k in keys], float) - lo) / (hi - lo), 1e-4, 1 - 1e-4)
+            return np.log(u / (1 - u))
+
+        def from_z(z):
+            return dict(s0, **{k: float(v) for k, v in zip(keys, lo + (hi - lo) / (1 + np.exp(-z)))})
+
+        def f(z):
+            a, b = km._roof_predict(shp, acc, peak, km._hd_scaled(from_z(z), hd, kind))
+            return km._loss(a + b, t)
+
+        z0 = to_z(s0)
+        best, bz = f(z0), z0
+        for r in range(restarts):
+            start = bz if r % 2 == 0 else z0 + rng.normal(0.0, 1.0, len(z0))
+            z, fz = nelder_mead(f, start, iters=iters, step=0.6)
+            if fz < best:
+                best, bz = fz, z
+        sec = {k: _r6(v) for k, v in from_z(bz).items()}
+        trial = {**kern, target: sec}
+        sel = m
+        old = pricing.price(df[sel], acc, replace(cal, kernels=kern))
+        new = pricing.price(df[sel], acc, replace(cal, kernels=trial))
+        lo_, ln_ = (float(np.mean(np.abs(np.log(x / t_all[sel])))) for x in (old, new))
+        print(f"  {target:60s} {int(sel.sum()):6d} rows  mean|log| {lo_:.4f} -> {ln_:.4f} "
+              f"{'kept' if ln_ < lo_ else 'dropped'}", flush=True)
+        if ln_ < lo_:
+            kern, kept[target] = trial, sec
+    after = pricing.price(df, acc, replace(cal, kernels=kern))
+    return kept, _figures(df, before, kind), _figures(df, after, kind)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("gpu")
+    ap.add_argument("device")
+    ap.add_argument("framework", choices=["vllm", "sglang", "trtllm"])
+    ap.add_argument("kind", choices=KINDS)
+    ap.add_argument("--restarts", type=int, default=6)
+    ap.add_argument("--rows", type=int, default=8000)
+    ap.add_argument("--write", action="store_true")
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    kept, fb, fa = refit(a.gpu, a.device, a.framework, a.kind, restarts=a.restarts, rows=a.rows)
+    for k in fa:
+        print(f"{a.gpu} {a.framework} {k}: {fb[k]['median']:.4f}/{fb[k]['p90']:.4f} -> {fa[k]['median']:.4f}/"
+              f"{fa[k]['p90']:.4f}")
+    p = ROOT / "hardware" / "calibration" / f"{a.device}.yaml"
+    if a.write and kept and p.is_file():
+        text = p.read_text()
+        head = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+        data = yaml.safe_load(text) or {}
+        fw = data.setdefault("frameworks", {}).setdefault(a.framework, {})
+        fw.setdefault("kernels", {}).update(kept)
+        if a.framework == "vllm":
+            data.setdefault("kernels", {}).update(kept)
+        fw.setdefault("fit", {}).setdefault("per_op", {}).update(fa)
+        note = data.setdefault("fit", {}).setdefault(f"{a.kind}_{a.framework}_refit", {})
+        note.update({"tables": f"{a.gpu}/{'mla' if 'mla' in a.kind else 'attention'}/{a.framework} (newest), {a.kind}, "
+                               f"{a.rows} rows per group",
+                     "note": "sections refitted from their shipped values by benchmarks/attention_refit.py (bounded "
+                             "Nelder-Mead with restarts), kept where the mean |log error| over their rows fell; per_op "
+                             "figures of calibrate check",
+                     "sections": sorted(set(note.get("sections", [])) | set(kept))})
+        p.write_text(head + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110))
+        print("wrote", p)
+    res = {"benchmark": "attention_refit", "gpu": a.gpu, "framework": a.framework, "kind": a.kind, "before": fb,
+           "after": fa, "kept": sorted(kept), "wall_s": time.perf_counter() - t0}
+    print(json.dumps(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
