@@ -16,9 +16,12 @@ sequence's KV cache once per layer. MLA caches the compressed latent plus the Ro
 with the absorbed projections, attends over it. Its ``kv_b`` projection is priced as one GEMM
 over the step's tokens (the same FLOPs and weight bytes as the absorbed form).
 
-MoE: routed experts are grouped GEMMs. With ``T`` tokens routed top-``k`` of ``E`` experts
-uniformly, the expected number of experts touched is ``E (1 - (1 - k/E)^T)`` and each touched
-expert sees ``T k / touched`` tokens; explicit per-expert counts may be given instead.
+MoE: routed experts are one fused-MoE kernel, priced by :mod:`simllm.cost.moe_layer` with the framework's fitted
+``moe/<dtype>`` section (the model ``calibrate check`` scores against the measured tables; without the benchmark's
+hot L2); a kernel path without a fitted section falls back to grouped GEMMs plus the section's fixed cost. With
+``T`` tokens routed top-``k`` of ``E`` experts uniformly, the expected number of experts touched is
+``E (1 - (1 - k/E)^T)`` and each touched expert sees ``T k / touched`` tokens; explicit per-expert counts may be
+given instead.
 """
 
 from __future__ import annotations
