@@ -25,39 +25,25 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from simllm.cost import kernel_models as km, pricing, tables  # noqa: E402
-from simllm.cost.calibration import calibration_for  # noqa: E402
+from simllm.cost.calibration import _round, calibration_for  # noqa: E402
 from simllm.cost.fit import nelder_mead  # noqa: E402
 from simllm.hardware import load_accelerator  # noqa: E402
+
+from _calibration_yaml import group_figures, write_sections  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "calibration" / "aiconfigurator"
 KINDS = ("context_attention", "generation_attention", "context_mla", "generation_mla")
 
 
 def _keys(kind: str) -> list[str]:
-    return [k for k in km._ROOF_KEYS if not (k in ("split", "split_waves") and kind in ("context_attention", "context_mla"))
+    ctx = kind in ("context_attention", "context_mla")
+    return [k for k in km._ROOF_KEYS if not (k in ("split", "split_waves") and ctx)
             and not (k in ("hd_floor", "split_waves") and kind != "generation_attention")]
-
-
-def _figures(df, pred, kind) -> dict:
-    r = pred / df["latency_s"].to_numpy(float) - 1
-    out = {}
-    for d in sorted(pd.unique(df["dtype"].astype(str))):
-        m = (df["dtype"].astype(str) == d).to_numpy() & np.isfinite(r)
-        e = np.abs(r[m])
-        out[f"{kind}/{d}"] = {"n": int(m.sum()), "median": round(float(np.median(e)), 4),
-                              "p90": round(float(np.quantile(e, 0.9)), 4), "median_signed": round(float(np.median(r[m])), 4)}
-    return out
-
-
-def _r6(x):
-    return float(f"{x:.6g}") if isinstance(x, float) else x
 
 
 def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0):
@@ -78,7 +64,8 @@ def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0):
         if km._base_dtype(d) not in km.ATTN_DTYPES:
             continue
         shipped, _ = km._sec(replace(cal, kernels=kern), kind, d, src)
-        target = f"{kind}/{d}/{src}" if (src and m.sum() >= km.MIN_GROUP and (dts == d).sum() > m.sum()) else f"{kind}/{d}"
+        own = src and m.sum() >= km.MIN_GROUP and (dts == d).sum() > m.sum()
+        target = f"{kind}/{d}/{src}" if own else f"{kind}/{d}"
         sub = df[m].iloc[km._subsample(int(m.sum()), rows, seed)]
         t = sub["latency_s"].to_numpy(float)
         shp = km._shapes(sub, kind, fw)
@@ -104,7 +91,7 @@ def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0):
             z, fz = nelder_mead(f, start, iters=iters, step=0.6)
             if fz < best:
                 best, bz = fz, z
-        sec = {k: _r6(v) for k, v in from_z(bz).items()}
+        sec = _round(from_z(bz))
         trial = {**kern, target: sec}
         sel = m
         old = pricing.price(df[sel], acc, replace(cal, kernels=kern))
@@ -115,7 +102,7 @@ def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0):
         if ln_ < lo_:
             kern, kept[target] = trial, sec
     after = pricing.price(df, acc, replace(cal, kernels=kern))
-    return kept, _figures(df, before, kind), _figures(df, after, kind)
+    return kept, group_figures(df, before, kind), group_figures(df, after, kind)
 
 
 def main(argv=None) -> dict:
@@ -135,22 +122,12 @@ def main(argv=None) -> dict:
               f"{fa[k]['p90']:.4f}")
     p = ROOT / "hardware" / "calibration" / f"{a.device}.yaml"
     if a.write and kept and p.is_file():
-        text = p.read_text()
-        head = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
-        data = yaml.safe_load(text) or {}
-        fw = data.setdefault("frameworks", {}).setdefault(a.framework, {})
-        fw.setdefault("kernels", {}).update(kept)
-        if a.framework == "vllm":
-            data.setdefault("kernels", {}).update(kept)
-        fw.setdefault("fit", {}).setdefault("per_op", {}).update(fa)
-        note = data.setdefault("fit", {}).setdefault(f"{a.kind}_{a.framework}_refit", {})
-        note.update({"tables": f"{a.gpu}/{'mla' if 'mla' in a.kind else 'attention'}/{a.framework} (newest), {a.kind}, "
-                               f"{a.rows} rows per group",
-                     "note": "sections refitted from their shipped values by benchmarks/attention_refit.py (bounded "
-                             "Nelder-Mead with restarts), kept where the mean |log error| over their rows fell; per_op "
-                             "figures of calibrate check",
-                     "sections": sorted(set(note.get("sections", [])) | set(kept))})
-        p.write_text(head + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110))
+        family = "mla" if "mla" in a.kind else "attention"
+        write_sections(p, a.framework, kept, fa, f"{a.kind}_{a.framework}_refit",
+                       f"{a.gpu}/{family}/{a.framework} (newest), {a.kind}, {a.rows} rows per group",
+                       "sections refitted from their shipped values by benchmarks/attention_refit.py (bounded "
+                       "Nelder-Mead with restarts), kept where the mean |log error| over their rows fell; per_op "
+                       "figures of calibrate check")
         print("wrote", p)
     res = {"benchmark": "attention_refit", "gpu": a.gpu, "framework": a.framework, "kind": a.kind, "before": fb,
            "after": fa, "kept": sorted(kept), "wall_s": time.perf_counter() - t0}

@@ -21,7 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,21 +29,9 @@ from simllm.cost import moe_layer as M, tables as T  # noqa: E402
 from simllm.cost.calibration import calibration_for  # noqa: E402
 from simllm.hardware import load_accelerator  # noqa: E402
 
+from _calibration_yaml import group_figures, write_sections  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "calibration" / "aiconfigurator"
-
-
-def _figures(df, pred) -> dict:
-    t = df["latency_s"].to_numpy(float)
-    r = pred / t - 1
-    out = {}
-    for d in sorted(set(df["dtype"].astype(str))):
-        m = (df["dtype"].astype(str) == d).to_numpy() & np.isfinite(r)
-        if m.any():
-            e = np.abs(r[m])
-            out[f"moe/{d}"] = {"n": int(m.sum()), "median": round(float(np.median(e)), 4),
-                               "p90": round(float(np.quantile(e, 0.9)), 4),
-                               "median_signed": round(float(np.median(r[m])), 4)}
-    return out
 
 
 def main(argv=None) -> dict:
@@ -84,7 +71,7 @@ def main(argv=None) -> dict:
             kern = trial
             kept[name] = new[name]
     after = M.price_frame(df, acc, replace(cal, kernels=kern))
-    fb, fa = _figures(df, before), _figures(df, after)
+    fb, fa = group_figures(df, before, "moe"), group_figures(df, after, "moe")
     for k in fa:
         print(f"{a.gpu} {a.framework} {k}: {fb[k]['median']:.3f}/{fb[k]['p90']:.3f} -> {fa[k]['median']:.3f}/"
               f"{fa[k]['p90']:.3f}")
@@ -92,20 +79,9 @@ def main(argv=None) -> dict:
            "after": fa, "wall_s": time.perf_counter() - t0}
     p = ROOT / "hardware" / "calibration" / f"{a.device}.yaml"
     if a.write and kept and p.is_file():
-        text = p.read_text()
-        head = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
-        data = yaml.safe_load(text) or {}
-        fw = data.setdefault("frameworks", {}).setdefault(a.framework, {})
-        fw.setdefault("kernels", {}).update(kept)
-        if a.framework == "vllm":
-            data.setdefault("kernels", {}).update(kept)
-        fw.setdefault("fit", {}).setdefault("per_op", {}).update(fa)
-        data.setdefault("fit", {})[f"moe_{a.framework}"] = {
-            "tables": f"{a.gpu}/moe/{a.framework} (newest)",
-            "note": "refit with the per-expert term (expert_s) by benchmarks/moe_refit.py: sections kept where they "
-                    "lower the mean |log error| over their rows; per_op figures of calibrate check",
-            "sections": sorted(kept)}
-        p.write_text(head + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110))
+        write_sections(p, a.framework, kept, fa, f"moe_{a.framework}", f"{a.gpu}/moe/{a.framework} (newest)",
+                       "refit with the per-expert term (expert_s) by benchmarks/moe_refit.py: sections kept where they "
+                       "lower the mean |log error| over their rows; per_op figures of calibrate check")
         print("wrote", p)
     print(json.dumps({k: v for k, v in res.items() if k != "kept"}))
     return res

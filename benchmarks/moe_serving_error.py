@@ -91,8 +91,8 @@ def main(argv=None) -> dict:
                     if s.any():
                         by[f"{int(lo) + 1}-{int(hi) if hi < 1e9 else 'inf'}"] = round(float(np.median(e[s, 1])), 4)
                 res[f"{gpu}/{fw}/{dt}"] = {"n": int(len(e)), "median": float(np.median(ae)),
-                                           "p90": float(np.quantile(ae, 0.9)), "median_signed": float(np.median(e[:, 1])),
-                                           "median_signed_by_tokens": by}
+                                           "p90": float(np.quantile(ae, 0.9)),
+                                           "median_signed": float(np.median(e[:, 1])), "median_signed_by_tokens": by}
                 r = res[f"{gpu}/{fw}/{dt}"]
                 print(f"{gpu:9s} {fw:7s} {dt:9s} n={r['n']:5d} median {r['median']:.3f} p90 {r['p90']:.3f} "
                       f"signed {r['median_signed']:+.3f}  by tokens {by}", flush=True)

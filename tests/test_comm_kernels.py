@@ -224,8 +224,8 @@ def test_moe_per_expert_term_on_h100_vllm_fp8():
     """FlashInfer's CUTLASS fp8 MoE (H100, vLLM 0.24) costs a fixed amount per touched expert: at TP 32
     (0.15 MB of weights an expert) 44 / 141 / 246 us with 8 / 64 / 128 experts touched. Without the
     per-expert term (``expert_s``) the fitted section bent the HBM bandwidth to 18% and priced the table at
-    10.0% / 40% median / p90; with it (and the latent-MoE shape priced non-gated) 7.3% / 21%. The touched-expert proportionality is checked on the
-    measured rows, the fit on a seeded sample."""
+    10.0% / 40% median / p90; with it (and the latent-MoE shape priced non-gated) 7.3% / 21%.
+    The touched-expert proportionality is checked on the measured rows, the fit on a seeded sample."""
     from simllm.cost.tables import read_tables
 
     acc = load_accelerator("h100-sxm")

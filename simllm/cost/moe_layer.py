@@ -29,8 +29,8 @@ Expected over a few seeded draws; memoized.
   pointer / TMA-descriptor setup, its own prologue and epilogue). Evidence: H100 vLLM 0.24 fp8 (FlashInfer
   CUTLASS), hidden 2048, expert 768, 128 experts top-8 at TP 32 (weights of 0.15 MB an expert): 44 / 141 /
   246 / 249 us at 1 / 8 / 48 / 96 tokens, i.e. with the 8 / 64 / 128 / 128 experts touched (1.6-1.7 us
-  per added expert), not with the tokens or the bytes; without the term the fit had bent the bandwidth to 18% of HBM and left that table at
-  10.0% / 40% (median / p90).
+  per added expert), not with the tokens or the bytes; without the term the fit had bent the bandwidth to
+  18% of HBM and left that table at 10.0% / 40% (median / p90).
 * ``t_slot`` as bytes: each of rank 0's token-slots is gathered, written and reduced back
   (``slot_passes`` passes of the hidden vector through HBM); and ``full_passes`` passes over
   *all* ``T k`` routed copies' intermediate caches, which every rank pays whatever ``ep``: the
@@ -256,9 +256,6 @@ def moe_time(T, H, I, k, E, tp, ep, dist, dtype, *, acc, gp, p: MoEParams, gated
     """Seconds of one rank's MoE layer (see the module docstring); ``gated``: a gated (SwiGLU)
     expert MLP (gate+up GEMM of width ``2 I``, three weight matrices), else a plain up/down MLP
     (width ``I``, two matrices: Nemotron-H's relu^2 experts, TensorRT-LLM's ``nongated`` kernel)."""
-    if dtype not in MOE_DTYPES:
-        raise InputError(f"unknown moe_dtype {dtype!r} (expected one of {', '.join(MOE_DTYPES)})",
-                         field="moe_dtype")
     if T <= 0:
         return 0.0
     c = np.asarray(rank_counts(int(T), int(E), int(k), int(ep), str(dist), bool(p.legacy_collector >= 0.5)),
@@ -314,8 +311,9 @@ def moe_time_counts(c, T, H, I, k, tp, dtype, *, acc, gp, p: MoEParams, gated: b
     full = T * k * (2 * H + 2 * up_n + i_loc) * ab
     traffic = (p.slot_passes * slots * H * ab + p.full_passes * full) / bw
     flops = 2.0 * slots * H * (up_n + i_loc)
-    return (p.fixed_s + 2.0 * p.expert_s * c.size + traffic + body, flops, w_bytes + a_bytes, body if t_c >= t_m else 0.0,
-            traffic + (0.0 if t_c >= t_m else body))
+    compute_bound = t_c >= t_m
+    return (p.fixed_s + 2.0 * p.expert_s * c.size + traffic + body, flops, w_bytes + a_bytes,
+            body if compute_bound else 0.0, traffic + (0.0 if compute_bound else body))
 
 
 # --------------------------------------------------------------------------- registry

@@ -278,8 +278,7 @@ class LayerOps:
         e, H, ab = self.m.moe, self.H, self.ab
         E, k = e.num_experts, e.top_k
         ops = [self.ew("post_attn_norm", 2 * T * H * ab + H * self.wb),
-               self.gemm("router", T, H, E, w_bytes=self.ab),
-               self.ew("topk_softmax", T * E * 4.0 * 2)]
+               self.gemm("router", T, H, E, w_bytes=self.ab)]
         mp = self._moe_params
         if T > 0 and mp is not None:
             # the fused MoE as the measured tables time it (simllm.cost.moe_layer, the framework's fitted
@@ -295,10 +294,11 @@ class LayerOps:
             t, fl, by, tc, tm = moe_time_counts(cnt, T, H, e.expert_intermediate_size, k, self.tp, mdt, acc=self.acc,
                                                 gp=self._fcal.gemm, p=p, gated=self.m.ffn.gated, warm_l2=False,
                                                 experts=touched)
-            ops[-1:] = []  # the fused kernel's routing bookkeeping includes the top-k (fixed_s)
+            # the fused kernel's routing bookkeeping (fixed_s) includes the top-k
             ops.append(Op("experts", "gemm", fl, by, t, compute_s=tc, memory_s=tm, overhead_s=p.fixed_s,
                           shape=f"{len(cnt[cnt > 0])} experts, {_fmt(float(np.sum(cnt)))} token-slots"))
         elif T > 0:
+            ops.append(self.ew("topk_softmax", T * E * 4.0 * 2))
             if expert_tokens is None:
                 touched = expected_experts_touched(E, k, T)
                 ops += self.mlp("experts_", T, e.expert_intermediate_size, self.m.ffn.gated, groups=touched,

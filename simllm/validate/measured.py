@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -166,8 +166,6 @@ def with_server(run: MeasuredRun, **given) -> MeasuredRun:
     """``run`` with the server settings ``given`` (``tp``, ``max_num_seqs``, ``max_num_batched_tokens``,
     ``max_model_len``; None: not given) filled in where its files do not record them. A setting the files
     do record and that ``given`` contradicts is an error naming the file and field, never overridden."""
-    import dataclasses
-
     server = dict(run.server)
     tp = run.tp
     for key, v in given.items():
@@ -186,7 +184,7 @@ def with_server(run: MeasuredRun, **given) -> MeasuredRun:
             tp = v
         else:
             server[key] = v
-    return dataclasses.replace(run, tp=tp, server=server)
+    return replace(run, tp=tp, server=server)
 
 
 def read_run(path: str | Path) -> MeasuredRun:
