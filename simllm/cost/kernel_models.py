@@ -72,7 +72,7 @@ import pandas as pd
 
 from ..errors import InputError
 from .calibration import GemmParams
-from .kernels import gemm_floor, gemm_time
+from .kernels import gemm_floor, gemm_time, l2_resident_fraction
 from .pricing import register, section
 
 # DeepSeek-V3 MLA dimensions (the only MLA shape in the tables; config.json of deepseek-ai/DeepSeek-V3)
@@ -176,36 +176,52 @@ def _gemm_params(s: dict) -> GemmParams:
     return GemmParams(**keep)
 
 
-def gemm_launch_and_body(M, K, N, dtype: str, acc, cal, groups=1.0, source: str = "", bench: str = ""):
+def gemm_launch_and_body(M, K, N, dtype: str, acc, cal, groups=1.0, source: str = "", bench: str = "",
+                         kind: str = "gemm", copies=None, l2_smooth: bool = False):
     """(launch seconds, body seconds) of GEMMs [M, K] x [K, N] in the table dtype ``dtype``
     (``source``: the kernel family, when known; ``bench``: the framework whose AIConfigurator
     collector measured the row, whose weight-buffer rotation decides what stays in L2, see
-    :func:`bench_weight_copies`; empty: the serving semantics, one GEMM's operands against half the L2)."""
+    :func:`bench_weight_copies`, or ``copies`` where the caller knows them; empty: the serving
+    semantics, one GEMM's operands against half the L2). ``kind``: the calibration section family
+    (``mla_bmm``: MLA's per-head batched GEMMs), the ``gemm`` one where it has none. ``l2_smooth``: the
+    L2-resident share falls off smoothly with the working set (:func:`~simllm.cost.kernels.l2_resident_fraction`),
+    for the body and for the activation-quantization pass (its bf16 input and fp8 output), instead of the
+    all-or-nothing rule of the GEMM tables, against the section's ``l2_fraction`` of the L2 (the share a kernel's
+    access pattern keeps: fitted per section)."""
     if dtype not in GEMM_DTYPES:
         raise InputError(f"unknown GEMM dtype {dtype!r} (expected one of {', '.join(GEMM_DTYPES)})",
                          field="gemm_dtype")
     pk, ab, wb, ob, quant = GEMM_DTYPES[dtype]
     key = "fp8" if dtype in UNCALIBRATED else dtype
-    s, found = _sec(cal, "gemm", key, source)
+    s, found = _sec(cal, kind, key, source)
+    if not s and kind != "gemm":
+        s, found = _sec(cal, "gemm", key, source)
     gp = _gemm_params(s)
     if dtype in ("fp16", "float16") and found in ("", "gemm/bfloat16") and "gemm" in (cal.fit or {}):
         gp = cal.gemm  # Vidur's fp16 tables: the tile model fitted on them (simllm.cost.fit)
     peak = strict_peak(acc, pk)
-    if bench:
+    if copies is not None:
+        l2b = _l2_bench(acc)
+    elif bench:
         l2b, copies = _l2_bench(acc), bench_weight_copies(bench, dtype, np.asarray(K, float) * np.asarray(N, float) * wb,
                                                           acc)
     else:
         l2b, copies = _l2(acc), 1.0
+    if l2_smooth:
+        l2b = l2b * float(s.get("l2_fraction", 1.0))
     t = gemm_time(M, K, N, peak=peak, bw=acc.hbm_bw, cus=int(acc.compute_units.value), gp=gp, groups=groups,
                   a_bytes=ab, w_bytes=wb, o_bytes=ob, l2_bytes=l2b, l2_speedup=float(s.get("l2_speedup", 1.0)),
-                  l2_copies=copies)
+                  l2_copies=copies, l2_smooth=l2_smooth)
     launch = np.broadcast_to(gemm_floor(K, gp), np.shape(t)).astype(float)
     body = t - launch
     if quant:
         q = float(s.get("quant_overhead_s", 0.0))
         qe = float(s.get("quant_efficiency", gp.memory_efficiency))
         Mq = np.asarray(M, float) * np.asarray(groups, float)
-        body = body + Mq * np.asarray(K, float) * 3.0 / (acc.hbm_bw * qe) + \
+        qbytes = Mq * np.asarray(K, float) * 3.0
+        qf = 1.0 - l2_resident_fraction(qbytes, l2b) * (1.0 - 1.0 / float(s.get("l2_speedup", 1.0))) \
+            if l2_smooth else 1.0
+        body = body + qbytes * qf / (acc.hbm_bw * qe) + \
             quant_rows(Mq, K, dtype, acc) * float(s.get("quant_row_s", 0.0))
         launch = launch + q
     return launch, body
@@ -322,7 +338,13 @@ def _subsample(n: int, k: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
 
 
-def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000, restarts: int = 2) -> dict:
+def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000, restarts: int = 2, kind: str = "gemm",
+                  shapes=None, copies=None, l2_smooth: bool = False) -> dict:
+    """The GEMM tile model fitted per (dtype, kernel family) of ``df``. ``kind``: the section family written
+    (``gemm``, or ``mla_bmm`` whose start is its own section, else the GEMM one); ``shapes``: ``sub -> (M, K, N,
+    groups)`` for tables whose rows are not ``m, n, k`` GEMMs (batched GEMMs: ``groups`` of them per call);
+    ``copies``: weight copies the collector cycles through, where :func:`bench_weight_copies` does not say;
+    ``l2_smooth``: as :func:`gemm_launch_and_body`'s."""
     from .fit import nelder_mead
 
     out = {}
@@ -336,27 +358,32 @@ def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000, restart
         sub = df[m]
         idx = _subsample(len(sub), max_rows)
         sub = sub.iloc[idx]
-        M, N, K = _col(sub, "m"), _col(sub, "n"), _col(sub, "k")
+        if shapes is None:
+            M, N, K, G = _col(sub, "m"), _col(sub, "n"), _col(sub, "k"), 1.0
+        else:
+            M, K, N, G = shapes(sub)
         t = sub["latency_s"].to_numpy(float)
         pk, ab, wb, ob, quant = GEMM_DTYPES[d]
         peak = strict_peak(acc, pk)
         bw, cus = acc.hbm_bw, int(acc.compute_units.value)
         fw = _bench_fw(sub)
-        copies = bench_weight_copies(fw, d, K * N * wb, acc) if fw else 1.0
+        cps = copies if copies is not None else (bench_weight_copies(fw, d, K * N * wb, acc) if fw else 1.0)
         eager = bench_eager(fw, d)
-        start_s, key = _sec(cal, "gemm", d, src)
+        start_s, key = _sec(cal, kind, d, src)
+        if not start_s and kind != "gemm":
+            start_s, key = _sec(cal, "gemm", d, src)
         start = _gemm_params(start_s)
         add = [t_ for t_ in SMALL_M_TILES if tuple(t_) not in start.tiles]
         if add:  # the small-M tiles join the candidates, from a middling efficiency
             start = replace(start, tiles=start.tiles + tuple(add),
                             tile_efficiency=tuple(start.tile_efficiency) + (0.3,) * len(add))
-        if key != (f"gemm/{d}/{src}" if src else f"gemm/{d}"):  # no own start: floor from the data
+        if key != (f"{kind}/{d}/{src}" if src else f"{kind}/{d}"):  # no own start: floor from the data
             from dataclasses import replace as _r
             start = _r(start, kernel_overhead_s=float(np.percentile(t, 1)) * 0.7)
         q0 = float(start_s.get("quant_overhead_s", 1e-6)) * 1e6
-        qb = M * K * 3.0 / bw if quant else 0.0
+        qb = M * G * K * 3.0 / bw if quant else 0.0
 
-        rows = quant_rows(M, K, d, acc) if quant else 0.0
+        rows = quant_rows(M * G, K, d, acc) if quant else 0.0
 
         ng = len(start.vector())
 
@@ -365,22 +392,25 @@ def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000, restart
             return replace(gp, floor_k0=float(x[ng + 4]), floor_k=float(x[ng + 5]) * 100.0)
 
         def f(x):
-            row_, l2s, qe, q0_, f0, kf = x[ng:]
+            row_, l2s, qe, q0_, f0, kf = x[ng:ng + 6]
+            lf = x[ng + 6] if l2_smooth else 1.0
             if not _gemm_valid_wide(x[:ng], len(start.tiles)) or not (0 <= q0_ < 50 and 0.01 < qe <= 1.2
                                                                      and 1.0 <= l2s <= 6.0 and 0 <= row_ < 100
-                                                                     and 0.0 <= f0 <= 1.0 and 0.01 <= kf <= 200):
+                                                                     and 0.0 <= f0 <= 1.0 and 0.01 <= kf <= 200
+                                                                     and 0.05 <= lf <= 1.0):
                 return np.inf
-            p = gemm_time(M, K, N, peak=peak, bw=bw, cus=cus, gp=params(x), a_bytes=ab, w_bytes=wb, o_bytes=ob,
-                          l2_bytes=l2, l2_speedup=l2s, l2_copies=copies)
+            p = gemm_time(M, K, N, peak=peak, bw=bw, cus=cus, gp=params(x), groups=G, a_bytes=ab, w_bytes=wb,
+                          o_bytes=ob, l2_bytes=l2 * lf, l2_speedup=l2s, l2_copies=cps, l2_smooth=l2_smooth)
             if quant:
-                p = p + q0_ * 1e-6 + qb / qe + rows * row_ * 1e-6
+                qf = 1.0 - l2_resident_fraction(qb * bw, l2 * lf) * (1.0 - 1.0 / l2s) if l2_smooth else 1.0
+                p = p + q0_ * 1e-6 + qb * qf / qe + rows * row_ * 1e-6
             if eager:
                 h = gemm_floor(K, params(x)) + (q0_ * 1e-6 if quant else 0.0)
                 p = np.maximum(h, p - h)
             return _loss(p, t)
 
         qe0 = float(start_s.get("quant_efficiency", 0.5))
-        l2 = _l2_bench(acc) if fw else _l2(acc)
+        l2 = _l2_bench(acc) if (fw or copies is not None) else _l2(acc)
         r0 = float(start_s.get("quant_row_s", 0.0)) * 1e6 or (0.5 if quant else 0.0)
         base = list(start.vector()) + [r0, float(start_s.get("l2_speedup", 1.5)), qe0, q0 if quant else 0.0]
         if start_s.get("floor_k", 0):
@@ -398,6 +428,9 @@ def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000, restart
         nt = len(start.tiles)
         starts += [x0[:2] + [ref.tile_k_overhead / 100.0, x0[3], ref.partial_wave_cost] +
                    [ref_eff.get(tuple(t_), 0.3) for t_ in start.tiles] + [10.0] + x0[5 + nt + 1:] for x0 in starts[:1]]
+        if l2_smooth:  # the effective L2 share, from the section's own or all of it
+            starts = [list(x0) + [float(start_s.get("l2_fraction", 1.0))] for x0 in starts] + \
+                [list(x0) + [lf] for x0 in starts[:1] for lf in (0.25, 0.5)]
         best = None
         for x0 in starts:
             x, fx = nelder_mead(f, x0, iters=iters, step=0.05)
@@ -414,12 +447,14 @@ def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000, restart
         sec["tiles"] = [list(t_) for t_ in gp.tiles]
         sec["tile_efficiency"] = [float(v) for v in gp.tile_efficiency]
         sec["l2_speedup"] = float(x[ng + 1])
+        if l2_smooth:
+            sec["l2_fraction"] = float(x[ng + 6])
         if quant:
             sec["quant_overhead_s"] = float(x[ng + 3]) * 1e-6
             sec["quant_efficiency"] = float(x[ng + 2])
             if np.any(rows):
                 sec["quant_row_s"] = float(x[ng]) * 1e-6
-        out[f"gemm/{d}/{src}" if src else f"gemm/{d}"] = sec
+        out[f"{kind}/{d}/{src}" if src else f"{kind}/{d}"] = sec
     return out
 
 
@@ -829,62 +864,51 @@ _BMM = {"mla_gen_pre": (MLA_QK_NOPE, MLA_KV_LORA), "mla_gen_post": (MLA_KV_LORA,
         "mla_ctx_pre": (MLA_QK_NOPE, MLA_KV_LORA), "mla_ctx_post": (MLA_KV_LORA, MLA_V)}
 
 
+MLA_BMM_COPIES = 1.0
+"""Operand copies AIConfigurator's MLA BMM collectors cycle through: one (collector/trtllm/collect_mla_bmm.py
+captures one ``bmm_out`` on fixed tensors in a CUDA graph and replays it), so a call whose operands fit
+in the L2 reads them from there. ASSUMPTION: the SGLang and vLLM collectors do the same."""
+
+
+def _mla_bmm_shapes(df):
+    """(M, K, N, groups) of MLA's per-head BMMs: tokens x [K, N] for each head (``_BMM``)."""
+    op = df["op_name"].astype(str).to_numpy()
+    K = np.array([_BMM.get(o, (np.nan, np.nan))[0] for o in op], float)
+    N = np.array([_BMM.get(o, (np.nan, np.nan))[1] for o in op], float)
+    return _col(df, "num_tokens"), K, N, _col(df, "num_heads")
+
+
 def price_mla_bmm(df, acc, cal) -> np.ndarray:
+    """MLA's absorbed per-head BMMs (q_nope x W_UK, latent x W_UV) as ``num_heads`` GEMMs of one call in the
+    GEMM tile model (its own ``mla_bmm/<dtype>`` section, else the GEMM one), with the benchmark's single
+    operand copy in L2 (:data:`MLA_BMM_COPIES`) and, for fp8, the activation-quantization pass the collector
+    runs before the block-scaled BMM (``fp8_batched_quantize_1x128_permute102``). Evidence (L40S, 96 MiB L2):
+    bf16 post-BMMs of 16K tokens x 128 heads stream 2.7 GB at 68% of DRAM bandwidth while calls of < 50 MB run
+    faster than DRAM allows; without the L2 term one memory efficiency served both (fitted at its 1.2
+    bound: 29-31% median error, small calls too slow and large ones 40% fast); fp8 rows without the quant
+    pass were 3x too fast at large sizes."""
     out = np.full(len(df), np.nan)
     op = df["op_name"].astype(str).to_numpy()
-    T, h = _col(df, "num_tokens"), _col(df, "num_heads")
     dt = df["dtype"].astype(str).to_numpy()
-    for o in pd.unique(op):
-        if o not in _BMM:
+    ok = np.isin(op, list(_BMM))
+    M, K, N, G = _mla_bmm_shapes(df)
+    for d in pd.unique(dt):
+        sel = ok & (dt == d)
+        if d not in GEMM_DTYPES or not sel.any():
             continue
-        K, N = _BMM[o]
-        for d in pd.unique(dt):
-            sel = (op == o) & (dt == d)
-            if d not in GEMM_DTYPES or not sel.any():
-                continue
-            s, _ = _sec(cal, "mla_bmm", d)
-            if not s:
-                s, _ = _sec(cal, "gemm", d)
-            gp = _gemm_params(s)
-            pk, ab, wb, ob, quant = GEMM_DTYPES[d]
-            out[sel] = gemm_time(T[sel], K, N, peak=strict_peak(acc, pk), bw=acc.hbm_bw,
-                                 cus=int(acc.compute_units.value), gp=gp, groups=h[sel], a_bytes=ab, w_bytes=wb,
-                                 o_bytes=ob)
+        lo, bo = gemm_launch_and_body(M[sel], K[sel], N[sel], d, acc, cal, groups=G[sel],
+                                      kind="mla_bmm", copies=MLA_BMM_COPIES, l2_smooth=True)
+        out[sel] = lo + bo
     return out
 
 
-def fit_mla_bmm(df, acc, cal, iters: int = 600) -> dict:
-    """Refits only the floor and streaming bandwidth of the GEMM model for the per-head BMMs."""
-    from .fit import nelder_mead
-
-    out = {}
-    dt = df["dtype"].astype(str).to_numpy()
-    for d in sorted(pd.unique(dt)):
-        if d not in GEMM_DTYPES:
-            continue
-        sub = df[dt == d]
-        t = sub["latency_s"].to_numpy(float)
-        base, _ = _sec(cal, "gemm", d)
-        gp0 = _gemm_params(base)
-
-        def mk(x):
-            return {**base, **{k: v for k, v in gp0.__dict__.items() if k not in base},
-                    "kernel_overhead_s": x[0] * 1e-6, "memory_efficiency": x[1], "tile_k_overhead": x[2] * 100}
-
-        def f(x):
-            if not (0 <= x[0] < 200 and 0.05 < x[1] <= 1.2 and 0 <= x[2] < 50):
-                return np.inf
-            c = {**cal.kernels, f"mla_bmm/{d}": mk(x)}
-            from dataclasses import replace
-            return _loss(price_mla_bmm(sub, acc, replace(cal, kernels=c)), t)
-
-        x, _ = nelder_mead(f, [gp0.kernel_overhead_s * 1e6, gp0.memory_efficiency, gp0.tile_k_overhead / 100],
-                           iters=iters, step=0.2)
-        sec = mk(x)
-        sec["tiles"] = [list(v) for v in gp0.tiles]
-        sec["tile_efficiency"] = list(gp0.tile_efficiency)
-        out[f"mla_bmm/{d}"] = sec
-    return out
+def fit_mla_bmm(df, acc, cal, iters: int = 1500, restarts: int = 8) -> dict:
+    """The GEMM tile model refitted on the per-head BMMs (``mla_bmm/<dtype>`` sections), from their own
+    sections where the calibration has them; ``restarts``: simplex restarts (the tables are small, a few
+    hundred rows, and the simplex stalls early on the min-of-tiles model)."""
+    ok = df["op_name"].astype(str).isin(list(_BMM)).to_numpy()
+    return fit_gemm_kind(df[ok], acc, cal, iters=iters, restarts=restarts, kind="mla_bmm", shapes=_mla_bmm_shapes,
+                         copies=MLA_BMM_COPIES, l2_smooth=True)
 
 
 register("gemm", price_gemm, fit_gemm_kind)

@@ -87,6 +87,7 @@ import numpy as np
 
 from ..errors import InputError
 from .kernel_models import strict_peak
+from .kernels import l2_resident_fraction
 
 #: table dtype -> (compute dtype for the peak, weight bytes, activation bytes) per element.
 #: UNCALIBRATED (no table of them in ../shared/data; each priced with the nearest measured dtype's fitted
@@ -237,18 +238,6 @@ def rank_counts(T: int, E: int, k: int, ep: int, dist: str, legacy: bool = False
         acc += np.sort(g)[::-1]
     acc /= DRAWS
     return tuple(v for v in acc.tolist() if v > 0)
-
-
-def l2_resident_fraction(w_bytes: float, sram: float) -> float:
-    """Fraction of a kernel's weight bytes that a benchmark loop finds in L2: the AIConfigurator
-    collectors replay the same layer (same weights) over and over, so weights that fit in the
-    device's L2 (``sram``) stay resident; ASSUMPTION: a smooth step ``1 / (1 + (w / sram)^4)``
-    (LRU streaming larger than the cache keeps almost nothing). Evidence: L40S (96 MiB L2) one-
-    and two-token rows whose touched experts' weights total 20-80 MB run at 1.5-2.3x the 864 GB/s
-    of GDDR6 (median over TRT-LLM, vLLM and SGLang), those of 80-160 MB at 0.75-0.86x."""
-    if sram <= 0 or w_bytes <= 0:
-        return 0.0
-    return 1.0 / (1.0 + (w_bytes / sram) ** 4)
 
 
 def moe_time(T, H, I, k, E, tp, ep, dist, dtype, *, acc, gp, p: MoEParams, gated: bool = True,
