@@ -68,6 +68,9 @@ class GemmParams:
     # kernel_overhead_s (simllm.cost.kernels.gemm_floor); floor_k 0 = the whole floor at every K
     floor_k0: float = 1.0
     floor_k: float = 0.0
+    # a library's tile choice by shape (simllm.cost.kernels.GEMM_DISPATCH) instead of the best of ``tiles``:
+    # "" = the soft minimum over ``tiles``
+    dispatch: str = ""
 
     def vector(self) -> list[float]:
         return [self.memory_efficiency, self.kernel_overhead_s * 1e6, self.tile_k_overhead / 100.0,

@@ -72,7 +72,7 @@ import pandas as pd
 
 from ..errors import InputError
 from .calibration import GemmParams
-from .kernels import gemm_floor, gemm_time, l2_resident_fraction
+from .kernels import DISPATCH_TILES, gemm_floor, gemm_time, l2_resident_fraction
 from .pricing import register, section
 
 # DeepSeek-V3 MLA dimensions (the only MLA shape in the tables; config.json of deepseek-ai/DeepSeek-V3)
@@ -339,12 +339,13 @@ def _subsample(n: int, k: int, seed: int = 0) -> np.ndarray:
 
 
 def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000, restarts: int = 2, kind: str = "gemm",
-                  shapes=None, copies=None, l2_smooth: bool = False) -> dict:
+                  shapes=None, copies=None, l2_smooth: bool = False, dispatch: str | None = None) -> dict:
     """The GEMM tile model fitted per (dtype, kernel family) of ``df``. ``kind``: the section family written
     (``gemm``, or ``mla_bmm`` whose start is its own section, else the GEMM one); ``shapes``: ``sub -> (M, K, N,
     groups)`` for tables whose rows are not ``m, n, k`` GEMMs (batched GEMMs: ``groups`` of them per call);
     ``copies``: weight copies the collector cycles through, where :func:`bench_weight_copies` does not say;
-    ``l2_smooth``: as :func:`gemm_launch_and_body`'s."""
+    ``l2_smooth``: as :func:`gemm_launch_and_body`'s; ``dispatch``: a library tile rule of
+    :data:`~simllm.cost.kernels.GEMM_DISPATCH` the sections follow (None: the start section's)."""
     from .fit import nelder_mead
 
     out = {}
@@ -373,7 +374,9 @@ def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000, restart
         if not start_s and kind != "gemm":
             start_s, key = _sec(cal, "gemm", d, src)
         start = _gemm_params(start_s)
-        add = [t_ for t_ in SMALL_M_TILES if tuple(t_) not in start.tiles]
+        disp = start.dispatch if dispatch is None else dispatch
+        need = SMALL_M_TILES + (DISPATCH_TILES[disp] if disp else ())
+        add = list(dict.fromkeys(tuple(t_) for t_ in need if tuple(t_) not in start.tiles))
         if add:  # the small-M tiles join the candidates, from a middling efficiency
             start = replace(start, tiles=start.tiles + tuple(add),
                             tile_efficiency=tuple(start.tile_efficiency) + (0.3,) * len(add))
@@ -389,7 +392,7 @@ def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000, restart
 
         def params(x):
             gp = GemmParams.from_vector(x[:ng], start.tiles)
-            return replace(gp, floor_k0=float(x[ng + 4]), floor_k=float(x[ng + 5]) * 100.0)
+            return replace(gp, floor_k0=float(x[ng + 4]), floor_k=float(x[ng + 5]) * 100.0, dispatch=disp)
 
         def f(x):
             row_, l2s, qe, q0_, f0, kf = x[ng:ng + 6]
@@ -446,6 +449,8 @@ def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000, restart
         sec = {k: v for k, v in gp.__dict__.items()}
         sec["tiles"] = [list(t_) for t_ in gp.tiles]
         sec["tile_efficiency"] = [float(v) for v in gp.tile_efficiency]
+        if not sec.get("dispatch"):
+            sec.pop("dispatch", None)
         sec["l2_speedup"] = float(x[ng + 1])
         if l2_smooth:
             sec["l2_fraction"] = float(x[ng + 6])
