@@ -46,3 +46,77 @@ def write_sections(path: Path, framework: str, kept: dict, per_op: dict, note_ke
     rec = data.setdefault("fit", {}).setdefault(note_key, {})
     rec.update({"tables": tables, "note": note, "sections": sorted(set(rec.get("sections", [])) | set(kept))})
     write_text(path, head + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110))
+
+
+def refit_and_keep(*, df: pd.DataFrame, cal, acc, kind: str, new: dict, price, section_rows, gpu: str, framework: str,
+                   device: str, write: bool, note_key: str, tables: str, note: str, t0: float, extra=None) -> dict:
+    """The refit benchmarks' common tail: for each refitted section of ``new`` (dtype sections before kernel-family
+    ones) keep it only where it lowers the mean |log(pred / measured)| over its rows (``section_rows(name)``: a row
+    mask of ``df``), priced with ``price(frame, calibration)``; print the ``calibrate check`` figures of ``kind``
+    before and after, write the kept sections with :func:`write_sections` when ``write``, and return (and print as
+    the last line) the JSON record."""
+    import json
+    import time
+    from dataclasses import replace
+
+    t = df["latency_s"].to_numpy(float)
+    before = price(df, cal)
+    kern, kept = dict(cal.kernels), {}
+    for name in sorted(new, key=lambda n: n.count("/")):
+        m = section_rows(name)
+        if not m.any():
+            continue
+        old = price(df[m], replace(cal, kernels=kern))
+        trial = {**kern, name: new[name]}
+        fresh = price(df[m], replace(cal, kernels=trial))
+        lo, ln = (float(np.mean(np.abs(np.log(x / t[m])))) for x in (old, fresh))
+        print(f"  {name:60s} {int(m.sum()):6d} rows  mean|log| {lo:.4f} -> {ln:.4f} {'kept' if ln < lo else 'dropped'}",
+              flush=True)
+        if ln < lo:
+            kern, kept[name] = trial, new[name]
+    after = price(df, replace(cal, kernels=kern))
+    fb, fa = group_figures(df, before, kind), group_figures(df, after, kind)
+    for k in fa:
+        print(f"{gpu} {framework} {k}: {fb[k]['median']:.3f}/{fb[k]['p90']:.3f} -> {fa[k]['median']:.3f}/"
+              f"{fa[k]['p90']:.3f}")
+    res = {"benchmark": f"{kind}_refit", "gpu": gpu, "framework": framework, **(extra or {}), "before": fb,
+           "after": fa, "kept": sorted(kept), "wall_s": time.perf_counter() - t0}
+    p = Path(__file__).resolve().parents[1] / "hardware" / "calibration" / f"{device}.yaml"
+    if write and kept and p.is_file():
+        write_sections(p, framework, kept, fa, note_key, tables, note)
+        print("wrote", p)
+    print(json.dumps(res))
+    return res
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "calibration" / "aiconfigurator"
+
+
+def refit_setup(doc: str, argv, family: str, kind: str, options=()):
+    """The refit benchmarks' command line and inputs: ``GPU DEVICE FRAMEWORK`` (+ ``options``: (flags, kwargs)
+    pairs for ``add_argument``) and ``--write``; returns (args, accelerator, the framework's shipped calibration,
+    the framework's newest ``family`` tables of ``kind`` under ``../shared/data``, start time)."""
+    import argparse
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from simllm.cost import tables
+    from simllm.cost.calibration import calibration_for
+    from simllm.hardware import load_accelerator
+
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("gpu")
+    ap.add_argument("device")
+    ap.add_argument("framework", choices=["vllm", "sglang", "trtllm"])
+    for flags, kw in options:
+        ap.add_argument(*flags, **kw)
+    ap.add_argument("--write", action="store_true")
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    acc = load_accelerator(a.device)
+    cal = calibration_for(acc).for_framework(a.framework)
+    df = tables.read_tables(DATA / a.gpu / family, framework=a.framework)
+    return a, acc, cal, df[df["kind"] == kind], t0

@@ -13,71 +13,29 @@ dtype) before and after. ``--write`` puts the kept sections in ``frameworks.<F>.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from simllm.cost import kernel_models as km  # noqa: E402
 
-from simllm.cost import kernel_models as km, tables as T  # noqa: E402
-from simllm.cost.calibration import calibration_for  # noqa: E402
-from simllm.hardware import load_accelerator  # noqa: E402
-
-from _calibration_yaml import group_figures, write_sections  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data" / "calibration" / "aiconfigurator"
+from _calibration_yaml import refit_and_keep, refit_setup  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("gpu")
-    ap.add_argument("device")
-    ap.add_argument("framework", choices=["vllm", "sglang", "trtllm"])
-    ap.add_argument("--iters", type=int, default=1500)
-    ap.add_argument("--write", action="store_true")
-    a = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    acc = load_accelerator(a.device)
-    cal = calibration_for(acc).for_framework(a.framework)
-    df = T.read_tables(DATA / a.gpu / "mla_bmm", framework=a.framework)
-    df = df[df["kind"] == "mla_bmm"]
-    before = km.price_mla_bmm(df, acc, cal)
+    a, acc, cal, df, t0 = refit_setup(__doc__, argv, "mla_bmm", "mla_bmm",
+                                      [(("--iters",), {"type": int, "default": 1500})])
     new = km.fit_mla_bmm(df, acc, cal, iters=a.iters)
-    kern, kept = dict(cal.kernels), {}
-    t = df["latency_s"].to_numpy(float)
     dts = df["dtype"].astype(str).to_numpy()
-    for name in sorted(new):
-        m = dts == name.split("/")[1]
-        old = km.price_mla_bmm(df[m], acc, replace(cal, kernels=kern))
-        trial = {**kern, name: new[name]}
-        fresh = km.price_mla_bmm(df[m], acc, replace(cal, kernels=trial))
-        lo, ln = (float(np.mean(np.abs(np.log(x / t[m])))) for x in (old, fresh))
-        print(f"  {name:30s} {m.sum():6d} rows  mean|log| {lo:.4f} -> {ln:.4f} {'kept' if ln < lo else 'dropped'}",
-              flush=True)
-        if ln < lo:
-            kern, kept[name] = trial, new[name]
-    after = km.price_mla_bmm(df, acc, replace(cal, kernels=kern))
-    fb, fa = group_figures(df, before, "mla_bmm"), group_figures(df, after, "mla_bmm")
-    for k in fa:
-        print(f"{a.gpu} {a.framework} {k}: {fb[k]['median']:.3f}/{fb[k]['p90']:.3f} -> {fa[k]['median']:.3f}/"
-              f"{fa[k]['p90']:.3f}")
-    res = {"benchmark": "mla_bmm_refit", "gpu": a.gpu, "framework": a.framework, "kept": kept, "before": fb,
-           "after": fa, "wall_s": time.perf_counter() - t0}
-    p = ROOT / "hardware" / "calibration" / f"{a.device}.yaml"
-    if a.write and kept and p.is_file():
-        write_sections(p, a.framework, kept, fa, f"mla_bmm_{a.framework}", f"{a.gpu}/mla_bmm/{a.framework} (newest)",
-                       "refit by benchmarks/mla_bmm_refit.py (heads as GEMMs of one call, the collector's one operand "
-                       "copy in L2, the fp8 quantization pass): sections kept where they lower the mean |log error| "
-                       "over their rows; per_op figures of calibrate check")
-        print("wrote", p)
-    print(json.dumps({k: v for k, v in res.items() if k != "kept"}))
-    return res
+    return refit_and_keep(df=df, cal=cal, acc=acc, kind="mla_bmm", new=new,
+                          price=lambda f, c: km.price_mla_bmm(f, acc, c),
+                          section_rows=lambda name: dts == name.split("/")[1], gpu=a.gpu, framework=a.framework,
+                          device=a.device, write=a.write, note_key=f"mla_bmm_{a.framework}",
+                          tables=f"{a.gpu}/mla_bmm/{a.framework} (newest)",
+                          note="refit by benchmarks/mla_bmm_refit.py (heads as GEMMs of one call, the collector's one "
+                               "operand copy in L2, the fp8 quantization pass): sections kept where they lower the "
+                               "mean |log error| over their rows; per_op figures of calibrate check", t0=t0)
 
 
 if __name__ == "__main__":
