@@ -142,6 +142,8 @@ class Calibration:
         g = asdict(self.gemm)
         g["tiles"] = [list(t) for t in self.gemm.tiles]
         g["tile_efficiency"] = [round(v, 5) for v in self.gemm.tile_efficiency]
+        if not g.get("dispatch"):
+            g.pop("dispatch", None)
         out = {"device": self.device, "source": self.source, "gemm": g,
                "elementwise": asdict(self.elementwise), "attention": asdict(self.attention),
                "comm": asdict(self.comm)}
