@@ -3,6 +3,9 @@ class and the merge of refitted sections into a shipped calibration file."""
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +58,6 @@ def refit_and_keep(*, df: pd.DataFrame, cal, acc, kind: str, new: dict, price, s
     mask of ``df``), priced with ``price(frame, calibration)``; print the ``calibrate check`` figures of ``kind``
     before and after, write the kept sections with :func:`write_sections` when ``write``, and return (and print as
     the last line) the JSON record."""
-    import json
-    import time
-    from dataclasses import replace
-
     t = df["latency_s"].to_numpy(float)
     before = price(df, cal)
     kern, kept = dict(cal.kernels), {}
@@ -98,7 +97,6 @@ def refit_setup(doc: str, argv, family: str, kind: str, options=()):
     the framework's newest ``family`` tables of ``kind`` under ``../shared/data``, start time)."""
     import argparse
     import sys
-    import time
 
     root = Path(__file__).resolve().parents[1]
     if str(root) not in sys.path:

@@ -72,7 +72,7 @@ import pandas as pd
 
 from ..errors import InputError
 from .calibration import GemmParams
-from .kernels import DISPATCH_TILES, gemm_floor, gemm_time, l2_resident_fraction
+from .kernels import DISPATCH_TILES, gemm_floor, gemm_time, l2_time_factor
 from .pricing import register, section
 
 # DeepSeek-V3 MLA dimensions (the only MLA shape in the tables; config.json of deepseek-ai/DeepSeek-V3)
@@ -219,8 +219,7 @@ def gemm_launch_and_body(M, K, N, dtype: str, acc, cal, groups=1.0, source: str 
         qe = float(s.get("quant_efficiency", gp.memory_efficiency))
         Mq = np.asarray(M, float) * np.asarray(groups, float)
         qbytes = Mq * np.asarray(K, float) * 3.0
-        qf = 1.0 - l2_resident_fraction(qbytes, l2b) * (1.0 - 1.0 / float(s.get("l2_speedup", 1.0))) \
-            if l2_smooth else 1.0
+        qf = l2_time_factor(qbytes, l2b, float(s.get("l2_speedup", 1.0))) if l2_smooth else 1.0
         body = body + qbytes * qf / (acc.hbm_bw * qe) + \
             quant_rows(Mq, K, dtype, acc) * float(s.get("quant_row_s", 0.0))
         launch = launch + q
@@ -405,7 +404,7 @@ def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000, restart
             p = gemm_time(M, K, N, peak=peak, bw=bw, cus=cus, gp=params(x), groups=G, a_bytes=ab, w_bytes=wb,
                           o_bytes=ob, l2_bytes=l2 * lf, l2_speedup=l2s, l2_copies=cps, l2_smooth=l2_smooth)
             if quant:
-                qf = 1.0 - l2_resident_fraction(qb * bw, l2 * lf) * (1.0 - 1.0 / l2s) if l2_smooth else 1.0
+                qf = l2_time_factor(qb * bw, l2 * lf, l2s) if l2_smooth else 1.0
                 p = p + q0_ * 1e-6 + qb * qf / qe + rows * row_ * 1e-6
             if eager:
                 h = gemm_floor(K, params(x)) + (q0_ * 1e-6 if quant else 0.0)

@@ -99,7 +99,7 @@ def gemm_time(M, K, N, *, peak: float, bw: float, cus: int, gp: GemmParams, grou
         ws = nbytes if np.all(np.asarray(l2_copies) == 1.0) else \
             g * (Mp * K * a_bytes + np.asarray(l2_copies, dtype=float) * K * N * w_bytes + Mp * N * o_bytes)
         if l2_smooth:
-            tm_ = tm_ * (1.0 - l2_resident_fraction(ws, l2_bytes) * (1.0 - 1.0 / l2_speedup))
+            tm_ = tm_ * l2_time_factor(ws, l2_bytes, l2_speedup)
         else:
             tm_ = np.where(ws <= l2_bytes, tm_ / l2_speedup, tm_)
     p = gp.overlap_exponent
@@ -110,56 +110,54 @@ def gemm_time(M, K, N, *, peak: float, bw: float, cus: int, gp: GemmParams, grou
     return t
 
 
-def _next_pow2(x):
-    return 2.0 ** np.ceil(np.log2(np.maximum(x, 1.0)))
+def _tile_rows(M, n, rows):
+    """(tile rows, tile columns) of the first of ``rows`` = (largest M, largest n, tm, tn) each (M, n) fits."""
+    M, n = np.broadcast_arrays(np.asarray(M, float), np.asarray(n, float))
+    conds = [(M <= m_hi) & (n <= n_hi) for m_hi, n_hi, _, _ in rows]
+    return (np.select(conds, [float(r[2]) for r in rows], np.nan),
+            np.select(conds, [float(r[3]) for r in rows], np.nan))
+
+
+_INF = float("inf")
+#: vLLM csrc/quantization/cutlass_w8a8/c2x/scaled_mm_c2x_sm89_fp8_dispatch.cuh: (M up to, next_pow2(N) up to,
+#: tile rows, tile columns), configs M16 / M32 / M64 / M128 / M256 / default in order (M64's "np2 <= 8196" is
+#: np2 <= 8192, np2 being a power of two)
+_CUTLASS_SM89_FP8 = ((16, 8192, 16, 64), (16, 24576, 16, 128), (16, _INF, 32, 64),
+                     (32, 8192, 32, 64), (32, 16384, 32, 128), (32, _INF, 32, 64),
+                     (64, 8192, 64, 64), (64, 16384, 64, 128), (64, _INF, 64, 64),
+                     (128, 8192, 64, 128), (128, 16384, 128, 128), (128, _INF, 128, 64),
+                     (256, 4096, 64, 128), (256, _INF, 128, 128),
+                     (_INF, 4096, 128, 128), (_INF, 8192, 256, 128), (_INF, _INF, 128, 128))
+#: sgl-kernel csrc/gemm/fp8_gemm_kernel.cu ``sm89_fp8_dispatch_shape``: (M up to, N up to, tile rows, columns)
+_SGL_SM89_FP8 = ((1, 8192, 16, 64), (1, _INF, 32, 64),
+                 (16, 8192, 16, 64), (16, 16384, 32, 64), (16, _INF, 16, 64),
+                 (64, 16384, 32, 64), (64, _INF, 16, 64),
+                 (128, 16384, 64, 64), (128, _INF, 32, 64),
+                 (256, 8192, 128, 64), (256, 16384, 64, 128), (256, _INF, 128, 64),
+                 (_INF, _INF, 128, 128))
 
 
 def cutlass_sm89_fp8_tiles(M, N):
     """(tile rows, tile columns) vLLM's CUTLASS fp8 ``scaled_mm`` picks on SM89 (Ada: L40S, L4, RTX 6000
-    Ada), by the row count's bucket and the next power of two of N (vLLM
-    ``csrc/quantization/cutlass_w8a8/c2x/scaled_mm_c2x_sm89_fp8_dispatch.cuh``: configs M16 / M32 / M64 /
-    M128 / M256 / default). Evidence (L40S, vLLM 0.24 fp8, N = 128, K = 4,096): 8.6 us up to M = 15,
-    12.2 us at 17-32, 15-17 us at 33-64, 20.7 us at 65-128, 21.7 us at 129-256, then 37.4 us at M = 257
-    (the 128 x 128 default tile: 3 CTAs each running K / 64 steps): the steps of the dispatch, which the
-    best-of-tiles model priced 30-35% fast at M = 17-1024 with small N and 10% slow below."""
-    M = np.asarray(M, float)
-    p = _next_pow2(np.asarray(N, float))
-    tm = np.select([M <= 16, M <= 32, M <= 64, M <= 128, M <= 256], [16.0, 32.0, 64.0, 64.0, 64.0], 128.0)
-    tn = np.select([M <= 16, M <= 32, M <= 64, M <= 128, M <= 256],
-                   [np.where(p <= 8192, 64.0, np.where(p <= 24576, 128.0, 64.0)),
-                    np.where((p > 8192) & (p <= 16384), 128.0, 64.0),
-                    np.where((p > 8196) & (p <= 16384), 128.0, 64.0),
-                    np.where(p <= 8192, 128.0, np.where(p <= 16384, 128.0, 64.0)),
-                    128.0], 128.0)
-    # the few configs whose rows differ from their bucket's: M16 above 24,576 columns, M128 from 8,193,
-    # M256 above 4,096, the default from 4,097 to 8,192 columns (256 rows)
-    tm = np.where((M <= 16) & (p > 24576), 32.0, tm)
-    tm = np.where((M > 64) & (M <= 128) & (p > 8192), 128.0, tm)
-    tm = np.where((M > 128) & (M <= 256) & (p > 4096), 128.0, tm)
-    tm = np.where((M > 256) & (p > 4096) & (p <= 8192), 256.0, tm)
-    return tm, tn
+    Ada), by the row count's bucket and the next power of two of N (:data:`_CUTLASS_SM89_FP8`). Evidence
+    (L40S, vLLM 0.24 fp8, N = 128, K = 4,096): 8.6 us up to M = 15, 12.2 us at 17-32, 15-17 us at 33-64,
+    20.7 us at 65-128, 21.7 us at 129-256, then 37.4 us at M = 257 (the 128 x 128 default tile: 3 CTAs each
+    running K / 64 steps): the steps of the dispatch, which the best-of-tiles model priced 30-35% fast at
+    M = 17-1024 with small N and 10% slow below."""
+    return _tile_rows(M, 2.0 ** np.ceil(np.log2(np.maximum(np.asarray(N, float), 1.0))), _CUTLASS_SM89_FP8)
 
 
 def sgl_sm89_fp8_tiles(M, N):
-    """(tile rows, tile columns) SGLang's ``fp8_scaled_mm`` (sgl-kernel ``csrc/gemm/fp8_gemm_kernel.cu``,
-    ``sm89_fp8_dispatch_shape``) picks on SM89, by M bucket (1, 16, 64, 128, 256, 512, more) and N (not
-    rounded): 16 x 64 / 32 x 64 below 64 rows, 64 x 64 up to 128, 128 x 64 or 64 x 128 up to 256, then
-    128 x 128. The same mechanism as :func:`cutlass_sm89_fp8_tiles`, another table."""
-    M = np.asarray(M, float)
-    n = np.asarray(N, float)
-    tm = np.select([M <= 1, M <= 16, M <= 64, M <= 128, M <= 256],
-                   [np.where(n <= 8192, 16.0, 32.0), np.where((n > 8192) & (n <= 16384), 32.0, 16.0),
-                    np.where(n <= 16384, 32.0, 16.0), np.where(n <= 16384, 64.0, 32.0),
-                    np.where((n > 8192) & (n <= 16384), 64.0, 128.0)], 128.0)
-    tn = np.select([M <= 128, M <= 256], [64.0, np.where((n > 8192) & (n <= 16384), 128.0, 64.0)], 128.0)
-    return tm, tn
+    """(tile rows, tile columns) SGLang's ``fp8_scaled_mm`` picks on SM89, by M bucket and N (not rounded;
+    :data:`_SGL_SM89_FP8`). The same mechanism as :func:`cutlass_sm89_fp8_tiles`, another table."""
+    return _tile_rows(M, N, _SGL_SM89_FP8)
 
 
 #: a library's tile choice by GEMM shape (a section's ``dispatch``): name -> (M, N) -> (tile rows, tile columns)
 GEMM_DISPATCH = {"cutlass_sm89_fp8": cutlass_sm89_fp8_tiles, "sgl_sm89_fp8": sgl_sm89_fp8_tiles}
-DISPATCH_TILES = {"cutlass_sm89_fp8": ((16, 64), (16, 128), (32, 64), (32, 128), (64, 64), (64, 128), (128, 64),
-                                       (128, 128), (256, 128)),
-                  "sgl_sm89_fp8": ((16, 64), (32, 64), (64, 64), (128, 64), (64, 128), (128, 128))}
+#: the tiles each rule picks from (a section following it must price them all)
+DISPATCH_TILES = {k: tuple(dict.fromkeys((r[2], r[3]) for r in rows))
+                  for k, rows in (("cutlass_sm89_fp8", _CUTLASS_SM89_FP8), ("sgl_sm89_fp8", _SGL_SM89_FP8))}
 
 
 def l2_resident_fraction(nbytes, sram):
@@ -177,6 +175,12 @@ def l2_resident_fraction(nbytes, sram):
     s_ = np.asarray(sram, float)
     ok = (x > 0) & (s_ > 0)
     return np.where(ok, 1.0 / (1.0 + (np.where(ok, x, 1.0) / np.where(ok, s_, 1.0)) ** 4), 0.0)
+
+
+def l2_time_factor(nbytes, sram, speedup: float):
+    """Factor on the DRAM time of a repeated kernel's ``nbytes`` working set whose L2-resident share
+    (:func:`l2_resident_fraction` of an ``sram``-byte L2) streams ``speedup`` times faster."""
+    return 1.0 - l2_resident_fraction(nbytes, sram) * (1.0 - 1.0 / speedup)
 
 
 def gemm_flops_bytes(M, K, N, groups=1.0, a_bytes=2.0, w_bytes=2.0, o_bytes=2.0):

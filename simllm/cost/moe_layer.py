@@ -87,7 +87,7 @@ import numpy as np
 
 from ..errors import InputError
 from .kernel_models import strict_peak
-from .kernels import l2_resident_fraction
+from .kernels import l2_time_factor
 
 #: table dtype -> (compute dtype for the peak, weight bytes, activation bytes) per element.
 #: UNCALIBRATED (no table of them in ../shared/data; each priced with the nearest measured dtype's fitted
@@ -292,7 +292,7 @@ def moe_time_counts(c, T, H, I, k, tp, dtype, *, acc, gp, p: MoEParams, gated: b
     a_bytes = slots * (H + up_n + i_loc + H) * ab
     if warm_l2 and p.l2_speedup > 1.0:  # the benchmark's hot-L2 weights (see l2_resident_fraction)
         sram = float(getattr(getattr(acc, "sram", None), "value", 0.0) or 0.0)
-        w_bytes *= 1.0 - l2_resident_fraction(w_bytes, sram) * (1.0 - 1.0 / p.l2_speedup)
+        w_bytes *= l2_time_factor(w_bytes, sram, p.l2_speedup)
     t_m = (w_bytes + a_bytes) / (bw * p.memory_efficiency)
     q = gp.overlap_exponent
     body = (t_c ** q + t_m ** q) ** (1.0 / q)
