@@ -1,6 +1,6 @@
 """Refit the attention / MLA kernel sections of one shipped calibration and framework, from their shipped values.
 
-    python benchmarks/attention_refit.py GPU DEVICE FRAMEWORK KIND [--restarts N] [--rows N] [--write]
+    python benchmarks/attention_refit.py GPU DEVICE FRAMEWORK KIND [--restarts N] [--rows N] [--only K,..] [--write]
     python benchmarks/attention_refit.py h100_sxm h100-sxm sglang generation_mla --write
 
 KIND: context_attention, generation_attention, context_mla or generation_mla. For every (dtype, kernel family)
@@ -9,7 +9,9 @@ group of the framework's newest table of that kind in ``../shared/data`` (famili
 subsample of ``--rows`` rows over the section's roofline parameters with Nelder-Mead in a logistic transform of
 their bounds (a parameter on a bound no longer freezes the simplex), from the shipped values and from
 ``--restarts`` perturbed starts. A dtype served by one family keeps its generic section (the one the serving step
-reads). A refitted section is kept only where it lowers the mean |log error| over all of its rows. Prints the
+reads). ``--only K1,K2`` refits just those keys, in the sections the rows read now, each on all of its rows
+(``--only window_tile``: the sliding-window excess alone, the serving step's sections otherwise unchanged). A
+refitted section is kept only where it lowers the mean |log error| over all of its rows. Prints the
 ``calibrate check`` figures before and after; ``--write`` puts the kept sections in ``frameworks.<F>.kernels`` (and
 the top-level ``kernels`` for vLLM), the new figures in ``frameworks.<F>.fit.per_op`` and a note in
 ``fit.<KIND>_<F>_refit``.
@@ -46,32 +48,52 @@ def _keys(kind: str) -> list[str]:
             and not (k in ("hd_floor", "split_waves") and kind != "generation_attention")]
 
 
-def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0):
+def _jobs(df, kind, fw, cal, kern, only):
+    """(dtype, target section, row mask, shipped values) per section to refit: each kernel family its own section
+    (a large family gets one), or with ``only`` (a subset of keys) the section every row reads now, refitted on
+    all of its rows together (the serving step keeps reading the same sections)."""
+    jobs = {}
+    dts = km._dtype_key(df)
+    for d, src, m in km._attn_groups(df, kind, fw):
+        if km._base_dtype(d) not in km.ATTN_DTYPES:
+            continue
+        shipped, key = km._sec(replace(cal, kernels=kern), kind, d, src)
+        own = src and m.sum() >= km.MIN_GROUP and (dts == d).sum() > m.sum()
+        target = (key or f"{kind}/{d}") if only else (f"{kind}/{d}/{src}" if own else f"{kind}/{d}")
+        if target in jobs:
+            jobs[target] = (d, jobs[target][1] | m, shipped)
+        else:
+            jobs[target] = (d, m, shipped)
+    return [(d, t, m, sh) for t, (d, m, sh) in jobs.items()]
+
+
+def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0, only=None):
     acc = load_accelerator(device)
     cal = calibration_for(acc).for_framework(fw)
     df = tables.read_tables(DATA / gpu / ("mla" if "mla" in kind else "attention") / fw, fw)
     df = df[df["kind"] == kind]
     t_all = df["latency_s"].to_numpy(float)
     before = pricing.price(df, acc, cal)
-    keys = _keys(kind)
-    lo = np.array([km._BOUNDS[k][0] for k in keys])
-    hi = np.array([km._BOUNDS[k][1] for k in keys])
+    keys0 = _keys(kind)
     rng = np.random.default_rng(seed)
     kern = dict(cal.kernels)
     kept = {}
-    dts = km._dtype_key(df)
-    for d, src, m in km._attn_groups(df, kind, fw):
-        if km._base_dtype(d) not in km.ATTN_DTYPES:
-            continue
-        shipped, _ = km._sec(replace(cal, kernels=kern), kind, d, src)
-        own = src and m.sum() >= km.MIN_GROUP and (dts == d).sum() > m.sum()
-        target = f"{kind}/{d}/{src}" if own else f"{kind}/{d}"
+    for d, target, m, shipped in _jobs(df, kind, fw, cal, kern, only):
         sub = df[m].iloc[km._subsample(int(m.sum()), rows, seed)]
+        keys = [k for k in keys0 if k != "window_tile"] + list(km.window_keys(sub, kind))
+        if only:
+            keys = [k for k in keys if k in only]
+            if not keys:
+                continue
+        lo = np.array([km._BOUNDS[k][0] for k in keys])
+        hi = np.array([km._BOUNDS[k][1] for k in keys])
         t = sub["latency_s"].to_numpy(float)
         shp = km._shapes(sub, kind, fw)
         hd = km._col(sub, "head_dim", km.HD_REF)
         peak = km.strict_peak(acc, km.ATTN_DTYPES[km._base_dtype(d)])
         s0 = {**km.ROOF_DEFAULT, **shipped}
+        if "window_tile" in keys and not s0.get("window_tile", 0.0):
+            s0["window_tile"] = 64.0  # off the bound (half a 128-token KV tile)
 
         def to_z(s):
             u = np.clip((np.array([s[k] for k in keys], float) - lo) / (hi - lo), 1e-4, 1 - 1e-4)
@@ -92,6 +114,8 @@ def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0):
             if fz < best:
                 best, bz = fz, z
         sec = _round(from_z(bz))
+        if only:  # the section as shipped with the refitted keys only
+            sec = {**shipped, **{k: sec[k] for k in keys}}
         trial = {**kern, target: sec}
         sel = m
         old = pricing.price(df[sel], acc, replace(cal, kernels=kern))
@@ -113,18 +137,26 @@ def main(argv=None) -> dict:
     ap.add_argument("kind", choices=KINDS)
     ap.add_argument("--restarts", type=int, default=6)
     ap.add_argument("--rows", type=int, default=8000)
+    ap.add_argument("--only", default="", help="comma-separated keys: refit just these, in the sections the rows "
+                                                "read now (e.g. window_tile)")
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args(argv)
+    only = tuple(k for k in a.only.split(",") if k)
+    bad = sorted(set(only) - set(km._BOUNDS))
+    if bad:
+        ap.error(f"--only: unknown key {bad[0]!r} (expected one of {', '.join(sorted(km._BOUNDS))})")
     t0 = time.perf_counter()
-    kept, fb, fa = refit(a.gpu, a.device, a.framework, a.kind, restarts=a.restarts, rows=a.rows)
+    kept, fb, fa = refit(a.gpu, a.device, a.framework, a.kind, restarts=a.restarts, rows=a.rows, only=only)
     for k in fa:
         print(f"{a.gpu} {a.framework} {k}: {fb[k]['median']:.4f}/{fb[k]['p90']:.4f} -> {fa[k]['median']:.4f}/"
               f"{fa[k]['p90']:.4f}")
     p = ROOT / "hardware" / "calibration" / f"{a.device}.yaml"
     if a.write and kept and p.is_file():
         family = "mla" if "mla" in a.kind else "attention"
-        write_sections(p, a.framework, kept, fa, f"{a.kind}_{a.framework}_refit",
+        write_sections(p, a.framework, kept, fa, f"{a.kind}_{a.framework}_" + "".join(k + "_" for k in only) + "refit",
                        f"{a.gpu}/{family}/{a.framework} (newest), {a.kind}, {a.rows} rows per group",
+                       (f"only {', '.join(only)} refitted (--only), the sections' other values as shipped; " if only
+                        else "") +
                        "sections refitted from their shipped values by benchmarks/attention_refit.py (bounded "
                        "Nelder-Mead with restarts), kept where the mean |log error| over their rows fell; per_op "
                        "figures of calibrate check")

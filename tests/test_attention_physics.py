@@ -131,6 +131,36 @@ def test_l40s_fa2_windowed_decode_rows(shared_data):
     assert np.all(np.abs(err) < 0.25), err
 
 
+def test_h100_fa3_decode_past_the_window_loads_more_than_the_window(shared_data):
+    """H100 vLLM FA3 decode, window 128: the 12,584 rows whose context outgrew the window measure 15.4 us
+    at batch 1 (flat from 256 to 131,072 tokens) against 11.4 us within it; priced as exactly 128 positions
+    (``window_tile`` 0) they were 20% fast. With the fitted ``window_tile`` their median signed error is
+    within 12%, the rows within the window are unchanged, and the kernel still does not grow with the
+    context past the window (its longest row within 5% of its 256-token one)."""
+    from dataclasses import replace
+
+    df = _rows(shared_data, "h100_sxm", "vllm", "generation_attention")
+    df = df[df.window_size == 128]
+    long = (df.isl + df.step > df.window_size).to_numpy()
+    assert long.sum() > 10_000 and (~long).sum() > 10_000
+    acc = load_accelerator("h100-sxm")
+    cal = calibration_for(acc).for_framework("vllm")
+    assert cal.kernels["generation_attention/bfloat16"].get("window_tile", 0) > 0
+    flat = replace(cal, kernels={k: {**v, "window_tile": 0.0} if k.startswith("generation_attention") else v
+                                 for k, v in cal.kernels.items()})
+    t = df["latency_s"].to_numpy()
+    e_fit = pricing.price(df, acc, cal) / t - 1
+    e_flat = pricing.price(df, acc, flat) / t - 1
+    assert np.median(e_flat[long]) < -0.15  # the evidence: priced as the window alone, far too fast
+    assert abs(np.median(e_fit[long])) < 0.12
+    assert np.allclose(e_fit[~long], e_flat[~long])
+    one = df[(df.batch_size == 1) & (df.num_heads == 64) & (df.num_key_value_heads == 8) & (df.head_dim == 64)
+             & (df.kv_cache_dtype == "bfloat16")]
+    p = pricing.price(one, acc, cal)
+    a, b = p[(one.step == 255).to_numpy()], p[(one.step == one.step.max()).to_numpy()]
+    assert len(a) == len(b) == 1 and one.step.max() >= 32767 and abs(b[0] / a[0] - 1) < 0.05
+
+
 def test_decode_splits_occupancy_cap():
     from simllm.cost.kernel_models import decode_splits
 

@@ -480,7 +480,7 @@ def _gemm_valid_wide(x, ntiles):
 # equivalents: FLOPs are priced as 4 (hd + hd0) per pair. Evidence: H100 FA3 prefill at head_dim 64
 # runs ~12% slower per matmul FLOP than at 128 (the exp unit, not the tensor cores, limits small hd).
 ROOF_DEFAULT = {"ce": 0.5, "me": 0.7, "launch_s": 8e-6, "p": 3.0, "a": 0.5, "split": 512.0, "occ": 2.0, "hd0": 8.0,
-                "cta_s": 1e-6, "hd_floor": 0.0, "l2_bpf": 0.0, "split_waves": 0.0}
+                "cta_s": 1e-6, "hd_floor": 0.0, "l2_bpf": 0.0, "split_waves": 0.0, "window_tile": 0.0}
 # cta_s: the least time one CTA (one sequence x KV head x split in decode, one query tile in prefill)
 # takes (page-table walk, Q load, softmax merge); with many short sequences the kernel is bound
 # by CTAs / (SMs x occ) x cta_s. Evidence: H100 FA3 decode at batch 512-2048 with 1-token contexts
@@ -491,7 +491,21 @@ ROOF_DEFAULT = {"ce": 0.5, "me": 0.7, "launch_s": 8e-6, "p": 3.0, "a": 0.5, "spl
 # the device's L2 streams it at l2_bpf bytes per FLOP of the device's bf16 tensor peak (at least the
 # HBM figure), see bench_l2_resident.
 # split_waves (decode only): the occupancy cap on the KV splits, see decode_splits (0: no cap)
+# window_tile (decode only): key positions beyond a sliding window that a decode kernel still loads once the
+# context has outgrown the window (the KV tile the window's start falls in, and its masking), at most the
+# excess; 0 prices exactly ``window`` positions. Fitted only on tables with such rows (:func:`window_keys`).
+# Evidence: vLLM FA3 on H100, window 128, batch 1: 11.4-11.7 us at 2-128-token contexts, 15.4-15.6 us at
+# every context from 256 to 131,072 (flat: the window's work, not the context's), batch 128: 19.8 -> 22.4 us
+# (the unwindowed 256-token row: 24.4 us); priced as 128 positions those rows were 20% fast (12,584 rows).
 _ROOF_KEYS = ("ce", "me", "launch_s", "p", "a", "split", "occ", "hd0", "cta_s", "hd_floor", "l2_bpf", "split_waves")
+
+
+def window_keys(df, kind: str) -> tuple:
+    """("window_tile",) where decode rows outgrow their sliding window (the parameter is fitted), else ()."""
+    if kind != "generation_attention" or "window_size" not in df.columns:
+        return ()
+    w = _col(df, "window_size")
+    return ("window_tile",) if bool(np.any((w > 0) & (_col(df, "isl") + _col(df, "step") > w))) else ()
 HD_REF = 128.0
 
 
@@ -724,7 +738,12 @@ def _attn_shapes(df, kind, framework: str = ""):
         nbytes = b * (2 * h * hd * ab + 2 * kv_eff * kvh * hd * kvb)
         tiles = b * kvh
         ctas = None  # depends on split, a parameter
-    return flops, nbytes, tiles, ctas, kv_eff if kind != "context_attention" else None, b, kvh, pairs_h
+        # a window the context has outgrown: up to window_tile more key positions are loaded
+        # (_roof_predict), at these per-token FLOPs, pair and byte rates
+        over = np.where(w > 0, np.maximum(kv - w, 0.0), 0.0)
+        per_tok = (b * h * 4.0 * hd, b * h * 4.0, b * 2 * kvh * hd * kvb)
+        return flops, nbytes, tiles, ctas, kv_eff, b, kvh, pairs_h, (over, per_tok)
+    return flops, nbytes, tiles, ctas, None, b, kvh, pairs_h, None
 
 
 def _mla_shapes(df, kind):
@@ -738,12 +757,12 @@ def _mla_shapes(df, kind):
         nbytes = b * (s * h * (MLA_QK_NOPE + MLA_ROPE + MLA_V) * 2 * 2 + (s + step) * h *
                       (MLA_QK_NOPE + MLA_ROPE + MLA_V) * 2 + (s + step) * lat * kvb)
         tiles = b * h * np.ceil(s / 128.0)
-        return flops, nbytes, tiles, tiles, None, b, np.ones(len(df)), b * h * 4.0 * pairs
+        return flops, nbytes, tiles, tiles, None, b, np.ones(len(df)), b * h * 4.0 * pairs, None
     kv = isl + step
     flops = b * h * 2.0 * (lat + MLA_KV_LORA) * kv
     nbytes = b * (kv * lat * kvb + h * (lat + MLA_KV_LORA) * 2)
     tiles = b * np.ceil(h / 64.0)
-    return flops, nbytes, tiles, None, kv, b, np.ones(len(df)), b * h * 4.0 * kv
+    return flops, nbytes, tiles, None, kv, b, np.ones(len(df)), b * h * 4.0 * kv, None
 
 
 def _shapes(df, kind, framework: str = ""):
@@ -771,7 +790,12 @@ def decode_splits(kv, rows, cus: float, s: dict):
 
 
 def _roof_predict(shapes, acc, peak, s, bench: bool = True):
-    flops, nbytes, tiles, ctas, kv, b, kvh, pairs_h = shapes
+    flops, nbytes, tiles, ctas, kv, b, kvh, pairs_h, win = shapes
+    wt = s.get("window_tile", 0.0)
+    if win is not None and wt > 0.0:  # decode past a sliding window: the extra key positions it loads
+        over, (f_tok, p_tok, b_tok) = win
+        extra = np.minimum(over, wt)
+        flops, pairs_h, nbytes, kv = flops + extra * f_tok, pairs_h + extra * p_tok, nbytes + extra * b_tok, kv + extra
     flops = flops + pairs_h * s.get("hd0", 0.0)
     if ctas is None:
         ctas = b * kvh * decode_splits(kv, b * kvh, float(acc.compute_units.value), s)
@@ -805,7 +829,8 @@ def _price_attn(kind):
 
 _BOUNDS = {"ce": (0.02, 1.0), "me": (0.05, 1.2), "launch_s": (0.0, 5e-3), "p": (1.0, 20.0), "a": (0.0, 1.0),
            "split": (16.0, 1048576.0), "occ": (0.05, 64.0), "hd0": (0.0, 512.0),
-           "cta_s": (0.0, 1e-3), "hd_floor": (0.0, 1.0), "l2_bpf": (0.0, 0.1), "split_waves": (0.0, 64.0)}
+           "cta_s": (0.0, 1e-3), "hd_floor": (0.0, 1.0), "l2_bpf": (0.0, 0.1), "split_waves": (0.0, 64.0),
+           "window_tile": (0.0, 1024.0)}
 _SCALE = {"launch_s": 1e-6, "cta_s": 1e-6}
 
 
@@ -825,6 +850,7 @@ def _fit_roof(kind):
                 continue
             sub = df[m]
             sub = sub.iloc[_subsample(len(sub), max_rows)]
+            keys = [k for k in keys if k != "window_tile"] + list(window_keys(sub, kind))
             t = sub["latency_s"].to_numpy(float)
             shp = _shapes(sub, kind, getattr(cal, "framework", ""))
             hd = _col(sub, "head_dim", HD_REF)
@@ -837,6 +863,8 @@ def _fit_roof(kind):
                 s0["split_waves"] = 8.0  # a start off the bound (8 waves: the uncapped split in most rows)
             if not s0.get("l2_bpf", 0.0):
                 s0["l2_bpf"] = 0.005  # off the bound too (H100: 1.4 x 3.35 TB/s over 989 TFLOP/s)
+            if "window_tile" in keys and not s0.get("window_tile", 0.0):
+                s0["window_tile"] = 64.0  # off the bound (half a 128-token KV tile)
             x0 = [s0[k] / _SCALE.get(k, 1.0) for k in keys]
 
             def f(x):
