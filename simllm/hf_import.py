@@ -12,7 +12,9 @@ families, chosen by ``architectures[0]``:
   experts with one shared expert, MoE every ``interleave_moe_layer_step``-th layer, dense layers of
   ``intermediate_size_mlp``; the vision tower is not served per token and is left out)
 
-``head_dim`` is taken when the config gives it (it need not be hidden / heads); a
+``head_dim`` is taken when the config gives it (it need not be hidden / heads); a ``sliding_window`` the
+config turns on becomes the attention block's window (``layer_types`` / ``max_window_layers`` say which layers;
+see :func:`_window`); a
 ``quantization_config`` with ``quant_method: fp8`` (or compressed-tensors fp8 weights) makes the
 weights fp8.
 
@@ -105,7 +107,30 @@ def _gqa(c: _Cfg, *, qkv_bias_default: bool = False, qk_norm: bool = False) -> d
         att["qkv_bias"] = True
     if qk_norm:
         att["qk_norm"] = True
+    att.update(_window(c))
     return att
+
+
+def _window(c: _Cfg) -> dict:
+    """``sliding_window`` / ``window_layers`` of the attention block: a window the config turns on
+    (``sliding_window`` set and ``use_sliding_window`` not false, as Qwen2/3 configs carry a window they do
+    not use), in the layers ``layer_types`` marks ``sliding_attention`` (gpt-oss, newer Gemma / Mistral
+    configs) or, for Qwen2/3 with the window on, the layers from ``max_window_layers`` on; else every layer."""
+    w = c.int("sliding_window", None)
+    if w is None or not c.bool("use_sliding_window", True):
+        return {}
+    n = c.int("num_hidden_layers")
+    types = c.get("layer_types", None)
+    if types is not None:
+        if not isinstance(types, list) or len(types) != n or not all(isinstance(t, str) for t in types):
+            raise c._err("layer_types", f"expected a list of {n} layer type names, got {types!r}")
+        k = sum(t == "sliding_attention" for t in types)
+        return {} if k == 0 else {"sliding_window": w, "window_layers": k}
+    if "use_sliding_window" in c.data and c.data.get("max_window_layers") is not None:
+        first = c.int("max_window_layers", positive=False)
+        k = max(0, n - first)
+        return {} if k == 0 else {"sliding_window": w, "window_layers": k}
+    return {"sliding_window": w}
 
 
 def _ffn(c: _Cfg, size_key: str = "intermediate_size") -> dict:

@@ -35,9 +35,20 @@ class Attention(Frozen):
     qk_nope_head_dim: Optional[int] = Field(default=None, gt=0)
     qk_rope_head_dim: Optional[int] = Field(default=None, gt=0)
     v_head_dim: Optional[int] = Field(default=None, gt=0)
+    # sliding-window (local) attention: each query attends to the last ``sliding_window`` key positions
+    # (itself included, Hugging Face's convention) in ``window_layers`` of the layers (None: all of them;
+    # gpt-oss and Gemma interleave windowed and full layers). Priced per layer in the serving step
+    # (simllm.cost.ops.LayerOps); the KV cache still holds every layer's whole context (an assumption:
+    # vLLM V1 frees a windowed layer's blocks behind the window, so capacity is conservative here).
+    sliding_window: Optional[int] = Field(default=None, gt=0)
+    window_layers: Optional[int] = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _check(self):
+        if self.window_layers is not None and self.sliding_window is None:
+            raise ValueError("window_layers needs sliding_window")
+        if self.kind == "mla" and self.sliding_window is not None:
+            raise ValueError("sliding_window is not supported with MLA attention")
         if self.kind == "mla":
             for f in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
                 if getattr(self, f) is None:
@@ -135,7 +146,18 @@ class ModelSpec(Frozen):
     def _check(self):
         if self.moe and self.moe.first_dense_layers > self.num_layers:
             raise ValueError("moe.first_dense_layers exceeds num_layers")
+        if (self.attention.window_layers or 0) > self.num_layers:
+            raise ValueError(f"attention.window_layers {self.attention.window_layers} exceeds num_layers "
+                             f"{self.num_layers}")
         return self
+
+    @property
+    def windowed_layer_share(self) -> float:
+        """The share of layers whose attention is sliding-window (0 without a window)."""
+        a = self.attention
+        if a.sliding_window is None:
+            return 0.0
+        return 1.0 if a.window_layers is None else a.window_layers / self.num_layers
 
     # -- structure -------------------------------------------------------------------------
     def is_moe_layer(self, layer: int) -> bool:

@@ -649,6 +649,8 @@ class EPStepCost:
         is_arr = isinstance(decode_ctx_tokens, np.ndarray)
         if T <= 0 and prefill_attn_work <= 0:
             return np.zeros(decode_ctx_tokens.shape) if is_arr else 0.0
+        if self.ops.win_share and decode_seqs > 0:  # sliding-window layers read capped contexts (LayerOps)
+            decode_ctx_tokens = self.ops.window_ctx(decode_seqs, decode_ctx_tokens)
         t_eff = self.effective_draws(prefill_tokens, prefill_seqs, decode_seqs) if self.prompt_draws else None
         if t_eff is None:
             tok = self._tok.get(T)
@@ -718,6 +720,7 @@ class EPStepCost:
         :class:`simllm.cost.spec_step.SpeculativeStepCost` adds it to the verification step."""
         if decode_seqs <= 0 or queries <= 1:
             return 0.0 * decode_ctx_tokens
+        decode_ctx_tokens = self.ops.window_ctx(decode_seqs, decode_ctx_tokens)
         hit = self._mq.get(queries)
         if hit is None:
             k = self.ops.k
@@ -758,6 +761,8 @@ class EPStepCost:
         if head is None:
             head = self._rank_head[S] = float(_vec(self.ops.lm_head(S))[0]) if S > 0 else 0.0
         o, L = self.ops, self.L
+        if o.win_share:  # sliding-window layers read capped contexts, per rank (LayerOps.window_ctx)
+            decode_ctx_tokens = o.window_ctx(n, np.asarray(decode_ctx_tokens, dtype=float))
         lo = o.decode_attention_base(1)
         per_seq = o.decode_attention_base(2) - lo
         base = np.where(n > 0, L * ((lo - per_seq) + per_seq * n), 0.0)

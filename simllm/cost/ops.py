@@ -124,6 +124,11 @@ class LayerOps:
         self._fcal = cal.for_framework(self.framework)
         self.k = make_layer_kernels(model, acc, self._fcal, tp=tp, weight_dtype=weight_dtype,
                                     act_dtype=act_dtype, kv_dtype=kv_dtype, kv_bytes=self.kvb)
+        # sliding-window attention (model.attention.sliding_window) in a share of the layers; a decode past
+        # the window loads the calibration's window_tile more key positions (kernel_models)
+        self.win_share = float(model.windowed_layer_share)
+        self.win = float(a.sliding_window or 0)
+        self.win_dec = self.win + float(self.k.dec.get("window_tile", 0.0)) if self.win_share else 0.0
         # the routed experts' fused MoE kernel model (None: no fitted moe section, grouped GEMMs instead)
         self._moe_params = moe_serving_params(self._fcal, self.k.gemm_dtype) if model.moe is not None else None
 
@@ -180,12 +185,37 @@ class LayerOps:
         return Op(name, "comm", 0.0, float(nbytes), t, comm_s=t)
 
     # ------------------------------------------------------------------ attention (simllm.cost.layer_kernels)
+    # Sliding windows (``win_share`` of the layers): the per-layer figures below are the layer average,
+    # (1 - share) x full + share x windowed. A windowed prefill's token pairs are each query's ``min(position,
+    # window)`` over ``seqs`` equal chunks of the step's tokens and work (each chunk ``s = T / seqs`` tokens after
+    # ``c = W / T - s / 2`` cached ones, the chunk that gives the work); a windowed decode's context is capped at
+    # ``seqs x (window + window_tile)``, per sequence ``min(ctx, window + window_tile)``: exact when every
+    # sequence is past its window or none is (the batch's longest context within it), otherwise an upper bound
+    # (the engine passes totals, not every length).
+    def _win_work(self, T: float, W: float, b: float) -> float:
+        w = self.win
+        s = T / max(b, 1.0)
+        c = max(W / max(T, 1.0) - s / 2.0, 0.0)  # cached positions before each chunk
+        if c + s <= w:
+            return W
+        if c >= w:
+            return min(W, T * w)
+        per = (w * (w + 1.0) - c * (c + 1.0)) / 2.0 + (c + s - w) * w  # keys 1..w, then w each
+        return min(W, per * max(b, 1.0))
+
     def prefill_attention_time(self, prefill_tokens: float, attn_work: float, seqs: Optional[float] = None) -> float:
         """Seconds of one layer's prefill attention (plain floats: the simulator's hot path).
         ``seqs``: sequences of the chunks (None: estimated as T^2 / 2W, one causal prompt's ratio)."""
         if prefill_tokens <= 0 and attn_work <= 0:
             return 0.0
-        lo, bo = self.k.prefill(prefill_tokens, attn_work, _seqs(prefill_tokens, attn_work, seqs))
+        b = _seqs(prefill_tokens, attn_work, seqs)
+        lo, bo = self.k.prefill(prefill_tokens, attn_work, b)
+        if self.win_share:
+            Ww = self._win_work(prefill_tokens, attn_work, b)
+            if Ww < attn_work:
+                lw, bw = self.k.prefill(prefill_tokens, Ww, b)
+                f = self.win_share
+                return (1.0 - f) * (lo + bo) + f * (lw + bw)
         return lo + bo
 
     def prefill_attention(self, prefill_tokens: float, attn_work: float, seqs: Optional[float] = None) -> Op:
@@ -194,9 +224,19 @@ class LayerOps:
         b = _seqs(prefill_tokens, attn_work, seqs)
         lo, bo = self.k.prefill(prefill_tokens, attn_work, b)
         fl, by = self.k.prefill_flops_bytes(prefill_tokens, attn_work, b)
+        if self.win_share and self._win_work(prefill_tokens, attn_work, b) < attn_work:
+            f, Ww = self.win_share, self._win_work(prefill_tokens, attn_work, b)
+            lw, bw = self.k.prefill(prefill_tokens, Ww, b)
+            flw, byw = self.k.prefill_flops_bytes(prefill_tokens, Ww, b)
+            bo, fl, by = (1 - f) * bo + f * (bw + lw - lo), (1 - f) * fl + f * flw, (1 - f) * by + f * byw
         comp = fl / self.k.attn_peak >= by / self.bw
         return Op("attn_prefill", "attention", fl, by, lo + bo, compute_s=bo if comp else 0.0,
                   memory_s=0.0 if comp else bo, overhead_s=lo)
+
+    def _decode_one(self, decode_seqs, ctx, ctx_max):
+        if ctx_max is not None:
+            ctx = self.k.decode_ctx_eff(decode_seqs, ctx, ctx_max)
+        return self.k.decode_time(decode_seqs, ctx)
 
     def decode_attention_time(self, decode_seqs: float, ctx, ctx_max=None):
         """Seconds of one layer's decode attention; ``ctx`` (total context tokens) may be an array;
@@ -204,9 +244,26 @@ class LayerOps:
         (``LayerKernels.decode_ctx_eff``); None prices equal lengths."""
         if decode_seqs <= 0:
             return np.zeros(np.shape(ctx)) if isinstance(ctx, np.ndarray) else 0.0
-        if ctx_max is not None:
-            ctx = self.k.decode_ctx_eff(decode_seqs, ctx, ctx_max)
-        return self.k.decode_time(decode_seqs, ctx)
+        t = self._decode_one(decode_seqs, ctx, ctx_max)
+        if self.win_share:
+            cap = decode_seqs * self.win_dec
+            cw = np.minimum(ctx, cap) if isinstance(ctx, np.ndarray) else min(ctx, cap)
+            mw = None if ctx_max is None else (np.minimum(ctx_max, self.win_dec) if isinstance(ctx_max, np.ndarray)
+                                               else min(ctx_max, self.win_dec))
+            f = self.win_share
+            t = (1.0 - f) * t + f * self._decode_one(decode_seqs, cw, mw)
+        return t
+
+    def window_ctx(self, decode_seqs, ctx):
+        """The context total the linear decode form (:meth:`decode_attention_slope`) multiplies, layers
+        averaged: ``ctx`` without a window, else ``(1 - share) ctx + share min(ctx, seqs (window + window_tile))``
+        (floats or arrays of one shape)."""
+        if not self.win_share:
+            return ctx
+        cap = np.asarray(decode_seqs, dtype=float) * self.win_dec
+        f = self.win_share
+        w = np.minimum(ctx, cap)
+        return (1.0 - f) * ctx + f * (w if isinstance(ctx, np.ndarray) or np.ndim(w) else float(w))
 
     def decode_attention_slope(self) -> float:
         """Seconds per cached context token per layer at full occupancy (the linear form)."""
@@ -224,7 +281,8 @@ class LayerOps:
             return Op("attn_decode", "attention", 0.0, 0.0, 0.0)
         ctx = float(ctx)
         lo = self.k.dec["launch_s"]
-        bo = float(self.k.decode_time(decode_seqs, ctx)) - lo
+        bo = float(self.decode_attention_time(decode_seqs, ctx)) - lo
+        ctx = float(self.window_ctx(decode_seqs, ctx))  # the layers' mean context read (windows capped)
         fl = ctx * self.f_tok_decode
         by = ctx * self.kv_per_tok + decode_seqs * (self.q_width + self.o_width) * self.ab
         comp = fl / self.k.attn_peak > by / self.bw

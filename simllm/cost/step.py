@@ -189,7 +189,7 @@ class ReplicaStepCost:
         n = int(decode_seqs)
         dc = self._dconst.get(n)
         if dc is None:  # per batch size: the token and head parts, the layers, the tail share (plain floats)
-            if self.pp != 1 or n <= 0:
+            if self.pp != 1 or n <= 0 or self.ops.win_share:  # sliding windows: step_time's layer average
                 return None
             tok = self._tok.get(n)
             if tok is None:
