@@ -161,6 +161,24 @@ def test_h100_fa3_decode_past_the_window_loads_more_than_the_window(shared_data)
     assert len(a) == len(b) == 1 and one.step.max() >= 32767 and abs(b[0] / a[0] - 1) < 0.05
 
 
+def test_sglang_fa3_head_dim_192_decode_is_its_own_kernel_path(shared_data):
+    """H100 SGLang FA3 decode at head dim 192 times as a kernel of its own (batch 1: 15.9 us against 9.3 at
+    head dim 128 and 11.2 at 256): its rows get the family fa3_hd192 and are priced within 10% (median);
+    one section for every head dim priced them ~29% fast. vLLM's FA3 rows keep one family."""
+    from simllm.cost.kernel_models import _attn_groups
+
+    df = _rows(shared_data, "h100_sxm", "sglang", "generation_attention")
+    fams = {(d, s) for d, s, m in _attn_groups(df, "generation_attention", "sglang")}
+    assert ("bfloat16", "fa3_hd192") in fams and ("bfloat16", "fa3") in fams
+    acc = load_accelerator("h100-sxm")
+    hd = df[(df.head_dim == 192) & (df.kernel_source == "fa3")]
+    assert len(hd) > 4000
+    err = pricing.price(hd, acc, calibration_for(acc).for_framework("sglang")) / hd["latency_s"].to_numpy() - 1
+    assert np.median(np.abs(err)) < 0.10
+    v = _rows(shared_data, "h100_sxm", "vllm", "generation_attention")
+    assert not any(s.endswith("_hd192") for _, s, _ in _attn_groups(v, "generation_attention", "vllm"))
+
+
 def test_decode_splits_occupancy_cap():
     from simllm.cost.kernel_models import decode_splits
 

@@ -666,14 +666,49 @@ def decode_family(h, kvh, framework: str, window=0.0, source=""):
     return np.where((g > 1.0) & (g <= DECODE_GROUP_MAX["trtllm"]), "xqa", "mmha")
 
 
+#: decode kernel sources whose head-dim instantiations time as distinct kernels: (framework, source) ->
+#: head dims that get a family of their own, ``<source>_hd<dim>``. Evidence (H100 SGLang FA3 decode, bf16
+#: cache, 2-token contexts): batch 1 takes 9.3 / 9.3 / 15.9 / 11.2 us at head dim 64 / 128 / 192 / 256 (not
+#: monotone in the head dim, so not the head-dim share of the floor, ``hd_floor``) and batch 2,048 takes
+#: 65 / 193 / 92 / 281 us: head dim 192 scales with the batch as no other; one section priced its 4,456 rows
+#: 29% fast. vLLM's FA3 times head dim 192 between 128 and 256 (12.1 us), so the split is SGLang's build.
+#: (Which template parameters differ is not established from the source here: an observed kernel path.)
+DECODE_HD_PATHS = {("sglang", "fa3"): (192,)}
+
+
+def _hd_paths(df, kind, framework: str, src):
+    """``src`` (the kernel sources, an array) with :data:`DECODE_HD_PATHS`' head-dim families split off."""
+    if kind != "generation_attention" or not isinstance(src, np.ndarray):
+        return src
+    out = src
+    for (fw, source), dims in DECODE_HD_PATHS.items():
+        if fw != framework:
+            continue
+        hd = _col(df, "head_dim", HD_REF)
+        for d in dims:
+            m = (src == source) & (hd == d)
+            if m.any():
+                out = np.where(m, f"{source}_hd{d}", out)
+    return out
+
+
 def _attn_groups(df, kind, framework: str = ""):
     """:func:`_groups` with the decode kernel family (:func:`decode_family`) as the source where the
-    framework has several: (dtype, source, mask)."""
+    framework has several, and head-dim instantiations (:data:`DECODE_HD_PATHS`) split off: (dtype, source,
+    mask)."""
     src = df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else ""
     fam = decode_family(_col(df, "num_heads"), _col(df, "num_key_value_heads"), framework, _col(df, "window_size"),
                         src) if kind == "generation_attention" else None
     if fam is None:
-        yield from _groups(df)
+        split = _hd_paths(df, kind, framework, src)
+        if split is src:
+            yield from _groups(df)
+            return
+        dt = _dtype_key(df)
+        key = np.char.add(np.char.add(dt.astype(str), "\x1f"), split.astype(str))
+        for k in pd.unique(key):
+            d, s_ = str(k).split("\x1f", 1)
+            yield d, s_, key == k
         return
     dt = _dtype_key(df)
     for d in pd.unique(dt):
