@@ -179,6 +179,26 @@ def test_sglang_fa3_head_dim_192_decode_is_its_own_kernel_path(shared_data):
     assert not any(s.endswith("_hd192") for _, s, _ in _attn_groups(v, "generation_attention", "vllm"))
 
 
+def test_sglang_flashinfer_decode_tensor_core_dispatch():
+    """SGLang's FlashInfer backend (should_use_tensor_core): a bf16 cache with query-head groups >= 4 runs the
+    tensor-core kernel (family flashinfer_tc), smaller groups the CUDA-core decode kernel; an fp8 cache always the
+    tensor-core one (its rows one family). vLLM's FlashInfer rows are not split."""
+    import pandas as pd
+
+    from simllm.cost.kernel_models import _attn_groups
+
+    df = pd.DataFrame({"kind": ["generation_attention"] * 4, "kernel_source": ["flashinfer"] * 4,
+                       "dtype": ["bfloat16"] * 4,
+                       "kv_cache_dtype": ["bfloat16", "bfloat16", "fp8", "fp8"], "num_heads": [8, 32, 8, 32],
+                       "num_key_value_heads": [4, 8, 4, 8], "head_dim": [128] * 4, "batch_size": [1] * 4,
+                       "isl": [1] * 4, "step": [1] * 4, "window_size": [0] * 4})
+    got = {(d, s_): m.tolist() for d, s_, m in _attn_groups(df, "generation_attention", "sglang")}
+    assert got[("bfloat16", "flashinfer")] == [True, False, False, False]
+    assert got[("bfloat16", "flashinfer_tc")] == [False, True, False, False]
+    assert got[("bfloat16+kv_fp8", "flashinfer")] == [False, False, True, True]
+    assert all(not s_.endswith("_tc") for _, s_, _ in _attn_groups(df, "generation_attention", "vllm"))
+
+
 def test_decode_splits_occupancy_cap():
     from simllm.cost.kernel_models import decode_splits
 

@@ -676,11 +676,32 @@ def decode_family(h, kvh, framework: str, window=0.0, source=""):
 DECODE_HD_PATHS = {("sglang", "fa3"): (192,)}
 
 
+#: decode kernel sources a framework dispatches to a tensor-core kernel by the query-head group: (framework,
+#: source) -> the least group size that takes it with a 16-bit cache; those rows get the family
+#: ``<source>_tc`` (an fp8 cache always takes it, so its rows stay the one family they are). Source: SGLang's
+#: FlashInfer backend, ``should_use_tensor_core``
+#: (python/sglang/srt/layers/attention/flashinfer_backend.py): fp8 KV -> tensor cores; fp16 / bf16 KV -> tensor
+#: cores when ``num_attention_heads // num_kv_heads >= 4`` (FlashInfer's prefill kernel then fuses the head
+#: group into the MMA's token rows); otherwise FlashInfer's CUDA-core decode kernel.
+DECODE_TC_PATHS = {("sglang", "flashinfer"): 4}
+
+
 def _hd_paths(df, kind, framework: str, src):
-    """``src`` (the kernel sources, an array) with :data:`DECODE_HD_PATHS`' head-dim families split off."""
+    """``src`` (the kernel sources, an array) with :data:`DECODE_TC_PATHS`' tensor-core and
+    :data:`DECODE_HD_PATHS`' head-dim families split off."""
     if kind != "generation_attention" or not isinstance(src, np.ndarray):
         return src
     out = src
+    for (fw, source), g in DECODE_TC_PATHS.items():
+        if fw != framework:
+            continue
+        kvd = (df["kv_cache_dtype"].astype(str).to_numpy() if "kv_cache_dtype" in df.columns
+               else np.full(len(df), ""))
+        grp = np.floor(_col(df, "num_heads") / np.maximum(_col(df, "num_key_value_heads"), 1.0))
+        # an fp8 cache takes the tensor-core kernel at every group size: its rows are one family as they are
+        m = (src == source) & (np.char.find(kvd.astype(str), "fp8") < 0) & (grp >= g)
+        if m.any():
+            out = np.where(m, f"{source}_tc", out)
     for (fw, source), dims in DECODE_HD_PATHS.items():
         if fw != framework:
             continue
