@@ -682,7 +682,11 @@ DECODE_HD_PATHS = {("sglang", "fa3"): (192,)}
 #: FlashInfer backend, ``should_use_tensor_core``
 #: (python/sglang/srt/layers/attention/flashinfer_backend.py): fp8 KV -> tensor cores; fp16 / bf16 KV -> tensor
 #: cores when ``num_attention_heads // num_kv_heads >= 4`` (FlashInfer's prefill kernel then fuses the head
-#: group into the MMA's token rows); otherwise FlashInfer's CUDA-core decode kernel.
+#: group into the MMA's token rows); otherwise FlashInfer's CUDA-core decode kernel. The tensor-core rows are
+#: split again by the kernel's query tile (FlashInfer's ``FA2DetermineCtaTileQ``: ``<family>_q64`` /
+#: ``_q128``). Evidence (L40S SGLang, fp8 cache, head dim 128): groups 24-64 (tile 64) priced 31-35% fast and
+#: 96-128 (tile 128) 4-8% by one section fitted mostly on groups <= 16; bf16 head dim 256 groups >= 24 21-27%
+#: slow.
 DECODE_TC_PATHS = {("sglang", "flashinfer"): 4}
 
 
@@ -698,10 +702,21 @@ def _hd_paths(df, kind, framework: str, src):
         kvd = (df["kv_cache_dtype"].astype(str).to_numpy() if "kv_cache_dtype" in df.columns
                else np.full(len(df), ""))
         grp = np.floor(_col(df, "num_heads") / np.maximum(_col(df, "num_key_value_heads"), 1.0))
-        # an fp8 cache takes the tensor-core kernel at every group size: its rows are one family as they are
-        m = (src == source) & (np.char.find(kvd.astype(str), "fp8") < 0) & (grp >= g)
+        # an fp8 cache takes the tensor-core kernel at every group size: its rows keep the source's name
+        fp8 = np.char.find(kvd.astype(str), "fp8") >= 0
+        m = (src == source) & ~fp8 & (grp >= g)
         if m.any():
             out = np.where(m, f"{source}_tc", out)
+        # the tensor-core kernel's query tile by the packed query rows (one query x the group in decode):
+        # FlashInfer's FA2DetermineCtaTileQ, 16 up to 16 rows, 64 above, 128 above 64 below head dim 256;
+        # each tile size is its own kernel configuration (the 16-row one keeps the family's name)
+        hd = _col(df, "head_dim", HD_REF)
+        tile = np.where((grp > 64) & (hd < 256), 128, np.where(grp > 16, 64, 16))
+        tc = (src == source) & (fp8 | (grp >= g))
+        for q in (64, 128):
+            mq = tc & (tile == q)
+            if mq.any():
+                out = np.where(mq, np.char.add(out.astype(str), f"_q{q}"), out)
     for (fw, source), dims in DECODE_HD_PATHS.items():
         if fw != framework:
             continue
