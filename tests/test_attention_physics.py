@@ -219,6 +219,22 @@ def test_l40s_sglang_flashinfer_wide_groups_priced_by_their_tile(shared_data):
     assert np.median(np.abs(err)) < 0.16
 
 
+def test_l40s_vllm_flashinfer_decode_wide_groups_by_tile(shared_data):
+    """L40S vLLM FlashInfer decode (fp8 cache), head dim 128: groups above 16 run the 64-row query tile and were
+    priced 35-45% fast by the GQA section; they get family gqa_q64 (median |error| within 12%); FA2 rows (bf16
+    cache) keep one family."""
+    from simllm.cost.kernel_models import _attn_groups
+
+    df = _rows(shared_data, "l40s", "vllm", "generation_attention")
+    fams = {(d, s_): int(m.sum()) for d, s_, m in _attn_groups(df, "generation_attention", "vllm")}
+    assert fams.get(("bfloat16+kv_fp8", "gqa_q64"), 0) > 3000 and ("bfloat16", "gqa_q64") not in fams
+    g = df.num_heads // df.num_key_value_heads
+    sel = df[(df.kernel_source == "vllm_flashinfer_fidecode") & (df.head_dim == 128) & (g > 16)]
+    acc = load_accelerator("l40s")
+    err = pricing.price(sel, acc, calibration_for(acc).for_framework("vllm")) / sel["latency_s"].to_numpy() - 1
+    assert len(sel) > 1000 and np.median(np.abs(err)) < 0.12
+
+
 def test_decode_splits_occupancy_cap():
     from simllm.cost.kernel_models import decode_splits
 

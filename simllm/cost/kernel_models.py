@@ -690,6 +690,30 @@ DECODE_HD_PATHS = {("sglang", "fa3"): (192,)}
 DECODE_TC_PATHS = {("sglang", "flashinfer"): 4}
 
 
+#: decode kernel sources of FlashInfer's tensor-core kernel whatever the group: (framework, source). vLLM's
+#: FlashInfer decode (its fp8-cache rows on L40S): groups above 16 (the 64-row query tile) measure 35-45% slower
+#: than one section of all groups priced them (head dim 128), the tile break of :func:`_tile_split`.
+DECODE_TC_SOURCES = {("vllm", "vllm_flashinfer_fidecode")}
+
+
+def _tile_split(df, fam, tc):
+    """``fam`` (family names, an array) with the ``tc`` rows (FlashInfer tensor-core decode) split by the kernel's
+    query tile over the packed query rows (one query x the head group in decode), FlashInfer's
+    ``FA2DetermineCtaTileQ``: 16 rows up to 16, 64 above, 128 above 64 below head dim 256; each tile size is
+    its own kernel configuration (``<family>_q64`` / ``_q128``; the 16-row one keeps the family's name)."""
+    if not np.any(tc):
+        return fam
+    grp = np.floor(_col(df, "num_heads") / np.maximum(_col(df, "num_key_value_heads"), 1.0))
+    hd = _col(df, "head_dim", HD_REF)
+    tile = np.where((grp > 64) & (hd < 256), 128, np.where(grp > 16, 64, 16))
+    out = np.asarray(fam).astype(object)
+    for q in (64, 128):
+        mq = tc & (tile == q)
+        if mq.any():
+            out = np.where(mq, np.char.add(out.astype(str), f"_q{q}"), out)
+    return out
+
+
 def _hd_paths(df, kind, framework: str, src):
     """``src`` (the kernel sources, an array) with :data:`DECODE_TC_PATHS`' tensor-core and
     :data:`DECODE_HD_PATHS`' head-dim families split off."""
@@ -707,16 +731,7 @@ def _hd_paths(df, kind, framework: str, src):
         m = (src == source) & ~fp8 & (grp >= g)
         if m.any():
             out = np.where(m, f"{source}_tc", out)
-        # the tensor-core kernel's query tile by the packed query rows (one query x the group in decode):
-        # FlashInfer's FA2DetermineCtaTileQ, 16 up to 16 rows, 64 above, 128 above 64 below head dim 256;
-        # each tile size is its own kernel configuration (the 16-row one keeps the family's name)
-        hd = _col(df, "head_dim", HD_REF)
-        tile = np.where((grp > 64) & (hd < 256), 128, np.where(grp > 16, 64, 16))
-        tc = (src == source) & (fp8 | (grp >= g))
-        for q in (64, 128):
-            mq = tc & (tile == q)
-            if mq.any():
-                out = np.where(mq, np.char.add(out.astype(str), f"_q{q}"), out)
+        out = _tile_split(df, out, (src == source) & (fp8 | (grp >= g)))
     for (fw, source), dims in DECODE_HD_PATHS.items():
         if fw != framework:
             continue
@@ -746,6 +761,9 @@ def _attn_groups(df, kind, framework: str = ""):
             d, s_ = str(k).split("\x1f", 1)
             yield d, s_, key == k
         return
+    tc = np.isin(src, [s_ for fw, s_ in DECODE_TC_SOURCES if fw == framework]) if isinstance(src, np.ndarray) \
+        else np.zeros(len(df), dtype=bool)
+    fam = _tile_split(df, fam, tc)
     dt = _dtype_key(df)
     for d in pd.unique(dt):
         for f in pd.unique(fam):
