@@ -115,7 +115,8 @@ def _window(c: _Cfg) -> dict:
     """``sliding_window`` / ``window_layers`` of the attention block: a window the config turns on
     (``sliding_window`` set and ``use_sliding_window`` not false, as Qwen2/3 configs carry a window they do
     not use), in the layers ``layer_types`` marks ``sliding_attention`` (gpt-oss, newer Gemma / Mistral
-    configs) or, for Qwen2/3 with the window on, the layers from ``max_window_layers`` on; else every layer."""
+    configs), all but every ``sliding_window_pattern``-th layer (Gemma 3's form) or, for Qwen2/3 with the window
+    on, the layers from ``max_window_layers`` on; else every layer."""
     w = c.int("sliding_window", None)
     if w is None or not c.bool("use_sliding_window", True):
         return {}
@@ -125,6 +126,10 @@ def _window(c: _Cfg) -> dict:
         if not isinstance(types, list) or len(types) != n or not all(isinstance(t, str) for t in types):
             raise c._err("layer_types", f"expected a list of {n} layer type names, got {types!r}")
         k = sum(t == "sliding_attention" for t in types)
+        return {} if k == 0 else {"sliding_window": w, "window_layers": k}
+    pattern = c.int("sliding_window_pattern", None)
+    if pattern is not None:  # Gemma 3: every pattern-th layer global, the others windowed
+        k = n - n // pattern
         return {} if k == 0 else {"sliding_window": w, "window_layers": k}
     if "use_sliding_window" in c.data and c.data.get("max_window_layers") is not None:
         first = c.int("max_window_layers", positive=False)

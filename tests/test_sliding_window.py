@@ -47,6 +47,8 @@ def test_import_reads_the_window_the_config_turns_on(tmp_path):
     d = import_hf_config(_cfg(tmp_path, sliding_window=128, layer_types=types))
     assert d["attention"]["sliding_window"] == 128 and d["attention"]["window_layers"] == 16
     assert ModelSpec.model_validate(d).windowed_layer_share == 0.5
+    d = import_hf_config(_cfg(tmp_path, sliding_window=1024, sliding_window_pattern=6, num_hidden_layers=30))
+    assert d["attention"]["window_layers"] == 25  # five local layers to one global
     with pytest.raises(InputError, match="layer_types"):
         import_hf_config(_cfg(tmp_path, sliding_window=128, layer_types=types[:5]))
 
