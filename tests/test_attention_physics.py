@@ -235,6 +235,21 @@ def test_l40s_vllm_flashinfer_decode_wide_groups_by_tile(shared_data):
     assert len(sel) > 1000 and np.median(np.abs(err)) < 0.12
 
 
+def test_h100_sglang_fa3_prefill_window_band_and_head_dim_192(shared_data):
+    """H100 SGLang FA3 prefill: window-128 rows whose prompt outgrew the window were priced 25% fast as exactly
+    128 key positions per query (the band's edge tiles are computed too: ``window_tile``), and head dim 192 runs
+    a kernel of its own (PREFILL_HD_PATHS, 15% fast in the shared section). Both now within 12% (median signed)."""
+    df = _rows(shared_data, "h100_sxm", "sglang", "context_attention")
+    fa3 = df[df.kernel_source == "fa3"]
+    acc = load_accelerator("h100-sxm")
+    cal = calibration_for(acc).for_framework("sglang")
+    banded = fa3[(fa3.window_size == 128) & (fa3.isl + fa3.step > 128)]
+    for sel in (banded, fa3[(fa3.head_dim == 192) & (fa3.window_size == 0)]):
+        assert len(sel) > 1000
+        err = pricing.price(sel, acc, cal) / sel["latency_s"].to_numpy() - 1
+        assert abs(np.median(err)) < 0.12, np.median(err)
+
+
 def test_decode_splits_occupancy_cap():
     from simllm.cost.kernel_models import decode_splits
 

@@ -491,9 +491,9 @@ ROOF_DEFAULT = {"ce": 0.5, "me": 0.7, "launch_s": 8e-6, "p": 3.0, "a": 0.5, "spl
 # the device's L2 streams it at l2_bpf bytes per FLOP of the device's bf16 tensor peak (at least the
 # HBM figure), see bench_l2_resident.
 # split_waves (decode only): the occupancy cap on the KV splits, see decode_splits (0: no cap)
-# window_tile (decode only): key positions beyond a sliding window that a decode kernel still loads once the
-# context has outgrown the window (the KV tile the window's start falls in, and its masking), at most the
-# excess; 0 prices exactly ``window`` positions. Fitted only on tables with such rows (:func:`window_keys`).
+# window_tile (decode and prefill attention): key positions beyond a sliding window that a kernel still loads
+# (decode) or computes (prefill, per query) once the context has outgrown the window (the KV tiles the band's
+# edges cut through, and their masking), at most the excess; 0 prices exactly ``window`` positions. Fitted only on tables with such rows (:func:`window_keys`).
 # Evidence: vLLM FA3 on H100, window 128, batch 1: 11.4-11.7 us at 2-128-token contexts, 15.4-15.6 us at
 # every context from 256 to 131,072 (flat: the window's work, not the context's), batch 128: 19.8 -> 22.4 us
 # (the unwindowed 256-token row: 24.4 us); priced as 128 positions those rows were 20% fast (12,584 rows).
@@ -502,7 +502,7 @@ _ROOF_KEYS = ("ce", "me", "launch_s", "p", "a", "split", "occ", "hd0", "cta_s", 
 
 def window_keys(df, kind: str) -> tuple:
     """("window_tile",) where decode rows outgrow their sliding window (the parameter is fitted), else ()."""
-    if kind != "generation_attention" or "window_size" not in df.columns:
+    if kind not in ("generation_attention", "context_attention") or "window_size" not in df.columns:
         return ()
     w = _col(df, "window_size")
     return ("window_tile",) if bool(np.any((w > 0) & (_col(df, "isl") + _col(df, "step") > w))) else ()
@@ -714,10 +714,19 @@ def _tile_split(df, fam, tc):
     return out
 
 
+#: the same for prefill (``context_attention``). Evidence (H100 SGLang FA3 prefill, no window): head dim 192
+#: rows priced 15% fast (median signed, 1,632 rows) by the section that prices head dims 128 / 256 within 2%.
+PREFILL_HD_PATHS = {("sglang", "fa3"): (192,)}
+
+
 def _hd_paths(df, kind, framework: str, src):
     """``src`` (the kernel sources, an array) with :data:`DECODE_TC_PATHS`' tensor-core and
-    :data:`DECODE_HD_PATHS`' head-dim families split off."""
-    if kind != "generation_attention" or not isinstance(src, np.ndarray):
+    :data:`DECODE_HD_PATHS`' (prefill: :data:`PREFILL_HD_PATHS`') head-dim families split off."""
+    if not isinstance(src, np.ndarray):
+        return src
+    if kind == "context_attention":
+        return _split_hd(df, framework, src, PREFILL_HD_PATHS)
+    if kind != "generation_attention":
         return src
     out = src
     for (fw, source), g in DECODE_TC_PATHS.items():
@@ -732,7 +741,14 @@ def _hd_paths(df, kind, framework: str, src):
         if m.any():
             out = np.where(m, f"{source}_tc", out)
         out = _tile_split(df, out, (src == source) & (fp8 | (grp >= g)))
-    for (fw, source), dims in DECODE_HD_PATHS.items():
+    return _split_hd(df, framework, out, DECODE_HD_PATHS, src)
+
+
+def _split_hd(df, framework: str, out, paths: dict, src=None):
+    """``out`` with the rows of ``paths``' (framework, source) at its head dims renamed ``<source>_hd<dim>``
+    (``src``: the rows' kernel sources, default ``out``)."""
+    src = out if src is None else src
+    for (fw, source), dims in paths.items():
         if fw != framework:
             continue
         hd = _col(df, "head_dim", HD_REF)
@@ -819,6 +835,11 @@ def _attn_shapes(df, kind, framework: str = ""):
         nbytes = b * (2 * s * h * hd * ab + 2 * kv_len * kvh * hd * kvb)
         tiles = b * h * np.ceil(s / 128.0)
         ctas = tiles
+        # a band the prompt has outgrown: each query computes up to window_tile more key positions
+        # (_roof_predict), the tiles the band's edges cut through
+        over = np.where(w > 0, np.maximum(s + step - w, 0.0), 0.0)
+        return flops, nbytes, tiles, ctas, None, b, kvh, pairs_h, (over, (b * h * 4.0 * hd * s, b * h * 4.0 * s,
+                                                                           0.0 * s))
     else:
         kv = isl + step
         kv_eff = np.where(w > 0, np.minimum(kv, w), kv)
@@ -832,7 +853,6 @@ def _attn_shapes(df, kind, framework: str = ""):
         over = np.where(w > 0, np.maximum(kv - w, 0.0), 0.0)
         per_tok = (b * h * 4.0 * hd, b * h * 4.0, b * 2 * kvh * hd * kvb)
         return flops, nbytes, tiles, ctas, kv_eff, b, kvh, pairs_h, (over, per_tok)
-    return flops, nbytes, tiles, ctas, None, b, kvh, pairs_h, None
 
 
 def _mla_shapes(df, kind):
@@ -884,7 +904,8 @@ def _roof_predict(shapes, acc, peak, s, bench: bool = True):
     if win is not None and wt > 0.0:  # decode past a sliding window: the extra key positions it loads
         over, (f_tok, p_tok, b_tok) = win
         extra = np.minimum(over, wt)
-        flops, pairs_h, nbytes, kv = flops + extra * f_tok, pairs_h + extra * p_tok, nbytes + extra * b_tok, kv + extra
+        flops, pairs_h, nbytes = flops + extra * f_tok, pairs_h + extra * p_tok, nbytes + extra * b_tok
+        kv = None if kv is None else kv + extra
     flops = flops + pairs_h * s.get("hd0", 0.0)
     if ctas is None:
         ctas = b * kvh * decode_splits(kv, b * kvh, float(acc.compute_units.value), s)

@@ -129,6 +129,7 @@ class LayerOps:
         self.win_share = float(model.windowed_layer_share)
         self.win = float(a.sliding_window or 0)
         self.win_dec = self.win + float(self.k.dec.get("window_tile", 0.0)) if self.win_share else 0.0
+        self.win_pre = self.win + float(self.k.pre.get("window_tile", 0.0)) if self.win_share else 0.0
         # the routed experts' fused MoE kernel model (None: no fitted moe section, grouped GEMMs instead)
         self._moe_params = moe_serving_params(self._fcal, self.k.gemm_dtype) if model.moe is not None else None
 
@@ -187,13 +188,13 @@ class LayerOps:
     # ------------------------------------------------------------------ attention (simllm.cost.layer_kernels)
     # Sliding windows (``win_share`` of the layers): the per-layer figures below are the layer average,
     # (1 - share) x full + share x windowed. A windowed prefill's token pairs are each query's ``min(position,
-    # window)`` over ``seqs`` equal chunks of the step's tokens and work (each chunk ``s = T / seqs`` tokens after
+    # window + window_tile)`` over ``seqs`` equal chunks of the step's tokens and work (each chunk ``s = T / seqs`` tokens after
     # ``c = W / T - s / 2`` cached ones, the chunk that gives the work); a windowed decode's context is capped at
     # ``seqs x (window + window_tile)``, per sequence ``min(ctx, window + window_tile)``: exact when every
     # sequence is past its window or none is (the batch's longest context within it), otherwise an upper bound
     # (the engine passes totals, not every length).
     def _win_work(self, T: float, W: float, b: float) -> float:
-        w = self.win
+        w = self.win_pre  # the window and the prefill kernel's window_tile (kernel_models)
         s = T / max(b, 1.0)
         c = max(W / max(T, 1.0) - s / 2.0, 0.0)  # cached positions before each chunk
         if c + s <= w:
