@@ -250,6 +250,17 @@ def test_h100_sglang_fa3_prefill_window_band_and_head_dim_192(shared_data):
         assert abs(np.median(err)) < 0.12, np.median(err)
 
 
+def test_h100_trtllm_prefill_past_the_window(shared_data):
+    """H100 TRT-LLM prefill, window 128: the 11,948 rows whose prompt outgrew the window were priced 34% fast as
+    128 keys per query; with the fitted window_tile (the band's edge tiles) within 10% (median signed)."""
+    df = _rows(shared_data, "h100_sxm", "trtllm", "context_attention")
+    sel = df[(df.window_size == 128) & (df.isl + df.step > 128)]
+    assert len(sel) > 10_000
+    acc = load_accelerator("h100-sxm")
+    err = pricing.price(sel, acc, calibration_for(acc).for_framework("trtllm")) / sel["latency_s"].to_numpy() - 1
+    assert abs(np.median(err)) < 0.10, np.median(err)
+
+
 def test_decode_splits_occupancy_cap():
     from simllm.cost.kernel_models import decode_splits
 
