@@ -80,7 +80,7 @@ def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0, only
     kept = {}
     for d, target, m, shipped in _jobs(df, kind, fw, cal, kern, only):
         sub = df[m].iloc[km._subsample(int(m.sum()), rows, seed)]
-        keys = [k for k in keys0 if k != "window_tile"] + list(km.window_keys(sub, kind))
+        keys = keys0 + list(km.window_keys(sub, kind))
         if only:
             keys = [k for k in keys if k in only]
             if not keys:
@@ -142,9 +142,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args(argv)
     only = tuple(k for k in a.only.split(",") if k)
-    bad = sorted(set(only) - set(km._BOUNDS))
-    if bad:
-        ap.error(f"--only: unknown key {bad[0]!r} (expected one of {', '.join(sorted(km._BOUNDS))})")
+    allowed = set(_keys(a.kind)) | ({"window_tile"} if a.kind in ("generation_attention", "context_attention")
+                                    else set())
+    bad = sorted(set(only) - allowed)
+    if bad:  # a key this kind's sections do not have would be accepted and never fitted
+        ap.error(f"--only: {bad[0]!r} is not a {a.kind} key (expected one of {', '.join(sorted(allowed))})")
     t0 = time.perf_counter()
     kept, fb, fa = refit(a.gpu, a.device, a.framework, a.kind, restarts=a.restarts, rows=a.rows, only=only)
     for k in fa:
@@ -153,7 +155,8 @@ def main(argv=None) -> dict:
     p = ROOT / "hardware" / "calibration" / f"{a.device}.yaml"
     if a.write and kept and p.is_file():
         family = "mla" if "mla" in a.kind else "attention"
-        write_sections(p, a.framework, kept, fa, f"{a.kind}_{a.framework}_" + "".join(k + "_" for k in only) + "refit",
+        note_key = "_".join((a.kind, a.framework) + only + ("refit",))
+        write_sections(p, a.framework, kept, fa, note_key,
                        f"{a.gpu}/{family}/{a.framework} (newest), {a.kind}, {a.rows} rows per group",
                        (f"only {', '.join(only)} refitted (--only), the sections' other values as shipped; " if only
                         else "") +

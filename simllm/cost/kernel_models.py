@@ -493,7 +493,8 @@ ROOF_DEFAULT = {"ce": 0.5, "me": 0.7, "launch_s": 8e-6, "p": 3.0, "a": 0.5, "spl
 # split_waves (decode only): the occupancy cap on the KV splits, see decode_splits (0: no cap)
 # window_tile (decode and prefill attention): key positions beyond a sliding window that a kernel still loads
 # (decode) or computes (prefill, per query) once the context has outgrown the window (the KV tiles the band's
-# edges cut through, and their masking), at most the excess; 0 prices exactly ``window`` positions. Fitted only on tables with such rows (:func:`window_keys`).
+# edges cut through, and their masking), at most the excess; 0 prices exactly ``window`` positions. Fitted only
+# on tables with such rows (:func:`window_keys`).
 # Evidence: vLLM FA3 on H100, window 128, batch 1: 11.4-11.7 us at 2-128-token contexts, 15.4-15.6 us at
 # every context from 256 to 131,072 (flat: the window's work, not the context's), batch 128: 19.8 -> 22.4 us
 # (the unwindowed 256-token row: 24.4 us); priced as 128 positions those rows were 20% fast (12,584 rows).
@@ -501,11 +502,13 @@ _ROOF_KEYS = ("ce", "me", "launch_s", "p", "a", "split", "occ", "hd0", "cta_s", 
 
 
 def window_keys(df, kind: str) -> tuple:
-    """("window_tile",) where decode rows outgrow their sliding window (the parameter is fitted), else ()."""
+    """("window_tile",) where attention rows outgrow their sliding window (the parameter is fitted), else ()."""
     if kind not in ("generation_attention", "context_attention") or "window_size" not in df.columns:
         return ()
     w = _col(df, "window_size")
     return ("window_tile",) if bool(np.any((w > 0) & (_col(df, "isl") + _col(df, "step") > w))) else ()
+
+
 HD_REF = 128.0
 
 
@@ -719,35 +722,38 @@ def _tile_split(df, fam, tc):
 PREFILL_HD_PATHS = {("sglang", "fa3"): (192,)}
 
 
-def _hd_paths(df, kind, framework: str, src):
-    """``src`` (the kernel sources, an array) with :data:`DECODE_TC_PATHS`' tensor-core and
-    :data:`DECODE_HD_PATHS`' (prefill: :data:`PREFILL_HD_PATHS`') head-dim families split off."""
+def _kernel_families(df, kind, framework: str, names, src):
+    """``names`` (each row's family: its kernel source, or :func:`decode_family`'s) with the kernel paths the
+    tables show split off: decode's tensor-core dispatch (:data:`DECODE_TC_PATHS`: ``<source>_tc``), the
+    tensor-core rows' query tile (:func:`_tile_split`, with :data:`DECODE_TC_SOURCES`) and head-dim
+    instantiations (:data:`DECODE_HD_PATHS`, prefill :data:`PREFILL_HD_PATHS`); ``names`` itself where none
+    applies."""
     if not isinstance(src, np.ndarray):
-        return src
+        return names
     if kind == "context_attention":
-        return _split_hd(df, framework, src, PREFILL_HD_PATHS)
+        return _split_hd(df, framework, names, PREFILL_HD_PATHS, src)
     if kind != "generation_attention":
-        return src
-    out = src
+        return names
+    out = names
+    tc = np.isin(src, [s_ for fw, s_ in DECODE_TC_SOURCES if fw == framework])
     for (fw, source), g in DECODE_TC_PATHS.items():
-        if fw != framework:
+        if fw != framework or not np.any(src == source):
             continue
         kvd = (df["kv_cache_dtype"].astype(str).to_numpy() if "kv_cache_dtype" in df.columns
                else np.full(len(df), ""))
         grp = np.floor(_col(df, "num_heads") / np.maximum(_col(df, "num_key_value_heads"), 1.0))
-        # an fp8 cache takes the tensor-core kernel at every group size: its rows keep the source's name
+        # an fp8 cache takes the tensor-core kernel at every group size: its rows keep their family's name
         fp8 = np.char.find(kvd.astype(str), "fp8") >= 0
         m = (src == source) & ~fp8 & (grp >= g)
         if m.any():
-            out = np.where(m, f"{source}_tc", out)
-        out = _tile_split(df, out, (src == source) & (fp8 | (grp >= g)))
-    return _split_hd(df, framework, out, DECODE_HD_PATHS, src)
+            out = np.where(m, np.char.add(np.asarray(out).astype(str), "_tc"), out)
+        tc = tc | ((src == source) & (fp8 | (grp >= g)))
+    return _split_hd(df, framework, _tile_split(df, out, tc), DECODE_HD_PATHS, src)
 
 
-def _split_hd(df, framework: str, out, paths: dict, src=None):
+def _split_hd(df, framework: str, out, paths: dict, src):
     """``out`` with the rows of ``paths``' (framework, source) at its head dims renamed ``<source>_hd<dim>``
-    (``src``: the rows' kernel sources, default ``out``)."""
-    src = out if src is None else src
+    (``src``: the rows' kernel sources)."""
     for (fw, source), dims in paths.items():
         if fw != framework:
             continue
@@ -761,31 +767,19 @@ def _split_hd(df, framework: str, out, paths: dict, src=None):
 
 def _attn_groups(df, kind, framework: str = ""):
     """:func:`_groups` with the decode kernel family (:func:`decode_family`) as the source where the
-    framework has several, and head-dim instantiations (:data:`DECODE_HD_PATHS`) split off: (dtype, source,
-    mask)."""
+    framework has several, and the kernel paths of :func:`_kernel_families` split off: (dtype, source, mask)."""
     src = df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else ""
     fam = decode_family(_col(df, "num_heads"), _col(df, "num_key_value_heads"), framework, _col(df, "window_size"),
                         src) if kind == "generation_attention" else None
-    if fam is None:
-        split = _hd_paths(df, kind, framework, src)
-        if split is src:
-            yield from _groups(df)
-            return
-        dt = _dtype_key(df)
-        key = np.char.add(np.char.add(dt.astype(str), "\x1f"), split.astype(str))
-        for k in pd.unique(key):
-            d, s_ = str(k).split("\x1f", 1)
-            yield d, s_, key == k
+    names = _kernel_families(df, kind, framework, src if fam is None else fam, src)
+    if names is src:
+        yield from _groups(df)
         return
-    tc = np.isin(src, [s_ for fw, s_ in DECODE_TC_SOURCES if fw == framework]) if isinstance(src, np.ndarray) \
-        else np.zeros(len(df), dtype=bool)
-    fam = _tile_split(df, fam, tc)
     dt = _dtype_key(df)
-    for d in pd.unique(dt):
-        for f in pd.unique(fam):
-            m = (dt == d) & (fam == f)
-            if m.any():
-                yield str(d), str(f), m
+    key = np.char.add(np.char.add(dt.astype(str), "\x1f"), np.asarray(names).astype(str))
+    for k in pd.unique(key):
+        d, f = str(k).split("\x1f", 1)
+        yield d, f, key == k
 
 
 def decode_tail_share(tiles, cus: float):
@@ -838,8 +832,7 @@ def _attn_shapes(df, kind, framework: str = ""):
         # a band the prompt has outgrown: each query computes up to window_tile more key positions
         # (_roof_predict), the tiles the band's edges cut through
         over = np.where(w > 0, np.maximum(s + step - w, 0.0), 0.0)
-        return flops, nbytes, tiles, ctas, None, b, kvh, pairs_h, (over, (b * h * 4.0 * hd * s, b * h * 4.0 * s,
-                                                                           0.0 * s))
+        return flops, nbytes, tiles, ctas, None, b, kvh, pairs_h, (over, (b * h * 4.0 * hd * s, b * h * 4.0 * s, 0.0))
     else:
         kv = isl + step
         kv_eff = np.where(w > 0, np.minimum(kv, w), kv)

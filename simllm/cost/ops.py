@@ -187,22 +187,27 @@ class LayerOps:
 
     # ------------------------------------------------------------------ attention (simllm.cost.layer_kernels)
     # Sliding windows (``win_share`` of the layers): the per-layer figures below are the layer average,
-    # (1 - share) x full + share x windowed. A windowed prefill's token pairs are each query's ``min(position,
-    # window + window_tile)`` over ``seqs`` equal chunks of the step's tokens and work (each chunk ``s = T / seqs`` tokens after
-    # ``c = W / T - s / 2`` cached ones, the chunk that gives the work); a windowed decode's context is capped at
-    # ``seqs x (window + window_tile)``, per sequence ``min(ctx, window + window_tile)``: exact when every
-    # sequence is past its window or none is (the batch's longest context within it), otherwise an upper bound
-    # (the engine passes totals, not every length).
-    def _win_work(self, T: float, W: float, b: float) -> float:
+    # (1 - share) x full + share x windowed. A windowed prefill's token pairs are each query's
+    # ``min(position, window + window_tile)`` over ``seqs`` equal chunks of the step's tokens and work (each
+    # chunk ``s = T / seqs`` tokens after ``c = W / T - s / 2`` cached ones, the chunk that gives the work); a
+    # windowed decode's context is capped at ``seqs x (window + window_tile)``, per sequence ``min(ctx, window
+    # + window_tile)``: exact when every sequence is past its window or none is (the batch's longest context
+    # within it), otherwise an upper bound (the engine passes totals, not every length).
+    def _win_work(self, T: float, W: float, b: float) -> Optional[float]:
+        """The windowed layers' prefill work, or None where the window cuts nothing (no window, or every
+        query within it)."""
+        if not self.win_share:
+            return None
         w = self.win_pre  # the window and the prefill kernel's window_tile (kernel_models)
         s = T / max(b, 1.0)
         c = max(W / max(T, 1.0) - s / 2.0, 0.0)  # cached positions before each chunk
         if c + s <= w:
-            return W
+            return None
         if c >= w:
-            return min(W, T * w)
-        per = (w * (w + 1.0) - c * (c + 1.0)) / 2.0 + (c + s - w) * w  # keys 1..w, then w each
-        return min(W, per * max(b, 1.0))
+            Ww = T * w
+        else:
+            Ww = ((w * (w + 1.0) - c * (c + 1.0)) / 2.0 + (c + s - w) * w) * max(b, 1.0)  # keys 1..w, then w
+        return Ww if Ww < W else None
 
     def prefill_attention_time(self, prefill_tokens: float, attn_work: float, seqs: Optional[float] = None) -> float:
         """Seconds of one layer's prefill attention (plain floats: the simulator's hot path).
@@ -211,12 +216,11 @@ class LayerOps:
             return 0.0
         b = _seqs(prefill_tokens, attn_work, seqs)
         lo, bo = self.k.prefill(prefill_tokens, attn_work, b)
-        if self.win_share:
-            Ww = self._win_work(prefill_tokens, attn_work, b)
-            if Ww < attn_work:
-                lw, bw = self.k.prefill(prefill_tokens, Ww, b)
-                f = self.win_share
-                return (1.0 - f) * (lo + bo) + f * (lw + bw)
+        Ww = self._win_work(prefill_tokens, attn_work, b) if self.win_share else None
+        if Ww is not None:
+            lw, bw = self.k.prefill(prefill_tokens, Ww, b)
+            f = self.win_share
+            return (1.0 - f) * (lo + bo) + f * (lw + bw)
         return lo + bo
 
     def prefill_attention(self, prefill_tokens: float, attn_work: float, seqs: Optional[float] = None) -> Op:
@@ -225,8 +229,9 @@ class LayerOps:
         b = _seqs(prefill_tokens, attn_work, seqs)
         lo, bo = self.k.prefill(prefill_tokens, attn_work, b)
         fl, by = self.k.prefill_flops_bytes(prefill_tokens, attn_work, b)
-        if self.win_share and self._win_work(prefill_tokens, attn_work, b) < attn_work:
-            f, Ww = self.win_share, self._win_work(prefill_tokens, attn_work, b)
+        Ww = self._win_work(prefill_tokens, attn_work, b)
+        if Ww is not None:
+            f = self.win_share
             lw, bw = self.k.prefill(prefill_tokens, Ww, b)
             flw, byw = self.k.prefill_flops_bytes(prefill_tokens, Ww, b)
             bo, fl, by = (1 - f) * bo + f * (bw + lw - lo), (1 - f) * fl + f * flw, (1 - f) * by + f * byw
@@ -234,25 +239,20 @@ class LayerOps:
         return Op("attn_prefill", "attention", fl, by, lo + bo, compute_s=bo if comp else 0.0,
                   memory_s=0.0 if comp else bo, overhead_s=lo)
 
-    def _decode_one(self, decode_seqs, ctx, ctx_max):
-        if ctx_max is not None:
-            ctx = self.k.decode_ctx_eff(decode_seqs, ctx, ctx_max)
-        return self.k.decode_time(decode_seqs, ctx)
-
     def decode_attention_time(self, decode_seqs: float, ctx, ctx_max=None):
         """Seconds of one layer's decode attention; ``ctx`` (total context tokens) may be an array;
         ``ctx_max``: the batch's longest context (of ``ctx``'s shape), which paces a mixed-length batch
         (``LayerKernels.decode_ctx_eff``); None prices equal lengths."""
         if decode_seqs <= 0:
             return np.zeros(np.shape(ctx)) if isinstance(ctx, np.ndarray) else 0.0
-        t = self._decode_one(decode_seqs, ctx, ctx_max)
-        if self.win_share:
-            cap = decode_seqs * self.win_dec
-            cw = np.minimum(ctx, cap) if isinstance(ctx, np.ndarray) else min(ctx, cap)
-            mw = None if ctx_max is None else (np.minimum(ctx_max, self.win_dec) if isinstance(ctx_max, np.ndarray)
-                                               else min(ctx_max, self.win_dec))
+        k = self.k
+        t = k.decode_time(decode_seqs, ctx if ctx_max is None else k.decode_ctx_eff(decode_seqs, ctx, ctx_max))
+        if self.win_share:  # the windowed layers' capped contexts (np.minimum: floats or arrays alike)
+            cw = np.minimum(ctx, decode_seqs * self.win_dec)
+            if ctx_max is not None:
+                cw = k.decode_ctx_eff(decode_seqs, cw, np.minimum(ctx_max, self.win_dec))
             f = self.win_share
-            t = (1.0 - f) * t + f * self._decode_one(decode_seqs, cw, mw)
+            t = (1.0 - f) * t + f * k.decode_time(decode_seqs, cw if isinstance(ctx, np.ndarray) else float(cw))
         return t
 
     def window_ctx(self, decode_seqs, ctx):
