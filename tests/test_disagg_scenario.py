@@ -71,13 +71,14 @@ def test_disaggregation_raises_goodput_under_a_tight_tpot_slo():
     # rate 6: with the measured custom all-reduce (5-15 us, not the 53 us eager NCCL call) and the
     # H100 vLLM kernel calibration in the step cost (GEMM floors 2.7 us, not A100's 3.9 us) a
     # colocated TP4 decode step meets the TPOT SLO at rate 5 on 92% of requests (p90 TPOT 37.6 ms);
-    # at rate 6 disaggregation's gain is 1.095x goodput (SLO attainment 0.957 vs 0.873)
+    # at rate 6 disaggregation's gain is 1.10x goodput (SLO attainment 0.947 vs 0.857 since long prefill
+    # GEMMs run at the power-limited clock, kernels.sustained_compute: the prefill pool's TTFT p90 1.68 s)
     out = mod.compare_disaggregation(rates=(6.0,), requests=300, verbose=False)
     rows = {r["deployment"]: r for r in out["rows"]}
     co, dis = rows["colocated 2xTP4"], rows["disagg P1xTP4+D1xTP4"]
     assert co["devices"] == dis["devices"] == 8
     assert dis["goodput_per_s"] > 1.05 * co["goodput_per_s"]
-    assert dis["slo_attainment"] > 0.95 > co["slo_attainment"]
+    assert dis["slo_attainment"] > 0.93 > 0.9 > co["slo_attainment"]
     assert dis["tpot_p90_s"] < 0.04 < co["tpot_p90_s"]
 
 

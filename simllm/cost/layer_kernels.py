@@ -31,7 +31,7 @@ from dataclasses import asdict, replace
 import numpy as np
 
 from ..errors import InputError
-from .kernel_models import (ATTN_DTYPES, GEMM_DTYPES, ROOF_DEFAULT, UNCALIBRATED, _gemm_params, _l2, _sec,
+from .kernel_models import (ATTN_DTYPES, GEMM_DTYPES, ROOF_DEFAULT, UNCALIBRATED, _gemm_params, _l2, _sec, _sustain,
                             decode_family, decode_floor_scale, decode_kv_heads, decode_splits, decode_tail_share,
                             quant_rows, strict_peak)
 from .kernels import gemm_floor, gemm_time
@@ -155,7 +155,7 @@ class LayerKernels:
         c = self._gemm_cache.get(dt)
         if c is None:
             c = self._gemm_cache[dt] = self._gemm_setup(dt)
-        gp, peak, ab, wb, ob, l2, l2s, quant, q, qe, row = c
+        gp, peak, ab, wb, ob, l2, l2s, quant, q, qe, row, sus = c
         lo = gp.kernel_overhead_s if gp.floor_k <= 0 else gemm_floor(K, gp)
         if scalar and groups == 1.0 and M == int(M):
             # one GEMM of an integer row count (the serving step's tokens): a table over M per (dtype, K, N),
@@ -170,7 +170,7 @@ class LayerKernels:
                 lo += q
             return lo, body
         t = gemm_time(M, K, N, peak=peak, bw=self.bw, cus=int(self.cus), gp=gp, groups=groups, a_bytes=ab,
-                      w_bytes=wb, o_bytes=ob, l2_bytes=l2, l2_speedup=l2s)
+                      w_bytes=wb, o_bytes=ob, l2_bytes=l2, l2_speedup=l2s, sustain=sus)
         if scalar:
             body = float(t) - lo
             if quant:
@@ -188,9 +188,9 @@ class LayerKernels:
         counts 0 .. at least ``m`` (doubling), as plain floats."""
         old = self._gemm_tabs.get((dt, K, N))
         n = max(1024, 2 * (len(old) if old is not None else 0), m + 1)
-        gp, peak, ab, wb, ob, l2, l2s, _, _, _, _ = self._gemm_cache[dt]
+        gp, peak, ab, wb, ob, l2, l2s, _, _, _, _, sus = self._gemm_cache[dt]
         t = gemm_time(np.arange(n, dtype=float), K, N, peak=peak, bw=self.bw, cus=int(self.cus), gp=gp, groups=1.0,
-                      a_bytes=ab, w_bytes=wb, o_bytes=ob, l2_bytes=l2, l2_speedup=l2s)
+                      a_bytes=ab, w_bytes=wb, o_bytes=ob, l2_bytes=l2, l2_speedup=l2s, sustain=sus)
         tab = self._gemm_tabs[(dt, K, N)] = t.tolist()
         return tab
 
@@ -203,7 +203,8 @@ class LayerKernels:
             gp = self.cal.gemm
         return (gp, strict_peak(self.acc, pk), ab, wb, ob, _l2(self.acc), float(s.get("l2_speedup", 1.0)), quant,
                 float(s.get("quant_overhead_s", 0.0)), float(s.get("quant_efficiency", gp.memory_efficiency)),
-                float(quant_rows(1.0, 0.0, dt, self.acc)) * float(s.get("quant_row_s", 0.0)))  # per token row
+                float(quant_rows(1.0, 0.0, dt, self.acc)) * float(s.get("quant_row_s", 0.0)),  # per token row
+                _sustain(s))
 
     # ------------------------------------------------------------------ attention (per layer, per rank)
     def _body(self, flops, nbytes, tiles, ctas, s):
