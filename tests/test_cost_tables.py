@@ -342,3 +342,31 @@ def test_long_fp8_gemms_run_at_the_power_limited_clock(shared_data):
     assert long_.sum() > 100 and short.sum() > 1000
     assert abs(np.median(le[long_])) <= 0.15, np.median(le[long_])
     assert abs(np.median(le[short])) <= 0.08, np.median(le[short])
+
+
+def test_fa3_prefill_packs_query_heads_per_kv_head(shared_data):
+    """FlashAttention-3 through the varlen interface (vLLM's and SGLang's H100 prefill) packs the query heads of
+    one KV head into one query tile: one-token prompts at batch 256 take the same time whether 8, 32 or 64 query
+    heads share their KV heads (measured within 25% of each other), so the price must not grow with the query heads
+    (one tile per query head priced 17 / 32 / 51 us at 8 / 32 / 64 heads and 8 KV heads against 67-69 us measured);
+    and the fewer KV heads, the faster (measured 20-25 / 27-30 / 39-44 / 66-69 us at 1 / 2 / 4 / 8)."""
+    from simllm.cost.kernel_models import prefill_tiles
+
+    assert prefill_tiles(256, 1, 64, 8, 128, "vllm_flash_attn_fa3") == 256 * 8
+    assert prefill_tiles(256, 1, 64, 8, 128, "vllm_flash_attn") == 256 * 64  # FA2: one tile per query head
+    assert prefill_tiles(1, 4096, 32, 32, 64, "fa3") == 32 * np.ceil(4096 / 192)  # FA3's 192-row tiles at hd <= 96
+    p = _aic(shared_data) / "h100_sxm" / "attention" / "vllm"
+    acc = load_accelerator("h100-sxm")
+    cal = calibration_for(acc).for_framework("vllm")
+    df = T.read_tables(p, "vllm")
+    df = df[(df["kind"] == "context_attention") & (df["isl"] == 1) & (df["batch_size"] == 256)
+            & (df["head_dim"] == 128) & (df["kv_cache_dtype"] == "bfloat16") & (df["window_size"] == 0)]
+    pred = pricing.price(df, acc, cal)
+    for kvh in (1, 2, 4, 8):
+        m = (df["num_key_value_heads"] == kvh).to_numpy() & df["num_heads"].isin([8, 32, 64]).to_numpy()
+        t = df["latency_s"].to_numpy()[m]
+        assert m.sum() >= 2 and t.max() / t.min() < 1.25
+        assert pred[m].max() / pred[m].min() < 1.3, (kvh, pred[m])
+        assert np.all(np.abs(pred[m] / t - 1) < 0.3), (kvh, pred[m] / t)
+    by = df.assign(p=pred)[df["num_heads"] == 64].set_index("num_key_value_heads")["p"]
+    assert by[1] < by[2] < by[4] < by[8]
