@@ -353,7 +353,11 @@ def test_fa3_prefill_packs_query_heads_per_kv_head(shared_data):
     from simllm.cost.kernel_models import prefill_tiles
 
     assert prefill_tiles(256, 1, 64, 8, 128, "vllm_flash_attn_fa3") == 256 * 8
-    assert prefill_tiles(256, 1, 64, 8, 128, "vllm_flash_attn") == 256 * 64  # FA2: one tile per query head
+    assert prefill_tiles(256, 2, 64, 8, 128, "vllm_flash_attn") == 256 * 64  # FA2: one tile per query head ...
+    assert prefill_tiles(256, 1, 64, 8, 128, "vllm_flash_attn") == 256 * 8  # ... but one-token queries swapped
+    assert prefill_tiles(256, 1, 64, 8, 128, "vllm_flash_attn", 128) == 256 * 64  # not with a window
+    assert prefill_tiles(256, 1, 64, 8, 128, "torch_flow") == 256 * 64  # TensorRT-LLM's kernel: per query head
+    assert prefill_tiles(4, 100, 32, 8, 128, "flashinfer") == 4 * 8 * np.ceil(400 / 128)  # FlashInfer: packed
     assert prefill_tiles(1, 4096, 32, 32, 64, "fa3") == 32 * np.ceil(4096 / 192)  # FA3's 192-row tiles at hd <= 96
     p = _aic(shared_data) / "h100_sxm" / "attention" / "vllm"
     acc = load_accelerator("h100-sxm")

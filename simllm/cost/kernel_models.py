@@ -829,26 +829,47 @@ def decode_tail_share(tiles, cus: float):
     return np.minimum(1.0, (4.0 / 3.0 - 2.0 / math.sqrt(m)) / w)
 
 
-#: prefill kernel sources of FlashAttention 3 (Hopper) called through the varlen interface (vLLM, SGLang), which
-#: packs the query heads that share a KV head into one query tile (``pack_gqa``: FA3's ``get_pack_gqa``, always
-#: on for varlen calls with fewer KV heads than query heads), with FA3's query-tile rows by head dim.
+#: prefill kernel sources that pack the query heads sharing a KV head into the rows of one query tile, always:
+#: FlashAttention 3 (Hopper) called through the varlen interface (vLLM, SGLang; FA3's ``get_pack_gqa`` is on for
+#: every varlen call with fewer KV heads than query heads) and FlashInfer's prefill (its rows are the query
+#: tokens x the head group). FlashAttention 2 (:data:`PREFILL_SWAP_SOURCES`) does it only for one-token queries.
 PACK_GQA_SOURCES = ("vllm_flash_attn_fa3", "fa3")
+FLASHINFER_PREFILL_SOURCES = ("flashinfer", "vllm_flashinfer", "vllm_flashinfer_fiprefill")
+#: FlashAttention 2 prefill sources (vLLM on sm80 / sm89, SGLang's ``flash_attention``): with one query token per
+#: sequence, no sliding window and grouped heads the kernel swaps the head group into the query rows
+#: (``seqlenq_ngroups_swapped``), one tile per (sequence, KV head); otherwise one per query head.
+PREFILL_SWAP_SOURCES = ("vllm_flash_attn", "vllm_flash_attn_fa2", "flash_attention")
 
 
-def prefill_tiles(b, s, h, kvh, hd, source):
-    """Query tiles (CTAs) of a prefill attention call: ``b h ceil(s / 128)``, or for a FlashAttention-3 source
-    (:data:`PACK_GQA_SOURCES`) with grouped heads ``b kvh ceil(s (h / kvh) / m)``, ``m`` its query-tile rows
-    (192 at head dim <= 96, else 128: FA3's ``tile_size_fwd_sm90``). Evidence (H100 vLLM FA3, head dim 128,
-    one-token prompts, batch 256): 20 / 27 / 40 / 67 us at 1 / 2 / 4 / 8 KV heads whether 8, 32 or 64 query heads
-    (a tile per sequence and KV head), priced 17 / 32 / 51 us by the query heads before."""
+def _in(source, names):
     src = np.asarray(source, dtype=object) if np.ndim(source) else source
-    fa3 = np.isin(src, PACK_GQA_SOURCES) if np.ndim(src) else (src in PACK_GQA_SOURCES)
+    return np.isin(src, names) if np.ndim(src) else np.bool_(src in names)
+
+
+def prefill_tiles(b, s, h, kvh, hd, source, window=0.0):
+    """Query tiles (CTAs) of a prefill attention call of ``b`` sequences of ``s`` query tokens: ``b h ceil(s /
+    128)``; where the kernel packs the head group (``g = h / kvh``) into the rows of a tile, ``b kvh ceil(s g /
+    m)`` with the kernel's tile rows ``m``: FlashAttention 3 (:data:`PACK_GQA_SOURCES`) 192 at head dim <= 96,
+    else 128 (FA3's ``tile_size_fwd_sm90``); FlashInfer (:data:`FLASHINFER_PREFILL_SOURCES`) 16 rows for up to 16
+    packed rows, 64 above, 128 above 64 below head dim 256 (``FA2DetermineCtaTileQ``); FlashAttention 2
+    (:data:`PREFILL_SWAP_SOURCES`) 128, for one-token queries without a window only. Evidence (one-token prompts,
+    batch 256, head dim 128, 1 / 2 / 4 / 8 KV heads, the same at 8 to 96 query heads): H100 vLLM FA3 20 / 27 / 40 /
+    67 us; A100 vLLM FA2 20-24 / 34-49 / 52-67 / 84-98; L40S SGLang FlashInfer 7 / 11 / 18 / 31; against
+    TensorRT-LLM's kernel on H100, which grows with the query heads (54 us at 8 heads, 342 at 64, any KV heads).
+    One tile per query head priced the H100 FA3 rows 17 / 32 / 51 us by their 8 / 32 / 64 query heads."""
+    b, s, h, kvh, hd = (np.asarray(x, float) for x in (b, s, h, kvh, hd))
+    g = h / np.maximum(kvh, 1.0)
     plain = b * h * np.ceil(s / 128.0)
-    if not np.any(fa3):
+    fa3, fi, fa2 = _in(source, PACK_GQA_SOURCES), _in(source, FLASHINFER_PREFILL_SOURCES), \
+        _in(source, PREFILL_SWAP_SOURCES)
+    if not (np.any(fa3) or np.any(fi) or np.any(fa2)):
         return plain
-    m = np.where(np.asarray(hd, float) <= 96, 192.0, 128.0)
-    packed = np.where(kvh < h, b * kvh * np.ceil(s * (h / np.maximum(kvh, 1.0)) / m), b * h * np.ceil(s / m))
-    return np.where(fa3, packed, plain)
+    rows = s * g
+    m = np.where(fa3, np.where(hd <= 96, 192.0, 128.0),
+                 np.where(fi, np.where((rows > 64) & (hd < 256), 128.0, np.where(rows > 16, 64.0, 16.0)), 128.0))
+    pack = (kvh < h) & (fa3 | fi | (fa2 & (s <= 1) & (np.asarray(window, float) <= 0)))
+    own = np.where(fa3, b * h * np.ceil(s / m), plain)  # FA3's own tile rows without a group to pack
+    return np.where(pack, b * kvh * np.ceil(rows / m), own)
 
 
 def _attn_shapes(df, kind, framework: str = ""):
@@ -871,7 +892,7 @@ def _attn_shapes(df, kind, framework: str = ""):
         pairs_h = b * h * 4.0 * capped
         nbytes = b * (2 * s * h * hd * ab + 2 * kv_len * kvh * hd * kvb)
         tiles = prefill_tiles(b, s, h, kvh, hd, df["kernel_source"].astype(str).to_numpy()
-                              if "kernel_source" in df.columns else "")
+                              if "kernel_source" in df.columns else "", w)
         ctas = tiles
         # a band the prompt has outgrown: each query computes up to window_tile more key positions
         # (_roof_predict), the tiles the band's edges cut through
