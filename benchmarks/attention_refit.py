@@ -43,9 +43,7 @@ KINDS = ("context_attention", "generation_attention", "context_mla", "generation
 
 
 def _keys(kind: str) -> list[str]:
-    ctx = kind in ("context_attention", "context_mla")
-    return [k for k in km._ROOF_KEYS if not (k in ("split", "split_waves") and ctx)
-            and not (k in ("hd_floor", "split_waves") and kind != "generation_attention")]
+    return km.roof_keys(kind)
 
 
 def _jobs(df, kind, fw, cal, kern, only):

@@ -395,3 +395,20 @@ def test_sglang_triton_prefill_window_is_a_mask(shared_data):
     # (the head-dim-192 rows run 22-36% under the whole causal work: their kernel skips some tiles; head dim 64 +-5%)
     lo, hi = np.percentile(r, [5, 95])
     assert len(long_) >= 20 and lo > 0.75 and hi < 1.5 and np.median(np.abs(r - 1)) < 0.2, (lo, hi)
+
+
+def test_prefill_kv_bytes_cost_more_from_a_paged_cache(shared_data):
+    """A prefill that gathers K/V from a paged cache (vLLM's FA2 on L40S) pays more per K/V byte than per query or
+    output byte: 64 query heads, batch 16, 128-token prompts (one query tile per head, no re-read) take 74 / 104 /
+    387 us at 1 / 8 / 64 KV heads. The section's ``kv_cost`` prices the 64-KV-head row within 20% and keeps the
+    one-KV-head row within 25% (one bandwidth for all bytes priced them 40% fast and 30% slow)."""
+    p = _aic(shared_data) / "l40s" / "attention" / "vllm"
+    acc = load_accelerator("l40s")
+    cal = calibration_for(acc).for_framework("vllm")
+    assert cal.kernels["context_attention/bfloat16"]["kv_cost"] > 1.5
+    df = T.read_tables(p, "vllm")
+    df = df[(df["kind"] == "context_attention") & (df["batch_size"] == 16) & (df["isl"] == 128)
+            & (df["num_heads"] == 64) & (df["head_dim"] == 128) & (df["kv_cache_dtype"] == "bfloat16")
+            & (df["window_size"] == 0)]
+    r = pd.Series(pricing.price(df, acc, cal) / df["latency_s"].to_numpy(), index=df["num_key_value_heads"].to_numpy())
+    assert abs(r[64] - 1) < 0.2 and abs(r[1] - 1) < 0.25, r

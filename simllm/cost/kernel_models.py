@@ -501,7 +501,7 @@ def _gemm_valid_wide(x, ntiles):
 # equivalents: FLOPs are priced as 4 (hd + hd0) per pair. Evidence: H100 FA3 prefill at head_dim 64
 # runs ~12% slower per matmul FLOP than at 128 (the exp unit, not the tensor cores, limits small hd).
 ROOF_DEFAULT = {"ce": 0.5, "me": 0.7, "launch_s": 8e-6, "p": 3.0, "a": 0.5, "split": 512.0, "occ": 2.0, "hd0": 8.0,
-                "cta_s": 1e-6, "hd_floor": 0.0, "l2_bpf": 0.0, "split_waves": 0.0, "window_tile": 0.0}
+                "cta_s": 1e-6, "hd_floor": 0.0, "l2_bpf": 0.0, "split_waves": 0.0, "window_tile": 0.0, "kv_cost": 1.0}
 # cta_s: the least time one CTA (one sequence x KV head x split in decode, one query tile in prefill)
 # takes (page-table walk, Q load, softmax merge); with many short sequences the kernel is bound
 # by CTAs / (SMs x occ) x cta_s. Evidence: H100 FA3 decode at batch 512-2048 with 1-token contexts
@@ -516,10 +516,26 @@ ROOF_DEFAULT = {"ce": 0.5, "me": 0.7, "launch_s": 8e-6, "p": 3.0, "a": 0.5, "spl
 # (decode) or computes (prefill, per query) once the context has outgrown the window (the KV tiles the band's
 # edges cut through, and their masking), at most the excess; 0 prices exactly ``window`` positions. Fitted only
 # on tables with such rows (:func:`window_keys`).
+# kv_cost (prefill attention only): the K/V bytes' cost relative to the query / output bytes (1: the same
+# bandwidth). Every query tile gathers its KV head's keys and values from the paged cache, a head's rows
+# ``kv_heads x head_dim`` elements apart, the query and output rows contiguous. Evidence (L40S vLLM FA2, 64
+# query heads, head dim 128, batch 16, 128-token prompts: one query tile per head, no K/V re-read): 74 / 104 /
+# 387 us at 1 / 8 / 64 KV heads, the K/V bytes streaming at ~240 GB/s against ~720 GB/s for the queries and
+# outputs of the one-KV-head call (GDDR6, 864 GB/s); one bandwidth priced the 64-KV-head rows 36-49% fast and
+# the grouped ones 20-40% slow.
 # Evidence: vLLM FA3 on H100, window 128, batch 1: 11.4-11.7 us at 2-128-token contexts, 15.4-15.6 us at
 # every context from 256 to 131,072 (flat: the window's work, not the context's), batch 128: 19.8 -> 22.4 us
 # (the unwindowed 256-token row: 24.4 us); priced as 128 positions those rows were 20% fast (12,584 rows).
 _ROOF_KEYS = ("ce", "me", "launch_s", "p", "a", "split", "occ", "hd0", "cta_s", "hd_floor", "l2_bpf", "split_waves")
+
+
+def roof_keys(kind: str) -> list:
+    """The roofline keys a section of ``kind`` fits (before :func:`window_keys`): no KV split in prefill, the
+    head-dim floor share and the split cap in decode attention only, the K/V bytes' cost in prefill attention."""
+    ctx = kind in ("context_attention", "context_mla")
+    return [k for k in _ROOF_KEYS if not (k in ("split", "split_waves") and ctx)
+            and not (k in ("hd_floor", "split_waves") and kind != "generation_attention")] + \
+        (["kv_cost"] if kind == "context_attention" else [])
 
 
 def window_keys(df, kind: str) -> tuple:
@@ -908,11 +924,13 @@ def _attn_shapes(df, kind, framework: str = ""):
         nbytes = b * (2 * s * h * hd * ab + 2 * kv_len * kvh * hd * kvb)
         tiles = prefill_tiles(b, s, h, kvh, hd, df["kernel_source"].astype(str).to_numpy()
                               if "kernel_source" in df.columns else "", w)
+        kv_bytes = b * 2 * kv_len * kvh * hd * kvb  # of nbytes: the K/V part (the section's kv_cost)
         ctas = tiles
         # a band the prompt has outgrown: each query computes up to window_tile more key positions
         # (_roof_predict), the tiles the band's edges cut through
         over = np.where(w > 0, np.maximum(s + step - w, 0.0), 0.0)
-        return flops, nbytes, tiles, ctas, None, b, kvh, pairs_h, (over, (b * h * 4.0 * hd * s, b * h * 4.0 * s, 0.0))
+        return (flops, nbytes, tiles, ctas, None, b, kvh, pairs_h, (over, (b * h * 4.0 * hd * s, b * h * 4.0 * s, 0.0)),
+                kv_bytes)
     else:
         kv = isl + step
         kv_eff = np.where(w > 0, np.minimum(kv, w), kv)
@@ -925,7 +943,7 @@ def _attn_shapes(df, kind, framework: str = ""):
         # (_roof_predict), at these per-token FLOPs, pair and byte rates
         over = np.where(w > 0, np.maximum(kv - w, 0.0), 0.0)
         per_tok = (b * h * 4.0 * hd, b * h * 4.0, b * 2 * kvh * hd * kvb)
-        return flops, nbytes, tiles, ctas, kv_eff, b, kvh, pairs_h, (over, per_tok)
+        return flops, nbytes, tiles, ctas, kv_eff, b, kvh, pairs_h, (over, per_tok), None
 
 
 def _mla_shapes(df, kind):
@@ -939,12 +957,12 @@ def _mla_shapes(df, kind):
         nbytes = b * (s * h * (MLA_QK_NOPE + MLA_ROPE + MLA_V) * 2 * 2 + (s + step) * h *
                       (MLA_QK_NOPE + MLA_ROPE + MLA_V) * 2 + (s + step) * lat * kvb)
         tiles = b * h * np.ceil(s / 128.0)
-        return flops, nbytes, tiles, tiles, None, b, np.ones(len(df)), b * h * 4.0 * pairs, None
+        return flops, nbytes, tiles, tiles, None, b, np.ones(len(df)), b * h * 4.0 * pairs, None, None
     kv = isl + step
     flops = b * h * 2.0 * (lat + MLA_KV_LORA) * kv
     nbytes = b * (kv * lat * kvb + h * (lat + MLA_KV_LORA) * 2)
     tiles = b * np.ceil(h / 64.0)
-    return flops, nbytes, tiles, None, kv, b, np.ones(len(df)), b * h * 4.0 * kv, None
+    return flops, nbytes, tiles, None, kv, b, np.ones(len(df)), b * h * 4.0 * kv, None, None
 
 
 def _shapes(df, kind, framework: str = ""):
@@ -972,7 +990,9 @@ def decode_splits(kv, rows, cus: float, s: dict):
 
 
 def _roof_predict(shapes, acc, peak, s, bench: bool = True):
-    flops, nbytes, tiles, ctas, kv, b, kvh, pairs_h, win = shapes
+    flops, nbytes, tiles, ctas, kv, b, kvh, pairs_h, win, kv_bytes = shapes
+    if kv_bytes is not None and s.get("kv_cost", 1.0) != 1.0:  # prefill: the K/V bytes at their own cost
+        nbytes = nbytes + (s["kv_cost"] - 1.0) * kv_bytes
     wt = s.get("window_tile", 0.0)
     if win is not None and wt > 0.0:  # decode past a sliding window: the extra key positions it loads
         over, (f_tok, p_tok, b_tok) = win
@@ -1013,7 +1033,7 @@ def _price_attn(kind):
 _BOUNDS = {"ce": (0.02, 1.0), "me": (0.05, 1.2), "launch_s": (0.0, 5e-3), "p": (1.0, 20.0), "a": (0.0, 1.0),
            "split": (16.0, 1048576.0), "occ": (0.05, 64.0), "hd0": (0.0, 512.0),
            "cta_s": (0.0, 1e-3), "hd_floor": (0.0, 1.0), "l2_bpf": (0.0, 0.1), "split_waves": (0.0, 64.0),
-           "window_tile": (0.0, 1024.0)}
+           "window_tile": (0.0, 1024.0), "kv_cost": (0.3, 8.0)}
 _SCALE = {"launch_s": 1e-6, "cta_s": 1e-6}
 
 
@@ -1023,8 +1043,7 @@ def _fit_roof(kind):
 
         out = {}
         dt = _dtype_key(df)
-        keys = [k for k in _ROOF_KEYS if not (k in ("split", "split_waves") and kind in ("context_attention", "context_mla"))
-                and not (k in ("hd_floor", "split_waves") and kind != "generation_attention")]
+        keys = roof_keys(kind)
         jobs = [(d, "", dt == d) for d in sorted(pd.unique(dt))]
         jobs += [(d, src, m) for d, src, m in _attn_groups(df, kind, getattr(cal, "framework", ""))
                  if src and m.sum() >= MIN_GROUP and (dt == d).sum() > m.sum()]

@@ -246,7 +246,8 @@ class LayerKernels:
             nbytes = T * h * self.qkv_w * 4.0 + kv * h * self.qkv_w * 2.0 + kv * self.lat * self.kvb
         else:
             flops = h * 4.0 * (self.hd + s["hd0"]) * W
-            nbytes = 2.0 * T * h * self.hd * self.qo_bytes + 2.0 * kv * self.kvh * self.hd * self.kvb
+            # the K/V bytes at the section's kv_cost (kernel_models: the paged cache's gathered rows)
+            nbytes = 2.0 * T * h * self.hd * self.qo_bytes + s["kv_cost"] * 2.0 * kv * self.kvh * self.hd * self.kvb
         return s["launch_s"], self._body(flops, nbytes, tiles, tiles, s)
 
     def _decode_terms(self, b: float, s):
