@@ -764,7 +764,10 @@ PREFILL_MASKED_WINDOW = (("sglang", "triton"),)
 
 #: the same for prefill (``context_attention``). Evidence (H100 SGLang FA3 prefill, no window): head dim 192
 #: rows priced 15% fast (median signed, 1,632 rows) by the section that prices head dims 128 / 256 within 2%.
-PREFILL_HD_PATHS = {("sglang", "fa3"): (192,)}
+#: TensorRT-LLM's context FMHA is a precompiled kernel per head size and dtype (fmha_v2): on L40S its fp8 rows
+#: at head dim 128 ran 82% faster than the one section fitted mostly on head dim 64 priced them (signed median,
+#: 6,696 rows), head dim 192 39% faster, 256 24% slower; each head dim of 128, 192, 256 is a section of its own.
+PREFILL_HD_PATHS = {("sglang", "fa3"): (192,), ("trtllm", "torch_flow"): (128, 192, 256)}
 
 
 def _kernel_families(df, kind, framework: str, names, src):
