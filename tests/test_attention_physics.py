@@ -46,8 +46,9 @@ def test_trtllm_xqa_and_mha_short_context_rows(shared_data):
 
 @pytest.mark.parametrize("kvh", [8, 64])
 def test_serving_step_prices_the_trtllm_decode_family_of_the_table_pricer(kvh):
-    """Llama-3-70B's 64 query heads over 8 KV heads run XQA, over 64 (MHA) the masked MHA kernel: the
-    serving step's decode attention equals the table pricer's for that family's section."""
+    """Llama-3-70B's 64 query heads over 8 KV heads run XQA, over 64 (MHA) the masked MHA kernel, each in its head
+    dim 128 build (``<family>_hd128``, kernel_models.DECODE_FAMILY_HD): the serving step's decode attention equals
+    the table pricer's for that section."""
     import pandas as pd
 
     from simllm.cost.kernel_models import attention_launch_and_body
@@ -58,7 +59,7 @@ def test_serving_step_prices_the_trtllm_decode_family_of_the_table_pricer(kvh):
     m = load_model("llama-3-70b")
     m = m.model_copy(update={"attention": m.attention.model_copy(update={"num_kv_heads": kvh})})
     cal = calibration_for(h100).for_framework("trtllm")
-    fam = "xqa" if kvh == 8 else "mmha"
+    fam = ("xqa" if kvh == 8 else "mmha") + "_hd128"
     assert f"generation_attention/bfloat16/{fam}" in cal.kernels
     row = pd.DataFrame({"kind": ["generation_attention"], "dtype": ["bfloat16"], "kv_cache_dtype": ["bfloat16"],
                         "batch_size": [32], "isl": [700], "step": [0], "num_heads": [64],

@@ -714,6 +714,10 @@ def decode_family(h, kvh, framework: str, window=0.0, source=""):
 #: 29% fast. vLLM's FA3 times head dim 192 between 128 and 256 (12.1 us), so the split is SGLang's build.
 #: (Which template parameters differ is not established from the source here: an observed kernel path.)
 DECODE_HD_PATHS = {("sglang", "fa3"): (192,)}
+#: head dims whose decode kernels are builds of their own within each of a framework's decode families
+#: (``<family>_hd<dim>``): TensorRT-LLM's XQA and masked-MHA kernels are precompiled per head size, as its context
+#: FMHA (:data:`PREFILL_HD_PATHS`).
+DECODE_FAMILY_HD = {"trtllm": (128, 192, 256)}
 
 
 #: decode kernel sources a framework dispatches to a tensor-core kernel by the query-head group: (framework,
@@ -776,8 +780,9 @@ def _kernel_families(df, kind, framework: str, names, src):
     tensor-core rows' query tile (:func:`_tile_split`, with :data:`DECODE_TC_SOURCES`) and head-dim
     instantiations (:data:`DECODE_HD_PATHS`, prefill :data:`PREFILL_HD_PATHS`); ``names`` itself where none
     applies."""
-    if not isinstance(src, np.ndarray):
-        return names
+    if not isinstance(src, np.ndarray):  # rows without a kernel source: the framework's head-dim builds only
+        return decode_family_hd(names, _col(df, "head_dim", HD_REF), framework) \
+            if kind == "generation_attention" and names is not None and np.ndim(names) else names
     if kind == "context_attention":
         out = _split_hd(df, framework, names, PREFILL_HD_PATHS, src)
         # a masked-window path of its own (PREFILL_MASKED_WINDOW: another kernel specialisation, its own floor)
@@ -799,7 +804,26 @@ def _kernel_families(df, kind, framework: str, names, src):
         if m.any():
             out = np.where(m, np.char.add(np.asarray(out).astype(str), "_tc"), out)
         tc = tc | ((src == source) & (fp8 | (grp >= g)))
-    return _split_hd(df, framework, _tile_split(df, out, tc), DECODE_HD_PATHS, src)
+    out = _split_hd(df, framework, _tile_split(df, out, tc), DECODE_HD_PATHS, src)
+    return decode_family_hd(out, _col(df, "head_dim", HD_REF), framework)
+
+
+def decode_family_hd(family, head_dim, framework: str):
+    """``family`` (decode family names, an array, or one name) with ``_hd<dim>`` where the framework builds that head
+    dim's decode kernels of their own (:data:`DECODE_FAMILY_HD`): the section the tables' rows and the serving step
+    read."""
+    dims = DECODE_FAMILY_HD.get(framework or "", ())
+    if not dims:
+        return family
+    if np.ndim(family) == 0 and np.ndim(head_dim) == 0:
+        return f"{family}_hd{int(head_dim)}" if int(head_dim) in dims else family
+    out = np.asarray(family).astype(object)
+    hd = np.asarray(head_dim, float)
+    for d in dims:
+        m = hd == d
+        if m.any():
+            out = np.where(m, np.char.add(out.astype(str), f"_hd{d}"), out)
+    return out
 
 
 def _split_hd(df, framework: str, out, paths: dict, src):

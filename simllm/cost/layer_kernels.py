@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import InputError
 from .kernel_models import (ATTN_DTYPES, GEMM_DTYPES, ROOF_DEFAULT, UNCALIBRATED, _gemm_params, _l2, _sec, _sustain,
-                            decode_family, decode_floor_scale, decode_kv_heads, decode_splits, decode_tail_share,
+                            decode_family, decode_family_hd, decode_floor_scale, decode_kv_heads, decode_splits, decode_tail_share,
                             quant_rows, strict_peak)
 from .kernels import gemm_floor, gemm_time
 
@@ -120,8 +120,10 @@ class LayerKernels:
         self._pre_memo: dict = {}  # batch size -> decode seconds on the context grid
         self._tail: dict[int, float] = {}  # batch size -> decode_tail_share of its decode kernel
         self.pre = {**ROOF_DEFAULT, **_sec(self.cal, pre_kind, key)[0]}
-        fam = None if self.mla else decode_family(math.ceil(a.num_heads / tp), math.ceil(a.num_kv_heads / tp),
-                                                    getattr(self.cal, "framework", ""))
+        fw = getattr(self.cal, "framework", "")
+        fam = None if self.mla else decode_family(math.ceil(a.num_heads / tp), math.ceil(a.num_kv_heads / tp), fw)
+        if fam is not None:  # the head dim's own kernel build where the framework has one (kernel_models)
+            fam = decode_family_hd(str(fam), int(a.head_dim), fw)
         self.dec = {**ROOF_DEFAULT, **_sec(self.cal, dec_kind, key, str(fam) if fam is not None else "")[0]}
         if getattr(acc, "kind", "") == "tpu":
             # assumption: a TPU TensorCore runs one program over the whole batch, no thread blocks
