@@ -428,3 +428,17 @@ def test_trtllm_prefill_head_dims_are_kernels_of_their_own(shared_data):
     for hd in (64, 128, 192, 256):
         m = (df["head_dim"] == hd).to_numpy()
         assert m.sum() > 1000 and abs(np.median(r[m])) < 0.1, (hd, np.median(r[m]))
+
+
+def test_trtllm_weight_only_small_m_streams_the_weights(shared_data):
+    """TensorRT-LLM's weight-only int4 GEMM at one to four tokens streams its weights (A100, m = 1, 48-128 MiB of
+    int4 weights: 1.27 TB/s); priced with the 64-row tiles padding M, those rows were 30-43% slow (median). The
+    sections' 16-row tile (gemm_refit.py --add-tile 16,128) brings the m <= 4 rows within 12% at the median."""
+    p = _aic(shared_data) / "a100_sxm" / "gemm" / "trtllm"
+    acc = load_accelerator("a100-sxm-80gb")
+    cal = calibration_for(acc).for_framework("trtllm")
+    assert [16, 128] in [list(t) for t in cal.kernels["gemm/int4_wo"]["tiles"]]
+    df = T.read_tables(p, "trtllm")
+    df = df[(df["kind"] == "gemm") & (df["dtype"] == "int4_wo") & (df["m"] <= 4)]
+    r = pricing.price(df, acc, cal) / df["latency_s"].to_numpy() - 1
+    assert len(df) > 500 and abs(np.median(r)) < 0.12, np.median(r)
