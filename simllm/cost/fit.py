@@ -228,7 +228,9 @@ def nelder_mead(f: Callable, x0, iters: int = 2000, step: float = 0.1, tol: floa
             else:
                 S[1:] = S[0] + 0.5 * (S[1:] - S[0])
                 F[1:] = [f(s) for s in S[1:]]
-        if it > 100 and np.ptp(F) < tol:
+        # converged once every vertex is finite and they agree (an infeasible vertex, inf, is not converged;
+        # inf - inf would warn)
+        if it > 100 and np.isfinite(F).all() and np.ptp(F) < tol:
             break
     i = int(np.argmin(F))
     return S[i], float(F[i])
