@@ -488,6 +488,7 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
     for name, where, sp in specs:
         role = getattr(sp, "role", None) or "both"
         kvs = _pool_kv(dep, sp, where, file)
+        check_dp_ranks_options(scn, sp, role, where, kvs, file)
         c = cost if (cost is not None and not multi) else _located(
             lambda: pool_cost(model, acc, dep, sp, node=node, cluster=cl, base_dir=base_dir, cost_mode=cost_mode),
             file, where)
@@ -519,6 +520,25 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
     prep = Prepared(scn, model, acc, node, pools[0].cost, pools[0].num_blocks, wl, pools, cl)
     async_scheduling(prep.scenario, prep, file)  # refused where it cannot be honoured, with the file
     return prep
+
+
+def check_dp_ranks_options(scn: Scenario, sp, role: str, where: str, kvs: KVSpec, file=None) -> None:
+    """A pool whose attention runs on data-parallel ranks (ep > 1 with tp below the replica's devices:
+    :mod:`simllm.sim.dp_ranks`) prices its steps per rank; the options that wrap the step cost or change the
+    per-sequence token accounting are not simulated there yet: each is refused here, with its field."""
+    if not (sp.ep > 1 and sp.tp < sp.devices_per_replica):
+        return
+    dep = scn.deployment
+    why = f"is not simulated with data-parallel attention ranks yet ({where}: ep {sp.ep} over tp {sp.tp})"
+    refused = [("deployment.speculative", dep.speculative is not None),
+               ("deployment.cuda_graphs", dep.cuda_graphs != "none"),
+               ("deployment.host_step_s", bool(dep.host_step_s or dep.host_per_seq_s)),
+               (f"{where}.kv.tiers", bool(kvs.tiers)),
+               ("workload.request_timeout_s", scn.workload.request_timeout_s is not None),
+               ("deployment.kv_layer_wise", bool(dep.kv_layer_wise) and role == "prefill")]
+    for field, on in refused:
+        if on:
+            raise InputError(why, file=file, field=field)
 
 
 def kv_tier_levels(kvs: KVSpec, node, devices: int, where: str, file=None) -> tuple:

@@ -2,6 +2,7 @@
 slowest rank, per-rank KV and batching limits, rank routing, and jumping == stepping (colocated and PD,
 with prefix caching)."""
 
+from pathlib import Path
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, example
@@ -368,3 +369,26 @@ def test_ep_step_time_ranks_even_split_matches_step_time_and_imbalance_costs_mor
     ctx2 = np.stack([ctx, ctx + n, ctx + 2 * n])
     v = c.step_time_ranks(z, z, z, n, ctx2)
     assert [float(x) for x in v] == [float(c.step_time_ranks(z, z, z, n, row)) for row in ctx2]
+
+
+@pytest.mark.parametrize("sets,field", [
+    (["deployment.speculative={method: mtp, num_tokens: 1, acceptance: 0.87}"], "deployment.speculative"),
+    (["deployment.cuda_graphs=auto"], "deployment.cuda_graphs"),
+    (["deployment.host_step_s=0.001"], "deployment.host_step_s"),
+])
+def test_options_the_dp_rank_engine_cannot_honour_are_refused_with_their_field(sets, field, capsys):
+    """The DeepSeek-V3 PD scenario runs its attention on data-parallel ranks: speculative decoding, CUDA-graph
+    padding and host overheads (which wrap the step cost) are refused at preparation, one line naming the
+    scenario file and the field, exit 2 (they were an internal error from inside the engine)."""
+    from simllm.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    scn = repo / "workloads" / "scenarios" / "deepseek-v3-h800-pd.yaml"
+    argv = ["run", str(scn), "--set", "workload.generator.num_requests=10"]
+    for s_ in sets:
+        argv += ["--set", s_]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert e.value.code == 2 and len(err) == 1, err
+    assert f"deepseek-v3-h800-pd.yaml: {field}: " in err[0] and "data-parallel attention ranks" in err[0], err[0]
