@@ -15,6 +15,7 @@ and a note in ``fit.gemm_<F>_<DTYPE>_refit``.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -29,17 +30,29 @@ from simllm.cost.kernels import GEMM_DISPATCH  # noqa: E402
 from _calibration_yaml import refit_and_keep, refit_setup  # noqa: E402
 
 
+def _tile(text: str) -> tuple[int, int]:
+    """``TM,TN`` (two positive integers) for ``--add-tile``."""
+    try:
+        tm, tn = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TM,TN (two integers, e.g. 16,128), got {text!r}") from None
+    if tm < 1 or tn < 1:
+        raise argparse.ArgumentTypeError(f"tile sizes must be >= 1, got {text!r}")
+    return tm, tn
+
+
 def main(argv=None) -> dict:
     a, acc, cal, df, t0 = refit_setup(__doc__, argv, "gemm", "gemm", [
         (("dtype",), {}), (("--dispatch",), {"choices": sorted(GEMM_DISPATCH), "default": None}),
         (("--rows",), {"type": int, "default": 5000}), (("--iters",), {"type": int, "default": 1500}),
-        (("--add-tile",), {"default": None, "help": "TM,TN: a tile the sections of DTYPE gain before the fit"})])
+        (("--add-tile",), {"default": None, "type": _tile, "help": "TM,TN: a tile the sections of DTYPE gain before "
+                                                                  "the fit"})])
     df = df[df["dtype"].astype(str) == a.dtype]
     if df.empty:
         print(f"no {a.dtype} gemm rows for {a.framework} of {a.gpu}", file=sys.stderr)
         raise SystemExit(2)
     if a.add_tile:  # a kernel the library dispatches that the sections' tiles do not describe (e.g. a small-M GEMV)
-        tm, tn = (int(v) for v in a.add_tile.split(","))
+        tm, tn = a.add_tile
         kern = dict(cal.kernels)
         for name, sec in cal.kernels.items():
             if name.split("/")[:2] == ["gemm", a.dtype] and [tm, tn] not in [list(t) for t in sec.get("tiles", [])]:
