@@ -285,3 +285,14 @@ def test_h100_xqa_bandwidth_grows_with_kv_heads(shared_data):
     pred = pricing.price(sel, acc, calibration_for(acc).for_framework("trtllm"))
     err = pred / sel["latency_s"].to_numpy() - 1
     assert np.all(np.abs(err) < 0.15), err
+
+
+def test_a_head_dim_build_without_a_section_falls_back_to_its_family():
+    """A100's TensorRT-LLM tables hold head dim 128 only: a head-dim-192 model's decode reads the XQA family's
+    section (``xqa``), not the dtype's generic one; H100, which measured head dim 192, has its own."""
+    from simllm.cost.kernel_models import _sec
+
+    a100 = calibration_for(load_accelerator("a100-sxm-80gb")).for_framework("trtllm")
+    h100 = calibration_for(load_accelerator("h100-sxm")).for_framework("trtllm")
+    assert _sec(a100, "generation_attention", "bfloat16", "xqa_hd192")[1] == "generation_attention/bfloat16/xqa"
+    assert _sec(h100, "generation_attention", "bfloat16", "xqa_hd192")[1] == "generation_attention/bfloat16/xqa_hd192"

@@ -63,6 +63,7 @@ model (groups = heads).
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from dataclasses import replace
 from typing import Optional
@@ -149,10 +150,14 @@ def _sec(cal, kind: str, dtype: str, source: str = "") -> tuple[dict, str]:
     """Parameters of (kind, dtype, kernel family): that kernel family's section, else the dtype's,
     else the bf16 one, else the defaults (kernel families are distinct code paths: DeepGEMM vs
     CUTLASS block-scaled fp8, FlashAttention 2/3 vs FlashInfer vs Triton)."""
-    keys = ([f"{kind}/{dtype}/{source}"] if source else []) + [f"{kind}/{dtype}"]
+    # a head-dim build of a family (``<family>_hd<dim>``, DECODE_FAMILY_HD / PREFILL_HD_PATHS) without a section of
+    # its own falls back to the family's
+    srcs = [source] + ([source.rsplit("_hd", 1)[0]] if source and re.search(r"_hd\d+$", source) else []) \
+        if source else []
+    keys = [f"{kind}/{dtype}/{s_}" for s_ in srcs] + [f"{kind}/{dtype}"]
     if "+" in dtype:
         b = _base_dtype(dtype)
-        keys += ([f"{kind}/{b}/{source}"] if source else []) + [f"{kind}/{b}"]
+        keys += [f"{kind}/{b}/{s_}" for s_ in srcs] + [f"{kind}/{b}"]
     keys.append(f"{kind}/bfloat16")
     for key in keys:
         s = section(cal, key)
