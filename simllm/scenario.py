@@ -524,13 +524,14 @@ def prepare(scn: Scenario, *, file: str | Path | None = None, cost: Any = None, 
 
 def check_dp_ranks_options(scn: Scenario, sp, role: str, where: str, kvs: KVSpec, file=None) -> None:
     """A pool whose attention runs on data-parallel ranks (ep > 1 with tp below the replica's devices:
-    :mod:`simllm.sim.dp_ranks`) prices its steps per rank; the options that wrap the step cost or change the
-    per-sequence token accounting are not simulated there yet: each is refused here, with its field."""
+    :mod:`simllm.sim.dp_ranks`) prices its steps per rank; the options that wrap the step cost in a way that prices
+    no ranks (a draft model's speculation, CUDA graphs, host overheads) or that the ranks do not simulate yet are
+    refused here, with their field. Speculation with the model's own MTP module runs on the ranks."""
     if not (sp.ep > 1 and sp.tp < sp.devices_per_replica):
         return
     dep = scn.deployment
     why = f"is not simulated with data-parallel attention ranks yet ({where}: ep {sp.ep} over tp {sp.tp})"
-    refused = [("deployment.speculative", dep.speculative is not None),
+    refused = [("deployment.speculative.method", dep.speculative is not None and dep.speculative.method != "mtp"),
                ("deployment.cuda_graphs", dep.cuda_graphs != "none"),
                ("deployment.host_step_s", bool(dep.host_step_s or dep.host_per_seq_s)),
                (f"{where}.kv.tiers", bool(kvs.tiers)),

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
+
 from ..speculative import SpeculativeSpec
 from .interface import BatchShape, StepCost
 
@@ -68,9 +70,42 @@ class SpeculativeStepCost:
         self._mq = getattr(target, "verify_attention_extra", None)
 
     def __getattr__(self, name):  # everything else is the target's (placement, loads, explain, ...)
-        if name in ("target", "step_time_ranks"):  # per-rank pricing would bypass this wrapper: not offered
+        if name in ("target", "step_time_ranks", "_step_time_ranks"):  # not the target's: see step_time_ranks
             raise AttributeError(name)
         return getattr(self.target, name)
+
+    @property
+    def step_time_ranks(self):
+        """Per-rank pricing (``simllm.sim.dp_ranks``) where the target offers it (the expert-parallel step cost)
+        and the drafting is the model's own MTP module; AttributeError otherwise (a draft model's step cost
+        prices no ranks), so data-parallel ranks refuse the wrapper."""
+        if self.spec.method != "mtp" or not hasattr(self.target, "step_time_ranks"):
+            raise AttributeError("step_time_ranks")
+        return self._step_time_ranks
+
+    def _step_time_ranks(self, prefill_tokens, prefill_attn_work, prefill_seqs, decode_seqs, decode_ctx_tokens):
+        """:meth:`step_time` per data-parallel rank (per-rank arrays, one step): every rank's ``n`` decoding
+        sequences verify ``k + 1`` tokens over ``ctx + n k`` context tokens, the slowest rank's multi-query
+        attention extra added (:meth:`~simllm.cost.moe_ep.EPStepCost.verify_attention_extra`, for one rank's
+        share of the replica), plus the MTP module's passes priced as ``mtp_layers / L`` of the target's
+        per-rank step for the same tokens."""
+        tg = self.target
+        n = np.asarray(decode_seqs, dtype=float)
+        ctx = np.asarray(decode_ctx_tokens, dtype=float)
+        k = self.k
+        if not n.any():
+            v = tg.step_time_ranks(prefill_tokens, prefill_attn_work, prefill_seqs, n, ctx)
+        else:
+            v = tg.step_time_ranks(prefill_tokens, prefill_attn_work, prefill_seqs, n * (k + 1), ctx + n * k)
+            if self._mq is not None:  # the busiest rank's: verify_attention_extra prices a 1 / dp share
+                dp = float(getattr(tg, "dp", 1))
+                v = v + max(float(self._mq(int(a), float(b) + a * k, k + 1)) * dp for a, b in zip(n, ctx))
+        first = tg.step_time_ranks(prefill_tokens, prefill_attn_work, prefill_seqs, n, ctx)
+        rest = 0.0
+        if n.any() and k > 1:
+            z = np.zeros(len(n))
+            rest = (k - 1) * tg.step_time_ranks(z, z, z, n, ctx)
+        return v + self.frac * (first + rest)
 
     # ------------------------------------------------------------------ StepCostModel
     def step_time(self, prefill_tokens: int, prefill_attn_work: float, prefill_seqs: int, decode_seqs: int,

@@ -98,7 +98,7 @@ class DPReplica:
 
     _poke = Replica._poke
     _change = Replica._change
-    spec = None  # speculative decoding and KV tiers are refused with DP ranks (see __init__)
+    spec = None  # the ranks decode speculatively, each with its own counters (specs); KV tiers are refused
     tiers = None
 
     def __init__(self, sim, index: int, pool, cost, batching, dp: int, router):
@@ -109,7 +109,6 @@ class DPReplica:
         cfg = pool.config if pool.config is not None else sim.config
         for opt, on in (("workload.request_timeout_s", getattr(cfg, "request_timeout_s", None) is not None),
                         ("deployment.kv.tiers", bool(getattr(cfg, "kv_tiers", ()))),
-                        ("deployment.speculative", getattr(cfg, "speculative", None) is not None),
                         ("deployment.kv_layer_wise", bool(getattr(cfg, "kv_layer_wise", False)) and pool.role == "prefill")):
             if on:
                 raise ValueError(f"pool {pool.name!r}: {opt} is not supported with data-parallel attention ranks yet")
@@ -133,6 +132,8 @@ class DPReplica:
             rk.general = True  # ranks always run the general iteration (the short path is its special case)
             self.ranks.append(rk)
         self.policy = self.ranks[0].policy
+        # speculative decoding: every rank plans its own sequences' verification steps (simllm.sim.spec_decode)
+        self.specs = [rk.spec for rk in self.ranks if rk.spec is not None]
         self.router = router
         if hasattr(router, "attach"):
             router.attach(sim)
@@ -248,7 +249,10 @@ class DPReplica:
                     self.idle_from = self.clock
                     yield ev
                 continue
-            yield from self._decode_segment(dec, now, jump, swap_drained, wake)
+            if self.specs:
+                yield from self._spec_step(dec, now)
+            else:
+                yield from self._decode_segment(dec, now, jump, swap_drained, wake)
 
     def _pending_swap(self) -> float:
         p = 0.0
@@ -300,6 +304,41 @@ class DPReplica:
             if tot > self.peak_total:
                 self.peak_total = tot
         return used
+
+    def _spec_step(self, dec, now: float):
+        """One speculative verification step of every decoding rank: each rank plans it for its own sequences
+        (tokens kept per sequence drawn as without ranks), the step is priced per rank by the speculative cost's
+        ``step_time_ranks``, and each rank keeps what its sequences emitted. One step per event (no jumps:
+        steps emit different tokens on every rank)."""
+        for rk in dec:
+            if rk.kv.growable_blocks - rk.kv.used_blocks < rk.n * rk.grow_max:
+                rk._make_room()
+        dec = [rk for rk in dec if rk.n]
+        if not dec:
+            return
+        plans = [rk._spec_plan(rk.n, 1) for rk in dec]
+        R = len(dec)
+        ns = np.fromiter((rk.n for rk in dec), dtype=np.float64, count=R)
+        ctx = np.fromiter((float(p[1][0]) for p in plans), dtype=np.float64, count=R)
+        zero = np.zeros(R)
+        d = float(self.cost.step_time_ranks(zero, zero, zero, ns, ctx)) + self._pending_swap()
+        end = now + d
+        yield self.env.timeout(max(end - self.env.now, 0.0))
+        self.clock = end
+        emitted, before, done = 0, [], []
+        for i, (rk, (k, _c, cum)) in enumerate(zip(dec, plans)):
+            e, u, fin = rk._spec_keep(k, cum)
+            if i:  # the ranks verify in one replica step: the summary's verification steps count it once
+                rk.spec.steps -= k
+            emitted += e
+            before.append(u)
+            done.append(fin)
+        used = self._used(before=before, dec=dec)
+        for rk, fin, n in zip(dec, done, ns.tolist()):
+            if fin:
+                rk._finish(int(n), end)
+        N = int(ns.sum())
+        self.sim.record_step(self.index, now, end - now, 1, N, 0, 0, emitted, used, (0, 0.0, 0, N, float(ctx.sum())))
 
     def _decode_segment(self, dec, now: float, jump: bool, swap_drained: bool, wake: float):
         """Every decoding rank decodes ``k`` tokens together (one vectorised price for all ranks' steps)."""

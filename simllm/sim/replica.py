@@ -213,7 +213,8 @@ class Replica:
         self.tok_int = 0  # tokens served since the last change point
         self.idle_from = None
         # speculative decoding (simllm.sim.spec_decode): None without it
-        spec = getattr(cfg, "speculative", None)
+        # (a prefill replica never decodes: its step cost prices the MTP module's pass, no tokens to plan)
+        spec = getattr(cfg, "speculative", None) if getattr(self, "role", "both") != "prefill" else None
         self.spec = SpecDecode(spec, getattr(sim, "seed", 0), cfg.block_size) if spec is not None else None
         if self.spec is not None and bool(getattr(policy, "general", False)):
             raise ValueError(f"speculative decoding needs decode-only iterations (batching vllm-v0); {policy!r} "
@@ -710,6 +711,15 @@ class Replica:
 
     def _spec_apply(self, n: int, k: int, cum, ctx, now: float, end: float) -> None:
         """Apply the first ``k`` steps of a speculative segment: each sequence keeps the tokens it emitted."""
+        emitted, used, done = self._spec_keep(k, cum)
+        self.sim.record_step(self.index, now, end - now, k, n, 0, 0, emitted, used,
+                             (0, 0.0, 0, n, float(ctx[:k].mean())))
+        if done:
+            self._finish(n, end)
+
+    def _spec_keep(self, k: int, cum) -> tuple[int, int, bool]:
+        """The running sequences keep the tokens the first ``k`` steps of a speculative plan emitted (``cum``):
+        (tokens emitted, used blocks, whether one finished: the caller retires them with :meth:`_finish`)."""
         e = cum[k - 1]
         run = self.run
         for (rid, (tt, F, j)), x in zip(list(run.items()), e.tolist()):
@@ -718,10 +728,7 @@ class Replica:
         self._resync()
         self._refresh_used()
         rem = self._arrays()[2]
-        self.sim.record_step(self.index, now, end - now, k, n, 0, 0, int(e.sum()), self.kv.used_blocks,
-                             (0, 0.0, 0, n, float(ctx[:k].mean())))
-        if int(rem.min()) == 0:
-            self._finish(n, end)
+        return int(e.sum()), self.kv.used_blocks, int(rem.min()) == 0
     # -- client timeouts: the server aborts a request whose client gave up ----------------------
     def _track_deadline(self, rid: int) -> None:
         """``rid`` arrived: its deadline is ``arrival + timeout`` (arrival order is deadline order)."""

@@ -475,7 +475,7 @@ class Simulation:
         return tiers_summary(tiers, self.prefix_query_tokens, self.prefix_hit_tokens) if tiers else None
 
     def _speculative(self) -> Optional[dict]:
-        decs = [r.spec for r in self.replicas if r.spec is not None]
+        decs = [d for r in self.replicas for d in (getattr(r, "specs", None) or [r.spec]) if d is not None]
         return speculative_summary(decs, decs[0].spec) if decs else None
 
     def _send_at(self, src, dst, nbytes: float, t: float):
