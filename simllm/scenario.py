@@ -534,7 +534,6 @@ def check_dp_ranks_options(scn: Scenario, sp, role: str, where: str, kvs: KVSpec
     refused = [("deployment.speculative.method", dep.speculative is not None and dep.speculative.method != "mtp"),
                ("deployment.cuda_graphs", dep.cuda_graphs != "none"),
                ("deployment.host_step_s", bool(dep.host_step_s or dep.host_per_seq_s)),
-               (f"{where}.kv.tiers", bool(kvs.tiers)),
                ("workload.request_timeout_s", scn.workload.request_timeout_s is not None),
                ("deployment.kv_layer_wise", bool(dep.kv_layer_wise) and role == "prefill")]
     for field, on in refused:

@@ -418,3 +418,43 @@ def test_mtp_on_data_parallel_ranks_conserves_requests_and_tokens():
     assert sp["verification_steps"] <= decode_steps < sp["sequence_steps"], (sp, decode_steps)
     speedup = out[False][0]["tpot_s"]["mean"] / on["tpot_s"]["mean"]
     assert 1.4 < speedup < 2.0, speedup
+
+
+def test_kv_tiers_on_data_parallel_ranks_conserve_units_and_hits(monkeypatch):
+    """KV tiers on the DeepSeek-V3 SGLang PD scenario's data-parallel ranks (Mooncake conversations, prefix caching,
+    a 20 GB host-DRAM tier, a large activation reserve so HBM evicts): every rank keeps its own tiers, exclusive of
+    its HBM cache, each unit demoted is still there, loaded back, discarded or dropped; the hits found in HBM and
+    in the tier add up to the prefix cache's; the replica's capacity is its ranks' together."""
+    import simllm.scenario as S
+    from simllm.scenario import load_scenario, prepare, simulate
+
+    made = []
+
+    class Kept(S.Simulation):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(S, "Simulation", Kept)
+    repo = Path(__file__).resolve().parents[1]
+    scn, f = load_scenario(repo / "workloads" / "scenarios" / "deepseek-v3-sglang-h100-pd.yaml", [
+        "workload={trace: traces/mooncake_conversation_sample.jsonl, limit: 400}", "deployment.kv.prefix_caching=true",
+        "deployment.kv.activation_reserve=0.3", "deployment.kv.tiers=[{medium: host_dram, capacity: 20GB}]"])
+    req, _steps, s = simulate(prepare(scn, file=f))
+    done = req["completion_s"].notna().to_numpy()
+    rejected = req["rejected_reason"].fillna("").astype(bool).to_numpy()
+    assert np.all(done ^ rejected)
+    assert np.array_equal(req["generated_tokens"].to_numpy()[done], req["output_tokens"].to_numpy()[done])
+    kt = s["kv_tiers"]
+    assert kt["units_demoted"] > 0 and kt["host_dram"]["hit_tokens"] > 0
+    assert kt["hbm"]["hit_tokens"] + kt["host_dram"]["hit_tokens"] == s["prefix_cache"]["hit_tokens"]
+    (sim,) = made
+    ranks = [rk for r in sim.replicas if hasattr(r, "ranks") for rk in r.ranks if rk.tiers is not None]
+    assert ranks
+    for rk in ranks:
+        t, pc = rk.tiers, rk.pc
+        assert not set(pc.ref) & set(t.where)
+        assert t.demoted == len(t) + t.promoted + t.discarded + t.dropped
+        assert all(len(lru) <= cap for lru, cap in zip(t.lru, t.cap))
+    first = next(r for r in sim.replicas if hasattr(r, "ranks"))
+    assert kt["host_dram"]["capacity_units_per_replica"] == sum(rk.tiers.cap[0] for rk in first.ranks)

@@ -98,8 +98,8 @@ class DPReplica:
 
     _poke = Replica._poke
     _change = Replica._change
-    spec = None  # the ranks decode speculatively, each with its own counters (specs); KV tiers are refused
-    tiers = None
+    spec = None  # the ranks decode speculatively, each with its own counters (specs)
+    tiers = None  # each rank keeps its own KV tiers (its share of the replica's: simllm.sim.kv_tiers)
 
     def __init__(self, sim, index: int, pool, cost, batching, dp: int, router):
         if not hasattr(cost, "step_time_ranks"):
@@ -108,7 +108,6 @@ class DPReplica:
                              f"decoding wrap the step cost and are not available with DP ranks yet")
         cfg = pool.config if pool.config is not None else sim.config
         for opt, on in (("workload.request_timeout_s", getattr(cfg, "request_timeout_s", None) is not None),
-                        ("deployment.kv.tiers", bool(getattr(cfg, "kv_tiers", ()))),
                         ("deployment.kv_layer_wise", bool(getattr(cfg, "kv_layer_wise", False)) and pool.role == "prefill")):
             if on:
                 raise ValueError(f"pool {pool.name!r}: {opt} is not supported with data-parallel attention ranks yet")

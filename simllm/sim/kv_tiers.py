@@ -129,9 +129,11 @@ class KVTiers:
                           "capacity_units": self.cap[i]} for i, lv in enumerate(self.levels)}
 
 
-def tiers_summary(tiers: list, query_tokens: int, hit_tokens: int) -> dict:
+def tiers_summary(tiers: list, query_tokens: int, hit_tokens: int, cap_per_replica=None) -> dict:
     """Per-tier hit rates of a run (every replica's tiers together): the fraction of prompt tokens looked
-    up in the prefix cache that were found in HBM, and in each lower tier (loaded before the prefill)."""
+    up in the prefix cache that were found in HBM, and in each lower tier (loaded before the prefill).
+    ``cap_per_replica``: units per tier of one replica (its data-parallel ranks' together), else the first
+    tier object's."""
     if not tiers:
         return {}
     T = tiers[0].unit_tokens
@@ -144,7 +146,7 @@ def tiers_summary(tiers: list, query_tokens: int, hit_tokens: int) -> dict:
                         "hit_rate": units * T / query_tokens if query_tokens else None,
                         "loaded_bytes_per_device": units * tiers[0].unit_bytes_dev,
                         "load_s": sum(t.load_s[i] for t in tiers),
-                        "capacity_units_per_replica": tiers[0].cap[i]}
+                        "capacity_units_per_replica": (cap_per_replica or tiers[0].cap)[i]}
     hbm = hit_tokens - low
     return {"hbm": {"hit_tokens": hbm, "hit_rate": hbm / query_tokens if query_tokens else None}, **out,
             "units_demoted": sum(t.demoted for t in tiers), "units_dropped": sum(t.dropped for t in tiers)}

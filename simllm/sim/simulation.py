@@ -471,8 +471,15 @@ class Simulation:
                          step_totals=self._rows.totals, **multi)
 
     def _kv_tiers(self) -> Optional[dict]:
-        tiers = [r.tiers for r in self.replicas if r.tiers is not None]
-        return tiers_summary(tiers, self.prefix_query_tokens, self.prefix_hit_tokens) if tiers else None
+        # a replica's tiers: its own, or its data-parallel ranks' (each holds its share of the replica's capacity)
+        groups = [[rk.tiers for rk in r.ranks if rk.tiers is not None] if hasattr(r, "ranks")
+                  else ([r.tiers] if r.tiers is not None else []) for r in self.replicas]
+        groups = [g for g in groups if g]
+        tiers = [t for g in groups for t in g]
+        if not tiers:
+            return None
+        cap = [sum(t.cap[i] for t in groups[0]) for i in range(len(tiers[0].levels))]
+        return tiers_summary(tiers, self.prefix_query_tokens, self.prefix_hit_tokens, cap_per_replica=cap)
 
     def _speculative(self) -> Optional[dict]:
         decs = [d for r in self.replicas for d in (getattr(r, "specs", None) or [r.spec]) if d is not None]
