@@ -20,16 +20,19 @@ line with all results last.
   the conversation trace: the highest throughput each reaches with mean E2E latency under a
   common target.
 
-Recorded (2026-11-23, ``python benchmarks/scheduling.py``, about 50 s on 2 shared cores):
+Recorded (2026-12-04, ``python benchmarks/scheduling.py``, about 11 s on 2 cores; 2026-11-23 figures in brackets):
 
-- batching, p99 TPOT sarathi-512 / vllm at equal request throughput (ratio 1.000-1.002):
-  conv x2 0.0147 / 0.0211 s (x0.70); conv x3 0.0196 / 0.0418 s (x0.47); code x1 0.0164 / 1.44 s.
-  The price: higher TTFT (conv x3 p99 0.79 s against 0.25 s).
-- prefix caching, Mooncake sample (ideal token hit rate 0.236): TP8 x1 hit rate 0.216, TTFT mean
-  0.671 -> 0.563 s (-16%), p50 0.605 -> 0.403 s (-33%); 2 x TP4 round robin 0.133, prefix-aware
-  routing 0.198.
-- static: best output tokens/s with mean E2E <= 6.0 s: vllm 2441, static-32 1224, static-128 1223.
-- priority (short prompts first): short-class p99 TTFT 15.3 s (FCFS) -> 0.375 s, long class 15.4 -> 16.1 s.
+- batching, p99 TPOT sarathi-512 / vllm at equal request throughput (ratio 1.000-1.001):
+  conv x2 0.0166 / 0.0210 s (x0.79) [0.0147 / 0.0211]; conv x3 0.0205 / 0.0348 s (x0.59) [0.0196 / 0.0418];
+  code x1 0.0170 / 0.207 s [0.0164 / 1.44]. The price: higher TTFT (conv x3 p99 1.00 s against 0.44 s).
+- prefix caching, Mooncake sample (ideal token hit rate 0.236): TP8 x1 hit rate 0.219, TTFT mean -13%, p50 -24%
+  [0.216, -16%, -33%]; 2 x TP4 round robin 0.137 [0.133], prefix-aware routing 0.207 [0.198].
+- static: best output tokens/s with mean E2E <= 5.85 s: vllm 3614, static-32 1224, static-128 1222 [2441, 1224, 1223
+  at <= 6.0 s].
+- priority (short prompts first): short-class p99 TTFT 14.9 s (FCFS) -> 0.358 s [15.3 -> 0.375], long class 15.0 ->
+  15.4 s [15.4 -> 16.1].
+- disaggregation (Llama-3-70B, DGX H100, Azure code, SLO TTFT 2 s / TPOT 40 ms): best goodput at >= 90% attainment
+  4.80 req/s disaggregated vs 3.58 colocated.
 """
 
 from __future__ import annotations
