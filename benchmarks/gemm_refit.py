@@ -1,13 +1,12 @@
 """Refit the GEMM sections (``gemm/<dtype>[/<family>]``) of one shipped calibration, framework and dtype.
 
-    python benchmarks/gemm_refit.py GPU DEVICE FRAMEWORK DTYPE [--dispatch NAME] [--add-tile TM,TN] [--rows N] [--write]
+    python benchmarks/gemm_refit.py GPU DEVICE FRAMEWORK DTYPE [--dispatch NAME] [--rows N] [--write]
     python benchmarks/gemm_refit.py l40s l40s vllm fp8 --dispatch cutlass_sm89_fp8 --write
 
 Fits :func:`simllm.cost.kernel_models.fit_gemm_kind` on the framework's newest gemm tables of ``../shared/data``
 (seeded subsample of ``--rows`` per dtype and kernel family), from the shipped section; ``--dispatch`` prices the
 sections with a library's own tile choice by shape (:data:`simllm.cost.kernels.GEMM_DISPATCH`) instead of the best
-of their tiles; ``--add-tile TM,TN`` gives the sections a tile they lack before the fit (kept only where the refit
-lowers the error). A refitted section is kept only where it lowers the mean |log(pred / measured)| over all of its
+of their tiles. A refitted section is kept only where it lowers the mean |log(pred / measured)| over all of its
 rows; prints the ``calibrate check`` figures (median / p90) before and after. ``--write`` puts the kept sections in
 ``frameworks.<F>.kernels`` (and the top-level ``kernels`` for vLLM), the figures in ``frameworks.<F>.fit.per_op``
 and a note in ``fit.gemm_<F>_<DTYPE>_refit``.
@@ -15,9 +14,7 @@ and a note in ``fit.gemm_<F>_<DTYPE>_refit``.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,35 +27,14 @@ from simllm.cost.kernels import GEMM_DISPATCH  # noqa: E402
 from _calibration_yaml import refit_and_keep, refit_setup  # noqa: E402
 
 
-def _tile(text: str) -> tuple[int, int]:
-    """``TM,TN`` (two positive integers) for ``--add-tile``."""
-    try:
-        tm, tn = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected TM,TN (two integers, e.g. 16,128), got {text!r}") from None
-    if tm < 1 or tn < 1:
-        raise argparse.ArgumentTypeError(f"tile sizes must be >= 1, got {text!r}")
-    return tm, tn
-
-
 def main(argv=None) -> dict:
     a, acc, cal, df, t0 = refit_setup(__doc__, argv, "gemm", "gemm", [
         (("dtype",), {}), (("--dispatch",), {"choices": sorted(GEMM_DISPATCH), "default": None}),
-        (("--rows",), {"type": int, "default": 5000}), (("--iters",), {"type": int, "default": 1500}),
-        (("--add-tile",), {"default": None, "type": _tile, "help": "TM,TN: a tile the sections of DTYPE gain before "
-                                                                  "the fit"})])
+        (("--rows",), {"type": int, "default": 5000}), (("--iters",), {"type": int, "default": 1500})])
     df = df[df["dtype"].astype(str) == a.dtype]
     if df.empty:
         print(f"no {a.dtype} gemm rows for {a.framework} of {a.gpu}", file=sys.stderr)
         raise SystemExit(2)
-    if a.add_tile:  # a kernel the library dispatches that the sections' tiles do not describe (e.g. a small-M GEMV)
-        tm, tn = a.add_tile
-        kern = dict(cal.kernels)
-        for name, sec in cal.kernels.items():
-            if name.split("/")[:2] == ["gemm", a.dtype] and [tm, tn] not in [list(t) for t in sec.get("tiles", [])]:
-                kern[name] = {**sec, "tiles": [[tm, tn]] + [list(t) for t in sec["tiles"]],
-                              "tile_efficiency": [0.3] + list(sec["tile_efficiency"])}
-        cal = replace(cal, kernels=kern)
     new = km.fit_gemm_kind(df, acc, cal, iters=a.iters, max_rows=a.rows, dispatch=a.dispatch)
     srcs = df["kernel_source"].astype(str).to_numpy()
 

@@ -433,7 +433,7 @@ def test_trtllm_prefill_head_dims_are_kernels_of_their_own(shared_data):
 def test_trtllm_weight_only_small_m_streams_the_weights(shared_data):
     """TensorRT-LLM's weight-only int4 GEMM at one to four tokens streams its weights (A100, m = 1, 48-128 MiB of
     int4 weights: 1.27 TB/s); priced with the 64-row tiles padding M, those rows were 30-43% slow (median). The
-    sections' 16-row tile (gemm_refit.py --add-tile 16,128) brings the m <= 4 rows within 12% at the median."""
+    sections' 16-row tile (kernel_models.SMALL_M_TILES, which their refit added) brings the m <= 4 rows within 12% at the median."""
     p = _aic(shared_data) / "a100_sxm" / "gemm" / "trtllm"
     acc = load_accelerator("a100-sxm-80gb")
     cal = calibration_for(acc).for_framework("trtllm")

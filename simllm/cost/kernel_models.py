@@ -406,7 +406,11 @@ def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000, restart
             gp = GemmParams.from_vector(x[:ng], start.tiles)
             return replace(gp, floor_k0=float(x[ng + 4]), floor_k=float(x[ng + 5]) * 100.0, dispatch=disp)
 
-        def sus(x):  # the last two entries: sustained fraction, throttle time (ms), fitted on collector rows
+        # collector rows (a framework's tables, or a batched-GEMM table's copies) also fit the sustained clock: the
+        # last two entries, sustained fraction and throttle time (ms); other rows leave them out of the simplex
+        bench_rows = bool(fw) or copies is not None
+
+        def sus(x):
             return (float(x[-2]), float(x[-1]) * 1e-3) if bench_rows and x[-2] < 1.0 else None
 
         def f(x):
@@ -416,7 +420,8 @@ def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000, restart
                                                                      and 1.0 <= l2s <= 6.0 and 0 <= row_ < 100
                                                                      and 0.0 <= f0 <= 1.0 and 0.01 <= kf <= 200
                                                                      and 0.05 <= lf <= 1.0
-                                                                     and 0.2 <= x[-2] <= 1.0 and 0.01 <= x[-1] <= 1000):
+                                                                     and (not bench_rows or (0.2 <= x[-2] <= 1.0
+                                                                                             and 0.01 <= x[-1] <= 1000))):
                 return np.inf
             p = gemm_time(M, K, N, peak=peak, bw=bw, cus=cus, gp=params(x), groups=G, a_bytes=ab, w_bytes=wb,
                           o_bytes=ob, l2_bytes=l2 * lf, l2_speedup=l2s, l2_copies=cps, l2_smooth=l2_smooth,
@@ -451,11 +456,10 @@ def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000, restart
         if l2_smooth:  # the effective L2 share, from the section's own or all of it
             starts = [list(x0) + [float(start_s.get("l2_fraction", 1.0))] for x0 in starts] + \
                 [list(x0) + [lf] for x0 in starts[:1] for lf in (0.25, 0.5)]
-        # the sustained clock last: from the section's own, else from a mild throttle (the simplex may take it to 1)
-        bench_rows = bool(fw) or copies is not None
-        sf0 = float(start_s.get("sustained_fraction", 0.8 if bench_rows else 1.0))
-        th0 = float(start_s.get("throttle_s", 0.01)) * 1e3 or 10.0
-        starts = [list(x0) + [sf0, th0] for x0 in starts]
+        if bench_rows:  # the sustained clock last: from the section's own, else from a mild throttle (may go to 1)
+            sf0 = float(start_s.get("sustained_fraction", 0.8))
+            th0 = float(start_s.get("throttle_s", 0.01)) * 1e3 or 10.0
+            starts = [list(x0) + [sf0, th0] for x0 in starts]
         best = None
         for x0 in starts:
             x, fx = nelder_mead(f, x0, iters=iters, step=0.05)
@@ -662,9 +666,7 @@ FA2_SOURCES = ("vllm_flash_attn_fa2", "vllm_flash_attn")
 
 
 def _fa2_windowed(window, source):
-    src = np.asarray(source, dtype=object) if np.ndim(source) else source
-    fa2 = np.isin(src, FA2_SOURCES) if np.ndim(src) else (src in FA2_SOURCES)
-    return np.asarray(fa2) & (np.asarray(window, float) > 0)
+    return np.asarray(_in(source, FA2_SOURCES)) & (np.asarray(window, float) > 0)
 
 
 def decode_kv_heads(h, kvh, framework: str, window=0.0, source=""):
@@ -754,13 +756,18 @@ def _tile_split(df, fam, tc):
         return fam
     grp = np.floor(_col(df, "num_heads") / np.maximum(_col(df, "num_key_value_heads"), 1.0))
     hd = _col(df, "head_dim", HD_REF)
-    tile = np.where((grp > 64) & (hd < 256), 128, np.where(grp > 16, 64, 16))
+    tile = flashinfer_query_tile(grp, hd)
     out = np.asarray(fam).astype(object)
     for q in (64, 128):
-        mq = tc & (tile == q)
-        if mq.any():
-            out = np.where(mq, np.char.add(out.astype(str), f"_q{q}"), out)
+        out = _suffix(out, tc & (tile == q), f"_q{q}")
     return out
+
+
+def flashinfer_query_tile(rows, hd):
+    """FlashInfer's query tile over ``rows`` packed query rows (``FA2DetermineCtaTileQ``): 16 up to 16 rows, 64
+    above, 128 above 64 below head dim 256 (decode: one query x the head group; prefill: the tokens x the group)."""
+    rows, hd = np.asarray(rows, float), np.asarray(hd, float)
+    return np.where((rows > 64) & (hd < 256), 128.0, np.where(rows > 16, 64.0, 16.0))
 
 
 #: prefill kernels that apply a sliding window as a mask over every KV tile up to the query (the loop is not
@@ -768,7 +775,13 @@ def _tile_split(df, fam, tc):
 #: (family ``<source>_swa``): SGLang's Triton extend-attention backend. Evidence (L40S SGLang Triton, fp8, 64 / 8
 #: heads, head dim 64, batch 1): window 128 takes 11.9 ms at 16,384 tokens against 15.0 ms without a window
 #: (the band's work would be 1 / 64 of it), 3.2 / 3.8 ms at 8,192; and 14 us against 6 us at 1-64 tokens.
-PREFILL_MASKED_WINDOW = (("sglang", "triton"),)
+PREFILL_MASKED_WINDOW = {"sglang": ("triton",)}
+
+
+def masked_window(src, framework: str):
+    """Rows (``src``: their kernel sources) whose prefill kernel masks the sliding window
+    (:data:`PREFILL_MASKED_WINDOW`)."""
+    return np.isin(src, PREFILL_MASKED_WINDOW.get(framework or "", ()))
 
 
 #: the same for prefill (``context_attention``). Evidence (H100 SGLang FA3 prefill, no window): head dim 192
@@ -787,12 +800,11 @@ def _kernel_families(df, kind, framework: str, names, src):
     applies."""
     if not isinstance(src, np.ndarray):  # rows without a kernel source: the framework's head-dim builds only
         return decode_family_hd(names, _col(df, "head_dim", HD_REF), framework) \
-            if kind == "generation_attention" and names is not None and np.ndim(names) else names
+            if kind == "generation_attention" and names is not None else names
     if kind == "context_attention":
         out = _split_hd(df, framework, names, PREFILL_HD_PATHS, src)
         # a masked-window path of its own (PREFILL_MASKED_WINDOW: another kernel specialisation, its own floor)
-        masked = np.isin(src, [s_ for fw, s_ in PREFILL_MASKED_WINDOW if fw == framework]) & (_col(df, "window_size") > 0)
-        return np.where(masked, np.char.add(np.asarray(out).astype(str), "_swa"), out) if masked.any() else out
+        return _suffix(out, masked_window(src, framework) & (_col(df, "window_size") > 0), "_swa")
     if kind != "generation_attention":
         return names
     out = names
@@ -806,8 +818,7 @@ def _kernel_families(df, kind, framework: str, names, src):
         # an fp8 cache takes the tensor-core kernel at every group size: its rows keep their family's name
         fp8 = np.char.find(kvd.astype(str), "fp8") >= 0
         m = (src == source) & ~fp8 & (grp >= g)
-        if m.any():
-            out = np.where(m, np.char.add(np.asarray(out).astype(str), "_tc"), out)
+        out = _suffix(out, m, "_tc")
         tc = tc | ((src == source) & (fp8 | (grp >= g)))
     out = _split_hd(df, framework, _tile_split(df, out, tc), DECODE_HD_PATHS, src)
     return decode_family_hd(out, _col(df, "head_dim", HD_REF), framework)
@@ -825,10 +836,15 @@ def decode_family_hd(family, head_dim, framework: str):
     out = np.asarray(family).astype(object)
     hd = np.asarray(head_dim, float)
     for d in dims:
-        m = hd == d
-        if m.any():
-            out = np.where(m, np.char.add(out.astype(str), f"_hd{d}"), out)
+        out = _suffix(out, hd == d, f"_hd{d}")
     return out
+
+
+def _suffix(names, mask, suffix: str):
+    """``names`` (an array of family names) with ``suffix`` appended where ``mask``; ``names`` itself where none."""
+    if not np.any(mask):
+        return names
+    return np.where(mask, np.char.add(np.asarray(names).astype(str), suffix), names)
 
 
 def _split_hd(df, framework: str, out, paths: dict, src):
@@ -901,6 +917,7 @@ PREFILL_SWAP_SOURCES = ("vllm_flash_attn", "vllm_flash_attn_fa2", "flash_attenti
 
 
 def _in(source, names):
+    """Whether each kernel source (an array, or one name) is one of ``names``."""
     src = np.asarray(source, dtype=object) if np.ndim(source) else source
     return np.isin(src, names) if np.ndim(src) else np.bool_(src in names)
 
@@ -925,7 +942,7 @@ def prefill_tiles(b, s, h, kvh, hd, source, window=0.0):
         return plain
     rows = s * g
     m = np.where(fa3, np.where(hd <= 96, 192.0, 128.0),
-                 np.where(fi, np.where((rows > 64) & (hd < 256), 128.0, np.where(rows > 16, 64.0, 16.0)), 128.0))
+                 np.where(fi, flashinfer_query_tile(rows, hd), 128.0))
     pack = (kvh < h) & (fa3 | fi | (fa2 & (s <= 1) & (np.asarray(window, float) <= 0)))
     own = np.where(fa3, b * h * np.ceil(s / m), plain)  # FA3's own tile rows without a group to pack
     return np.where(pack, b * kvh * np.ceil(rows / m), own)
@@ -944,9 +961,7 @@ def _attn_shapes(df, kind, framework: str = ""):
     if kind == "context_attention":
         s = isl
         if np.any(w > 0) and "kernel_source" in df.columns:  # a masked window does the whole causal work
-            masked = np.isin(df["kernel_source"].astype(str).to_numpy(),
-                             [s_ for fw, s_ in PREFILL_MASKED_WINDOW if fw == framework])
-            w = np.where(masked, 0.0, w)
+            w = np.where(masked_window(df["kernel_source"].astype(str).to_numpy(), framework), 0.0, w)
         # causal pairs per sequence, queries at positions step..step+s-1, capped by the window
         pairs = s * step + s * (s + 1) / 2.0
         capped = np.where(w > 0, np.minimum(pairs, s * np.minimum(w, s + step)), pairs)

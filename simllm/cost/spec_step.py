@@ -93,16 +93,16 @@ class SpeculativeStepCost:
         n = np.asarray(decode_seqs, dtype=float)
         ctx = np.asarray(decode_ctx_tokens, dtype=float)
         k = self.k
-        if not n.any():
-            v = tg.step_time_ranks(prefill_tokens, prefill_attn_work, prefill_seqs, n, ctx)
-        else:
-            v = tg.step_time_ranks(prefill_tokens, prefill_attn_work, prefill_seqs, n * (k + 1), ctx + n * k)
-            if self._mq is not None:  # the busiest rank's: verify_attention_extra prices a 1 / dp share
-                dp = float(getattr(tg, "dp", 1))
-                v = v + max(float(self._mq(int(a), float(b) + a * k, k + 1)) * dp for a, b in zip(n, ctx))
+        # the MTP module's first pass sees the step's own tokens: the verification step itself without decodes
         first = tg.step_time_ranks(prefill_tokens, prefill_attn_work, prefill_seqs, n, ctx)
+        if not n.any():
+            return first * (1.0 + self.frac)
+        v = tg.step_time_ranks(prefill_tokens, prefill_attn_work, prefill_seqs, n * (k + 1), ctx + n * k)
+        if self._mq is not None:  # the busiest rank's: verify_attention_extra prices a 1 / dp share
+            dp = float(getattr(tg, "dp", 1))
+            v = v + max(float(self._mq(int(a), float(b) + a * k, k + 1)) * dp for a, b in zip(n, ctx))
         rest = 0.0
-        if n.any() and k > 1:
+        if k > 1:
             z = np.zeros(len(n))
             rest = (k - 1) * tg.step_time_ranks(z, z, z, n, ctx)
         return v + self.frac * (first + rest)

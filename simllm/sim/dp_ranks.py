@@ -104,8 +104,8 @@ class DPReplica:
     def __init__(self, sim, index: int, pool, cost, batching, dp: int, router):
         if not hasattr(cost, "step_time_ranks"):
             raise ValueError(f"pool {pool.name!r}: data-parallel attention ranks need the expert-parallel cost model's "
-                             f"per-rank step (step_time_ranks); CUDA-graph padding, host overhead and speculative "
-                             f"decoding wrap the step cost and are not available with DP ranks yet")
+                             f"per-rank step (step_time_ranks); CUDA-graph padding, host overhead and a draft model's "
+                             f"speculation wrap the step cost without it (simllm.scenario.check_dp_ranks_options)")
         cfg = pool.config if pool.config is not None else sim.config
         for opt, on in (("workload.request_timeout_s", getattr(cfg, "request_timeout_s", None) is not None),
                         ("deployment.kv_layer_wise", bool(getattr(cfg, "kv_layer_wise", False)) and pool.role == "prefill")):
@@ -326,9 +326,7 @@ class DPReplica:
         self.clock = end
         emitted, before, done = 0, [], []
         for i, (rk, (k, _c, cum)) in enumerate(zip(dec, plans)):
-            e, u, fin = rk._spec_keep(k, cum)
-            if i:  # the ranks verify in one replica step: the summary's verification steps count it once
-                rk.spec.steps -= k
+            e, u, fin = rk._spec_keep(k, cum, own_steps=i == 0)  # one replica step: counted once
             emitted += e
             before.append(u)
             done.append(fin)

@@ -717,14 +717,15 @@ class Replica:
         if done:
             self._finish(n, end)
 
-    def _spec_keep(self, k: int, cum) -> tuple[int, int, bool]:
+    def _spec_keep(self, k: int, cum, own_steps: bool = True) -> tuple[int, int, bool]:
         """The running sequences keep the tokens the first ``k`` steps of a speculative plan emitted (``cum``):
-        (tokens emitted, used blocks, whether one finished: the caller retires them with :meth:`_finish`)."""
+        (tokens emitted, used blocks, whether one finished: the caller retires them with :meth:`_finish`);
+        ``own_steps``: whether these steps count as this replica's verification steps (SpecDecode.count)."""
         e = cum[k - 1]
         run = self.run
         for (rid, (tt, F, j)), x in zip(list(run.items()), e.tolist()):
             run[rid] = (tt + x, F - x, j)
-        self.spec.count(k, cum)
+        self.spec.count(k, cum, own_steps)
         self._resync()
         self._refresh_used()
         rem = self._arrays()[2]

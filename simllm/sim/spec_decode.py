@@ -80,11 +80,13 @@ class SpecDecode:
         self._plan = (acc, n)
         return s, ctx[:s], cum[:s]
 
-    def count(self, steps: int, cum: np.ndarray) -> None:
-        """The replica applied the first ``steps`` steps of the last plan."""
+    def count(self, steps: int, cum: np.ndarray, own_steps: bool = True) -> None:
+        """The replica applied the first ``steps`` steps of the last plan (``own_steps`` False: a data-parallel
+        rank whose replica step another rank already counted)."""
         acc, n = self._plan
         self._hint = 2 * steps + 8
-        self.steps += steps
+        if own_steps:
+            self.steps += steps
         self.seq_steps += steps * n
         self.proposed += steps * n * self.k
         self.accepted += int(acc[:steps].sum())
