@@ -136,3 +136,30 @@ def test_gemm_floor_grows_with_k_to_the_whole_floor(f0, kf, ko, k1, k2):
     assert gemm_floor(kf * 1.5, gp) == pytest.approx(ko)
     assert np.allclose(gemm_floor(np.array([k1, k2]), gp), [gemm_floor(k1, gp), gemm_floor(k2, gp)])
     assert gemm_floor(k1, GemmParams(kernel_overhead_s=ko)) == ko
+
+
+def test_uncalibrated_gemm_dtypes_priced_from_their_nearest_measured_section():
+    """Blackwell's MXFP8 and the older collectors' AWQ / GPTQ (W4A16) GEMM tables have no measured counterpart in
+    ../shared/data: they are priced (never left unpriced) at their own peak and bytes with the nearest measured
+    dtype's fitted fractions: MXFP8 like fp8_block plus its scale bytes, AWQ / GPTQ like int4_wo plus theirs."""
+    import pandas as pd
+
+    from simllm.cost import pricing
+
+    b200 = load_accelerator("b200")
+    rows = [(m, 4096, 4096) for m in (1, 16, 256, 4096, 16384)]
+
+    def table(dtype):
+        return pd.DataFrame({"kind": "gemm", "dtype": dtype, "framework": "trtllm", "gpu": "b200_sxm",
+                             "source": "x.parquet", "latency_s": 1e-4, "m": [r[0] for r in rows],
+                             "n": [r[1] for r in rows], "k": [r[2] for r in rows]})
+
+    cal = calibration_for(b200).for_framework("trtllm")
+    p = {d: pricing.price(table(d), b200, cal) for d in ("mxfp8", "fp8_block", "awq", "gptq", "int4_wo", "bfloat16")}
+    for d, v in p.items():
+        assert np.all(np.isfinite(v)) and np.all(v > 0), d
+    np.testing.assert_allclose(p["mxfp8"], p["fp8_block"], rtol=0.08)  # 1/32 more bytes, same section
+    assert p["mxfp8"][-1] < p["bfloat16"][-1]  # the large GEMM at the fp8 peak (H100 fp8_block fractions: ~half)
+    np.testing.assert_allclose(p["awq"], p["gptq"])
+    np.testing.assert_allclose(p["awq"], p["int4_wo"], rtol=0.08)
+    assert p["awq"][0] < p["bfloat16"][0]  # a one-row GEMM reads a quarter of the weight bytes

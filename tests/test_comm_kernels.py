@@ -284,8 +284,7 @@ def _table(tmp_path, **cols):
     return d / "nccl_perf.parquet"
 
 
-@pytest.mark.parametrize("cols, field", [({"op_name": ["broadcast"]}, "op_name"),
-                                         ({"message_size": None}, "message_size")])
+@pytest.mark.parametrize("cols, field", [({"message_size": None}, "message_size")])
 def test_bad_comm_table_is_one_line_exit_2(tmp_path, cols, field):
     from simllm.cost.tables import read_tables
 
@@ -297,6 +296,26 @@ def test_bad_comm_table_is_one_line_exit_2(tmp_path, cols, field):
         T.prepare(pd.DataFrame({"kind": ["nccl_broadcast"], "dtype": ["half"], "num_gpus": [2],
                                 "message_size": [8.0], "source": ["x.parquet"]}))
     assert e.value.field == "op_name"
+
+
+def test_unknown_collective_is_counted_unpriced_not_refused(tmp_path, capsys):
+    """A table with a collective the model has no physics for (NCCL's broadcast) beside known ones: `calibrate
+    check` prices what it can and counts the rest in ``unpriced`` (the issue's contract), exit 0; the whole
+    folder is not refused."""
+    import json
+
+    from simllm.cli import main
+
+    p = _table(tmp_path, op_name=["all_reduce", "broadcast", "broadcast"], nccl_dtype=["half"] * 3,
+               num_gpus=[2, 2, 4], message_size=[1024, 1024, 4096], latency=[0.01, 0.012, 0.02],
+               kernel_source=["NCCL"] * 3)
+    with pytest.raises(SystemExit) as e:
+        main(["calibrate", "check", str(p), "--hw", "a100-sxm-80gb", "--json"])
+    assert e.value.code == 0
+    d = json.loads(capsys.readouterr().out)
+    d = d.get("frameworks", {}).get("nccl", d)
+    assert d["n"] == 3 and d["unpriced"] == {"nccl_broadcast": 2}
+    assert set(d["per_op"]) == {"nccl_all_reduce/half"}
 
 
 @need_data

@@ -119,6 +119,9 @@ def fit_cmd(files: List[Path] = typer.Argument(..., help="measured tables: AICon
         for fw, d in (cal.frameworks or {}).items():
             for k, v in (d.get("fit") or {}).get("per_op", {}).items():
                 typer.echo(f"{fw} {k}: {v['n']} rows, median {v['median']:.2%}, p90 {v['p90']:.2%}")
+            for k, n in ((d.get("fit") or {}).get("unpriced") or {}).items():
+                if n:
+                    typer.echo(f"{fw} {k}: {n} rows the model cannot price (unpriced, not fitted)", err=True)
         typer.echo(f"wrote {dest}")
 
 

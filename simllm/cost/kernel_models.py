@@ -28,8 +28,9 @@ On-chip cache: a GEMM whose operands fit in half the device's L2 (``sram``) stre
 2.5 TB/s of weight traffic, impossible from DRAM; the benchmark repeats one GEMM, so it stays resident. Weight-only ``int8_wo`` /
 ``int4_wo`` compute at the bf16 peak (the weights are dequantized in registers) and read 1 / 0.5
 byte weights; ``sq`` (SmoothQuant W8A8) runs at the int8 peak. ``nvfp4`` / ``fp4`` use the device's
-fp4 datasheet peak with the fp8 section's fractions: UNCALIBRATED (no fp4 measurements exist in
-../shared/data). A device without a datasheet peak for the dtype is an InputError, never a silent
+fp4 datasheet peak with the fp8 section's fractions, ``mxfp8`` the fp8 peak with the fp8_block section's,
+``awq`` / ``gptq`` (W4A16) the bf16 peak with the int4_wo section's: UNCALIBRATED (no such measurements
+exist in ../shared/data). A device without a datasheet peak for the dtype is an InputError, never a silent
 bf16 price.
 
 Attention prefill (``context_attention/<attn_dtype>``): FLOPs = 4 hd heads x causal pairs (pairs
@@ -86,12 +87,18 @@ GEMM_DTYPES = {
     "fp8": ("fp8", 1, 1, 2, True), "fp8_block": ("fp8", 1, 1, 2, True), "fp8_static": ("fp8", 1, 1, 2, False),
     "int8_wo": ("bf16", 2, 1, 2, False), "int4_wo": ("bf16", 2, 0.5, 2, False), "sq": ("int8", 1, 1, 2, True),
     "int8": ("int8", 1, 1, 2, True), "nvfp4": ("fp4", 0.5, 0.5, 2, True), "fp4": ("fp4", 0.5, 0.5, 2, True),
+    # MXFP8 (Blackwell block-scaled fp8: one e8m0 scale byte per 32 elements of both operands); AWQ / GPTQ
+    # (4-bit weights with one fp16 scale per 128-element group, bf16 activations, the older collectors' W4A16 names)
+    "mxfp8": ("fp8", 1 + 1 / 32, 1 + 1 / 32, 2, True),
+    "awq": ("bf16", 2, 0.5 + 2 / 128, 2, False), "gptq": ("bf16", 2, 0.5 + 2 / 128, 2, False),
 }
 ATTN_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16", "bf16": "bf16",
                "fp8": "fp8", "fp8_e4m3": "fp8"}
 KV_BYTES = {"bfloat16": 2.0, "float16": 2.0, "fp16": 2.0, "half": 2.0, "bf16": 2.0, "fp8": 1.0, "fp8_e4m3": 1.0,
             "int8": 1.0, "nvfp4": 0.5625, "fp4": 0.5}
-UNCALIBRATED = {"nvfp4", "fp4"}
+UNCALIBRATED = {"nvfp4": "fp8", "fp4": "fp8", "mxfp8": "fp8_block", "awq": "int4_wo", "gptq": "int4_wo"}
+"""GEMM dtypes without a table in ../shared/data -> the measured dtype whose fitted section prices them (their own
+peak and bytes, that dtype's fractions of peak and floors); never fitted."""
 
 
 def strict_peak(acc, dtype: str) -> float:
@@ -197,7 +204,7 @@ def gemm_launch_and_body(M, K, N, dtype: str, acc, cal, groups=1.0, source: str 
         raise InputError(f"unknown GEMM dtype {dtype!r} (expected one of {', '.join(GEMM_DTYPES)})",
                          field="gemm_dtype")
     pk, ab, wb, ob, quant = GEMM_DTYPES[dtype]
-    key = "fp8" if dtype in UNCALIBRATED else dtype
+    key = UNCALIBRATED.get(dtype, dtype)
     s, found = _sec(cal, kind, key, source)
     if not s and kind != "gemm":
         s, found = _sec(cal, "gemm", key, source)

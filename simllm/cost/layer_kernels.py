@@ -198,7 +198,7 @@ class LayerKernels:
 
     def _gemm_setup(self, dt):
         pk, ab, wb, ob, quant = GEMM_DTYPES[dt]
-        key = "fp8" if dt in UNCALIBRATED else dt
+        key = UNCALIBRATED.get(dt, dt)
         s, found = _sec(self.cal, "gemm", key)
         gp = _gemm_params(s)
         if dt in ("fp16", "float16") and found in ("", "gemm/bfloat16") and "gemm" in (self.cal.fit or {}):

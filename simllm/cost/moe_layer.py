@@ -95,13 +95,16 @@ from .kernels import l2_time_factor
 #: elements, at the device's fp4 peak; parameters of fp8_block, else fp8), ``w4afp8`` (int4 weights with a
 #: bf16 scale per 128-element group, fp8 activations, at the fp8 peak; parameters of fp8), and
 #: ``w4a8_mxfp4_mxfp8`` (mxfp4 weights and mxfp8 activations, one e8m0 scale byte per 32 elements, at the
-#: fp8 peak; parameters of fp8_block). A device without the peak raises InputError (strict_peak).
+#: fp8 peak; parameters of fp8_block), ``mxfp8`` (Blackwell block-scaled fp8: fp8 weights and activations, one e8m0
+#: scale byte per 32 elements, at the fp8 peak; parameters of fp8_block). A device without the peak raises InputError
+#: (strict_peak).
 MOE_DTYPES = {"bfloat16": ("bf16", 2.0, 2.0), "float16": ("fp16", 2.0, 2.0), "fp8": ("fp8", 1.0, 1.0),
               "fp8_block": ("fp8", 1.0 + 4.0 / 128 ** 2, 1.0), "int4_wo": ("bf16", 0.5, 2.0),
               "w4a16_mxfp4": ("bf16", 0.5 + 1.0 / 32, 2.0), "int8_wo": ("bf16", 1.0, 2.0),
               "nvfp4": ("fp4", 0.5 + 1.0 / 16, 0.5 + 1.0 / 16), "w4afp8": ("fp8", 0.5 + 2.0 / 128, 1.0),
-              "w4a8_mxfp4_mxfp8": ("fp8", 0.5 + 1.0 / 32, 1.0 + 1.0 / 32)}
-UNCALIBRATED = frozenset({"nvfp4", "w4afp8", "w4a8_mxfp4_mxfp8"})
+              "w4a8_mxfp4_mxfp8": ("fp8", 0.5 + 1.0 / 32, 1.0 + 1.0 / 32),
+              "mxfp8": ("fp8", 1.0 + 1.0 / 32, 1.0 + 1.0 / 32)}
+UNCALIBRATED = frozenset({"nvfp4", "w4afp8", "w4a8_mxfp4_mxfp8", "mxfp8"})
 _PL = re.compile(r"^power_law_(\d+(?:\.\d+)?)$")
 DRAWS = 4
 
@@ -308,7 +311,8 @@ def moe_time_counts(c, T, H, I, k, tp, dtype, *, acc, gp, p: MoEParams, gated: b
 # --------------------------------------------------------------------------- registry
 #: dtypes with no measured table in ../shared/data, priced with the nearest measured dtype's fitted
 #: section (UNCALIBRATED: see MOE_DTYPES)
-NEAREST = {"nvfp4": ("fp8_block", "fp8"), "w4afp8": ("fp8", "fp8_block"), "w4a8_mxfp4_mxfp8": ("fp8_block", "fp8")}
+NEAREST = {"nvfp4": ("fp8_block", "fp8"), "w4afp8": ("fp8", "fp8_block"), "w4a8_mxfp4_mxfp8": ("fp8_block", "fp8"),
+           "mxfp8": ("fp8_block", "fp8")}
 MIN_SOURCE_ROWS = 300  # rows a (dtype, kernel_source) group needs to get its own fitted section
 
 
