@@ -78,7 +78,7 @@ def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0, only
     kept = {}
     for d, target, m, shipped in _jobs(df, kind, fw, cal, kern, only):
         sub = df[m].iloc[km._subsample(int(m.sum()), rows, seed)]
-        keys = keys0 + list(km.window_keys(sub, kind))
+        keys = keys0 + list(km.window_keys(sub, kind)) + list(km.reread_keys(sub, kind, fw))
         if only:
             keys = [k for k in keys if k in only]
             if not keys:
@@ -92,6 +92,8 @@ def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0, only
         s0 = {**km.ROOF_DEFAULT, **shipped}
         if "window_tile" in keys and not s0.get("window_tile", 0.0):
             s0["window_tile"] = 64.0  # off the bound (half a 128-token KV tile)
+        if "reread_gbps" in keys and not s0.get("reread_gbps", 0.0):
+            s0["reread_gbps"] = 40.0  # a start: 5.3 TB/s over H100's 132 SMs (kernel_models.reread_time)
 
         def to_z(s):
             u = np.clip((np.array([s[k] for k in keys], float) - lo) / (hi - lo), 1e-4, 1 - 1e-4)

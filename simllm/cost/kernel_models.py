@@ -554,6 +554,16 @@ def roof_keys(kind: str) -> list:
         (["kv_cost"] if kind == "context_attention" else [])
 
 
+def reread_keys(df, kind: str, framework: str = "") -> tuple:
+    """("reread_gbps",) where decode rows run unpacked over shared KV heads (:func:`reread_time`), else ()."""
+    if kind != "generation_attention" or not len(df):
+        return ()
+    h, kvh = _col(df, "num_heads"), _col(df, "num_key_value_heads")
+    eff = decode_kv_heads(h, kvh, framework, _col(df, "window_size"),
+                          df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else "")
+    return ("reread_gbps",) if int(np.sum(eff > kvh)) >= MIN_GROUP else ()
+
+
 def window_keys(df, kind: str) -> tuple:
     """("window_tile",) where attention rows outgrow their sliding window (the parameter is fitted), else ()."""
     if kind not in ("generation_attention", "context_attention") or "window_size" not in df.columns:
@@ -632,10 +642,27 @@ def _bf16_peak(acc) -> float:
         return 0.0  # no tensor peak to scale the L2 bandwidth from: DRAM only
 
 
-def _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench: bool = False):
+def reread_time(reread, acc, s):
+    """Seconds an unpacked decode path spends re-reading K/V its query heads share (``reread`` bytes).
+
+    Above TensorRT-LLM's largest XQA group (and for FlashAttention 2 with a window) every query head runs as
+    its own CTA over its KV head's cache (:func:`decode_kv_heads`); the CTAs of one KV head's query heads
+    read the same K/V, which DRAM serves once and the L2 serves to the others. The re-reads stream at a
+    per-SM rate (``reread_gbps``, GB/s per SM: fitted on the sections with such rows), not at the DRAM
+    bandwidth, so DRAM carries the KV heads' own bytes only. Evidence (TensorRT-LLM 1.3.0rc20 masked MHA,
+    64 query heads over 1 KV head, head dim 128, bf16 cache, batch 128, 1,024 tokens): 0.662 ms on H100
+    (3.35 TB/s HBM3, 132 SMs) and 0.662 ms on L40S (864 GB/s GDDR6, 142 SMs), 6.5 TB/s of K/V reads on
+    either, while the DRAM price of every query head's read (what the model did before) was 2.1x / 6.8x
+    the measured time (L40S TRT-LLM decode: heads-per-KV-head 48-128 rows p90 500%).
+    ASSUMPTION: the rate transfers per SM (no L2 bandwidth figure in the descriptors)."""
+    return np.asarray(reread, float) / (float(acc.compute_units.value) * s["reread_gbps"] * 1e9)
+
+
+def _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench: bool = False, reread=None):
     """(launch, body) of a roofline kernel: compute stretched by wave quantization of ``tiles``,
     memory by the fraction of SMs that ``ctas`` keep busy; ``bench``: a benchmark's back-to-back
-    calls, whose working set stays in L2 when it fits (:func:`bench_l2_resident`)."""
+    calls, whose working set stays in L2 when it fits (:func:`bench_l2_resident`); ``reread``: bytes
+    an unpacked decode path re-reads from the L2 (:func:`reread_time`), outside ``nbytes``."""
     cus = float(acc.compute_units.value)
     tc = flops / (peak * s["ce"]) * _waves(tiles, cus, s["a"])
     par = np.minimum(1.0, np.maximum(ctas, 1.0) / (cus * max(s["occ"], 1e-3)))
@@ -650,7 +677,10 @@ def _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench: bool = False):
                       np.maximum(nbytes / max(acc.hbm_bw * s["me"], s["l2_bpf"] * _bf16_peak(acc)), per_cta), tm)
     tq = np.maximum(ctas, 1.0) / (cus * max(s["occ"], 1e-3)) * s.get("cta_s", 0.0)
     p = s["p"]
-    body = (tc ** p + tm ** p + tq ** p) ** (1.0 / p)
+    if reread is not None:
+        body = (tc ** p + tm ** p + tq ** p + reread_time(reread, acc, s) ** p) ** (1.0 / p)
+    else:
+        body = (tc ** p + tm ** p + tq ** p) ** (1.0 / p)
     return np.zeros(np.shape(body)) + s["launch_s"], body
 
 
@@ -959,6 +989,7 @@ def _attn_shapes(df, kind, framework: str = ""):
     b, isl, step = _col(df, "batch_size"), _col(df, "isl"), _col(df, "step")
     h, kvh, hd = _col(df, "num_heads"), _col(df, "num_key_value_heads"), _col(df, "head_dim", 128)
     w = _col(df, "window_size")
+    kvh_own = kvh
     if kind == "generation_attention":
         kvh = decode_kv_heads(h, kvh, framework, w,
                               df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else "")
@@ -984,7 +1015,7 @@ def _attn_shapes(df, kind, framework: str = ""):
         # (_roof_predict), the tiles the band's edges cut through
         over = np.where(w > 0, np.maximum(s + step - w, 0.0), 0.0)
         return (flops, nbytes, tiles, ctas, None, b, kvh, pairs_h, (over, (b * h * 4.0 * hd * s, b * h * 4.0 * s, 0.0)),
-                kv_bytes)
+                kv_bytes, None)
     else:
         kv = isl + step
         kv_eff = np.where(w > 0, np.minimum(kv, w), kv)
@@ -997,7 +1028,9 @@ def _attn_shapes(df, kind, framework: str = ""):
         # (_roof_predict), at these per-token FLOPs, pair and byte rates
         over = np.where(w > 0, np.maximum(kv - w, 0.0), 0.0)
         per_tok = (b * h * 4.0 * hd, b * h * 4.0, b * 2 * kvh * hd * kvb)
-        return flops, nbytes, tiles, ctas, kv_eff, b, kvh, pairs_h, (over, per_tok), None
+        # of nbytes: the K/V a query head re-reads from its shared KV head on an unpacked path (kvh > the table's own)
+        reread = b * 2 * kv_eff * np.maximum(kvh - kvh_own, 0.0) * hd * kvb
+        return flops, nbytes, tiles, ctas, kv_eff, b, kvh, pairs_h, (over, per_tok), None, reread
 
 
 def _mla_shapes(df, kind):
@@ -1011,12 +1044,12 @@ def _mla_shapes(df, kind):
         nbytes = b * (s * h * (MLA_QK_NOPE + MLA_ROPE + MLA_V) * 2 * 2 + (s + step) * h *
                       (MLA_QK_NOPE + MLA_ROPE + MLA_V) * 2 + (s + step) * lat * kvb)
         tiles = b * h * np.ceil(s / 128.0)
-        return flops, nbytes, tiles, tiles, None, b, np.ones(len(df)), b * h * 4.0 * pairs, None, None
+        return flops, nbytes, tiles, tiles, None, b, np.ones(len(df)), b * h * 4.0 * pairs, None, None, None
     kv = isl + step
     flops = b * h * 2.0 * (lat + MLA_KV_LORA) * kv
     nbytes = b * (kv * lat * kvb + h * (lat + MLA_KV_LORA) * 2)
     tiles = b * np.ceil(h / 64.0)
-    return flops, nbytes, tiles, None, kv, b, np.ones(len(df)), b * h * 4.0 * kv, None, None
+    return flops, nbytes, tiles, None, kv, b, np.ones(len(df)), b * h * 4.0 * kv, None, None, None
 
 
 def _shapes(df, kind, framework: str = ""):
@@ -1044,7 +1077,7 @@ def decode_splits(kv, rows, cus: float, s: dict):
 
 
 def _roof_predict(shapes, acc, peak, s, bench: bool = True):
-    flops, nbytes, tiles, ctas, kv, b, kvh, pairs_h, win, kv_bytes = shapes
+    flops, nbytes, tiles, ctas, kv, b, kvh, pairs_h, win, kv_bytes, reread = shapes
     if kv_bytes is not None and s.get("kv_cost", 1.0) != 1.0:  # prefill: the K/V bytes at their own cost
         nbytes = nbytes + (s["kv_cost"] - 1.0) * kv_bytes
     wt = s.get("window_tile", 0.0)
@@ -1056,6 +1089,10 @@ def _roof_predict(shapes, acc, peak, s, bench: bool = True):
     flops = flops + pairs_h * s.get("hd0", 0.0)
     if ctas is None:
         ctas = b * kvh * decode_splits(kv, b * kvh, float(acc.compute_units.value), s)
+    if reread is not None and s.get("reread_gbps", 0.0) > 0.0 and np.any(reread > 0):
+        if win is not None and wt > 0.0:  # the window's extra key positions are re-read too
+            reread = reread * (kv / np.maximum(kv - extra, 1.0))
+        return _roof(flops, nbytes - reread, tiles, ctas, acc, peak, s, bench=bench, reread=reread)
     return _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench=bench)
 
 
@@ -1087,7 +1124,7 @@ def _price_attn(kind):
 _BOUNDS = {"ce": (0.02, 1.0), "me": (0.05, 1.2), "launch_s": (0.0, 5e-3), "p": (1.0, 20.0), "a": (0.0, 1.0),
            "split": (16.0, 1048576.0), "occ": (0.05, 64.0), "hd0": (0.0, 512.0),
            "cta_s": (0.0, 1e-3), "hd_floor": (0.0, 1.0), "l2_bpf": (0.0, 0.1), "split_waves": (0.0, 64.0),
-           "window_tile": (0.0, 1024.0), "kv_cost": (0.3, 8.0)}
+           "window_tile": (0.0, 1024.0), "kv_cost": (0.3, 8.0), "reread_gbps": (1.0, 2000.0)}
 _SCALE = {"launch_s": 1e-6, "cta_s": 1e-6}
 
 
@@ -1106,7 +1143,8 @@ def _fit_roof(kind):
                 continue
             sub = df[m]
             sub = sub.iloc[_subsample(len(sub), max_rows)]
-            keys = [k for k in keys if k != "window_tile"] + list(window_keys(sub, kind))
+            keys = [k for k in keys if k not in ("window_tile", "reread_gbps")] + list(window_keys(sub, kind)) + \
+                list(reread_keys(sub, kind, getattr(cal, "framework", "")))
             t = sub["latency_s"].to_numpy(float)
             shp = _shapes(sub, kind, getattr(cal, "framework", ""))
             hd = _col(sub, "head_dim", HD_REF)
@@ -1119,6 +1157,8 @@ def _fit_roof(kind):
                 s0["split_waves"] = 8.0  # a start off the bound (8 waves: the uncapped split in most rows)
             if not s0.get("l2_bpf", 0.0):
                 s0["l2_bpf"] = 0.005  # off the bound too (H100: 1.4 x 3.35 TB/s over 989 TFLOP/s)
+            if "reread_gbps" in keys and not s0.get("reread_gbps", 0.0):
+                s0["reread_gbps"] = 40.0  # a start: 5.3 TB/s over H100's 132 SMs
             if "window_tile" in keys and not s0.get("window_tile", 0.0):
                 s0["window_tile"] = 64.0  # off the bound (half a 128-token KV tile)
             x0 = [s0[k] / _SCALE.get(k, 1.0) for k in keys]

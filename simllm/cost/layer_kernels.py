@@ -144,6 +144,13 @@ class LayerKernels:
             g = float(decode_floor_scale(self.hd, self.dec.get("hd_floor", 0.0)))
             self.dec["launch_s"] *= g
             self.dec["cta_s"] = self.dec.get("cta_s", 0.0) * g
+        # an unpacked decode path re-reads the K/V its query heads share from the L2 (kernel_models.reread_time):
+        # DRAM carries the model's own KV heads, the re-reads a per-SM rate; per context token, seconds
+        gbps = float(self.dec.get("reread_gbps", 0.0) or 0.0)
+        self.rr_dram = self.rr_tok_s = 0.0
+        if not self.mla and gbps > 0.0 and self.kvh_dec > self.kvh:
+            self.rr_dram = 2.0 * (self.kvh_dec - self.kvh) * self.hd * self.kvb
+            self.rr_tok_s = self.rr_dram / (self.cus * gbps * 1e9)
 
     # ------------------------------------------------------------------ GEMM
     def gemm(self, M, K, N, groups=1.0, dtype=None):
@@ -209,7 +216,7 @@ class LayerKernels:
                 _sustain(s))
 
     # ------------------------------------------------------------------ attention (per layer, per rank)
-    def _body(self, flops, nbytes, tiles, ctas, s):
+    def _body(self, flops, nbytes, tiles, ctas, s, t_rr=0.0):
         cus = self.cus
         w = max(tiles, 1.0) / cus
         full = math.floor(w)
@@ -221,6 +228,8 @@ class LayerKernels:
         tm = nbytes / (self.bw * s["me"]) / min(1.0, c)
         tq = c * s.get("cta_s", 0.0)
         p = s["p"]
+        if t_rr:
+            return (tc ** p + tm ** p + tq ** p + t_rr ** p) ** (1.0 / p)
         return (tc ** p + tm ** p + tq ** p) ** (1.0 / p)
 
     def prefill(self, T: float, W: float, seqs: float):
@@ -272,6 +281,9 @@ class LayerKernels:
         if not isinstance(ctx, np.ndarray):
             C = float(ctx)
             ctas = cta_rows * decode_splits(C / b, cta_rows, self.cus, s)
+            if self.rr_tok_s:
+                return s["launch_s"], self._body(f_tok * C, (by_tok - self.rr_dram) * C + by_seq, tiles, ctas, s,
+                                                 self.rr_tok_s * C)
             return s["launch_s"], self._body(f_tok * C, by_tok * C + by_seq, tiles, ctas, s)
         C = np.asarray(ctx, dtype=float)
         cus = self.cus
@@ -283,9 +295,11 @@ class LayerKernels:
         occ = cus * max(s["occ"], 1e-3)
         c = np.maximum(ctas, 1.0) / occ
         tc = (f_tok * C) / (self.attn_peak * s["ce"]) * wf
-        tm = (by_tok * C + by_seq) / (self.bw * s["me"]) / np.minimum(1.0, c)
+        tm = ((by_tok - self.rr_dram) * C + by_seq) / (self.bw * s["me"]) / np.minimum(1.0, c)
         tq = c * s.get("cta_s", 0.0)
         p = s["p"]
+        if self.rr_tok_s:
+            return s["launch_s"], (tc ** p + tm ** p + tq ** p + (self.rr_tok_s * C) ** p) ** (1.0 / p)
         return s["launch_s"], (tc ** p + tm ** p + tq ** p) ** (1.0 / p)
 
     def decode_ctx_eff(self, seqs: float, ctx, ctx_max):
