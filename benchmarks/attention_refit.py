@@ -78,7 +78,8 @@ def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0, only
     kept = {}
     for d, target, m, shipped in _jobs(df, kind, fw, cal, kern, only):
         sub = df[m].iloc[km._subsample(int(m.sum()), rows, seed)]
-        keys = keys0 + list(km.window_keys(sub, kind)) + list(km.reread_keys(sub, kind, fw))
+        keys = keys0 + list(km.window_keys(sub, kind)) + list(km.reread_keys(sub, kind, fw)) + \
+            list(km.combine_keys(sub, kind))
         if only:
             keys = [k for k in keys if k in only]
             if not keys:
@@ -92,6 +93,8 @@ def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0, only
         s0 = {**km.ROOF_DEFAULT, **shipped}
         if "window_tile" in keys and not s0.get("window_tile", 0.0):
             s0["window_tile"] = 64.0  # off the bound (half a 128-token KV tile)
+        if "combine_s" in keys and not s0.get("combine_s", 0.0):
+            s0["combine_s"] = 4e-6  # a start: one more kernel launch (kernel_models.fa2_combine_time)
         if "reread_gbps" in keys and not s0.get("reread_gbps", 0.0):
             s0["reread_gbps"] = 40.0  # a start: 5.3 TB/s over H100's 132 SMs (kernel_models.reread_time)
 
@@ -103,7 +106,7 @@ def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0, only
             return dict(s0, **{k: float(v) for k, v in zip(keys, lo + (hi - lo) / (1 + np.exp(-z)))})
 
         def f(z):
-            a, b = km._roof_predict(shp, acc, peak, km._hd_scaled(from_z(z), hd, kind))
+            a, b = km._roof_predict(shp, acc, peak, km._hd_scaled(from_z(z), hd, kind), hd=hd)
             return km._loss(a + b, t)
 
         z0 = to_z(s0)

@@ -203,3 +203,34 @@ def test_decode_head_dim_floor_in_the_serving_step_as_in_the_table_pricer(h100, 
     assert lo + body == pytest.approx(float(tlo[0] + tbody[0]), rel=1e-9)
     g = decode_floor_scale(hd, cal.kernels["generation_attention/bfloat16"]["hd_floor"])
     assert (g > 1.0) == (hd > 128)
+
+
+@pytest.mark.parametrize("device", ["a100-sxm-80gb", "l40s"])
+def test_fa2_decode_splits_by_its_heuristic_in_the_serving_step_as_in_the_table_pricer(device):
+    """vLLM's FlashAttention 2 decode (A100, L40S) splits the KV by FA2's own heuristic and runs a combine kernel
+    after a split call (kernel_models.fa2_num_splits / fa2_combine_time): the serving step prices a GQA decode as
+    the table pricer does, scalar and array contexts alike; one 128-key block (one split) costs no combine, two
+    blocks at batch 1 do (A100 measured 12-13 us up to 128 tokens, 17-18 us from 256)."""
+    import pandas as pd
+
+    from simllm.cost.calibration import calibration_for
+    from simllm.cost.kernel_models import attention_launch_and_body, fa2_num_splits
+
+    acc = load_accelerator(device)
+    assert fa2_num_splits(1, 1, 108) == 1 and fa2_num_splits(1, 2, 108) == 2
+    assert fa2_num_splits(200, 8, 108) == 1  # enough rows to fill 2 x SMs: no split
+    cal = calibration_for(acc).for_framework("vllm")
+    assert "combine_s" in cal.kernels["generation_attention/bfloat16/gqa"]
+    m = load_model("llama-3-8b")  # 32 / 8 heads, head dim 128
+    k = LayerKernels(m, acc, cal, tp=1, weight_dtype="bf16", act_dtype="bf16", kv_dtype="bf16", kv_bytes=2.0)
+    assert k.fa2
+    for b, ctx in ((1, 100), (1, 300), (8, 2000), (64, 4000)):
+        row = pd.DataFrame({"kind": ["generation_attention"], "dtype": ["bfloat16"], "kv_cache_dtype": ["bfloat16"],
+                            "batch_size": [b], "isl": [ctx], "step": [0], "num_heads": [32],
+                            "num_key_value_heads": [8], "head_dim": [128], "window_size": [0],
+                            "kernel_source": ["vllm_flash_attn_fa2" if device == "l40s" else "vllm_flash_attn"]})
+        lo, body = k.decode(float(b), float(b * ctx))
+        tlo, tbody = attention_launch_and_body(row, "generation_attention", acc, cal, bench=False)
+        assert lo + body == pytest.approx(float(tlo[0] + tbody[0]), rel=1e-9), (b, ctx)
+        alo, abody = k.decode(float(b), np.array([float(b * ctx), float(b * ctx)]))
+        assert np.allclose(alo + abody, lo + body, rtol=1e-12)

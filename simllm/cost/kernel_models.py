@@ -64,6 +64,7 @@ model (groups = heads).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 import re
 import statistics
 from dataclasses import replace
@@ -552,6 +553,14 @@ def roof_keys(kind: str) -> list:
     return [k for k in _ROOF_KEYS if not (k in ("split", "split_waves") and ctx)
             and not (k in ("hd_floor", "split_waves") and kind != "generation_attention")] + \
         (["kv_cost"] if kind == "context_attention" else [])
+
+
+def combine_keys(df, kind: str) -> tuple:
+    """("combine_s",) where decode rows run FlashAttention 2 (:data:`FA2_SOURCES`: its split heuristic and combine
+    kernel, :func:`fa2_num_splits`), else ()."""
+    if kind != "generation_attention" or "kernel_source" not in df.columns or not len(df):
+        return ()
+    return ("combine_s",) if bool(np.all(_in(df["kernel_source"].astype(str).to_numpy(), FA2_SOURCES))) else ()
 
 
 def reread_keys(df, kind: str, framework: str = "") -> tuple:
@@ -1056,6 +1065,59 @@ def _shapes(df, kind, framework: str = ""):
     return _mla_shapes(df, kind) if "mla" in kind else _attn_shapes(df, kind, framework)
 
 
+def fa2_block_n(hd):
+    """Keys per KV block of FlashAttention 2's split-KV decode kernel: 256 up to head dim 64, 128 up to 128, 64 above
+    (``run_mha_fwd_splitkv_dispatch``'s ``kBlockN``)."""
+    hd = np.asarray(hd, float)
+    return np.where(hd <= 64, 256.0, np.where(hd <= 128, 128.0, 64.0))
+
+
+@lru_cache(maxsize=65536)
+def _fa2_splits_one(rows: int, n_blocks: int, cus: int) -> int:
+    sm2 = 2 * cus  # FA2 counts two 128-thread blocks per SM
+    if rows >= 0.8 * sm2:
+        return 1
+    top = min(128, sm2, n_blocks)
+    effs = []
+    for n in range(1, top + 1):
+        ok = n == 1 or -(-n_blocks // n) != -(-n_blocks // (n - 1))
+        w = rows * n / sm2
+        effs.append((w / math.ceil(w)) if ok else 0.0)
+    best = max(effs) if effs else 0.0
+    for n, e in enumerate(effs, 1):
+        if e > 0.0 and e >= 0.85 * best:
+            return n
+    return 1
+
+
+def fa2_num_splits(rows, n_blocks, cus: float):
+    """KV splits FlashAttention 2 picks for a decode call (``num_splits_heuristic``, flash_api.cpp): one when the
+    ``rows`` (sequences x KV heads x 64-row query blocks) nearly fill twice the SMs, else the fewest splits (at most
+    128, at most the ``n_blocks`` KV blocks, one whose blocks per split differ from the next smaller count's) whose
+    wave efficiency is within 85% of the best. With paged KV (vLLM) the split kernel always runs, and a combine
+    kernel follows when it splits (:func:`fa2_combine_time`)."""
+    if np.ndim(rows) == 0 and np.ndim(n_blocks) == 0:
+        return float(_fa2_splits_one(int(max(rows, 1)), int(max(n_blocks, 1)), int(cus)))
+    r, nb = np.broadcast_arrays(np.maximum(np.asarray(rows, float), 1.0), np.maximum(np.asarray(n_blocks, float), 1.0))
+    out = np.empty(r.shape)
+    for i, (a, b_) in enumerate(zip(r.ravel(), nb.ravel())):
+        out.ravel()[i] = _fa2_splits_one(int(a), int(b_), int(cus))
+    return out
+
+
+def fa2_combine_time(splits, bh, hd, acc, s):
+    """Seconds of FlashAttention 2's split-KV combine kernel, which runs when the decode call splits: its launch and
+    fixed work ``combine_s`` (fitted) plus reading every split's fp32 partial output and writing the bf16 result,
+    ``(4 splits + 2) x sequences x query heads x head dim`` bytes. Evidence (A100 vLLM FA2 decode, 8 / 1 heads, head
+    dim 128): 12-13 us at 2-128 context tokens for batch 1-64 (one 128-key block: one split, no combine) and 17-18 us
+    from 256 (two blocks: two splits and the combine), against 18 us priced throughout by a fitted tokens-per-split
+    that never split."""
+    sp = np.asarray(splits, float)
+    t = s.get("combine_s", 0.0) + (4.0 * sp + 2.0) * np.asarray(bh, float) * np.asarray(hd, float) / (
+        acc.hbm_bw * s["me"])
+    return np.where(sp > 1.0, t, 0.0)
+
+
 def decode_splits(kv, rows, cus: float, s: dict):
     """KV splits per (sequence, KV head) of a decode kernel: ``ceil(kv / split)`` (a split per ``split``
     tokens), and for a section with ``split_waves`` > 0 at most ``ceil(split_waves x SMs / rows)``, rows =
@@ -1076,7 +1138,7 @@ def decode_splits(kv, rows, cus: float, s: dict):
     return n
 
 
-def _roof_predict(shapes, acc, peak, s, bench: bool = True):
+def _roof_predict(shapes, acc, peak, s, bench: bool = True, hd=None):
     flops, nbytes, tiles, ctas, kv, b, kvh, pairs_h, win, kv_bytes, reread = shapes
     if kv_bytes is not None and s.get("kv_cost", 1.0) != 1.0:  # prefill: the K/V bytes at their own cost
         nbytes = nbytes + (s["kv_cost"] - 1.0) * kv_bytes
@@ -1086,14 +1148,23 @@ def _roof_predict(shapes, acc, peak, s, bench: bool = True):
         extra = np.minimum(over, wt)
         flops, pairs_h, nbytes = flops + extra * f_tok, pairs_h + extra * p_tok, nbytes + extra * b_tok
         kv = None if kv is None else kv + extra
+    bh = pairs_h / (4.0 * np.maximum(kv, 1.0)) if kv is not None else None  # sequences x query heads
     flops = flops + pairs_h * s.get("hd0", 0.0)
+    comb = None
     if ctas is None:
-        ctas = b * kvh * decode_splits(kv, b * kvh, float(acc.compute_units.value), s)
+        if "combine_s" in s and hd is not None:  # FlashAttention 2's own split heuristic and combine kernel
+            sp = fa2_num_splits(b * kvh, np.ceil(np.maximum(kv, 1.0) / fa2_block_n(hd)), float(acc.compute_units.value))
+            ctas = b * kvh * sp
+            comb = fa2_combine_time(sp, bh, hd, acc, s)
+        else:
+            ctas = b * kvh * decode_splits(kv, b * kvh, float(acc.compute_units.value), s)
     if reread is not None and s.get("reread_gbps", 0.0) > 0.0 and np.any(reread > 0):
         if win is not None and wt > 0.0:  # the window's extra key positions are re-read too
             reread = reread * (kv / np.maximum(kv - extra, 1.0))
-        return _roof(flops, nbytes - reread, tiles, ctas, acc, peak, s, bench=bench, reread=reread)
-    return _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench=bench)
+        lo, bo = _roof(flops, nbytes - reread, tiles, ctas, acc, peak, s, bench=bench, reread=reread)
+    else:
+        lo, bo = _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench=bench)
+    return (lo, bo + comb) if comb is not None else (lo, bo)
 
 
 def attention_launch_and_body(df, kind, acc, cal, bench: bool = True):
@@ -1108,8 +1179,10 @@ def attention_launch_and_body(df, kind, acc, cal, bench: bool = True):
             continue
         s = {**ROOF_DEFAULT, **_sec(cal, kind, d, src)[0]}
         peak = strict_peak(acc, ATTN_DTYPES[_base_dtype(d)])
-        s = _hd_scaled(s, _col(df[sel], "head_dim", HD_REF), kind)
-        lo, bo = _roof_predict(_shapes(df[sel], kind, getattr(cal, "framework", "")), acc, peak, s, bench=bench)
+        hd = _col(df[sel], "head_dim", HD_REF)
+        s = _hd_scaled(s, hd, kind)
+        lo, bo = _roof_predict(_shapes(df[sel], kind, getattr(cal, "framework", "")), acc, peak, s, bench=bench,
+                               hd=hd)
         launch[sel], body[sel] = lo, bo
     return launch, body
 
@@ -1124,8 +1197,8 @@ def _price_attn(kind):
 _BOUNDS = {"ce": (0.02, 1.0), "me": (0.05, 1.2), "launch_s": (0.0, 5e-3), "p": (1.0, 20.0), "a": (0.0, 1.0),
            "split": (16.0, 1048576.0), "occ": (0.05, 64.0), "hd0": (0.0, 512.0),
            "cta_s": (0.0, 1e-3), "hd_floor": (0.0, 1.0), "l2_bpf": (0.0, 0.1), "split_waves": (0.0, 64.0),
-           "window_tile": (0.0, 1024.0), "kv_cost": (0.3, 8.0), "reread_gbps": (1.0, 2000.0)}
-_SCALE = {"launch_s": 1e-6, "cta_s": 1e-6}
+           "window_tile": (0.0, 1024.0), "kv_cost": (0.3, 8.0), "reread_gbps": (1.0, 2000.0), "combine_s": (0.0, 1e-4)}
+_SCALE = {"launch_s": 1e-6, "cta_s": 1e-6, "combine_s": 1e-6}
 
 
 def _fit_roof(kind):
@@ -1143,8 +1216,9 @@ def _fit_roof(kind):
                 continue
             sub = df[m]
             sub = sub.iloc[_subsample(len(sub), max_rows)]
-            keys = [k for k in keys if k not in ("window_tile", "reread_gbps")] + list(window_keys(sub, kind)) + \
-                list(reread_keys(sub, kind, getattr(cal, "framework", "")))
+            keys = [k for k in keys if k not in ("window_tile", "reread_gbps", "combine_s")] + \
+                list(window_keys(sub, kind)) + list(reread_keys(sub, kind, getattr(cal, "framework", ""))) + \
+                list(combine_keys(sub, kind))
             t = sub["latency_s"].to_numpy(float)
             shp = _shapes(sub, kind, getattr(cal, "framework", ""))
             hd = _col(sub, "head_dim", HD_REF)
@@ -1157,6 +1231,8 @@ def _fit_roof(kind):
                 s0["split_waves"] = 8.0  # a start off the bound (8 waves: the uncapped split in most rows)
             if not s0.get("l2_bpf", 0.0):
                 s0["l2_bpf"] = 0.005  # off the bound too (H100: 1.4 x 3.35 TB/s over 989 TFLOP/s)
+            if "combine_s" in keys and not s0.get("combine_s", 0.0):
+                s0["combine_s"] = 4e-6  # a start: one more kernel launch
             if "reread_gbps" in keys and not s0.get("reread_gbps", 0.0):
                 s0["reread_gbps"] = 40.0  # a start: 5.3 TB/s over H100's 132 SMs
             if "window_tile" in keys and not s0.get("window_tile", 0.0):
@@ -1171,7 +1247,7 @@ def _fit_roof(kind):
                     if not lo <= v <= hi:
                         return np.inf
                     s[k] = v
-                lo_, bo = _roof_predict(shp, acc, peak, _hd_scaled(s, hd, kind))
+                lo_, bo = _roof_predict(shp, acc, peak, _hd_scaled(s, hd, kind), hd=hd)
                 return _loss(lo_ + bo, t)
 
             best, bx = np.inf, x0

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import InputError
 from .kernel_models import (ATTN_DTYPES, GEMM_DTYPES, ROOF_DEFAULT, UNCALIBRATED, _gemm_params, _l2, _sec, _sustain,
                             decode_family, decode_family_hd, decode_floor_scale, decode_kv_heads, decode_splits, decode_tail_share,
-                            quant_rows, strict_peak)
+                            fa2_block_n, fa2_num_splits, quant_rows, strict_peak)
 from .kernels import gemm_floor, gemm_time
 
 FRAMEWORKS = ("vllm", "trtllm", "sglang")
@@ -146,6 +146,10 @@ class LayerKernels:
             self.dec["cta_s"] = self.dec.get("cta_s", 0.0) * g
         # an unpacked decode path re-reads the K/V its query heads share from the L2 (kernel_models.reread_time):
         # DRAM carries the model's own KV heads, the re-reads a per-SM rate; per context token, seconds
+        # FlashAttention 2 decode (a section fitted with its combine kernel): FA2's own split heuristic, and the
+        # combine kernel after a split call (kernel_models.fa2_num_splits / fa2_combine_time)
+        self.fa2 = (not self.mla) and "combine_s" in self.dec
+        self.fa2_bn = float(fa2_block_n(self.hd)) if self.fa2 else 0.0
         gbps = float(self.dec.get("reread_gbps", 0.0) or 0.0)
         self.rr_dram = self.rr_tok_s = 0.0
         if not self.mla and gbps > 0.0 and self.kvh_dec > self.kvh:
@@ -278,6 +282,8 @@ class LayerKernels:
         if b <= 0:
             return 0.0, (np.zeros(np.shape(ctx)) if isinstance(ctx, np.ndarray) else 0.0)
         f_tok, by_tok, by_seq, tiles, cta_rows = self._decode_terms(b, s)
+        if self.fa2:
+            return self._decode_fa2(b, ctx, f_tok, by_tok, by_seq, tiles, cta_rows, s)
         if not isinstance(ctx, np.ndarray):
             C = float(ctx)
             ctas = cta_rows * decode_splits(C / b, cta_rows, self.cus, s)
@@ -301,6 +307,32 @@ class LayerKernels:
         if self.rr_tok_s:
             return s["launch_s"], (tc ** p + tm ** p + tq ** p + (self.rr_tok_s * C) ** p) ** (1.0 / p)
         return s["launch_s"], (tc ** p + tm ** p + tq ** p) ** (1.0 / p)
+
+    def _decode_fa2(self, b, ctx, f_tok, by_tok, by_seq, tiles, cta_rows, s):
+        """:meth:`decode` on FlashAttention 2: its split heuristic over the mean context's KV blocks, and the
+        combine kernel when it splits (the table pricer's :func:`~simllm.cost.kernel_models._roof_predict`)."""
+        nb = np.ceil(np.maximum(np.asarray(ctx, float) / b, 1.0) / self.fa2_bn)
+        sp = fa2_num_splits(cta_rows, nb, self.cus)
+        comb = np.where(np.asarray(sp) > 1.0, s["combine_s"] + (4.0 * np.asarray(sp) + 2.0) * b * self.heads * self.hd /
+                        (self.bw * s["me"]), 0.0)
+        if not isinstance(ctx, np.ndarray):
+            C = float(ctx)
+            body = self._body(f_tok * C, (by_tok - self.rr_dram) * C + by_seq, tiles, cta_rows * float(sp), s,
+                              self.rr_tok_s * C)
+            return s["launch_s"], body + float(comb)
+        C = np.asarray(ctx, dtype=float)
+        cus = self.cus
+        w = max(tiles, 1.0) / cus
+        full = math.floor(w)
+        rem = w - full
+        wf = max(full + ((s["a"] + (1 - s["a"]) * rem) if rem > 0 else 0.0), 1e-9) / w
+        c = np.maximum(cta_rows * sp, 1.0) / (cus * max(s["occ"], 1e-3))
+        tc = (f_tok * C) / (self.attn_peak * s["ce"]) * wf
+        tm = ((by_tok - self.rr_dram) * C + by_seq) / (self.bw * s["me"]) / np.minimum(1.0, c)
+        tq = c * s.get("cta_s", 0.0)
+        p = s["p"]
+        body = (tc ** p + tm ** p + tq ** p + (self.rr_tok_s * C) ** p) ** (1.0 / p)
+        return s["launch_s"], body + comb
 
     def decode_ctx_eff(self, seqs: float, ctx, ctx_max):
         """The equal-length context total that decode attention over a batch of ``seqs`` sequences with
