@@ -95,6 +95,8 @@ def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0, only
             s0["window_tile"] = 64.0  # off the bound (half a 128-token KV tile)
         if "combine_s" in keys and not s0.get("combine_s", 0.0):
             s0["combine_s"] = 4e-6  # a start: one more kernel launch (kernel_models.fa2_combine_time)
+        if "swap_copy_s" in keys and not s0.get("swap_copy_s", 0.0):
+            s0["swap_copy_s"] = 5e-6  # a start: two copy kernels (kernel_models.fa2_swap_copies)
         if "reread_gbps" in keys and not s0.get("reread_gbps", 0.0):
             s0["reread_gbps"] = 40.0  # a start: 5.3 TB/s over H100's 132 SMs (kernel_models.reread_time)
 

@@ -210,7 +210,8 @@ def test_fa2_decode_splits_by_its_heuristic_in_the_serving_step_as_in_the_table_
     """vLLM's FlashAttention 2 decode (A100, L40S) splits the KV by FA2's own heuristic and runs a combine kernel
     after a split call (kernel_models.fa2_num_splits / fa2_combine_time): the serving step prices a GQA decode as
     the table pricer does, scalar and array contexts alike; one 128-key block (one split) costs no combine, two
-    blocks at batch 1 do (A100 measured 12-13 us up to 128 tokens, 17-18 us from 256)."""
+    blocks at batch 1 do (A100 measured 12-13 us up to 128 tokens, 17-18 us from 256); from batch 2 with 2 or more KV
+    heads the query and output transposes are copies (A100 12.5 -> 18.5 us at 2-token contexts)."""
     import pandas as pd
 
     from simllm.cost.calibration import calibration_for
@@ -234,3 +235,8 @@ def test_fa2_decode_splits_by_its_heuristic_in_the_serving_step_as_in_the_table_
         assert lo + body == pytest.approx(float(tlo[0] + tbody[0]), rel=1e-9), (b, ctx)
         alo, abody = k.decode(float(b), np.array([float(b * ctx), float(b * ctx)]))
         assert np.allclose(alo + abody, lo + body, rtol=1e-12)
+    # grouped heads from batch 2 copy the query in and the output out (fa2_swap_copies): measured +6 us on A100
+    cp = cal.kernels["generation_attention/bfloat16/gqa"]["swap_copy_s"]
+    assert 1e-6 < cp < 1.5e-5
+    one, two = (sum(k.decode(float(b), float(b * 2))) for b in (1, 2))
+    assert two - one > 0.8 * cp

@@ -560,7 +560,11 @@ def combine_keys(df, kind: str) -> tuple:
     kernel, :func:`fa2_num_splits`), else ()."""
     if kind != "generation_attention" or "kernel_source" not in df.columns or not len(df):
         return ()
-    return ("combine_s",) if bool(np.all(_in(df["kernel_source"].astype(str).to_numpy(), FA2_SOURCES))) else ()
+    if not bool(np.all(_in(df["kernel_source"].astype(str).to_numpy(), FA2_SOURCES))):
+        return ()
+    cp = fa2_swap_copies(_col(df, "batch_size"), _col(df, "num_heads"), _col(df, "num_key_value_heads"),
+                         _col(df, "window_size"), True)
+    return ("combine_s", "swap_copy_s") if int(cp.sum()) >= MIN_GROUP else ("combine_s",)
 
 
 def reread_keys(df, kind: str, framework: str = "") -> tuple:
@@ -1024,7 +1028,7 @@ def _attn_shapes(df, kind, framework: str = ""):
         # (_roof_predict), the tiles the band's edges cut through
         over = np.where(w > 0, np.maximum(s + step - w, 0.0), 0.0)
         return (flops, nbytes, tiles, ctas, None, b, kvh, pairs_h, (over, (b * h * 4.0 * hd * s, b * h * 4.0 * s, 0.0)),
-                kv_bytes, None)
+                kv_bytes, None, None)
     else:
         kv = isl + step
         kv_eff = np.where(w > 0, np.minimum(kv, w), kv)
@@ -1039,7 +1043,9 @@ def _attn_shapes(df, kind, framework: str = ""):
         per_tok = (b * h * 4.0 * hd, b * h * 4.0, b * 2 * kvh * hd * kvb)
         # of nbytes: the K/V a query head re-reads from its shared KV head on an unpacked path (kvh > the table's own)
         reread = b * 2 * kv_eff * np.maximum(kvh - kvh_own, 0.0) * hd * kvb
-        return flops, nbytes, tiles, ctas, kv_eff, b, kvh, pairs_h, (over, per_tok), None, reread
+        src = df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else ""
+        copies = fa2_swap_copies(b, h, kvh_own, w, _in(src, FA2_SOURCES)) * (b * h * hd)
+        return flops, nbytes, tiles, ctas, kv_eff, b, kvh, pairs_h, (over, per_tok), None, reread, copies
 
 
 def _mla_shapes(df, kind):
@@ -1053,12 +1059,12 @@ def _mla_shapes(df, kind):
         nbytes = b * (s * h * (MLA_QK_NOPE + MLA_ROPE + MLA_V) * 2 * 2 + (s + step) * h *
                       (MLA_QK_NOPE + MLA_ROPE + MLA_V) * 2 + (s + step) * lat * kvb)
         tiles = b * h * np.ceil(s / 128.0)
-        return flops, nbytes, tiles, tiles, None, b, np.ones(len(df)), b * h * 4.0 * pairs, None, None, None
+        return flops, nbytes, tiles, tiles, None, b, np.ones(len(df)), b * h * 4.0 * pairs, None, None, None, None
     kv = isl + step
     flops = b * h * 2.0 * (lat + MLA_KV_LORA) * kv
     nbytes = b * (kv * lat * kvb + h * (lat + MLA_KV_LORA) * 2)
     tiles = b * np.ceil(h / 64.0)
-    return flops, nbytes, tiles, None, kv, b, np.ones(len(df)), b * h * 4.0 * kv, None, None, None
+    return flops, nbytes, tiles, None, kv, b, np.ones(len(df)), b * h * 4.0 * kv, None, None, None, None
 
 
 def _shapes(df, kind, framework: str = ""):
@@ -1118,6 +1124,27 @@ def fa2_combine_time(splits, bh, hd, acc, s):
     return np.where(sp > 1.0, t, 0.0)
 
 
+def fa2_swap_copies(b, h, kvh, window, fa2):
+    """Whether a FlashAttention 2 decode call copies its query in and its output out around the kernel (1.0) or not
+    (0.0). FA2 runs grouped-query decode with the query heads of a KV head as rows of one tile
+    (``seqlenq_ngroups_swapped``: no window, ``h > kvh``), reshaping the query ``[b, 1, kvh g, d]`` to ``[b, g, kvh,
+    d]`` and the output back: a transpose that is a view only when ``b`` or ``kvh`` is 1, and otherwise two copy
+    kernels. Evidence (vLLM FA2 decode at 2-token contexts): A100 12.2-12.7 us at batch 1 for every head layout and at
+    any batch for one KV head, 17.2-19.9 us from batch 2 for 2-8 KV heads, MHA 10.7-11.2 us; L40S 8.7-9.3 us against
+    12.3-12.9 us alike."""
+    b, h, kvh = (np.asarray(x, float) for x in (b, h, kvh))
+    nowin = np.asarray(window, float) <= 0
+    return np.where(np.asarray(fa2, bool) & nowin & (h > kvh) & (b >= 2) & (kvh >= 2), 1.0, 0.0)
+
+
+def fa2_swap_copy_time(copies, acc, s):
+    """Seconds of the two copies of :func:`fa2_swap_copies` for ``copies`` = (sequences x query heads x head dim) of
+    the calls that make them (0 elsewhere): ``swap_copy_s`` (fitted: two launches) plus the bf16 query and output
+    read and written once each (8 bytes per element)."""
+    c = np.asarray(copies, float)
+    return np.where(c > 0, s["swap_copy_s"] + 8.0 * c / (acc.hbm_bw * s["me"]), 0.0)
+
+
 def decode_splits(kv, rows, cus: float, s: dict):
     """KV splits per (sequence, KV head) of a decode kernel: ``ceil(kv / split)`` (a split per ``split``
     tokens), and for a section with ``split_waves`` > 0 at most ``ceil(split_waves x SMs / rows)``, rows =
@@ -1139,7 +1166,7 @@ def decode_splits(kv, rows, cus: float, s: dict):
 
 
 def _roof_predict(shapes, acc, peak, s, bench: bool = True, hd=None):
-    flops, nbytes, tiles, ctas, kv, b, kvh, pairs_h, win, kv_bytes, reread = shapes
+    flops, nbytes, tiles, ctas, kv, b, kvh, pairs_h, win, kv_bytes, reread, copies = shapes
     if kv_bytes is not None and s.get("kv_cost", 1.0) != 1.0:  # prefill: the K/V bytes at their own cost
         nbytes = nbytes + (s["kv_cost"] - 1.0) * kv_bytes
     wt = s.get("window_tile", 0.0)
@@ -1164,7 +1191,11 @@ def _roof_predict(shapes, acc, peak, s, bench: bool = True, hd=None):
         lo, bo = _roof(flops, nbytes - reread, tiles, ctas, acc, peak, s, bench=bench, reread=reread)
     else:
         lo, bo = _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench=bench)
-    return (lo, bo + comb) if comb is not None else (lo, bo)
+    if comb is not None:
+        bo = bo + comb
+    if copies is not None and "swap_copy_s" in s:
+        bo = bo + fa2_swap_copy_time(copies, acc, s)
+    return lo, bo
 
 
 def attention_launch_and_body(df, kind, acc, cal, bench: bool = True):
@@ -1197,8 +1228,9 @@ def _price_attn(kind):
 _BOUNDS = {"ce": (0.02, 1.0), "me": (0.05, 1.2), "launch_s": (0.0, 5e-3), "p": (1.0, 20.0), "a": (0.0, 1.0),
            "split": (16.0, 1048576.0), "occ": (0.05, 64.0), "hd0": (0.0, 512.0),
            "cta_s": (0.0, 1e-3), "hd_floor": (0.0, 1.0), "l2_bpf": (0.0, 0.1), "split_waves": (0.0, 64.0),
-           "window_tile": (0.0, 1024.0), "kv_cost": (0.3, 8.0), "reread_gbps": (1.0, 2000.0), "combine_s": (0.0, 1e-4)}
-_SCALE = {"launch_s": 1e-6, "cta_s": 1e-6, "combine_s": 1e-6}
+           "window_tile": (0.0, 1024.0), "kv_cost": (0.3, 8.0), "reread_gbps": (1.0, 2000.0), "combine_s": (0.0, 1e-4),
+           "swap_copy_s": (0.0, 1e-4)}
+_SCALE = {"launch_s": 1e-6, "cta_s": 1e-6, "combine_s": 1e-6, "swap_copy_s": 1e-6}
 
 
 def _fit_roof(kind):
@@ -1233,6 +1265,8 @@ def _fit_roof(kind):
                 s0["l2_bpf"] = 0.005  # off the bound too (H100: 1.4 x 3.35 TB/s over 989 TFLOP/s)
             if "combine_s" in keys and not s0.get("combine_s", 0.0):
                 s0["combine_s"] = 4e-6  # a start: one more kernel launch
+            if "swap_copy_s" in keys and not s0.get("swap_copy_s", 0.0):
+                s0["swap_copy_s"] = 5e-6  # a start: two copy kernels
             if "reread_gbps" in keys and not s0.get("reread_gbps", 0.0):
                 s0["reread_gbps"] = 40.0  # a start: 5.3 TB/s over H100's 132 SMs
             if "window_tile" in keys and not s0.get("window_tile", 0.0):

@@ -315,6 +315,8 @@ class LayerKernels:
         sp = fa2_num_splits(cta_rows, nb, self.cus)
         comb = np.where(np.asarray(sp) > 1.0, s["combine_s"] + (4.0 * np.asarray(sp) + 2.0) * b * self.heads * self.hd /
                         (self.bw * s["me"]), 0.0)
+        if "swap_copy_s" in s and b >= 2 and self.kvh >= 2 and self.heads > self.kvh:  # fa2_swap_copies
+            comb = comb + s["swap_copy_s"] + 8.0 * b * self.heads * self.hd / (self.bw * s["me"])
         if not isinstance(ctx, np.ndarray):
             C = float(ctx)
             body = self._body(f_tok * C, (by_tok - self.rr_dram) * C + by_seq, tiles, cta_rows * float(sp), s,
