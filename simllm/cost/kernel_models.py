@@ -557,8 +557,16 @@ def roof_keys(kind: str) -> list:
 
 def combine_keys(df, kind: str) -> tuple:
     """("combine_s",) where decode rows run FlashAttention 2 (:data:`FA2_SOURCES`: its split heuristic and combine
-    kernel, :func:`fa2_num_splits`), else ()."""
-    if kind != "generation_attention" or "kernel_source" not in df.columns or not len(df):
+    kernel, :func:`fa2_num_splits`), with ("swap_copy_s",) where enough of them (or of FA2's one-token prefill rows)
+    make the transposes' copies (:func:`fa2_swap_copies`), else ()."""
+    if "kernel_source" not in df.columns or not len(df):
+        return ()
+    if kind == "context_attention":
+        one = _in(df["kernel_source"].astype(str).to_numpy(), PREFILL_SWAP_SOURCES) & (_col(df, "isl") <= 1)
+        cp = fa2_swap_copies(_col(df, "batch_size"), _col(df, "num_heads"), _col(df, "num_key_value_heads"),
+                             _col(df, "window_size"), one)
+        return ("swap_copy_s",) if int(cp.sum()) >= MIN_GROUP else ()
+    if kind != "generation_attention":
         return ()
     if not bool(np.all(_in(df["kernel_source"].astype(str).to_numpy(), FA2_SOURCES))):
         return ()
@@ -1027,8 +1035,11 @@ def _attn_shapes(df, kind, framework: str = ""):
         # a band the prompt has outgrown: each query computes up to window_tile more key positions
         # (_roof_predict), the tiles the band's edges cut through
         over = np.where(w > 0, np.maximum(s + step - w, 0.0), 0.0)
+        # one-token queries on FA2 run its swapped grouped-query path, with its transposes (fa2_swap_copies)
+        src = df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else ""
+        copies = fa2_swap_copies(b, h, kvh, w, _in(src, PREFILL_SWAP_SOURCES) & (s <= 1)) * (b * h * hd)
         return (flops, nbytes, tiles, ctas, None, b, kvh, pairs_h, (over, (b * h * 4.0 * hd * s, b * h * 4.0 * s, 0.0)),
-                kv_bytes, None, None)
+                kv_bytes, None, copies)
     else:
         kv = isl + step
         kv_eff = np.where(w > 0, np.minimum(kv, w), kv)
