@@ -65,7 +65,7 @@ def _jobs(df, kind, fw, cal, kern, only):
     return [(d, t, m, sh) for t, (d, m, sh) in jobs.items()]
 
 
-def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0, only=None):
+def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0, only=None, qo_flat=False):
     acc = load_accelerator(device)
     cal = calibration_for(acc).for_framework(fw)
     df = tables.read_tables(DATA / gpu / ("mla" if "mla" in kind else "attention") / fw, fw)
@@ -93,6 +93,8 @@ def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0, only
         s0 = {**km.ROOF_DEFAULT, **shipped}
         if "window_tile" in keys and not s0.get("window_tile", 0.0):
             s0["window_tile"] = 64.0  # off the bound (half a 128-token KV tile)
+        if qo_flat and kind in ("generation_mla", "generation_attention"):
+            s0["qo_flat"] = 1.0  # the query / output bytes at the device-wide rate (kernel_models._roof's flat)
         if "combine_s" in keys and not s0.get("combine_s", 0.0):
             s0["combine_s"] = 4e-6  # a start: one more kernel launch (kernel_models.fa2_combine_time)
         if "swap_copy_s" in keys and not s0.get("swap_copy_s", 0.0):
@@ -144,6 +146,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--rows", type=int, default=8000)
     ap.add_argument("--only", default="", help="comma-separated keys: refit just these, in the sections the rows "
                                                 "read now (e.g. window_tile)")
+    ap.add_argument("--qo-flat", action="store_true", help="decode sections: the query and output bytes stream at the "
+                                                            "device-wide rate, not the per-CTA one (section key qo_flat)")
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args(argv)
     only = tuple(k for k in a.only.split(",") if k)
@@ -153,7 +157,8 @@ def main(argv=None) -> dict:
     if bad:  # a key this kind's sections do not have would be accepted and never fitted
         ap.error(f"--only: {bad[0]!r} is not a {a.kind} key (expected one of {', '.join(sorted(allowed))})")
     t0 = time.perf_counter()
-    kept, fb, fa = refit(a.gpu, a.device, a.framework, a.kind, restarts=a.restarts, rows=a.rows, only=only)
+    kept, fb, fa = refit(a.gpu, a.device, a.framework, a.kind, restarts=a.restarts, rows=a.rows, only=only,
+                         qo_flat=a.qo_flat)
     for k in fa:
         print(f"{a.gpu} {a.framework} {k}: {fb[k]['median']:.4f}/{fb[k]['p90']:.4f} -> {fa[k]['median']:.4f}/"
               f"{fa[k]['p90']:.4f}")

@@ -679,7 +679,7 @@ def reread_time(reread, acc, s):
     return np.asarray(reread, float) / (float(acc.compute_units.value) * s["reread_gbps"] * 1e9)
 
 
-def _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench: bool = False, reread=None):
+def _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench: bool = False, reread=None, flat=None):
     """(launch, body) of a roofline kernel: compute stretched by wave quantization of ``tiles``,
     memory by the fraction of SMs that ``ctas`` keep busy; ``bench``: a benchmark's back-to-back
     calls, whose working set stays in L2 when it fits (:func:`bench_l2_resident`); ``reread``: bytes
@@ -696,6 +696,8 @@ def _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench: bool = False, reread=
         per_cta = nbytes / (acc.hbm_bw * s["me"]) * (cus * max(s["occ"], 1e-3)) / np.maximum(ctas, 1.0)
         tm = np.where(bench_l2_resident(nbytes, acc),
                       np.maximum(nbytes / max(acc.hbm_bw * s["me"], s["l2_bpf"] * _bf16_peak(acc)), per_cta), tm)
+    if flat is not None:  # bytes every CTA loads in bulk (a decode's query and output): at the device-wide rate
+        tm = tm + flat / (acc.hbm_bw * s["me"])
     tq = np.maximum(ctas, 1.0) / (cus * max(s["occ"], 1e-3)) * s.get("cta_s", 0.0)
     p = s["p"]
     if reread is not None:
@@ -1039,7 +1041,7 @@ def _attn_shapes(df, kind, framework: str = ""):
         src = df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else ""
         copies = fa2_swap_copies(b, h, kvh, w, _in(src, PREFILL_SWAP_SOURCES) & (s <= 1)) * (b * h * hd)
         return (flops, nbytes, tiles, ctas, None, b, kvh, pairs_h, (over, (b * h * 4.0 * hd * s, b * h * 4.0 * s, 0.0)),
-                kv_bytes, None, copies)
+                kv_bytes, None, copies, None)
     else:
         kv = isl + step
         kv_eff = np.where(w > 0, np.minimum(kv, w), kv)
@@ -1056,7 +1058,8 @@ def _attn_shapes(df, kind, framework: str = ""):
         reread = b * 2 * kv_eff * np.maximum(kvh - kvh_own, 0.0) * hd * kvb
         src = df["kernel_source"].astype(str).to_numpy() if "kernel_source" in df.columns else ""
         copies = fa2_swap_copies(b, h, kvh_own, w, _in(src, FA2_SOURCES)) * (b * h * hd)
-        return flops, nbytes, tiles, ctas, kv_eff, b, kvh, pairs_h, (over, per_tok), None, reread, copies
+        return flops, nbytes, tiles, ctas, kv_eff, b, kvh, pairs_h, (over, per_tok), None, reread, copies, \
+            b * 2 * h * hd * ab
 
 
 def _mla_shapes(df, kind):
@@ -1070,12 +1073,13 @@ def _mla_shapes(df, kind):
         nbytes = b * (s * h * (MLA_QK_NOPE + MLA_ROPE + MLA_V) * 2 * 2 + (s + step) * h *
                       (MLA_QK_NOPE + MLA_ROPE + MLA_V) * 2 + (s + step) * lat * kvb)
         tiles = b * h * np.ceil(s / 128.0)
-        return flops, nbytes, tiles, tiles, None, b, np.ones(len(df)), b * h * 4.0 * pairs, None, None, None, None
+        return flops, nbytes, tiles, tiles, None, b, np.ones(len(df)), b * h * 4.0 * pairs, None, None, None, None, None
     kv = isl + step
     flops = b * h * 2.0 * (lat + MLA_KV_LORA) * kv
     nbytes = b * (kv * lat * kvb + h * (lat + MLA_KV_LORA) * 2)
     tiles = b * np.ceil(h / 64.0)
-    return flops, nbytes, tiles, None, kv, b, np.ones(len(df)), b * h * 4.0 * kv, None, None, None, None
+    return flops, nbytes, tiles, None, kv, b, np.ones(len(df)), b * h * 4.0 * kv, None, None, None, None, \
+        b * h * (lat + MLA_KV_LORA) * 2
 
 
 def _shapes(df, kind, framework: str = ""):
@@ -1177,7 +1181,10 @@ def decode_splits(kv, rows, cus: float, s: dict):
 
 
 def _roof_predict(shapes, acc, peak, s, bench: bool = True, hd=None):
-    flops, nbytes, tiles, ctas, kv, b, kvh, pairs_h, win, kv_bytes, reread, copies = shapes
+    flops, nbytes, tiles, ctas, kv, b, kvh, pairs_h, win, kv_bytes, reread, copies, qo = shapes
+    flat = None
+    if qo is not None and "qo_flat" in s:  # the query / output bytes stream device-wide (qo_flat_time)
+        nbytes, flat = nbytes - qo, qo
     if kv_bytes is not None and s.get("kv_cost", 1.0) != 1.0:  # prefill: the K/V bytes at their own cost
         nbytes = nbytes + (s["kv_cost"] - 1.0) * kv_bytes
     wt = s.get("window_tile", 0.0)
@@ -1199,9 +1206,9 @@ def _roof_predict(shapes, acc, peak, s, bench: bool = True, hd=None):
     if reread is not None and s.get("reread_gbps", 0.0) > 0.0 and np.any(reread > 0):
         if win is not None and wt > 0.0:  # the window's extra key positions are re-read too
             reread = reread * (kv / np.maximum(kv - extra, 1.0))
-        lo, bo = _roof(flops, nbytes - reread, tiles, ctas, acc, peak, s, bench=bench, reread=reread)
+        lo, bo = _roof(flops, nbytes - reread, tiles, ctas, acc, peak, s, bench=bench, reread=reread, flat=flat)
     else:
-        lo, bo = _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench=bench)
+        lo, bo = _roof(flops, nbytes, tiles, ctas, acc, peak, s, bench=bench, flat=flat)
     if comb is not None:
         bo = bo + comb
     if copies is not None and "swap_copy_s" in s:

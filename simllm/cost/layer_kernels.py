@@ -220,7 +220,7 @@ class LayerKernels:
                 _sustain(s))
 
     # ------------------------------------------------------------------ attention (per layer, per rank)
-    def _body(self, flops, nbytes, tiles, ctas, s, t_rr=0.0):
+    def _body(self, flops, nbytes, tiles, ctas, s, t_rr=0.0, flat=0.0):
         cus = self.cus
         w = max(tiles, 1.0) / cus
         full = math.floor(w)
@@ -229,7 +229,7 @@ class LayerKernels:
         tc = flops / (self.attn_peak * s["ce"]) * wf
         occ = cus * max(s["occ"], 1e-3)
         c = max(ctas, 1.0) / occ
-        tm = nbytes / (self.bw * s["me"]) / min(1.0, c)
+        tm = nbytes / (self.bw * s["me"]) / min(1.0, c) + flat / (self.bw * s["me"])
         tq = c * s.get("cta_s", 0.0)
         p = s["p"]
         if t_rr:
@@ -282,15 +282,18 @@ class LayerKernels:
         if b <= 0:
             return 0.0, (np.zeros(np.shape(ctx)) if isinstance(ctx, np.ndarray) else 0.0)
         f_tok, by_tok, by_seq, tiles, cta_rows = self._decode_terms(b, s)
+        flat = 0.0
+        if "qo_flat" in s:  # the query / output bytes at the device-wide rate (kernel_models._roof)
+            flat, by_seq = by_seq, 0.0
         if self.fa2:
-            return self._decode_fa2(b, ctx, f_tok, by_tok, by_seq, tiles, cta_rows, s)
+            return self._decode_fa2(b, ctx, f_tok, by_tok, by_seq, tiles, cta_rows, s, flat)
         if not isinstance(ctx, np.ndarray):
             C = float(ctx)
             ctas = cta_rows * decode_splits(C / b, cta_rows, self.cus, s)
             if self.rr_tok_s:
                 return s["launch_s"], self._body(f_tok * C, (by_tok - self.rr_dram) * C + by_seq, tiles, ctas, s,
-                                                 self.rr_tok_s * C)
-            return s["launch_s"], self._body(f_tok * C, by_tok * C + by_seq, tiles, ctas, s)
+                                                 self.rr_tok_s * C, flat)
+            return s["launch_s"], self._body(f_tok * C, by_tok * C + by_seq, tiles, ctas, s, 0.0, flat)
         C = np.asarray(ctx, dtype=float)
         cus = self.cus
         w = max(tiles, 1.0) / cus
@@ -301,14 +304,14 @@ class LayerKernels:
         occ = cus * max(s["occ"], 1e-3)
         c = np.maximum(ctas, 1.0) / occ
         tc = (f_tok * C) / (self.attn_peak * s["ce"]) * wf
-        tm = ((by_tok - self.rr_dram) * C + by_seq) / (self.bw * s["me"]) / np.minimum(1.0, c)
+        tm = ((by_tok - self.rr_dram) * C + by_seq) / (self.bw * s["me"]) / np.minimum(1.0, c) + flat / (self.bw * s["me"])
         tq = c * s.get("cta_s", 0.0)
         p = s["p"]
         if self.rr_tok_s:
             return s["launch_s"], (tc ** p + tm ** p + tq ** p + (self.rr_tok_s * C) ** p) ** (1.0 / p)
         return s["launch_s"], (tc ** p + tm ** p + tq ** p) ** (1.0 / p)
 
-    def _decode_fa2(self, b, ctx, f_tok, by_tok, by_seq, tiles, cta_rows, s):
+    def _decode_fa2(self, b, ctx, f_tok, by_tok, by_seq, tiles, cta_rows, s, flat=0.0):
         """:meth:`decode` on FlashAttention 2: its split heuristic over the mean context's KV blocks, and the
         combine kernel when it splits (the table pricer's :func:`~simllm.cost.kernel_models._roof_predict`)."""
         nb = np.ceil(np.maximum(np.asarray(ctx, float) / b, 1.0) / self.fa2_bn)
@@ -320,7 +323,7 @@ class LayerKernels:
         if not isinstance(ctx, np.ndarray):
             C = float(ctx)
             body = self._body(f_tok * C, (by_tok - self.rr_dram) * C + by_seq, tiles, cta_rows * float(sp), s,
-                              self.rr_tok_s * C)
+                              self.rr_tok_s * C, flat)
             return s["launch_s"], body + float(comb)
         C = np.asarray(ctx, dtype=float)
         cus = self.cus
@@ -330,7 +333,7 @@ class LayerKernels:
         wf = max(full + ((s["a"] + (1 - s["a"]) * rem) if rem > 0 else 0.0), 1e-9) / w
         c = np.maximum(cta_rows * sp, 1.0) / (cus * max(s["occ"], 1e-3))
         tc = (f_tok * C) / (self.attn_peak * s["ce"]) * wf
-        tm = ((by_tok - self.rr_dram) * C + by_seq) / (self.bw * s["me"]) / np.minimum(1.0, c)
+        tm = ((by_tok - self.rr_dram) * C + by_seq) / (self.bw * s["me"]) / np.minimum(1.0, c) + flat / (self.bw * s["me"])
         tq = c * s.get("cta_s", 0.0)
         p = s["p"]
         body = (tc ** p + tm ** p + tq ** p + (self.rr_tok_s * C) ** p) ** (1.0 / p)
