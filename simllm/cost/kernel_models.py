@@ -44,7 +44,10 @@ b x kv_heads x splits CTAs where ``splits = ceil(kv_len / split_tokens)`` (split
 CTAs than SMs the achieved bandwidth falls proportionally (short contexts at small batch are
 latency-bound, the floors); FLOPs scale with the query/KV head ratio (GQA), which is what makes
 high ratios at large batch compute-bound. Above a framework's largest query-head group per KV head
-(TensorRT-LLM XQA: 32, :data:`DECODE_GROUP_MAX`) every query head runs as its own KV head.
+(TensorRT-LLM XQA: 32, :data:`DECODE_GROUP_MAX`) every query head runs as its own KV head, re-reading the shared
+K/V from the L2 (:func:`reread_time`). FlashAttention 2 (vLLM on A100 / L40S) splits by its own heuristic and pays
+its combine kernel and its grouped-query transposes (:func:`fa2_num_splits`, :func:`fa2_swap_copies`); a decode's
+query and output load in bulk where a section says so (``qo_flat``).
 
 Decode kernel families (:func:`decode_family`): TensorRT-LLM's XQA (query-head groups 2-32) and
 masked MHA, vLLM's GQA-packed and MHA paths, each with its own section; FlashAttention 2 with a
@@ -1198,7 +1201,9 @@ def _roof_predict(shapes, acc, peak, s, bench: bool = True, hd=None):
     comb = None
     if ctas is None:
         if "combine_s" in s and hd is not None:  # FlashAttention 2's own split heuristic and combine kernel
-            sp = fa2_num_splits(b * kvh, np.ceil(np.maximum(kv, 1.0) / fa2_block_n(hd)), float(acc.compute_units.value))
+            mb = np.ceil(bh / np.maximum(b * kvh, 1.0) / 64.0)  # 64-row query blocks of the swapped head group
+            sp = fa2_num_splits(b * kvh * mb, np.ceil(np.maximum(kv, 1.0) / fa2_block_n(hd)),
+                                float(acc.compute_units.value))
             ctas = b * kvh * sp
             comb = fa2_combine_time(sp, bh, hd, acc, s)
         else:

@@ -144,12 +144,12 @@ class LayerKernels:
             g = float(decode_floor_scale(self.hd, self.dec.get("hd_floor", 0.0)))
             self.dec["launch_s"] *= g
             self.dec["cta_s"] = self.dec.get("cta_s", 0.0) * g
-        # an unpacked decode path re-reads the K/V its query heads share from the L2 (kernel_models.reread_time):
-        # DRAM carries the model's own KV heads, the re-reads a per-SM rate; per context token, seconds
         # FlashAttention 2 decode (a section fitted with its combine kernel): FA2's own split heuristic, and the
         # combine kernel after a split call (kernel_models.fa2_num_splits / fa2_combine_time)
         self.fa2 = (not self.mla) and "combine_s" in self.dec
         self.fa2_bn = float(fa2_block_n(self.hd)) if self.fa2 else 0.0
+        # an unpacked decode path re-reads the K/V its query heads share from the L2 (kernel_models.reread_time):
+        # DRAM carries the model's own KV heads, the re-reads a per-SM rate; per context token, seconds
         gbps = float(self.dec.get("reread_gbps", 0.0) or 0.0)
         self.rr_dram = self.rr_tok_s = 0.0
         if not self.mla and gbps > 0.0 and self.kvh_dec > self.kvh:
@@ -285,47 +285,14 @@ class LayerKernels:
         flat = 0.0
         if "qo_flat" in s:  # the query / output bytes at the device-wide rate (kernel_models._roof)
             flat, by_seq = by_seq, 0.0
-        if self.fa2:
-            return self._decode_fa2(b, ctx, f_tok, by_tok, by_seq, tiles, cta_rows, s, flat)
+        by_dram = by_tok - self.rr_dram  # K/V bytes per context token from DRAM (the rest re-read from the L2)
         if not isinstance(ctx, np.ndarray):
             C = float(ctx)
-            ctas = cta_rows * decode_splits(C / b, cta_rows, self.cus, s)
-            if self.rr_tok_s:
-                return s["launch_s"], self._body(f_tok * C, (by_tok - self.rr_dram) * C + by_seq, tiles, ctas, s,
-                                                 self.rr_tok_s * C, flat)
-            return s["launch_s"], self._body(f_tok * C, by_tok * C + by_seq, tiles, ctas, s, 0.0, flat)
+            sp, after = self._splits(b, C, cta_rows, s)
+            return s["launch_s"], self._body(f_tok * C, by_dram * C + by_seq, tiles, cta_rows * sp, s,
+                                             self.rr_tok_s * C, flat) + after
         C = np.asarray(ctx, dtype=float)
-        cus = self.cus
-        w = max(tiles, 1.0) / cus
-        full = math.floor(w)
-        rem = w - full
-        wf = max(full + ((s["a"] + (1 - s["a"]) * rem) if rem > 0 else 0.0), 1e-9) / w
-        ctas = cta_rows * decode_splits(C / b, cta_rows, cus, s)
-        occ = cus * max(s["occ"], 1e-3)
-        c = np.maximum(ctas, 1.0) / occ
-        tc = (f_tok * C) / (self.attn_peak * s["ce"]) * wf
-        tm = ((by_tok - self.rr_dram) * C + by_seq) / (self.bw * s["me"]) / np.minimum(1.0, c) + flat / (self.bw * s["me"])
-        tq = c * s.get("cta_s", 0.0)
-        p = s["p"]
-        if self.rr_tok_s:
-            return s["launch_s"], (tc ** p + tm ** p + tq ** p + (self.rr_tok_s * C) ** p) ** (1.0 / p)
-        return s["launch_s"], (tc ** p + tm ** p + tq ** p) ** (1.0 / p)
-
-    def _decode_fa2(self, b, ctx, f_tok, by_tok, by_seq, tiles, cta_rows, s, flat=0.0):
-        """:meth:`decode` on FlashAttention 2: its split heuristic over the mean context's KV blocks, and the
-        combine kernel when it splits (the table pricer's :func:`~simllm.cost.kernel_models._roof_predict`)."""
-        nb = np.ceil(np.maximum(np.asarray(ctx, float) / b, 1.0) / self.fa2_bn)
-        sp = fa2_num_splits(cta_rows, nb, self.cus)
-        comb = np.where(np.asarray(sp) > 1.0, s["combine_s"] + (4.0 * np.asarray(sp) + 2.0) * b * self.heads * self.hd /
-                        (self.bw * s["me"]), 0.0)
-        if "swap_copy_s" in s and b >= 2 and self.kvh >= 2 and self.heads > self.kvh:  # fa2_swap_copies
-            comb = comb + s["swap_copy_s"] + 8.0 * b * self.heads * self.hd / (self.bw * s["me"])
-        if not isinstance(ctx, np.ndarray):
-            C = float(ctx)
-            body = self._body(f_tok * C, (by_tok - self.rr_dram) * C + by_seq, tiles, cta_rows * float(sp), s,
-                              self.rr_tok_s * C, flat)
-            return s["launch_s"], body + float(comb)
-        C = np.asarray(ctx, dtype=float)
+        sp, after = self._splits(b, C, cta_rows, s)
         cus = self.cus
         w = max(tiles, 1.0) / cus
         full = math.floor(w)
@@ -333,11 +300,28 @@ class LayerKernels:
         wf = max(full + ((s["a"] + (1 - s["a"]) * rem) if rem > 0 else 0.0), 1e-9) / w
         c = np.maximum(cta_rows * sp, 1.0) / (cus * max(s["occ"], 1e-3))
         tc = (f_tok * C) / (self.attn_peak * s["ce"]) * wf
-        tm = ((by_tok - self.rr_dram) * C + by_seq) / (self.bw * s["me"]) / np.minimum(1.0, c) + flat / (self.bw * s["me"])
+        tm = (by_dram * C + by_seq) / (self.bw * s["me"]) / np.minimum(1.0, c) + flat / (self.bw * s["me"])
         tq = c * s.get("cta_s", 0.0)
         p = s["p"]
-        body = (tc ** p + tm ** p + tq ** p + (self.rr_tok_s * C) ** p) ** (1.0 / p)
-        return s["launch_s"], body + comb
+        if self.rr_tok_s:
+            return s["launch_s"], (tc ** p + tm ** p + tq ** p + (self.rr_tok_s * C) ** p) ** (1.0 / p) + after
+        return s["launch_s"], (tc ** p + tm ** p + tq ** p) ** (1.0 / p) + after
+
+    def _splits(self, b: float, C, cta_rows: float, s):
+        """(KV splits per decode work item, seconds of the kernels that follow the decode kernel) for ``b`` sequences
+        holding ``C`` context tokens: the section's split rule (:func:`~simllm.cost.kernel_models.decode_splits`), or
+        on FlashAttention 2 its own heuristic with the combine kernel after a split call and the query / output
+        transposes' copies (the table pricer's :func:`~simllm.cost.kernel_models._roof_predict`)."""
+        if not self.fa2:
+            return decode_splits(C / b, cta_rows, self.cus, s), 0.0
+        mb = math.ceil(self.heads / max(self.kvh_dec, 1.0) / 64.0)  # 64-row query blocks of the swapped head group
+        sp = fa2_num_splits(cta_rows * mb, np.ceil(np.maximum(np.asarray(C, float) / b, 1.0) / self.fa2_bn), self.cus)
+        bhd = b * self.heads * self.hd
+        after = np.where(np.asarray(sp) > 1.0, s["combine_s"] + (4.0 * np.asarray(sp) + 2.0) * bhd / (self.bw * s["me"]),
+                         0.0)
+        if "swap_copy_s" in s and b >= 2 and self.kvh >= 2 and self.heads > self.kvh:  # fa2_swap_copies
+            after = after + s["swap_copy_s"] + 8.0 * bhd / (self.bw * s["me"])
+        return sp, (float(after) if np.ndim(C) == 0 else after)
 
     def decode_ctx_eff(self, seqs: float, ctx, ctx_max):
         """The equal-length context total that decode attention over a batch of ``seqs`` sequences with
