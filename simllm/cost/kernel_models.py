@@ -1253,6 +1253,8 @@ _BOUNDS = {"ce": (0.02, 1.0), "me": (0.05, 1.2), "launch_s": (0.0, 5e-3), "p": (
            "cta_s": (0.0, 1e-3), "hd_floor": (0.0, 1.0), "l2_bpf": (0.0, 0.1), "split_waves": (0.0, 64.0),
            "window_tile": (0.0, 1024.0), "kv_cost": (0.3, 8.0), "reread_gbps": (1.0, 2000.0), "combine_s": (0.0, 1e-4),
            "swap_copy_s": (0.0, 1e-4)}
+#: section keys that choose a kernel path rather than a fitted value (carried from the start section into a refit)
+STRUCTURAL_KEYS = ("qo_flat",)
 _SCALE = {"launch_s": 1e-6, "cta_s": 1e-6, "combine_s": 1e-6, "swap_copy_s": 1e-6}
 
 
@@ -1271,7 +1273,7 @@ def _fit_roof(kind):
                 continue
             sub = df[m]
             sub = sub.iloc[_subsample(len(sub), max_rows)]
-            keys = [k for k in keys if k not in ("window_tile", "reread_gbps", "combine_s")] + \
+            keys = [k for k in keys if k not in ("window_tile", "reread_gbps", "combine_s", "swap_copy_s")] + \
                 list(window_keys(sub, kind)) + list(reread_keys(sub, kind, getattr(cal, "framework", ""))) + \
                 list(combine_keys(sub, kind))
             t = sub["latency_s"].to_numpy(float)
@@ -1314,6 +1316,9 @@ def _fit_roof(kind):
                     best, bx = fx, x
             name = f"{kind}/{d}/{src}" if src else f"{kind}/{d}"
             out[name] = {k: float(v) * _SCALE.get(k, 1.0) for k, v in zip(keys, bx)}
+            for k in STRUCTURAL_KEYS:  # a path the start section declares, fitted with it: kept with the fit
+                if k in s0:
+                    out[name][k] = s0[k]
             if "split" not in keys:
                 out[name]["split"] = ROOF_DEFAULT["split"]
         return out
