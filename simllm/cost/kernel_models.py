@@ -1186,7 +1186,7 @@ def decode_splits(kv, rows, cus: float, s: dict):
 def _roof_predict(shapes, acc, peak, s, bench: bool = True, hd=None):
     flops, nbytes, tiles, ctas, kv, b, kvh, pairs_h, win, kv_bytes, reread, copies, qo = shapes
     flat = None
-    if qo is not None and "qo_flat" in s:  # the query / output bytes stream device-wide (qo_flat_time)
+    if qo is not None and "qo_flat" in s:  # the query / output bytes stream device-wide (_roof's flat)
         nbytes, flat = nbytes - qo, qo
     if kv_bytes is not None and s.get("kv_cost", 1.0) != 1.0:  # prefill: the K/V bytes at their own cost
         nbytes = nbytes + (s["kv_cost"] - 1.0) * kv_bytes
