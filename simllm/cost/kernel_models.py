@@ -161,10 +161,12 @@ def _sec(cal, kind: str, dtype: str, source: str = "") -> tuple[dict, str]:
     """Parameters of (kind, dtype, kernel family): that kernel family's section, else the dtype's,
     else the bf16 one, else the defaults (kernel families are distinct code paths: DeepGEMM vs
     CUTLASS block-scaled fp8, FlashAttention 2/3 vs FlashInfer vs Triton)."""
-    # a head-dim build of a family (``<family>_hd<dim>``, DECODE_FAMILY_HD / PREFILL_HD_PATHS) without a section of
-    # its own falls back to the family's
-    srcs = [source] + ([source.rsplit("_hd", 1)[0]] if source and re.search(r"_hd\d+$", source) else []) \
-        if source else []
+    # a head-dim build or a query-tile configuration of a family (``<family>_hd<dim>``, ``<family>_q<rows>``) without a
+    # section of its own falls back to the family's
+    srcs = [source] if source else []
+    for suffix in (r"_hd\d+$", r"_q\d+$"):
+        if srcs and re.search(suffix, srcs[-1]):
+            srcs.append(re.sub(suffix, "", srcs[-1]))
     keys = [f"{kind}/{dtype}/{s_}" for s_ in srcs] + [f"{kind}/{dtype}"]
     if "+" in dtype:
         b = _base_dtype(dtype)
@@ -810,7 +812,7 @@ DECODE_TC_PATHS = {("sglang", "flashinfer"): 4}
 DECODE_TC_SOURCES = {("vllm", "vllm_flashinfer_fidecode")}
 
 
-def _tile_split(df, fam, tc):
+def _tile_split(df, fam, tc, rows=None):
     """``fam`` (family names, an array) with the ``tc`` rows (FlashInfer tensor-core decode) split by the kernel's
     query tile over the packed query rows (one query x the head group in decode), FlashInfer's
     ``FA2DetermineCtaTileQ``: 16 rows up to 16, 64 above, 128 above 64 below head dim 256; each tile size is
@@ -819,7 +821,7 @@ def _tile_split(df, fam, tc):
         return fam
     grp = np.floor(_col(df, "num_heads") / np.maximum(_col(df, "num_key_value_heads"), 1.0))
     hd = _col(df, "head_dim", HD_REF)
-    tile = flashinfer_query_tile(grp, hd)
+    tile = flashinfer_query_tile(grp if rows is None else rows, hd)
     out = np.asarray(fam).astype(object)
     for q in (64, 128):
         out = _suffix(out, tc & (tile == q), f"_q{q}")
@@ -866,6 +868,11 @@ def _kernel_families(df, kind, framework: str, names, src):
             if kind == "generation_attention" and names is not None else names
     if kind == "context_attention":
         out = _split_hd(df, framework, names, PREFILL_HD_PATHS, src)
+        # FlashInfer prefill: each query tile over the packed rows (the prompt x the head group) its own kernel
+        fi = _in(src, FLASHINFER_PREFILL_SOURCES)
+        if np.any(fi):
+            grp = np.floor(_col(df, "num_heads") / np.maximum(_col(df, "num_key_value_heads"), 1.0))
+            out = _tile_split(df, out, fi, rows=_col(df, "isl") * grp)
         # a masked-window path of its own (PREFILL_MASKED_WINDOW: another kernel specialisation, its own floor)
         return _suffix(out, masked_window(src, framework) & (_col(df, "window_size") > 0), "_swa")
     if kind != "generation_attention":
