@@ -36,10 +36,12 @@ def main(argv=None) -> dict:
         print(f"no {a.dtype} gemm rows for {a.framework} of {a.gpu}", file=sys.stderr)
         raise SystemExit(2)
     new = km.fit_gemm_kind(df, acc, cal, iters=a.iters, max_rows=a.rows, dispatch=a.dispatch)
-    srcs = df["kernel_source"].astype(str).to_numpy()
+    srcs = np.full(len(df), "", dtype=object)  # each row's kernel family (km._gemm_groups: GEMV paths split off)
+    for _d, src, m in km._gemm_groups(df):
+        srcs[m] = src
 
     def rows(name):
-        parts = name.split("/")
+        parts = name.split("/", 2)  # a kernel source may hold slashes (TRT-LLM's plugin names)
         return (srcs == parts[2]) if len(parts) > 2 else np.ones(len(df), bool)
 
     return refit_and_keep(df=df, cal=cal, acc=acc, kind="gemm", new=new, price=lambda f, c: pricing.price(f, acc, c),

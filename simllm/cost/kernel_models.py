@@ -157,6 +157,31 @@ def _groups(df):
         yield d, src, key == k
 
 
+#: (framework, GEMM dtype) -> the largest M its library runs on a GEMV kernel of its own (family ``<source>_gemv``):
+#: TensorRT-LLM's SmoothQuant (W8A8) GEMM dispatches M <= 4 to a batched int8 GEMV. Evidence (A100 TRT-LLM ``sq``):
+#: M 1-4 rows priced 30-40% slow (median) by the section the tiled GEMM rows fit, p90 100-166%, M 5-16 within 10%.
+GEMV_PATHS = {("trtllm", "sq"): 4}
+
+
+def _gemm_groups(df):
+    """:func:`_groups` with the small-M GEMV paths of :data:`GEMV_PATHS` split off (``<source>_gemv``)."""
+    fw = _bench_fw(df)
+    if not any(f == fw for f, _ in GEMV_PATHS):
+        yield from _groups(df)
+        return
+    M = _col(df, "m")
+    for d, src, m in _groups(df):
+        mx = GEMV_PATHS.get((fw, d))
+        if mx is None:
+            yield d, src, m
+            continue
+        g = m & (M <= mx)
+        if g.any():
+            yield d, f"{src}_gemv", g
+        if (m & ~g).any():
+            yield d, src, m & ~g
+
+
 def _sec(cal, kind: str, dtype: str, source: str = "") -> tuple[dict, str]:
     """Parameters of (kind, dtype, kernel family): that kernel family's section, else the dtype's,
     else the bf16 one, else the defaults (kernel families are distinct code paths: DeepGEMM vs
@@ -164,7 +189,7 @@ def _sec(cal, kind: str, dtype: str, source: str = "") -> tuple[dict, str]:
     # a head-dim build or a query-tile configuration of a family (``<family>_hd<dim>``, ``<family>_q<rows>``) without a
     # section of its own falls back to the family's
     srcs = [source] if source else []
-    for suffix in (r"_hd\d+$", r"_q\d+$"):
+    for suffix in (r"_hd\d+$", r"_q\d+$", r"_gemv$"):
         if srcs and re.search(suffix, srcs[-1]):
             srcs.append(re.sub(suffix, "", srcs[-1]))
     keys = [f"{kind}/{dtype}/{s_}" for s_ in srcs] + [f"{kind}/{dtype}"]
@@ -347,7 +372,7 @@ def price_gemm(df, acc, cal) -> np.ndarray:
     out = np.full(len(df), np.nan)
     M, N, K = _col(df, "m"), _col(df, "n"), _col(df, "k")
     fw = _bench_fw(df)
-    for d, src, sel in _groups(df):
+    for d, src, sel in _gemm_groups(df):
         if d not in GEMM_DTYPES:
             continue
         lo, bo = gemm_launch_and_body(M[sel], K[sel], N[sel], d, acc, cal, source=src, bench=fw)
@@ -380,7 +405,7 @@ def fit_gemm_kind(df, acc, cal, iters: int = 1500, max_rows: int = 5000, restart
     out = {}
     dt = df["dtype"].astype(str).to_numpy()
     jobs = [(d, "", dt == d) for d in sorted(pd.unique(dt))]
-    jobs += [(d, src, m) for d, src, m in _groups(df) if src and m.sum() >= MIN_GROUP and
+    jobs += [(d, src, m) for d, src, m in _gemm_groups(df) if src and m.sum() >= MIN_GROUP and
              (dt == d).sum() > m.sum()]  # a family apart only where a dtype has several
     for d, src, m in jobs:
         if d not in GEMM_DTYPES or d in UNCALIBRATED:
