@@ -1,6 +1,7 @@
 """Refit the attention / MLA kernel sections of one shipped calibration and framework, from their shipped values.
 
-    python benchmarks/attention_refit.py GPU DEVICE FRAMEWORK KIND [--restarts N] [--rows N] [--only K,..] [--write]
+    python benchmarks/attention_refit.py GPU DEVICE FRAMEWORK KIND [--restarts N] [--rows N] [--only K,..] [--qo-flat]
+        [--write]
     python benchmarks/attention_refit.py h100_sxm h100-sxm sglang generation_mla --write
 
 KIND: context_attention, generation_attention, context_mla or generation_mla. For every (dtype, kernel family)
@@ -12,7 +13,9 @@ their bounds (a parameter on a bound no longer freezes the simplex), from the sh
 reads). ``--only K1,K2`` refits just those keys, in the sections the rows read now, each on all of its rows
 (``--only window_tile``: the sliding-window excess alone, the serving step's sections otherwise unchanged). A
 refitted section is kept only where it lowers the mean |log error| over all of its rows. Prints the
-``calibrate check`` figures before and after; ``--write`` puts the kept sections in ``frameworks.<F>.kernels`` (and
+``calibrate check`` figures before and after (``--qo-flat``: decode sections price the query / output bytes at the
+device-wide rate, the section key ``qo_flat``; the sections' own kernel-path keys, FA2's ``combine_s`` /
+``swap_copy_s`` and ``reread_gbps``, join the fit where their rows are); ``--write`` puts the kept sections in ``frameworks.<F>.kernels`` (and
 the top-level ``kernels`` for vLLM), the new figures in ``frameworks.<F>.fit.per_op`` and a note in
 ``fit.<KIND>_<F>_refit``.
 """
