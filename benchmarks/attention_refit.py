@@ -15,9 +15,9 @@ reads). ``--only K1,K2`` refits just those keys, in the sections the rows read n
 refitted section is kept only where it lowers the mean |log error| over all of its rows. Prints the
 ``calibrate check`` figures before and after (``--qo-flat``: decode sections price the query / output bytes at the
 device-wide rate, the section key ``qo_flat``; the sections' own kernel-path keys, FA2's ``combine_s`` /
-``swap_copy_s`` and ``reread_gbps``, join the fit where their rows are); ``--write`` puts the kept sections in ``frameworks.<F>.kernels`` (and
-the top-level ``kernels`` for vLLM), the new figures in ``frameworks.<F>.fit.per_op`` and a note in
-``fit.<KIND>_<F>_refit``.
+``swap_copy_s`` and ``reread_gbps``, join the fit where their rows are); ``--write`` puts the kept sections in
+``frameworks.<F>.kernels`` (and the top-level ``kernels`` for vLLM), the new figures in
+``frameworks.<F>.fit.per_op`` and a note in ``fit.<KIND>_<F>_refit``.
 """
 
 from __future__ import annotations
