@@ -82,7 +82,7 @@ def refit(gpu, device, fw, kind, restarts=6, rows=8000, iters=1500, seed=0, only
     for d, target, m, shipped in _jobs(df, kind, fw, cal, kern, only):
         sub = df[m].iloc[km._subsample(int(m.sum()), rows, seed)]
         keys = keys0 + list(km.window_keys(sub, kind)) + list(km.reread_keys(sub, kind, fw)) + \
-            list(km.combine_keys(sub, kind))
+            list(km.fa2_keys(sub, kind))
         if only:
             keys = [k for k in keys if k in only]
             if not keys:
@@ -159,6 +159,8 @@ def main(argv=None) -> dict:
     bad = sorted(set(only) - allowed)
     if bad:  # a key this kind's sections do not have would be accepted and never fitted
         ap.error(f"--only: {bad[0]!r} is not a {a.kind} key (expected one of {', '.join(sorted(allowed))})")
+    if a.qo_flat and a.kind not in ("generation_attention", "generation_mla"):
+        ap.error(f"--qo-flat: decode sections only (a {a.kind} section has no bulk query / output load)")
     t0 = time.perf_counter()
     kept, fb, fa = refit(a.gpu, a.device, a.framework, a.kind, restarts=a.restarts, rows=a.rows, only=only,
                          qo_flat=a.qo_flat)

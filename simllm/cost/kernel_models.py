@@ -67,10 +67,10 @@ model (groups = heads).
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 import re
 import statistics
 from dataclasses import replace
+from functools import lru_cache
 from typing import Optional
 
 import numpy as np
@@ -589,7 +589,7 @@ def roof_keys(kind: str) -> list:
         (["kv_cost"] if kind == "context_attention" else [])
 
 
-def combine_keys(df, kind: str) -> tuple:
+def fa2_keys(df, kind: str) -> tuple:
     """("combine_s",) where decode rows run FlashAttention 2 (:data:`FA2_SOURCES`: its split heuristic and combine
     kernel, :func:`fa2_num_splits`), with ("swap_copy_s",) where enough of them (or of FA2's one-token prefill rows)
     make the transposes' copies (:func:`fa2_swap_copies`), else ()."""
@@ -1159,10 +1159,9 @@ def fa2_num_splits(rows, n_blocks, cus: float):
     if np.ndim(rows) == 0 and np.ndim(n_blocks) == 0:
         return float(_fa2_splits_one(int(max(rows, 1)), int(max(n_blocks, 1)), int(cus)))
     r, nb = np.broadcast_arrays(np.maximum(np.asarray(rows, float), 1.0), np.maximum(np.asarray(n_blocks, float), 1.0))
-    out = np.empty(r.shape)
-    for i, (a, b_) in enumerate(zip(r.ravel(), nb.ravel())):
-        out.ravel()[i] = _fa2_splits_one(int(a), int(b_), int(cus))
-    return out
+    pairs, inv = np.unique(np.stack([r.ravel(), nb.ravel()], axis=1).astype(np.int64), axis=0, return_inverse=True)
+    sp = np.array([_fa2_splits_one(int(a), int(b_), int(cus)) for a, b_ in pairs], dtype=float)
+    return sp[inv.ravel()].reshape(r.shape)
 
 
 def fa2_combine_time(splits, bh, hd, acc, s):
@@ -1172,6 +1171,8 @@ def fa2_combine_time(splits, bh, hd, acc, s):
     dim 128): 12-13 us at 2-128 context tokens for batch 1-64 (one 128-key block: one split, no combine) and 17-18 us
     from 256 (two blocks: two splits and the combine), against 18 us priced throughout by a fitted tokens-per-split
     that never split."""
+    if np.ndim(splits) == 0 and np.ndim(bh) == 0 and np.ndim(hd) == 0:  # the serving step's scalar decode
+        return s.get("combine_s", 0.0) + (4.0 * splits + 2.0) * bh * hd / (acc.hbm_bw * s["me"]) if splits > 1 else 0.0
     sp = np.asarray(splits, float)
     t = s.get("combine_s", 0.0) + (4.0 * sp + 2.0) * np.asarray(bh, float) * np.asarray(hd, float) / (
         acc.hbm_bw * s["me"])
@@ -1186,6 +1187,8 @@ def fa2_swap_copies(b, h, kvh, window, fa2):
     kernels. Evidence (vLLM FA2 decode at 2-token contexts): A100 12.2-12.7 us at batch 1 for every head layout and at
     any batch for one KV head, 17.2-19.9 us from batch 2 for 2-8 KV heads, MHA 10.7-11.2 us; L40S 8.7-9.3 us against
     12.3-12.9 us alike."""
+    if all(np.ndim(x) == 0 for x in (b, h, kvh, window, fa2)):  # the serving step's scalar decode
+        return 1.0 if (fa2 and window <= 0 and h > kvh and b >= 2 and kvh >= 2) else 0.0
     b, h, kvh = (np.asarray(x, float) for x in (b, h, kvh))
     nowin = np.asarray(window, float) <= 0
     return np.where(np.asarray(fa2, bool) & nowin & (h > kvh) & (b >= 2) & (kvh >= 2), 1.0, 0.0)
@@ -1195,6 +1198,8 @@ def fa2_swap_copy_time(copies, acc, s):
     """Seconds of the two copies of :func:`fa2_swap_copies` for ``copies`` = (sequences x query heads x head dim) of
     the calls that make them (0 elsewhere): ``swap_copy_s`` (fitted: two launches) plus the bf16 query and output
     read and written once each (8 bytes per element)."""
+    if np.ndim(copies) == 0:
+        return s["swap_copy_s"] + 8.0 * copies / (acc.hbm_bw * s["me"]) if copies > 0 else 0.0
     c = np.asarray(copies, float)
     return np.where(c > 0, s["swap_copy_s"] + 8.0 * c / (acc.hbm_bw * s["me"]), 0.0)
 
@@ -1311,7 +1316,7 @@ def _fit_roof(kind):
             sub = sub.iloc[_subsample(len(sub), max_rows)]
             keys = [k for k in keys if k not in ("window_tile", "reread_gbps", "combine_s", "swap_copy_s")] + \
                 list(window_keys(sub, kind)) + list(reread_keys(sub, kind, getattr(cal, "framework", ""))) + \
-                list(combine_keys(sub, kind))
+                list(fa2_keys(sub, kind))
             t = sub["latency_s"].to_numpy(float)
             shp = _shapes(sub, kind, getattr(cal, "framework", ""))
             hd = _col(sub, "head_dim", HD_REF)

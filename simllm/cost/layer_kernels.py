@@ -33,7 +33,8 @@ import numpy as np
 from ..errors import InputError
 from .kernel_models import (ATTN_DTYPES, GEMM_DTYPES, ROOF_DEFAULT, UNCALIBRATED, _gemm_params, _l2, _sec, _sustain,
                             decode_family, decode_family_hd, decode_floor_scale, decode_kv_heads, decode_splits, decode_tail_share,
-                            fa2_block_n, fa2_num_splits, quant_rows, strict_peak)
+                            fa2_block_n, fa2_combine_time, fa2_num_splits, fa2_swap_copies, fa2_swap_copy_time,
+                            quant_rows, strict_peak)
 from .kernels import gemm_floor, gemm_time
 
 FRAMEWORKS = ("vllm", "trtllm", "sglang")
@@ -316,12 +317,12 @@ class LayerKernels:
             return decode_splits(C / b, cta_rows, self.cus, s), 0.0
         mb = math.ceil(self.heads / max(self.kvh_dec, 1.0) / 64.0)  # 64-row query blocks of the swapped head group
         sp = fa2_num_splits(cta_rows * mb, np.ceil(np.maximum(np.asarray(C, float) / b, 1.0) / self.fa2_bn), self.cus)
-        bhd = b * self.heads * self.hd
-        after = np.where(np.asarray(sp) > 1.0, s["combine_s"] + (4.0 * np.asarray(sp) + 2.0) * bhd / (self.bw * s["me"]),
-                         0.0)
-        if "swap_copy_s" in s and b >= 2 and self.kvh >= 2 and self.heads > self.kvh:  # fa2_swap_copies
-            after = after + s["swap_copy_s"] + 8.0 * bhd / (self.bw * s["me"])
-        return sp, (float(after) if np.ndim(C) == 0 else after)
+        bh = b * self.heads
+        after = fa2_combine_time(sp, bh, self.hd, self.acc, s)
+        if "swap_copy_s" in s:
+            after = after + fa2_swap_copy_time(fa2_swap_copies(b, self.heads, self.kvh, 0.0, True) * bh * self.hd,
+                                               self.acc, s)
+        return sp, after
 
     def decode_ctx_eff(self, seqs: float, ctx, ctx_max):
         """The equal-length context total that decode attention over a batch of ``seqs`` sequences with
