@@ -90,6 +90,8 @@ class Deployment:
     per: str  # "node" (8 GPUs) or "NPU"
     notes: list = field(default_factory=list)
     kernel: str = "normal"  # DeepEP kernel family the deployment ran (moe.dispatch_kernel)
+    dies: int = 1  # devices (ranks) per published "NPU": 2 where the deployment runs over a package's dies
+    moe: dict = field(default_factory=dict)  # further moe options of the deployment (attention_sp_tp)
 
 
 DEPLOY = {
@@ -125,28 +127,41 @@ DEPLOY = {
                               "DeepEP low-latency kernels for every call (sglang issue 6017, the blog's decode "
                               "command: --deepep-mode low_latency --cuda-graph-bs 256 --enable-two-batch-overlap)"],
                              kernel="low_latency"),
-    "cm-prefill": Deployment("CloudMatrix-Infer prefill, 16 Ascend 910C (32 dies), EP32", "ascend-910c",
-                             "cloudmatrix384", 16, 32, {"alpha": 0.0}, "int8", "NPU",
-                             ["a device is one 910C package (two dies); EP32 over dies = EP16 over packages",
+    "cm-prefill": Deployment("CloudMatrix-Infer prefill, 16 Ascend 910C (32 dies), EP32", "ascend-910c-die",
+                             "cloudmatrix384-die", 32, 32, {"alpha": 0.0}, "int8", "NPU",
+                             ["a device is one 910C die, as CANN and CloudMatrix-Infer deploy (EP32 over the "
+                              "instance's 32 dies); a published per-NPU figure is two dies'",
                               "16,384 tokens per NPU of 4,096-token prompts (the paper's prefill table: batch "
                               "16,384, input 4,096, in the per-device format of SGLang's table; ASSUMPTION: per "
-                              "NPU package, not per die)",
+                              "NPU package, not per die): 8,192 per die",
                               "6,688 is the paper's 'Perfect EPLB' row (its default EPLB: 5,655) -> uniform loads",
-                              "W8A8 INT8 GEMMs at the sourced 1,504 TOPS INT8 peak; attention bf16"]),
-    "cm-prefill-default": Deployment("CloudMatrix-Infer prefill, EP32, default EPLB", "ascend-910c", "cloudmatrix384",
-                                     16, 32, EPLB_LOADS, "int8", "NPU",
-                                     ["the paper's default-EPLB prefill row; loads Zipf(0.5) placed by greedy_replicated"]),
-    "cm-decode": Deployment("CloudMatrix-Infer decode, 160 Ascend 910C (320 dies), EP320", "ascend-910c",
-                            "cloudmatrix384", 160, 64, EPLB_LOADS, "int8", "NPU",
-                            ["EP320 over dies = EP160 over packages; 256 routed + 64 slots (the paper's 32 "
-                             "redundant and 32 shared-expert dies) = one expert per die",
-                             "EPLB loads as for the GPUs: Zipf(0.5), greedy_replicated",
+                              "W8A8 INT8 GEMMs at the sourced 752 TOPS INT8 peak per die; attention bf16",
+                              "attention SP-TP-SP over the instance's 32 dies (moe.attention_sp_tp 32; the paper's "
+                              "prefill MLA: down-projections and o_proj sequence-parallel, FlashAttention "
+                              "tensor-parallel by head): an all-gather of the latents and an all-to-all of the "
+                              "heads' outputs per layer, at the INT8 activation width, not hidden"],
+                             dies=2, moe={"attention_sp_tp": 32}),
+    "cm-prefill-default": Deployment("CloudMatrix-Infer prefill, EP32, default EPLB", "ascend-910c-die",
+                                     "cloudmatrix384-die", 32, 32, EPLB_LOADS, "int8", "NPU",
+                                     ["the paper's default-EPLB prefill row; loads Zipf(0.6) placed by "
+                                      "greedy_replicated; otherwise as the perfect-EPLB row"],
+                                     dies=2, moe={"attention_sp_tp": 32}),
+    "cm-decode": Deployment("CloudMatrix-Infer decode, 160 Ascend 910C (320 dies), EP320", "ascend-910c-die",
+                            "cloudmatrix384-die", 320, 64, EPLB_LOADS, "int8", "NPU",
+                            ["a device is one 910C die: DP320 attention / EP320 (the paper: 'each NPU die hosts "
+                             "one expert'); every die holds and reads its own copy of the attention and dense "
+                             "weights; a published per-NPU figure is two dies'",
+                             "256 routed + 64 slots (the paper's 32 redundant and 32 shared-expert dies) = one "
+                             "expert per die",
+                             "EPLB loads as for the GPUs: Zipf(0.6), greedy_replicated",
                              f"MTP: one draft token, acceptance {CM_MTP_ACCEPT} (the paper: 70%, 1.7 tokens a step)",
                              "batch per NPU and lengths from the paper's decode table: 96 at 4,096 in / 256 out "
-                             "(TPOT 49.4 ms), 8 (14.9 ms), 24 (24.6 ms), 112 at 2K/256, 128 at 1K/1K; "
-                             "ASSUMPTION: context = prompt + half the output (sequences spread over their decode)",
+                             "(TPOT 49.4 ms), 8 (14.9 ms), 24 (24.6 ms), 112 at 2K/256, 128 at 1K/1K; half of "
+                             "each per die; ASSUMPTION: context = prompt + half the output (sequences spread "
+                             "over their decode)",
                              "DeepEP-style low-latency dispatch/combine for every decode call (an assumption: the "
-                             "paper's AIV-direct UB dispatch is a low-latency design)"], kernel="low_latency"),
+                             "paper's AIV-direct UB dispatch is a low-latency design)"],
+                            kernel="low_latency", dies=2),
 }
 
 # (key, deployment, metric label, published, kind, params)
@@ -205,18 +220,19 @@ APPROXIMATIONS = [
     "DeepSeek's published decode figures are production daily averages (not a fixed-batch benchmark)",
     "no KV-cache tier: every prompt token is computed (DeepSeek's 56.3% disk-cache hits are outside the "
     "profile's prefill figure)",
-    "Ascend 910C priced with H100's fitted fractions of peak (no measured 910C tables), through the 910C's "
+    "Ascend 910C dies priced with H100's fitted fractions of peak (no measured 910C tables), through the die's "
     "own peaks, HBM bandwidth and cores; DeepEP-style dispatch over the Unified Bus with the low-latency/"
     "normal kernel models of the GPUs; the NPU's dispatch holds no cube cores (AIV/SDMA), the contention "
-    "share pinned on SGLang's H100 ablation applies to it too. Check against the paper's operator figures: "
-    "INT8 GEMM here 0.72-0.74 of peak (paper 77.4-82.7%), MLA decode with two queries 0.56 of the BF16 peak "
-    "(paper 65.4%): not optimistic",
-    "CloudMatrix-Infer's prefill attention runs SP-TP-SP over the instance's 32 dies (all-gather of every "
-    "token's latents, all-to-all back): not modelled (DP attention here); estimated 11-14 ms per layer over "
-    "196 GB/s UB at 16K tokens per NPU. Its decode two-stream core partition is not modelled either",
-    "CloudMatrix figures (batches, lengths, MTP acceptance 70%, default/perfect EPLB rows, operator "
-    "utilizations) read from public summaries of arXiv 2506.12708's tables; the paper's text was not "
-    "reachable from here",
+    "share pinned on SGLang's H100 ablation applies to it too. Checks against the paper's operator figures: "
+    "INT8 GEMM here 0.72-0.74 of peak (paper 77.4-82.7%); low-latency dispatch + combine at 128 tokens per "
+    "die, 443 us here (EP320) against the paper's 152 + 149 us (EP256; UB priced slower than measured); per decode "
+    "layer without MTP at 48 sequences per die 830 us here, the paper's 874 us",
+    "CloudMatrix-Infer's prefill attention SP-TP-SP over the instance's 32 dies (moe.attention_sp_tp): an "
+    "all-gather of every token's MLA latents and an all-to-all of each die's heads' outputs per layer, at the "
+    "INT8 activation width and not hidden behind other work (both assumptions: the paper does not say). Its "
+    "decode two-stream core partition (attention on 16, MoE on 8 of a die's 24 cube cores) is not modelled",
+    "CloudMatrix figures (batches, lengths, MTP acceptance 70%, default/perfect EPLB rows, ablations, operator "
+    "benchmarks) read from public summaries of arXiv 2506.12708; the paper's text was not reachable from here",
     "Pangu Pro MoE on Ascend not priced: the paper (arXiv 2505.21411) gives 1,148 tok/s per card decode and "
     "4,828 input tok/s per card on 800I A2 (W8A8; 1,528 with speculative decoding; 321 on 300I Duo) but "
     "not the batch, prompt and output lengths, card count and H2P layout (attention DP/TP, expert EP per "
@@ -250,7 +266,7 @@ def cost_for(key: str):
         _COSTS[key] = make_ep_step_cost(m, acc, ep=d.ep, **_topo(d.topology),
                                         placement={"policy": "greedy_replicated", "redundant": d.redundant},
                                         expert_loads=d.loads, moe={"overlap": True, "dispatch_kernel": d.kernel,
-                                                                   **_draws(d.loads)},
+                                                                   **_draws(d.loads), **d.moe},
                                         weight_dtype=d.dtype, act_dtype=d.dtype, framework=FRAMEWORK["name"])
     return _COSTS[key]
 
@@ -273,18 +289,27 @@ def decode(cost, seqs: int, ctx: float, mtp) -> dict:
     return {"step_s": st, "tpot_s": st / per_step, "per_device": seqs * per_step / st}
 
 
+def price_point(cost, d: Deployment, kind: str, p: dict) -> dict:
+    """One metric's step at its published batch, the published device's tokens or sequences split
+    evenly over its ``d.dies`` ranks (per-rank throughput in ``per_device``)."""
+    per_npu = p["tokens_per_device"] if kind == "prefill" else p["seqs"]
+    if per_npu % d.dies:
+        raise ValueError(f"{per_npu} per device does not split over {d.dies} dies")
+    if kind == "prefill":
+        return prefill(cost, per_npu // d.dies, p["prompt"])
+    return decode(cost, per_npu // d.dies, p["ctx"], p["mtp"])
+
+
 def evaluate(only: str | None = None) -> list[dict]:
     rows = []
     for key, dep, label, pub, kind, p in METRICS:
         if only and only not in key:
             continue
-        c = cost_for(dep)
-        per = 8.0 if DEPLOY[dep].per == "node" else 1.0
+        r = price_point(cost_for(dep), DEPLOY[dep], kind, p)
+        per = (8.0 if DEPLOY[dep].per == "node" else 1.0) * DEPLOY[dep].dies
         if kind == "prefill":
-            r = prefill(c, p["tokens_per_device"], p["prompt"])
             sim = r["per_device"] * per
         else:
-            r = decode(c, p["seqs"], p["ctx"], p["mtp"])
             sim = 1e3 * r["tpot_s"] if p["out"] == "tpot" else r["per_device"] * per
         rows.append({"metric": key, "label": label, "published": pub, "simulated": sim, "ratio": sim / pub,
                      "step_s": r["step_s"], "deployment": dep, "issue": key in ISSUE_METRICS})
@@ -345,8 +370,7 @@ def overlap_gains(rows) -> list[dict]:
         c = cost_for(dep)
         c.overlap = False
         try:
-            off = prefill(c, p["tokens_per_device"], p["prompt"]) if kind == "prefill" else \
-                decode(c, p["seqs"], p["ctx"], p["mtp"])
+            off = price_point(c, DEPLOY[dep], kind, p)
         finally:
             c.overlap = True
         out.append({"metric": key, "gain": off["step_s"] / r["step_s"], "published": TBO_PUBLISHED.get(key)})

@@ -65,6 +65,12 @@ to hide behind (``+ min(x, m)``). Dense layers run unsplit. Two half batches re-
 so at small batches the split costs more than it hides: per step the cheaper of the two
 schedules is taken, and below ``overlap_min_tokens`` (a framework's threshold) it is off.
 
+**SP-TP-SP attention** (``attention_sp_tp: n``; CloudMatrix-Infer's prefill): groups of ``n`` ranks run
+attention sequence-parallel for the token-wise projections and tensor-parallel by head for the attention
+itself; the FLOPs are those of DP attention, the two exchanges per layer (an all-gather of the MLA
+latents, an all-to-all of the heads' outputs) are added to the attention block
+(:meth:`EPStepCost.sp_tp_comm_time`).
+
 **Speculative decoding (MTP).** :class:`simllm.cost.spec_step.SpeculativeStepCost` prices a
 verification step through :meth:`step_time` (``n (k + 1)`` tokens, one KV pass);
 :meth:`EPStepCost.verify_attention_extra` adds the queries' attention FLOPs beyond the one-query
@@ -199,7 +205,8 @@ class EPStepCost:
                  seed: int = 0, remote_fraction: Optional[float] = None, policy_spec: Optional[dict] = None,
                  dispatch_kernel: str = "auto", overlap_min_tokens: int = 0, comm_sms: Optional[float] = None,
                  ll_max_tokens: int = LL_MAX_TOKENS, traffic: Optional[np.ndarray] = None,
-                 framework: str = "vllm", prompt_draws: Optional[int] = None):
+                 framework: str = "vllm", prompt_draws: Optional[int] = None,
+                 attention_sp_tp: Optional[int] = None):
         if model.moe is None or model.num_moe_layers == 0:
             raise InputError(f"{model.name} has no MoE layers; expert parallelism needs an MoE model", field="ep")
         self.model, self.acc, self.ep, self.tp = model, accelerator, int(ep), int(tp)
@@ -216,7 +223,8 @@ class EPStepCost:
                         grid_points=grid_points, seed=seed, remote_fraction=remote_fraction,
                         policy_spec=policy_spec, dispatch_kernel=dispatch_kernel,
                         overlap_min_tokens=overlap_min_tokens, comm_sms=comm_sms, ll_max_tokens=ll_max_tokens,
-                        traffic=traffic, framework=framework, prompt_draws=prompt_draws)
+                        traffic=traffic, framework=framework, prompt_draws=prompt_draws,
+                        attention_sp_tp=attention_sp_tp)
         self.policy_spec = policy_spec  # the placement policy block periodic re-placement re-plans with
         if dispatch_kernel not in DISPATCH_KERNELS:
             raise InputError(f"must be one of {', '.join(DISPATCH_KERNELS)}, got {dispatch_kernel!r}",
@@ -262,6 +270,7 @@ class EPStepCost:
         kw = dict(cal=self.cal, weight_dtype=weight_dtype, kv_dtype=kv_dtype, act_dtype=act_dtype, framework=framework)
         self.ops = LayerOps(model, accelerator, tp=self.tp, links=links, **kw)  # attention, dense, head
         self.eops = LayerOps(model, accelerator, tp=1, links=None, **kw)  # experts: whole, one device each
+        self._sp = self._sp_tp_setup(attention_sp_tp, model)
         self.n_moe = int(model.num_moe_layers)
         self.n_dense = int(model.num_layers - self.n_moe)
         self.L = int(model.num_layers)
@@ -292,6 +301,61 @@ class EPStepCost:
         self._vmemo: dict = {}  # breakdown vectors of attention / local MoE / embedding / dense parts by tokens  # LM head of the busiest attention rank (step_time_ranks)
         self._ov: dict[int, tuple] = {}
         self._mq: dict[int, float] = {}  # queries per sequence -> verification attention seconds per context token
+
+    # ------------------------------------------------------------------ SP-TP-SP attention
+    def _sp_tp_setup(self, n, model) -> Optional[tuple]:
+        """``moe.attention_sp_tp``: groups of ``n`` EP ranks run each attention layer SP-TP-SP instead
+        of pure DP (CloudMatrix-Infer's prefill, Zuo et al. 2025, arXiv 2506.12708, sec. 4: its MLA
+        split in three stages; the token-position-independent down-projections and ``o_proj`` in
+        sequence parallelism over the group's packed tokens, FlashAttention with its up-projections
+        tensor-parallel by head). The FLOPs stay those of DP attention spread evenly (every rank does
+        ``1 / n`` of the heads for ``n`` times the tokens); what SP-TP-SP adds is its two exchanges per
+        layer over the group: an all-gather of every token's compressed query and KV latents (MLA's
+        ``q_lora_rank + kv_lora_rank + qk_rope_head_dim`` values, at the activation width) and an
+        all-to-all returning each rank's heads' outputs (``num_heads / n x v_head_dim`` values a
+        token) to the token's own rank. ASSUMPTION: both sit between dependent stages of a micro-batch
+        and are not hidden behind other work (the paper does not say how they are scheduled); bytes at
+        the activation dtype. Only MLA models (the exchanges carry MLA's latents): others are rejected.
+        Returns ``(n, links, gather bytes a token, all-to-all bytes a token)`` or None."""
+        if n is None:
+            return None
+        f = "moe.attention_sp_tp"
+        if isinstance(n, bool) or not isinstance(n, int) or n < 2 or self.ep % n:
+            raise InputError(f"must be an integer >= 2 that divides ep ({self.ep}), got {n!r}", field=f)
+        a = model.attention
+        if a.kind != "mla":
+            raise InputError(f"SP-TP-SP attention is modelled for MLA models (its exchanges carry MLA's latents); "
+                             f"{model.name} has {a.kind} attention", field=f)
+        if self.tp != 1:
+            raise InputError(f"SP-TP-SP attention replaces DP attention; the attention tp must be 1, got {self.tp}",
+                             field=f)
+        if a.num_heads % n:
+            raise InputError(f"the group of {n} ranks must divide the {a.num_heads} attention heads", field=f)
+        node = self.topo.node
+        links = C.CommLinks.from_node(node, self.cal.comm)
+        ab = float(self.ops.ab)
+        gather = ((a.q_lora_rank or model.hidden_size) + a.kv_lora_rank + a.qk_rope_head_dim) * ab
+        back = a.num_heads / n * a.v_head_dim * ab
+        return n, links, min(n, node.devices), gather, back
+
+    def sp_tp_comm_time(self, tokens_per_rank: float) -> float:
+        """Seconds per layer of the SP-TP-SP exchanges when each rank holds ``tokens_per_rank`` tokens
+        (0 without ``moe.attention_sp_tp``)."""
+        if self._sp is None or tokens_per_rank <= 0:
+            return 0.0
+        n, links, g, gather, back = self._sp
+        group = tokens_per_rank * n
+        return C.all_gather(group * gather, n, links, g) + C.all_to_all(group * back, n, links, g)
+
+    def _attention_vec(self, t: float) -> np.ndarray:
+        """Breakdown vector of one attention block of ``t`` tokens on one rank, with the SP-TP-SP
+        exchanges where they are on."""
+        v = _vec(self.ops.attention_block(t))
+        if self._sp is not None and t > 0:
+            c = self.sp_tp_comm_time(t)
+            n, _, _, gather, back = self._sp
+            v = v + np.array([c, 0.0, 0.0, c, 0.0, 0.0, t * n * gather + t * back])
+        return v
 
     # ------------------------------------------------------------------ routed experts: E[max device]
     def _device_expert_time(self, n: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -552,7 +616,7 @@ class EPStepCost:
         routing draws they amount to, :meth:`effective_draws`; default T)."""
         t_g = math.ceil(T / self.dp) if t_g is None else t_g
         t_r = math.ceil(T / self.ep)
-        comp = self._memo_vec("attn", t_g, self.ops.attention_block) + self._memo_vec("local", t_r, self._local_moe)
+        comp = self._memo_vec("attn", t_g, self._attention_vec) + self._memo_vec("local", t_r, self._local_moe)
         routed, comm = self.routed_time(T), self.comm_time(t_r)
         if t_eff is not None and t_eff < T:
             fr, fc = self.correlated_factors(T, t_eff)
@@ -579,7 +643,7 @@ class EPStepCost:
         g = math.ceil(T / self.dp) if t_g is None else t_g
         v = self._memo_vec("embed", g, self.ops.embedding)
         if self.n_dense:
-            v = v + self.n_dense * (self._memo_vec("attn", g, self.ops.attention_block)
+            v = v + self.n_dense * (self._memo_vec("attn", g, self._attention_vec)
                                     + self._memo_vec("dense", g, self.ops.dense_ffn_block))
         comp, routed, comm = self._moe_parts(T, g, t_eff)
         flops_r = 2.0 * T * self.k * (3 if self.gated else 2) * self.H * self.I / self.ep
@@ -605,7 +669,7 @@ class EPStepCost:
             g = math.ceil(T / self.dp) if t_g is None else t_g
             v = self._memo_vec("embed", g, self.ops.embedding)
             if self.n_dense:
-                v = v + self.n_dense * (self._memo_vec("attn", g, self.ops.attention_block)
+                v = v + self.n_dense * (self._memo_vec("attn", g, self._attention_vec)
                                         + self._memo_vec("dense", g, self.ops.dense_ffn_block))
             ch, rh, mh = self._moe_parts(T / 2.0, None if t_g is None else t_g / 2.0,
                                          None if t_eff is None else t_eff / 2.0)
@@ -931,7 +995,8 @@ def _located_loads(model, spec, layers, base_dir) -> np.ndarray:
 
 
 _COST_KEYS = ("overlap", "samples", "sample_layers", "grid_max", "grid_points", "dispatch_dtype", "combine_dtype",
-              "seed", "dispatch_kernel", "overlap_min_tokens", "comm_sms", "ll_max_tokens", "prompt_draws")
+              "seed", "dispatch_kernel", "overlap_min_tokens", "comm_sms", "ll_max_tokens", "prompt_draws",
+              "attention_sp_tp")
 _MOE_KEYS = {*_COST_KEYS, "layers"}
 
 
