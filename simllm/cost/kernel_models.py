@@ -189,7 +189,7 @@ def _sec(cal, kind: str, dtype: str, source: str = "") -> tuple[dict, str]:
     # a head-dim build or a query-tile configuration of a family (``<family>_hd<dim>``, ``<family>_q<rows>``) without a
     # section of its own falls back to the family's
     srcs = [source] if source else []
-    for suffix in (r"_hd\d+$", r"_q\d+$", r"_gemv$"):
+    for suffix in (r"_hd\d+$", r"_q\d+$", r"_gemv$", r"_g1$"):
         if srcs and re.search(suffix, srcs[-1]):
             srcs.append(re.sub(suffix, "", srcs[-1]))
     keys = [f"{kind}/{dtype}/{s_}" for s_ in srcs] + [f"{kind}/{dtype}"]
@@ -904,6 +904,8 @@ def _kernel_families(df, kind, framework: str, names, src):
             out = _tile_split(df, out, fi, rows=_col(df, "isl") * grp)
         # a masked-window path of its own (PREFILL_MASKED_WINDOW: another kernel specialisation, its own floor)
         return _suffix(out, masked_window(src, framework) & (_col(df, "window_size") > 0), "_swa")
+    if kind == "generation_mla":
+        return mla_decode_family(names, _col(df, "num_heads"), src)
     if kind != "generation_attention":
         return names
     out = names
@@ -921,6 +923,27 @@ def _kernel_families(df, kind, framework: str, names, src):
         tc = tc | ((src == source) & (fp8 | (grp >= g)))
     out = _split_hd(df, framework, _tile_split(df, out, tc), DECODE_HD_PATHS, src)
     return decode_family_hd(out, _col(df, "head_dim", HD_REF), framework)
+
+
+#: MLA decode kernels that run a rank holding one query head on a path of its own (family ``<source>_g1``): vLLM's
+#: Triton MLA decode calls its grouped kernel (query heads in blocks of 16 per KV head, tensor-core dots over the
+#: 576-wide latent) for a group of two or more heads and its non-grouped one for a group of one (vLLM
+#: ``triton_decode_attention.decode_attention_fwd``: ``kv_group_num == 1``). Evidence (A100 vLLM 0.14 MLA decode):
+#: at 65,535 tokens one head takes 7.8 ms at batch 1 and 18.9 ms at batch 64 where 2-16 heads (one head block) take
+#: 1.65 and 5.5 ms alike; L40S 5.2 / 7.1 ms against 1.2 / 6.5 ms. One section priced both (the one-head rows 0.04-0.5x
+#: of measured at long contexts: the group's p90 61-62%). SGLang's Triton decode (source ``triton``) makes the same
+#: dispatch (its ``decode_attention_fwd``, the kernel both took from LightLLM): on L40S one head costs 21 us at
+#: batch 1 and short contexts where 2-16 heads cost 14 us.
+MLA_G1_SOURCES = ("vllm_triton_mla", "triton")
+
+
+def mla_decode_family(names, num_heads, src):
+    """MLA decode family names with a one-query-head rank of :data:`MLA_G1_SOURCES` as ``<source>_g1``; ``names``
+    itself where no row is one (vectorised; scalars: the serving step's family of one rank)."""
+    if np.ndim(names) == 0:
+        return f"{names}_g1" if str(src) in MLA_G1_SOURCES and float(num_heads) == 1.0 else names
+    return _suffix(names, np.isin(np.asarray(src).astype(str), MLA_G1_SOURCES) & (np.asarray(num_heads, float) == 1.0),
+                   "_g1")
 
 
 def decode_family_hd(family, head_dim, framework: str):

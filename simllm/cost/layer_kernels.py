@@ -34,7 +34,7 @@ from ..errors import InputError
 from .kernel_models import (ATTN_DTYPES, GEMM_DTYPES, ROOF_DEFAULT, UNCALIBRATED, _gemm_params, _l2, _sec, _sustain,
                             decode_family, decode_family_hd, decode_floor_scale, decode_kv_heads, decode_splits, decode_tail_share,
                             fa2_block_n, fa2_combine_time, fa2_num_splits, fa2_swap_copies, fa2_swap_copy_time,
-                            quant_rows, strict_peak)
+                            MLA_G1_SOURCES, quant_rows, strict_peak)
 from .kernels import gemm_floor, gemm_time
 
 FRAMEWORKS = ("vllm", "trtllm", "sglang")
@@ -125,6 +125,10 @@ class LayerKernels:
         fam = None if self.mla else decode_family(math.ceil(a.num_heads / tp), math.ceil(a.num_kv_heads / tp), fw)
         if fam is not None:  # the head dim's own kernel build where the framework has one (kernel_models)
             fam = decode_family_hd(str(fam), int(a.head_dim), fw)
+        if self.mla and math.ceil(a.num_heads / tp) == 1:  # one query head per rank: the MLA decode kernels' own
+            # non-grouped path where the calibration has it (kernel_models.MLA_G1_SOURCES)
+            fam = next((f"{src}_g1" for src in MLA_G1_SOURCES
+                        if _sec(self.cal, dec_kind, key, f"{src}_g1")[1].endswith("_g1")), None)
         self.dec = {**ROOF_DEFAULT, **_sec(self.cal, dec_kind, key, str(fam) if fam is not None else "")[0]}
         if getattr(acc, "kind", "") == "tpu":
             # assumption: a TPU TensorCore runs one program over the whole batch, no thread blocks
