@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from .config import Frozen, Sourced, list_names, load_yaml, resolve, sourced, validate
 from .errors import InputError
@@ -33,6 +33,8 @@ CLUSTER_DIR = "hardware/clusters"
 
 
 class Accelerator(Frozen):
+    #: the descriptor file it was read from (errors about its fields name it), set by load_accelerator
+    _path: Optional[Path] = PrivateAttr(default=None)
     name: str
     vendor: str
     kind: Literal["gpu", "npu", "tpu"]
@@ -236,7 +238,9 @@ def _load(model, kind_dir: str, name_or_path: str | Path, what: str):
 
 @lru_cache(maxsize=None)
 def load_accelerator(name_or_path: str) -> Accelerator:
-    return _load(Accelerator, ACCEL_DIR, name_or_path, "accelerator")[0]
+    acc, path = _load(Accelerator, ACCEL_DIR, name_or_path, "accelerator")
+    acc._path = Path(path)
+    return acc
 
 
 @lru_cache(maxsize=None)

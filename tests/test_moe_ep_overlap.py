@@ -267,3 +267,21 @@ def test_published_sglang_prefill_rows_with_prompt_correlated_routing():
     abl = P.eplb_ablation()
     assert abs(abl["prefill"]["simulated"] / 1.49 - 1) < 0.05
     assert abs(abl["decode"]["simulated"] / 2.54 - 1) < 0.15
+
+
+def test_int8_on_a_device_without_an_int8_peak_is_one_line_naming_its_file(tmp_path):
+    """INT8 execution on a descriptor that lists no INT8 peak (the 910B's, its int8 line removed) is a one-line
+    error naming that descriptor file and ``peak_flops.int8``, exit 2, never a bf16 price."""
+    src = (ROOT / "hardware/accelerators/ascend-910b.yaml").read_text()
+    lines = [ln for ln in src.splitlines() if not ln.startswith("  int8:")]
+    lines = ["name: ascend-910b-noint8" if ln.startswith("name:") else
+             ("aliases: []" if ln.startswith("aliases:") else ln) for ln in lines]
+    dev = tmp_path / "noint8.yaml"
+    dev.write_text("\n".join(lines) + "\n")
+    r = subprocess.run([sys.executable, "-m", "simllm.cli", "run",
+                        str(ROOT / "workloads/scenarios/llama3-8b-h100-azure-conv.yaml"),
+                        "--set", f"hardware.accelerator={dev}", "--set", "deployment.weight_dtype=int8",
+                        "--set", "deployment.act_dtype=int8"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 2
+    err = [ln for ln in r.stderr.strip().splitlines() if ln]
+    assert len(err) == 1 and str(dev) in err[0] and "peak_flops.int8" in err[0], err

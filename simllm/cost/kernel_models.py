@@ -117,7 +117,7 @@ def strict_peak(acc, dtype: str) -> float:
             return pf[other].value
     raise InputError(f"device {acc.name} has no datasheet peak for {dtype} (its descriptor lists "
                      f"{', '.join(pf)}); add a sourced peak_flops.{dtype} to price {dtype} kernels",
-                     file=getattr(acc, "path", None) or f"hardware/accelerators/{acc.name}.yaml",
+                     file=getattr(acc, "_path", None) or f"hardware/accelerators/{acc.name}.yaml",
                      field=f"peak_flops.{dtype}")
 
 
