@@ -8,7 +8,7 @@ lengths (the scenarios in ``workloads/scenarios/`` carry the same settings for f
 the same physics and parameters for every row, no per-row factor. Prints published, simulated
 and the ratio per metric, then every approximation made, and as the last line JSON.
 
-    PYTHONPATH=$PWD python3 benchmarks/published_moe.py [--only SUBSTRING]
+    PYTHONPATH=$PWD python3 benchmarks/published_moe.py [--only SUBSTRING] [--framework F] [--mla-decode F]
 
 Metrics and how they are priced:
 
@@ -254,8 +254,28 @@ def _draws(loads) -> dict:
 
 
 _COSTS: dict = {}
-#: the calibration's framework whose measured kernels price GEMMs and attention (--framework)
-FRAMEWORK = {"name": "vllm"}
+#: the calibration's framework whose measured kernels price GEMMs and attention (--framework), and the one whose
+#: MLA decode sections price MLA decode where another is asked for (--mla-decode; None: the same)
+FRAMEWORK = {"name": "vllm", "mla_decode": None}
+
+
+def _calibration(acc):
+    """The device's calibration, its ``generation_mla`` sections for FRAMEWORK's framework taken from
+    ``FRAMEWORK["mla_decode"]``'s where that is set (a sensitivity check: vLLM's MLA decode table times its MLA
+    module, SGLang's and TensorRT-LLM's the attention kernel); None where nothing is swapped."""
+    other = FRAMEWORK["mla_decode"]
+    if not other or other == FRAMEWORK["name"]:
+        return None
+    from dataclasses import replace as _replace
+
+    from simllm.cost.calibration import calibration_for
+
+    cal = calibration_for(acc)
+    fw, src = FRAMEWORK["name"], cal.for_framework(other).kernels
+    mine = dict((cal.frameworks or {}).get(fw) or {})
+    k = {n: v for n, v in cal.for_framework(fw).kernels.items() if not n.startswith("generation_mla")}
+    k.update({n: v for n, v in src.items() if n.startswith("generation_mla")})
+    return _replace(cal, frameworks={**(cal.frameworks or {}), fw: {**mine, "kernels": k}})
 
 
 def cost_for(key: str):
@@ -267,7 +287,8 @@ def cost_for(key: str):
                                         placement={"policy": "greedy_replicated", "redundant": d.redundant},
                                         expert_loads=d.loads, moe={"overlap": True, "dispatch_kernel": d.kernel,
                                                                    **_draws(d.loads), **d.moe},
-                                        weight_dtype=d.dtype, act_dtype=d.dtype, framework=FRAMEWORK["name"])
+                                        weight_dtype=d.dtype, act_dtype=d.dtype, framework=FRAMEWORK["name"],
+                                        calibration=_calibration(acc))
     return _COSTS[key]
 
 
@@ -336,7 +357,8 @@ def eplb_ablation() -> dict:
             c = make_ep_step_cost(m, acc, ep=ep, **topo, placement={"policy": pol, "redundant": red},
                                   expert_loads=EPLB_LOADS, moe={"overlap": True, "dispatch_kernel": kernel,
                                                                 "prompt_draws": PROMPT_DRAWS},
-                                  weight_dtype="fp8", act_dtype="fp8", framework=FRAMEWORK["name"])
+                                  weight_dtype="fp8", act_dtype="fp8", framework=FRAMEWORK["name"],
+                                  calibration=_calibration(acc))
             t.append(prefill(c, 16384, 4096)["step_s"] if phase == "prefill" else decode(c, 256, 2000, None)["step_s"])
         out[phase] = {"simulated": t[1] / t[0], "published": EPLB_PUBLISHED[phase], "ep": ep}
     return out
@@ -382,8 +404,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--only", default=None, help="metrics whose key contains this")
     ap.add_argument("--framework", default="vllm", choices=("vllm", "sglang", "trtllm"),
                     help="whose measured kernel fits price GEMMs and attention (default vllm)")
+    ap.add_argument("--mla-decode", default=None, choices=("vllm", "sglang", "trtllm"),
+                    help="whose measured MLA decode kernels price MLA decode (default: --framework's)")
     args = ap.parse_args(argv)
-    FRAMEWORK["name"] = args.framework
+    FRAMEWORK["name"], FRAMEWORK["mla_decode"] = args.framework, args.mla_decode
     _COSTS.clear()
     t0 = time.perf_counter()
     rows = evaluate(args.only)
