@@ -225,8 +225,8 @@ APPROXIMATIONS = [
     "normal kernel models of the GPUs; the NPU's dispatch holds no cube cores (AIV/SDMA), the contention "
     "share pinned on SGLang's H100 ablation applies to it too. Checks against the paper's operator figures: "
     "INT8 GEMM here 0.72-0.74 of peak (paper 77.4-82.7%); low-latency dispatch + combine at 128 tokens per "
-    "die, 443 us here (EP320) against the paper's 152 + 149 us (EP256; UB priced slower than measured); per decode "
-    "layer without MTP at 48 sequences per die 830 us here, the paper's 874 us",
+    "die and uniform routing 81 + 165 us here (simllm comm, EP256) against the paper's 152 + 149 us (its routing not "
+    "stated); per decode layer without MTP at 48 sequences per die 830 us here, the paper's 874 us",
     "CloudMatrix-Infer's prefill attention SP-TP-SP over the instance's 32 dies (moe.attention_sp_tp): an "
     "all-gather of every token's MLA latents and an all-to-all of each die's heads' outputs per layer, at the "
     "INT8 activation width and not hidden behind other work (both assumptions: the paper does not say). Its "
