@@ -316,7 +316,9 @@ class EPStepCost:
         token) to the token's own rank. ASSUMPTION: both sit between dependent stages of a micro-batch
         and are not hidden behind other work (the paper does not say how they are scheduled); bytes at
         the activation dtype. Only MLA models (the exchanges carry MLA's latents): others are rejected.
-        Returns ``(n, links, gather bytes a token, all-to-all bytes a token)`` or None."""
+        Returns ``(n, links, devices of the group per node, gather bytes a token, all-to-all bytes a
+        token)`` or None. The attention FLOPs keep DP attention's per-rank split (a DP-rank imbalance,
+        :meth:`step_time_ranks`, is not evened out by the sequence packing here)."""
         if n is None:
             return None
         f = "moe.attention_sp_tp"
