@@ -72,3 +72,26 @@ def test_moe_run_writes_loads_and_heatmaps(tmp_path):
     assert dl.device.nunique() == 32
     assert _run(["report", str(out)]) == 0
     assert (out / "report" / "expert_load_heatmap.png").exists() and (out / "report" / "device_load_heatmap.png").exists()
+
+
+def test_disaggregated_moe_run_writes_loads_per_pool(tmp_path):
+    """A prefill/decode scenario with expert parallelism in both pools writes each pool's loads (the prefill pool
+    the prompts' tokens x top-k, the decode pool the generated ones'), and the report draws a heatmap per pool."""
+    scn = REPO / "workloads" / "scenarios" / "deepseek-r1-cloudmatrix384-pd.yaml"
+    out = tmp_path / "cm"
+    assert _run(["run", str(scn), "--set", "workload.generator.num_requests=60", "--out", str(out), "--no-progress",
+                 "--json"]) == 0
+    el, dl = pd.read_csv(out / "expert_loads.csv"), pd.read_csv(out / "device_loads.csv")
+    req = pd.read_csv(out / "requests.csv")
+    assert set(dl["pool"]) == {"prefill", "decode"}
+    assert dl[dl.pool == "prefill"].device.nunique() == 32 and dl[dl.pool == "decode"].device.nunique() == 320
+    for pool, g in el.groupby("pool"):
+        np.testing.assert_allclose(g.groupby("layer").tokens.sum(),
+                                   dl[dl.pool == pool].groupby("layer").tokens.sum(), rtol=1e-5)
+    per_layer = el.groupby(["pool", "layer"]).tokens.sum().groupby("pool").mean()
+    gen = req["generated_tokens"].sum() if "generated_tokens" in req else req["output_tokens"].sum()
+    np.testing.assert_allclose(per_layer["prefill"], req["prompt_tokens"].sum() * 8, rtol=1e-5)
+    np.testing.assert_allclose(per_layer["decode"], gen * 8, rtol=1e-5)
+    assert _run(["report", str(out)]) == 0
+    for pool in ("prefill", "decode"):
+        assert (out / "report" / f"device_load_heatmap_{pool}.png").exists()

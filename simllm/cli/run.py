@@ -17,31 +17,41 @@ from ..metrics.writers import CSV_MAX_REQUESTS, FORMATS, TableWriter, choose_for
 from ._common import _clean, console, echo_json, print_table
 
 
-def write_expert_loads(out: Path, cost, req) -> None:
-    """For an expert-parallel run: expected tokens per expert and per device, per MoE layer.
+def write_expert_loads(out: Path, pools, req) -> None:
+    """For an expert-parallel run: expected tokens per expert and per device, per MoE layer, per EP pool.
 
-    Tokens served (prompt + generated) x top-k, split by the expert popularity the run used and,
-    per device, by the placement's replica shares (``expert_loads.csv``, ``device_loads.csv``).
+    ``pools``: ``[(name, role, cost model)]``. A pool's tokens are those it serves, x top-k: a prefill pool's
+    the prompts', a decode pool's the generated ones', a colocated deployment's both; split by the expert
+    popularity the pool used and, per device, by its placement's replica shares (``expert_loads.csv``,
+    ``device_loads.csv``, columns ``pool``, ``layer``, ``expert`` / ``device``, ``tokens``). Pools without
+    expert parallelism write nothing.
     """
-    placement, pop = getattr(cost, "placement", None), getattr(cost, "popularity", None)
-    if placement is None or pop is None:
-        return
     import numpy as np
     import pandas as pd
 
-    tokens = float(req["prompt_tokens"].sum() + req.get("generated_tokens", req["output_tokens"]).sum())
-    top_k = cost.model.moe.top_k
-    pop = np.asarray(pop, dtype=float)
-    loads = pop / pop.sum(axis=1, keepdims=True) * tokens * top_k
-    L, E = loads.shape
+    prompt = float(req["prompt_tokens"].sum())
+    gen = float(req.get("generated_tokens", req["output_tokens"]).sum())
+    el, dl = [], []
+    for name, role, cost in pools:
+        placement, pop = getattr(cost, "placement", None), getattr(cost, "popularity", None)
+        if placement is None or pop is None:
+            continue
+        tokens = prompt if role == "prefill" else gen if role == "decode" else prompt + gen
+        pop = np.asarray(pop, dtype=float)
+        loads = pop / pop.sum(axis=1, keepdims=True) * tokens * cost.model.moe.top_k
+        L, E = loads.shape
+        el.append(pd.DataFrame({"pool": name, "layer": np.repeat(np.arange(L), E), "expert": np.tile(np.arange(E), L),
+                                "tokens": loads.ravel()}))
+        dev = placement.device_loads(loads)
+        G = dev.shape[1]
+        dl.append(pd.DataFrame({"pool": name, "layer": np.repeat(np.arange(L), G), "device": np.tile(np.arange(G), L),
+                                "tokens": dev.ravel()}))
+    if not el:
+        return
     with atomic_path(out / "expert_loads.csv") as tmp:
-        pd.DataFrame({"layer": np.repeat(np.arange(L), E), "expert": np.tile(np.arange(E), L),
-                      "tokens": loads.ravel()}).to_csv(tmp, index=False, float_format="%.6g")
-    dev = placement.device_loads(loads)
-    G = dev.shape[1]
+        pd.concat(el, ignore_index=True).to_csv(tmp, index=False, float_format="%.6g")
     with atomic_path(out / "device_loads.csv") as tmp:
-        pd.DataFrame({"layer": np.repeat(np.arange(L), G), "device": np.tile(np.arange(G), L),
-                      "tokens": dev.ravel()}).to_csv(tmp, index=False, float_format="%.6g")
+        pd.concat(dl, ignore_index=True).to_csv(tmp, index=False, float_format="%.6g")
 
 
 WRITE_CHUNK_ROWS = 1 << 16
@@ -223,8 +233,10 @@ def register(app: typer.Typer) -> None:
                 finally:
                     if wbar is not None:
                         wbar.close()
-                write_expert_loads(out, prep.cost, {"prompt_tokens": res.prompt_tokens, "output_tokens": res.output_tokens,
-                                                    "generated_tokens": res.generated_tokens})
+                write_expert_loads(out, [(p.name, p.role, p.cost) for p in (prep.pools or [])] or
+                                   [("deployment", "colocated", prep.cost)],
+                                   {"prompt_tokens": res.prompt_tokens, "output_tokens": res.output_tokens,
+                                    "generated_tokens": res.generated_tokens})
                 written += [n for n in ("expert_loads.csv", "device_loads.csv") if (out / n).exists()]
         except BaseException:
             if steps_w is not None:

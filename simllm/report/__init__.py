@@ -66,17 +66,19 @@ def run_report(run_dir: Path, out_dir: Path, *, title: str | None = None) -> Pat
         {r: caps for r in steps.replica.unique()} if isinstance(caps, (int, float)) else None)
     imgs = plots.utilization_over_time(steps, out_dir, kv_capacity_blocks=caps)
     imgs += plots.batch_size_histogram(steps, out_dir)
-    loads_path = run_dir / "expert_loads.csv"
-    if loads_path.exists():
-        el = pd.read_csv(loads_path)
-        mat = el.pivot_table(index="layer", columns="expert", values="tokens", aggfunc="sum").fillna(0).to_numpy()
-        imgs += plots.expert_load_heatmap(mat, out_dir, title="Expected tokens per expert (routing popularity)")
-    dev_path = run_dir / "device_loads.csv"
-    if dev_path.exists():
-        dl = pd.read_csv(dev_path)
-        mat = dl.pivot_table(index="layer", columns="device", values="tokens", aggfunc="sum").fillna(0).to_numpy()
-        imgs += plots.expert_load_heatmap(mat, out_dir, title="Expected tokens per device (placement)",
-                                          xlabel="device", name="device_load_heatmap")
+    for fname, col, what, name in (("expert_loads.csv", "expert", "expert (routing popularity)", "expert_load_heatmap"),
+                                   ("device_loads.csv", "device", "device (placement)", "device_load_heatmap")):
+        path = run_dir / fname
+        if not path.exists():
+            continue
+        df = pd.read_csv(path)
+        groups = list(df.groupby("pool", sort=False)) if "pool" in df.columns else [(None, df)]
+        for pool, g in groups:
+            mat = g.pivot_table(index="layer", columns=col, values="tokens", aggfunc="sum").fillna(0).to_numpy()
+            one = len(groups) == 1
+            imgs += plots.expert_load_heatmap(
+                mat, out_dir, title=f"Expected tokens per {what}" + ("" if pool is None else f", pool {pool}"),
+                xlabel=col, name=name if one else f"{name}_{pool}")
     flat = pd.json_normalize(summary, sep=".").T.reset_index()
     flat.columns = ["metric", "value"]
     return _write_html(out_dir, title or f"simllm run report: {run_dir.name}", imgs, flat, [])
