@@ -203,7 +203,9 @@ def utilization_over_time(steps: pd.DataFrame, out_dir: Path, kv_capacity_blocks
             lo, hi = edges[k], edges[k + 1]
             busy[k] = np.clip(np.minimum(e, hi) - np.maximum(s, lo), 0, None).sum() / width
         mid = (edges[:-1] + edges[1:]) / 2
-        ax1.plot(mid, busy * 100, lw=1, color=f"C{i % 10}", label=f"replica {r}")
+        pool = f" ({g['pool'].iloc[0]})" if "pool" in g.columns and g["pool"].nunique() == 1 and \
+            steps["pool"].nunique() > 1 else ""
+        ax1.plot(mid, busy * 100, lw=1, color=f"C{i % 10}", label=f"replica {r}{pool}")
         if "kv_blocks_used" in g:
             cap = (kv_capacity_blocks or {}).get(r)
             y = g.kv_blocks_used / cap * 100 if cap else g.kv_blocks_used
