@@ -95,3 +95,21 @@ def test_disaggregated_moe_run_writes_loads_per_pool(tmp_path):
     assert _run(["report", str(out)]) == 0
     for pool in ("prefill", "decode"):
         assert (out / "report" / f"device_load_heatmap_{pool}.png").exists()
+
+
+def test_pd_summary_gives_each_replica_its_kv_capacity(tmp_path):
+    """Pools of different KV sizes: the summary names each replica's capacity (the report's KV% per replica reads
+    it; with the first pool's for every replica the decode replica of the CloudMatrix scenario read 24x its use)."""
+    import json
+
+    scn = REPO / "workloads" / "scenarios" / "deepseek-r1-cloudmatrix384-pd.yaml"
+    out = tmp_path / "cm"
+    assert _run(["run", str(scn), "--set", "workload.generator.num_requests=40", "--out", str(out), "--no-progress",
+                 "--json"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    caps = {int(k): v for k, v in s["kv_capacity_blocks"].items()}
+    steps = pd.read_csv(out / "steps.csv")
+    pools = steps.groupby("replica")["pool"].first()
+    assert set(caps) == set(pools.index)
+    assert caps[int(pools[pools == "decode"].index[0])] > 10 * caps[int(pools[pools == "prefill"].index[0])]
+    assert (steps.kv_blocks_used <= steps.replica.map(caps)).all()

@@ -294,6 +294,8 @@ def summarize(res: SimResult, *, devices_per_replica: int = 1, peak_flops: Optio
         "busy_fraction": busy_fraction,
         "kv_utilization_mean": kv_util,
         "kv_blocks_per_replica": res.kv_num_blocks,
+        # each replica's own KV capacity where the pools differ (the first pool's is kv_blocks_per_replica)
+        **({"kv_capacity_blocks": {str(i): int(c) for i, c in enumerate(caps)}} if len(set(caps)) > 1 else {}),
         "kv_peak_blocks": max(res.kv_peak_blocks) if res.kv_peak_blocks else 0,
         "cost_per_million_output_tokens_usd": cost,
         "energy_j": energy_j,
