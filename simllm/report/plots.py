@@ -225,10 +225,17 @@ def utilization_over_time(steps: pd.DataFrame, out_dir: Path, kv_capacity_blocks
 def batch_size_histogram(steps: pd.DataFrame, out_dir: Path) -> list[Path]:
     if steps.empty or "batch_size" not in steps:
         return []
-    weights = steps["n_steps"] if "n_steps" in steps else None
     fig, ax = plt.subplots(figsize=(7, 3.8))
     top = int(steps.batch_size.max())
-    ax.hist(steps.batch_size, bins=np.arange(0.5, top + 1.5, max(1, top // 60)), weights=weights, color="C0")
+    bins = np.arange(0.5, top + 1.5, max(1, top // 60))
+    # one series per pool where a run has several (prefill and decode batches are different populations)
+    groups = list(steps.groupby("pool", sort=False)) if "pool" in steps and steps["pool"].nunique() > 1 else \
+        [(None, steps)]
+    for i, (pool, g) in enumerate(groups):
+        ax.hist(g.batch_size, bins=bins, weights=g["n_steps"] if "n_steps" in g else None, color=f"C{i}",
+                alpha=0.8 if pool is not None else 1.0, label=None if pool is None else f"pool {pool}")
+    if len(groups) > 1:
+        ax.legend(fontsize=8)
     ax.set_xlabel("batch size (sequences per step)")
     ax.set_ylabel("steps")
     ax.set_title("Batch-size distribution", fontsize=10)
