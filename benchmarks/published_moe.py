@@ -271,11 +271,16 @@ def _calibration(acc):
     from simllm.cost.calibration import calibration_for
 
     cal = calibration_for(acc)
-    fw, src = FRAMEWORK["name"], cal.for_framework(other).kernels
+    fw = FRAMEWORK["name"]
+    # the other framework's own MLA decode sections only (its merged view inherits the top-level, vLLM's, ones)
+    own = {n: v for n, v in (((cal.frameworks or {}).get(other) or {}).get("kernels") or {}).items()
+           if n.startswith("generation_mla")}
+    if not own:
+        raise SystemExit(f"--mla-decode {other}: {cal.device}'s calibration has no MLA decode section of its own")
+    keep = {n: v for n, v in cal.kernels.items() if not n.startswith("generation_mla")}
     mine = dict((cal.frameworks or {}).get(fw) or {})
-    k = {n: v for n, v in cal.for_framework(fw).kernels.items() if not n.startswith("generation_mla")}
-    k.update({n: v for n, v in src.items() if n.startswith("generation_mla")})
-    return _replace(cal, frameworks={**(cal.frameworks or {}), fw: {**mine, "kernels": k}})
+    k = {**{n: v for n, v in (mine.get("kernels") or {}).items() if not n.startswith("generation_mla")}, **own}
+    return _replace(cal, kernels=keep, frameworks={**(cal.frameworks or {}), fw: {**mine, "kernels": k}})
 
 
 def cost_for(key: str):

@@ -938,10 +938,9 @@ MLA_G1_SOURCES = ("vllm_triton_mla", "triton")
 
 
 def mla_decode_family(names, num_heads, src):
-    """MLA decode family names with a one-query-head rank of :data:`MLA_G1_SOURCES` as ``<source>_g1``; ``names``
-    itself where no row is one (vectorised; scalars: the serving step's family of one rank)."""
-    if np.ndim(names) == 0:
-        return f"{names}_g1" if str(src) in MLA_G1_SOURCES and float(num_heads) == 1.0 else names
+    """MLA decode family names (an array, per table row) with a one-query-head row of :data:`MLA_G1_SOURCES` as
+    ``<source>_g1``; ``names`` itself where no row is one (the serving step picks its rank's family in
+    :class:`~simllm.cost.layer_kernels.LayerKernels`)."""
     return _suffix(names, np.isin(np.asarray(src).astype(str), MLA_G1_SOURCES) & (np.asarray(num_heads, float) == 1.0),
                    "_g1")
 

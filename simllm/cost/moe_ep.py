@@ -311,7 +311,8 @@ class EPStepCost:
         tensor-parallel by head). The FLOPs stay those of DP attention spread evenly (every rank does
         ``1 / n`` of the heads for ``n`` times the tokens); what SP-TP-SP adds is its two exchanges per
         layer over the group: an all-gather of every token's compressed query and KV latents (MLA's
-        ``q_lora_rank + kv_lora_rank + qk_rope_head_dim`` values, at the activation width) and an
+        ``q_lora_rank + kv_lora_rank + qk_rope_head_dim`` values, the hidden state in place of the query
+        latent for a model without a query down-projection, at the activation width) and an
         all-to-all returning each rank's heads' outputs (``num_heads / n x v_head_dim`` values a
         token) to the token's own rank. ASSUMPTION: both sit between dependent stages of a micro-batch
         and are not hidden behind other work (the paper does not say how they are scheduled); bytes at
