@@ -131,6 +131,24 @@ def _groups_line(r):
     return ", ".join(f"{k} {v['median']:.3f}/{v['p90']:.3f} (n={v['n']})" for k, v in r["per_op"].items())
 
 
+def older_labels_check(gpu_dir: Path, fw: str, newest, acc, cal) -> dict:
+    """The shipped calibration on the rows of kernel labels that only older version folders carry (each label
+    from the newest version holding it, as `simllm calibrate fit` fits them): median / p90 per label."""
+    from simllm.cost import older_labels, pricing, tables as T
+
+    rows = older_labels.older_label_rows(newest, T.older_tables(gpu_dir, fw))
+    out = {}
+    for k, (ver, sub) in sorted(rows.items()):
+        if len(sub) < 100:
+            continue
+        e = np.abs(pricing.price(sub, acc, cal) / sub["latency_s"].to_numpy(float) - 1)
+        e = e[np.isfinite(e)]
+        if len(e):
+            out["/".join(k.split("\x1f"))] = {"n": int(len(e)), "version": ver, "median": float(np.median(e)),
+                                               "p90": float(np.percentile(e, 90))}
+    return out
+
+
 def aiconfigurator_part(root: Path, frameworks) -> dict:
     from simllm.cost import pricing, tables as T
 
@@ -156,13 +174,18 @@ def aiconfigurator_part(root: Path, frameworks) -> dict:
             others = [o for o in GPUS if o != g]
             logs = [np.log(pricing.price(df, accs[g], cals[o].for_framework(fw))) for o in others]
             held = pricing.error_summary(df, np.exp(np.mean(logs, axis=0)))
-            out[f"{g}/{fw}"] = {"fit": fit_r, "leave_one_gpu_out": held, "calibration": cals[g].device}
+            older = older_labels_check(root / g, fw, df, accs[g], cal)
+            out[f"{g}/{fw}"] = {"fit": fit_r, "leave_one_gpu_out": held, "calibration": cals[g].device,
+                                "older_labels": older}
             print(f"[{fw}] {g} on {GPUS[g]} (calibration {cals[g].device}): fit median "
                   f"{fit_r['median_abs_rel_error']:.4f} p90 {fit_r['p90_abs_rel_error']:.4f} "
                   f"(unpriced {sum(fit_r['unpriced'].values())} of {fit_r['n']})")
             print(f"    per kind/dtype (median/p90): {_groups_line(fit_r)}")
             print(f"    leave-one-GPU-out (fit on {', '.join(others)}): median {held['median_abs_rel_error']:.4f} "
                   f"p90 {held['p90_abs_rel_error']:.4f}; {_groups_line(held)}")
+            if older:
+                print("    labels of older versions only (newest version holding each): " + ", ".join(
+                    f"{k} {v['median']:.3f}/{v['p90']:.3f} (n={v['n']}, {v['version']})" for k, v in older.items()))
     return out
 
 

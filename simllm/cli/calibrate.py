@@ -17,6 +17,9 @@ from typing import List, Optional
 import typer
 
 from ..atomic import check_output_file
+from ..cost.kernel_models import MIN_GROUP as MIN_LABEL_ROWS
+from ..cost.older_labels import with_older_labels
+from ..cost.tables import folder_level
 from ..errors import InputError
 from ._common import echo_json, print_table
 
@@ -82,8 +85,16 @@ def fit_cmd(files: List[Path] = typer.Argument(..., help="measured tables: AICon
             out: Optional[Path] = typer.Option(None, "--out", help="calibration YAML to write "
                                                "(default: hardware/calibration/<device>.yaml)"),
             iters: int = typer.Option(3000, "--iters", help="simplex iterations for the Vidur GEMM fit"),
-            json_out: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
-    """Fit every kernel class found in measured tables and write a calibration file."""
+            json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
+            labels_only: bool = typer.Option(False, "--labels-only",
+                                             help="fit only the sections of kernel labels that older version "
+                                             "folders alone carry; keep the rest of the calibration")) -> None:
+    """Fit every kernel class found in measured tables and write a calibration file.
+
+    For a GPU or family folder, the newest version folder of each table is fitted, then every kernel label
+    that only older version folders carry (older framework versions label and time their kernels otherwise)
+    gets a section of its own, fitted on the newest version that holds it (recorded under the framework's
+    ``fit.older_labels``)."""
     from ..config import data_root
     from ..cost.calibration import CALIB_DIR, calibration_for
     from ..cost.fit import fit_files
@@ -106,8 +117,20 @@ def fit_cmd(files: List[Path] = typer.Argument(..., help="measured tables: AICon
             raise InputError("a Vidur table has no framework; --framework cannot be honoured", file=csvs[0],
                              field="--framework")
         cal = fit_files(csvs, acc, node=nd, start=start, iters=iters)
+    if labels_only:
+        for p in csvs + [p for p in rest if folder_level(p) not in ("gpu", "family")]:
+            raise InputError("--labels-only reads AIConfigurator GPU or family folders only (their older version "
+                             "folders)", file=p, field="--labels-only")
     if rest:
-        cal = fit_frameworks(_frame(rest, framework), acc, cal, sources=[str(p) for p in rest])
+        per = _frame(rest, framework)
+        if not labels_only:
+            cal = fit_frameworks(per, acc, cal, sources=[str(p) for p in rest])
+        before = cal
+        cal = with_older_labels(cal, acc, rest, per)
+        if labels_only and cal.frameworks == before.frameworks:
+            typer.echo(f"no kernel label that only older version folders carry has {MIN_LABEL_ROWS}+ rows a section "
+                       f"of its own would price better: {dest} left as it is")
+            return
     cal.dump(dest)
     if json_out:
         echo_json({"out": str(dest), **cal.to_dict()})
@@ -119,6 +142,9 @@ def fit_cmd(files: List[Path] = typer.Argument(..., help="measured tables: AICon
         for fw, d in (cal.frameworks or {}).items():
             for k, v in (d.get("fit") or {}).get("per_op", {}).items():
                 typer.echo(f"{fw} {k}: {v['n']} rows, median {v['median']:.2%}, p90 {v['p90']:.2%}")
+            for k, v in ((d.get("fit") or {}).get("older_labels") or {}).items():
+                typer.echo(f"{fw} {k} (label of {v['version']} only): {v['rows']} rows, median "
+                           f"{v['median_before']:.2%} -> {v['median']:.2%}, p90 {v['p90_before']:.2%} -> {v['p90']:.2%}")
             for k, n in ((d.get("fit") or {}).get("unpriced") or {}).items():
                 if n:
                     typer.echo(f"{fw} {k}: {n} rows the model cannot price (unpriced, not fitted)", err=True)

@@ -1291,17 +1291,43 @@ def attention_launch_and_body(df, kind, acc, cal, bench: bool = True):
     :class:`~simllm.cost.layer_kernels.LayerKernels` prices)."""
     launch = np.full(len(df), np.nan)
     body = np.full(len(df), np.nan)
+    older = older_label_sections(cal, kind)
+    raw = df["kernel_source"].astype(str).to_numpy() if older and "kernel_source" in df.columns else None
     for d, src, sel in _attn_groups(df, kind, getattr(cal, "framework", "")):
         if _base_dtype(d) not in ATTN_DTYPES:
             continue
-        s = {**ROOF_DEFAULT, **_sec(cal, kind, d, src)[0]}
+        parts = [(src, sel)]
+        if raw is not None:  # rows of a label only older versions carry: that label's own section (not the family's)
+            labs = [lab for lab in pd.unique(raw[sel]) if (d, lab) in older]
+            own = [(lab, sel & (raw == lab)) for lab in labs]
+            rest = sel & ~np.isin(raw, labs) if labs else sel
+            parts = own + ([(src, rest)] if rest.any() else [])
         peak = strict_peak(acc, ATTN_DTYPES[_base_dtype(d)])
-        hd = _col(df[sel], "head_dim", HD_REF)
-        s = _hd_scaled(s, hd, kind)
-        lo, bo = _roof_predict(_shapes(df[sel], kind, getattr(cal, "framework", "")), acc, peak, s, bench=bench,
-                               hd=hd)
-        launch[sel], body[sel] = lo, bo
+        for name, m in parts:
+            s = {**ROOF_DEFAULT, **_sec(cal, kind, d, name)[0]}
+            hd = _col(df[m], "head_dim", HD_REF)
+            s = _hd_scaled(s, hd, kind)
+            lo, bo = _roof_predict(_shapes(df[m], kind, getattr(cal, "framework", "")), acc, peak, s, bench=bench,
+                                   hd=hd)
+            launch[m], body[m] = lo, bo
     return launch, body
+
+
+def older_label_sections(cal, kind: str) -> set:
+    """(section dtype, label) of the ``kind`` sections ``calibrate fit`` wrote for kernel labels that only older
+    framework versions carry (the framework's ``fit.older_labels`` record, :func:`simllm.cost.pricing.fit_older_labels`).
+    Rows so labelled are priced by that section, before any kernel family the row's shape would name: the label's
+    rows were timed by that version's own kernel (vLLM 0.19's decode rows, ``vllm_flash_attn``, by one section for
+    GQA and MHA alike, fitted on them)."""
+    fws = getattr(cal, "frameworks", None) or {}
+    rec = (((fws.get(getattr(cal, "framework", None) or "") or {}).get("fit") or {}).get("older_labels") or {})
+    out = set()
+    for name in rec:
+        k, _, rest = name.partition("/")
+        if k == kind and "/" in rest:
+            d, lab = rest.split("/", 1)
+            out.add((d, lab))
+    return out
 
 
 def _price_attn(kind):

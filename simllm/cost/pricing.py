@@ -70,6 +70,7 @@ def price(df: pd.DataFrame, acc, cal) -> np.ndarray:
     out = np.full(len(df), np.nan)
     if df.empty:
         return out
+    cal = older_labels_for(cal, acc)
     kinds = df["kind"].astype(str).to_numpy()
     fws = df["framework"].astype(str).to_numpy() if "framework" in df.columns else np.full(len(df), "")
     keys = np.char.add(np.char.add(fws.astype(str), ":"), kinds.astype(str))
@@ -81,6 +82,28 @@ def price(df: pd.DataFrame, acc, cal) -> np.ndarray:
         sel = np.flatnonzero(keys == key)
         out[sel] = np.asarray(f(df.iloc[sel], acc, cal), dtype=float)
     return out
+
+
+def older_labels_for(cal, acc):
+    """``cal`` as it prices ``acc``: the sections of older versions' kernel labels (:func:`fit_older_labels`) only
+    for the device they were fitted on and the devices that ship with its file (``calibration:`` in their
+    descriptor: H200, H800, H20, B200 and GB200 take H100's). A label names the kernel that version ran on that
+    device's architecture (vLLM 0.19's ``vllm_flash_attn`` is FlashAttention 3 on H100, FlashAttention 2 on A100
+    and L40S), so another device priced with this file (the leave-one-GPU-out figure of
+    ``benchmarks/cost_model_error.py``) gets the sections of the newest kernels instead."""
+    fw = getattr(cal, "framework", None) or ""
+    fws = getattr(cal, "frameworks", None) or {}
+    rec = (((fws.get(fw) or {}).get("fit") or {}).get("older_labels") or {})
+    if not rec or acc is None:
+        return cal
+    own = getattr(cal, "device", "")
+    ships = str(getattr(acc, "calibration", "") or "").removesuffix(".yaml")
+    if own in (getattr(acc, "name", None), ships):
+        return cal
+    kernels = {k: v for k, v in (cal.kernels or {}).items() if k not in rec}
+    fws = {k: dict(v) for k, v in fws.items()}
+    fws[fw] = {**fws[fw], "fit": {k: v for k, v in (fws[fw].get("fit") or {}).items() if k != "older_labels"}}
+    return replace(cal, kernels=kernels, frameworks=fws)
 
 
 def error_summary(df: pd.DataFrame, pred: np.ndarray) -> dict:
@@ -180,4 +203,4 @@ def fit_frameworks(per: dict, acc, cal, sources=()):
     return replace(cal, device=acc.name, kernels=kernels, frameworks=frameworks, source=src, fit=own_fit)
 
 
-__all__ = ["fit_frameworks", "PRICERS", "FITTERS", "register", "price", "check", "fit", "error_summary", "section", "load_plugins"]
+__all__ = ["fit_frameworks", "older_labels_for", "PRICERS", "FITTERS", "register", "price", "check", "fit", "error_summary", "section", "load_plugins"]

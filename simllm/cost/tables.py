@@ -198,6 +198,36 @@ def _newest_per_table(fw_dir: Path, gpu: str, framework: str, res: Resolution) -
                     break
 
 
+def folder_level(path: str | Path) -> str:
+    """What a path of the native layout is: ``gpu``, ``family``, ``framework``, ``version``, ``table`` or
+    ``unknown``."""
+    p = Path(path)
+    return _level(p) if p.exists() else "unknown"
+
+
+def older_tables(path: str | Path, framework: str) -> list[TableRef]:
+    """Every table of ``framework`` under a GPU or family folder that :func:`resolve` does not pick: the ones of
+    older version folders (newest first; a ``reuse.yaml`` entry adds nothing, it points at one of them). A
+    calibration fit reads them for the kernel labels the newest tables do not carry (older framework versions
+    label their kernels otherwise: H100 vLLM 0.14 / 0.19 GEMMs ``vllm_default``, 0.24 the kernel class), see
+    :func:`simllm.cost.pricing.fit_older_labels`."""
+    p = Path(path)
+    lvl = folder_level(p)
+    fams = [d for d in sorted(p.iterdir()) if d.is_dir()] if lvl == "gpu" else [p] if lvl == "family" else []
+    gpu = p.name if lvl == "gpu" else p.parent.name
+    picked = {r.path.resolve() for r in resolve(p, framework).tables}
+    out: list[TableRef] = []
+    for fam in fams:
+        fw_dir = fam / framework
+        if not fw_dir.is_dir():
+            continue
+        for d in sorted((d for d in fw_dir.iterdir() if d.is_dir()), key=lambda d: version_key(d.name), reverse=True):
+            for f in sorted(d.glob("*.parquet")):
+                if f.stem in TABLE_KINDS and f.resolve() not in picked:
+                    out.append(TableRef(f, framework, d.name, gpu, f.stem))
+    return out
+
+
 def _follow(fw_dir: Path, version: str, stem: str, seen: set) -> Optional[Path]:
     if version in seen:
         return None
