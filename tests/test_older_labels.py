@@ -53,18 +53,6 @@ def test_older_tables_are_the_ones_resolve_skips(shared_data, tmp_path):
     assert newest == ["0.24.0"] and older == ["0.19.0"]
 
 
-def _without_older_labels(cal, fw="vllm"):
-    """The shipped calibration less the sections ``calibrate fit`` wrote for older versions' labels."""
-    from dataclasses import replace
-
-    fws = {k: dict(v) for k, v in cal.frameworks.items()}
-    ent = fws[fw]
-    rec = dict((ent.get("fit") or {}).get("older_labels") or {})
-    ent["kernels"] = {k: v for k, v in ent["kernels"].items() if k not in rec}
-    ent["fit"] = {k: v for k, v in (ent.get("fit") or {}).items() if k != "older_labels"}
-    return replace(cal, frameworks=fws)
-
-
 def _med(df, acc, cal):
     p = pricing.price(df, acc, cal.for_framework("vllm"))
     return float(np.median(np.abs(p / df["latency_s"].to_numpy() - 1)))
@@ -73,7 +61,7 @@ def _med(df, acc, cal):
 def test_older_label_gets_its_own_section_and_nothing_else_moves(shared_data, tmp_path):
     g = _layout(shared_data, tmp_path)
     acc = load_accelerator("h100-sxm")
-    start = _without_older_labels(calibration_for(acc))
+    start = older_labels.without_older_labels(calibration_for(acc))
     old = T.read_tables(g / "gemm" / "vllm" / "0.19.0", "vllm")
     new = T.read_tables(g, "vllm")
     assert set(old["kernel_source"]) == {"vllm_default"}
@@ -109,10 +97,41 @@ def test_shipped_h100_prices_vllm_0_19_tables(shared_data):
     for dt, limit in (("fp8_block", 0.15), ("fp8", 0.09)):
         sub = gemm[gemm["dtype"] == dt]
         assert _med(sub, acc, cal) < limit, dt
-        assert _med(sub, acc, _without_older_labels(cal)) > 2 * limit, dt
+        assert _med(sub, acc, older_labels.without_older_labels(cal)) > 2 * limit, dt
 
 
 def test_labels_only_needs_a_folder(shared_data, tmp_path, capsys):
     code, _, err = _run(["calibrate", "fit", str(_src(shared_data, "0.19.0")), "--hw", "h100-sxm", "--framework",
                          "vllm", "--labels-only", "--out", str(tmp_path / "c.yaml")], capsys)
     assert code == 2 and "--labels-only" in err
+
+
+def test_a_refit_of_some_kinds_drops_only_their_label_sections():
+    acc = load_accelerator("h100-sxm")
+    cal = calibration_for(acc)
+    rec = cal.frameworks["vllm"]["fit"]["older_labels"]
+    assert any(k.startswith("gemm/") for k in rec) and any(k.startswith("moe/") for k in rec)
+    out = older_labels.without_older_labels(cal, {"gemm"}, {"vllm"})
+    left = out.frameworks["vllm"]["fit"]["older_labels"]
+    assert left and all(not k.startswith("gemm/") for k in left) and set(left) == {k for k in rec if not k.startswith("gemm/")}
+    assert not any(k in out.frameworks["vllm"]["kernels"] for k in rec if k.startswith("gemm/"))
+    assert all(k in out.frameworks["vllm"]["kernels"] for k in left)
+    # another framework's labels are kept
+    assert out.frameworks["sglang"]["fit"]["older_labels"] == cal.frameworks["sglang"]["fit"]["older_labels"]
+
+
+def test_a_family_refit_keeps_the_other_kinds_label_records(shared_data, tmp_path, capsys):
+    """``calibrate fit <gpu>/gemm`` refits GEMM sections (and GEMM labels); the MoE and attention label sections
+    keep their record, which says which devices they serve and which rows read them."""
+    g = _layout(shared_data, tmp_path)
+    out = tmp_path / "cal.yaml"
+    code, text, err = _run(["calibrate", "fit", str(g / "gemm"), "--hw", "h100-sxm", "--framework", "vllm",
+                            "--out", str(out)], capsys)
+    assert code in (0, None), err
+    from simllm.cost.calibration import load_calibration
+
+    shipped = calibration_for(load_accelerator("h100-sxm")).frameworks["vllm"]["fit"]["older_labels"]
+    rec = load_calibration(out).frameworks["vllm"]["fit"]["older_labels"]
+    assert {k for k in shipped if not k.startswith("gemm/")} <= set(rec)
+    assert "gemm/fp8_block/vllm_default" in rec  # refitted from the mini layout's 0.19 rows
+    assert rec["gemm/fp8_block/vllm_default"]["rows"] == 600

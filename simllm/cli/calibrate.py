@@ -18,7 +18,7 @@ import typer
 
 from ..atomic import check_output_file
 from ..cost.kernel_models import MIN_GROUP as MIN_LABEL_ROWS
-from ..cost.older_labels import with_older_labels
+from ..cost.older_labels import with_older_labels, without_older_labels
 from ..cost.tables import folder_level
 from ..errors import InputError
 from ._common import echo_json, print_table
@@ -124,7 +124,8 @@ def fit_cmd(files: List[Path] = typer.Argument(..., help="measured tables: AICon
     if rest:
         per = _frame(rest, framework)
         if not labels_only:
-            cal = fit_frameworks(per, acc, cal, sources=[str(p) for p in rest])
+            kinds = {str(k) for df in per.values() for k in df["kind"].unique()}
+            cal = fit_frameworks(per, acc, without_older_labels(cal, kinds, set(per)), sources=[str(p) for p in rest])
         before = cal
         cal = with_older_labels(cal, acc, rest, per)
         if labels_only and cal.frameworks == before.frameworks:

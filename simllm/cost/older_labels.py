@@ -102,6 +102,23 @@ def fit_older_labels(df: pd.DataFrame, refs, acc, cal) -> tuple[dict, dict]:
     return new, rec
 
 
+def without_older_labels(cal, kinds=None, frameworks=None):
+    """``cal`` less the older-label sections (and their record) of ``kinds`` (None: every kind) of ``frameworks``
+    (None: every one): a fit of those kinds refits them from the refitted sections (left in, they would be kept
+    as they were, ``fit_older_labels`` never replacing one); a fit of one family folder keeps the other kinds'."""
+    fws = {k: dict(v) for k, v in (getattr(cal, "frameworks", None) or {}).items()}
+    for fw, ent in fws.items():
+        rec = (ent.get("fit") or {}).get("older_labels") or {}
+        drop = {k for k in rec if (kinds is None or k.split("/", 1)[0] in kinds)
+                and (frameworks is None or fw in frameworks)}
+        if drop:
+            ent["kernels"] = {k: v for k, v in (ent.get("kernels") or {}).items() if k not in drop}
+            keep = {k: v for k, v in rec.items() if k not in drop}
+            ent["fit"] = {**{k: v for k, v in ent["fit"].items() if k != "older_labels"},
+                          **({"older_labels": keep} if keep else {})}
+    return replace(cal, frameworks=fws)
+
+
 def with_older_labels(cal, acc, paths, per: dict):
     """``cal`` with, for every framework of ``per`` (framework -> its newest tables' rows), the sections of
     :func:`fit_older_labels` for the older version folders under ``paths`` (GPU or family folders; other
@@ -124,4 +141,4 @@ def with_older_labels(cal, acc, paths, per: dict):
     return replace(cal, frameworks=frameworks)
 
 
-__all__ = ["fit_older_labels", "label_keys", "older_label_rows", "with_older_labels"]
+__all__ = ["fit_older_labels", "label_keys", "older_label_rows", "with_older_labels", "without_older_labels"]

@@ -188,6 +188,9 @@ def fit_frameworks(per: dict, acc, cal, sources=()):
         if old and not set(rec["tables"]) >= set(old.get("tables", [])):
             rec = _merge_record(old, rec, sorted(set(df["kind"].astype(str))))
             partial |= set(df["kind"].astype(str))
+        labels = (((frameworks.get(fw) or {}).get("fit") or {}).get("older_labels") if same_device else None)
+        if labels:  # older versions' label sections the caller kept (simllm.cost.older_labels) keep their record
+            rec["older_labels"] = labels
         frameworks[fw] = {"kernels": c.kernels, "fit": rec}
         fitted[fw] = c.kernels
     default = "vllm" if "vllm" in fitted else (sorted(fitted)[0] if fitted else None)
