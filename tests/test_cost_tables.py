@@ -14,6 +14,7 @@ from simllm.cost.calibration import calibration_for
 from simllm.cost.kernel_models import strict_peak
 from simllm.errors import InputError
 from simllm.hardware import load_accelerator
+from tests.helpers.cli import run_cli
 
 
 def _aic(shared_data) -> Path:
@@ -21,15 +22,6 @@ def _aic(shared_data) -> Path:
     if not (p / "h100_sxm").is_dir():
         pytest.skip("no AIConfigurator tables under ../shared/data/calibration/aiconfigurator")
     return p
-
-
-def _run(argv, capsys):
-    from simllm.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 def _mini_layout(shared_data, tmp_path, rows=400) -> Path:
@@ -85,7 +77,7 @@ def test_real_layout_newest_and_reuse(shared_data):
 
 def test_check_json_shape(shared_data, tmp_path, capsys):
     g = _mini_layout(shared_data, tmp_path)
-    code, out, err = _run(["calibrate", "check", str(g), "--hw", "h100-sxm", "--json"], capsys)
+    code, out, err = run_cli(["calibrate", "check", str(g), "--hw", "h100-sxm", "--json"], capsys)
     assert code == 0, err
     d = json.loads(out)
     assert set(d) == {"frameworks"} and set(d["frameworks"]) == {"vllm"}
@@ -93,7 +85,7 @@ def test_check_json_shape(shared_data, tmp_path, capsys):
     assert set(v) == {"n", "median_abs_rel_error", "p90_abs_rel_error", "unpriced", "per_op"}
     assert v["n"] == 400 and all(k.startswith("gemm/") for k in v["per_op"])
     assert set(next(iter(v["per_op"].values()))) == {"n", "median", "p90", "median_signed"}
-    code, out, _ = _run(["calibrate", "check", str(g), "--hw", "h100-sxm", "--framework", "vllm", "--json"], capsys)
+    code, out, _ = run_cli(["calibrate", "check", str(g), "--hw", "h100-sxm", "--framework", "vllm", "--json"], capsys)
     assert code == 0 and set(json.loads(out)) >= {"n", "per_op", "unpriced"}
 
 
@@ -126,33 +118,33 @@ def test_bad_inputs(shared_data, tmp_path, capsys):
     trunc = tmp_path / "t" / "gemm_perf.parquet"
     trunc.parent.mkdir()
     trunc.write_bytes(table.read_bytes()[:300])
-    code, _, err = _run(["calibrate", "check", str(trunc), "--hw", "h100-sxm"], capsys)
+    code, _, err = run_cli(["calibrate", "check", str(trunc), "--hw", "h100-sxm"], capsys)
     assert code == 2 and _one_line(err) and str(trunc) in err and "parquet" in err
     # unknown columns: a gemm table without m/n/k
     bad = tmp_path / "u" / "gemm_perf.parquet"
     bad.parent.mkdir()
     pd.DataFrame({"foo": [1], "bar": [2.0]}).to_parquet(bad)
-    code, _, err = _run(["calibrate", "check", str(bad), "--hw", "h100-sxm"], capsys)
+    code, _, err = run_cli(["calibrate", "check", str(bad), "--hw", "h100-sxm"], capsys)
     assert code == 2 and _one_line(err) and str(bad) in err and ": m:" in err
     # unknown table name
     other = tmp_path / "u" / "weird_perf.parquet"
     pd.DataFrame({"latency": [1.0]}).to_parquet(other)
-    code, _, err = _run(["calibrate", "check", str(other), "--hw", "h100-sxm"], capsys)
+    code, _, err = run_cli(["calibrate", "check", str(other), "--hw", "h100-sxm"], capsys)
     assert code == 2 and _one_line(err) and str(other) in err
     # unknown framework
-    code, _, err = _run(["calibrate", "check", str(g), "--hw", "h100-sxm", "--framework", "tgi"], capsys)
+    code, _, err = run_cli(["calibrate", "check", str(g), "--hw", "h100-sxm", "--framework", "tgi"], capsys)
     assert code == 2 and _one_line(err) and "--framework" in err
     # a table for another GPU than --hw
-    code, _, err = _run(["calibrate", "check", str(g), "--hw", "a100-sxm-80gb"], capsys)
+    code, _, err = run_cli(["calibrate", "check", str(g), "--hw", "a100-sxm-80gb"], capsys)
     assert code == 2 and _one_line(err) and "gemm_perf.parquet: gpu:" in err
     # a device lacking the dtype's peak: fp8 rows on an L40S-like device with the fp8 peak removed
     src = pd.read_parquet(table)
     fp8 = tmp_path / "l40s" / "gemm" / "vllm" / "1.0.0"
     fp8.mkdir(parents=True)
     src[src["gemm_dtype"] == "fp8"].head(20).to_parquet(fp8 / "gemm_perf.parquet")
-    code, _, err = _run(["calibrate", "check", str(tmp_path / "l40s"), "--hw", "a100-sxm-80gb"], capsys)
+    code, _, err = run_cli(["calibrate", "check", str(tmp_path / "l40s"), "--hw", "a100-sxm-80gb"], capsys)
     assert code == 2 and _one_line(err)  # another GPU's folder
-    code, _, err = _run(["calibrate", "check", str(fp8 / "gemm_perf.parquet"), "--hw", "a100-sxm-80gb"], capsys)
+    code, _, err = run_cli(["calibrate", "check", str(fp8 / "gemm_perf.parquet"), "--hw", "a100-sxm-80gb"], capsys)
     assert code == 2 and _one_line(err)
 
 
@@ -162,14 +154,14 @@ def test_device_lacking_peak_cli(tmp_path, capsys):
     d.mkdir(parents=True)
     pd.DataFrame({"gemm_dtype": ["fp8"] * 3, "m": [1, 2, 4], "n": [4096] * 3, "k": [4096] * 3,
                   "latency": [0.01] * 3}).to_parquet(d / "gemm_perf.parquet")
-    code, _, err = _run(["calibrate", "check", str(tmp_path / "a100_sxm"), "--hw", "a100-sxm-80gb"], capsys)
+    code, _, err = run_cli(["calibrate", "check", str(tmp_path / "a100_sxm"), "--hw", "a100-sxm-80gb"], capsys)
     assert code == 2 and _one_line(err) and "peak_flops.fp8" in err
 
 
 def test_fit_cli_on_layout(shared_data, tmp_path, capsys):
     g = _mini_layout(shared_data, tmp_path, rows=300)
     out = tmp_path / "cal.yaml"
-    code, _, err = _run(["calibrate", "fit", str(g), "--hw", "h100-sxm", "--framework", "vllm", "--out", str(out)],
+    code, _, err = run_cli(["calibrate", "fit", str(g), "--hw", "h100-sxm", "--framework", "vllm", "--out", str(out)],
                         capsys)
     assert code == 0, err
     from simllm.cost.calibration import load_calibration
@@ -177,7 +169,7 @@ def test_fit_cli_on_layout(shared_data, tmp_path, capsys):
     cal = load_calibration(out)
     fw = cal.frameworks["vllm"]
     assert any(k.startswith("gemm/") for k in fw["kernels"]) and fw["fit"]["tables"]
-    code, o, _ = _run(["calibrate", "check", str(g), "--hw", "h100-sxm", "--framework", "vllm",
+    code, o, _ = run_cli(["calibrate", "check", str(g), "--hw", "h100-sxm", "--framework", "vllm",
                        "--calibration", str(out), "--json"], capsys)
     d = json.loads(o)
     assert code == 0 and d["median_abs_rel_error"] < 0.15  # fitted on these very rows
@@ -230,7 +222,7 @@ def test_l40s_without_fp4_peak_fails_in_serving_too(tmp_path, capsys):
                                    "deployment": {"weight_dtype": "fp4", "act_dtype": "fp4", "kv_dtype": "fp8"},
                                    "workload": {"trace": str(Path(__file__).resolve().parents[1] / "traces" /
                                                              "azure2023_conv_sample.csv"), "limit": 5}}))
-    code, _, err = _run(["run", str(scn)], capsys)
+    code, _, err = run_cli(["run", str(scn)], capsys)
     assert code == 2 and _one_line(err) and "peak_flops.fp4" in err, err
 
 

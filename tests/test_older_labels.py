@@ -16,6 +16,7 @@ import pytest
 from simllm.cost import older_labels, pricing, tables as T
 from simllm.cost.calibration import calibration_for
 from simllm.hardware import load_accelerator
+from tests.helpers.cli import run_cli
 
 
 def _src(shared_data, version) -> Path:
@@ -35,15 +36,6 @@ def _layout(shared_data, tmp_path) -> Path:
         d.mkdir(parents=True)
         df.to_parquet(d / "gemm_perf.parquet")
     return g
-
-
-def _run(argv, capsys):
-    from simllm.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 def test_older_tables_are_the_ones_resolve_skips(shared_data, tmp_path):
@@ -83,7 +75,7 @@ def test_older_label_gets_its_own_section_and_nothing_else_moves(shared_data, tm
 def test_labels_only_cli_keeps_a_calibration_that_has_them(shared_data, tmp_path, capsys):
     g = _layout(shared_data, tmp_path)
     out = tmp_path / "cal.yaml"
-    code, text, err = _run(["calibrate", "fit", str(g), "--hw", "h100-sxm", "--framework", "vllm", "--labels-only",
+    code, text, err = run_cli(["calibrate", "fit", str(g), "--hw", "h100-sxm", "--framework", "vllm", "--labels-only",
                             "--out", str(out)], capsys)
     assert code in (0, None), err
     assert "left as it is" in text and not out.exists()
@@ -101,7 +93,7 @@ def test_shipped_h100_prices_vllm_0_19_tables(shared_data):
 
 
 def test_labels_only_needs_a_folder(shared_data, tmp_path, capsys):
-    code, _, err = _run(["calibrate", "fit", str(_src(shared_data, "0.19.0")), "--hw", "h100-sxm", "--framework",
+    code, _, err = run_cli(["calibrate", "fit", str(_src(shared_data, "0.19.0")), "--hw", "h100-sxm", "--framework",
                          "vllm", "--labels-only", "--out", str(tmp_path / "c.yaml")], capsys)
     assert code == 2 and "--labels-only" in err
 
@@ -125,7 +117,7 @@ def test_a_family_refit_keeps_the_other_kinds_label_records(shared_data, tmp_pat
     keep their record, which says which devices they serve and which rows read them."""
     g = _layout(shared_data, tmp_path)
     out = tmp_path / "cal.yaml"
-    code, text, err = _run(["calibrate", "fit", str(g / "gemm"), "--hw", "h100-sxm", "--framework", "vllm",
+    code, text, err = run_cli(["calibrate", "fit", str(g / "gemm"), "--hw", "h100-sxm", "--framework", "vllm",
                             "--out", str(out)], capsys)
     assert code in (0, None), err
     from simllm.cost.calibration import load_calibration

@@ -21,6 +21,7 @@ from simllm.placement import (
     replan,
 )
 from simllm.placement.loads import expected_loads, zipf_popularity
+from tests.helpers.cli import run_cli
 
 HEURISTICS = ["contiguous", "round_robin", "greedy_replicated", "greedy_hierarchical"]
 
@@ -255,17 +256,8 @@ def test_write_json_and_csv(tmp_path):
     assert np.allclose(df.groupby(["layer", "expert"])["share"].sum(), 1.0)
 
 
-def _cli(argv, capsys):
-    from simllm.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
-
-
 def test_cli_compare_json(capsys, tmp_path):
-    code, out, err = _cli(["place", "--experts", "16", "--layers", "2", "--devices", "4", "--nodes", "2",
+    code, out, err = run_cli(["place", "--experts", "16", "--layers", "2", "--devices", "4", "--nodes", "2",
                            "--redundant", "4", "--alpha", "1.0", "--compare", "--json", "--out", str(tmp_path),
                            "--time-limit", "2"], capsys)
     assert code == 0, err
@@ -277,7 +269,7 @@ def test_cli_compare_json(capsys, tmp_path):
 
 
 def test_cli_table_and_model(capsys):
-    code, out, err = _cli(["place", "--model", "deepseek-v3", "--layers", "2", "--devices", "32", "--nodes", "4",
+    code, out, err = run_cli(["place", "--model", "deepseek-v3", "--layers", "2", "--devices", "32", "--nodes", "4",
                            "--redundant", "32", "--policy", "greedy_replicated"], capsys)
     assert code == 0, err
     assert "256 experts" in out and "greedy_replicated" in out.replace("\n", "")
@@ -291,5 +283,5 @@ def test_cli_table_and_model(capsys):
     (["place", "--experts", "8", "--devices", "4", "--loads", "/nonexistent.csv"], "file not found"),
 ])
 def test_cli_bad_input_exit_2_one_line(capsys, argv, match):
-    code, out, err = _cli(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 2 and match in err and err.count("\n") == 1
