@@ -135,16 +135,17 @@ def older_labels_check(gpu_dir: Path, fw: str, newest, acc, cal) -> dict:
     """The shipped calibration on the rows of kernel labels that only older version folders carry (each label
     from the newest version holding it, as `simllm calibrate fit` fits them): median / p90 per label."""
     from simllm.cost import older_labels, pricing, tables as T
+    from simllm.cost.kernel_models import MIN_GROUP
 
     rows = older_labels.older_label_rows(newest, T.older_tables(gpu_dir, fw))
     out = {}
     for k, (ver, sub) in sorted(rows.items()):
-        if len(sub) < 100:
+        if len(sub) < MIN_GROUP:
             continue
         e = np.abs(pricing.price(sub, acc, cal) / sub["latency_s"].to_numpy(float) - 1)
         e = e[np.isfinite(e)]
         if len(e):
-            out["/".join(k.split("\x1f"))] = {"n": int(len(e)), "version": ver, "median": float(np.median(e)),
+            out[older_labels.section_name(k)] = {"n": int(len(e)), "version": ver, "median": float(np.median(e)),
                                                "p90": float(np.percentile(e, 90))}
     return out
 

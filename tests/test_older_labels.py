@@ -78,7 +78,7 @@ def test_labels_only_cli_keeps_a_calibration_that_has_them(shared_data, tmp_path
     code, text, err = run_cli(["calibrate", "fit", str(g), "--hw", "h100-sxm", "--framework", "vllm", "--labels-only",
                             "--out", str(out)], capsys)
     assert code in (0, None), err
-    assert "left as it is" in text and not out.exists()
+    assert "nothing written" in text and not out.exists()
 
 
 def test_shipped_h100_prices_vllm_0_19_tables(shared_data):

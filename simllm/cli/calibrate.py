@@ -130,7 +130,7 @@ def fit_cmd(files: List[Path] = typer.Argument(..., help="measured tables: AICon
         cal = with_older_labels(cal, acc, rest, per)
         if labels_only and cal.frameworks == before.frameworks:
             typer.echo(f"no kernel label that only older version folders carry has {MIN_LABEL_ROWS}+ rows a section "
-                       f"of its own would price better: {dest} left as it is")
+                       f"of its own would price better: nothing written to {dest}")
             return
     cal.dump(dest)
     if json_out:

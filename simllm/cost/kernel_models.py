@@ -79,7 +79,7 @@ import pandas as pd
 from ..errors import InputError
 from .calibration import GemmParams
 from .kernels import DISPATCH_TILES, gemm_floor, gemm_time, l2_time_factor
-from .pricing import register, section
+from .pricing import older_label_record, register, section
 
 # DeepSeek-V3 MLA dimensions (the only MLA shape in the tables; config.json of deepseek-ai/DeepSeek-V3)
 MLA_QK_NOPE, MLA_ROPE, MLA_V, MLA_KV_LORA = 128, 64, 128, 512
@@ -1315,14 +1315,12 @@ def attention_launch_and_body(df, kind, acc, cal, bench: bool = True):
 
 def older_label_sections(cal, kind: str) -> set:
     """(section dtype, label) of the ``kind`` sections ``calibrate fit`` wrote for kernel labels that only older
-    framework versions carry (the framework's ``fit.older_labels`` record, :func:`simllm.cost.pricing.fit_older_labels`).
+    framework versions carry (the framework's ``fit.older_labels`` record, :func:`simllm.cost.older_labels.fit_older_labels`).
     Rows so labelled are priced by that section, before any kernel family the row's shape would name: the label's
     rows were timed by that version's own kernel (vLLM 0.19's decode rows, ``vllm_flash_attn``, by one section for
     GQA and MHA alike, fitted on them)."""
-    fws = getattr(cal, "frameworks", None) or {}
-    rec = (((fws.get(getattr(cal, "framework", None) or "") or {}).get("fit") or {}).get("older_labels") or {})
     out = set()
-    for name in rec:
+    for name in older_label_record(cal, getattr(cal, "framework", None) or ""):
         k, _, rest = name.partition("/")
         if k == kind and "/" in rest:
             d, lab = rest.split("/", 1)

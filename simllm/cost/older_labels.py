@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .kernel_models import MIN_GROUP, _dtype_key
-from .pricing import FITTERS, load_plugins, price
+from .pricing import FITTERS, drop_older_labels, load_plugins, older_label_record, price
 from .tables import older_tables, read_table
 
 
@@ -33,8 +33,7 @@ def _labelled(cal, kernels: dict, labels: dict):
     fw = getattr(cal, "framework", None) or ""
     fws = {k: dict(v) for k, v in (getattr(cal, "frameworks", None) or {}).items()}
     ent = fws.setdefault(fw, {})
-    ent["fit"] = {**(ent.get("fit") or {}), "older_labels": {**((ent.get("fit") or {}).get("older_labels") or {}),
-                                                             **labels}}
+    ent["fit"] = {**(ent.get("fit") or {}), "older_labels": {**older_label_record(cal, fw), **labels}}
     return replace(cal, kernels=kernels, frameworks=fws)
 
 
@@ -77,7 +76,7 @@ def fit_older_labels(df: pd.DataFrame, refs, acc, cal) -> tuple[dict, dict]:
     for key, (version, sub) in sorted(rows.items(), key=lambda kv: kv[0]):
         kind, dtype, label = key.split("\x1f")
         f = FITTERS.get(kind)
-        name = f"{kind}/{dtype}/{label}"
+        name = section_name(key)
         if f is None or len(sub) < MIN_GROUP or not label or label in ("nan", "None") or name in kernels:
             continue
         t = sub["latency_s"].to_numpy(float)
@@ -103,20 +102,15 @@ def fit_older_labels(df: pd.DataFrame, refs, acc, cal) -> tuple[dict, dict]:
 
 
 def without_older_labels(cal, kinds=None, frameworks=None):
-    """``cal`` less the older-label sections (and their record) of ``kinds`` (None: every kind) of ``frameworks``
-    (None: every one): a fit of those kinds refits them from the refitted sections (left in, they would be kept
-    as they were, ``fit_older_labels`` never replacing one); a fit of one family folder keeps the other kinds'."""
-    fws = {k: dict(v) for k, v in (getattr(cal, "frameworks", None) or {}).items()}
-    for fw, ent in fws.items():
-        rec = (ent.get("fit") or {}).get("older_labels") or {}
-        drop = {k for k in rec if (kinds is None or k.split("/", 1)[0] in kinds)
-                and (frameworks is None or fw in frameworks)}
-        if drop:
-            ent["kernels"] = {k: v for k, v in (ent.get("kernels") or {}).items() if k not in drop}
-            keep = {k: v for k, v in rec.items() if k not in drop}
-            ent["fit"] = {**{k: v for k, v in ent["fit"].items() if k != "older_labels"},
-                          **({"older_labels": keep} if keep else {})}
-    return replace(cal, frameworks=fws)
+    """``cal`` less the older-label sections of ``kinds`` of ``frameworks`` (None: all; :func:`drop_older_labels`):
+    a fit of those kinds refits them from the refitted sections (left in, they would be kept as they were,
+    :func:`fit_older_labels` never replacing one); a fit of one family folder keeps the other kinds'."""
+    return drop_older_labels(cal, kinds, frameworks)
+
+
+def section_name(key: str) -> str:
+    """The section a :func:`label_keys` key is fitted as: ``<kind>/<dtype>/<label>``."""
+    return "/".join(key.split("\x1f"))
 
 
 def with_older_labels(cal, acc, paths, per: dict):
@@ -136,9 +130,9 @@ def with_older_labels(cal, acc, paths, per: dict):
             continue
         ent = frameworks.setdefault(fw, {})
         ent["kernels"] = {**(ent.get("kernels") or {}), **secs}
-        ent["fit"] = {**(ent.get("fit") or {}), "older_labels": {**((ent.get("fit") or {}).get("older_labels") or {}),
-                                                                 **rec}}
+        ent["fit"] = {**(ent.get("fit") or {}), "older_labels": {**older_label_record(cal, fw), **rec}}
     return replace(cal, frameworks=frameworks)
 
 
-__all__ = ["fit_older_labels", "label_keys", "older_label_rows", "with_older_labels", "without_older_labels"]
+__all__ = ["fit_older_labels", "label_keys", "older_label_rows", "section_name", "with_older_labels",
+           "without_older_labels"]

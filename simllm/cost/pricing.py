@@ -85,24 +85,45 @@ def price(df: pd.DataFrame, acc, cal) -> np.ndarray:
 
 
 def older_labels_for(cal, acc):
-    """``cal`` as it prices ``acc``: the sections of older versions' kernel labels (:func:`fit_older_labels`) only
-    for the device they were fitted on and the devices that ship with its file (``calibration:`` in their
-    descriptor: H200, H800, H20, B200 and GB200 take H100's). A label names the kernel that version ran on that
-    device's architecture (vLLM 0.19's ``vllm_flash_attn`` is FlashAttention 3 on H100, FlashAttention 2 on A100
-    and L40S), so another device priced with this file (the leave-one-GPU-out figure of
-    ``benchmarks/cost_model_error.py``) gets the sections of the newest kernels instead."""
+    """``cal`` as it prices ``acc``: the sections of older versions' kernel labels
+    (:func:`simllm.cost.older_labels.fit_older_labels`) only for the device they were fitted on and the devices that
+    ship with its file (``calibration:`` in their descriptor: H200, H800, H20, B200 and GB200 take H100's). A label
+    names the kernel that version ran on that device's architecture (vLLM 0.19's ``vllm_flash_attn`` is
+    FlashAttention 3 on H100, FlashAttention 2 on A100 and L40S), so another device priced with this file (the
+    leave-one-GPU-out figure of ``benchmarks/cost_model_error.py``) gets the sections of the newest kernels instead."""
     fw = getattr(cal, "framework", None) or ""
-    fws = getattr(cal, "frameworks", None) or {}
-    rec = (((fws.get(fw) or {}).get("fit") or {}).get("older_labels") or {})
-    if not rec or acc is None:
+    if acc is None or not older_label_record(cal, fw):
         return cal
-    own = getattr(cal, "device", "")
     ships = str(getattr(acc, "calibration", "") or "").removesuffix(".yaml")
-    if own in (getattr(acc, "name", None), ships):
+    if getattr(cal, "device", "") in (getattr(acc, "name", None), ships):
         return cal
-    kernels = {k: v for k, v in (cal.kernels or {}).items() if k not in rec}
-    fws = {k: dict(v) for k, v in fws.items()}
-    fws[fw] = {**fws[fw], "fit": {k: v for k, v in (fws[fw].get("fit") or {}).items() if k != "older_labels"}}
+    return drop_older_labels(cal, frameworks={fw})
+
+
+def older_label_record(cal, framework: str) -> dict:
+    """``frameworks[framework].fit.older_labels`` of ``cal``: section name -> what its fit recorded."""
+    fws = getattr(cal, "frameworks", None) or {}
+    return ((fws.get(framework) or {}).get("fit") or {}).get("older_labels") or {}
+
+
+def drop_older_labels(cal, kinds=None, frameworks=None):
+    """``cal`` less the older-label sections (and their record) of ``kinds`` (None: every kind) of ``frameworks``
+    (None: every one), from each framework's entry and, for the framework a view prices (``cal.framework``), from
+    its merged ``kernels`` too."""
+    fws = {k: dict(v) for k, v in (getattr(cal, "frameworks", None) or {}).items()}
+    kernels = getattr(cal, "kernels", None) or {}
+    for fw, ent in fws.items():
+        rec = older_label_record(cal, fw)
+        drop = {k for k in rec if (kinds is None or k.split("/", 1)[0] in kinds)
+                and (frameworks is None or fw in frameworks)}
+        if not drop:
+            continue
+        ent["kernels"] = {k: v for k, v in (ent.get("kernels") or {}).items() if k not in drop}
+        keep = {k: v for k, v in rec.items() if k not in drop}
+        ent["fit"] = {**{k: v for k, v in ent["fit"].items() if k != "older_labels"},
+                      **({"older_labels": keep} if keep else {})}
+        if fw == (getattr(cal, "framework", None) or ""):
+            kernels = {k: v for k, v in kernels.items() if k not in drop}
     return replace(cal, kernels=kernels, frameworks=fws)
 
 
@@ -188,7 +209,7 @@ def fit_frameworks(per: dict, acc, cal, sources=()):
         if old and not set(rec["tables"]) >= set(old.get("tables", [])):
             rec = _merge_record(old, rec, sorted(set(df["kind"].astype(str))))
             partial |= set(df["kind"].astype(str))
-        labels = (((frameworks.get(fw) or {}).get("fit") or {}).get("older_labels") if same_device else None)
+        labels = older_label_record(cal, fw) if same_device else None
         if labels:  # older versions' label sections the caller kept (simllm.cost.older_labels) keep their record
             rec["older_labels"] = labels
         frameworks[fw] = {"kernels": c.kernels, "fit": rec}
@@ -206,4 +227,4 @@ def fit_frameworks(per: dict, acc, cal, sources=()):
     return replace(cal, device=acc.name, kernels=kernels, frameworks=frameworks, source=src, fit=own_fit)
 
 
-__all__ = ["fit_frameworks", "older_labels_for", "PRICERS", "FITTERS", "register", "price", "check", "fit", "error_summary", "section", "load_plugins"]
+__all__ = ["fit_frameworks", "older_labels_for", "older_label_record", "drop_older_labels", "PRICERS", "FITTERS", "register", "price", "check", "fit", "error_summary", "section", "load_plugins"]
